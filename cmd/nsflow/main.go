@@ -1,0 +1,53 @@
+// Command nsflow builds network-namespace topologies, observes the traffic
+// between them with tc eBPF programs, exports it to Prometheus and proves
+// that namespace isolation holds.
+//
+// This package is wiring only: flags, output and exit codes. The work lives
+// in the topology, collector and bpf packages.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// subcommands is filled by the init functions of this package's other files,
+// one file per subcommand, so that adding one touches no shared list.
+var subcommands []func() *cobra.Command
+
+// exitError carries a specific exit status (verify uses 1 for a violation
+// and 2 for a spec or environment error).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "nsflow",
+		Short:         "See and prove traffic and isolation between Linux network namespaces",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	for _, sub := range subcommands {
+		root.AddCommand(sub())
+	}
+	return root
+}
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "nsflow:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,67 @@
+// Package nsenter runs Go code inside another network namespace.
+//
+// setns(2) changes the namespace of one OS thread only, and the Go runtime
+// moves goroutines between threads freely. So the work runs on a dedicated
+// goroutine whose thread is locked for its whole life: if switching back to
+// the original namespace fails, the thread stays locked and the runtime
+// destroys it when the goroutine exits, so no other goroutine ever runs in
+// the wrong namespace.
+//
+// Goroutines that fn starts do not inherit the namespace, but sockets and
+// netlink handles opened inside fn stay bound to it after fn returns.
+package nsenter
+
+import (
+	"fmt"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+// Do runs fn with the calling thread in the network namespace at path
+// (for example /run/netns/ns1 or /proc/1234/ns/net). An empty path means
+// the namespace of the current process, and fn runs directly.
+func Do(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer h.Close()
+	return DoHandle(h, fn)
+}
+
+// DoHandle is Do for an already opened namespace handle.
+func DoHandle(target netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is unlocked only once it is back home; otherwise
+		// exiting the goroutine with the lock held makes the runtime
+		// discard the thread.
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			if ferr == nil {
+				ferr = fmt.Errorf("return to original network namespace: %w", err)
+			}
+			errc <- ferr
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
