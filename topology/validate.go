@@ -1,16 +1,454 @@
 package topology
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+)
 
-// Validate checks the whole spec and returns every problem found, each
-// naming its field path.
-//
-// Placeholder until the topology builder's validation lands: it checks only
-// the isolation section.
+// Limits the kernel imposes on names.
+const (
+	maxIfNameLen = 15 // IFNAMSIZ - 1
+	maxNameLen   = 64 // topology and namespace names: file names, kept short
+	minMTU       = 68
+	maxMTU       = 65535
+)
+
+// nameRE is what a topology or namespace name may hold: it becomes a file
+// name under /run/netns and /run/nsflow.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+
+// sysctlRE restricts sysctl keys to the net tree, written as dotted names.
+var sysctlRE = regexp.MustCompile(`^net(\.[A-Za-z0-9_-]+)+$`)
+
+// Validate checks the whole spec and returns every problem found (joined),
+// each naming its field path, e.g. `links[2].endpoints[0].namespace:
+// undeclared namespace "c9"`.
 func (s *Spec) Validate() error {
-	ns := map[string]bool{}
-	for _, n := range s.Namespaces {
-		ns[n.Name] = true
+	v := &validator{s: s}
+	v.run()
+	return errors.Join(v.errs...)
+}
+
+type validator struct {
+	s    *Spec
+	errs []error
+	// namespaces maps declared namespace names to their index.
+	namespaces map[string]int
+	// bridges maps declared bridge names to their index.
+	bridges map[string]int
+	// ifaces maps "namespace/interface" to the field path declaring it.
+	ifaces map[string]string
+	// addrs holds every interface address with its namespace, interface,
+	// layer-2 segment and field path, for the overlap and route checks.
+	addrs []addrRef
+}
+
+type addrRef struct {
+	prefix  netip.Prefix
+	ns, dev string
+	segment int
+	path    string
+}
+
+func (v *validator) add(path, format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+}
+
+func (v *validator) run() {
+	s := v.s
+	switch {
+	case s.Name == "":
+		v.add("name", "required")
+	case len(s.Name) > maxNameLen || !nameRE.MatchString(s.Name):
+		v.add("name", "%q: want 1-%d characters from A-Z a-z 0-9 _ . - (not starting with . or -)", s.Name, maxNameLen)
 	}
-	return errors.Join(s.Isolation.validate(ns)...)
+	v.namespaceNames()
+	v.bridgeNames()
+	seg := v.links()
+	v.addresses(seg)
+	v.routes()
+	v.sysctls()
+	ns := make(map[string]bool, len(v.namespaces))
+	for n := range v.namespaces {
+		ns[n] = true
+	}
+	v.errs = append(v.errs, s.Isolation.validate(ns)...)
+}
+
+func (v *validator) namespaceNames() {
+	v.namespaces = map[string]int{}
+	for i, n := range v.s.Namespaces {
+		path := fmt.Sprintf("namespaces[%d].name", i)
+		switch {
+		case n.Name == "":
+			v.add(path, "required")
+			continue
+		case n.Name == HostNamespace:
+			v.add(path, "%q is reserved for the host namespace and cannot be declared", n.Name)
+			continue
+		case len(n.Name) > maxNameLen || !nameRE.MatchString(n.Name):
+			v.add(path, "%q: want 1-%d characters from A-Z a-z 0-9 _ . - (not starting with . or -)", n.Name, maxNameLen)
+		}
+		if j, dup := v.namespaces[n.Name]; dup {
+			v.add(path, "duplicate namespace %q (also namespaces[%d])", n.Name, j)
+			continue
+		}
+		v.namespaces[n.Name] = i
+	}
+}
+
+// knownNamespace reports whether name is declared or the host.
+func (v *validator) knownNamespace(name string) bool {
+	_, ok := v.namespaces[name]
+	return ok || name == HostNamespace
+}
+
+func (v *validator) bridgeNames() {
+	v.bridges = map[string]int{}
+	v.ifaces = map[string]string{}
+	for i, b := range v.s.Bridges {
+		path := fmt.Sprintf("bridges[%d]", i)
+		v.checkIfName(path+".name", b.Name)
+		if b.Namespace != "" && !v.knownNamespace(b.Namespace) {
+			v.add(path+".namespace", "undeclared namespace %q", b.Namespace)
+		}
+		v.checkMTU(path+".mtu", b.MTU)
+		if b.Name == "" {
+			continue
+		}
+		if j, dup := v.bridges[b.Name]; dup {
+			v.add(path+".name", "duplicate bridge %q (also bridges[%d])", b.Name, j)
+			continue
+		}
+		v.bridges[b.Name] = i
+		v.claimIface(path+".name", v.s.BridgeNamespace(b.Name), b.Name)
+	}
+}
+
+func (v *validator) checkIfName(path, name string) {
+	switch {
+	case name == "":
+		v.add(path, "required")
+	case len(name) > maxIfNameLen:
+		v.add(path, "interface name %q is %d bytes, the kernel allows at most %d", name, len(name), maxIfNameLen)
+	case name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\x00"):
+		v.add(path, "invalid interface name %q", name)
+	case name == "lo":
+		v.add(path, "%q is the loopback interface every namespace already has", name)
+	}
+}
+
+func (v *validator) checkMTU(path string, mtu int) {
+	if mtu != 0 && (mtu < minMTU || mtu > maxMTU) {
+		v.add(path, "%d out of range %d-%d", mtu, minMTU, maxMTU)
+	}
+}
+
+// claimIface records an interface name in its namespace and reports a
+// second declaration of the same name there.
+func (v *validator) claimIface(path, ns, name string) {
+	if ns == "" || name == "" {
+		return
+	}
+	key := ns + "/" + name
+	if prev, dup := v.ifaces[key]; dup {
+		v.add(path, "duplicate interface %q in namespace %q (also %s)", name, ns, prev)
+		return
+	}
+	v.ifaces[key] = path
+}
+
+// links checks each veth pair and returns the layer-2 segments: a union
+// of endpoints and bridges joined by veths or bridge ports.
+func (v *validator) links() *unionFind {
+	s := v.s
+	// Nodes: bridges first, then two per link.
+	uf := newUnionFind(len(s.Bridges) + 2*len(s.Links))
+	bridgeGraph := newUnionFind(len(s.Bridges))
+	for i, l := range s.Links {
+		path := fmt.Sprintf("links[%d]", i)
+		v.checkMTU(path+".mtu", l.MTU)
+		if len(l.Endpoints) != 2 {
+			v.add(path+".endpoints", "a veth pair has exactly 2 endpoints, got %d", len(l.Endpoints))
+			continue
+		}
+		for j, e := range l.Endpoints {
+			ep := fmt.Sprintf("%s.endpoints[%d]", path, j)
+			ok := true
+			switch {
+			case e.Namespace == "" && e.Bridge == "":
+				v.add(ep, "needs namespace or bridge")
+				ok = false
+			case e.Namespace != "" && e.Bridge != "":
+				v.add(ep, "has both namespace %q and bridge %q: a veth end is in a namespace or a bridge port, not both", e.Namespace, e.Bridge)
+				ok = false
+			case e.Namespace != "" && !v.knownNamespace(e.Namespace):
+				v.add(ep+".namespace", "undeclared namespace %q", e.Namespace)
+				ok = false
+			case e.Bridge != "":
+				if _, known := v.bridges[e.Bridge]; !known {
+					v.add(ep+".bridge", "undeclared bridge %q", e.Bridge)
+					ok = false
+				} else if len(e.Addresses) > 0 {
+					v.add(ep+".addresses", "a bridge port carries no addresses: put them on bridge %q", e.Bridge)
+				}
+			}
+			v.checkIfName(ep+".interface", e.Interface)
+			if ok {
+				v.claimIface(ep+".interface", s.EndpointNamespace(e), e.Interface)
+			}
+		}
+		a, b := len(s.Bridges)+2*i, len(s.Bridges)+2*i+1
+		uf.union(a, b)
+		for j, e := range l.Endpoints {
+			if bi, known := v.bridges[e.Bridge]; known {
+				uf.union(len(s.Bridges)+2*i+j, bi)
+			}
+		}
+		ba, aok := v.bridges[l.Endpoints[0].Bridge]
+		bb, bok := v.bridges[l.Endpoints[1].Bridge]
+		if aok && bok && !bridgeGraph.union(ba, bb) {
+			if ba == bb {
+				v.add(path, "both ends are ports of bridge %q: a loop", l.Endpoints[0].Bridge)
+			} else {
+				v.add(path, "bridges %q and %q are already connected: this link closes a cycle of bridges (a broadcast loop)",
+					l.Endpoints[0].Bridge, l.Endpoints[1].Bridge)
+			}
+		}
+	}
+	return uf
+}
+
+// addresses checks each address and the addressing plan: one address is
+// used once in the whole topology (nsflow attributes traffic by address),
+// and subnets on different layer-2 segments do not overlap.
+func (v *validator) addresses(uf *unionFind) {
+	s := v.s
+	collect := func(path, ns, dev string, node int, addrs []string) {
+		for k, a := range addrs {
+			ap := fmt.Sprintf("%s[%d]", path, k)
+			p, err := netip.ParsePrefix(a)
+			switch {
+			case err != nil:
+				v.add(ap, "invalid CIDR %q (want e.g. 198.18.0.1/24 or fd00::1/64)", a)
+				continue
+			case p.Addr().Zone() != "" || p.Addr().Is4In6():
+				v.add(ap, "%q: zones and IPv4-mapped IPv6 addresses are not interface addresses", a)
+				continue
+			case p.Addr().IsUnspecified() || p.Addr().IsMulticast() || p.Addr().IsLoopback():
+				v.add(ap, "%q is not a unicast interface address", a)
+				continue
+			}
+			v.addrs = append(v.addrs, addrRef{prefix: p, ns: ns, dev: dev, segment: uf.find(node), path: ap})
+		}
+	}
+	for i, b := range s.Bridges {
+		collect(fmt.Sprintf("bridges[%d].addresses", i), s.BridgeNamespace(b.Name), b.Name, i, b.Addresses)
+	}
+	for i, l := range s.Links {
+		if len(l.Endpoints) != 2 {
+			continue
+		}
+		for j, e := range l.Endpoints {
+			if e.Bridge != "" {
+				continue // reported in links
+			}
+			collect(fmt.Sprintf("links[%d].endpoints[%d].addresses", i, j), e.Namespace, e.Interface,
+				len(s.Bridges)+2*i+j, e.Addresses)
+		}
+	}
+	seen := map[netip.Addr]string{}
+	for _, a := range v.addrs {
+		if prev, dup := seen[a.prefix.Addr()]; dup {
+			v.add(a.path, "address %s is already used at %s", a.prefix.Addr(), prev)
+			continue
+		}
+		seen[a.prefix.Addr()] = a.path
+	}
+	// One subnet per segment is enough to find overlaps; comparing the
+	// distinct (segment, subnet) pairs keeps a 1000-namespace star cheap.
+	type segNet struct {
+		segment int
+		net     netip.Prefix
+	}
+	first := map[segNet]string{}
+	var nets []segNet
+	for _, a := range v.addrs {
+		k := segNet{a.segment, a.prefix.Masked()}
+		if _, ok := first[k]; !ok {
+			first[k] = a.path
+			nets = append(nets, k)
+		}
+	}
+	for i, x := range nets {
+		for _, y := range nets[:i] {
+			if x.segment != y.segment && x.net.Overlaps(y.net) {
+				v.add(first[x], "subnet %s overlaps %s at %s, which is on a different link or bridge", x.net, y.net, first[y])
+			}
+		}
+	}
+}
+
+// routes checks each namespace's routes: syntax, the device exists there,
+// and the gateway is on a subnet of one of the namespace's interfaces.
+func (v *validator) routes() {
+	for i, n := range v.s.Namespaces {
+		type key struct {
+			to  netip.Prefix
+			is4 bool
+		}
+		seen := map[key]int{}
+		for j, r := range n.Routes {
+			path := fmt.Sprintf("namespaces[%d].routes[%d]", i, j)
+			to, via, ok := v.route(path, n.Name, r)
+			if !ok {
+				continue
+			}
+			is4 := to.Addr().Is4()
+			if !to.IsValid() { // default: the family follows via or dev
+				is4 = v.routeFamily4(n.Name, r, via)
+			}
+			k := key{to, is4}
+			if prev, dup := seen[k]; dup {
+				v.add(path+".to", "duplicate route to %s (also routes[%d])", r.To, prev)
+				continue
+			}
+			seen[k] = j
+		}
+	}
+}
+
+// route checks one route and returns its parsed destination (invalid for
+// "default") and gateway (invalid when absent).
+func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.Addr, ok bool) {
+	ok = true
+	if r.To == "" {
+		v.add(path+".to", "required: a CIDR or \"default\"")
+		ok = false
+	} else if r.To != "default" {
+		p, err := netip.ParsePrefix(r.To)
+		switch {
+		case err != nil:
+			v.add(path+".to", "invalid CIDR %q (want e.g. 198.18.4.0/24, fd00:4::/64 or default)", r.To)
+			ok = false
+		case p != p.Masked():
+			v.add(path+".to", "%q has host bits set; did you mean %s?", r.To, p.Masked())
+			ok = false
+		default:
+			to = p
+		}
+	}
+	if r.Via == "" && r.Dev == "" {
+		v.add(path, "needs via (a gateway address) or dev (an interface)")
+		return to, via, false
+	}
+	if r.Dev != "" {
+		if _, known := v.ifaces[ns+"/"+r.Dev]; !known {
+			v.add(path+".dev", "no interface %q in namespace %q", r.Dev, ns)
+			ok = false
+		}
+	}
+	if r.Via != "" {
+		a, err := netip.ParseAddr(r.Via)
+		if err != nil {
+			v.add(path+".via", "invalid address %q", r.Via)
+			return to, via, false
+		}
+		via = a
+		if to.IsValid() && to.Addr().Is4() != a.Is4() {
+			v.add(path+".via", "gateway %s and destination %s are of different address families", a, to)
+			return to, via, false
+		}
+		if ok && !v.onLink(ns, r.Dev, a) {
+			where := fmt.Sprintf("any interface in namespace %q", ns)
+			if r.Dev != "" {
+				where = fmt.Sprintf("interface %q", r.Dev)
+			}
+			v.add(path+".via", "gateway %s is not on a subnet of %s: no interface can reach it", a, where)
+			ok = false
+		}
+	} else if !to.IsValid() && ok && v.firstAddr(ns, r.Dev) == nil {
+		v.add(path, "default route via dev %q only: the interface has no address to tell IPv4 from IPv6; add via", r.Dev)
+		ok = false
+	}
+	return to, via, ok
+}
+
+// onLink reports whether gw is inside a subnet of an interface (dev, or
+// any) in namespace ns and is not that interface's own address.
+func (v *validator) onLink(ns, dev string, gw netip.Addr) bool {
+	for _, a := range v.addrs {
+		if a.ns == ns && (dev == "" || a.dev == dev) && a.prefix.Contains(gw) && a.prefix.Addr() != gw {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *validator) firstAddr(ns, dev string) *addrRef {
+	for i, a := range v.addrs {
+		if a.ns == ns && a.dev == dev {
+			return &v.addrs[i]
+		}
+	}
+	return nil
+}
+
+func (v *validator) routeFamily4(ns string, r Route, via netip.Addr) bool {
+	if via.IsValid() {
+		return via.Is4()
+	}
+	if a := v.firstAddr(ns, r.Dev); a != nil {
+		return a.prefix.Addr().Is4()
+	}
+	return true
+}
+
+func (v *validator) sysctls() {
+	for i, n := range v.s.Namespaces {
+		for _, k := range slices.Sorted(maps.Keys(n.Sysctls)) {
+			path := fmt.Sprintf("namespaces[%d].sysctls.%s", i, k)
+			if !sysctlRE.MatchString(k) {
+				v.add(path, "want a key under net., e.g. net.ipv4.ip_forward")
+			}
+			if val := n.Sysctls[k]; val == "" || strings.ContainsAny(val, "\n\x00") {
+				v.add(path, "value must be a non-empty single line")
+			}
+		}
+	}
+}
+
+// unionFind is a disjoint-set forest over 0..n-1.
+type unionFind struct{ parent []int }
+
+func newUnionFind(n int) *unionFind {
+	p := make([]int, n)
+	for i := range p {
+		p[i] = i
+	}
+	return &unionFind{p}
+}
+
+func (u *unionFind) find(x int) int {
+	for u.parent[x] != x {
+		u.parent[x] = u.parent[u.parent[x]]
+		x = u.parent[x]
+	}
+	return x
+}
+
+// union joins the sets of a and b and reports false if they were already
+// one set (the edge closes a cycle).
+func (u *unionFind) union(a, b int) bool {
+	ra, rb := u.find(a), u.find(b)
+	if ra == rb {
+		return false
+	}
+	u.parent[ra] = rb
+	return true
 }
