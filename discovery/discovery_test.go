@@ -1,0 +1,251 @@
+package discovery
+
+import (
+	"context"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+)
+
+// ip runs ip(8): the tests build their objects with an independent tool.
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func addNetns(t *testing.T, name string) {
+	t.Helper()
+	ip(t, "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+}
+
+// collect runs WatchNetns and records events until the test ends.
+type collect struct {
+	mu  sync.Mutex
+	evs []NetnsEvent
+}
+
+func (c *collect) wait(t *testing.T, what string, timeout time.Duration, ok func(NetnsEvent) bool) NetnsEvent {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		for _, e := range c.evs {
+			if ok(e) {
+				c.mu.Unlock()
+				return e
+			}
+		}
+		c.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no %s event within %v", what, timeout)
+	return NetnsEvent{}
+}
+
+func startWatch(t *testing.T, cfg WatchConfig) *collect {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan NetnsEvent)
+	c := &collect{}
+	done := make(chan error, 1)
+	go func() { done <- WatchNetns(ctx, cfg, ch) }()
+	go func() {
+		for e := range ch {
+			c.mu.Lock()
+			c.evs = append(c.evs, e)
+			c.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchNetns: %v", err)
+		}
+		close(ch)
+	})
+	return c
+}
+
+func TestWatchNamedAndUnnamed(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := startWatch(t, WatchConfig{Interval: 200 * time.Millisecond})
+	c.wait(t, "host", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Host })
+
+	// Named: seen through inotify plus the bind-mount retry, well within
+	// one scan interval of a second.
+	name := testenv.Name("dsc")
+	start := time.Now()
+	addNetns(t, name)
+	added := c.wait(t, "named add", time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Name == name })
+	t.Logf("named namespace seen after %v", time.Since(start))
+	if added.Namespace.Label() != name || added.Namespace.Path != "/run/netns/"+name {
+		t.Errorf("named namespace = %+v", added.Namespace)
+	}
+
+	// Unnamed: a process in a fresh namespace (unshare -n) that nobody
+	// bind-mounted, found through /proc and labelled by inode.
+	cmd := exec.Command("unshare", "-n", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ino, err := nsInodeEventually(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	un := c.wait(t, "unnamed add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
+	if un.Namespace.Name != "" || un.Namespace.Label() != "netns-"+itoa(ino) ||
+		len(un.Namespace.Pids) == 0 || un.Namespace.Pids[0] != cmd.Process.Pid || un.Namespace.Comms[0] != "sleep" {
+		t.Errorf("unnamed namespace = %+v", un.Namespace)
+	}
+
+	// Both go away.
+	ip(t, "netns", "del", name)
+	c.wait(t, "named remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Name == name })
+	cmd.Process.Kill()
+	cmd.Wait()
+	c.wait(t, "unnamed remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
+}
+
+// nsInodeEventually waits until unshare has switched namespaces.
+func nsInodeEventually(pid int) (uint64, error) {
+	self, err := nsInode("/proc/self/ns/net")
+	if err != nil {
+		return 0, err
+	}
+	for range 200 {
+		ino, err := nsInode("/proc/" + itoa(uint64(pid)) + "/ns/net")
+		if err == nil && ino != self {
+			return ino, nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return 0, err
+}
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
+
+func TestMonitorLinksAndAddrs(t *testing.T) {
+	testenv.RequireRoot(t)
+	a, b := testenv.Name("dma"), testenv.Name("dmb")
+	addNetns(t, a)
+	addNetns(t, b)
+	ip(t, "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
+	ip(t, "-n", a, "addr", "add", "198.18.7.1/24", "dev", "va")
+
+	events := make(chan LinkEvent, 64)
+	m, err := NewMonitor(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+
+	snap, err := m.Add(1, "/run/netns/"+a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var va Link
+	for _, l := range snap.Links {
+		if l.Name == "va" {
+			va = l
+		}
+	}
+	if va.Kind != "veth" || va.PeerIndex == 0 || va.PeerNetnsID < 0 || va.BridgePort() {
+		t.Errorf("va in snapshot = %+v", va)
+	}
+	want := Addr{Index: va.Index, Addr: netip.MustParseAddr("198.18.7.1")}
+	found := false
+	for _, ad := range snap.Addrs {
+		found = found || ad == want
+	}
+	if !found {
+		t.Errorf("snapshot addresses %v lack %v", snap.Addrs, want)
+	}
+
+	// Live changes: a bridge with a port, an address, then deletions.
+	ip(t, "-n", a, "link", "add", "br0", "type", "bridge")
+	ip(t, "-n", a, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+	ip(t, "-n", a, "link", "set", "p0", "master", "br0")
+	ip(t, "-n", a, "addr", "add", "fd00:7::1/64", "dev", "va", "nodad")
+	ip(t, "-n", a, "link", "del", "p0")
+	wantSeen := map[string]bool{"port p0": false, "addr fd00:7::1": false, "del p0": false}
+	deadline := time.After(3 * time.Second)
+	for !allTrue(wantSeen) {
+		select {
+		case e := <-events:
+			if e.Netns != 1 {
+				t.Errorf("event for netns %d", e.Netns)
+			}
+			switch {
+			case e.Type == LinkChanged && e.Link.Name == "p0" && e.Link.BridgePort() && e.Link.MasterIndex != 0:
+				wantSeen["port p0"] = true
+			case e.Type == AddrAdded && e.Addr.Addr == netip.MustParseAddr("fd00:7::1"):
+				wantSeen["addr fd00:7::1"] = true
+			case e.Type == LinkDeleted && e.Link.Name == "p0":
+				wantSeen["del p0"] = true
+			}
+		case <-deadline:
+			t.Fatalf("events missing: %v", wantSeen)
+		}
+	}
+
+	m.Remove(1)
+	if m.Len() != 0 {
+		t.Errorf("Len after Remove = %d", m.Len())
+	}
+}
+
+func allTrue(m map[string]bool) bool {
+	for _, v := range m {
+		if !v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestWatchStops checks that cancelling leaves no goroutine behind.
+func TestWatchStops(t *testing.T) {
+	testenv.RequireRoot(t)
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan NetnsEvent, 1024)
+	done := make(chan error)
+	go func() { done <- WatchNetns(ctx, WatchConfig{}, ch) }()
+	events := make(chan LinkEvent)
+	m, err := NewMonitor(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mdone := make(chan error)
+	go func() { mdone <- m.Run(ctx) }()
+	if _, err := m.Add(1, ""); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	<-done
+	<-mdone
+	time.Sleep(20 * time.Millisecond)
+	if after := runtime.NumGoroutine(); after > before {
+		t.Errorf("goroutines: %d before, %d after", before, after)
+	}
+}

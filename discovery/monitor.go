@@ -1,0 +1,350 @@
+package discovery
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
+	"golang.org/x/sys/unix"
+)
+
+// LinkEventType says what a LinkEvent carries.
+type LinkEventType int
+
+// Link event types. Resync replaces everything known about the namespace
+// (sent after the kernel dropped notifications because a socket overflowed).
+const (
+	LinkChanged LinkEventType = iota
+	LinkDeleted
+	AddrAdded
+	AddrDeleted
+	Resync
+)
+
+// LinkEvent is one change in one namespace, identified by its inode.
+type LinkEvent struct {
+	Netns uint64
+	Type  LinkEventType
+	Link  Link     // LinkChanged, LinkDeleted
+	Addr  Addr     // AddrAdded, AddrDeleted
+	State Snapshot // Resync
+}
+
+// Snapshot is the full set of links and addresses of a namespace.
+type Snapshot struct {
+	Links []Link
+	Addrs []Addr
+}
+
+// dumpTimeout bounds one link or address dump.
+const dumpTimeout = 5 * time.Second
+
+// Monitor holds one rtnetlink socket per namespace, subscribed to link and
+// address changes, all served by a single epoll loop: a goroutine and a
+// read buffer per namespace would cost more memory than the agent may use
+// with a thousand namespaces.
+type Monitor struct {
+	events chan<- LinkEvent
+	epfd   int
+	wakefd int
+
+	mu     sync.Mutex
+	subs   map[uint64]*subscription // by epoll token
+	byNs   map[uint64]uint64        // netns inode -> token
+	nextID uint64
+	closed bool
+}
+
+type subscription struct {
+	netns uint64
+	fd    int
+	seq   uint32
+}
+
+// NewMonitor creates a monitor sending changes on events once Run runs.
+func NewMonitor(events chan<- LinkEvent) (*Monitor, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	setToken(&ev, 0)
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return &Monitor{events: events, epfd: epfd, wakefd: wakefd,
+		subs: map[uint64]*subscription{}, byNs: map[uint64]uint64{}, nextID: 1}, nil
+}
+
+// Add subscribes to the namespace at path ("" for the current one), keyed
+// by its inode, and returns its current links and addresses. Changes after
+// the subscription arrive as events; a change racing the dump may arrive
+// both ways, and applying it twice is harmless.
+func (m *Monitor) Add(netns uint64, path string) (Snapshot, error) {
+	var fd int
+	err := nsenter.Do(path, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+		return err
+	})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("netlink socket in %s: %w", path, err)
+	}
+	groups := uint32(1<<(unix.RTNLGRP_LINK-1) | 1<<(unix.RTNLGRP_IPV4_IFADDR-1) | 1<<(unix.RTNLGRP_IPV6_IFADDR-1))
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		unix.Close(fd)
+		return Snapshot{}, fmt.Errorf("netlink bind in %s: %w", path, err)
+	}
+	sub := &subscription{netns: netns, fd: fd}
+	snap, err := sub.dump()
+	if err != nil {
+		unix.Close(fd)
+		return Snapshot{}, fmt.Errorf("list links of %s: %w", path, err)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		unix.Close(fd)
+		return Snapshot{}, errors.New("monitor closed")
+	}
+	if old, ok := m.byNs[netns]; ok {
+		m.removeLocked(old)
+	}
+	id := m.nextID
+	m.nextID++
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	setToken(&ev, id)
+	if err := unix.EpollCtl(m.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		return Snapshot{}, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	m.subs[id] = sub
+	m.byNs[netns] = id
+	return snap, nil
+}
+
+// Remove closes the namespace's subscription; events already read for it
+// may still be delivered.
+func (m *Monitor) Remove(netns uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if id, ok := m.byNs[netns]; ok {
+		m.removeLocked(id)
+	}
+}
+
+func (m *Monitor) removeLocked(id uint64) {
+	sub := m.subs[id]
+	delete(m.subs, id)
+	delete(m.byNs, sub.netns)
+	unix.EpollCtl(m.epfd, unix.EPOLL_CTL_DEL, sub.fd, nil)
+	unix.Close(sub.fd)
+}
+
+// Len returns the number of subscribed namespaces.
+func (m *Monitor) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.subs)
+}
+
+// Run serves the subscriptions until ctx is cancelled, then closes every
+// socket. It must be called exactly once.
+func (m *Monitor) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		unix.Write(m.wakefd, one[:])
+	})
+	defer stop()
+	defer m.close()
+
+	buf := make([]byte, 1<<16)
+	ready := make([]unix.EpollEvent, 64)
+	var msgs []message
+	for {
+		n, err := unix.EpollWait(m.epfd, ready, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		for _, ev := range ready[:n] {
+			id := token(&ev)
+			if id == 0 {
+				return nil // woken: cancelled
+			}
+			for {
+				netns, nread, resync, ok := m.read(id, buf)
+				if !ok {
+					break
+				}
+				var evs []LinkEvent
+				if resync != nil {
+					evs = append(evs, LinkEvent{Netns: netns, Type: Resync, State: *resync})
+				} else {
+					msgs, _, _ = decode(buf[:nread], msgs[:0])
+					evs = toEvents(netns, msgs)
+				}
+				for _, e := range evs {
+					select {
+					case m.events <- e:
+					case <-ctx.Done():
+						return nil
+					}
+				}
+			}
+		}
+	}
+}
+
+// read takes one datagram from subscription id. After an overflow
+// (ENOBUFS) it dumps the namespace again and returns that as resync.
+func (m *Monitor) read(id uint64, buf []byte) (netns uint64, n int, resync *Snapshot, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sub, found := m.subs[id]
+	if !found {
+		return 0, 0, nil, false
+	}
+	n, _, err := unix.Recvfrom(sub.fd, buf, 0)
+	switch {
+	case err == nil:
+		return sub.netns, n, nil, true
+	case errors.Is(err, unix.ENOBUFS):
+		snap, derr := sub.dump()
+		if derr != nil {
+			return 0, 0, nil, false
+		}
+		return sub.netns, 0, &snap, true
+	}
+	return 0, 0, nil, false // EAGAIN: drained
+}
+
+func (m *Monitor) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.subs {
+		m.removeLocked(id)
+	}
+	m.closed = true
+	unix.Close(m.epfd)
+	unix.Close(m.wakefd)
+}
+
+func toEvents(netns uint64, msgs []message) []LinkEvent {
+	evs := make([]LinkEvent, 0, len(msgs))
+	for _, msg := range msgs {
+		e := LinkEvent{Netns: netns, Link: msg.link, Addr: msg.addr}
+		switch msg.typ {
+		case unix.RTM_NEWLINK:
+			e.Type = LinkChanged
+		case unix.RTM_DELLINK:
+			e.Type = LinkDeleted
+		case unix.RTM_NEWADDR:
+			e.Type = AddrAdded
+		case unix.RTM_DELADDR:
+			e.Type = AddrDeleted
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+// dump lists links, then addresses (one dump at a time per socket), on
+// the subscription socket itself. Notifications interleaved with the dump
+// are folded in, so the result is at least as new as the dump.
+func (s *subscription) dump() (Snapshot, error) {
+	links := map[int]Link{}
+	addrs := map[Addr]bool{}
+	for _, req := range []uint16{unix.RTM_GETLINK, unix.RTM_GETADDR} {
+		s.seq++
+		if err := s.request(req); err != nil {
+			return Snapshot{}, err
+		}
+		deadline := time.Now().Add(dumpTimeout)
+		buf := make([]byte, 1<<16)
+		var msgs []message
+		for done := false; !done; {
+			n, _, err := unix.Recvfrom(s.fd, buf, 0)
+			if errors.Is(err, unix.EAGAIN) {
+				left := time.Until(deadline)
+				if left <= 0 {
+					return Snapshot{}, errors.New("dump timed out")
+				}
+				pfd := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+				unix.Poll(pfd, int(left/time.Millisecond)+1)
+				continue
+			}
+			if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				return Snapshot{}, err
+			}
+			var errno syscall.Errno
+			msgs, done, errno = decode(buf[:n], msgs[:0])
+			if errno != 0 {
+				return Snapshot{}, errno
+			}
+			for _, msg := range msgs {
+				switch msg.typ {
+				case unix.RTM_NEWLINK:
+					links[msg.link.Index] = msg.link
+				case unix.RTM_DELLINK:
+					delete(links, msg.link.Index)
+				case unix.RTM_NEWADDR:
+					addrs[msg.addr] = true
+				case unix.RTM_DELADDR:
+					delete(addrs, msg.addr)
+				}
+			}
+		}
+	}
+	var snap Snapshot
+	for _, l := range links {
+		snap.Links = append(snap.Links, l)
+	}
+	for a := range addrs {
+		snap.Addrs = append(snap.Addrs, a)
+	}
+	slices.SortFunc(snap.Links, func(a, b Link) int { return a.Index - b.Index })
+	return snap, nil
+}
+
+func (s *subscription) request(typ uint16) error {
+	// nlmsghdr (16 bytes) + a 16-byte family header (ifinfomsg; an
+	// ifaddrmsg is shorter and the kernel accepts the padding).
+	msg := make([]byte, unix.SizeofNlMsghdr+unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(msg[0:4], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:6], typ)
+	binary.NativeEndian.PutUint16(msg[6:8], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(msg[8:12], s.seq)
+	msg[16] = unix.AF_UNSPEC
+	return unix.Sendto(s.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+}
+
+// The epoll token is 64 bits spread over EpollEvent's Fd and Pad fields.
+func setToken(ev *unix.EpollEvent, id uint64) {
+	ev.Fd = int32(uint32(id))
+	ev.Pad = int32(uint32(id >> 32))
+}
+
+func token(ev *unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}

@@ -1,0 +1,148 @@
+// Package discovery finds the network namespaces of a host and the links
+// and addresses inside them, live: named namespaces under /run/netns
+// (inotify), unnamed ones held by processes (/proc/*/ns/net), and one
+// rtnetlink subscription per namespace for links and addresses.
+package discovery
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// HostLabel names the namespace the agent itself runs in.
+const HostLabel = "host"
+
+// maxPids bounds how many owning processes a Namespace remembers: enough
+// to say who holds it, not a process table.
+const maxPids = 3
+
+// Namespace is one live network namespace. Inode identifies it: all
+// namespaces live on the one nsfs device, so the inode alone is unique.
+type Namespace struct {
+	Inode uint64
+	// Name is set for namespaces bind-mounted under the named directory
+	// (the first name in sort order when several point to one namespace).
+	Name string
+	// Host marks the agent's own namespace.
+	Host bool
+	// Path opens the namespace: the bind mount for named ones, otherwise
+	// /proc/PID/ns/net of an owning process; empty for the host.
+	Path string
+	// Pids and Comms are a few processes inside (sorted by pid).
+	Pids  []int
+	Comms []string
+}
+
+// Label is the stable name used in metrics: "host", the namespace's name,
+// or "netns-INODE" for unnamed ones (stable for the namespace's lifetime).
+func (n Namespace) Label() string {
+	switch {
+	case n.Host:
+		return HostLabel
+	case n.Name != "":
+		return n.Name
+	}
+	return "netns-" + strconv.FormatUint(n.Inode, 10)
+}
+
+// same reports whether two observations describe the namespace identically
+// (so no update event is needed).
+func (n Namespace) same(o Namespace) bool {
+	return n.Inode == o.Inode && n.Name == o.Name && n.Host == o.Host &&
+		n.Path == o.Path && slices.Equal(n.Pids, o.Pids) && slices.Equal(n.Comms, o.Comms)
+}
+
+// nsInode returns the inode of the namespace behind a /proc/PID/ns/net
+// link from its target text "net:[INODE]" (readlink, no open).
+func nsInode(link string) (uint64, error) {
+	target, err := os.Readlink(link)
+	if err != nil {
+		return 0, err
+	}
+	s, ok := strings.CutPrefix(target, "net:[")
+	if !ok || !strings.HasSuffix(s, "]") {
+		return 0, fmt.Errorf("%s: unexpected target %q", link, target)
+	}
+	return strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+}
+
+// scanNamed lists the namespaces bind-mounted in dir. Entries whose bind
+// mount is not in place yet (`ip netns add` creates the file first) are
+// returned as pending so the caller retries them soon.
+func scanNamed(dir string) (named map[uint64]string, pending []string, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return map[uint64]string{}, nil, nil
+		}
+		return nil, nil, err
+	}
+	named = make(map[uint64]string, len(entries))
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		var fs unix.Statfs_t
+		if err := unix.Statfs(p, &fs); err != nil {
+			continue // removed meanwhile
+		}
+		if fs.Type != unix.NSFS_MAGIC {
+			pending = append(pending, e.Name())
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			continue
+		}
+		// Names are visited in order, so the first name wins.
+		if _, dup := named[st.Ino]; !dup {
+			named[st.Ino] = e.Name()
+		}
+	}
+	return named, pending, nil
+}
+
+// procNamespaces maps the namespace inode of every process under procRoot
+// to its first few pids (ascending).
+func procNamespaces(procRoot string) (map[uint64][]int, error) {
+	d, err := os.Open(procRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	pids := make([]int, 0, len(names))
+	for _, n := range names {
+		if pid, err := strconv.Atoi(n); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	out := make(map[uint64][]int)
+	for _, pid := range pids {
+		ino, err := nsInode(procRoot + "/" + strconv.Itoa(pid) + "/ns/net")
+		if err != nil {
+			continue // exited, or a kernel thread
+		}
+		if ps := out[ino]; len(ps) < maxPids {
+			out[ino] = append(ps, pid)
+		}
+	}
+	return out, nil
+}
+
+// comm reads a process's command name; "" when it exited.
+func comm(procRoot string, pid int) string {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/comm")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -1,0 +1,257 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for WatchConfig's zero fields.
+const (
+	DefaultNamedDir = "/run/netns"
+	DefaultProcRoot = "/proc"
+	DefaultInterval = time.Second
+)
+
+// pendingRetry is how often a named namespace whose bind mount is not in
+// place yet is looked at again, and pendingPatience how long that goes on
+// before it is left to the regular interval.
+const (
+	pendingRetry    = 25 * time.Millisecond
+	pendingPatience = 5 * time.Second
+)
+
+// WatchConfig says where to look; the zero value watches the real host.
+type WatchConfig struct {
+	NamedDir string        // bind mounts of named namespaces (/run/netns)
+	ProcRoot string        // procfs (/proc)
+	Interval time.Duration // how often /proc is rescanned (1s)
+}
+
+func (c WatchConfig) withDefaults() WatchConfig {
+	if c.NamedDir == "" {
+		c.NamedDir = DefaultNamedDir
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = DefaultProcRoot
+	}
+	if c.Interval <= 0 {
+		c.Interval = DefaultInterval
+	}
+	return c
+}
+
+// EventType says what happened to a namespace.
+type EventType int
+
+// Namespace event types. Updated means the name, path or owning processes
+// changed; the inode (the identity) never does.
+const (
+	Added EventType = iota
+	Updated
+	Removed
+)
+
+func (t EventType) String() string {
+	return [...]string{"add", "update", "remove"}[t]
+}
+
+// NetnsEvent reports one namespace change.
+type NetnsEvent struct {
+	Type      EventType
+	Namespace Namespace
+}
+
+// WatchNetns reports every namespace present at start as Added, then
+// every change until ctx is cancelled, sending on events. Named namespaces
+// are seen within milliseconds (inotify); unnamed ones within one Interval.
+// It returns nil on cancellation and an error only if it cannot start.
+func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) error {
+	cfg = cfg.withDefaults()
+	host, err := nsInode(cfg.ProcRoot + "/self/ns/net")
+	if err != nil {
+		return err
+	}
+	w := &watcher{cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
+
+	notify, stopNotify := w.inotify()
+	defer stopNotify()
+
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		evs, retrySoon := w.scan()
+		for _, ev := range evs {
+			select {
+			case events <- ev:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if retrySoon {
+			retry.Reset(pendingRetry)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-notify:
+		case <-retry.C:
+		}
+	}
+}
+
+type watcher struct {
+	cfg          WatchConfig
+	host         uint64
+	known        map[uint64]Namespace
+	pendingSince map[string]time.Time
+}
+
+// inotify watches the named directory (created if missing, as `ip netns`
+// does) and signals on every change. Without it, the periodic scan still
+// finds named namespaces, only later.
+func (w *watcher) inotify() (<-chan struct{}, func()) {
+	sig := make(chan struct{}, 1)
+	noop := func() {}
+	if err := os.MkdirAll(w.cfg.NamedDir, 0o755); err != nil {
+		return sig, noop
+	}
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return sig, noop
+	}
+	const mask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ATTRIB
+	if _, err := unix.InotifyAddWatch(fd, w.cfg.NamedDir, mask); err != nil {
+		unix.Close(fd)
+		return sig, noop
+	}
+	// A non-blocking fd handed to os.NewFile uses the runtime poller, so
+	// the reader parks instead of holding a thread, and Close wakes it.
+	f := os.NewFile(uintptr(fd), "inotify")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return
+				}
+				continue
+			}
+			select {
+			case sig <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return sig, func() { f.Close(); <-done }
+}
+
+// scan compares what is there now with what was reported and returns the
+// events; retrySoon is set while a named namespace awaits its bind mount.
+func (w *watcher) scan() (events []NetnsEvent, retrySoon bool) {
+	named, pending, err := scanNamed(w.cfg.NamedDir)
+	if err != nil {
+		named = map[uint64]string{}
+	}
+	now := time.Now()
+	for name := range w.pendingSince {
+		if !slices.Contains(pending, name) {
+			delete(w.pendingSince, name)
+		}
+	}
+	for _, name := range pending {
+		since, ok := w.pendingSince[name]
+		if !ok {
+			since = now
+			w.pendingSince[name] = now
+		}
+		if now.Sub(since) < pendingPatience {
+			retrySoon = true
+		}
+	}
+	procs, err := procNamespaces(w.cfg.ProcRoot)
+	if err != nil {
+		procs = map[uint64][]int{}
+	}
+
+	current := make(map[uint64]Namespace, len(named)+len(procs))
+	add := func(ino uint64) {
+		if _, ok := current[ino]; ok {
+			return
+		}
+		n := Namespace{Inode: ino, Host: ino == w.host, Name: named[ino], Pids: procs[ino]}
+		switch {
+		case n.Host:
+		case n.Name != "":
+			n.Path = w.cfg.NamedDir + "/" + n.Name
+		default:
+			n.Path = w.cfg.ProcRoot + "/" + strconv.Itoa(n.Pids[0]) + "/ns/net"
+		}
+		n.Comms = w.comms(n)
+		current[ino] = n
+	}
+	add(w.host)
+	for ino := range named {
+		add(ino)
+	}
+	for ino := range procs {
+		add(ino)
+	}
+
+	for ino, n := range current {
+		old, ok := w.known[ino]
+		switch {
+		case !ok:
+			events = append(events, NetnsEvent{Added, n})
+		case !old.same(n):
+			events = append(events, NetnsEvent{Updated, n})
+		}
+	}
+	for ino, old := range w.known {
+		if _, ok := current[ino]; !ok {
+			events = append(events, NetnsEvent{Removed, old})
+		}
+	}
+	// Deterministic order helps the consumer's logs and the tests.
+	slices.SortFunc(events, func(a, b NetnsEvent) int {
+		if a.Type != b.Type {
+			return int(b.Type) - int(a.Type) // removals first
+		}
+		return cmpUint(a.Namespace.Inode, b.Namespace.Inode)
+	})
+	w.known = current
+	return events, retrySoon
+}
+
+// comms reuses the command names already read when the pids are unchanged,
+// so a steady host costs one readlink per process per scan and nothing more.
+func (w *watcher) comms(n Namespace) []string {
+	if old, ok := w.known[n.Inode]; ok && slices.Equal(old.Pids, n.Pids) {
+		return old.Comms
+	}
+	out := make([]string, 0, len(n.Pids))
+	for _, pid := range n.Pids {
+		out = append(out, comm(w.cfg.ProcRoot, pid))
+	}
+	return out
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
