@@ -1,0 +1,75 @@
+// Package collector turns the agent's view of namespaces, ports and flows
+// into Prometheus metrics at scrape time, node_exporter style: one small
+// Collector per file, descriptors declared once, and a failing collector
+// reported as nsflow_scrape_collector_success 0 instead of a failed scrape.
+package collector
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Namespace is the metric name prefix.
+const Namespace = "nsflow"
+
+// Collector is one source of metrics. Update sends what it can and returns
+// an error when it could not produce all of it.
+type Collector interface {
+	Update(ch chan<- prometheus.Metric) error
+}
+
+var (
+	scrapeDurationDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "scrape", "collector_duration_seconds"),
+		"Duration of a collector scrape.",
+		[]string{"collector"}, nil)
+	scrapeSuccessDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "scrape", "collector_success"),
+		"Whether a collector succeeded (1) or failed (0) in this scrape.",
+		[]string{"collector"}, nil)
+)
+
+// Set runs named collectors concurrently on each scrape. It is a
+// prometheus.Collector; its metrics are unchecked because what a
+// collector emits depends on the host.
+type Set struct {
+	names      []string
+	collectors map[string]Collector
+	logger     *slog.Logger
+}
+
+// NewSet returns a Set of the given collectors, reported under their names
+// in the order given.
+func NewSet(logger *slog.Logger, names []string, collectors map[string]Collector) *Set {
+	return &Set{names: names, collectors: collectors, logger: logger}
+}
+
+// Describe implements prometheus.Collector.
+func (s *Set) Describe(ch chan<- *prometheus.Desc) {
+	ch <- scrapeDurationDesc
+	ch <- scrapeSuccessDesc
+}
+
+// Collect implements prometheus.Collector.
+func (s *Set) Collect(ch chan<- prometheus.Metric) {
+	var wg sync.WaitGroup
+	for _, name := range s.names {
+		wg.Go(func() { s.run(name, s.collectors[name], ch) })
+	}
+	wg.Wait()
+}
+
+func (s *Set) run(name string, c Collector, ch chan<- prometheus.Metric) {
+	start := time.Now()
+	err := c.Update(ch)
+	success := 1.0
+	if err != nil {
+		success = 0
+		s.logger.Error("collector failed", "collector", name, "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(scrapeDurationDesc, prometheus.GaugeValue, time.Since(start).Seconds(), name)
+	ch <- prometheus.MustNewConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, name)
+}

@@ -1,0 +1,105 @@
+package collector
+
+import (
+	"errors"
+	"log/slog"
+	"strconv"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+)
+
+// staticSource returns fixed data; failing makes Ports and Flows fail.
+type staticSource struct{ failing bool }
+
+func (s staticSource) Ports() ([]PortSample, error) {
+	ps := []PortSample{{Netns: "a", Interface: "veth0", Family: "ipv4", ReceiveBytes: 98, ReceivePackets: 1, TransmitBytes: 196, TransmitPackets: 2}}
+	if s.failing {
+		return ps[:0], errors.New("port table unreadable")
+	}
+	return ps, nil
+}
+
+func (s staticSource) Flows() (*FlowSummary, error) {
+	if s.failing {
+		return nil, errors.New("flow table unreadable")
+	}
+	return &FlowSummary{
+		Pairs:     []PairSample{{Src: "a", Dst: "b", Protocol: "udp", Bytes: 1000, Packets: 10}},
+		PortPairs: []PortPairSample{{Src: "a", Dst: "b", Protocol: "udp", Port: "53", Bytes: 1000, Packets: 10}},
+		Top:       []TopFlowSample{{Src: "a", Dst: "b", Protocol: "udp", SrcAddr: "198.18.0.1", DstAddr: "198.18.0.2", SrcPort: "4000", DstPort: "53", Bytes: 1000}},
+		Table:     FlowTableSample{Entries: 1, Capacity: 1024},
+	}, nil
+}
+
+func (staticSource) Namespaces() []NetnsInfo {
+	return []NetnsInfo{{Netns: "a", Inode: "4026532000", Path: "/run/netns/a", Pids: "", Comm: ""}}
+}
+
+func (staticSource) Self() SelfSample {
+	return SelfSample{AttachedPrograms: map[string]int{"tcx": 2}, DiscoveryEvents: map[DiscoveryKey]uint64{{"netns", "add"}: 3}}
+}
+
+func TestCollectors(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		src         staticSource
+		wantSuccess map[string]string // collector -> success value
+		wantPresent []string
+	}{
+		{
+			name:        "healthy",
+			src:         staticSource{},
+			wantSuccess: map[string]string{"interface": "1", "netns_flow": "1", "top_flows": "1", "flow_table": "1", "self": "1", "isolation": "1"},
+			wantPresent: []string{"nsflow_interface_receive_bytes_total", "nsflow_netns_flow_port_bytes_total", "nsflow_top_flow_bytes_total", "nsflow_flow_table_capacity", "nsflow_build_info", "nsflow_isolation_violation_packets_total", "go_goroutines", "process_resident_memory_bytes"},
+		},
+		{
+			// A failing source costs its collectors, never the scrape.
+			name:        "failing source",
+			src:         staticSource{failing: true},
+			wantSuccess: map[string]string{"interface": "0", "netns_flow": "0", "flow_table": "0", "self": "1", "netns_info": "1"},
+			wantPresent: []string{"nsflow_netns_info", "nsflow_attached_programs"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := NewRegistry(slog.New(slog.DiscardHandler), tc.src, Options{
+				Violations: func() ([]Violation, error) { return []Violation{{Src: "a", Dst: "b", Packets: 1}}, nil },
+			})
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatalf("gather: %v", err)
+			}
+			got := map[string]bool{}
+			success := map[string]string{}
+			for _, mf := range mfs {
+				got[mf.GetName()] = true
+				if mf.GetName() == "nsflow_scrape_collector_success" {
+					for _, m := range mf.GetMetric() {
+						success[m.GetLabel()[0].GetValue()] = strconv.FormatFloat(m.GetGauge().GetValue(), 'g', -1, 64)
+					}
+				}
+			}
+			for _, name := range tc.wantPresent {
+				if !got[name] {
+					t.Errorf("metric %s missing", name)
+				}
+			}
+			for c, want := range tc.wantSuccess {
+				if success[c] != want {
+					t.Errorf("collector %s success = %q, want %s", c, success[c], want)
+				}
+			}
+			problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range problems {
+				t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+			}
+			if n, err := testutil.GatherAndCount(reg, "nsflow_top_flow_bytes_total"); err != nil || (n != 1 && !tc.src.failing) {
+				t.Errorf("top flow series = %d, %v", n, err)
+			}
+		})
+	}
+}
