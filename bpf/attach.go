@@ -1,0 +1,156 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
+)
+
+// AttachMode is how the programs are attached to an interface.
+type AttachMode string
+
+const (
+	// ModeTCX is a tcx link (Linux 6.6 and later).
+	ModeTCX AttachMode = "tcx"
+	// ModeTC is a direct-action bpf filter on a clsact qdisc.
+	ModeTC AttachMode = "tc"
+)
+
+// Attachment is the programs attached to both directions of one interface.
+type Attachment struct {
+	Netns       string // namespace path given to Attach ("" = current)
+	Ifname      string
+	Ifindex     int
+	NetnsCookie uint64
+	Mode        AttachMode
+
+	d     *Datapath
+	links []link.Link // ModeTCX
+	tc    *tcAttachment
+	once  sync.Once
+	err   error
+}
+
+// Key is the PortKey under which this interface's traffic is counted.
+func (a *Attachment) Key() PortKey {
+	return PortKey{NetnsCookie: a.NetnsCookie, Ifindex: uint32(a.Ifindex)}
+}
+
+// Attach attaches the programs to ingress and egress of ifname in the
+// network namespace at netnsPath ("" = current). With tcx the programs are
+// anchored at the head, so they see a packet before any program that
+// redirects or drops it.
+func (d *Datapath) Attach(netnsPath, ifname string) (*Attachment, error) {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return nil, errors.New("bpf: attach: datapath is closed")
+	}
+	a := &Attachment{Netns: netnsPath, Ifname: ifname, d: d}
+	where := ifname
+	if netnsPath != "" {
+		where = fmt.Sprintf("%s in %s", ifname, netnsPath)
+	}
+	// The ifindex of a tcx link and the netlink requests of the tc path are
+	// resolved in the calling thread's namespace, so all of it runs there.
+	err := nsenter.Do(netnsPath, func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("find interface: %w", err)
+		}
+		a.Ifindex = l.Attrs().Index
+		if a.NetnsCookie, err = currentNetnsCookie(); err != nil {
+			return err
+		}
+		if d.forceMode != ModeTC {
+			err = a.attachTCX()
+			if err == nil || d.forceMode == ModeTCX || !errors.Is(err, link.ErrNotSupported) {
+				return err
+			}
+		}
+		return a.attachTC()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bpf: attach to %s: %w", where, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		// Close ran meanwhile and did not see this attachment.
+		_ = a.detach()
+		return nil, errors.New("bpf: attach: datapath is closed")
+	}
+	d.attached[a] = struct{}{}
+	return a, nil
+}
+
+func (a *Attachment) attachTCX() error {
+	for _, p := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{a.d.objs.NsflowIngress, ebpf.AttachTCXIngress},
+		{a.d.objs.NsflowEgress, ebpf.AttachTCXEgress},
+	} {
+		l, err := link.AttachTCX(link.TCXOptions{
+			Interface: a.Ifindex,
+			Program:   p.prog,
+			Attach:    p.at,
+			Anchor:    link.Head(),
+		})
+		if err != nil {
+			for _, l := range a.links {
+				l.Close()
+			}
+			a.links = nil
+			return fmt.Errorf("tcx %s: %w", p.at, err)
+		}
+		a.links = append(a.links, l)
+	}
+	a.Mode = ModeTCX
+	return nil
+}
+
+// Detach removes the programs from the interface. It is idempotent and
+// succeeds when the interface or its namespace is already gone (the
+// kernel then removed the attachment with it).
+func (a *Attachment) Detach() error {
+	a.once.Do(func() {
+		a.err = a.detach()
+		a.d.mu.Lock()
+		delete(a.d.attached, a)
+		a.d.mu.Unlock()
+	})
+	return a.err
+}
+
+func (a *Attachment) detach() error {
+	var errs []error
+	for _, l := range a.links {
+		// Closing our only reference destroys the link; a link whose
+		// device is gone is already defunct and closes cleanly.
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.links = nil
+	if a.tc != nil {
+		err := nsenter.Do(a.Netns, a.tc.detach)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		a.tc = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bpf: detach from %s: %w", a.Ifname, err)
+	}
+	return nil
+}

@@ -1,0 +1,185 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Our legacy tc filters are told apart from anyone else's by this
+// priority and handle, and checked by program ID before removal.
+const (
+	tcPriority = 1          // run before filters at higher numbers
+	tcHandle   = 0x6e73666c // "nsfl"
+	tcName     = "nsflow"
+)
+
+// tcAttachment is the clsact fallback: a direct-action bpf filter per
+// direction. The qdisc is shared with other tools, so it is added only
+// when absent and removed only if we added it and it holds no filter.
+type tcAttachment struct {
+	ifindex    int
+	progIDs    [2]ebpf.ProgramID // ingress, egress
+	addedQdisc bool
+}
+
+var tcParents = [2]uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS}
+
+func (a *Attachment) attachTC() error {
+	h, err := netlink.NewHandle() // bound to the current thread's namespace
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	l, err := h.LinkByIndex(a.Ifindex)
+	if err != nil {
+		return fmt.Errorf("find interface: %w", err)
+	}
+	t := &tcAttachment{ifindex: a.Ifindex}
+	if t.addedQdisc, err = ensureClsact(h, l); err != nil {
+		return err
+	}
+	progs := [2]*ebpf.Program{a.d.objs.NsflowIngress, a.d.objs.NsflowEgress}
+	for i, p := range progs {
+		info, err := p.Info()
+		if err != nil {
+			return err
+		}
+		t.progIDs[i], _ = info.ID()
+		f := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: a.Ifindex,
+				Parent:    tcParents[i],
+				Handle:    tcHandle,
+				Priority:  tcPriority,
+				Protocol:  unix.ETH_P_ALL,
+			},
+			Fd:           p.FD(),
+			Name:         fmt.Sprintf("%s_%d", tcName, i),
+			DirectAction: true,
+		}
+		err = h.FilterAdd(f)
+		if errors.Is(err, unix.EEXIST) && ownFilter(h, l, tcParents[i]) {
+			// A stale filter of ours (a previous run that died): replace.
+			err = h.FilterReplace(f)
+		}
+		if err != nil {
+			_ = t.remove(h, l)
+			return fmt.Errorf("tc filter (clsact %s, prio %d, handle %#x): %w",
+				[]string{"ingress", "egress"}[i], tcPriority, tcHandle, err)
+		}
+	}
+	a.tc = t
+	a.Mode = ModeTC
+	return nil
+}
+
+// ensureClsact adds a clsact qdisc unless the interface has one, and
+// reports whether it added it.
+func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
+	qs, err := h.QdiscList(l)
+	if err != nil {
+		return false, fmt.Errorf("list qdiscs: %w", err)
+	}
+	for _, q := range qs {
+		if q.Type() == "clsact" {
+			return false, nil
+		}
+	}
+	q := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: l.Attrs().Index,
+			Handle:    netlink.MakeHandle(0xffff, 0),
+			Parent:    netlink.HANDLE_CLSACT,
+		},
+		QdiscType: "clsact",
+	}
+	err = h.QdiscAdd(q)
+	if errors.Is(err, unix.EEXIST) {
+		return false, nil // someone else added it just now
+	}
+	if err != nil {
+		return false, fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	return true, nil
+}
+
+// ownFilter reports whether the filter at our priority and handle on
+// parent carries our name.
+func ownFilter(h *netlink.Handle, l netlink.Link, parent uint32) bool {
+	fs, err := h.FilterList(l, parent)
+	if err != nil {
+		return false
+	}
+	for _, f := range fs {
+		bf, ok := f.(*netlink.BpfFilter)
+		if ok && bf.Handle == tcHandle && bf.Priority == tcPriority && strings.HasPrefix(bf.Name, tcName) {
+			return true
+		}
+	}
+	return false
+}
+
+// detach runs inside the attachment's namespace.
+func (t *tcAttachment) detach() error {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	l, err := h.LinkByIndex(t.ifindex)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil // the interface went, and its filters with it
+		}
+		return err
+	}
+	return t.remove(h, l)
+}
+
+// remove deletes the filters that run our programs, then the qdisc if we
+// added it and nobody else has a filter on it. Between that check and the
+// delete another tool could add a filter; it would have to race a
+// detach, and the window is one netlink round trip.
+func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link) error {
+	var errs []error
+	empty := true
+	for i, parent := range tcParents {
+		fs, err := h.FilterList(l, parent)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list filters: %w", err))
+			empty = false
+			continue
+		}
+		for _, f := range fs {
+			bf, ok := f.(*netlink.BpfFilter)
+			if ok && bf.Handle == tcHandle && bf.Priority == tcPriority && ebpf.ProgramID(bf.Id) == t.progIDs[i] {
+				if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+					errs = append(errs, fmt.Errorf("delete filter: %w", err))
+					empty = false
+				}
+				continue
+			}
+			empty = false
+		}
+	}
+	if t.addedQdisc && empty {
+		q := &netlink.GenericQdisc{
+			QdiscAttrs: netlink.QdiscAttrs{
+				LinkIndex: l.Attrs().Index,
+				Handle:    netlink.MakeHandle(0xffff, 0),
+				Parent:    netlink.HANDLE_CLSACT,
+			},
+			QdiscType: "clsact",
+		}
+		if err := h.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("delete clsact qdisc: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

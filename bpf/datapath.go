@@ -1,0 +1,161 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultMaxFlows is the flow table size when Options.MaxFlows is 0.
+const DefaultMaxFlows = 65536
+
+// DefaultMaxPorts is the port table size when Options.MaxPorts is 0.
+const DefaultMaxPorts = 4096
+
+// DefaultPinPath is where the agent pins the maps so that counters survive
+// its restart.
+const DefaultPinPath = "/sys/fs/bpf/nsflow"
+
+// Options configure Load.
+type Options struct {
+	// PinPath, when set, pins the maps by name in this bpffs directory and
+	// reuses maps already pinned there. "" means no pinning.
+	PinPath string
+	// MaxFlows bounds the flow table (0 = DefaultMaxFlows).
+	MaxFlows uint32
+	// MaxPorts bounds the port table (0 = DefaultMaxPorts).
+	MaxPorts uint32
+	// ForceMode attaches with this mode only: ModeTC forces the clsact
+	// path (older kernels, tests); ModeTCX fails instead of falling back.
+	// "" tries tcx and falls back to tc when the kernel lacks tcx.
+	ForceMode AttachMode
+}
+
+// Datapath is the loaded programs and maps, shared by all attachments.
+type Datapath struct {
+	objs      nsflowObjects
+	maxFlows  int
+	forceMode AttachMode
+	// PinsReset reports that pins under PinPath did not match this
+	// version's maps and were replaced, so earlier counters were dropped.
+	PinsReset bool
+
+	mu       sync.Mutex
+	attached map[*Attachment]struct{}
+	closed   bool
+}
+
+// mapNames are the maps nsflow.c defines, which are also the pin names.
+var mapNames = []string{nsflowMapNsflowPorts, nsflowMapNsflowFlows, nsflowMapNsflowLoss}
+
+// Load loads the programs and maps into the kernel once.
+func Load(opts Options) (*Datapath, error) {
+	switch opts.ForceMode {
+	case "", ModeTCX, ModeTC:
+	default:
+		return nil, fmt.Errorf("bpf: unknown attach mode %q (want %q or %q)", opts.ForceMode, ModeTCX, ModeTC)
+	}
+	spec, err := loadNsflow()
+	if err != nil {
+		return nil, err
+	}
+	maxFlows := opts.MaxFlows
+	if maxFlows == 0 {
+		maxFlows = DefaultMaxFlows
+	}
+	maxPorts := opts.MaxPorts
+	if maxPorts == 0 {
+		maxPorts = DefaultMaxPorts
+	}
+	spec.Maps[nsflowMapNsflowFlows].MaxEntries = maxFlows
+	spec.Maps[nsflowMapNsflowPorts].MaxEntries = maxPorts
+
+	var copts ebpf.CollectionOptions
+	if opts.PinPath == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	} else {
+		if err := os.MkdirAll(opts.PinPath, 0o700); err != nil {
+			return nil, fmt.Errorf("bpf: pin directory: %w", err)
+		}
+		copts.Maps.PinPath = opts.PinPath
+	}
+
+	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{}}
+	err = spec.LoadAndAssign(&d.objs, &copts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// Pins left by another version or size: ours by name, so replace
+		// them rather than fail forever.
+		if rerr := RemovePins(opts.PinPath); rerr != nil {
+			return nil, fmt.Errorf("bpf: %w; removing stale pins: %v", err, rerr)
+		}
+		d.PinsReset = true
+		err = spec.LoadAndAssign(&d.objs, &copts)
+	}
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("bpf: load: %+v", verr)
+		}
+		return nil, fmt.Errorf("bpf: load: %w", err)
+	}
+	return d, nil
+}
+
+// RemovePins removes nsflow's map pins under path, and path itself when
+// that leaves it empty. Other files there are left alone. A missing path is
+// not an error.
+func RemovePins(path string) error {
+	if path == "" {
+		return nil
+	}
+	var errs []error
+	for _, name := range mapNames {
+		if err := os.Remove(filepath.Join(path, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Close detaches every attachment made through d and closes the programs
+// and maps. Pinned maps stay pinned (see RemovePins).
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	atts := make([]*Attachment, 0, len(d.attached))
+	for a := range d.attached {
+		atts = append(atts, a)
+	}
+	d.mu.Unlock()
+
+	var errs []error
+	for _, a := range atts {
+		if err := a.Detach(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := d.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Programs returns the ingress and egress programs, for callers that attach
+// them by other means (and for tests).
+func (d *Datapath) Programs() (ingress, egress *ebpf.Program) {
+	return d.objs.NsflowIngress, d.objs.NsflowEgress
+}

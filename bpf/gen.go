@@ -1,0 +1,11 @@
+// Package bpf holds nsflow's eBPF datapath: the tc programs that count
+// traffic per port and per flow (nsflow.c), their bpf2go-generated bindings
+// and objects (committed, so building needs no clang), and a small API to
+// load them once and attach them to interfaces in any network namespace.
+package bpf
+
+// Regenerate with `make generate`, or `BPF_CLANG=clang-19 go generate` here
+// (go generate has no default-value syntax, so BPF_CLANG must be set). The
+// include paths cover the multiarch asm/ headers of Debian hosts; clang
+// ignores the one that does not exist.
+//go:generate go tool bpf2go -cc=$BPF_CLANG -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" -target bpfel -type counter -type port_key -type port_stats -type flow_key -type flow_value -type loss nsflow nsflow.c

@@ -1,0 +1,416 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// nsflow tc programs: count every packet of a port, per direction, address
+// family and L4 protocol, and record IPv4/IPv6 flows. They only observe:
+// both return TC_ACT_UNSPEC, which is also TCX_NEXT, so any later program
+// runs and the packet's fate is unchanged.
+//
+// Cost matters (the budget is a few tens of ns per packet), hence per-CPU
+// maps (no atomics), one lookup for the port and one for the flow, and a
+// coarse clock.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// Older uapi headers lack the tcx verdicts; TCX_NEXT equals TC_ACT_UNSPEC.
+#ifndef TCX_NEXT
+#define TCX_NEXT -1
+#endif
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+enum dir { DIR_INGRESS, DIR_EGRESS, DIR_MAX };
+enum family { FAM_IPV4, FAM_IPV6, FAM_OTHER, FAM_MAX };
+enum l4 { L4_TCP, L4_UDP, L4_ICMP, L4_OTHER, L4_MAX };
+
+// Headers are parsed up to this many bytes into the frame: two VLAN tags,
+// a 60-byte IPv4 header or an IPv6 header with a few extension headers, and
+// the first bytes of TCP.
+#define PARSE_MAX 256
+#define IPV6_EXT_MAX 6
+
+struct counter {
+	__u64 packets;  // skbs, as the kernel's interface statistics count
+	__u64 segments; // max(gso_segs, 1): packets on the wire
+	__u64 bytes;    // skb->len, MAC header included
+};
+
+struct port_key {
+	__u64 netns_cookie;
+	__u32 ifindex;
+	__u32 pad;
+};
+
+struct port_stats {
+	struct counter c[DIR_MAX][FAM_MAX][L4_MAX];
+};
+
+struct flow_key {
+	__u64 netns_cookie;
+	__u32 ifindex;
+	__u8 dir;
+	__u8 family; // 4 or 6
+	__u8 proto;  // IP protocol, or the last IPv6 next header reached
+	__u8 pad;
+	__u16 sport; // host order; ICMP type, 0 when unknown (fragment, truncated)
+	__u16 dport; // host order; ICMP code, 0 when unknown
+	__u32 pad2;
+	__u8 src[16]; // IPv4 uses the first 4 bytes
+	__u8 dst[16];
+};
+
+struct flow_value {
+	__u64 packets;
+	__u64 segments;
+	__u64 bytes;
+	__u64 first_seen; // bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE)
+	__u64 last_seen;
+	__u8 tcp_flags; // OR of the flags seen
+	__u8 pad[7];
+};
+
+// What could not be recorded, in packets; the port counters still count a
+// packet whose flow did not fit.
+struct loss {
+	__u64 flow_full; // flow table full: counted per port, not as a flow
+	__u64 port_full; // port table full: counted nowhere else
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct port_key);
+	__type(value, struct port_stats);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsflow_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsflow_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct loss);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsflow_loss SEC(".maps");
+
+// Zero value for inserting a port: too big for the 512-byte stack.
+static const struct port_stats zero_port;
+
+struct pkt {
+	__u8 family;
+	__u8 l4;
+	__u8 flow; // a flow key was filled in
+	__u8 tcp_flags;
+};
+
+enum parse_result { PARSE_OK, PARSE_TRUNCATED };
+
+static __always_inline __u8 l4_class(__u8 family, __u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return L4_TCP;
+	case IPPROTO_UDP:
+		return L4_UDP;
+	case IPPROTO_ICMP:
+		return family == FAM_IPV4 ? L4_ICMP : L4_OTHER;
+	case IPPROTO_ICMPV6:
+		return family == FAM_IPV6 ? L4_ICMP : L4_OTHER;
+	}
+	return L4_OTHER;
+}
+
+// parse_l4 fills in ports (or ICMP type/code) and TCP flags.
+static __always_inline int parse_l4(void *l4, void *end, struct flow_key *k,
+				    struct pkt *p)
+{
+	__u8 *b = l4;
+
+	switch (p->l4) {
+	case L4_TCP:
+		if (l4 + 14 > end)
+			return PARSE_TRUNCATED;
+		k->sport = bpf_ntohs(*(__be16 *)b);
+		k->dport = bpf_ntohs(*(__be16 *)(b + 2));
+		p->tcp_flags = b[13];
+		return PARSE_OK;
+	case L4_UDP:
+		if (l4 + 4 > end)
+			return PARSE_TRUNCATED;
+		k->sport = bpf_ntohs(*(__be16 *)b);
+		k->dport = bpf_ntohs(*(__be16 *)(b + 2));
+		return PARSE_OK;
+	case L4_ICMP:
+		if (l4 + 2 > end)
+			return PARSE_TRUNCATED;
+		k->sport = b[0];
+		k->dport = b[1];
+		return PARSE_OK;
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(void *data, void *end, __u32 off,
+				      struct flow_key *k, struct pkt *p)
+{
+	struct iphdr *ip = data + off;
+
+	if ((void *)(ip + 1) > end)
+		return PARSE_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_OK; // not IPv4 whatever the ethertype says: other
+	__u32 hlen = ip->ihl * 4;
+	if (data + off + hlen > end)
+		return PARSE_TRUNCATED;
+
+	p->family = FAM_IPV4;
+	p->l4 = l4_class(FAM_IPV4, ip->protocol);
+	p->flow = 1;
+	k->family = 4;
+	k->proto = ip->protocol;
+	__builtin_memcpy(k->src, &ip->saddr, 4);
+	__builtin_memcpy(k->dst, &ip->daddr, 4);
+	// A later fragment carries no L4 header: its flow has no ports.
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return PARSE_OK;
+	off += hlen;
+	if (off > PARSE_MAX)
+		return PARSE_OK;
+	return parse_l4(data + off, end, k, p);
+}
+
+static __always_inline int parse_ipv6(void *data, void *end, __u32 off,
+				      struct flow_key *k, struct pkt *p)
+{
+	struct ipv6hdr *ip6 = data + off;
+
+	if ((void *)(ip6 + 1) > end)
+		return PARSE_TRUNCATED;
+	if (ip6->version != 6)
+		return PARSE_OK;
+
+	p->family = FAM_IPV6;
+	p->flow = 1;
+	k->family = 6;
+	__builtin_memcpy(k->src, &ip6->saddr, 16);
+	__builtin_memcpy(k->dst, &ip6->daddr, 16);
+	__u8 next = ip6->nexthdr;
+	off += sizeof(*ip6);
+
+	// Walk the extension headers; k->proto ends as the last header reached.
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		__u8 *h = data + off;
+		__u32 len;
+
+		k->proto = next;
+		switch (next) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			if ((void *)(h + 2) > end)
+				return PARSE_TRUNCATED;
+			len = ((__u32)h[1] + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			if ((void *)(h + 2) > end)
+				return PARSE_TRUNCATED;
+			len = ((__u32)h[1] + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT:
+			if ((void *)(h + 8) > end)
+				return PARSE_TRUNCATED;
+			// A later fragment carries no L4 header.
+			if (*(__be16 *)(h + 2) & bpf_htons(0xfff8)) {
+				k->proto = h[0];
+				p->l4 = l4_class(FAM_IPV6, h[0]);
+				return PARSE_OK;
+			}
+			len = 8;
+			break;
+		default:
+			p->l4 = l4_class(FAM_IPV6, next);
+			if (off > PARSE_MAX)
+				return PARSE_OK;
+			return parse_l4(data + off, end, k, p);
+		}
+		next = h[0];
+		off += len;
+		if (off > PARSE_MAX)
+			break;
+	}
+	// Too many extension headers to follow: an IPv6 flow of unknown L4.
+	k->proto = next;
+	p->l4 = l4_class(FAM_IPV6, next);
+	return PARSE_OK;
+}
+
+// parse classifies the frame in [data, end) and fills in the flow key.
+// PARSE_TRUNCATED means a header ended early, either because the frame is
+// truncated or because the rest is not in the linear part of the skb.
+static __always_inline int parse(void *data, void *end, struct flow_key *k,
+				 struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+
+	p->family = FAM_OTHER;
+	p->l4 = L4_OTHER;
+	p->flow = 0;
+	p->tcp_flags = 0;
+	if ((void *)(eth + 1) > end)
+		return PARSE_TRUNCATED;
+	__be16 proto = eth->h_proto;
+
+	// Up to two in-band tags (802.1ad outer, 802.1Q inner). A tag the
+	// driver took out of the frame is in skb metadata and not seen here.
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) &&
+		    proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (data + off + 4 > end)
+			return PARSE_TRUNCATED;
+		proto = *(__be16 *)(data + off + 2);
+		off += 4;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(data, end, off, k, p);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(data, end, off, k, p);
+	return PARSE_OK;
+}
+
+static __always_inline void count_loss(int port)
+{
+	__u32 zero = 0;
+	struct loss *l = bpf_map_lookup_elem(&nsflow_loss, &zero);
+
+	if (!l)
+		return;
+	if (port)
+		l->port_full++;
+	else
+		l->flow_full++;
+}
+
+static __always_inline void count_flow(struct flow_key *k, struct pkt *p,
+				       __u64 segs, __u64 len)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct flow_value *v = bpf_map_lookup_elem(&nsflow_flows, k);
+
+	if (!v) {
+		struct flow_value nv = {
+			.packets = 1,
+			.segments = segs,
+			.bytes = len,
+			.first_seen = now,
+			.last_seen = now,
+			.tcp_flags = p->tcp_flags,
+		};
+		long err = bpf_map_update_elem(&nsflow_flows, k, &nv, BPF_NOEXIST);
+		if (!err)
+			return;
+		// Another CPU inserted it first: our CPU's slot is zero.
+		if (err == -17 /* EEXIST */)
+			v = bpf_map_lookup_elem(&nsflow_flows, k);
+		if (!v) {
+			count_loss(0);
+			return;
+		}
+	}
+	if (!v->first_seen)
+		v->first_seen = now;
+	v->packets++;
+	v->segments += segs;
+	v->bytes += len;
+	v->last_seen = now;
+	v->tcp_flags |= p->tcp_flags;
+}
+
+static __always_inline int account(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow_key k;
+	struct pkt p;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	int res = parse(data, end, &k, &p);
+	// Headers beyond the linear part (rare: GRO may leave them in frags):
+	// pull them in and parse again. This moves no packet data the stack
+	// could see, so the packet is unchanged.
+	if (res == PARSE_TRUNCATED && skb->len > (__u32)(end - data)) {
+		__u32 want = skb->len < PARSE_MAX ? skb->len : PARSE_MAX;
+		if (bpf_skb_pull_data(skb, want) == 0) {
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			__builtin_memset(&k, 0, sizeof(k));
+			res = parse(data, end, &k, &p);
+		}
+	}
+
+	__u64 segs = skb->gso_segs;
+	if (segs == 0)
+		segs = 1;
+	__u64 len = skb->len;
+
+	__u64 cookie = bpf_get_netns_cookie(skb);
+	struct port_key pk = { .netns_cookie = cookie, .ifindex = skb->ifindex };
+	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	if (!ps) {
+		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
+		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	}
+	if (ps) {
+		struct counter *c = &ps->c[dir & 1][p.family % FAM_MAX][p.l4 % L4_MAX];
+		c->packets++;
+		c->segments += segs;
+		c->bytes += len;
+	} else {
+		count_loss(1);
+	}
+
+	if (p.flow) {
+		k.netns_cookie = cookie;
+		k.ifindex = skb->ifindex;
+		k.dir = dir;
+		count_flow(&k, &p, segs, len);
+	}
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int nsflow_ingress(struct __sk_buff *skb)
+{
+	return account(skb, DIR_INGRESS);
+}
+
+SEC("tc")
+int nsflow_egress(struct __sk_buff *skb)
+{
+	return account(skb, DIR_EGRESS);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
