@@ -1,0 +1,270 @@
+package deploy
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/exporter-toolkit/web"
+)
+
+const (
+	systemdUnit = "systemd/nsflow.service"
+	webConfig   = "systemd/web-config.yml"
+	// unitBinary is where the unit expects the binary.
+	unitBinary = "/usr/local/bin/nsflow"
+)
+
+// unitFile maps "Section.Key" to its values in order (a key may repeat).
+type unitFile map[string][]string
+
+// parseUnit reads a systemd unit: sections, Key=Value lines, comments and
+// backslash continuations.
+func parseUnit(src string) (unitFile, error) {
+	u := unitFile{}
+	section := ""
+	var pending string
+	for i, line := range strings.Split(src, "\n") {
+		line = strings.TrimSpace(line)
+		if pending == "" && (line == "" || line[0] == '#' || line[0] == ';') {
+			continue
+		}
+		if cont, ok := strings.CutSuffix(line, "\\"); ok {
+			pending += strings.TrimSpace(cont) + " "
+			continue
+		}
+		line, pending = pending+line, ""
+		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
+			section = line[1 : len(line)-1]
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || section == "" {
+			return nil, fmt.Errorf("line %d: %q is not Key=Value inside a section", i+1, line)
+		}
+		key := section + "." + strings.TrimSpace(k)
+		u[key] = append(u[key], strings.TrimSpace(v))
+	}
+	return u, nil
+}
+
+func (u unitFile) get(key string) string { return strings.Join(u[key], " ") }
+
+func loadUnit(t *testing.T) unitFile {
+	t.Helper()
+	u, err := parseUnit(string(readFile(t, systemdUnit)))
+	if err != nil {
+		t.Fatalf("%s: %v", systemdUnit, err)
+	}
+	return u
+}
+
+func TestSystemdUnitHardening(t *testing.T) {
+	u := loadUnit(t)
+	var want []string
+	for _, c := range agentCapabilities {
+		want = append(want, "CAP_"+c)
+	}
+	got := strings.Fields(u.get("Service.CapabilityBoundingSet"))
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("CapabilityBoundingSet %v, want exactly %v", got, want)
+	}
+	for key, value := range map[string]string{
+		"Service.NoNewPrivileges":         "yes",
+		"Service.ProtectSystem":           "strict",
+		"Service.ReadWritePaths":          "/sys/fs/bpf",
+		"Service.ProtectHome":             "yes",
+		"Service.PrivateTmp":              "yes",
+		"Service.PrivateDevices":          "yes",
+		"Service.ProtectKernelTunables":   "yes",
+		"Service.ProtectKernelModules":    "yes",
+		"Service.ProtectControlGroups":    "yes",
+		"Service.RestrictNamespaces":      "net",
+		"Service.RestrictSUIDSGID":        "yes",
+		"Service.MemoryDenyWriteExecute":  "yes",
+		"Service.LockPersonality":         "yes",
+		"Service.SystemCallArchitectures": "native",
+		"Install.WantedBy":                "multi-user.target",
+	} {
+		if got := u.get(key); got != value {
+			t.Errorf("%s=%q, want %q", key, got, value)
+		}
+	}
+	// The syscall allow list must keep what the agent calls beyond
+	// @system-service: bpf(2) and perf_event_open(2).
+	allow := strings.Fields(u["Service.SystemCallFilter"][0])
+	for _, sc := range []string{"@system-service", "bpf", "perf_event_open"} {
+		if !slices.Contains(allow, sc) {
+			t.Errorf("SystemCallFilter allow list %v lacks %s", allow, sc)
+		}
+	}
+	exec := strings.Fields(u.get("Service.ExecStart"))
+	if len(exec) < 2 || exec[0] != unitBinary || exec[1] != "agent" {
+		t.Errorf("ExecStart %v: want %s agent ...", exec, unitBinary)
+	}
+	if flagValue(exec, "--web.config.file") != "/etc/nsflow/web-config.yml" {
+		t.Errorf("ExecStart %v: want --web.config.file=/etc/nsflow/web-config.yml", exec)
+	}
+}
+
+// TestSystemdAnalyze has systemd itself check the unit (syntax, known
+// settings) and score its exposure.
+func TestSystemdAnalyze(t *testing.T) {
+	sa := requireTool(t, "systemd-analyze", "systemd")
+	// verify wants ExecStart's binary to exist: point it at this test.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := filepath.Join(t.TempDir(), "nsflow.service")
+	src := strings.ReplaceAll(string(readFile(t, systemdUnit)), unitBinary, self)
+	if err := os.WriteFile(unit, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, sa, "verify", "--man=no", unit); strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify warns:\n%s", out)
+	}
+	// Exposure is 0-100 (shown as 0.0-10.0); 40 and below rates "OK".
+	out := run(t, sa, "security", "--offline=yes", "--threshold=40", unit)
+	t.Logf("systemd-analyze security: %s", lastLine(out))
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestWebConfigExample serves HTTP with the example web config through the
+// exporter toolkit the agent uses (its cert paths swapped for a throwaway
+// key pair): TLS is required, and the documented user and password work.
+func TestWebConfigExample(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := writeSelfSigned(t, dir)
+	cfg := strings.NewReplacer("/etc/nsflow/tls.crt", certFile, "/etc/nsflow/tls.key", keyFile).
+		Replace(string(readFile(t, webConfig)))
+	cfgFile := filepath.Join(dir, "web-config.yml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := web.Validate(cfgFile); err != nil {
+		t.Fatalf("%s: %v", webConfig, err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, "ok")
+		}),
+		// The plain-HTTP probe below makes a handshake error on purpose.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	flags := &web.FlagConfig{WebConfigFile: &cfgFile, WebListenAddresses: &[]string{ln.Addr().String()}}
+	go web.Serve(ln, srv, flags, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { srv.Close() })
+
+	url := "https://" + ln.Addr().String() + "/"
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	tests := []struct {
+		name       string
+		user, pass string
+		want       int
+	}{
+		{"documented credentials", "prometheus", "change-me", http.StatusOK},
+		{"wrong password", "prometheus", "wrong", http.StatusUnauthorized},
+		{"no credentials", "", "", http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest("GET", url, nil)
+		if tt.user != "" {
+			req.SetBasicAuth(tt.user, tt.pass)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s: status %d, want %d", tt.name, resp.StatusCode, tt.want)
+		}
+	}
+	// Plain HTTP must not be served.
+	if resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + ln.Addr().String() + "/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("plain HTTP answered 200; the example config must require TLS")
+		}
+	}
+}
+
+// writeSelfSigned writes a self-signed certificate for 127.0.0.1 and its
+// key, and returns their paths and a pool trusting the certificate.
+func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "nsflow test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+func TestParseUnit(t *testing.T) {
+	u, err := parseUnit("[A]\n# c\nK=1\nK=2\nL=a \\\n  b\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(u["A.K"], []string{"1", "2"}) || u.get("A.L") != "a b" {
+		t.Errorf("got %v", u)
+	}
+	if _, err := parseUnit("K=1\n"); err == nil {
+		t.Error("a key outside a section: want an error")
+	}
+}
