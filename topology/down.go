@@ -1,0 +1,285 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// hostWaitTimeout bounds how long teardown waits for the kernel to destroy
+// the host-side ends of veths whose namespace was deleted, before deleting
+// them itself (something else, e.g. a socket, still holds the namespace).
+const hostWaitTimeout = 15 * time.Second
+
+// DownResult summarizes a Down.
+type DownResult struct {
+	Name              string `json:"name"`
+	NamespacesRemoved int    `json:"namespaces_removed"`
+	InterfacesRemoved int    `json:"interfaces_removed"`
+	// Foreign lists objects of a declared name that the topology does not
+	// own and therefore left alone.
+	Foreign []string      `json:"foreign,omitempty"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+}
+
+func (r *DownResult) String() string {
+	msg := fmt.Sprintf("topology %s is down: %d namespaces and %d host interfaces removed (%.2fs)",
+		r.Name, r.NamespacesRemoved, r.InterfacesRemoved, r.Elapsed.Seconds())
+	if r.NamespacesRemoved == 0 && r.InterfacesRemoved == 0 {
+		msg = fmt.Sprintf("topology %s was already down (%.2fs)", r.Name, r.Elapsed.Seconds())
+	}
+	for _, f := range r.Foreign {
+		msg += "\n  left alone, not owned by this topology: " + f
+	}
+	return msg
+}
+
+// Down deletes what topology s owns: the namespaces and host interfaces
+// that its state record or its spec lists and that carry its marker. It
+// returns once the host-side ends of its veths are gone too, so the host
+// is as before. A topology that is already down is success.
+func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
+	start := time.Now()
+	if s.Name == "" {
+		return nil, errors.New("topology has no name")
+	}
+	rec, err := readState(s.Name)
+	if err != nil {
+		return nil, err
+	}
+	plan := plannedState(s)
+	plan.merge(rec)
+	marker := markerFor(s.Name)
+	res := &DownResult{Name: s.Name}
+
+	host, err := openHost()
+	if err != nil {
+		return nil, err
+	}
+	defer host.close()
+
+	// Find which namespaces are ours, concurrently: each check opens the
+	// namespace and asks for its loopback.
+	var (
+		mu    sync.Mutex
+		owned []string
+	)
+	err = parallel(ctx, len(plan.Namespaces), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
+		name := plan.Namespaces[i]
+		path := s.NetnsPath(name)
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		c, err := openNetns(name, path)
+		if err != nil {
+			return err
+		}
+		owner, err := netnsOwner(c)
+		c.close()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if owner == marker {
+			owned = append(owned, name)
+		} else {
+			res.Foreign = append(res.Foreign, "namespace "+name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(res.Foreign)
+
+	hasMarker := func(l netlink.Link) bool { return l.Attrs().Alias == marker }
+	n, removed, foreign, err := teardown(ctx, host, s, owned, plan.HostInterfaces, hasMarker, opts)
+	res.NamespacesRemoved, res.InterfacesRemoved = n, removed
+	res.Foreign = append(res.Foreign, foreign...)
+	if err != nil {
+		return res, err
+	}
+	if err := removeState(s.Name); err != nil {
+		return res, err
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// teardown deletes the given namespaces (known to be owned) and those of
+// the host interfaces that are owned, then waits until the host
+// interfaces are gone. It returns the number of namespaces and host
+// interfaces removed and the host interfaces left alone as foreign.
+func teardown(ctx context.Context, host *nsConn, s *Spec, namespaces, hostIfs []string, owned func(netlink.Link) bool, opts Options) (int, int, []string, error) {
+	before, err := linksByName(host.h)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("list host interfaces: %w", err)
+	}
+	var (
+		mine    = map[string]bool{}
+		foreign []string
+	)
+	for _, name := range hostIfs {
+		if l, ok := before[name]; ok {
+			if owned(l) {
+				mine[name] = true
+			} else {
+				foreign = append(foreign, "host interface "+name)
+			}
+		}
+	}
+	// Unmounting drops the namespace; the kernel destroys it and its
+	// interfaces in batches, with their veth peers in the host.
+	err = parallel(ctx, len(namespaces), opts.workers(), "removing namespaces", opts.Progress, func(i int) error {
+		return unmountNetns(s.NetnsPath(namespaces[i]))
+	})
+	if err != nil {
+		return 0, 0, foreign, err
+	}
+	// Bridges and veths with both ends in the host do not go with any
+	// namespace: delete them. A veth's NetNsID is -1 when its peer is in
+	// the same namespace.
+	var errs []error
+	for name := range mine {
+		l := before[name]
+		if linkKind(l) == "veth" && l.Attrs().NetNsID >= 0 {
+			continue
+		}
+		if err := host.h.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete host interface %s: %w", name, err))
+		}
+	}
+	if err := waitHostGone(ctx, host, mine, owned, hostWaitTimeout); err != nil {
+		errs = append(errs, err)
+	}
+	return len(namespaces), len(mine), foreign, errors.Join(errs...)
+}
+
+// waitHostGone waits until none of names exists, owned, in the host
+// namespace. Link notifications wake it; a dump decides. After timeout it
+// deletes the remaining ones itself.
+func waitHostGone(ctx context.Context, host *nsConn, names map[string]bool, owned func(netlink.Link) bool, timeout time.Duration) error {
+	if len(names) == 0 {
+		return nil
+	}
+	updates := make(chan netlink.LinkUpdate, 4096)
+	done := make(chan struct{})
+	defer close(done)
+	// Without a subscription the poll below still converges.
+	_ = netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+		ReceiveBufferSize: 1 << 20,
+		ErrorCallback:     func(error) {},
+	})
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		remaining, err := presentOwned(host, names, owned)
+		if err != nil {
+			return err
+		}
+		if len(remaining) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for host interfaces to go: %w", ctx.Err())
+		case <-deadline.C:
+			var errs []error
+			for _, l := range remaining {
+				if err := host.h.LinkDel(l); err != nil && !isNotFound(err) {
+					errs = append(errs, fmt.Errorf("delete host interface %s: %w", l.Attrs().Name, err))
+				}
+			}
+			return errors.Join(errs...)
+		case <-updates:
+			drain(updates)
+		case <-tick.C:
+		}
+	}
+}
+
+func drain(ch <-chan netlink.LinkUpdate) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+// presentOwned returns the links among names that still exist, owned.
+func presentOwned(host *nsConn, names map[string]bool, owned func(netlink.Link) bool) ([]netlink.Link, error) {
+	links, err := retryDump(host.h.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list host interfaces: %w", err)
+	}
+	var out []netlink.Link
+	for _, l := range links {
+		if names[l.Attrs().Name] && owned(l) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// rollback undoes this run of Up: interfaces it created in namespaces that
+// stay, then the namespaces it created, and restores the state record.
+func (b *builder) rollback() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*hostWaitTimeout)
+	defer cancel()
+	var errs []error
+	// An interface is this run's if it is the very one created (same
+	// index), marked or not yet.
+	createdHost := map[string]int{}
+	for _, r := range slices.Backward(b.createdIfs) {
+		if r.ns == HostNamespace {
+			createdHost[r.name] = r.index
+			continue
+		}
+		c := b.conns[r.ns]
+		l, err := c.h.LinkByName(r.name)
+		if err == nil && l.Attrs().Index == r.index {
+			err = c.h.LinkDel(l)
+		}
+		if err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete %s in namespace %s: %w", r.name, r.ns, err))
+		}
+	}
+	// Our own handles hold the namespaces alive: close them first.
+	for _, name := range b.createdNS {
+		b.conns[name].close()
+		delete(b.conns, name)
+	}
+	if host := b.conns[HostNamespace]; host != nil {
+		var hostIfs []string
+		for name := range createdHost {
+			hostIfs = append(hostIfs, name)
+		}
+		ours := func(l netlink.Link) bool { return createdHost[l.Attrs().Name] == l.Attrs().Index }
+		if _, _, _, err := teardown(ctx, host, b.s, b.createdNS, hostIfs, ours, Options{Workers: b.opts.Workers}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if b.wroteState {
+		var err error
+		if b.hadState == nil {
+			err = removeState(b.s.Name)
+		} else {
+			err = writeState(b.hadState)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

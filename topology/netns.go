@@ -1,0 +1,185 @@
+package topology
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// nsConn is an open network namespace: a file descriptor (to place veth
+// peers there) and a netlink handle whose socket lives there.
+type nsConn struct {
+	name string // declared name; HostNamespace for the host
+	fd   int
+	h    *netlink.Handle
+}
+
+func (c *nsConn) close() {
+	if c == nil {
+		return
+	}
+	if c.h != nil {
+		c.h.Close()
+	}
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+	}
+}
+
+// openHost opens the host namespace, which every goroutine not locked to
+// a thread is in.
+func openHost() (*nsConn, error) {
+	fd, err := unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open host network namespace: %w", err)
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &nsConn{name: HostNamespace, fd: fd, h: h}, nil
+}
+
+// openNetns opens an existing named namespace at path.
+func openNetns(name, path string) (*nsConn, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", path, err)
+	}
+	h, err := netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("namespace %s: %w", path, err)
+	}
+	return &nsConn{name: name, fd: fd, h: h}, nil
+}
+
+// createNetns creates a network namespace bind-mounted at path, with its
+// loopback up and marked with the owner's alias and sysctls applied. The
+// work happens on a locked thread that unshares into the new namespace,
+// so the namespace is configured without another setns per step.
+func createNetns(name, path, marker string, sysctls map[string]string) (*nsConn, error) {
+	type result struct {
+		c   *nsConn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("get current network namespace: %w", err)}
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("unshare network namespace: %w", err)}
+			return
+		}
+		c, err := setupNetns(name, path, marker, sysctls)
+		if serr := netns.Set(orig); serr != nil {
+			// The thread stays locked: the runtime discards it on exit
+			// rather than let other goroutines run in the new namespace.
+			if err == nil {
+				err = fmt.Errorf("return to original network namespace: %w", serr)
+				c.close()
+				unmountNetns(path)
+			}
+			done <- result{err: err}
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- result{c, err}
+	}()
+	r := <-done
+	return r.c, r.err
+}
+
+// setupNetns runs on the locked thread inside the new namespace.
+func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn, err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return nil, fmt.Errorf("namespace %s: %w", path, err)
+	}
+	f.Close()
+	self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+	if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("bind-mount namespace at %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			c.close()
+			unmountNetns(path)
+			c = nil
+		}
+	}()
+	c = &nsConn{name: name, fd: -1}
+	if c.fd, err = unix.Open(self, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+		return c, fmt.Errorf("open namespace %s: %w", path, err)
+	}
+	// A socket opened here stays in this namespace.
+	if c.h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return c, fmt.Errorf("namespace %s: netlink: %w", name, err)
+	}
+	lo, err := c.h.LinkByName("lo")
+	if err != nil {
+		return c, fmt.Errorf("namespace %s: loopback: %w", name, err)
+	}
+	// The loopback's alias marks the namespace as owned by this topology.
+	if err := c.h.LinkSetAlias(lo, marker); err != nil {
+		return c, fmt.Errorf("namespace %s: mark loopback: %w", name, err)
+	}
+	if err := c.h.LinkSetUp(lo); err != nil {
+		return c, fmt.Errorf("namespace %s: loopback up: %w", name, err)
+	}
+	for k, v := range sysctls {
+		// /proc/sys/net shows the namespace of the thread that opens it.
+		p := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+		if err := os.WriteFile(p, []byte(v), 0); err != nil {
+			return c, fmt.Errorf("namespace %s: sysctl %s=%q: %w", name, k, v, err)
+		}
+	}
+	return c, nil
+}
+
+// unmountNetns removes a namespace's bind mount; the kernel destroys the
+// namespace, and the interfaces in it, once nothing else holds it.
+// A mount or file already gone is success.
+func unmountNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// netnsOwner returns the owner marker on a namespace's loopback ("" when
+// there is none: the namespace was not created by nsflow).
+func netnsOwner(c *nsConn) (string, error) {
+	lo, err := c.h.LinkByName("lo")
+	if err != nil {
+		return "", fmt.Errorf("namespace %s: loopback: %w", c.name, err)
+	}
+	return lo.Attrs().Alias, nil
+}
+
+// markerFor is the alias nsflow puts on every interface (and namespace
+// loopback) that topology name creates: the proof of ownership for down.
+func markerFor(name string) string { return "nsflow:" + name }

@@ -1,0 +1,108 @@
+package topology
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// StateDir holds one state record per topology that is up.
+const StateDir = "/run/nsflow"
+
+// stateRecord lists what a topology may own, written before anything is
+// created so that a crash mid-build still leaves a record for down.
+// Listing is not owning: down deletes an object only if it carries the
+// topology's marker.
+type stateRecord struct {
+	Topology string `json:"topology"`
+	// Namespaces are the names under /run/netns.
+	Namespaces []string `json:"namespaces"`
+	// HostInterfaces are interfaces in the host namespace (bridges and
+	// veth ends); interfaces in the topology's namespaces go with them.
+	HostInterfaces []string  `json:"host_interfaces"`
+	Updated        time.Time `json:"updated"`
+}
+
+func statePath(name string) string { return filepath.Join(StateDir, name+".json") }
+
+// readState returns the topology's record, or nil if there is none.
+func readState(name string) (*stateRecord, error) {
+	b, err := os.ReadFile(statePath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r stateRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("state record %s: %w", statePath(name), err)
+	}
+	return &r, nil
+}
+
+// writeState replaces the record atomically (temp file, then rename).
+func writeState(r *stateRecord) error {
+	if err := os.MkdirAll(StateDir, 0o755); err != nil {
+		return err
+	}
+	r.Updated = time.Now().UTC()
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(StateDir, "."+r.Topology+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), statePath(r.Topology))
+}
+
+func removeState(name string) error {
+	if err := os.Remove(statePath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// plannedState is the record for everything the spec declares.
+func plannedState(s *Spec) *stateRecord {
+	r := &stateRecord{Topology: s.Name}
+	for _, n := range s.Namespaces {
+		r.Namespaces = append(r.Namespaces, n.Name)
+	}
+	for _, ifc := range s.NamespaceInterfaces(HostNamespace) {
+		r.HostInterfaces = append(r.HostInterfaces, ifc.Name)
+	}
+	return r
+}
+
+// merge adds o's entries to r (a topology whose file changed between up
+// and down still has its old objects recorded).
+func (r *stateRecord) merge(o *stateRecord) {
+	if o == nil {
+		return
+	}
+	for _, n := range o.Namespaces {
+		if !slices.Contains(r.Namespaces, n) {
+			r.Namespaces = append(r.Namespaces, n)
+		}
+	}
+	for _, n := range o.HostInterfaces {
+		if !slices.Contains(r.HostInterfaces, n) {
+			r.HostInterfaces = append(r.HostInterfaces, n)
+		}
+	}
+}

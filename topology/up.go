@@ -1,0 +1,564 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Options tune Up and Down.
+type Options struct {
+	// Workers is how many namespaces or links are set up at once; 0 picks
+	// a default for the machine.
+	Workers int
+	// Progress, if set, receives progress reports of long phases.
+	Progress ProgressFunc
+
+	// failAfter, when positive, makes Up fail once that many objects have
+	// been created: the tests' way to inject a failure mid-build.
+	failAfter int64
+}
+
+func (o Options) workers() int {
+	if o.Workers > 0 {
+		return o.Workers
+	}
+	return defaultWorkers()
+}
+
+// Result summarizes an Up.
+type Result struct {
+	Name              string        `json:"name"`
+	NamespacesCreated int           `json:"namespaces_created"`
+	InterfacesCreated int           `json:"interfaces_created"`
+	// Changed counts fixes to objects that already existed: a link set
+	// up, an MTU, a bridge port, an address or a route added.
+	Changed int           `json:"changed"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+}
+
+// Unchanged reports whether Up found everything in place.
+func (r *Result) Unchanged() bool {
+	return r.NamespacesCreated == 0 && r.InterfacesCreated == 0 && r.Changed == 0
+}
+
+func (r *Result) String() string {
+	if r.Unchanged() {
+		return fmt.Sprintf("topology %s is already up: nothing changed (%.2fs)", r.Name, r.Elapsed.Seconds())
+	}
+	return fmt.Sprintf("topology %s is up: %d namespaces and %d interfaces created, %d other changes (%.2fs)",
+		r.Name, r.NamespacesCreated, r.InterfacesCreated, r.Changed, r.Elapsed.Seconds())
+}
+
+// Up creates everything s declares that does not exist yet, and fixes
+// addresses, routes and link state of what does. It is idempotent. An
+// object of a declared name that this topology does not own is an error,
+// found before anything is created. On any failure Up removes what this
+// run created and returns the cause.
+func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
+	start := time.Now()
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	b := &builder{
+		s:         s,
+		opts:      opts,
+		marker:    markerFor(s.Name),
+		conns:     map[string]*nsConn{},
+		fresh:     map[string]bool{},
+		links:     map[string]map[string]netlink.Link{},
+		bridgeIdx: map[string]int{},
+	}
+	defer b.close()
+	if err := b.build(ctx); err != nil {
+		if rerr := b.rollback(); rerr != nil {
+			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v)", s.Name, err, rerr)
+		}
+		return nil, fmt.Errorf("topology %s: %w (rolled back)", s.Name, err)
+	}
+	return &Result{
+		Name:              s.Name,
+		NamespacesCreated: int(b.nsCreated.Load()),
+		InterfacesCreated: int(b.ifCreated.Load()),
+		Changed:           int(b.changed.Load()),
+		Elapsed:           time.Since(start),
+	}, nil
+}
+
+// builder holds one Up run: open namespaces, what existed before, and
+// what this run created (for rollback).
+type builder struct {
+	s      *Spec
+	opts   Options
+	marker string
+
+	// conns are the open namespaces by declared name (and HostNamespace).
+	conns map[string]*nsConn
+	// fresh marks namespaces this run created: nothing in them predates
+	// the run, so their objects need no existence checks.
+	fresh map[string]bool
+	// links are the interfaces that existed before the run, by namespace.
+	links     map[string]map[string]netlink.Link
+	bridgeIdx map[string]int
+
+	mu         sync.Mutex
+	createdNS  []string
+	createdIfs []ifRef
+	hadState   *stateRecord
+	wroteState bool
+
+	nsCreated, ifCreated, changed atomic.Int64
+}
+
+// ifRef is an interface this run created: one end of a veth pair, or a
+// bridge. The index identifies it even before it carries the marker.
+type ifRef struct {
+	ns, name string
+	index    int
+}
+
+func (b *builder) close() {
+	for _, c := range b.conns {
+		c.close()
+	}
+}
+
+func (b *builder) build(ctx context.Context) error {
+	if err := b.preflight(ctx); err != nil {
+		return err
+	}
+	if err := b.writeState(); err != nil {
+		return err
+	}
+	if err := b.namespaces(ctx); err != nil {
+		return err
+	}
+	if err := b.bridges(); err != nil {
+		return err
+	}
+	w := b.opts.workers()
+	if err := parallel(ctx, len(b.s.Links), w, "links", b.opts.Progress, b.link); err != nil {
+		return err
+	}
+	return parallel(ctx, len(b.s.Namespaces), w, "routes", b.opts.Progress, b.routes)
+}
+
+// preflight opens what exists and proves it is owned, before anything is
+// created: a foreign object of a declared name stops the run here.
+func (b *builder) preflight(ctx context.Context) error {
+	host, err := openHost()
+	if err != nil {
+		return err
+	}
+	b.conns[HostNamespace] = host
+	if b.links[HostNamespace], err = linksByName(host.h); err != nil {
+		return fmt.Errorf("list host interfaces: %w", err)
+	}
+	for _, ifc := range b.s.NamespaceInterfaces(HostNamespace) {
+		if l, ok := b.links[HostNamespace][ifc.Name]; ok {
+			if err := b.checkOwned(HostNamespace, l, ifc.Kind); err != nil {
+				return err
+			}
+		}
+	}
+	var existing []string
+	for _, n := range b.s.Namespaces {
+		if _, err := os.Lstat(b.s.NetnsPath(n.Name)); err == nil {
+			existing = append(existing, n.Name)
+		}
+	}
+	return parallel(ctx, len(existing), b.opts.workers(), "checking namespaces", b.opts.Progress, func(i int) error {
+		name := existing[i]
+		c, err := openNetns(name, b.s.NetnsPath(name))
+		if err != nil {
+			return err
+		}
+		owner, err := netnsOwner(c)
+		if err == nil && owner != b.marker {
+			err = fmt.Errorf("namespace %q already exists and is not owned by topology %q%s", name, b.s.Name, ownerHint(owner))
+		}
+		var links map[string]netlink.Link
+		if err == nil {
+			links, err = linksByName(c.h)
+		}
+		if err != nil {
+			c.close()
+			return err
+		}
+		b.mu.Lock()
+		b.conns[name], b.links[name] = c, links
+		b.mu.Unlock()
+		return nil
+	})
+}
+
+// checkOwned accepts an existing interface only if it carries this
+// topology's marker and is of the declared kind.
+func (b *builder) checkOwned(ns string, l netlink.Link, kind string) error {
+	a := l.Attrs()
+	if a.Alias != b.marker {
+		return fmt.Errorf("interface %q already exists in namespace %q and is not owned by topology %q%s",
+			a.Name, ns, b.s.Name, ownerHint(a.Alias))
+	}
+	if linkKind(l) != kind {
+		return fmt.Errorf("interface %q in namespace %q is a %s, the topology declares a %s", a.Name, ns, linkKind(l), kind)
+	}
+	return nil
+}
+
+func ownerHint(alias string) string {
+	if owner, ok := strings.CutPrefix(alias, "nsflow:"); ok {
+		return fmt.Sprintf(" (it belongs to topology %q)", owner)
+	}
+	return ""
+}
+
+// writeState records everything the run may create before creating it,
+// keeping what an earlier record listed.
+func (b *builder) writeState() error {
+	prev, err := readState(b.s.Name)
+	if err != nil {
+		return err
+	}
+	rec := plannedState(b.s)
+	rec.merge(prev)
+	if err := writeState(rec); err != nil {
+		return fmt.Errorf("write state record: %w", err)
+	}
+	b.hadState, b.wroteState = prev, true
+	return nil
+}
+
+func (b *builder) namespaces(ctx context.Context) error {
+	var missing []Namespace
+	for _, n := range b.s.Namespaces {
+		if b.conns[n.Name] == nil {
+			missing = append(missing, n)
+		}
+	}
+	return parallel(ctx, len(missing), b.opts.workers(), "namespaces", b.opts.Progress, func(i int) error {
+		n := missing[i]
+		path := b.s.NetnsPath(n.Name)
+		c, err := createNetns(n.Name, path, b.marker, n.Sysctls)
+		if err != nil {
+			return err
+		}
+		b.mu.Lock()
+		b.conns[n.Name], b.fresh[n.Name] = c, true
+		b.createdNS = append(b.createdNS, n.Name)
+		b.mu.Unlock()
+		b.nsCreated.Add(1)
+		return b.failpoint()
+	})
+}
+
+// failpoint injects the tests' failure once enough objects exist.
+func (b *builder) failpoint() error {
+	if b.opts.failAfter > 0 && b.nsCreated.Load()+b.ifCreated.Load() >= b.opts.failAfter {
+		return errors.New("injected failure")
+	}
+	return nil
+}
+
+// existing returns the interface that predates this run, or nil.
+func (b *builder) existing(ns, name string) netlink.Link {
+	if b.fresh[ns] {
+		return nil
+	}
+	return b.links[ns][name]
+}
+
+// recordCreated notes an interface that LinkAdd created in namespace ns
+// (also when LinkAdd failed after creating it), so rollback can remove
+// it. Interfaces in fresh namespaces go with their namespace.
+func (b *builder) recordCreated(c *nsConn, ns string, l netlink.Link, addErr error) {
+	if b.fresh[ns] || errors.Is(addErr, unix.EEXIST) {
+		return
+	}
+	idx := l.Attrs().Index
+	if idx == 0 {
+		got, err := c.h.LinkByName(l.Attrs().Name)
+		if err != nil {
+			return
+		}
+		idx = got.Attrs().Index
+	}
+	b.mu.Lock()
+	b.createdIfs = append(b.createdIfs, ifRef{ns, l.Attrs().Name, idx})
+	b.mu.Unlock()
+}
+
+// mark sets the ownership marker on a link this run created. The kernel
+// ignores an alias in the create request, so it is a second request.
+func (b *builder) mark(c *nsConn, l netlink.Link) error {
+	if err := c.h.LinkSetAlias(l, b.marker); err != nil {
+		return fmt.Errorf("mark %s as owned: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+func (b *builder) bridges() error {
+	for i, br := range b.s.Bridges {
+		ns := b.s.BridgeNamespace(br.Name)
+		c := b.conns[ns]
+		l := b.existing(ns, br.Name)
+		if l != nil {
+			if err := b.checkOwned(ns, l, "bridge"); err != nil {
+				return err
+			}
+			if err := b.ensureLink(c, l, br.MTU, ""); err != nil {
+				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
+			}
+			if err := b.ensureAddrs(c, l, br.Addresses); err != nil {
+				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
+			}
+		} else {
+			la := netlink.NewLinkAttrs()
+			la.Name, la.MTU, la.Flags = br.Name, br.MTU, net.FlagUp
+			nl := &netlink.Bridge{LinkAttrs: la}
+			err := c.h.LinkAdd(nl)
+			b.recordCreated(c, ns, nl, err)
+			if err != nil {
+				return fmt.Errorf("bridges[%d]: create bridge %s in namespace %s: %w", i, br.Name, ns, err)
+			}
+			b.ifCreated.Add(1)
+			if err := b.mark(c, nl); err != nil {
+				return fmt.Errorf("bridges[%d]: %w", i, err)
+			}
+			if err := b.addAddrs(c, nl, br.Addresses); err != nil {
+				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
+			}
+			l = nl
+		}
+		b.bridgeIdx[br.Name] = l.Attrs().Index
+		if err := b.failpoint(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// link creates links[i], or converges it if it exists. The veth is created
+// in one namespace with its peer born in the other (no move between
+// namespaces, which costs an rcu_barrier under rtnl).
+func (b *builder) link(i int) error {
+	l := b.s.Links[i]
+	pi := 0
+	if b.primaryRank(l.Endpoints[1]) > b.primaryRank(l.Endpoints[0]) {
+		pi = 1
+	}
+	pe, se := l.Endpoints[pi], l.Endpoints[1-pi]
+	pns, sns := b.s.EndpointNamespace(pe), b.s.EndpointNamespace(se)
+	pc, sc := b.conns[pns], b.conns[sns]
+	pl, sl := b.existing(pns, pe.Interface), b.existing(sns, se.Interface)
+	fail := func(err error) error {
+		return fmt.Errorf("links[%d] %s:%s - %s:%s: %w", i, pns, pe.Interface, sns, se.Interface, err)
+	}
+	if pl != nil || sl != nil {
+		if pl == nil || sl == nil {
+			ns, name := pns, pe.Interface
+			if pl == nil {
+				ns, name = sns, se.Interface
+			}
+			return fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns))
+		}
+		for _, e := range []struct {
+			ns string
+			l  netlink.Link
+			c  *nsConn
+			ep Endpoint
+		}{{pns, pl, pc, pe}, {sns, sl, sc, se}} {
+			if err := b.checkOwned(e.ns, e.l, "veth"); err != nil {
+				return fail(err)
+			}
+			if err := b.ensureLink(e.c, e.l, l.MTU, e.ep.Bridge); err != nil {
+				return fail(err)
+			}
+			if err := b.ensureAddrs(e.c, e.l, e.ep.Addresses); err != nil {
+				return fail(err)
+			}
+		}
+		return nil
+	}
+
+	la := netlink.NewLinkAttrs()
+	la.Name, la.MTU, la.Flags = pe.Interface, l.MTU, net.FlagUp
+	if pe.Bridge != "" {
+		la.MasterIndex = b.bridgeIdx[pe.Bridge]
+	}
+	v := &netlink.Veth{LinkAttrs: la, PeerName: se.Interface, PeerNamespace: netlink.NsFd(sc.fd), PeerTxQLen: -1}
+	err := pc.h.LinkAdd(v)
+	b.recordCreated(pc, pns, v, err)
+	if err != nil {
+		return fail(fmt.Errorf("create veth: %w", err))
+	}
+	b.ifCreated.Add(2)
+	peer, err := sc.h.LinkByName(se.Interface)
+	if err != nil {
+		return fail(fmt.Errorf("find veth peer: %w", err))
+	}
+	if b.fresh[pns] {
+		// The peer is the end in a namespace that stays on rollback.
+		b.recordCreated(sc, sns, peer, nil)
+	}
+	if err := b.mark(pc, v); err != nil {
+		return fail(err)
+	}
+	if err := b.mark(sc, peer); err != nil {
+		return fail(err)
+	}
+	if se.Bridge != "" {
+		if err := sc.h.LinkSetMasterByIndex(peer, b.bridgeIdx[se.Bridge]); err != nil {
+			return fail(fmt.Errorf("attach %s to bridge %s: %w", se.Interface, se.Bridge, err))
+		}
+	}
+	if err := sc.h.LinkSetUp(peer); err != nil {
+		return fail(fmt.Errorf("set %s up: %w", se.Interface, err))
+	}
+	if err := b.addAddrs(pc, v, pe.Addresses); err != nil {
+		return fail(err)
+	}
+	if err := b.addAddrs(sc, peer, se.Addresses); err != nil {
+		return fail(err)
+	}
+	return b.failpoint()
+}
+
+// primaryRank orders where a veth is created from: a bridge port (the
+// create request attaches it), then a host end (the request marks it, so
+// no unmarked host interface exists even for a moment).
+func (b *builder) primaryRank(e Endpoint) int {
+	switch {
+	case e.Bridge != "":
+		return 2
+	case e.Namespace == HostNamespace:
+		return 1
+	}
+	return 0
+}
+
+// ensureLink fixes the admin state, MTU and bridge of an existing link.
+func (b *builder) ensureLink(c *nsConn, l netlink.Link, mtu int, master string) error {
+	a := l.Attrs()
+	if a.Flags&net.FlagUp == 0 {
+		if err := c.h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set %s up: %w", a.Name, err)
+		}
+		b.changed.Add(1)
+	}
+	if mtu != 0 && a.MTU != mtu {
+		if err := c.h.LinkSetMTU(l, mtu); err != nil {
+			return fmt.Errorf("set %s mtu %d: %w", a.Name, mtu, err)
+		}
+		b.changed.Add(1)
+	}
+	if master != "" && a.MasterIndex != b.bridgeIdx[master] {
+		if err := c.h.LinkSetMasterByIndex(l, b.bridgeIdx[master]); err != nil {
+			return fmt.Errorf("attach %s to bridge %s: %w", a.Name, master, err)
+		}
+		b.changed.Add(1)
+	}
+	return nil
+}
+
+// ensureAddrs adds the addresses an existing link lacks.
+func (b *builder) ensureAddrs(c *nsConn, l netlink.Link, addrs []string) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	have, err := retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(l, netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+	}
+	var missing []string
+	for _, a := range addrs {
+		p := netip.MustParsePrefix(a)
+		found := false
+		for _, h := range have {
+			if ones, _ := h.Mask.Size(); h.IP.Equal(net.IP(p.Addr().AsSlice())) && ones == p.Bits() {
+				found = true
+				break
+			}
+		}
+		if !found {
+			missing = append(missing, a)
+		}
+	}
+	b.changed.Add(int64(len(missing)))
+	return b.addAddrs(c, l, missing)
+}
+
+// addAddrs adds addresses to a link known not to have them.
+func (b *builder) addAddrs(c *nsConn, l netlink.Link, addrs []string) error {
+	for _, a := range addrs {
+		if err := c.h.AddrAdd(l, nlAddr(netip.MustParsePrefix(a))); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", a, l.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// routes adds namespace i's routes; one that already exists is kept.
+func (b *builder) routes(i int) error {
+	n := b.s.Namespaces[i]
+	c := b.conns[n.Name]
+	for j, r := range n.Routes {
+		rt, err := b.nlRoute(c, n.Name, r)
+		if err == nil {
+			err = c.h.RouteAdd(rt)
+			if errors.Is(err, unix.EEXIST) && !b.fresh[n.Name] {
+				continue // already there: idempotent up
+			}
+			if err == nil && !b.fresh[n.Name] {
+				b.changed.Add(1)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("namespaces[%d].routes[%d] (%s to %s): %w", i, j, n.Name, r.To, err)
+		}
+	}
+	return nil
+}
+
+// nlRoute translates a validated route for namespace ns.
+func (b *builder) nlRoute(c *nsConn, ns string, r Route) (*netlink.Route, error) {
+	rt := &netlink.Route{}
+	is4 := true
+	if r.To != "default" {
+		p := netip.MustParsePrefix(r.To)
+		rt.Dst, is4 = ipNet(p), p.Addr().Is4()
+	}
+	if r.Via != "" {
+		gw := netip.MustParseAddr(r.Via)
+		rt.Gw, is4 = net.IP(gw.AsSlice()), gw.Is4()
+	}
+	if r.Dev != "" {
+		l, err := c.h.LinkByName(r.Dev)
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", r.Dev, err)
+		}
+		rt.LinkIndex = l.Attrs().Index
+		if r.To == "default" && r.Via == "" {
+			for _, ifc := range b.s.NamespaceInterfaces(ns) {
+				if ifc.Name == r.Dev && len(ifc.Addresses) > 0 {
+					is4 = ifc.Addresses[0].Addr().Is4()
+				}
+			}
+		}
+	}
+	rt.Family = netlink.FAMILY_V6
+	if is4 {
+		rt.Family = netlink.FAMILY_V4
+	}
+	return rt, nil
+}
