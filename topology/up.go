@@ -38,9 +38,9 @@ func (o Options) workers() int {
 
 // Result summarizes an Up.
 type Result struct {
-	Name              string        `json:"name"`
-	NamespacesCreated int           `json:"namespaces_created"`
-	InterfacesCreated int           `json:"interfaces_created"`
+	Name              string `json:"name"`
+	NamespacesCreated int    `json:"namespaces_created"`
+	InterfacesCreated int    `json:"interfaces_created"`
 	// Changed counts fixes to objects that already existed: a link set
 	// up, an MTU, a bridge port, an address or a route added.
 	Changed int           `json:"changed"`
