@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/nsflow/nsflow/topology"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func init() { subcommands = append(subcommands, newTopologyCmd) }
+
+// topologyFlags are shared by every topology subcommand.
+type topologyFlags struct {
+	file   string
+	prefix string
+}
+
+// load reads and validates the file; a bad file exits with status 2.
+func (f *topologyFlags) load() (*topology.Spec, error) {
+	if f.file == "" {
+		return nil, &exitError{2, fmt.Errorf("--file is required")}
+	}
+	s, err := topology.Load(f.file)
+	if err == nil && f.prefix != "" {
+		s, err = s.WithPrefix(f.prefix)
+	}
+	if err != nil {
+		return nil, &exitError{2, err}
+	}
+	return s, nil
+}
+
+func newTopologyCmd() *cobra.Command {
+	f := &topologyFlags{}
+	cmd := &cobra.Command{
+		Use:   "topology",
+		Short: "Build, remove, inspect and draw a topology of network namespaces",
+	}
+	cmd.PersistentFlags().StringVarP(&f.file, "file", "f", "", "topology file (YAML)")
+	cmd.PersistentFlags().StringVar(&f.prefix, "prefix", "", "prefix for the topology, namespace, bridge and host interface names (run a copy side by side)")
+	_ = cmd.MarkPersistentFlagFilename("file", "yaml", "yml")
+	cmd.AddCommand(newTopologyUpCmd(f), newTopologyDownCmd(f), newTopologyShowCmd(f), newTopologyGraphCmd(f))
+	return cmd
+}
+
+// progressLine draws one updating line on a terminal and nothing
+// otherwise, so scripts see only the final summary.
+func progressLine(w *os.File) (topology.ProgressFunc, func()) {
+	if !term.IsTerminal(int(w.Fd())) {
+		return nil, func() {}
+	}
+	drawn := false
+	report := func(p topology.Progress) {
+		// Redraw at most ~100 times per phase.
+		if p.Total >= 100 && p.Done%(p.Total/100) != 0 && p.Done != p.Total {
+			return
+		}
+		fmt.Fprintf(w, "\r\033[K%s %d/%d", p.Phase, p.Done, p.Total)
+		drawn = true
+	}
+	clear := func() {
+		if drawn {
+			fmt.Fprint(w, "\r\033[K")
+		}
+	}
+	return report, clear
+}
+
+func newTopologyUpCmd(f *topologyFlags) *cobra.Command {
+	var workers int
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Create the topology (idempotent; rolls back on failure)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := f.load()
+			if err != nil {
+				return err
+			}
+			report, clear := progressLine(os.Stderr)
+			res, err := topology.Up(cmd.Context(), s, topology.Options{Workers: workers, Progress: report})
+			clear()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&workers, "workers", 0, "namespaces built at once (0: a default for this machine)")
+	return cmd
+}
+
+func newTopologyDownCmd(f *topologyFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Delete what the topology owns (succeeds when already down)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := f.load()
+			if err != nil {
+				return err
+			}
+			report, clear := progressLine(os.Stderr)
+			res, err := topology.Down(cmd.Context(), s, topology.Options{Progress: report})
+			clear()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res)
+			return nil
+		},
+	}
+}
+
+func newTopologyShowCmd(f *topologyFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "show",
+		Short: "Show the live state of the topology and any drift from the file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return &exitError{2, fmt.Errorf("--output: unknown format %q (want table or json)", output)}
+			}
+			s, err := f.load()
+			if err != nil {
+				return err
+			}
+			st, err := topology.Show(cmd.Context(), s, topology.Options{})
+			if err != nil {
+				return err
+			}
+			return writeState(cmd.OutOrStdout(), st, output)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
+func writeState(w io.Writer, st *topology.State, output string) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	return st.WriteTable(w)
+}
+
+func newTopologyGraphCmd(f *topologyFlags) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "graph",
+		Short: "Draw the topology as a mermaid flowchart or a Graphviz dot graph",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := f.load()
+			if err != nil {
+				return err
+			}
+			if err := topology.WriteGraph(cmd.OutOrStdout(), s, format); err != nil {
+				return &exitError{2, err}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", topology.GraphMermaid, "graph format: mermaid or dot")
+	_ = cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(topology.GraphFormats, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
