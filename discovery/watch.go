@@ -50,15 +50,17 @@ func (c WatchConfig) withDefaults() WatchConfig {
 type EventType int
 
 // Namespace event types. Updated means the name, path or owning processes
-// changed; the inode (the identity) never does.
+// changed; the inode (the identity) never does. Synced is sent once, after
+// the Added events of the namespaces present at start.
 const (
 	Added EventType = iota
 	Updated
 	Removed
+	Synced
 )
 
 func (t EventType) String() string {
-	return [...]string{"add", "update", "remove"}[t]
+	return [...]string{"add", "update", "remove", "synced"}[t]
 }
 
 // NetnsEvent reports one namespace change.
@@ -68,7 +70,7 @@ type NetnsEvent struct {
 }
 
 // WatchNetns reports every namespace present at start as Added, then
-// every change until ctx is cancelled, sending on events. Named namespaces
+// Synced, then every change until ctx is cancelled, sending on events. Named namespaces
 // are seen within milliseconds (inotify); unnamed ones within one Interval.
 // It returns nil on cancellation and an error only if it cannot start.
 func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) error {
@@ -86,8 +88,11 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 	defer tick.Stop()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
-	for {
+	for first := true; ; first = false {
 		evs, retrySoon := w.scan()
+		if first {
+			evs = append(evs, NetnsEvent{Type: Synced})
+		}
 		for _, ev := range evs {
 			select {
 			case events <- ev:

@@ -1,0 +1,527 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/discovery"
+	"golang.org/x/sys/unix"
+)
+
+// Agent discovers, attaches and attributes. Its state changes only on the
+// Run goroutine; scrapes read it under mu.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	dp  *bpf.Datapath
+	mon *discovery.Monitor
+
+	linkEvents chan discovery.LinkEvent
+	jobs       chan func() func()
+	results    chan func()
+	queue      []func() func() // jobs not handed to a worker yet
+	inflight   int             // jobs queued or running, results not applied yet
+	synced     bool            // the initial namespace scan was reported
+
+	mu        sync.RWMutex
+	byInode   map[uint64]*nsState
+	byCookie  map[uint64]*nsState
+	gone      map[uint64]string              // cookie -> label of removed namespaces whose flows are not folded yet
+	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
+	events    map[collector.DiscoveryKey]uint64
+	ready     atomic.Bool
+	attachErr atomic.Uint64
+
+	book *flowBook
+
+	sumMu sync.Mutex
+	sum   *collector.FlowSummary
+	sumAt time.Time
+}
+
+type nsState struct {
+	ns     discovery.Namespace
+	label  string
+	cookie uint64 // 0 until set up
+	links  map[int]*portState
+	addrs  map[discovery.Addr]bool
+}
+
+type portState struct {
+	link discovery.Link
+	// attaching is set while an attach job runs; att once it succeeded.
+	attaching bool
+	att       *bpf.Attachment
+}
+
+// New loads the datapath (reusing pinned maps) and the saved state. It
+// fails with a clear message when bpffs is not mounted where pins go.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if cfg.PinPath != "" {
+		if err := checkBPFFS(cfg.PinPath); err != nil {
+			return nil, err
+		}
+	}
+	book, err := newFlowBook(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := bpf.Load(bpf.Options{PinPath: cfg.PinPath, MaxFlows: cfg.MaxFlows, ForceMode: cfg.AttachMode})
+	if err != nil {
+		return nil, err
+	}
+	if dp.PinsReset {
+		cfg.Logger.Warn("pinned maps were incompatible with this version and were replaced; counters restart", "pin_path", cfg.PinPath)
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Logger, dp: dp, book: book,
+		linkEvents: make(chan discovery.LinkEvent, 4096),
+		jobs:       make(chan func() func()),
+		results:    make(chan func(), 64),
+		byInode:    map[uint64]*nsState{},
+		byCookie:   map[uint64]*nsState{},
+		gone:       map[uint64]string{},
+		owners:     map[netip.Addr]map[uint64]bool{},
+		events:     map[collector.DiscoveryKey]uint64{},
+	}
+	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
+		dp.Close()
+		return nil, err
+	}
+	if err := a.book.recover(dp); err != nil {
+		a.log.Warn("recovering interrupted flow eviction", "err", err)
+	}
+	return a, nil
+}
+
+// checkBPFFS makes sure the pin directory is (or will be) on a bpf
+// filesystem: pins elsewhere fail with an obscure EPERM.
+func checkBPFFS(pinPath string) error {
+	dir := pinPath
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(dir, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("pin path %s is not on a bpf filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf`, or disable pinning with --bpf.pin=false", pinPath)
+			}
+			return nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("pin path %s: %w", pinPath, err)
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return fmt.Errorf("pin path %s: no existing parent directory", pinPath)
+		}
+		dir = parent
+	}
+}
+
+// Ready reports whether the namespaces present at start are discovered and
+// their ports attached.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Run discovers and attaches until ctx is cancelled, then detaches
+// everything, saves the state and closes the datapath. Pinned maps stay.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	nsEvents := make(chan discovery.NetnsEvent, 256)
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() { errc <- discovery.WatchNetns(ctx, a.cfg.Discovery, nsEvents) })
+	wg.Go(func() { errc <- a.mon.Run(ctx) })
+	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	for range workers {
+		wg.Go(func() { a.worker(ctx) })
+	}
+
+	evict := time.NewTicker(a.evictInterval())
+	defer evict.Stop()
+	var runErr error
+loop:
+	for {
+		// Jobs queue here rather than block the loop, which must keep
+		// applying results for the workers to make progress.
+		var jobs chan func() func()
+		var next func() func()
+		if len(a.queue) > 0 {
+			jobs, next = a.jobs, a.queue[0]
+		}
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errc:
+			if err != nil {
+				runErr = err
+				break loop
+			}
+		case e := <-nsEvents:
+			a.handleNetns(e)
+		case e := <-a.linkEvents:
+			a.handleLink(e)
+		case jobs <- next:
+			a.queue = a.queue[1:]
+		case apply := <-a.results:
+			a.inflight--
+			apply()
+		case <-evict.C:
+			if a.ready.Load() {
+				a.evict()
+			}
+		}
+		if !a.ready.Load() && a.synced && a.inflight == 0 {
+			a.ready.Store(true)
+			a.log.Info("initial discovery done", "namespaces", len(a.byInode), "attached", a.attachedCount())
+			a.evict() // clean up pins of what vanished while the agent was away
+		}
+	}
+	cancel()
+	// Drain results so workers blocked on sending them can exit.
+	go func() {
+		for range a.results {
+		}
+	}()
+	wg.Wait()
+	close(a.results)
+	return errors.Join(runErr, a.shutdown())
+}
+
+// handleNetns records a namespace change.
+func (a *Agent) handleNetns(e discovery.NetnsEvent) {
+	if e.Type == discovery.Synced {
+		a.synced = true
+		return
+	}
+	n := e.Namespace
+	if !a.cfg.Netns.Match(n.Label()) {
+		// A namespace renamed out of the filter goes away as if removed.
+		if _, known := a.byInode[n.Inode]; !known {
+			return
+		}
+		e.Type = discovery.Removed
+	}
+	a.countEvent("netns", e.Type.String())
+	switch e.Type {
+	case discovery.Added:
+		a.mu.Lock()
+		a.byInode[n.Inode] = &nsState{ns: n, label: n.Label(), links: map[int]*portState{}, addrs: map[discovery.Addr]bool{}}
+		a.mu.Unlock()
+		a.queueJob(a.setupJob(n))
+	case discovery.Updated:
+		a.mu.Lock()
+		if s := a.byInode[n.Inode]; s != nil {
+			s.ns, s.label = n, n.Label()
+		}
+		a.mu.Unlock()
+	case discovery.Removed:
+		a.removeNetns(n.Inode)
+	}
+}
+
+// setupJob subscribes to the namespace's links and reads its cookie, off
+// the event loop; the result is applied on it.
+func (a *Agent) setupJob(n discovery.Namespace) func() func() {
+	return func() func() {
+		cookie, cerr := bpf.NetnsCookie(n.Path)
+		var snap discovery.Snapshot
+		err := cerr
+		if err == nil {
+			snap, err = a.mon.Add(n.Inode, n.Path)
+		}
+		return func() {
+			s := a.byInode[n.Inode]
+			if s == nil || err != nil {
+				a.mon.Remove(n.Inode)
+				if err != nil && s != nil {
+					// Vanished mid-setup, most likely: the next scan says.
+					a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
+				}
+				return
+			}
+			a.mu.Lock()
+			s.cookie = cookie
+			a.byCookie[cookie] = s
+			delete(a.gone, cookie)
+			a.mu.Unlock()
+			a.applySnapshot(s, snap)
+		}
+	}
+}
+
+func (a *Agent) removeNetns(inode uint64) {
+	s := a.byInode[inode]
+	if s == nil {
+		return
+	}
+	a.mon.Remove(inode)
+	a.mu.Lock()
+	delete(a.byInode, inode)
+	if s.cookie != 0 {
+		delete(a.byCookie, s.cookie)
+		a.gone[s.cookie] = s.label
+	}
+	for ad := range s.addrs {
+		a.dropOwnerLocked(ad.Addr, s.cookie)
+	}
+	a.mu.Unlock()
+	for idx, p := range s.links {
+		a.detach(s, idx, p)
+	}
+}
+
+// applySnapshot replaces what is known of a namespace's links and
+// addresses, queueing attach jobs for new ports.
+func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
+	present := map[int]bool{}
+	for _, l := range snap.Links {
+		present[l.Index] = true
+		a.upsertLink(s, l)
+	}
+	for idx, p := range s.links {
+		if !present[idx] {
+			a.deleteLink(s, idx, p)
+		}
+	}
+	addrs := map[discovery.Addr]bool{}
+	for _, ad := range snap.Addrs {
+		addrs[ad] = true
+	}
+	a.mu.Lock()
+	for ad := range s.addrs {
+		if !addrs[ad] {
+			delete(s.addrs, ad)
+			a.dropOwnerLocked(ad.Addr, s.cookie)
+		}
+	}
+	for ad := range addrs {
+		a.addAddrLocked(s, ad)
+	}
+	a.mu.Unlock()
+}
+
+func (a *Agent) handleLink(e discovery.LinkEvent) {
+	s := a.byInode[e.Netns]
+	if s == nil || s.cookie == 0 {
+		return // removed, or its snapshot is still on the way
+	}
+	switch e.Type {
+	case discovery.LinkChanged:
+		a.countEvent("link", "change")
+		a.upsertLink(s, e.Link)
+	case discovery.LinkDeleted:
+		a.countEvent("link", "remove")
+		if p := s.links[e.Link.Index]; p != nil {
+			a.deleteLink(s, e.Link.Index, p)
+		}
+	case discovery.AddrAdded:
+		a.countEvent("address", "add")
+		a.mu.Lock()
+		a.addAddrLocked(s, e.Addr)
+		a.mu.Unlock()
+	case discovery.AddrDeleted:
+		a.countEvent("address", "remove")
+		a.mu.Lock()
+		if s.addrs[e.Addr] {
+			delete(s.addrs, e.Addr)
+			a.dropOwnerLocked(e.Addr.Addr, s.cookie)
+		}
+		a.mu.Unlock()
+	case discovery.Resync:
+		a.countEvent("netns", "resync")
+		a.applySnapshot(s, e.State)
+	}
+}
+
+// ownedAddr says whether an address identifies its namespace: loopback,
+// link-local and multicast addresses exist in many namespaces at once.
+func ownedAddr(ip netip.Addr) bool {
+	return ip.IsValid() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !ip.IsMulticast() && !ip.IsUnspecified()
+}
+
+func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr) {
+	s.addrs[ad] = true
+	if !ownedAddr(ad.Addr) {
+		return
+	}
+	set := a.owners[ad.Addr]
+	if set == nil {
+		set = map[uint64]bool{}
+		a.owners[ad.Addr] = set
+	}
+	set[s.cookie] = true
+}
+
+// dropOwnerLocked forgets that the namespace holds ip, unless another of
+// its interfaces still has it.
+func (a *Agent) dropOwnerLocked(ip netip.Addr, cookie uint64) {
+	if s := a.byCookie[cookie]; s != nil {
+		for ad := range s.addrs {
+			if ad.Addr == ip {
+				return
+			}
+		}
+	}
+	if set := a.owners[ip]; set != nil {
+		delete(set, cookie)
+		if len(set) == 0 {
+			delete(a.owners, ip)
+		}
+	}
+}
+
+// eligible says whether the agent attaches to a link: veths and bridge
+// ports, never the bridge itself, filtered by name.
+func (a *Agent) eligible(l discovery.Link) bool {
+	return (l.Kind == "veth" || l.BridgePort()) && l.Kind != "bridge" && a.cfg.Interface.Match(l.Name)
+}
+
+func (a *Agent) upsertLink(s *nsState, l discovery.Link) {
+	a.mu.Lock()
+	p := s.links[l.Index]
+	if p == nil {
+		p = &portState{}
+		s.links[l.Index] = p
+	}
+	p.link = l
+	a.mu.Unlock()
+	switch {
+	case a.eligible(l) && p.att == nil && !p.attaching:
+		p.attaching = true
+		a.queueJob(a.attachJob(s, l))
+	case !a.eligible(l) && p.att != nil:
+		a.detach(s, l.Index, p)
+	}
+}
+
+func (a *Agent) deleteLink(s *nsState, idx int, p *portState) {
+	a.mu.Lock()
+	delete(s.links, idx)
+	a.mu.Unlock()
+	a.detach(s, idx, p)
+}
+
+// detach removes the programs and the port's counters (its pins): the
+// interface is gone or no longer watched.
+func (a *Agent) detach(s *nsState, idx int, p *portState) {
+	if p.att == nil {
+		return
+	}
+	if err := p.att.Detach(); err != nil {
+		a.log.Warn("detach failed", "netns", s.label, "interface", p.link.Name, "err", err)
+	}
+	p.att = nil
+	if err := a.dp.DeletePort(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}); err != nil {
+		a.log.Debug("delete port counters", "netns", s.label, "interface", p.link.Name, "err", err)
+	}
+}
+
+// queueJob hands slow work (setns, netlink, attach) to the workers; the
+// closure it returns is applied on the event loop.
+func (a *Agent) queueJob(job func() func()) {
+	a.inflight++
+	a.queue = append(a.queue, job)
+}
+
+func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
+	path, label, inode := s.ns.Path, s.label, s.ns.Inode
+	return func() func() {
+		att, err := a.dp.Attach(path, l.Name)
+		return func() {
+			cur := a.byInode[inode]
+			var p *portState
+			if cur != nil {
+				p = cur.links[l.Index]
+			}
+			if err != nil {
+				a.attachErr.Add(1)
+				if p != nil {
+					p.attaching = false
+					a.log.Warn("attach failed", "netns", label, "interface", l.Name, "err", err)
+				} else {
+					a.log.Debug("attach skipped: interface vanished", "netns", label, "interface", l.Name, "err", err)
+				}
+				return
+			}
+			if p == nil || att.Ifindex != l.Index || !a.eligible(p.link) {
+				// Gone or changed while attaching.
+				att.Detach()
+				if p != nil {
+					p.attaching = false
+				}
+				return
+			}
+			a.mu.Lock()
+			p.attaching, p.att = false, att
+			a.mu.Unlock()
+		}
+	}
+}
+
+func (a *Agent) worker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-a.jobs:
+			apply := job()
+			select {
+			case a.results <- apply:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (a *Agent) countEvent(object, event string) {
+	a.mu.Lock()
+	a.events[collector.DiscoveryKey{Object: object, Event: event}]++
+	a.mu.Unlock()
+}
+
+func (a *Agent) attachedCount() int {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	n := 0
+	for _, s := range a.byInode {
+		for _, p := range s.links {
+			if p.att != nil {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (a *Agent) evictInterval() time.Duration {
+	return min(a.cfg.FlowIdleTimeout/2, 10*time.Second)
+}
+
+// shutdown detaches everything, saves the state and closes the datapath.
+func (a *Agent) shutdown() error {
+	var errs []error
+	if err := a.book.save(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.dp.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	a.log.Info("detached and stopped")
+	return errors.Join(errs...)
+}

@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/nsflow/nsflow/bpf"
+)
+
+// The attribution rule: every packet is counted once per namespace pair,
+// where it is delivered into the namespace that owns its destination
+// address (tc ingress of an interface in that namespace). A packet to an
+// address no discovered namespace owns is counted where it leaves the
+// namespace owning its source address (tc egress). Every other sighting
+// (bridge ports in transit, routers, the sender's own egress when the
+// receiver is watched) is not counted, so a flow crossing a veth pair or
+// a bridge is counted exactly once.
+//
+// A flow record's decision is made once and kept until the record is
+// evicted, so later discovery changes never move counts between series
+// (which would make one of them go backwards). A record whose owner is not
+// known yet waits, uncounted, up to unresolvedGrace before it is counted
+// with "unknown" for the missing side.
+
+// pairKey names a namespace pair series.
+type pairKey struct {
+	Src, Dst, Protocol string
+}
+
+// decision is what a flow record counts toward.
+type decision struct {
+	counted bool
+	pair    pairKey
+	port    string // destination port bucket
+	// pendingSince is set while the decision waits for discovery.
+	pendingSince time.Time
+}
+
+// decideLocked returns the decision for a flow record, or nil while it is
+// pending. Callers hold a.mu (read) and a.book.mu.
+func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision {
+	b := a.book
+	if d := b.decisions[k]; d != nil && d.pendingSince.IsZero() {
+		return d
+	}
+	label, tracked := a.labelLocked(k.NetnsCookie)
+	if !tracked {
+		return b.settle(k, &decision{})
+	}
+	d := &decision{}
+	var missing bool
+	switch k.Dir {
+	case bpf.Ingress:
+		if !a.ownsLocked(k.NetnsCookie, k.Dst) {
+			return b.settle(k, d)
+		}
+		src, ok := a.ownerLocked(k.Src)
+		d.counted, d.pair, missing = true, pairKey{src, label, protoName(k)}, !ok
+	case bpf.Egress:
+		if !a.ownsLocked(k.NetnsCookie, k.Src) {
+			return b.settle(k, d)
+		}
+		if len(a.owners[k.Dst]) > 0 {
+			return b.settle(k, d) // counted where it is delivered
+		}
+		d.counted, d.pair, missing = true, pairKey{label, UnknownNetns, protoName(k)}, true
+	}
+	if missing && !final {
+		prev := b.decisions[k]
+		if prev == nil {
+			prev = &decision{pendingSince: now}
+			b.decisions[k] = prev
+		}
+		if now.Sub(prev.pendingSince) < unresolvedGrace {
+			return nil
+		}
+	}
+	d.port = b.portBucket(d.pair, k)
+	return b.settle(k, d)
+}
+
+// labelLocked names the namespace of a cookie, including namespaces that
+// were removed but whose flows are not folded yet.
+func (a *Agent) labelLocked(cookie uint64) (string, bool) {
+	if s := a.byCookie[cookie]; s != nil {
+		return s.label, true
+	}
+	l, ok := a.gone[cookie]
+	return l, ok
+}
+
+// ownsLocked reports whether the namespace with this cookie holds ip.
+func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr) bool {
+	return a.owners[ip.Unmap()][cookie]
+}
+
+// ownerLocked names the one namespace holding ip; ok is false when none or
+// several do.
+func (a *Agent) ownerLocked(ip netip.Addr) (string, bool) {
+	set := a.owners[ip.Unmap()]
+	if len(set) != 1 {
+		return UnknownNetns, false
+	}
+	for c := range set {
+		return a.labelLocked(c)
+	}
+	return UnknownNetns, false
+}
+
+// protoName is the protocol label: tcp, udp, icmp, icmpv6, or the number.
+func protoName(k bpf.FlowKey) string {
+	switch k.Proto {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 1:
+		return "icmp"
+	case 58:
+		return "icmpv6"
+	case 132:
+		return "sctp"
+	}
+	return strconv.Itoa(int(k.Proto))
+}
+
+// hasPorts reports whether the protocol carries ports in the flow key.
+func hasPorts(proto uint8) bool { return proto == 6 || proto == 17 || proto == 132 }

@@ -1,0 +1,242 @@
+package agent
+
+import (
+	"cmp"
+	"errors"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/collector"
+	"golang.org/x/sys/unix"
+)
+
+// errNotReady is a scrape before the initial discovery is done: flow
+// records cannot be attributed yet, and attributing them wrongly would make
+// counters jump between series.
+var errNotReady = errors.New("initial discovery not done yet")
+
+// summaryTTL lets the collectors of one scrape share one table walk.
+const summaryTTL = 200 * time.Millisecond
+
+// Flows implements collector.Source: pair totals are the folded counts
+// of evicted records plus the live records counted by the attribution
+// rule.
+func (a *Agent) Flows() (*collector.FlowSummary, error) {
+	if !a.Ready() {
+		return nil, errNotReady
+	}
+	a.sumMu.Lock()
+	defer a.sumMu.Unlock()
+	if a.sum != nil && time.Since(a.sumAt) < summaryTTL {
+		return a.sum, nil
+	}
+	sum, err := a.summarize()
+	if err != nil {
+		return nil, err
+	}
+	a.sum, a.sumAt = sum, time.Now()
+	return sum, nil
+}
+
+type liveFlow struct {
+	k bpf.FlowKey
+	d *decision
+	s bpf.FlowStats
+}
+
+func (a *Agent) summarize() (*collector.FlowSummary, error) {
+	now := time.Now()
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	b := a.book
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	pairs := make(map[pairKey]counter, len(b.st.Pairs))
+	for k, c := range b.st.Pairs {
+		pairs[k] = c
+	}
+	ports := make(map[portPairKey]counter, len(b.st.Ports))
+	for k, c := range b.st.Ports {
+		ports[k] = c
+	}
+	var top []liveFlow
+	entries := 0
+	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
+		entries++
+		d := a.decideLocked(k, now, false)
+		if d == nil || !d.counted {
+			return true
+		}
+		c := pairs[d.pair]
+		c.add(s.Packets, s.Bytes)
+		pairs[d.pair] = c
+		pk := portPairKey{d.pair, d.port}
+		pc := ports[pk]
+		pc.add(s.Packets, s.Bytes)
+		ports[pk] = pc
+		top = keepTop(top, liveFlow{k, d, s}, a.cfg.TopFlows)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	overflow, err := a.dp.FlowOverflow()
+	if err != nil {
+		return nil, err
+	}
+
+	sum := &collector.FlowSummary{Table: collector.FlowTableSample{
+		Entries: entries, Capacity: a.dp.FlowCapacity(), Evictions: b.st.Evictions, OverflowPackets: overflow,
+	}}
+	for k, c := range pairs {
+		sum.Pairs = append(sum.Pairs, collector.PairSample{Src: k.Src, Dst: k.Dst, Protocol: k.Protocol, Bytes: c.Bytes, Packets: c.Packets})
+	}
+	for k, c := range ports {
+		sum.PortPairs = append(sum.PortPairs, collector.PortPairSample{Src: k.Src, Dst: k.Dst, Protocol: k.Protocol, Port: k.Port, Bytes: c.Bytes, Packets: c.Packets})
+	}
+	for _, f := range top {
+		t := collector.TopFlowSample{Src: f.d.pair.Src, Dst: f.d.pair.Dst, Protocol: f.d.pair.Protocol,
+			SrcAddr: f.k.Src.String(), DstAddr: f.k.Dst.String(), Bytes: f.s.Bytes}
+		if hasPorts(f.k.Proto) {
+			t.SrcPort, t.DstPort = strconv.Itoa(int(f.k.SrcPort)), strconv.Itoa(int(f.k.DstPort))
+		}
+		sum.Top = append(sum.Top, t)
+	}
+	return sum, nil
+}
+
+// keepTop keeps the n largest flows by bytes, sorted descending; n is
+// small (tens), so insertion into a sorted slice is cheapest.
+func keepTop(top []liveFlow, f liveFlow, n int) []liveFlow {
+	if n == 0 || (len(top) == n && f.s.Bytes <= top[n-1].s.Bytes) {
+		return top
+	}
+	i, _ := slices.BinarySearchFunc(top, f, func(x, y liveFlow) int { return cmp.Compare(y.s.Bytes, x.s.Bytes) })
+	top = slices.Insert(top, i, f)
+	if len(top) > n {
+		top = top[:n]
+	}
+	return top
+}
+
+// evict removes from the kernel table the records that are idle or whose
+// port is gone, after folding their counts into the saved totals; it also
+// drops the port counters of ports that no longer exist.
+func (a *Agent) evict() {
+	now := time.Now()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		a.log.Error("eviction: clock", "err", err)
+		return
+	}
+	mono := uint64(ts.Nano())
+	idle := uint64(a.cfg.FlowIdleTimeout.Nanoseconds())
+
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	b := a.book
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	var victims []inflightFlow
+	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
+		live := a.portLiveLocked(k.Port())
+		if live && mono-min(s.LastSeen, mono) < idle {
+			return true
+		}
+		d := a.decideLocked(k, now, true)
+		victims = append(victims, inflightFlow{Key: k, Packets: s.Packets, Bytes: s.Bytes,
+			Counted: d.counted, Pair: d.pair, Port: d.port})
+		return true
+	})
+	if err != nil {
+		a.log.Error("eviction: read flows", "err", err)
+		return
+	}
+	if len(victims) > 0 {
+		for _, v := range victims {
+			if v.Counted {
+				b.fold(v.Pair, v.Port, v.Packets, v.Bytes)
+			}
+		}
+		b.st.Evictions += uint64(len(victims))
+		b.st.Inflight = victims
+		if err := b.st.save(); err != nil {
+			// Without the saved totals a restart would lose these counts:
+			// undo and keep the records in the kernel.
+			a.log.Error("eviction: save state", "err", err)
+			for _, v := range victims {
+				if v.Counted {
+					b.unfold(v.Pair, v.Port, v.Packets, v.Bytes)
+				}
+			}
+			b.st.Evictions -= uint64(len(victims))
+			b.st.Inflight = nil
+			return
+		}
+		keys := make([]bpf.FlowKey, len(victims))
+		for i, v := range victims {
+			keys[i] = v.Key
+			delete(b.decisions, v.Key)
+		}
+		if _, err := a.dp.DeleteFlows(keys); err != nil {
+			a.log.Error("eviction: delete flows", "err", err)
+		}
+		b.st.Inflight = nil
+		if err := b.st.save(); err != nil {
+			a.log.Error("eviction: save state", "err", err)
+		}
+	}
+	// Records pending for namespaces that are gone are folded now; their
+	// labels are no longer needed.
+	clear(a.gone)
+	a.sumMu.Lock()
+	a.sum = nil
+	a.sumMu.Unlock()
+	a.dropStalePortsLocked()
+}
+
+func (b *flowBook) unfold(p pairKey, port string, packets, bytes uint64) {
+	c := b.st.Pairs[p]
+	c.Packets -= packets
+	c.Bytes -= bytes
+	b.st.Pairs[p] = c
+	pk := portPairKey{p, port}
+	pc := b.st.Ports[pk]
+	pc.Packets -= packets
+	pc.Bytes -= bytes
+	b.st.Ports[pk] = pc
+}
+
+// portLiveLocked reports whether a port is an existing interface that is
+// attached or being attached (the kernel may count before the attach
+// result reaches the event loop).
+func (a *Agent) portLiveLocked(k bpf.PortKey) bool {
+	s := a.byCookie[k.NetnsCookie]
+	if s == nil {
+		return false
+	}
+	p := s.links[int(k.Ifindex)]
+	return p != nil && (p.att != nil || p.attaching)
+}
+
+// dropStalePortsLocked deletes port counters (and so their pinned
+// entries) of interfaces that are gone or no longer watched, e.g. after
+// the agent was down while they vanished.
+func (a *Agent) dropStalePortsLocked() {
+	ports, err := a.dp.Ports()
+	if err != nil {
+		a.log.Error("eviction: read ports", "err", err)
+		return
+	}
+	for k := range ports {
+		if !a.portLiveLocked(k) {
+			if err := a.dp.DeletePort(k); err != nil {
+				a.log.Debug("delete stale port", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/version"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+)
+
+// WebConfig is the HTTP side, with exporter conventions.
+type WebConfig struct {
+	ListenAddress string // --web.listen-address
+	TelemetryPath string // --web.telemetry-path
+	ConfigFile    string // --web.config.file: TLS and basic auth (exporter-toolkit)
+}
+
+// ValidateWebConfig checks the web config file before anything starts.
+func ValidateWebConfig(cfg WebConfig) error {
+	if cfg.TelemetryPath == "" || cfg.TelemetryPath[0] != '/' || cfg.TelemetryPath == "/" {
+		return fmt.Errorf("--web.telemetry-path %q: want an absolute path other than /", cfg.TelemetryPath)
+	}
+	if cfg.ConfigFile == "" {
+		return nil
+	}
+	if err := web.Validate(cfg.ConfigFile); err != nil {
+		return fmt.Errorf("--web.config.file %s: %w", cfg.ConfigFile, err)
+	}
+	return nil
+}
+
+// Handler serves the metrics, a landing page at /, /-/healthy (the
+// process serves) and /-/ready (the initial discovery is done).
+func Handler(log *slog.Logger, reg *prometheus.Registry, cfg WebConfig, ready func() bool) (http.Handler, error) {
+	mux := http.NewServeMux()
+	mux.Handle(cfg.TelemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:            slog.NewLogLogger(log.Handler(), slog.LevelError),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+		Registry:            reg,
+	}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "Healthy")
+	})
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "initial discovery in progress", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "Ready")
+	})
+	landing, err := web.NewLandingPage(web.LandingConfig{
+		Name:        "nsflow agent",
+		Description: "Per-namespace traffic of Linux network namespaces, counted by tc eBPF programs",
+		Version:     version.Get().Version,
+		Links: []web.LandingLinks{
+			{Address: cfg.TelemetryPath, Text: "Metrics"},
+			{Address: "/-/healthy", Text: "Health"},
+			{Address: "/-/ready", Text: "Readiness"},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle("/", landing)
+	return mux, nil
+}
+
+// Serve serves h on l (TLS and basic auth per cfg.ConfigFile) until ctx
+// is cancelled.
+func Serve(ctx context.Context, log *slog.Logger, l net.Listener, h http.Handler, cfg WebConfig) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- web.Serve(l, srv, &web.FlagConfig{WebConfigFile: &cfg.ConfigFile}, log)
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}

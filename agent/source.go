@@ -1,0 +1,78 @@
+package agent
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/collector"
+)
+
+var _ collector.Source = (*Agent)(nil)
+
+// Ports implements collector.Source: the port table, named by the
+// namespaces and links discovered, one sample per family with traffic.
+func (a *Agent) Ports() ([]collector.PortSample, error) {
+	ports, err := a.dp.Ports()
+	if err != nil {
+		return nil, err
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]collector.PortSample, 0, len(ports))
+	for k, st := range ports {
+		s := a.byCookie[k.NetnsCookie]
+		if s == nil {
+			continue
+		}
+		p := s.links[int(k.Ifindex)]
+		if p == nil {
+			continue
+		}
+		for _, f := range bpf.Families {
+			rx, tx := st.Family(bpf.Ingress, f), st.Family(bpf.Egress, f)
+			if rx.Packets == 0 && tx.Packets == 0 {
+				continue
+			}
+			out = append(out, collector.PortSample{Netns: s.label, Interface: p.link.Name, Family: f.String(),
+				ReceiveBytes: rx.Bytes, ReceivePackets: rx.Packets, TransmitBytes: tx.Bytes, TransmitPackets: tx.Packets})
+		}
+	}
+	return out, nil
+}
+
+// Namespaces implements collector.Source.
+func (a *Agent) Namespaces() []collector.NetnsInfo {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]collector.NetnsInfo, 0, len(a.byInode))
+	for _, s := range a.byInode {
+		pids := make([]string, len(s.ns.Pids))
+		for i, p := range s.ns.Pids {
+			pids[i] = strconv.Itoa(p)
+		}
+		out = append(out, collector.NetnsInfo{Netns: s.label, Inode: strconv.FormatUint(s.ns.Inode, 10),
+			Path: s.ns.Path, Pids: strings.Join(pids, ","), Comm: strings.Join(slices.Compact(slices.Clone(s.ns.Comms)), ",")})
+	}
+	return out
+}
+
+// Self implements collector.Source.
+func (a *Agent) Self() collector.SelfSample {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	s := collector.SelfSample{AttachedPrograms: map[string]int{}, AttachErrors: a.attachErr.Load(),
+		DiscoveryEvents: make(map[collector.DiscoveryKey]uint64, len(a.events))}
+	for _, ns := range a.byInode {
+		for _, p := range ns.links {
+			if p.att != nil {
+				s.AttachedPrograms[string(p.att.Mode)]++
+			}
+		}
+	}
+	for k, v := range a.events {
+		s.DiscoveryEvents[k] = v
+	}
+	return s
+}

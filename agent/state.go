@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/nsflow/nsflow/bpf"
+)
+
+// counter is a packets and bytes pair.
+type counter struct {
+	Packets, Bytes uint64
+}
+
+func (c *counter) add(packets, bytes uint64) {
+	c.Packets += packets
+	c.Bytes += bytes
+}
+
+type portPairKey struct {
+	pairKey
+	Port string
+}
+
+// state is what the kernel maps cannot keep: the counts of evicted flow
+// records, the port slots, and the eviction in progress. It is written
+// atomically (temp file, fsync, rename) before records leave the kernel,
+// so a kill -9 at any point neither loses nor double-counts them.
+type state struct {
+	path      string
+	persist   bool
+	Pairs     map[pairKey]counter
+	Ports     map[portPairKey]counter
+	Slots     map[pairKey][]string
+	Evictions uint64
+	// Inflight are records folded into Pairs but maybe still in the
+	// kernel table (the agent died between saving and deleting them).
+	Inflight []inflightFlow
+}
+
+type inflightFlow struct {
+	Key            bpf.FlowKey
+	Packets, Bytes uint64
+	Counted        bool
+	Pair           pairKey
+	Port           string
+}
+
+// stateFile is the JSON form (JSON has no struct map keys).
+type stateFile struct {
+	Version   int            `json:"version"`
+	Pairs     []pairCount    `json:"pairs"`
+	Ports     []pairCount    `json:"ports"`
+	Slots     []slotList     `json:"slots"`
+	Evictions uint64         `json:"evictions"`
+	Inflight  []inflightFlow `json:"inflight,omitempty"`
+}
+
+type pairCount struct {
+	pairKey
+	Port string `json:",omitempty"`
+	counter
+}
+
+type slotList struct {
+	pairKey
+	Ports []string
+}
+
+const stateVersion = 1
+
+func newState(path string, persist bool) *state {
+	return &state{path: path, persist: persist, Pairs: map[pairKey]counter{},
+		Ports: map[portPairKey]counter{}, Slots: map[pairKey][]string{}}
+}
+
+// loadState reads the state file; a missing file is a fresh start.
+func loadState(persist bool, path string) (*state, error) {
+	st := newState(path, persist)
+	if !persist {
+		return st, nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state file: %w", err)
+	}
+	var f stateFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("state file %s: %w (remove it to start the evicted-flow totals over)", path, err)
+	}
+	if f.Version != stateVersion {
+		return nil, fmt.Errorf("state file %s: version %d, want %d (remove it to start over)", path, f.Version, stateVersion)
+	}
+	for _, p := range f.Pairs {
+		st.Pairs[p.pairKey] = p.counter
+	}
+	for _, p := range f.Ports {
+		st.Ports[portPairKey{p.pairKey, p.Port}] = p.counter
+	}
+	for _, s := range f.Slots {
+		st.Slots[s.pairKey] = s.Ports
+	}
+	st.Evictions, st.Inflight = f.Evictions, f.Inflight
+	return st, nil
+}
+
+func (st *state) save() error {
+	if !st.persist {
+		return nil
+	}
+	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight}
+	for k, c := range st.Pairs {
+		f.Pairs = append(f.Pairs, pairCount{pairKey: k, counter: c})
+	}
+	for k, c := range st.Ports {
+		f.Ports = append(f.Ports, pairCount{pairKey: k.pairKey, Port: k.Port, counter: c})
+	}
+	for k, s := range st.Slots {
+		f.Slots = append(f.Slots, slotList{k, s})
+	}
+	data, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(st.path), 0o700); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(st.path), ".nsflow-state-*")
+	if err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), st.path); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	return nil
+}
+
+func (b *flowBook) save() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.st.save()
+}
+
+// recover finishes an eviction a crash interrupted: records saved as
+// in flight and still in the table are folded for what they gained since
+// and deleted. A record smaller than saved is a new one and stays.
+func (b *flowBook) recover(dp *bpf.Datapath) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.st.Inflight) == 0 {
+		return nil
+	}
+	saved := map[bpf.FlowKey]inflightFlow{}
+	for _, f := range b.st.Inflight {
+		saved[f.Key] = f
+	}
+	var del []bpf.FlowKey
+	err := dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
+		f, ok := saved[k]
+		if !ok || s.Packets < f.Packets || s.Bytes < f.Bytes {
+			return true
+		}
+		if f.Counted {
+			b.fold(f.Pair, f.Port, s.Packets-f.Packets, s.Bytes-f.Bytes)
+		}
+		del = append(del, k)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := dp.DeleteFlows(del); err != nil {
+		return err
+	}
+	b.st.Inflight = nil
+	return b.st.save()
+}
+
+func (b *flowBook) fold(p pairKey, port string, packets, bytes uint64) {
+	c := b.st.Pairs[p]
+	c.add(packets, bytes)
+	b.st.Pairs[p] = c
+	pk := portPairKey{p, port}
+	pc := b.st.Ports[pk]
+	pc.add(packets, bytes)
+	b.st.Ports[pk] = pc
+}

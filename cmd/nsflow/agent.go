@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"regexp"
+	"syscall"
+	"time"
+
+	"github.com/nsflow/nsflow/agent"
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/discovery"
+	"github.com/prometheus/common/promslog"
+	"github.com/spf13/cobra"
+)
+
+func init() { subcommands = append(subcommands, newAgentCmd) }
+
+type agentFlags struct {
+	web                            agent.WebConfig
+	logLevel, logFormat            string
+	pin                            bool
+	pinPath, stateFile, attachMode string
+	maxFlows                       uint32
+	idle, interval                 time.Duration
+	topFlows, topPorts             int
+	nsInclude, nsExclude           string
+	ifInclude, ifExclude           string
+}
+
+func newAgentCmd() *cobra.Command {
+	var f agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host agent: attach to every veth and bridge port, export per-namespace traffic to Prometheus",
+		Long: `The agent discovers network namespaces (named ones under /run/netns and
+unnamed ones held by processes), attaches the nsflow tc programs to their veth
+and bridge ports as they come and go, and serves per-port and per-namespace-pair
+counters at --web.telemetry-path. It needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
+and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.web.ListenAddress, "web.listen-address", ":9995", "address to serve metrics on")
+	fl.StringVar(&f.web.TelemetryPath, "web.telemetry-path", "/metrics", "path of the metrics")
+	fl.StringVar(&f.web.ConfigFile, "web.config.file", "", "exporter-toolkit web config file (TLS, basic auth)")
+	fl.StringVar(&f.logLevel, "log.level", "info", "log level: debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log.format", "logfmt", "log format: logfmt or json")
+	fl.BoolVar(&f.pin, "bpf.pin", true, "pin the counter maps so counters survive agent restarts")
+	fl.StringVar(&f.pinPath, "bpf.pin-path", bpf.DefaultPinPath, "bpffs directory for the pinned maps")
+	fl.StringVar(&f.stateFile, "state.file", agent.DefaultStateFile, "file keeping the totals of evicted flows across restarts (with --bpf.pin)")
+	fl.StringVar(&f.attachMode, "bpf.attach-mode", "auto", "attach mode: auto (tcx, else tc), tcx or tc")
+	fl.Uint32Var(&f.maxFlows, "flows.max", bpf.DefaultMaxFlows, "size of the kernel flow table")
+	fl.DurationVar(&f.idle, "flows.idle-timeout", agent.DefaultFlowIdleTimeout, "evict flows idle this long (their counts stay in the totals)")
+	fl.DurationVar(&f.interval, "discovery.interval", discovery.DefaultInterval, "how often /proc is scanned for unnamed namespaces")
+	fl.IntVar(&f.topFlows, "collector.top-flows", agent.DefaultTopFlows, "series of nsflow_top_flow_bytes_total at most")
+	fl.IntVar(&f.topPorts, "collector.top-ports", agent.DefaultTopPorts, "destination ports per namespace pair with their own series; the rest are port=\"other\"")
+	fl.StringVar(&f.nsInclude, "netns.include", "", "only namespaces whose label matches this regexp (host, a name, or netns-INODE)")
+	fl.StringVar(&f.nsExclude, "netns.exclude", "", "skip namespaces whose label matches this regexp")
+	fl.StringVar(&f.ifInclude, "interface.include", "", "only interfaces whose name matches this regexp")
+	fl.StringVar(&f.ifExclude, "interface.exclude", "", "skip interfaces whose name matches this regexp")
+	return cmd
+}
+
+func runAgent(ctx context.Context, f agentFlags) error {
+	level, format := promslog.NewLevel(), promslog.NewFormat()
+	if err := level.Set(f.logLevel); err != nil {
+		return fmt.Errorf("--log.level: %w", err)
+	}
+	if err := format.Set(f.logFormat); err != nil {
+		return fmt.Errorf("--log.format: %w", err)
+	}
+	logger := promslog.New(&promslog.Config{Level: level, Format: format, Writer: os.Stderr})
+
+	cfg := agent.Config{Logger: logger, StateFile: f.stateFile, MaxFlows: f.maxFlows,
+		FlowIdleTimeout: f.idle, TopFlows: f.topFlows, TopPorts: f.topPorts,
+		Discovery: discovery.WatchConfig{Interval: f.interval}}
+	if f.pin {
+		cfg.PinPath = f.pinPath
+	}
+	switch f.attachMode {
+	case "auto":
+	case "tcx", "tc":
+		cfg.AttachMode = bpf.AttachMode(f.attachMode)
+	default:
+		return fmt.Errorf("--bpf.attach-mode: unknown mode %q (want auto, tcx or tc)", f.attachMode)
+	}
+	var err error
+	for _, r := range []struct {
+		flag, expr string
+		dst        **regexp.Regexp
+	}{
+		{"--netns.include", f.nsInclude, &cfg.Netns.Include},
+		{"--netns.exclude", f.nsExclude, &cfg.Netns.Exclude},
+		{"--interface.include", f.ifInclude, &cfg.Interface.Include},
+		{"--interface.exclude", f.ifExclude, &cfg.Interface.Exclude},
+	} {
+		if r.expr == "" {
+			continue
+		}
+		if *r.dst, err = regexp.Compile(r.expr); err != nil {
+			return fmt.Errorf("%s: %w", r.flag, err)
+		}
+	}
+	if f.interval <= 0 {
+		return fmt.Errorf("--discovery.interval %v: must be positive", f.interval)
+	}
+	if err := agent.ValidateWebConfig(f.web); err != nil {
+		return err
+	}
+
+	l, err := net.Listen("tcp", f.web.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address: %w", err)
+	}
+	defer l.Close()
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	reg := collector.NewRegistry(logger, a, collector.Options{Violations: cfg.Violations})
+	h, err := agent.Handler(logger, reg, f.web, a.Ready)
+	if err != nil {
+		return err
+	}
+	logger.Info("serving", "address", l.Addr().String(), "path", f.web.TelemetryPath, "pin_path", cfg.PinPath)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- agent.Serve(ctx, logger, l, h, f.web) }()
+	runErr := a.Run(ctx)
+	stop()
+	if err := <-srvErr; err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
+}
