@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/topology"
+)
+
+// up builds spec under a unique prefix and removes it when the test ends.
+func up(t *testing.T, spec *topology.Spec, prefix string) *topology.Spec {
+	t.Helper()
+	s, err := spec.WithPrefix(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	t.Cleanup(func() {
+		if _, err := topology.Down(ctx, s, topology.Options{}); err != nil {
+			t.Errorf("topology down: %v", err)
+		}
+	})
+	if _, err := topology.Up(ctx, s, topology.Options{}); err != nil {
+		t.Fatalf("topology up: %v", err)
+	}
+	return s
+}
+
+// pins returns a unique pin directory and state file, removed at the end.
+func pins(t *testing.T) (pinPath, stateFile string) {
+	t.Helper()
+	testenv.RequireBPFFS(t)
+	pinPath = "/sys/fs/bpf/" + testenv.Name("nsflowt")
+	stateFile = filepath.Join(t.TempDir(), "state.json")
+	t.Cleanup(func() {
+		if err := bpf.RemovePins(pinPath); err != nil {
+			t.Errorf("remove pins: %v", err)
+		}
+	})
+	return pinPath, stateFile
+}
+
+// running is an in-process agent with its HTTP server.
+type running struct {
+	a    *Agent
+	url  string // metrics URL
+	stop func()
+}
+
+// startAgent runs an agent restricted to namespaces starting with prefix.
+func startAgent(t *testing.T, prefix string, cfg Config) *running {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	cfg.Netns.Include = regexp.MustCompile("^" + regexp.QuoteMeta(prefix))
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	reg := collector.NewRegistry(cfg.Logger, a, collector.Options{Violations: cfg.Violations})
+	web := WebConfig{TelemetryPath: "/metrics"}
+	h, err := Handler(cfg.Logger, reg, web, a.Ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr, srvErr := make(chan error, 1), make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	go func() { srvErr <- Serve(ctx, cfg.Logger, l, h, web) }()
+	stopped := false
+	r := &running{a: a, url: "http://" + l.Addr().String() + "/metrics"}
+	r.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("agent run: %v", err)
+		}
+		if err := <-srvErr; err != nil {
+			t.Errorf("agent serve: %v", err)
+		}
+	}
+	t.Cleanup(r.stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for !a.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not ready within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return r
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// prom is a real Prometheus server scraping one target every second.
+type prom struct{ base string }
+
+func startPrometheus(t *testing.T, target string, scheme string) *prom {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		testenv.Unavailable(t, "prometheus not installed (Debian package prometheus)")
+	}
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: 1s
+  scrape_timeout: 900ms
+scrape_configs:
+  - job_name: nsflow
+    scheme: %s
+    static_configs:
+      - targets: [%q]
+`, scheme, target)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr, "--log.level=warn")
+	logf, err := os.Create(filepath.Join(dir, "prometheus.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("prometheus log:\n%s", b)
+		}
+	})
+	p := &prom{base: "http://" + addr}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(p.base + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus not ready: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// query runs an instant query and returns the single value, or ok=false
+// when the result is empty.
+func (p *prom) query(t *testing.T, expr string) (v float64, ok bool) {
+	t.Helper()
+	resp, err := http.Get(p.base + "/api/v1/query?query=" + url.QueryEscape(expr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string
+		Error  string
+		Data   struct {
+			Result []struct {
+				Value [2]any
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != "success" {
+		t.Fatalf("query %s: %s", expr, r.Error)
+	}
+	switch len(r.Data.Result) {
+	case 0:
+		return 0, false
+	case 1:
+	default:
+		t.Fatalf("query %s: %d series, want one", expr, len(r.Data.Result))
+	}
+	f, err := strconv.ParseFloat(r.Data.Result[0].Value[1].(string), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, true
+}
+
+// waitValue polls a query until it returns want; Prometheus scrapes every
+// second, so a settled counter shows up within a few.
+func (p *prom) waitValue(t *testing.T, expr string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var got float64
+	var ok bool
+	for time.Now().Before(deadline) {
+		if got, ok = p.query(t, expr); ok && got == want {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s = %v (present %v), want %v", expr, got, ok, want)
+}
+
+// scrape fetches the agent's metrics text.
+func scrape(t *testing.T, u string) string {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", u, resp.Status)
+	}
+	return string(b)
+}
