@@ -25,7 +25,7 @@ type pair struct {
 	client6, server6   netip.Addr
 }
 
-func newPair(t *testing.T) *pair {
+func newPair(t testing.TB) *pair {
 	t.Helper()
 	testenv.RequireRoot(t)
 	base := testenv.Name("tfc")
@@ -55,7 +55,7 @@ func newPair(t *testing.T) *pair {
 	return p
 }
 
-func newNamedNS(t *testing.T, name string) string {
+func newNamedNS(t testing.TB, name string) string {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -80,7 +80,7 @@ func newNamedNS(t *testing.T, name string) string {
 	return filepath.Join("/run/netns", name)
 }
 
-func openNS(t *testing.T, path string) netns.NsHandle {
+func openNS(t testing.TB, path string) netns.NsHandle {
 	t.Helper()
 	h, err := netns.GetFromPath(path)
 	if err != nil {
@@ -90,7 +90,7 @@ func openNS(t *testing.T, path string) netns.NsHandle {
 	return h
 }
 
-func configure(t *testing.T, ns netns.NsHandle, ifname string, a4, a6 netip.Addr) net.HardwareAddr {
+func configure(t testing.TB, ns netns.NsHandle, ifname string, a4, a6 netip.Addr) net.HardwareAddr {
 	t.Helper()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -137,7 +137,7 @@ func sysctl(ns netns.NsHandle, key, value string) error {
 	})
 }
 
-func neighbour(t *testing.T, ns netns.NsHandle, ifname string, ip netip.Addr, mac net.HardwareAddr) {
+func neighbour(t testing.TB, ns netns.NsHandle, ifname string, ip netip.Addr, mac net.HardwareAddr) {
 	t.Helper()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -155,7 +155,7 @@ func neighbour(t *testing.T, ns netns.NsHandle, ifname string, ip netip.Addr, ma
 }
 
 // linkStats reads an interface's kernel counters inside a namespace.
-func linkStats(t *testing.T, nsPath, ifname string) netlink.LinkStatistics {
+func linkStats(t testing.TB, nsPath, ifname string) netlink.LinkStatistics {
 	t.Helper()
 	h, err := netlink.NewHandleAt(openNS(t, nsPath))
 	if err != nil {
@@ -171,7 +171,7 @@ func linkStats(t *testing.T, nsPath, ifname string) netlink.LinkStatistics {
 
 // waitQuiet waits until the link's counters stop moving after bring-up
 // (IPv6 multicast listener reports), so later deltas are the test's own.
-func waitQuiet(t *testing.T, nsPath, ifname string) {
+func waitQuiet(t testing.TB, nsPath, ifname string) {
 	t.Helper()
 	prev := linkStats(t, nsPath, ifname)
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tcpDrainMax bounds how long the server may take to read what is left
@@ -62,6 +63,7 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 	// Server: accept the clients' connections (they are already queued)
 	// and read each to EOF.
 	recv := make([]tcpSide, len(t.clients))
+	abort := make(chan struct{})
 	var rwg sync.WaitGroup
 	var acceptErr error
 	accepted := 0
@@ -79,10 +81,11 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 			continue
 		}
 		accepted++
-		rwg.Go(func() { recv[i] = readAll(c) })
+		rwg.Go(func() { recv[i] = readAll(c, abort) })
 	}
 	_ = t.ln.Close()
 	if acceptErr != nil {
+		close(abort)
 		closeAll(t.clients)
 		rwg.Wait()
 		return res, acceptErr
@@ -92,7 +95,7 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 	send := make([]tcpSide, len(t.clients))
 	var swg sync.WaitGroup
 	for i, c := range t.clients {
-		swg.Go(func() { send[i] = writeUntil(ctx, stop, c.(*net.TCPConn), t.f.Size) })
+		swg.Go(func() { send[i] = writeUntil(ctx, stop, c, t.f.Size) })
 	}
 	swg.Wait()
 
@@ -103,7 +106,7 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 	select {
 	case <-done:
 	case <-time.After(tcpDrainMax):
-		closeAll(t.clients)
+		close(abort)
 		<-done
 	}
 
@@ -125,68 +128,96 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 	return res, errors.Join(errs...)
 }
 
-// writeUntil writes size-byte chunks until ctx or stop ends, then closes
-// its side so the reader sees EOF after the last byte.
-func writeUntil(ctx context.Context, stop <-chan struct{}, c *net.TCPConn, size int) tcpSide {
-	var s tcpSide
-	buf := make([]byte, size)
-	// A blocked Write is cut short by a deadline in the past; the bytes
-	// it already handed to the kernel are still counted.
-	quit := make(chan struct{})
-	defer close(quit)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-stop:
-		case <-quit:
+// ioTimeout bounds each blocking read or write so the loops notice a
+// stop request; it is not a deadline for the data.
+var ioTimeout = unix.Timeval{Usec: 100_000}
+
+// blocking runs fn with c's descriptor switched to blocking mode, with
+// SO_SNDTIMEO and SO_RCVTIMEO set to ioTimeout. The hot loops then make
+// one plain system call per chunk, as iperf3 does, instead of parking in
+// the Go netpoller whenever the socket buffer is full or empty, which
+// costs a wake-up per buffer on a busy two-core host.
+func blocking(c net.Conn, fn func(fd int) error) error {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	err = rc.Control(func(fd uintptr) {
+		if ferr = unix.SetNonblock(int(fd), false); ferr != nil {
 			return
 		}
-		_ = c.SetWriteDeadline(time.Unix(1, 0))
-	}()
-	for {
-		n, err := c.Write(buf)
-		s.calls++
-		s.bytes += uint64(n)
-		if err != nil {
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
-				var ne net.Error
-				if !errors.As(err, &ne) || !ne.Timeout() {
-					s.err = fmt.Errorf("tcp write: %w", err)
-				}
+		for _, o := range []int{unix.SO_SNDTIMEO, unix.SO_RCVTIMEO} {
+			if ferr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, o, &ioTimeout); ferr != nil {
+				return
 			}
-			break
 		}
-		select {
-		case <-ctx.Done():
-		case <-stop:
-		default:
-			continue
+		ferr = fn(int(fd))
+	})
+	return errors.Join(err, ferr)
+}
+
+func stopped(ctx context.Context, stop <-chan struct{}) bool {
+	select {
+	case <-ctx.Done():
+		return true
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeUntil writes size-byte chunks until ctx or stop ends, then shuts
+// its side down so the reader sees EOF after the last byte. Partial
+// writes count: the bytes the kernel took are what the reader must get.
+func writeUntil(ctx context.Context, stop <-chan struct{}, c net.Conn, size int) tcpSide {
+	var s tcpSide
+	buf := make([]byte, size)
+	err := blocking(c, func(fd int) error {
+		for !stopped(ctx, stop) {
+			n, err := unix.Write(fd, buf)
+			s.calls++
+			if n > 0 {
+				s.bytes += uint64(n)
+			}
+			if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+				return fmt.Errorf("tcp write: %w", err)
+			}
 		}
-		break
-	}
-	if err := c.CloseWrite(); err != nil && s.err == nil {
-		s.err = fmt.Errorf("tcp close: %w", err)
-	}
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			return fmt.Errorf("tcp shutdown: %w", err)
+		}
+		return nil
+	})
+	s.err = err
 	return s
 }
 
-// readAll reads c to EOF, counting bytes.
-func readAll(c net.Conn) tcpSide {
+// readAll reads c to EOF, counting bytes, unless abort closes first.
+func readAll(c net.Conn, abort <-chan struct{}) tcpSide {
 	defer c.Close()
 	var s tcpSide
 	buf := make([]byte, 256<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			s.bytes += uint64(n)
-			s.last = time.Now()
+	s.err = blocking(c, func(fd int) error {
+		for {
+			n, err := unix.Read(fd, buf)
+			switch {
+			case n > 0:
+				s.bytes += uint64(n)
+				s.last = time.Now()
+			case err == nil: // EOF
+				return nil
+			case err == unix.EAGAIN || err == unix.EINTR:
+				select {
+				case <-abort:
+					return errors.New("tcp read: gave up waiting for the rest of the stream")
+				default:
+				}
+			default:
+				return fmt.Errorf("tcp read: %w", err)
+			}
 		}
-		if err == io.EOF {
-			return s
-		}
-		if err != nil {
-			s.err = fmt.Errorf("tcp read: %w", err)
-			return s
-		}
-	}
+	})
+	return s
 }

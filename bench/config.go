@@ -1,0 +1,151 @@
+// Package bench measures the throughput of veth and bridge paths between
+// network namespaces with nsflow's datapath attached and detached, and
+// reconciles the generator's counts, nsflow's counters and the kernel's
+// interface statistics with each other.
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nsflow/nsflow/topology"
+	"github.com/nsflow/nsflow/traffic"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultDuration = 5 * time.Second
+	DefaultRounds   = 3
+	DefaultUDPFrame = 64
+)
+
+// Config is what to measure.
+type Config struct {
+	// Spec, when set, is a topology file whose namespaces are used
+	// instead of a topology built for the run; SpecFile names it in the
+	// report. If its namespaces do not exist, bench brings it up and
+	// removes it afterwards.
+	Spec     *topology.Spec
+	SpecFile string
+
+	Paths []Path
+	// Pairs is the most client/server pairs run at once; cases run with
+	// 1, 2, 4, ... up to Pairs.
+	Pairs    int
+	Streams  int
+	Duration time.Duration
+	Protos   []traffic.Proto
+	// Size is the Ethernet frame size with FCS for UDP (default 64) and
+	// the write size for TCP (default traffic.DefaultTCPWrite).
+	Size int
+	// Rounds is how many uninstrumented/instrumented sample pairs each
+	// case takes, interleaved.
+	Rounds int
+	// NoIperf3 skips the iperf3 sanity measurement.
+	NoIperf3 bool
+	// Progress, if set, is told what runs next.
+	Progress func(Progress)
+}
+
+// Progress is one step of a run.
+type Progress struct {
+	Step, Steps  int
+	Case         string
+	Round        int
+	Instrumented bool
+	Phase        string // "topology", "warm-up", "sample", "iperf3", "cleanup"
+}
+
+func (p Progress) String() string {
+	switch p.Phase {
+	case "sample":
+		mode := "uninstrumented"
+		if p.Instrumented {
+			mode = "instrumented"
+		}
+		return fmt.Sprintf("[%d/%d] %s round %d %s", p.Step, p.Steps, p.Case, p.Round, mode)
+	case "warm-up":
+		return fmt.Sprintf("[%d/%d] %s warm-up", p.Step, p.Steps, p.Case)
+	}
+	return p.Phase + " " + p.Case
+}
+
+func (c *Config) normalize() error {
+	var errs []error
+	if len(c.Paths) == 0 {
+		c.Paths = []Path{Veth}
+	}
+	if len(c.Protos) == 0 {
+		c.Protos = []traffic.Proto{traffic.TCP}
+	}
+	if c.Pairs == 0 {
+		c.Pairs = 1
+	}
+	if c.Pairs < 0 || c.Pairs > maxPairs {
+		errs = append(errs, fmt.Errorf("pairs: %d is outside 1..%d", c.Pairs, maxPairs))
+	}
+	if c.Streams == 0 {
+		c.Streams = 1
+	}
+	if c.Streams < 0 || c.Streams > 128 {
+		errs = append(errs, fmt.Errorf("streams: %d is outside 1..128", c.Streams))
+	}
+	if c.Duration == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Duration < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("duration: %v is shorter than 100ms", c.Duration))
+	}
+	if c.Rounds == 0 {
+		c.Rounds = DefaultRounds
+	}
+	if c.Rounds < 0 {
+		errs = append(errs, fmt.Errorf("rounds: %d is negative", c.Rounds))
+	}
+	if c.Size < 0 {
+		errs = append(errs, fmt.Errorf("size: %d is negative", c.Size))
+	}
+	for _, p := range c.Protos {
+		if _, err := c.payload(p, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// payload is the traffic.Flow Size for a protocol: UDP payload from the
+// frame size, or the TCP write size.
+func (c *Config) payload(p traffic.Proto, ipv6 bool) (int, error) {
+	switch p {
+	case traffic.UDP:
+		frame := c.Size
+		if frame == 0 {
+			frame = DefaultUDPFrame
+		}
+		if frame > 1518 {
+			return 0, fmt.Errorf("size: UDP frame %d is larger than a 1500-byte MTU allows (1518 with FCS)", frame)
+		}
+		n, err := traffic.PayloadForFrame(frame, ipv6)
+		if err != nil {
+			return 0, fmt.Errorf("size: %w", err)
+		}
+		return n, nil
+	case traffic.TCP:
+		if c.Size == 0 {
+			return traffic.DefaultTCPWrite, nil
+		}
+		return c.Size, nil
+	}
+	return 0, fmt.Errorf("proto: unknown %q", p)
+}
+
+func (c *Config) frame(p traffic.Proto) int {
+	if p != traffic.UDP {
+		return 0
+	}
+	if c.Size == 0 {
+		return DefaultUDPFrame
+	}
+	return c.Size
+}

@@ -1,0 +1,87 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/nsflow/nsflow/bpf"
+)
+
+// instrument is nsflow's datapath as bench uses it: loaded once, without
+// pinning (its maps are private to this run, so a running agent is not
+// disturbed), attached for instrumented samples and detached for the
+// uninstrumented ones.
+type instrument struct {
+	dp    *bpf.Datapath
+	stats io.Closer
+	atts  map[Iface]*bpf.Attachment
+	keys  map[Iface]bpf.PortKey
+}
+
+func loadInstrument() (*instrument, error) {
+	dp, err := bpf.Load(bpf.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("load the datapath: %w", err)
+	}
+	st, err := dp.EnableRunStats()
+	if err != nil {
+		dp.Close()
+		return nil, err
+	}
+	return &instrument{dp: dp, stats: st, atts: map[Iface]*bpf.Attachment{}, keys: map[Iface]bpf.PortKey{}}, nil
+}
+
+func (in *instrument) attach(ifs []Iface) error {
+	for _, i := range ifs {
+		if _, ok := in.atts[i]; ok {
+			continue
+		}
+		a, err := in.dp.Attach(i.netns, i.Name)
+		if err != nil {
+			return fmt.Errorf("attach to %s/%s: %w", i.Namespace, i.Name, err)
+		}
+		in.atts[i] = a
+		in.keys[i] = a.Key()
+	}
+	return nil
+}
+
+func (in *instrument) detach() error {
+	var errs []error
+	for i, a := range in.atts {
+		if err := a.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach from %s/%s: %w", i.Namespace, i.Name, err))
+		}
+		delete(in.atts, i)
+	}
+	return errors.Join(errs...)
+}
+
+// ports returns nsflow's counters for the interfaces it was attached to;
+// an interface that has seen nothing yet has zero counters.
+func (in *instrument) ports(ifs []Iface) (map[Iface]bpf.PortStats, error) {
+	all, err := in.dp.Ports()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[Iface]bpf.PortStats, len(ifs))
+	for _, i := range ifs {
+		if k, ok := in.keys[i]; ok {
+			out[i] = all[k]
+		}
+	}
+	return out, nil
+}
+
+type runStats struct{ count, ns uint64 }
+
+func (in *instrument) runStats() (runStats, error) {
+	c, ns, err := in.dp.RunStats()
+	return runStats{c, ns}, err
+}
+
+func (in *instrument) close() error {
+	err := in.detach()
+	return errors.Join(err, in.stats.Close(), in.dp.Close())
+}

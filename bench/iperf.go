@@ -1,0 +1,152 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
+	"github.com/nsflow/nsflow/traffic"
+)
+
+// iperf3 measures the first pair of each path with iperf3, when it is
+// installed, uninstrumented, as a sanity line for the built-in generator.
+// iperf3 is started on a thread inside each namespace, so the process is
+// born there. Failures are recorded in the report, not fatal.
+func (r *runner) iperf3(ctx context.Context, e *env) {
+	bin, err := exec.LookPath("iperf3")
+	if err != nil {
+		return
+	}
+	if err := r.in.detach(); err != nil {
+		return
+	}
+	for _, path := range r.cfg.Paths {
+		pairs := findPairs(e.spec, path)
+		if len(pairs) == 0 {
+			continue
+		}
+		for _, proto := range r.cfg.Protos {
+			r.progress(Progress{Phase: "iperf3", Case: fmt.Sprintf("%s/%s/1", path, proto)})
+			res := Iperf3{Path: path, Proto: proto}
+			res.Gbps, res.Mpps, err = r.runIperf3(ctx, bin, pairs[0], proto)
+			if err != nil {
+				res.Error = err.Error()
+			}
+			for _, c := range r.report.Cases {
+				if c.Path == path && c.Proto == proto && c.Pairs == 1 {
+					res.Generator = c.Uninstrumented.Gbps.Median
+				}
+			}
+			if res.Gbps > 0 {
+				res.Ratio = res.Generator / res.Gbps
+			}
+			r.report.Iperf3 = append(r.report.Iperf3, res)
+		}
+	}
+}
+
+// iperf3Port is the fixed port of the one-off iperf3 server; the server
+// namespace is the run's own, so nothing else listens there.
+const iperf3Port = 5201
+
+func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffic.Proto) (gbps, mpps float64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Duration+15*time.Second)
+	defer cancel()
+	srv := exec.CommandContext(ctx, bin, "-s", "-B", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port))
+	if err := nsenter.Do(p.server.netns, srv.Start); err != nil {
+		return 0, 0, fmt.Errorf("start iperf3 server: %w", err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	if err := waitListening(p, ctx); err != nil {
+		return 0, 0, err
+	}
+	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port), "-J",
+		"-t", strconv.FormatFloat(r.cfg.Duration.Seconds(), 'f', 3, 64), "-P", strconv.Itoa(r.cfg.Streams)}
+	if proto == traffic.UDP {
+		payload, err := r.cfg.payload(proto, p.serverAddr.Is6())
+		if err != nil {
+			return 0, 0, err
+		}
+		args = append(args, "-u", "-b", "0", "-l", strconv.Itoa(payload))
+	}
+	cli := exec.CommandContext(ctx, bin, args...)
+	var out []byte
+	if err := nsenter.Do(p.client.netns, func() error {
+		var err error
+		out, err = cli.Output()
+		return err
+	}); err != nil {
+		return 0, 0, fmt.Errorf("iperf3 client: %w", err)
+	}
+	var j struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			Sum struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+				Packets       float64 `json:"packets"`
+				LostPackets   float64 `json:"lost_packets"`
+				Seconds       float64 `json:"seconds"`
+			} `json:"sum"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &j); err != nil {
+		return 0, 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	if j.Error != "" {
+		return 0, 0, fmt.Errorf("iperf3: %s", j.Error)
+	}
+	if proto == traffic.UDP {
+		s := j.End.Sum
+		if s.Seconds > 0 {
+			mpps = (s.Packets - s.LostPackets) / s.Seconds / 1e6
+		}
+		return s.BitsPerSecond * (1 - s.LostPackets/max(s.Packets, 1)) / 1e9, mpps, nil
+	}
+	return j.End.SumReceived.BitsPerSecond / 1e9, 0, nil
+}
+
+// waitListening polls the server namespace's socket table until iperf3
+// listens. A probe connection would not do: iperf3 takes any connection
+// as its control channel and fails the real test when the probe closes.
+func waitListening(p pair, ctx context.Context) error {
+	want := fmt.Sprintf(":%04X ", iperf3Port)
+	for {
+		var listening bool
+		err := nsenter.Do(p.server.netns, func() error {
+			for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+				b, err := os.ReadFile(f)
+				if err != nil && !os.IsNotExist(err) {
+					return err
+				}
+				for _, line := range strings.Split(string(b), "\n") {
+					// sl local_address rem_address st ...; st 0A is LISTEN.
+					fields := strings.Fields(line)
+					if len(fields) > 3 && strings.Contains(fields[1]+" ", want) && fields[3] == "0A" {
+						listening = true
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if listening {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("iperf3 server did not start: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/nsflow/nsflow/topology"
+)
+
+// Path is the kind of path a case measures.
+type Path string
+
+// Paths bench measures.
+const (
+	Veth   Path = "veth"   // two namespaces joined by one veth pair
+	Bridge Path = "bridge" // two namespaces on the same Linux bridge
+)
+
+// ParsePaths parses the --path flag: veth, bridge or both.
+func ParsePaths(s string) ([]Path, error) {
+	switch s {
+	case "veth":
+		return []Path{Veth}, nil
+	case "bridge":
+		return []Path{Bridge}, nil
+	case "both":
+		return []Path{Veth, Bridge}, nil
+	}
+	return nil, fmt.Errorf("path: unknown %q (want veth, bridge or both)", s)
+}
+
+// Iface is one interface on a measured path.
+type Iface struct {
+	Namespace string `json:"namespace"` // declared name
+	Name      string `json:"interface"`
+	netns     string // path for nsenter and netlink
+}
+
+// pair is one client/server namespace pair: the generator's client runs
+// in client's namespace, its server in server's. Ifaces lists every
+// interface the traffic crosses, in path order, which is what bench
+// instruments and reconciles.
+type pair struct {
+	path           Path
+	client, server Iface
+	serverAddr     netip.Addr
+	ifaces         []Iface
+}
+
+func (p pair) String() string {
+	return fmt.Sprintf("%s -> %s (%s)", p.client.Namespace, p.server.Namespace, p.serverAddr)
+}
+
+// maxPairs bounds --pairs: the run topology numbers pairs into one octet.
+const maxPairs = 250
+
+// runSpec is the topology bench builds for itself: pairs veth pairs
+// (namespaces vcN and vsN, 198.18.N.0/30) and pairs of namespaces on one
+// bridge (bcN and bsN, 198.19.0.0/16). The bridge lives in its own
+// namespace so that the host's bridge-netfilter and firewall settings
+// cannot touch the measured traffic. IPv6 is off so that no neighbour
+// discovery or multicast report shares the measured links.
+func runSpec(paths []Path, pairs int) *topology.Spec {
+	noV6 := map[string]string{
+		"net.ipv6.conf.all.disable_ipv6":     "1",
+		"net.ipv6.conf.default.disable_ipv6": "1",
+	}
+	s := &topology.Spec{Name: "bench"}
+	addNS := func(name string) {
+		s.Namespaces = append(s.Namespaces, topology.Namespace{Name: name, Sysctls: noV6})
+	}
+	for _, p := range paths {
+		switch p {
+		case Veth:
+			for i := 1; i <= pairs; i++ {
+				c, sv := fmt.Sprintf("vc%d", i), fmt.Sprintf("vs%d", i)
+				addNS(c)
+				addNS(sv)
+				s.Links = append(s.Links, topology.Link{Endpoints: []topology.Endpoint{
+					{Namespace: c, Interface: "eth0", Addresses: []string{fmt.Sprintf("198.18.%d.1/30", i)}},
+					{Namespace: sv, Interface: "eth0", Addresses: []string{fmt.Sprintf("198.18.%d.2/30", i)}},
+				}})
+			}
+		case Bridge:
+			addNS("bbr")
+			s.Bridges = append(s.Bridges, topology.Bridge{Name: "br0", Namespace: "bbr"})
+			for i := 1; i <= pairs; i++ {
+				for _, side := range []struct{ ns, port, addr string }{
+					{fmt.Sprintf("bc%d", i), fmt.Sprintf("pc%d", i), fmt.Sprintf("198.19.%d.1/16", i)},
+					{fmt.Sprintf("bs%d", i), fmt.Sprintf("ps%d", i), fmt.Sprintf("198.19.%d.2/16", i)},
+				} {
+					addNS(side.ns)
+					s.Links = append(s.Links, topology.Link{Endpoints: []topology.Endpoint{
+						{Namespace: side.ns, Interface: "eth0", Addresses: []string{side.addr}},
+						{Bridge: "br0", Interface: side.port},
+					}})
+				}
+			}
+		}
+	}
+	return s
+}
+
+// findPairs picks disjoint client/server pairs from a spec: for veth, the
+// links whose both ends are in declared namespaces; for bridge, the
+// namespaces attached to one bridge, taken two by two in file order. The
+// server address is the first address of the server's interface in the
+// family of the client's first address.
+func findPairs(s *topology.Spec, path Path) []pair {
+	declared := map[string]bool{}
+	for _, n := range s.Namespaces {
+		declared[n.Name] = true
+	}
+	iface := func(ns, name string) Iface { return Iface{Namespace: ns, Name: name, netns: s.NetnsPath(ns)} }
+	var out []pair
+	switch path {
+	case Veth:
+		for _, l := range s.Links {
+			if len(l.Endpoints) != 2 {
+				continue
+			}
+			a, b := l.Endpoints[0], l.Endpoints[1]
+			if a.Bridge != "" || b.Bridge != "" || !declared[a.Namespace] || !declared[b.Namespace] {
+				continue
+			}
+			addr, ok := serverAddr(a.Addresses, b.Addresses)
+			if !ok {
+				continue
+			}
+			c, sv := iface(a.Namespace, a.Interface), iface(b.Namespace, b.Interface)
+			out = append(out, pair{path: Veth, client: c, server: sv, serverAddr: addr, ifaces: []Iface{c, sv}})
+		}
+	case Bridge:
+		type member struct {
+			own, port Iface
+			addrs     []string
+		}
+		byBridge := map[string][]member{}
+		var order []string
+		for _, l := range s.Links {
+			if len(l.Endpoints) != 2 {
+				continue
+			}
+			for j, e := range l.Endpoints {
+				peer := l.Endpoints[1-j]
+				if e.Bridge == "" || peer.Bridge != "" || !declared[peer.Namespace] {
+					continue
+				}
+				if _, seen := byBridge[e.Bridge]; !seen {
+					order = append(order, e.Bridge)
+				}
+				byBridge[e.Bridge] = append(byBridge[e.Bridge], member{
+					own:   iface(peer.Namespace, peer.Interface),
+					port:  iface(s.BridgeNamespace(e.Bridge), e.Interface),
+					addrs: peer.Addresses,
+				})
+			}
+		}
+		for _, br := range order {
+			ms := byBridge[br]
+			for i := 0; i+1 < len(ms); i += 2 {
+				c, sv := ms[i], ms[i+1]
+				addr, ok := serverAddr(c.addrs, sv.addrs)
+				if !ok {
+					continue
+				}
+				out = append(out, pair{path: Bridge, client: c.own, server: sv.own, serverAddr: addr,
+					ifaces: []Iface{c.own, c.port, sv.port, sv.own}})
+			}
+		}
+	}
+	return out
+}
+
+func serverAddr(client, server []string) (netip.Addr, bool) {
+	if len(client) == 0 {
+		return netip.Addr{}, false
+	}
+	cp, err := netip.ParsePrefix(client[0])
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, a := range server {
+		if p, err := netip.ParsePrefix(a); err == nil && p.Addr().Is4() == cp.Addr().Is4() {
+			return p.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// scaleSteps returns 1, 2, 4, ... up to n, and n itself.
+func scaleSteps(n int) []int {
+	var out []int
+	for k := 1; k < n; k *= 2 {
+		out = append(out, k)
+	}
+	return append(out, n)
+}

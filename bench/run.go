@@ -1,0 +1,357 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/traffic"
+	"golang.org/x/sys/unix"
+)
+
+// runner holds what one Run shares across cases.
+type runner struct {
+	cfg    Config
+	in     *instrument
+	kr     *kernelReader
+	step   int
+	steps  int
+	report *Report
+}
+
+// Run measures every case of cfg and returns the report. It builds (or
+// reuses) the topology, and removes what it built on return, also when
+// ctx is cancelled; the report then holds the cases finished so far.
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
+	}
+	rep = &Report{SchemaVersion: SchemaVersion, Started: time.Now().UTC(), Host: hostInfo(), Iperf3: []Iperf3{}}
+	rep.Settings = Settings{Topology: "built", Paths: cfg.Paths, Pairs: scaleSteps(cfg.Pairs), Streams: cfg.Streams,
+		Duration: cfg.Duration, Protos: cfg.Protos, Size: cfg.Size, Rounds: cfg.Rounds}
+	if cfg.SpecFile != "" {
+		rep.Settings.Topology = cfg.SpecFile
+	}
+	r := &runner{cfg: cfg, kr: newKernelReader(), report: rep}
+	defer r.kr.close()
+
+	r.progress(Progress{Phase: "topology"})
+	env, err := prepare(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		r.progress(Progress{Phase: "cleanup"})
+		err = errors.Join(err, env.release())
+	}()
+
+	r.in, err = loadInstrument()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, r.in.close()) }()
+
+	type planned struct {
+		path  Path
+		proto traffic.Proto
+		pairs []pair
+	}
+	var plan []planned
+	for _, path := range cfg.Paths {
+		avail := findPairs(env.spec, path)
+		if len(avail) == 0 {
+			return nil, fmt.Errorf("topology %s has no %s pair to measure", env.spec.Name, path)
+		}
+		for _, proto := range cfg.Protos {
+			for _, k := range scaleSteps(min(cfg.Pairs, len(avail))) {
+				plan = append(plan, planned{path, proto, avail[:k]})
+			}
+		}
+	}
+	r.steps = len(plan) * (1 + 2*cfg.Rounds)
+	for _, p := range plan {
+		c, err := r.runCase(ctx, p.path, p.proto, p.pairs)
+		if err != nil {
+			return rep, err
+		}
+		rep.Cases = append(rep.Cases, *c)
+		rep.Differences += c.Differences
+	}
+	if !cfg.NoIperf3 {
+		r.iperf3(ctx, env)
+	}
+	return rep, nil
+}
+
+func (r *runner) progress(p Progress) {
+	if r.cfg.Progress != nil {
+		p.Steps = r.steps
+		r.cfg.Progress(p)
+	}
+}
+
+func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pairs []pair) (*Case, error) {
+	v6 := pairs[0].serverAddr.Is6()
+	payload, err := r.cfg.payload(proto, v6)
+	if err != nil {
+		return nil, err
+	}
+	c := &Case{Name: fmt.Sprintf("%s/%s/%d", path, proto, len(pairs)), Path: path, Proto: proto, Pairs: len(pairs),
+		Streams: r.cfg.Streams, Payload: payload, Frame: r.cfg.frame(proto)}
+
+	// A warm-up run, not counted, so that the first sample does not pay
+	// for cold caches, neighbour resolution or TCP's first slow start.
+	r.step++
+	r.progress(Progress{Step: r.step, Case: c.Name, Phase: "warm-up"})
+	if err := r.in.detach(); err != nil {
+		return nil, err
+	}
+	if _, err := r.flows(ctx, proto, pairs, payload, min(r.cfg.Duration, 500*time.Millisecond)); err != nil {
+		return nil, fmt.Errorf("%s warm-up: %w", c.Name, err)
+	}
+
+	var cost BPFCost
+	var serverPkts uint64
+	for round := 1; round <= r.cfg.Rounds; round++ {
+		for _, on := range []bool{false, true} {
+			r.step++
+			r.progress(Progress{Step: r.step, Case: c.Name, Round: round, Instrumented: on, Phase: "sample"})
+			s, rs, err := r.sample(ctx, proto, pairs, payload, on)
+			if err != nil {
+				return nil, fmt.Errorf("%s round %d: %w", c.Name, round, err)
+			}
+			s.Round = round
+			c.Samples = append(c.Samples, s)
+			if on {
+				cost.Runs += rs.count
+				cost.RunTimeNs += rs.ns
+				for _, kd := range s.Kernel {
+					for _, p := range pairs {
+						if kd.Iface == p.server {
+							serverPkts += kd.Rx.Packets
+						}
+					}
+				}
+			}
+			for _, ch := range s.Checks {
+				if !ch.OK {
+					c.Differences++
+				}
+			}
+		}
+	}
+	if err := r.in.detach(); err != nil {
+		return nil, err
+	}
+	if cost.Runs > 0 {
+		cost.NsPerRun = float64(cost.RunTimeNs) / float64(cost.Runs)
+	}
+	if serverPkts > 0 {
+		cost.NsPerPacket = float64(cost.RunTimeNs) / float64(serverPkts)
+	}
+	c.BPF = cost
+	c.Uninstrumented = summarize(c.Samples, false)
+	c.Instrumented = summarize(c.Samples, true)
+	if c.Uninstrumented.Gbps.Median > 0 {
+		c.Ratio = c.Instrumented.Gbps.Median / c.Uninstrumented.Gbps.Median
+	}
+	return c, nil
+}
+
+func summarize(ss []Sample, on bool) Summary {
+	var g, m, cp, cs, cb []float64
+	for _, s := range ss {
+		if s.Instrumented != on {
+			continue
+		}
+		g, m = append(g, s.Gbps), append(m, s.Mpps)
+		cp, cs, cb = append(cp, s.CPU.Process), append(cs, s.CPU.Softirq), append(cb, s.CPU.HostBusy)
+	}
+	return Summary{Gbps: spread(g), Mpps: spread(m), CPU: CPU{Process: median(cp), Softirq: median(cs), HostBusy: median(cb)}}
+}
+
+// flows runs one flow per pair at once and returns their results.
+func (r *runner) flows(ctx context.Context, proto traffic.Proto, pairs []pair, payload int, d time.Duration) ([]traffic.Result, error) {
+	runs := make([]*traffic.Run, len(pairs))
+	var err error
+	for i, p := range pairs {
+		runs[i], err = traffic.Start(ctx, traffic.Flow{
+			Proto: proto, ClientNetns: p.client.netns, ServerNetns: p.server.netns,
+			Server: netip.AddrPortFrom(p.serverAddr, 0), Streams: r.cfg.Streams, Size: payload, Duration: d,
+		})
+		if err != nil {
+			for _, run := range runs[:i] {
+				_, _ = run.Stop()
+			}
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	res := make([]traffic.Result, len(pairs))
+	errs := make([]error, len(pairs))
+	var wg sync.WaitGroup
+	for i, run := range runs {
+		wg.Go(func() { res[i], errs[i] = run.Wait() })
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return res, errors.Join(errs...)
+}
+
+// snapshot is every counter bench compares, read at one moment.
+type snapshot struct {
+	kernel map[Iface]linkCounters
+	ports  map[Iface]bpf.PortStats
+	udp    map[string]traffic.UDPStats // by server netns path
+	cpu    cpuSnap
+	run    runStats
+}
+
+// snap reads the kernel's statistics and nsflow's counters so that they
+// describe the same moment: the kernel is read before and after nsflow,
+// and the read is repeated if a packet slipped in between.
+func (r *runner) snap(pairs []pair, on bool) (snapshot, error) {
+	ifs := pathIfaces(pairs)
+	var s snapshot
+	var err error
+	for try := 0; ; try++ {
+		if s.kernel, err = r.kr.readAll(ifs); err != nil {
+			return s, err
+		}
+		if !on {
+			break
+		}
+		if s.ports, err = r.in.ports(ifs); err != nil {
+			return s, err
+		}
+		again, err := r.kr.readAll(ifs)
+		if err != nil {
+			return s, err
+		}
+		if equalCounters(s.kernel, again) || try == 20 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.udp = map[string]traffic.UDPStats{}
+	for _, p := range pairs {
+		if s.udp[p.server.netns], err = traffic.ReadUDPStats(p.server.netns); err != nil {
+			return s, err
+		}
+	}
+	if s.cpu, err = readCPU(); err != nil {
+		return s, err
+	}
+	if on {
+		if s.run, err = r.in.runStats(); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+func equalCounters(a, b map[Iface]linkCounters) bool {
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// quiesce waits until the interfaces' counters stop moving (the last
+// acknowledgements and FINs of the flows), for at most a second.
+func (r *runner) quiesce(pairs []pair) error {
+	ifs := pathIfaces(pairs)
+	prev, err := r.kr.readAll(ifs)
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		cur, err := r.kr.readAll(ifs)
+		if err != nil {
+			return err
+		}
+		if equalCounters(prev, cur) {
+			return nil
+		}
+		prev = cur
+	}
+	return nil
+}
+
+func pathIfaces(pairs []pair) []Iface {
+	var out []Iface
+	for _, p := range pairs {
+		out = append(out, p.ifaces...)
+	}
+	return out
+}
+
+// sample measures the pairs once, with nsflow attached or not.
+func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, payload int, on bool) (Sample, runStats, error) {
+	ifs := pathIfaces(pairs)
+	var err error
+	if on {
+		err = r.in.attach(ifs)
+	} else {
+		err = r.in.detach()
+	}
+	if err != nil {
+		return Sample{}, runStats{}, err
+	}
+	if err := r.quiesce(pairs); err != nil {
+		return Sample{}, runStats{}, err
+	}
+	before, err := r.snap(pairs, on)
+	if err != nil {
+		return Sample{}, runStats{}, err
+	}
+	res, err := r.flows(ctx, proto, pairs, payload, r.cfg.Duration)
+	if err != nil {
+		return Sample{}, runStats{}, err
+	}
+	if err := r.quiesce(pairs); err != nil {
+		return Sample{}, runStats{}, err
+	}
+	after, err := r.snap(pairs, on)
+	if err != nil {
+		return Sample{}, runStats{}, err
+	}
+
+	s := Sample{Instrumented: on, CPU: after.cpu.since(before.cpu)}
+	for _, x := range res {
+		s.Sent.Packets += x.Sent.Packets
+		s.Sent.Bytes += x.Sent.Bytes
+		s.Received.Packets += x.Received.Packets
+		s.Received.Bytes += x.Received.Bytes
+		s.Lost += x.Lost
+		s.Reordered += x.Reordered
+		s.Elapsed = max(s.Elapsed, x.Elapsed)
+	}
+	if s.Elapsed > 0 {
+		s.Gbps = float64(s.Received.Bytes) * 8 / s.Elapsed.Seconds() / 1e9
+		s.Mpps = float64(s.Received.Packets) / s.Elapsed.Seconds() / 1e6
+	}
+	for _, i := range ifs {
+		d := after.kernel[i].sub(before.kernel[i])
+		s.Kernel = append(s.Kernel, KernelDelta{Iface: i, Rx: traffic.Counts{Packets: d.RxPackets, Bytes: d.RxBytes},
+			Tx: traffic.Counts{Packets: d.TxPackets, Bytes: d.TxBytes}, RxDropped: d.RxDropped, TxDropped: d.TxDropped})
+	}
+	s.Checks = reconcile(proto, pairs, payload, res, before, after, on)
+	rs := runStats{after.run.count - before.run.count, after.run.ns - before.run.ns}
+	return s, rs, nil
+}
+
+func hostInfo() Host {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	return Host{Kernel: unix.ByteSliceToString(u.Release[:]), CPUs: runtime.NumCPU()}
+}

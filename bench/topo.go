@@ -1,0 +1,76 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nsflow/nsflow/topology"
+)
+
+// env is the topology a run measures, and how to give it back.
+type env struct {
+	spec  *topology.Spec
+	built bool
+}
+
+// prepare builds the run topology under a random prefix, or uses the
+// given file's namespaces, bringing the file up first if they are not all
+// there.
+func prepare(ctx context.Context, cfg Config) (*env, error) {
+	if cfg.Spec != nil {
+		if allExist(cfg.Spec) {
+			return &env{spec: cfg.Spec}, nil
+		}
+		return up(ctx, cfg.Spec)
+	}
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	// "nb" plus 6 hex digits and a dash: bridge port names stay within
+	// the 15 bytes of an interface name.
+	s, err := runSpec(cfg.Paths, cfg.Pairs).WithPrefix("nb" + hex.EncodeToString(b[:]) + "-")
+	if err != nil {
+		return nil, fmt.Errorf("run topology: %w", err)
+	}
+	return up(ctx, s)
+}
+
+func up(ctx context.Context, s *topology.Spec) (*env, error) {
+	if _, err := topology.Up(ctx, s, topology.Options{}); err != nil {
+		return nil, fmt.Errorf("bring up topology %s: %w", s.Name, err)
+	}
+	return &env{spec: s, built: true}, nil
+}
+
+func allExist(s *topology.Spec) bool {
+	for _, n := range s.Namespaces {
+		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// release removes what prepare built. It does not use the run's context:
+// cleanup must happen after a Ctrl-C too.
+func (e *env) release() error {
+	if !e.built {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := topology.Down(ctx, e.spec, topology.Options{})
+	if err != nil {
+		return fmt.Errorf("remove topology %s: %w", e.spec.Name, err)
+	}
+	if len(res.Foreign) > 0 {
+		return errors.New(res.String())
+	}
+	return nil
+}
