@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nsflow/nsflow/demo"
+	"github.com/nsflow/nsflow/topology"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func init() { subcommands = append(subcommands, newDemoCmd) }
+
+func newDemoCmd() *cobra.Command {
+	var (
+		o     demo.Options
+		file  string
+		plain bool
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Build the seed topology, run the agent, traffic and verify, and watch it live",
+		Long: `demo brings up the embedded seed topology (a veth pair, a Docker-style
+bridge network, two servers on one port in two namespaces, a pod-style shared
+namespace), starts the agent on it, generates traffic, verifies isolation and
+shows per-namespace rates, the namespace-to-namespace matrix and the isolation
+verdict, while serving /metrics. Ctrl-C (or --duration) tears everything down
+and leaves the host as it was. Needs root.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file != "" {
+				s, err := topology.Load(file)
+				if err != nil {
+					return &exitError{2, err}
+				}
+				o.Spec = s
+			}
+			o.Out = cmd.OutOrStdout()
+			o.Interactive = !plain && isTerminal(cmd.OutOrStdout())
+			ctx, stop := interruptContext(cmd.Context(), cmd.ErrOrStderr())
+			defer stop()
+			_, err := demo.Run(ctx, o)
+			return err
+		},
+	}
+	fl := cmd.Flags()
+	fl.DurationVar(&o.Duration, "duration", 0, "stop after this long (0: run until Ctrl-C)")
+	fl.StringVar(&o.Prefix, "prefix", demo.DefaultPrefix, "prefix of every name the demo creates")
+	fl.StringVar(&o.ListenAddress, "web.listen-address", demo.DefaultListenAddress, "address to serve /metrics on while the demo runs")
+	fl.StringVarP(&file, "file", "f", "", "topology file to use instead of the embedded seed")
+	fl.BoolVar(&plain, "plain", false, "print progress and snapshots line by line even on a terminal")
+	fl.DurationVar(&o.SnapshotEvery, "snapshot-every", demo.DefaultSnapshotEvery, "without a terminal, print the view this often")
+	return cmd
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// interruptContext is cancelled by the first SIGINT or SIGTERM. Later
+// signals are reported and otherwise ignored, so that a second Ctrl-C does
+// not kill the process halfway through the teardown.
+func interruptContext(parent context.Context, w interface{ Write([]byte) (int, error) }) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		first := true
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sig:
+				if first {
+					cancel()
+					first = false
+					continue
+				}
+				fmt.Fprintf(w, "nsflow: %v: tearing down, please wait (at most %v)\n", s, time.Minute)
+			}
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sig)
+		close(done)
+		cancel()
+	}
+}

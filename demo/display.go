@@ -1,0 +1,200 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nsflow/nsflow/topology"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// display owns the output: in interactive mode it redraws the whole screen
+// in place; otherwise it prints each step as a line and a snapshot of the
+// view from time to time, which reads well in a log or a CI job.
+type display struct {
+	out         io.Writer
+	interactive bool
+	refresh     time.Duration
+	snapEvery   time.Duration
+	start       time.Time
+
+	mu       sync.Mutex
+	scr      screen
+	lastSnap time.Time
+}
+
+func newDisplay(o Options, spec *topology.Spec) *display {
+	names := make([]string, len(spec.Namespaces))
+	for i, n := range spec.Namespaces {
+		names[i] = strings.TrimPrefix(n.Name, o.Prefix)
+	}
+	d := &display{
+		out: o.Out, interactive: o.Interactive, refresh: o.Refresh, snapEvery: o.SnapshotEvery,
+		start: time.Now(),
+		scr: screen{
+			Title:      "nsflow demo: topology " + spec.Name,
+			MetricsURL: "(starting)",
+			Namespaces: names,
+			Prefix:     o.Prefix,
+		},
+	}
+	if d.interactive {
+		// Clear once and hide the cursor while redrawing.
+		fmt.Fprint(d.out, "\x1b[2J\x1b[?25l")
+	}
+	return d
+}
+
+// metricsURL records and returns where /metrics is served.
+func (d *display) metricsURL(addr net.Addr) string {
+	host, port, _ := net.SplitHostPort(addr.String())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	url := "http://" + net.JoinHostPort(host, port) + "/metrics"
+	d.mu.Lock()
+	d.scr.MetricsURL = url
+	d.mu.Unlock()
+	return url
+}
+
+// stepHandle reports on one step of the progress list.
+type stepHandle struct {
+	d *display
+	i int
+}
+
+func (d *display) step(name string) *stepHandle {
+	d.mu.Lock()
+	d.scr.Steps = append(d.scr.Steps, step{Name: name, State: stepRunning})
+	h := &stepHandle{d: d, i: len(d.scr.Steps) - 1}
+	d.mu.Unlock()
+	d.changed(h.i)
+	return h
+}
+
+// progress shows a topology phase's progress as the step's detail.
+func (h *stepHandle) progress(p topology.Progress) {
+	h.d.mu.Lock()
+	h.d.scr.Steps[h.i].Detail = fmt.Sprintf("%s %d/%d", p.Phase, p.Done, p.Total)
+	h.d.mu.Unlock()
+	if h.d.interactive {
+		h.d.redraw()
+	}
+}
+
+func (h *stepHandle) done(format string, args ...any) {
+	h.d.mu.Lock()
+	h.d.scr.Steps[h.i].State = stepDone
+	h.d.scr.Steps[h.i].Detail = fmt.Sprintf(format, args...)
+	h.d.mu.Unlock()
+	h.d.changed(h.i)
+}
+
+// fail marks the step failed when err is not nil, and returns err.
+func (h *stepHandle) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	h.d.mu.Lock()
+	h.d.scr.Steps[h.i].State = stepFailed
+	h.d.scr.Steps[h.i].Detail = err.Error()
+	h.d.mu.Unlock()
+	h.d.changed(h.i)
+	return err
+}
+
+// changed shows a step's new state: a redraw, or one line.
+func (d *display) changed(i int) {
+	if d.interactive {
+		d.redraw()
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.scr.Steps[i]
+	line := fmt.Sprintf("[%6.1fs] %s %s", time.Since(d.start).Seconds(), stepMarks[st.State], st.Name)
+	if st.Detail != "" {
+		line += ": " + st.Detail
+	}
+	fmt.Fprintln(d.out, line)
+}
+
+func (d *display) setVerdict(v verdict) {
+	d.mu.Lock()
+	d.scr.Verdict = v
+	d.mu.Unlock()
+}
+
+// redraw paints the screen from the top left, clearing what the previous
+// frame left to the right of each line and below the last.
+func (d *display) redraw() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.scr.Uptime = time.Since(d.start)
+	var b bytes.Buffer
+	d.scr.render(&b)
+	frame := strings.ReplaceAll(b.String(), "\n", "\x1b[K\n")
+	fmt.Fprint(d.out, "\x1b[H"+frame+"\x1b[J")
+}
+
+// snapshot prints the view once, for non-interactive output.
+func (d *display) snapshot() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.scr.Uptime = time.Since(d.start)
+	d.lastSnap = time.Now()
+	fmt.Fprintln(d.out, strings.Repeat("-", 72))
+	d.scr.render(d.out)
+	fmt.Fprintln(d.out, strings.Repeat("-", 72))
+}
+
+// live reads the metrics every refresh interval and shows them until ctx
+// ends.
+func (d *display) live(ctx context.Context, g prometheus.Gatherer) {
+	tick := time.NewTicker(d.refresh)
+	defer tick.Stop()
+	d.read(g)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.read(g)
+		if d.interactive {
+			d.redraw()
+		} else if time.Since(d.lastSnap) >= d.snapEvery {
+			d.snapshot()
+		}
+	}
+}
+
+// read gathers the metrics and shifts the readings. A collector that
+// fails shows up in its own metrics, so a partial gather is still used.
+func (d *display) read(g prometheus.Gatherer) {
+	mfs, _ := g.Gather()
+	r := newReading(time.Now(), mfs)
+	d.mu.Lock()
+	d.scr.Prev, d.scr.Cur = d.scr.Cur, r
+	d.mu.Unlock()
+}
+
+// finish shows the final state and the summary, and restores the cursor.
+func (d *display) finish(sum *Summary) {
+	if d.interactive {
+		d.redraw()
+		fmt.Fprint(d.out, "\x1b[?25h")
+	} else {
+		d.snapshot()
+	}
+	for _, line := range sum.lines() {
+		fmt.Fprintln(d.out, line)
+	}
+}

@@ -1,0 +1,121 @@
+package demo
+
+import (
+	_ "embed"
+	"fmt"
+	"net/netip"
+
+	"github.com/nsflow/nsflow/topology"
+	"github.com/nsflow/nsflow/traffic"
+)
+
+// seedYAML is the default topology: the seed scenarios (a veth pair
+// between two namespaces, a Docker-style bridge network, two servers on
+// the same port in two namespaces, a pod-style shared namespace). It is
+// the same file as examples/seed.yaml, which a test keeps true.
+//
+//go:embed topology.yaml
+var seedYAML []byte
+
+// DefaultSpec returns the embedded default topology, validated.
+func DefaultSpec() (*topology.Spec, error) {
+	s, err := topology.Parse(seedYAML)
+	if err != nil {
+		return nil, fmt.Errorf("embedded topology: %w", err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("embedded topology: %w", err)
+	}
+	return s, nil
+}
+
+// demoFlow is one stream of background traffic, by namespace names as the
+// topology file writes them (before a prefix is applied).
+type demoFlow struct {
+	From, To string
+	// IPv6 picks the server's first IPv6 address instead of IPv4.
+	IPv6 bool
+	// Loopback sends over the server namespace's own loopback (From == To).
+	Loopback bool
+	Port     uint16
+	Rate     float64 // datagrams per second
+	Size     int     // payload bytes
+}
+
+// seedFlows is the demo's traffic: each seed scenario gets some, at rates
+// low enough to leave a shared machine alone. UDP only, because the
+// generator rate-limits UDP (TCP would run at line rate).
+var seedFlows = []demoFlow{
+	// The veth pair, both ways, over both families.
+	{From: "ns1", To: "ns2", Port: 5001, Rate: 1000, Size: 512},
+	{From: "ns2", To: "ns1", Port: 5001, Rate: 400, Size: 256, IPv6: true},
+	// The bridge network: container to container, and into the pod.
+	{From: "c1", To: "c2", Port: 5002, Rate: 800, Size: 1024},
+	{From: "c3", To: "pod", Port: 5003, Rate: 300, Size: 512, IPv6: true},
+	// Two servers on the same port, each in its own namespace. (Not 8080:
+	// verify's responders listen there.)
+	{From: "srv1", To: "srv2", Port: 7070, Rate: 600, Size: 700},
+	{From: "srv2", To: "srv1", Port: 7070, Rate: 600, Size: 300},
+	// Processes sharing the pod's namespace talk over its loopback.
+	{From: "pod", To: "pod", Port: 5004, Rate: 200, Size: 128, Loopback: true},
+}
+
+// resolvedFlow is a demo flow placed on a topology.
+type resolvedFlow struct {
+	demoFlow
+	// Src and Dst are the namespace names in the topology (prefixed).
+	Src, Dst string
+	Flow     traffic.Flow
+}
+
+// trafficFlows resolves the demo flows against s, whose namespace names
+// are the seed's with prefix in front. A flow whose namespaces s lacks (a
+// custom topology) is left out.
+func trafficFlows(s *topology.Spec, prefix string, flows []demoFlow) ([]resolvedFlow, error) {
+	declared := map[string]bool{}
+	for _, n := range s.Namespaces {
+		declared[n.Name] = true
+	}
+	var out []resolvedFlow
+	for _, f := range flows {
+		from, to := prefix+f.From, prefix+f.To
+		if !declared[from] || !declared[to] {
+			continue
+		}
+		server, err := serverAddr(s, to, f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, resolvedFlow{demoFlow: f, Src: from, Dst: to, Flow: traffic.Flow{
+			Proto:       traffic.UDP,
+			ServerNetns: s.NetnsPath(to),
+			ClientNetns: s.NetnsPath(from),
+			Server:      netip.AddrPortFrom(server, f.Port),
+			Size:        f.Size,
+			Rate:        f.Rate,
+		}})
+	}
+	return out, nil
+}
+
+// serverAddr is the address the flow's server binds in namespace ns.
+func serverAddr(s *topology.Spec, ns string, f demoFlow) (netip.Addr, error) {
+	if f.Loopback {
+		if f.IPv6 {
+			return netip.IPv6Loopback(), nil
+		}
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1}), nil
+	}
+	for _, ifc := range s.NamespaceInterfaces(ns) {
+		for _, p := range ifc.Addresses {
+			if a := p.Addr(); a.Is6() == f.IPv6 {
+				return a, nil
+			}
+		}
+	}
+	family := "IPv4"
+	if f.IPv6 {
+		family = "IPv6"
+	}
+	return netip.Addr{}, fmt.Errorf("demo flow %s→%s: namespace %s has no %s address", f.From, f.To, ns, family)
+}

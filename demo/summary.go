@@ -1,0 +1,114 @@
+package demo
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/traffic"
+	"github.com/nsflow/nsflow/verify"
+)
+
+// FlowCount compares one generated flow with what the agent counted.
+type FlowCount struct {
+	// Src and Dst are the client's and the server's namespaces.
+	Src, Dst string
+	Port     uint16
+	// Loopback flows never cross an observed port.
+	Loopback bool
+	// Result is the generator's own count.
+	Result traffic.Result
+	// Counted is the agent's nsflow_netns_flow_port_packets_total for the
+	// flow's namespace pair, protocol and port, read after it stopped.
+	Counted uint64
+}
+
+// Exact reports whether the agent counted every datagram the generator
+// sent, no more and no less. With loss, a datagram may be lost before or
+// after the observed ports, so then only the range is checked.
+func (f FlowCount) Exact() bool {
+	r := f.Result
+	if r.Lost == 0 {
+		return f.Counted == r.Sent.Packets
+	}
+	return f.Counted >= r.Received.Packets && f.Counted <= r.Sent.Packets
+}
+
+// flowSource is the part of the agent countFlows reads.
+type flowSource interface {
+	Flows() (*collector.FlowSummary, error)
+}
+
+// countFlows fills in Counted from the agent's per-port pair counters.
+func (s *Summary) countFlows(src flowSource) error {
+	fs, err := src.Flows()
+	if err != nil {
+		return fmt.Errorf("read the agent's flow counts: %w", err)
+	}
+	for i := range s.Flows {
+		f := &s.Flows[i]
+		for _, p := range fs.PortPairs {
+			if p.Src == f.Src && p.Dst == f.Dst && p.Protocol == "udp" && p.Port == strconv.Itoa(int(f.Port)) {
+				f.Counted = p.Packets
+			}
+		}
+	}
+	return nil
+}
+
+// verdictOf turns a verify report into the view's verdict.
+func verdictOf(rep *verify.Report, err error) verdict {
+	if err != nil {
+		return verdict{Err: err}
+	}
+	v := verdict{Ran: true, Probes: len(rep.Probes), Checks: len(rep.PortSpace) + len(rep.Stack)}
+	for _, p := range rep.Probes {
+		if !p.Match() {
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s → %s %s (%s): %s", p.From, p.To, p.Port, p.Addr, p.Reason()))
+		}
+	}
+	for _, c := range append(slices.Clone(rep.PortSpace), rep.Stack...) {
+		switch {
+		case c.Error != "":
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s %s: check could not run: %s", c.Netns, c.Kind, c.Error))
+		case !c.Pass:
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s %s: %s", c.Netns, c.Kind, strings.Join(c.Problems, "; ")))
+		}
+	}
+	return v
+}
+
+// lines is the summary printed when the demo ends.
+func (s *Summary) lines() []string {
+	var out []string
+	for _, f := range s.Flows {
+		r := f.Result
+		line := fmt.Sprintf("flow %s→%s udp/%d: generator sent %d, received %d, lost %d; ",
+			f.Src, f.Dst, f.Port, r.Sent.Packets, r.Received.Packets, r.Lost)
+		switch {
+		case f.Loopback:
+			line += "loopback, not on an observed port"
+		case f.Exact():
+			line += fmt.Sprintf("agent counted %d: exact", f.Counted)
+		default:
+			line += fmt.Sprintf("agent counted %d: MISMATCH", f.Counted)
+		}
+		out = append(out, line)
+	}
+	if s.Verify != nil {
+		sum := s.Verify.Summary()
+		verdicts := map[int]string{0: "isolation holds", 1: "isolation VIOLATED", 2: "some checks could not run"}
+		out = append(out, fmt.Sprintf("verify: %s: %d probes, %d disagree with intent, %d could not run, %d checks failed",
+			verdicts[s.Verify.Verdict()], sum.Probes, sum.Mismatches, sum.ProbeErrors, sum.CheckFailed))
+	}
+	if s.Down != nil {
+		out = append(out, fmt.Sprintf("teardown: %d namespaces and %d host interfaces removed; nothing of the demo is left on the host",
+			s.Down.NamespacesRemoved, s.Down.InterfacesRemoved))
+		for _, f := range s.Down.Foreign {
+			out = append(out, "teardown: left alone, not the demo's: "+f)
+		}
+	}
+	return out
+}
