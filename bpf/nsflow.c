@@ -112,6 +112,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsflow_loss SEC(".maps");
 
+// The few kernel-internal fields the programs read, relocated against the
+// running kernel's BTF (CO-RE), so no vmlinux.h is needed.
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct net {
+	__u64 net_cookie;
+};
+typedef struct {
+	struct net *net;
+} possible_net_t;
+struct net_device {
+	possible_net_t nd_net;
+};
+struct sk_buff {
+	struct net_device *dev;
+};
+#pragma clang attribute pop
+
+extern void *bpf_cast_to_kern_ctx(void *) __ksym;
+
+// netns_cookie is the cookie of the namespace of the device the packet is
+// on. bpf_get_netns_cookie(skb) is no substitute: it reads the socket's
+// namespace and, without a socket (forwarded, received), the initial one.
+static __always_inline __u64 netns_cookie(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+
+	return skb->dev->nd_net.net->net_cookie;
+}
+
 // Zero value for inserting a port: too big for the 512-byte stack.
 static const struct port_stats zero_port;
 
@@ -376,7 +405,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 		segs = 1;
 	__u64 len = skb->len;
 
-	__u64 cookie = bpf_get_netns_cookie(skb);
+	__u64 cookie = netns_cookie(skb);
 	struct port_key pk = { .netns_cookie = cookie, .ifindex = skb->ifindex };
 	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
 	if (!ps) {
