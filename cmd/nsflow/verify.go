@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nsflow/nsflow/topology"
+	"github.com/nsflow/nsflow/verify"
+	"github.com/spf13/cobra"
+)
+
+func init() { subcommands = append(subcommands, newVerifyCmd) }
+
+func newVerifyCmd() *cobra.Command {
+	var (
+		file       string
+		output     string
+		opts       verify.Options
+		noEvidence bool
+	)
+	cmd := &cobra.Command{
+		Use:   "verify -f FILE",
+		Short: "Prove that the namespaces of a running topology are isolated as declared",
+		Long: `verify probes every address of every namespace from every other one (TCP,
+UDP and ICMP on the declared ports), checks that each namespace has its own
+port space and sees only its own interfaces, addresses, routes, neighbours,
+firewall rules and sockets, and reads the eBPF datapath for packets that
+must not have arrived. The topology must be up.
+
+Exit status: 0 every check passes, 1 a violation, 2 a spec or environment
+error (intent the topology contradicts, a namespace missing, no BPF).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch output {
+			case "table", "json", "junit":
+			default:
+				return &exitError{2, fmt.Errorf("--output: unknown format %q (want table, json or junit)", output)}
+			}
+			if file == "" {
+				return &exitError{2, errors.New("--file is required")}
+			}
+			spec, err := topology.Load(file)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			opts.NoEvidence = noEvidence
+			rep, err := verify.Run(cmd.Context(), spec, opts)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			w := cmd.OutOrStdout()
+			switch output {
+			case "json":
+				err = rep.WriteJSON(w)
+			case "junit":
+				err = rep.WriteJUnit(w)
+			default:
+				err = rep.WriteTable(w)
+			}
+			if err != nil {
+				return &exitError{2, err}
+			}
+			if v := rep.Verdict(); v != 0 {
+				return &exitError{v, errors.New(rep.VerdictLine())}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&file, "file", "f", "", "topology file (YAML)")
+	f.StringVarP(&output, "output", "o", "table", "output format: table, json or junit")
+	f.BoolVar(&opts.Load, "load", false, "saturate allowed paths with bulk TCP while verifying, and report the throughput")
+	f.DurationVar(&opts.Timeout, "timeout", verify.DefaultTimeout, "how long each probe waits for an answer")
+	f.BoolVar(&noEvidence, "no-evidence", false, "skip the eBPF evidence (hosts without BPF)")
+	return cmd
+}

@@ -1,0 +1,176 @@
+package verify
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/nsflow/nsflow/bpf"
+)
+
+// Flow is traffic the datapath saw delivered into a namespace: received
+// (ingress) on an interface inside it.
+type Flow struct {
+	Netns   string     `json:"netns"`
+	Src     netip.Addr `json:"src"`
+	Dst     netip.Addr `json:"dst"`
+	Proto   uint8      `json:"proto"`
+	DstPort uint16     `json:"dst_port"`
+	Packets uint64     `json:"packets"`
+	Bytes   uint64     `json:"bytes"`
+}
+
+// FlowFromBPF converts a datapath flow seen in namespace netns; ok is false
+// for egress, which is not a delivery.
+func FlowFromBPF(k bpf.FlowKey, s bpf.FlowStats, netns string) (f Flow, ok bool) {
+	if k.Dir != bpf.Ingress {
+		return f, false
+	}
+	return Flow{Netns: netns, Src: k.Src.Unmap(), Dst: k.Dst.Unmap(), Proto: k.Proto, DstPort: k.DstPort, Packets: s.Packets, Bytes: s.Bytes}, true
+}
+
+// Violation is traffic delivered into namespace Dst from namespace Src,
+// which the topology gives no way to deliver.
+type Violation struct {
+	Src     string `json:"src_netns"`
+	Dst     string `json:"dst_netns"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	Flows   []Flow `json:"flows"`
+}
+
+// Unknown is the source of a violation whose address no namespace of the
+// topology declares.
+const Unknown = "unknown"
+
+// Violations returns, per (source, destination) namespace pair, the flows
+// delivered into a namespace, addressed to one of its declared addresses,
+// from a source the model cannot deliver from. Transit traffic (a router
+// forwarding) and multicast are not deliveries to the namespace and are
+// left out. The agent exports the packet counts as
+// nsflow_isolation_violation_packets_total.
+func (m *Model) Violations(flows []Flow) []Violation {
+	return m.violations(flows, m.Owners)
+}
+
+func (m *Model) violations(flows []Flow, owners func(netip.Addr) []string) []Violation {
+	byPair := map[[2]string]*Violation{}
+	for _, f := range flows {
+		if !slices.Contains(owners(f.Dst), f.Netns) || f.Src.IsLinkLocalUnicast() || !f.Src.IsValid() || f.Src.IsUnspecified() {
+			continue
+		}
+		srcs := owners(f.Src)
+		if slices.Contains(srcs, f.Netns) {
+			continue // from itself (over a loop, or its own address)
+		}
+		if slices.ContainsFunc(srcs, func(s string) bool { got, _ := m.Deliver(s, f.Dst); return got == f.Netns }) {
+			continue
+		}
+		src := Unknown
+		if len(srcs) > 0 {
+			src = srcs[0]
+		}
+		k := [2]string{src, f.Netns}
+		v := byPair[k]
+		if v == nil {
+			v = &Violation{Src: src, Dst: f.Netns}
+			byPair[k] = v
+		}
+		v.Packets += f.Packets
+		v.Bytes += f.Bytes
+		v.Flows = append(v.Flows, f)
+	}
+	out := make([]Violation, 0, len(byPair))
+	for _, v := range byPair {
+		out = append(out, *v)
+	}
+	slices.SortFunc(out, func(a, b Violation) int {
+		return cmp.Or(cmp.Compare(a.Src, b.Src), cmp.Compare(a.Dst, b.Dst))
+	})
+	return out
+}
+
+// Evidence is what the eBPF datapath saw during the probes.
+type Evidence struct {
+	// Ports is the number of interfaces the programs were attached to.
+	Ports int `json:"ports"`
+	// Flows is the number of delivered flows read.
+	Flows      int         `json:"flows"`
+	Violations []Violation `json:"violations"`
+	// Overflow counts flows the datapath could not record; non-zero means
+	// the evidence is incomplete.
+	Overflow uint64 `json:"overflow"`
+}
+
+// evidence attaches the datapath to every interface of the topology's
+// namespaces for the duration of the probes.
+type evidence struct {
+	e  *env
+	dp *bpf.Datapath
+	n  int
+}
+
+func startEvidence(e *env) (*evidence, error) {
+	dp, err := bpf.Load(bpf.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("eBPF evidence (use --no-evidence on hosts without BPF): %w", err)
+	}
+	ev := &evidence{e: e, dp: dp}
+	for _, ns := range e.model.Namespaces {
+		s, err := takeSnapshot(e.paths[ns])
+		if err != nil {
+			ev.close()
+			return nil, err
+		}
+		for _, l := range s.links {
+			if l.Attrs().Name == "lo" {
+				continue
+			}
+			if _, err := dp.Attach(e.paths[ns], l.Attrs().Name); err != nil {
+				ev.close()
+				return nil, err
+			}
+			ev.n++
+		}
+	}
+	return ev, nil
+}
+
+// close detaches everything: Datapath.Close detaches what it attached.
+func (ev *evidence) close() { ev.dp.Close() }
+
+func (ev *evidence) collect() (*Evidence, error) {
+	var flows []Flow
+	err := ev.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
+		if ns, ok := ev.e.names[k.NetnsCookie]; ok {
+			if f, ok := FlowFromBPF(k, s, ns); ok {
+				flows = append(flows, f)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read flows: %w", err)
+	}
+	over, err := ev.dp.FlowOverflow()
+	if err != nil {
+		return nil, err
+	}
+	return &Evidence{Ports: ev.n, Flows: len(flows), Violations: ev.e.model.violations(flows, ev.e.owners), Overflow: over}, nil
+}
+
+// owners attributes an address to namespaces by what they declare and,
+// for addresses nobody declares, by who really holds it.
+func (e *env) owners(a netip.Addr) []string {
+	if o := e.model.Owners(a); len(o) > 0 {
+		return o
+	}
+	var out []string
+	for _, ns := range e.model.Namespaces {
+		if slices.Contains(e.observed[ns], a) {
+			out = append(out, ns)
+		}
+	}
+	return out
+}

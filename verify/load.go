@@ -1,0 +1,114 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/nsflow/nsflow/traffic"
+)
+
+// maxLoadFlows bounds the bulk flows of --load: more than a few streams
+// per core only adds scheduling noise.
+const maxLoadFlows = 8
+
+// LoadFlow is one bulk TCP flow run during the checks.
+type LoadFlow struct {
+	From  string     `json:"from"`
+	To    string     `json:"to"`
+	Addr  netip.Addr `json:"addr"`
+	Bytes uint64     `json:"bytes"`
+	Gbps  float64    `json:"gbps"`
+	Error string     `json:"error,omitempty"`
+}
+
+// LoadReport is the throughput achieved while isolation was verified.
+type LoadReport struct {
+	Flows     []LoadFlow    `json:"flows"`
+	TotalGbps float64       `json:"total_gbps"`
+	Elapsed   time.Duration `json:"elapsed_ns"`
+}
+
+type load struct {
+	min    time.Duration
+	start  time.Time
+	flows  []LoadFlow
+	runs   []*traffic.Run
+	report *LoadReport
+}
+
+// startLoad saturates allowed paths with bulk TCP: for each namespace in
+// turn, one flow to a namespace it is expected to reach, preferring
+// namespaces not yet loaded, so the load spreads over the topology.
+func startLoad(ctx context.Context, e *env, minDur time.Duration) (*load, error) {
+	if minDur <= 0 {
+		minDur = 2 * time.Second
+	}
+	l := &load{min: minDur, start: time.Now()}
+	busy := map[string]bool{}
+	for _, from := range e.model.Namespaces {
+		if len(l.flows) == maxLoadFlows || busy[from] {
+			continue
+		}
+		for _, to := range e.model.Namespaces {
+			if to == from || busy[to] {
+				continue
+			}
+			addr, ok := e.reachableAddr(from, to)
+			if !ok {
+				continue
+			}
+			run, err := traffic.Start(ctx, traffic.Flow{
+				Proto:       traffic.TCP,
+				ClientNetns: e.paths[from],
+				ServerNetns: e.paths[to],
+				Server:      netip.AddrPortFrom(addr, 0),
+			})
+			if err != nil {
+				l.stop()
+				return nil, fmt.Errorf("load %s -> %s: %w", from, to, err)
+			}
+			busy[from], busy[to] = true, true
+			l.flows = append(l.flows, LoadFlow{From: from, To: to, Addr: addr})
+			l.runs = append(l.runs, run)
+			break
+		}
+	}
+	if len(l.runs) == 0 {
+		return nil, fmt.Errorf("load: the topology has no allowed path to load")
+	}
+	return l, nil
+}
+
+func (e *env) reachableAddr(from, to string) (netip.Addr, bool) {
+	for _, a := range e.model.Addresses(to) {
+		if e.model.Answerer(from, a) == to {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// stop ends the load (once its minimum duration has passed) and reports.
+func (l *load) stop() *LoadReport {
+	if l.report != nil {
+		return l.report
+	}
+	if d := l.min - time.Since(l.start); d > 0 && len(l.runs) > 0 {
+		time.Sleep(d)
+	}
+	r := &LoadReport{Elapsed: time.Since(l.start)}
+	for i, run := range l.runs {
+		res, err := run.Stop()
+		f := l.flows[i]
+		f.Bytes, f.Gbps = res.Received.Bytes, res.Gbps()
+		if err != nil {
+			f.Error = err.Error()
+		}
+		r.TotalGbps += f.Gbps
+		r.Flows = append(r.Flows, f)
+	}
+	l.report = r
+	return r
+}

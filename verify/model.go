@@ -1,0 +1,349 @@
+// Package verify proves that the namespaces of a topology are isolated as
+// the topology file says: it derives the expected reachability from the
+// wiring and the isolation intent, probes every address from every
+// namespace, checks that each namespace's stack holds only its own objects,
+// and reads the eBPF datapath for packets that must not have arrived.
+package verify
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/nsflow/nsflow/topology"
+)
+
+// maxHops bounds the forwarding walk; a routing loop ends there as
+// undeliverable, which is what the kernel's TTL does too.
+const maxHops = 16
+
+// Model is the reachability a topology implies: which namespace receives a
+// packet sent from one namespace to an address, and whether the reply gets
+// back. It knows only the wiring (L2 segments, addresses, routes, ip
+// forwarding); the topology declares no packet filters.
+type Model struct {
+	spec *topology.Spec
+	// Namespaces are the declared namespaces, in spec order.
+	Namespaces []string
+	ifaces     map[string][]l3iface // namespace -> interfaces that carry IP
+	routes     map[string][]route
+	forward4   map[string]bool
+	forward6   map[string]bool
+	// owners maps each declared address to the namespaces holding it
+	// (more than one when isolated tenants reuse a subnet).
+	owners map[netip.Addr][]string
+	addrs  map[string][]netip.Addr // namespace -> declared addresses
+}
+
+// l3iface is an interface that takes part in routing: a veth end that is
+// not a bridge port, or a bridge. Segment identifies its L2 domain.
+type l3iface struct {
+	name     string
+	segment  int
+	prefixes []netip.Prefix
+}
+
+type route struct {
+	to  netip.Prefix
+	via netip.Addr // invalid when directly connected
+	dev string     // "" when the gateway's subnet decides
+}
+
+// NewModel derives the reachability model of a validated spec.
+func NewModel(s *topology.Spec) *Model {
+	m := &Model{
+		spec:     s,
+		ifaces:   map[string][]l3iface{},
+		routes:   map[string][]route{},
+		forward4: map[string]bool{},
+		forward6: map[string]bool{},
+		owners:   map[netip.Addr][]string{},
+		addrs:    map[string][]netip.Addr{},
+	}
+	for _, ns := range s.Namespaces {
+		m.Namespaces = append(m.Namespaces, ns.Name)
+		m.forward4[ns.Name] = sysctlOn(ns.Sysctls, "net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding")
+		m.forward6[ns.Name] = sysctlOn(ns.Sysctls, "net.ipv6.conf.all.forwarding")
+	}
+	m.segments(s.Interfaces())
+	for _, ns := range s.Namespaces {
+		for _, r := range ns.Routes {
+			if rt, ok := m.parseRoute(ns.Name, r); ok {
+				m.routes[ns.Name] = append(m.routes[ns.Name], rt)
+			}
+		}
+	}
+	return m
+}
+
+// segments groups interfaces into L2 domains: the two ends of a veth pair
+// share one, and a bridge shares one with all its ports.
+func (m *Model) segments(ifs []topology.Interface) {
+	key := func(ns, name string) string { return ns + "\x00" + name }
+	parent := map[string]string{}
+	var find func(string) string
+	find = func(x string) string {
+		p, ok := parent[x]
+		if !ok || p == x {
+			parent[x] = x
+			return x
+		}
+		r := find(p)
+		parent[x] = r
+		return r
+	}
+	union := func(a, b string) { parent[find(a)] = find(b) }
+	for _, ifc := range ifs {
+		k := key(ifc.Namespace, ifc.Name)
+		find(k)
+		if ifc.Kind == "veth" {
+			union(k, key(ifc.PeerNamespace, ifc.PeerName))
+		}
+		if ifc.Master != "" {
+			union(k, key(ifc.Namespace, ifc.Master))
+		}
+	}
+	ids := map[string]int{}
+	for _, ifc := range ifs {
+		if ifc.Master != "" {
+			continue // a bridge port carries no IP of its own
+		}
+		root := find(key(ifc.Namespace, ifc.Name))
+		id, ok := ids[root]
+		if !ok {
+			id = len(ids)
+			ids[root] = id
+		}
+		m.ifaces[ifc.Namespace] = append(m.ifaces[ifc.Namespace], l3iface{name: ifc.Name, segment: id, prefixes: ifc.Addresses})
+		for _, p := range ifc.Addresses {
+			a := p.Addr()
+			if !slices.Contains(m.owners[a], ifc.Namespace) {
+				m.owners[a] = append(m.owners[a], ifc.Namespace)
+			}
+			if !slices.Contains(m.addrs[ifc.Namespace], a) {
+				m.addrs[ifc.Namespace] = append(m.addrs[ifc.Namespace], a)
+			}
+		}
+	}
+}
+
+func (m *Model) parseRoute(ns string, r topology.Route) (route, bool) {
+	var rt route
+	rt.dev = r.Dev
+	if r.Via != "" {
+		via, err := netip.ParseAddr(r.Via)
+		if err != nil {
+			return rt, false
+		}
+		rt.via = via
+	}
+	if r.To == "default" {
+		is4 := true
+		switch {
+		case rt.via.IsValid():
+			is4 = rt.via.Is4()
+		default:
+			for _, ifc := range m.ifaces[ns] {
+				if ifc.name == r.Dev && len(ifc.prefixes) > 0 {
+					is4 = ifc.prefixes[0].Addr().Is4()
+					break
+				}
+			}
+		}
+		if is4 {
+			rt.to = netip.MustParsePrefix("0.0.0.0/0")
+		} else {
+			rt.to = netip.MustParsePrefix("::/0")
+		}
+		return rt, true
+	}
+	p, err := netip.ParsePrefix(r.To)
+	if err != nil {
+		return rt, false
+	}
+	rt.to = p.Masked()
+	return rt, true
+}
+
+func sysctlOn(sysctls map[string]string, keys ...string) bool {
+	for _, k := range keys {
+		if strings.TrimSpace(sysctls[k]) == "1" {
+			return true
+		}
+	}
+	return false
+}
+
+// Addresses returns the declared addresses of namespace ns.
+func (m *Model) Addresses(ns string) []netip.Addr { return m.addrs[ns] }
+
+// Owners returns the namespaces that declare address a.
+func (m *Model) Owners(a netip.Addr) []string { return m.owners[a] }
+
+func (m *Model) owns(ns string, a netip.Addr) bool {
+	return slices.Contains(m.owners[a], ns)
+}
+
+func (m *Model) forwards(ns string, a netip.Addr) bool {
+	if a.Is4() {
+		return m.forward4[ns]
+	}
+	return m.forward6[ns]
+}
+
+// lookup is the routing decision in ns for dst: the egress interface and the
+// next hop (dst itself when directly connected). Longest prefix wins, as in
+// the kernel's main table.
+func (m *Model) lookup(ns string, dst netip.Addr) (l3iface, netip.Addr, bool) {
+	best, bestBits := l3iface{}, -1
+	var nh netip.Addr
+	for _, ifc := range m.ifaces[ns] {
+		for _, p := range ifc.prefixes {
+			if p.Addr().Is4() == dst.Is4() && p.Masked().Contains(dst) && p.Bits() > bestBits {
+				best, bestBits, nh = ifc, p.Bits(), dst
+			}
+		}
+	}
+	for _, r := range m.routes[ns] {
+		if r.to.Addr().Is4() != dst.Is4() || !r.to.Contains(dst) || r.to.Bits() <= bestBits {
+			continue
+		}
+		gw := dst
+		if r.via.IsValid() {
+			gw = r.via
+		}
+		ifc, ok := m.egress(ns, r.dev, gw)
+		if !ok {
+			continue
+		}
+		best, bestBits, nh = ifc, r.to.Bits(), gw
+	}
+	return best, nh, bestBits >= 0
+}
+
+// egress finds the interface a route leaves by: the named device, or the
+// one whose subnet holds the gateway.
+func (m *Model) egress(ns, dev string, gw netip.Addr) (l3iface, bool) {
+	for _, ifc := range m.ifaces[ns] {
+		if dev != "" {
+			if ifc.name == dev {
+				return ifc, true
+			}
+			continue
+		}
+		for _, p := range ifc.prefixes {
+			if p.Masked().Contains(gw) {
+				return ifc, true
+			}
+		}
+	}
+	return l3iface{}, false
+}
+
+// source is the address ns sends from when it leaves by ifc: the first one
+// of dst's family on that interface, else any of the namespace's.
+func (m *Model) source(ns string, ifc l3iface, dst netip.Addr) (netip.Addr, bool) {
+	for _, p := range ifc.prefixes {
+		if p.Addr().Is4() == dst.Is4() {
+			return p.Addr(), true
+		}
+	}
+	for _, a := range m.addrs[ns] {
+		if a.Is4() == dst.Is4() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// neighbour finds who answers ARP/NDP for nh on segment seg: a namespace
+// with an interface on the segment that holds nh, preferring the one that
+// holds it on that very interface (Linux answers for any local address).
+func (m *Model) neighbour(seg int, nh netip.Addr) (string, bool) {
+	fallback := ""
+	for _, ns := range m.onSegment(seg) {
+		for _, ifc := range m.ifaces[ns] {
+			if ifc.segment != seg {
+				continue
+			}
+			for _, p := range ifc.prefixes {
+				if p.Addr() == nh {
+					return ns, true
+				}
+			}
+		}
+		if fallback == "" && m.owns(ns, nh) {
+			fallback = ns
+		}
+	}
+	return fallback, fallback != ""
+}
+
+func (m *Model) onSegment(seg int) []string {
+	var out []string
+	for _, ns := range m.allNamespaces() {
+		for _, ifc := range m.ifaces[ns] {
+			if ifc.segment == seg {
+				out = append(out, ns)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// allNamespaces is the declared namespaces plus the host when the spec
+// places addressed interfaces there.
+func (m *Model) allNamespaces() []string {
+	if _, ok := m.ifaces[topology.HostNamespace]; ok && !slices.Contains(m.Namespaces, topology.HostNamespace) {
+		return append(slices.Clone(m.Namespaces), topology.HostNamespace)
+	}
+	return m.Namespaces
+}
+
+// Deliver returns the namespace that receives a packet sent from src to
+// dst, and the source address src uses; "" when the packet is lost on the
+// way (no route, no neighbour, a namespace that does not forward).
+func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr) {
+	cur := src
+	for range maxHops {
+		if m.owns(cur, dst) {
+			return cur, from
+		}
+		ifc, nh, ok := m.lookup(cur, dst)
+		if !ok {
+			return "", from
+		}
+		if cur == src {
+			if from, ok = m.source(src, ifc, dst); !ok {
+				return "", from
+			}
+		}
+		next, ok := m.neighbour(ifc.segment, nh)
+		if !ok || next == cur {
+			return "", from
+		}
+		if m.owns(next, dst) {
+			return next, from
+		}
+		if !m.forwards(next, dst) {
+			return "", from
+		}
+		cur = next
+	}
+	return "", from
+}
+
+// Answerer returns the namespace expected to answer a probe from src to
+// dst: the one the request reaches, provided its reply finds the way back
+// to src. "" means the probe must read as blocked.
+func (m *Model) Answerer(src string, dst netip.Addr) string {
+	to, from := m.Deliver(src, dst)
+	if to == "" || to == src {
+		return ""
+	}
+	if back, _ := m.Deliver(to, from); back != src {
+		return ""
+	}
+	return to
+}

@@ -1,0 +1,67 @@
+package verify
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/nsflow/nsflow/topology"
+)
+
+var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+
+// portSpace checks that every namespace has its own port space: the
+// responders bound the same ports in all of them at once, and a client in
+// each namespace, connecting to its own loopback, is answered by its own
+// namespace's responder and nobody else's.
+func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Check {
+	var probes []*Probe
+	for _, ns := range e.model.Namespaces {
+		for _, p := range ports {
+			if p.Proto == "icmp" {
+				continue
+			}
+			for _, lo := range loopbacks {
+				probes = append(probes, &Probe{From: ns, To: ns, Addr: lo, Port: p.String(), Expect: ns, port: p, Try: 1})
+			}
+		}
+	}
+	pr := newProber(e.paths, e.names, e.timeout)
+	pr.run(probes)
+
+	byCookie := map[uint64][]string{}
+	for _, ns := range e.model.Namespaces {
+		byCookie[e.cookies[ns]] = append(byCookie[e.cookies[ns]], ns)
+	}
+	var out []Check
+	i := 0
+	for _, ns := range e.model.Namespaces {
+		for _, p := range ports {
+			if p.Proto == "icmp" {
+				continue
+			}
+			c := Check{Netns: ns, Kind: p.String()}
+			if same := byCookie[e.cookies[ns]]; len(same) > 1 {
+				c.Problems = append(c.Problems, fmt.Sprintf("%v are one network namespace: they share one port space", same))
+			}
+			for _, b := range resp[ns].Busy {
+				c.Info = append(c.Info, b+" was already bound by another process in "+ns)
+			}
+			for range loopbacks {
+				pb := probes[i]
+				i++
+				switch {
+				case pb.Outcome == Failed:
+					c.Error = pb.Detail
+				case pb.Outcome != Replied:
+					c.Problems = append(c.Problems, fmt.Sprintf("%s %s: no listener answered (%s)", pb.Addr, p, pb.Outcome))
+				case pb.Claimed == "":
+					c.Info = append(c.Info, fmt.Sprintf("%s %s: answered by a listener that is not nsflow's", pb.Addr, p))
+				case pb.Claimed != ns || pb.By != ns:
+					c.Problems = append(c.Problems, fmt.Sprintf("%s %s: answered by the responder of %s running in %s", pb.Addr, p, pb.Claimed, pb.By))
+				}
+			}
+			out = append(out, finish(c))
+		}
+	}
+	return out
+}

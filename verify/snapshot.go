@@ -1,0 +1,143 @@
+package verify
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// snapshot is what one namespace's stack holds, read through netlink
+// sockets opened inside it.
+type snapshot struct {
+	links     []netlink.Link
+	addrs     []netlink.Addr
+	routes    []netlink.Route
+	neighs    []netlink.Neigh
+	listeners []listener
+	firewall  []firewallTable
+}
+
+type listener struct {
+	proto string
+	addr  netip.AddrPort
+	inode uint32
+}
+
+func (l listener) String() string { return fmt.Sprintf("%s %s", l.proto, l.addr) }
+
+func withHandle(path string, fn func(*netlink.Handle) error) error {
+	var ns netns.NsHandle
+	var err error
+	if path == "" {
+		ns, err = netns.Get()
+	} else {
+		ns, err = netns.GetFromPath(path)
+	}
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+// globalAddrs lists the addresses of the namespace that other namespaces
+// could reach: global scope, not loopback, not link-local.
+func globalAddrs(path string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	err := withHandle(path, func(h *netlink.Handle) error {
+		addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if ip, ok := reachableAddr(a); ok {
+				out = append(out, ip)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func reachableAddr(a netlink.Addr) (netip.Addr, bool) {
+	ip, ok := netip.AddrFromSlice(a.IP)
+	if !ok {
+		return ip, false
+	}
+	ip = ip.Unmap()
+	return ip, a.Scope == unix.RT_SCOPE_UNIVERSE && !ip.IsLoopback() && !ip.IsLinkLocalUnicast()
+}
+
+func takeSnapshot(path string) (*snapshot, error) {
+	s := &snapshot{}
+	err := withHandle(path, func(h *netlink.Handle) error {
+		var err error
+		if s.links, err = h.LinkList(); err != nil {
+			return fmt.Errorf("links: %w", err)
+		}
+		if s.addrs, err = h.AddrList(nil, netlink.FAMILY_ALL); err != nil {
+			return fmt.Errorf("addresses: %w", err)
+		}
+		if s.routes, err = h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE); err != nil {
+			return fmt.Errorf("routes: %w", err)
+		}
+		if s.neighs, err = h.NeighList(0, netlink.FAMILY_ALL); err != nil {
+			return fmt.Errorf("neighbours: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// sock_diag answers for the namespace of the socket asking, and the
+	// netlink package opens that socket on the calling thread: so these
+	// run inside the namespace, not through the handle.
+	err = nsenter.Do(path, func() error {
+		var err error
+		if s.listeners, err = listListeners(); err != nil {
+			return err
+		}
+		s.firewall, err = readFirewall()
+		return err
+	})
+	return s, err
+}
+
+func listListeners() ([]listener, error) {
+	var out []listener
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		tcp, err := netlink.SocketDiagTCP(fam)
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag tcp: %w", err)
+		}
+		for _, so := range tcp {
+			if so.State == tcpListen {
+				out = append(out, newListener("tcp", so))
+			}
+		}
+		udp, err := netlink.SocketDiagUDP(fam)
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag udp: %w", err)
+		}
+		for _, so := range udp {
+			out = append(out, newListener("udp", so))
+		}
+	}
+	return out, nil
+}
+
+const tcpListen = 10 // TCP_LISTEN
+
+func newListener(proto string, so *netlink.Socket) listener {
+	ip, _ := netip.AddrFromSlice(so.ID.Source)
+	return listener{proto: proto, addr: netip.AddrPortFrom(ip.Unmap(), so.ID.SourcePort), inode: so.INode}
+}

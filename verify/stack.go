@@ -1,0 +1,269 @@
+package verify
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Check is one stack or port-space check of one namespace.
+type Check struct {
+	Netns string `json:"netns"`
+	// Kind is what was checked: interfaces, addresses, routes, neighbours,
+	// firewall, sockets, or a port ("tcp/8080") for port space.
+	Kind     string   `json:"kind"`
+	Pass     bool     `json:"pass"`
+	Problems []string `json:"problems,omitempty"`
+	// Info is what was found that is not a violation (a listener of the
+	// user's, an empty firewall table).
+	Info []string `json:"info,omitempty"`
+	// Error is set when the check could not run.
+	Error string `json:"error,omitempty"`
+}
+
+// stackKinds are the stack checks, in report order.
+var stackKinds = []string{"interfaces", "addresses", "routes", "neighbours", "firewall", "sockets"}
+
+// stack checks that every namespace holds exactly what the spec gives it:
+// nothing of the host's, nothing of another namespace's, nothing extra.
+func (e *env) stack() []Check {
+	var out []Check
+	snaps := map[string]*snapshot{}
+	inodes := map[uint32]string{} // listening socket -> namespace seeing it
+	host, hostErr := takeSnapshot("")
+	if hostErr == nil {
+		for _, l := range host.listeners {
+			inodes[l.inode] = "the host"
+		}
+	}
+	for _, ns := range e.model.Namespaces {
+		s, err := takeSnapshot(e.paths[ns])
+		if err != nil {
+			for _, k := range stackKinds {
+				out = append(out, Check{Netns: ns, Kind: k, Error: err.Error()})
+			}
+			continue
+		}
+		snaps[ns] = s
+	}
+	for _, ns := range e.model.Namespaces {
+		s := snaps[ns]
+		if s == nil {
+			continue
+		}
+		ifnames := map[int]string{}
+		for _, l := range s.links {
+			ifnames[l.Attrs().Index] = l.Attrs().Name
+		}
+		out = append(out,
+			e.checkLinks(ns, s),
+			e.checkAddrs(ns, s, ifnames),
+			e.checkRoutes(ns, s, ifnames),
+			e.checkNeighs(ns, s, ifnames),
+			checkFirewall(ns, s),
+			checkSockets(ns, s, inodes),
+		)
+	}
+	return out
+}
+
+func finish(c Check) Check {
+	sort.Strings(c.Problems)
+	c.Pass = len(c.Problems) == 0 && c.Error == ""
+	return c
+}
+
+func (e *env) checkLinks(ns string, s *snapshot) Check {
+	c := Check{Netns: ns, Kind: "interfaces"}
+	want := map[string]string{"lo": "loopback"}
+	for _, ifc := range e.model.spec.NamespaceInterfaces(ns) {
+		want[ifc.Name] = ifc.Kind
+	}
+	seen := map[string]bool{}
+	for _, l := range s.links {
+		a := l.Attrs()
+		seen[a.Name] = true
+		if _, ok := want[a.Name]; !ok {
+			c.Problems = append(c.Problems, fmt.Sprintf("unexpected interface %s (%s)", a.Name, l.Type()))
+		}
+	}
+	for name, kind := range want {
+		if !seen[name] {
+			c.Problems = append(c.Problems, fmt.Sprintf("declared %s %s is missing", kind, name))
+		}
+	}
+	return finish(c)
+}
+
+func (e *env) checkAddrs(ns string, s *snapshot, ifnames map[int]string) Check {
+	c := Check{Netns: ns, Kind: "addresses"}
+	want := map[string]bool{}
+	for _, ifc := range e.model.spec.NamespaceInterfaces(ns) {
+		for _, p := range ifc.Addresses {
+			want[ifc.Name+" "+p.String()] = true
+		}
+	}
+	seen := map[string]bool{}
+	for _, a := range s.addrs {
+		ip, ok := reachableAddr(a)
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		k := ifnames[a.LinkIndex] + " " + netip.PrefixFrom(ip, ones).String()
+		seen[k] = true
+		if !want[k] {
+			c.Problems = append(c.Problems, "unexpected address "+swap(k))
+		}
+	}
+	for k := range want {
+		if !seen[k] {
+			c.Problems = append(c.Problems, "declared address "+swap(k)+" is missing")
+		}
+	}
+	return finish(c)
+}
+
+// swap turns "dev addr" keys into "addr on dev" for messages.
+func swap(k string) string {
+	for i := range k {
+		if k[i] == ' ' {
+			return k[i+1:] + " on " + k[:i]
+		}
+	}
+	return k
+}
+
+func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check {
+	c := Check{Netns: ns, Kind: "routes"}
+	want := map[string]bool{}
+	for _, ifc := range e.model.ifaces[ns] {
+		for _, p := range ifc.prefixes {
+			if p.Bits() < p.Addr().BitLen() {
+				want[p.Masked().String()+" "] = true
+			}
+		}
+	}
+	for _, r := range e.model.routes[ns] {
+		gw := ""
+		if r.via.IsValid() {
+			gw = r.via.String()
+		}
+		want[r.to.String()+" "+gw] = true
+	}
+	seen := map[string]bool{}
+	for _, r := range s.routes {
+		dst := defaultRoute(r.Family)
+		if r.Dst != nil {
+			ip, _ := netip.AddrFromSlice(r.Dst.IP)
+			ones, _ := r.Dst.Mask.Size()
+			dst = netip.PrefixFrom(ip.Unmap(), ones)
+		}
+		if dst.Addr().IsLinkLocalUnicast() || dst.Addr().IsMulticast() {
+			continue
+		}
+		gw := ""
+		if r.Gw != nil {
+			g, _ := netip.AddrFromSlice(r.Gw)
+			gw = g.Unmap().String()
+		}
+		k := dst.String() + " " + gw
+		seen[k] = true
+		if !want[k] {
+			c.Problems = append(c.Problems, "unexpected route "+describeRoute(dst, gw, ifnames[r.LinkIndex]))
+		}
+	}
+	for k := range want {
+		if !seen[k] {
+			c.Problems = append(c.Problems, "declared route "+k+" is missing")
+		}
+	}
+	return finish(c)
+}
+
+func defaultRoute(family int) netip.Prefix {
+	if family == unix.AF_INET6 {
+		return netip.MustParsePrefix("::/0")
+	}
+	return netip.MustParsePrefix("0.0.0.0/0")
+}
+
+func describeRoute(dst netip.Prefix, gw, dev string) string {
+	s := dst.String()
+	if gw != "" {
+		s += " via " + gw
+	}
+	if dev != "" {
+		s += " dev " + dev
+	}
+	return s
+}
+
+// checkNeighs accepts a resolved neighbour only if some namespace on the
+// interface's segment declares its address: an answer from anyone else
+// means a stack that should not be on this wire.
+func (e *env) checkNeighs(ns string, s *snapshot, ifnames map[int]string) Check {
+	c := Check{Netns: ns, Kind: "neighbours"}
+	const resolved = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE | netlink.NUD_PERMANENT
+	for _, n := range s.neighs {
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok || n.State&resolved == 0 {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsLoopback() {
+			continue
+		}
+		dev := ifnames[n.LinkIndex]
+		if !e.onSegmentOf(ns, dev, ip) {
+			c.Problems = append(c.Problems, fmt.Sprintf("neighbour %s (%s) on %s is not declared on that segment", ip, n.HardwareAddr, dev))
+		}
+	}
+	return finish(c)
+}
+
+func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
+	i := slices.IndexFunc(e.model.ifaces[ns], func(f l3iface) bool { return f.name == dev })
+	if i < 0 {
+		return false
+	}
+	seg := e.model.ifaces[ns][i].segment
+	for _, other := range e.model.onSegment(seg) {
+		for _, f := range e.model.ifaces[other] {
+			if f.segment == seg && slices.ContainsFunc(f.prefixes, func(p netip.Prefix) bool { return p.Addr() == ip }) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func checkFirewall(ns string, s *snapshot) Check {
+	c := Check{Netns: ns, Kind: "firewall"}
+	for _, t := range s.firewall {
+		if t.rules > 0 {
+			c.Problems = append(c.Problems, t.String()+" (the topology declares none)")
+		} else {
+			c.Info = append(c.Info, t.String())
+		}
+	}
+	return finish(c)
+}
+
+// checkSockets: a socket belongs to one namespace, so the same socket seen
+// from two places is a leak.
+func checkSockets(ns string, s *snapshot, inodes map[uint32]string) Check {
+	c := Check{Netns: ns, Kind: "sockets"}
+	for _, l := range s.listeners {
+		if other, ok := inodes[l.inode]; ok && other != ns {
+			c.Problems = append(c.Problems, fmt.Sprintf("listener %s is also seen from %s", l, other))
+			continue
+		}
+		inodes[l.inode] = ns
+	}
+	return finish(c)
+}

@@ -1,0 +1,202 @@
+package verify
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// keyChars name the columns, one character each up to 62 namespaces, so
+// that a 50-namespace matrix stays one screen wide; beyond that two.
+const keyChars = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+func columnKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		if n <= len(keyChars) {
+			keys[i] = keyChars[i : i+1]
+		} else {
+			keys[i] = string([]byte{keyChars[i/len(keyChars)], keyChars[i%len(keyChars)]})
+		}
+	}
+	return keys
+}
+
+// maxListed bounds the detail lines of the table output; JSON has all.
+const maxListed = 40
+
+// WriteTable writes the report for a terminal: the legend, per port the
+// expected, observed and difference matrices side by side, the port-space
+// and stack checks as one matrix each, the details of what failed, the
+// eBPF evidence, the load and the verdict.
+func (r *Report) WriteTable(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	s := r.Summary()
+	fmt.Fprintf(bw, "nsflow verify: topology %s, %d namespaces, ports %s: %d probes in %.1fs (%d probed again)\n\n",
+		r.Topology, len(r.Namespaces), strings.Join(r.Ports, " "), s.Probes, r.Elapsed.Seconds(), r.Retried)
+	keys := columnKeys(len(r.Namespaces))
+	width := 0
+	for _, ns := range r.Namespaces {
+		width = max(width, min(len(ns), 24))
+	}
+	fmt.Fprintln(bw, "Cells: . reachable   r reachable (refused by the target: the packet arrived)   X blocked")
+	fmt.Fprintln(bw, "       ~ some addresses of the namespace reachable   ! probe error   - self")
+	fmt.Fprintln(bw, "Difference: . as expected   X not as expected   ! could not probe")
+	fmt.Fprintln(bw, "Rows probe from, columns are probed; column keys:")
+	for i, ns := range r.Namespaces {
+		fmt.Fprintf(bw, "  %s %-*s", keys[i], width, trunc(ns, width))
+		if (i+1)%4 == 0 || i == len(r.Namespaces)-1 {
+			fmt.Fprintln(bw)
+		}
+	}
+	header := strings.Join(keys, "")
+	colW := max(len(header), len("difference"))
+	rowLabel := func(i int) string { return fmt.Sprintf("%s %-*s", keys[i], width, trunc(r.Namespaces[i], width)) }
+	blank := strings.Repeat(" ", len(rowLabel(0)))
+	for _, port := range r.Ports {
+		m := r.Matrix(port)
+		fmt.Fprintf(bw, "\n%s\n%s  %-*s  %-*s  %s\n%s  %-*s  %-*s  %s\n", port,
+			blank, colW, "expected", colW, "observed", "difference",
+			blank, colW, header, colW, header, header)
+		for i := range m {
+			var e, o, d strings.Builder
+			for j := range m[i] {
+				c := m[i][j]
+				if i == j {
+					c.Expected, c.Observed, c.Diff = '-', '-', '-'
+				}
+				e.WriteByte(c.Expected)
+				o.WriteByte(c.Observed)
+				d.WriteByte(c.Diff)
+			}
+			fmt.Fprintf(bw, "%s  %-*s  %-*s  %s\n", rowLabel(i), colW, e.String(), colW, o.String(), d.String())
+		}
+	}
+	r.writeChecks(bw, "Port space (each namespace's own listener answers on its loopback)", r.PortSpace, r.Ports, rowLabel, blank)
+	r.writeChecks(bw, "Stack (each namespace sees only its own objects)", r.Stack, stackKinds, rowLabel, blank)
+	r.writeDetails(bw)
+	r.writeEvidence(bw)
+	if r.Load != nil {
+		fmt.Fprintf(bw, "\nLoad: %d bulk TCP flows on allowed paths, %.2f Gbit/s in total over %.1fs\n", len(r.Load.Flows), r.Load.TotalGbps, r.Load.Elapsed.Seconds())
+		for _, f := range r.Load.Flows {
+			fmt.Fprintf(bw, "  %s -> %s (%s): %.2f Gbit/s%s\n", f.From, f.To, f.Addr, f.Gbps, errSuffix(f.Error))
+		}
+	}
+	fmt.Fprintln(bw)
+	fmt.Fprintln(bw, r.VerdictLine())
+	return bw.Flush()
+}
+
+func errSuffix(e string) string {
+	if e == "" {
+		return ""
+	}
+	return " (error: " + e + ")"
+}
+
+func trunc(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "~"
+}
+
+// writeChecks prints checks as a matrix: rows namespaces, one column per
+// kind, '.' pass, 'X' fail, '!' could not check.
+func (r *Report) writeChecks(w io.Writer, title string, checks []Check, kinds []string, rowLabel func(int) string, blank string) {
+	cols := []string{}
+	for _, k := range kinds {
+		for _, c := range checks {
+			if c.Kind == k {
+				cols = append(cols, k)
+				break
+			}
+		}
+	}
+	if len(cols) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%s\n%s", title, blank)
+	for _, k := range cols {
+		fmt.Fprintf(w, "  %s", k)
+	}
+	fmt.Fprintln(w)
+	byKey := map[[2]string]Check{}
+	for _, c := range checks {
+		byKey[[2]string{c.Netns, c.Kind}] = c
+	}
+	for i, ns := range r.Namespaces {
+		fmt.Fprint(w, rowLabel(i))
+		for _, k := range cols {
+			c, ok := byKey[[2]string{ns, k}]
+			sym := "."
+			switch {
+			case !ok:
+				sym = " "
+			case c.Error != "":
+				sym = "!"
+			case !c.Pass:
+				sym = "X"
+			}
+			fmt.Fprintf(w, "  %-*s", len(k), sym)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func (r *Report) writeDetails(w io.Writer) {
+	var lines []string
+	for _, p := range r.Probes {
+		if !p.Match() {
+			lines = append(lines, fmt.Sprintf("%-9s %s -> %s %s: %s", p.Port, p.From, p.To, p.Addr, p.Reason()))
+		}
+	}
+	for _, c := range append(append([]Check(nil), r.PortSpace...), r.Stack...) {
+		if c.Error != "" {
+			lines = append(lines, fmt.Sprintf("%-9s %s: could not check: %s", c.Kind, c.Netns, c.Error))
+		}
+		for _, p := range c.Problems {
+			lines = append(lines, fmt.Sprintf("%-9s %s: %s", c.Kind, c.Netns, p))
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nNot as expected (%d):\n", len(lines))
+	for i, l := range lines {
+		if i == maxListed {
+			fmt.Fprintf(w, "  ... and %d more (see -o json)\n", len(lines)-maxListed)
+			break
+		}
+		fmt.Fprintln(w, "  "+l)
+	}
+}
+
+func (r *Report) writeEvidence(w io.Writer) {
+	ev := r.Evidence
+	if ev == nil {
+		fmt.Fprintln(w, "\neBPF evidence: not collected")
+		return
+	}
+	fmt.Fprintf(w, "\neBPF evidence: %d ports observed, %d delivered flows, %d pairs with packets that must not arrive\n", ev.Ports, ev.Flows, len(ev.Violations))
+	if ev.Overflow > 0 {
+		fmt.Fprintf(w, "  warning: %d flows not recorded (flow table full): the evidence is incomplete\n", ev.Overflow)
+	}
+	for _, v := range ev.Violations {
+		fmt.Fprintf(w, "  %s -> %s: %d packets, %d bytes in %d flows\n", v.Src, v.Dst, v.Packets, v.Bytes, len(v.Flows))
+	}
+}
+
+// VerdictLine is the one-line result.
+func (r *Report) VerdictLine() string {
+	s := r.Summary()
+	switch r.Verdict() {
+	case 0:
+		return fmt.Sprintf("PASS: isolation holds (%d probes, %d checks, no packet where none may arrive)", s.Probes, len(r.PortSpace)+len(r.Stack))
+	case 1:
+		return fmt.Sprintf("FAIL: %d probes not as expected, %d checks failed, %d evidence violations (%d packets); %d probe errors",
+			s.Mismatches, s.CheckFailed, s.Violations, s.ViolationPkt, s.ProbeErrors)
+	}
+	return fmt.Sprintf("ERROR: %d probes and %d checks could not run", s.ProbeErrors, s.CheckErrors)
+}

@@ -1,0 +1,220 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/topology"
+)
+
+// DefaultTimeout is how long a probe waits for its answer.
+const DefaultTimeout = 2 * time.Second
+
+// Options tune Run.
+type Options struct {
+	// Paths maps namespace names to netns paths; a namespace missing here
+	// uses Spec.NetnsPath (/run/netns/NAME).
+	Paths map[string]string
+	// Timeout bounds each probe (DefaultTimeout when 0).
+	Timeout time.Duration
+	// NoEvidence skips the eBPF datapath (for hosts without BPF).
+	NoEvidence bool
+	// Load saturates the allowed paths with bulk traffic while the checks
+	// run and reports the throughput achieved.
+	Load bool
+	// LoadDuration is the minimum time the load runs (default 2s).
+	LoadDuration time.Duration
+}
+
+// EnvError is an environment problem that keeps verify from running: a
+// namespace that does not exist, no permission, no BPF (exit status 2).
+type EnvError struct{ Err error }
+
+func (e *EnvError) Error() string { return "environment: " + e.Err.Error() }
+func (e *EnvError) Unwrap() error { return e.Err }
+
+// env is what one run knows about the live namespaces.
+type env struct {
+	model   *Model
+	paths   map[string]string
+	timeout time.Duration
+	cookies map[string]uint64
+	names   map[uint64]string // cookie -> first namespace with it
+	// observed are the global addresses each namespace really holds.
+	observed map[string][]netip.Addr
+}
+
+// Run verifies a topology that is up: it checks intent against the
+// wiring, starts responders, probes the full matrix (once more for the
+// probes that disagree), checks port-space and stack isolation and reads
+// the eBPF evidence. A *SpecError or *EnvError means nothing was verified.
+func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
+	start := time.Now()
+	m := NewModel(s)
+	if err := m.CheckIntent(); err != nil {
+		return nil, err
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	e, err := openEnv(m, s, opts.Paths)
+	if err != nil {
+		return nil, err
+	}
+	e.timeout = opts.Timeout
+	ports := m.Ports()
+	rep := &Report{Topology: s.Name, Namespaces: m.Namespaces, Timeout: opts.Timeout}
+	for _, p := range ports {
+		rep.Ports = append(rep.Ports, p.String())
+	}
+
+	resp := map[string]*Responder{}
+	defer func() {
+		for _, r := range resp {
+			r.Close()
+		}
+	}()
+	for _, ns := range m.Namespaces {
+		r, err := StartResponder(e.paths[ns], ns, ports)
+		if err != nil {
+			return nil, &EnvError{err}
+		}
+		resp[ns] = r
+	}
+
+	var ev *evidence
+	if !opts.NoEvidence {
+		if ev, err = startEvidence(e); err != nil {
+			return nil, &EnvError{err}
+		}
+		defer ev.close()
+	}
+	var ld *load
+	if opts.Load {
+		if ld, err = startLoad(ctx, e, opts.LoadDuration); err != nil {
+			return nil, &EnvError{err}
+		}
+		defer ld.stop()
+	}
+
+	probes := e.probes(ports)
+	pr := newProber(e.paths, e.names, opts.Timeout)
+	pr.run(probes)
+	rep.Probes, rep.Retried = retry(pr, probes)
+	rep.PortSpace = e.portSpace(ports, resp)
+	rep.Stack = e.stack()
+	if ld != nil {
+		rep.Load = ld.stop()
+	}
+	if ev != nil {
+		if rep.Evidence, err = ev.collect(); err != nil {
+			return nil, &EnvError{err}
+		}
+	}
+	rep.Elapsed = time.Since(start)
+	return rep, nil
+}
+
+// retry probes once more what disagreed with the expectation, as the
+// Kubernetes network-policy tests do, so that one lost packet does not
+// fail a run; the second result is the one reported.
+func retry(pr *prober, probes []*Probe) ([]*Probe, int) {
+	var again []*Probe
+	for _, p := range probes {
+		if !p.Match() {
+			q := &Probe{From: p.From, To: p.To, Addr: p.Addr, Port: p.Port, Expect: p.Expect, port: p.port, Try: 2}
+			again = append(again, q)
+		}
+	}
+	if len(again) == 0 {
+		return probes, 0
+	}
+	pr.run(again)
+	out := slices.Clone(probes)
+	j := 0
+	for i, p := range out {
+		if j < len(again) && !p.Match() {
+			out[i] = again[j]
+			j++
+		}
+	}
+	return out, len(again)
+}
+
+func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) {
+	e := &env{model: m, paths: map[string]string{}, cookies: map[string]uint64{}, names: map[uint64]string{}, observed: map[string][]netip.Addr{}}
+	var errs []error
+	for _, ns := range m.Namespaces {
+		p, ok := paths[ns]
+		if !ok {
+			p = s.NetnsPath(ns)
+		}
+		e.paths[ns] = p
+		if _, err := os.Stat(p); err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w (is the topology up?)", ns, err))
+			continue
+		}
+		c, err := bpf.NetnsCookie(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
+			continue
+		}
+		e.cookies[ns] = c
+		if _, dup := e.names[c]; !dup {
+			e.names[c] = ns
+		}
+		addrs, err := globalAddrs(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
+			continue
+		}
+		e.observed[ns] = addrs
+	}
+	if len(errs) > 0 {
+		return nil, &EnvError{errors.Join(errs...)}
+	}
+	return e, nil
+}
+
+// targets are the addresses probed in ns: the declared ones, whether
+// present or not, and any other global address it holds, which nothing
+// may reach since the topology does not know it.
+func (e *env) targets(ns string) (declared, extra []netip.Addr) {
+	declared = e.model.Addresses(ns)
+	for _, a := range e.observed[ns] {
+		if !slices.Contains(declared, a) {
+			extra = append(extra, a)
+		}
+	}
+	return declared, extra
+}
+
+// probes builds the full matrix: every namespace to every address of every
+// other namespace, on every port.
+func (e *env) probes(ports []topology.Port) []*Probe {
+	var out []*Probe
+	for _, from := range e.model.Namespaces {
+		for _, to := range e.model.Namespaces {
+			if from == to {
+				continue
+			}
+			declared, extra := e.targets(to)
+			for _, a := range slices.Concat(declared, extra) {
+				expect := ""
+				if slices.Contains(declared, a) {
+					expect = e.model.Answerer(from, a)
+				}
+				for _, p := range ports {
+					out = append(out, &Probe{From: from, To: to, Addr: a, Port: p.String(), Expect: expect, port: p, Try: 1})
+				}
+			}
+		}
+	}
+	return out
+}
