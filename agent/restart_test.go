@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/traffic"
+)
+
+// buildNsflow builds the nsflow binary once per test binary run.
+var buildNsflow = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "nsflow-agent-test")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "nsflow")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/nsflow").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v: %s", err, out)
+	}
+	return bin, nil
+})
+
+// proc is an agent subprocess.
+type proc struct {
+	cmd *exec.Cmd
+	url string
+}
+
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	bin, err := buildNsflow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	cmd := exec.Command(bin, append([]string{"agent", "--web.listen-address=" + addr}, args...)...)
+	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, url: "http://" + addr}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(p.url + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent subprocess not ready: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// monotonic scrapes an agent URL over and over and records every counter
+// that goes backwards.
+type monotonic struct {
+	mu       sync.Mutex
+	url      string
+	last     map[string]float64
+	backward []string
+	scrapes  int
+}
+
+func (m *monotonic) setURL(u string) {
+	m.mu.Lock()
+	m.url = u
+	m.mu.Unlock()
+}
+
+func (m *monotonic) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		m.mu.Lock()
+		u := m.url
+		m.mu.Unlock()
+		if resp, err := http.Get(u + "/metrics"); err == nil {
+			if resp.StatusCode == http.StatusOK {
+				m.check(bufio.NewScanner(resp.Body))
+			}
+			resp.Body.Close()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (m *monotonic) check(sc *bufio.Scanner) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.scrapes++
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "nsflow_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		series := line[:i]
+		if !strings.Contains(series, "_total") || strings.HasPrefix(series, "nsflow_top_flow") {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		if old, ok := m.last[series]; ok && v < old {
+			m.backward = append(m.backward, fmt.Sprintf("%s: %v -> %v", series, old, v))
+		}
+		m.last[series] = v
+	}
+}
+
+// TestRestartKill9 kills the agent with SIGKILL under traffic, twice, and
+// restarts it: no counter ever goes backwards, and flows evicted before a
+// kill stay counted.
+func TestRestartKill9(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ar")
+	s := up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	args := []string{"--netns.include=^" + p, "--bpf.pin-path=" + pin, "--state.file=" + state,
+		"--flows.idle-timeout=2s", "--log.level=warn"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ag := startProc(t, args...)
+	m := &monotonic{url: ag.url, last: map[string]float64{}}
+	var wg sync.WaitGroup
+	wg.Go(func() { m.run(ctx) })
+
+	// A steady flow for the whole test, and short ones that go idle and
+	// are evicted (folded into the saved totals) between kills.
+	steady, err := traffic.Start(ctx, traffic.Flow{Proto: traffic.UDP, ClientNetns: s.NetnsPath(p + "a"),
+		ServerNetns: s.NetnsPath(p + "b"), Server: netip.MustParseAddrPort("198.18.40.2:5401"), Size: 100, Rate: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bursts := func() {
+		for i := range 3 {
+			sendUDP(t, s, p+"a", p+"b", netip.MustParseAddrPort(fmt.Sprintf("198.18.41.2:%d", 5410+i)), 200, 100)
+		}
+	}
+	for round := range 2 {
+		bursts()
+		time.Sleep(3500 * time.Millisecond) // the bursts go idle and get evicted
+		ag.cmd.Process.Signal(syscall.SIGKILL)
+		ag.cmd.Wait()
+		ag = startProc(t, args...)
+		m.setURL(ag.url)
+		time.Sleep(time.Second)
+		m.mu.Lock()
+		t.Logf("round %d: %d scrapes so far", round, m.scrapes)
+		m.mu.Unlock()
+	}
+	if _, err := steady.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+
+	// A clean stop detaches every program: no tcx link is left on the
+	// test's interfaces (bpftool as the independent witness).
+	ag.cmd.Process.Signal(syscall.SIGTERM)
+	if err := ag.cmd.Wait(); err != nil {
+		t.Errorf("agent exit after SIGTERM: %v", err)
+	}
+	cancel()
+	wg.Wait()
+	for _, ns := range []string{p + "a", p + "b", p + "sw"} {
+		out, err := exec.Command("ip", "netns", "exec", ns, "bpftool", "net", "show").CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool net show in %s: %v: %s", ns, err, out)
+		}
+		if strings.Contains(string(out), "nsflow") {
+			t.Errorf("programs left in %s after SIGTERM:\n%s", ns, out)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.scrapes < 20 {
+		t.Errorf("only %d scrapes", m.scrapes)
+	}
+	for _, b := range m.backward {
+		t.Errorf("counter went backwards: %s", b)
+	}
+	pair := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns="%sb",protocol="udp",src_netns="%sa"}`, p, p)
+	if v := m.last[pair]; v < 1200 {
+		t.Errorf("%s = %v, want at least the 1200 burst packets", pair, v)
+	}
+	if v := m.last["nsflow_flow_table_evictions_total"]; v == 0 {
+		t.Errorf("no evictions happened: the test did not exercise folding")
+	}
+}
