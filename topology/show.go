@@ -186,6 +186,8 @@ func compare(s *Spec, snaps map[string]*nsSnapshot) *State {
 				continue // the host's own interfaces are none of ours
 			}
 			is := interfaceState(s, snaps, sn, l, marker)
+			// Interfaces in an owned namespace are owned with it.
+			is.Owned = is.Owned || (name != HostNamespace && ns.Owned)
 			ns.Interfaces = append(ns.Interfaces, is)
 			if !isDeclared {
 				if a.Name != "lo" {

@@ -411,11 +411,18 @@ func (b *builder) link(i int) error {
 		// The peer is the end in a namespace that stays on rollback.
 		b.recordCreated(sc, sns, peer, nil)
 	}
-	if err := b.mark(pc, v); err != nil {
-		return fail(err)
-	}
-	if err := b.mark(sc, peer); err != nil {
-		return fail(err)
+	// Inside a namespace this run created, the namespace's own marker
+	// covers its interfaces; elsewhere each interface carries one.
+	for _, e := range []struct {
+		ns string
+		c  *nsConn
+		l  netlink.Link
+	}{{pns, pc, v}, {sns, sc, peer}} {
+		if !b.fresh[e.ns] {
+			if err := b.mark(e.c, e.l); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	if se.Bridge != "" {
 		if err := sc.h.LinkSetMasterByIndex(peer, b.bridgeIdx[se.Bridge]); err != nil {

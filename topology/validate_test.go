@@ -1,0 +1,249 @@
+package topology
+
+import (
+	"strings"
+	"testing"
+)
+
+// validBase is a small valid topology the cases below break one way each.
+const validBase = `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: default, via: 198.18.0.2}]
+  - name: b
+  - name: c
+bridges:
+  - name: br0
+    addresses: [198.18.1.1/24]
+links:
+  - endpoints:
+      - {namespace: a, interface: e0, addresses: [198.18.0.1/30, "fd00::1/64"]}
+      - {namespace: b, interface: e0, addresses: [198.18.0.2/30, "fd00::2/64"]}
+  - endpoints:
+      - {namespace: c, interface: eth0, addresses: [198.18.1.10/24]}
+      - {bridge: br0, interface: vc}
+`
+
+func TestValidateBase(t *testing.T) {
+	s, err := Parse([]byte(validBase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatalf("valid base rejected: %v", err)
+	}
+}
+
+func TestValidateErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // substrings of the error, each naming path and problem
+	}{
+		{"missing name", `namespaces: [{name: a}]`, []string{"name: required"}},
+		{"bad topology name", "name: a/b", []string{`name: "a/b"`}},
+		{"namespace name missing", "name: t\nnamespaces: [{}]", []string{"namespaces[0].name: required"}},
+		{"reserved host", "name: t\nnamespaces: [{name: host}]", []string{`namespaces[0].name: "host" is reserved`}},
+		{"bad namespace name", "name: t\nnamespaces: [{name: ../x}]", []string{`namespaces[0].name: "../x"`}},
+		{"duplicate namespace", "name: t\nnamespaces: [{name: a}, {name: a}]", []string{`namespaces[1].name: duplicate namespace "a" (also namespaces[0])`}},
+		{"undeclared namespace in link", `
+name: t
+namespaces: [{name: a}]
+links: [{endpoints: [{namespace: a, interface: e0}, {namespace: z, interface: e0}]}]`,
+			[]string{`links[0].endpoints[1].namespace: undeclared namespace "z"`}},
+		{"undeclared bridge", `
+name: t
+namespaces: [{name: a}]
+links: [{endpoints: [{namespace: a, interface: e0}, {bridge: nob, interface: p0}]}]`,
+			[]string{`links[0].endpoints[1].bridge: undeclared bridge "nob"`}},
+		{"bridge in undeclared namespace", "name: t\nbridges: [{name: br0, namespace: z}]", []string{`bridges[0].namespace: undeclared namespace "z"`}},
+		{"endpoint with namespace and bridge", `
+name: t
+namespaces: [{name: a}]
+bridges: [{name: br0}]
+links: [{endpoints: [{namespace: a, interface: e0}, {namespace: a, bridge: br0, interface: p0}]}]`,
+			[]string{"links[0].endpoints[1]: has both namespace"}},
+		{"endpoint with neither", `
+name: t
+namespaces: [{name: a}]
+links: [{endpoints: [{namespace: a, interface: e0}, {interface: p0}]}]`,
+			[]string{"links[0].endpoints[1]: needs namespace or bridge"}},
+		{"three endpoints", `
+name: t
+namespaces: [{name: a}]
+links: [{endpoints: [{namespace: a, interface: e0}, {namespace: a, interface: e1}, {namespace: a, interface: e2}]}]`,
+			[]string{"links[0].endpoints: a veth pair has exactly 2 endpoints, got 3"}},
+		{"duplicate interface", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e0}, {namespace: b, interface: e0}]
+  - endpoints: [{namespace: a, interface: e0}, {namespace: b, interface: e1}]`,
+			[]string{`links[1].endpoints[0].interface: duplicate interface "e0" in namespace "a" (also links[0].endpoints[0].interface)`}},
+		{"duplicate interface with bridge port", `
+name: t
+namespaces: [{name: a}]
+bridges: [{name: br0}]
+links: [{endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: br0}]}]`,
+			[]string{`links[0].endpoints[1].interface: duplicate interface "br0" in namespace "host" (also bridges[0].name)`}},
+		{"interface name too long", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: abcdefghijklmnop}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].interface: interface name "abcdefghijklmnop" is 16 bytes, the kernel allows at most 15`}},
+		{"bridge name too long", "name: t\nbridges: [{name: bridge-name-too-long}]", []string{"bridges[0].name: interface name \"bridge-name-too-long\" is 20 bytes"}},
+		{"interface named lo", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: lo}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].interface: "lo" is the loopback`}},
+		{"interface with slash", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: "e/0"}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e/0"`}},
+		{"invalid CIDR", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.300/24]}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].addresses[0]: invalid CIDR "198.18.0.300/24"`}},
+		{"address without prefix length", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1]}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].addresses[0]: invalid CIDR "198.18.0.1"`}},
+		{"multicast address", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [224.0.0.1/24]}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].addresses[0]: "224.0.0.1/24" is not a unicast interface address`}},
+		{"duplicate address", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.1/30]}]}]`,
+			[]string{"links[0].endpoints[1].addresses[0]: address 198.18.0.1 is already used at links[0].endpoints[0].addresses[0]"}},
+		{"overlapping subnets on different links", `
+name: t
+namespaces: [{name: a}, {name: b}, {name: c}]
+links:
+  - endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/24]}, {namespace: b, interface: e0, addresses: [198.18.0.2/24]}]
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.0.129/25]}, {namespace: c, interface: e0, addresses: [198.18.0.130/25]}]`,
+			[]string{"links[1].endpoints[0].addresses[0]: subnet 198.18.0.128/25 overlaps 198.18.0.0/24 at links[0].endpoints[0].addresses[0]"}},
+		{"address on a bridge port", `
+name: t
+namespaces: [{name: a}]
+bridges: [{name: br0}]
+links: [{endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: p0, addresses: [198.18.0.1/24]}]}]`,
+			[]string{`links[0].endpoints[1].addresses: a bridge port carries no addresses: put them on bridge "br0"`}},
+		{"mtu out of range", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{mtu: 70000, endpoints: [{namespace: a, interface: e0}, {namespace: b, interface: e0}]}]`,
+			[]string{"links[0].mtu: 70000 out of range 68-65535"}},
+		{"route via unreachable gateway", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: default, via: 198.18.9.1}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
+			[]string{`namespaces[0].routes[0].via: gateway 198.18.9.1 is not on a subnet of any interface in namespace "a": no interface can reach it`}},
+		{"route via its own address", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: 198.18.4.0/24, via: 198.18.0.1}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
+			[]string{"namespaces[0].routes[0].via: gateway 198.18.0.1 is not on a subnet"}},
+		{"route via wrong dev", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: default, via: 198.18.0.2, dev: e1}]
+  - name: b
+links:
+  - endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.0.5/30]}, {namespace: b, interface: e1, addresses: [198.18.0.6/30]}]`,
+			[]string{`namespaces[0].routes[0].via: gateway 198.18.0.2 is not on a subnet of interface "e1"`}},
+		{"route to unknown dev", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: 198.18.4.0/24, dev: nope}]`,
+			[]string{`namespaces[0].routes[0].dev: no interface "nope" in namespace "a"`}},
+		{"route without via or dev", "name: t\nnamespaces: [{name: a, routes: [{to: default}]}]", []string{"namespaces[0].routes[0]: needs via (a gateway address) or dev"}},
+		{"route with host bits", "name: t\nnamespaces: [{name: a, routes: [{to: 198.18.4.1/24, dev: x}]}]", []string{`namespaces[0].routes[0].to: "198.18.4.1/24" has host bits set; did you mean 198.18.4.0/24?`}},
+		{"route bad CIDR", "name: t\nnamespaces: [{name: a, routes: [{to: nowhere, dev: x}]}]", []string{`namespaces[0].routes[0].to: invalid CIDR "nowhere"`}},
+		{"route family mismatch", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: "fd00:9::/64", via: 198.18.0.2}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
+			[]string{"namespaces[0].routes[0].via: gateway 198.18.0.2 and destination fd00:9::/64 are of different address families"}},
+		{"duplicate route", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: default, via: 198.18.0.2}, {to: default, via: 198.18.0.2}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
+			[]string{"namespaces[0].routes[1].to: duplicate route to default (also routes[0])"}},
+		{"cycle of bridges", `
+name: t
+bridges: [{name: b1}, {name: b2}, {name: b3}]
+links:
+  - endpoints: [{bridge: b1, interface: p12}, {bridge: b2, interface: p21}]
+  - endpoints: [{bridge: b2, interface: p23}, {bridge: b3, interface: p32}]
+  - endpoints: [{bridge: b3, interface: p31}, {bridge: b1, interface: p13}]`,
+			[]string{`links[2]: bridges "b3" and "b1" are already connected: this link closes a cycle of bridges`}},
+		{"bridge looped to itself", `
+name: t
+bridges: [{name: b1}]
+links: [{endpoints: [{bridge: b1, interface: p1}, {bridge: b1, interface: p2}]}]`,
+			[]string{`links[0]: both ends are ports of bridge "b1": a loop`}},
+		{"bad sysctl key", "name: t\nnamespaces: [{name: a, sysctls: {kernel.panic: \"1\"}}]", []string{"namespaces[0].sysctls.kernel.panic: want a key under net."}},
+		{"sysctl key escaping", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4../x: \"1\"}}]", []string{"namespaces[0].sysctls.net.ipv4../x: want a key under net."}},
+		{"empty sysctl value", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.ip_forward: \"\"}}]", []string{"namespaces[0].sysctls.net.ipv4.ip_forward: value must be a non-empty single line"}},
+		{"isolation names undeclared namespace", "name: t\nnamespaces: [{name: a}]\nisolation: {allow: [{from: [a], to: [zz]}]}", []string{`isolation.allow[0].to[0]: undeclared namespace or group "zz"`}},
+		{"several problems at once", `
+name: t
+namespaces: [{name: a}, {name: a}]
+bridges: [{name: averyverylongbridgename}]`,
+			[]string{"namespaces[1].name: duplicate", "bridges[0].name: interface name"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			err = s.Validate()
+			if err == nil {
+				t.Fatalf("Validate accepted an invalid spec; want errors %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not contain %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestParseRejectsUnknownFields(t *testing.T) {
+	for _, y := range []string{
+		"name: t\nnamespace: [{name: a}]",
+		"name: t\nnamespaces: [{name: a, sysctl: {}}]",
+		"name: t\nlinks: [{endpoints: [{namespace: a, iface: e0}]}]",
+		"name: t\n---\nname: u",
+		"",
+	} {
+		if _, err := Parse([]byte(y)); err == nil {
+			t.Errorf("Parse accepted %q", y)
+		}
+	}
+}
