@@ -56,6 +56,17 @@ type Options struct {
 	Refresh       time.Duration
 	SnapshotEvery time.Duration
 	Logger        *slog.Logger
+	// Started, if set, is called once the topology, the agent, the
+	// traffic and /metrics are up, before the live view starts.
+	Started func(Info)
+}
+
+// Info says where a running demo is.
+type Info struct {
+	// Spec is the topology as built, with the prefix applied.
+	Spec *topology.Spec
+	// MetricsURL is where /metrics is served.
+	MetricsURL string
 }
 
 func (o *Options) setDefaults() error {
@@ -199,7 +210,8 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 	if err := waitReady(ctx, a, agentDone, &agentErr); err != nil {
 		return sum, start.fail(err)
 	}
-	start.done("attached; metrics on %s", d.metricsURL(ln.Addr()))
+	metricsURL := d.metricsURL(ln.Addr())
+	start.done("attached; metrics on %s", metricsURL)
 
 	// 3. Traffic. When it stops, the agent's counts for each flow are read
 	// before the agent stops, to show they match the generator's.
@@ -252,6 +264,10 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 		check.done("%d probes, %d disagree with intent", v.Probes, len(v.Mismatches))
 	})
 	teardown = append(teardown, func() error { wg.Wait(); return nil })
+
+	if o.Started != nil {
+		o.Started(Info{Spec: spec, MetricsURL: metricsURL})
+	}
 
 	// 5. The live view until the end.
 	d.live(ctx, reg)
