@@ -117,7 +117,12 @@ func startEvidence(e *env) (*evidence, error) {
 		return nil, fmt.Errorf("eBPF evidence (use --no-evidence on hosts without BPF): %w", err)
 	}
 	ev := &evidence{e: e, dp: dp}
+	done := map[uint64]bool{} // two names for one namespace attach once
 	for _, ns := range e.model.Namespaces {
+		if done[e.cookies[ns]] {
+			continue
+		}
+		done[e.cookies[ns]] = true
 		s, err := takeSnapshot(e.paths[ns])
 		if err != nil {
 			ev.close()

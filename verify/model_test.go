@@ -1,0 +1,149 @@
+package verify
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/nsflow/nsflow/topology"
+)
+
+func TestModelAnswerer(t *testing.T) {
+	m := NewModel(labSpec(t, nil))
+	for _, tc := range []struct {
+		from, addr, want string
+	}{
+		{"a", "198.18.1.2", "b"},    // same bridge, same subnet
+		{"a", "fd00:0:0:1::2", "b"}, // and over IPv6
+		{"a", "198.18.2.1", "c"},    // routed through r, which forwards
+		{"a", "fd00:0:0:2::1", "c"}, // IPv6 forwarding too
+		{"c", "198.18.1.1", "a"},    // default route back through r
+		{"b", "198.18.2.1", ""},     // b has no route to c's subnet
+		{"c", "198.18.1.2", ""},     // delivered to b, but b cannot answer
+		{"b", "198.18.2.254", ""},   // r's far address: no route in b
+		{"b", "198.18.1.254", "r"},  // r's near address
+		{"sw", "198.18.1.1", ""},    // the bridge namespace has no addresses
+		{"a", "198.18.9.9", ""},     // nobody's
+		{"c", "198.18.1.254", "r"},  // r answers for any of its addresses
+	} {
+		if got := m.Answerer(tc.from, netip.MustParseAddr(tc.addr)); got != tc.want {
+			t.Errorf("Answerer(%s, %s) = %q, want %q", tc.from, tc.addr, got, tc.want)
+		}
+	}
+	// One-way delivery: c's packets reach b though b's replies cannot return.
+	if got, _ := m.Deliver("c", netip.MustParseAddr("198.18.1.2")); got != "b" {
+		t.Errorf("Deliver(c, b) = %q, want b", got)
+	}
+}
+
+func TestModelForwardingOff(t *testing.T) {
+	m := NewModel(labSpec(t, func(s *topology.Spec) { noForwarding(s, "r") }))
+	if got := m.Answerer("a", netip.MustParseAddr("198.18.2.1")); got != "" {
+		t.Errorf("a -> c through a router that does not forward: answered by %q", got)
+	}
+}
+
+// noForwarding drops the forwarding sysctls of ns and the intent that
+// depends on them.
+func noForwarding(s *topology.Spec, ns string) {
+	for i := range s.Namespaces {
+		if s.Namespaces[i].Name == ns {
+			s.Namespaces[i].Sysctls = nil
+		}
+	}
+	s.Isolation.Allow = nil
+}
+
+func TestCheckIntent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*topology.Spec)
+		want []string // substrings of the error; none means valid
+	}{
+		{"lab", nil, nil},
+		{"allow without a path", func(s *topology.Spec) {
+			s.Isolation.Allow = append(s.Isolation.Allow, topology.Rule{From: []string{"b"}, To: []string{"c"}})
+		}, []string{"isolation.allow[2]: b must reach c"}},
+		{"deny on a shared segment", func(s *topology.Spec) {
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}, Ports: []string{"tcp/22"}})
+		}, []string{"isolation.deny[1]: a must not reach b"}},
+		{"deny one way delivered", func(s *topology.Spec) {
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"c"}, To: []string{"b"}})
+		}, []string{"isolation.deny[1]: c must not reach b"}},
+		{"group expands", func(s *topology.Spec) {
+			s.Isolation.Groups = map[string][]string{"lan": {"a", "b"}}
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"lan"}, To: []string{"r"}})
+		}, []string{"isolation.deny[1]: a must not reach r", "isolation.deny[1]: b must not reach r"}},
+		{"allow when forwarding is off", func(s *topology.Spec) {
+			noForwarding(s, "r")
+			s.Isolation.Allow = []topology.Rule{{From: []string{"a"}, To: []string{"c"}}}
+		}, []string{"isolation.allow[0]: a must reach c"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := NewModel(labSpec(t, tc.edit)).CheckIntent()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			var se *SpecError
+			if !errors.As(err, &se) {
+				t.Fatalf("got %v, want a *SpecError", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestPortsIncludeRulePorts(t *testing.T) {
+	m := NewModel(labSpec(t, func(s *topology.Spec) {
+		s.Isolation.Allow[0].Ports = []string{"tcp/443"}
+	}))
+	var got []string
+	for _, p := range m.Ports() {
+		got = append(got, p.String())
+	}
+	if strings.Join(got, " ") != "icmp tcp/8080 udp/8080 tcp/443" {
+		t.Errorf("ports = %v", got)
+	}
+}
+
+func TestViolations(t *testing.T) {
+	m := NewModel(labSpec(t, nil))
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	flows := []Flow{
+		{Netns: "c", Src: a("198.18.1.1"), Dst: a("198.18.2.1"), Proto: 6, DstPort: 8080, Packets: 3, Bytes: 180}, // a -> c: allowed
+		{Netns: "c", Src: a("198.18.1.2"), Dst: a("198.18.2.1"), Proto: 6, DstPort: 8080, Packets: 2, Bytes: 120}, // b -> c: no path
+		{Netns: "c", Src: a("198.18.1.2"), Dst: a("198.18.2.1"), Proto: 1, Packets: 1, Bytes: 84},                 // and ICMP
+		{Netns: "b", Src: a("198.18.2.1"), Dst: a("198.18.1.2"), Proto: 17, DstPort: 8080, Packets: 5},            // c -> b: delivered one way, allowed
+		{Netns: "r", Src: a("198.18.1.2"), Dst: a("198.18.2.1"), Proto: 6, Packets: 7},                            // transit through r: not a delivery to r
+		{Netns: "a", Src: a("198.18.77.7"), Dst: a("198.18.1.1"), Proto: 17, Packets: 4, Bytes: 400},              // from nobody's address
+		{Netns: "a", Src: a("fe80::1"), Dst: a("198.18.1.1"), Packets: 9},                                         // link-local: not attributable
+		{Netns: "b", Src: a("198.18.1.1"), Dst: a("ff02::1"), Packets: 9},                                         // multicast
+	}
+	got := m.Violations(flows)
+	want := []Violation{{Src: "b", Dst: "c", Packets: 3, Bytes: 204}, {Src: Unknown, Dst: "a", Packets: 4, Bytes: 400}}
+	if len(got) != len(want) {
+		t.Fatalf("got %d violations %+v, want %d", len(got), got, len(want))
+	}
+	for _, w := range want {
+		found := false
+		for _, g := range got {
+			if g.Src == w.Src && g.Dst == w.Dst {
+				found = true
+				if g.Packets != w.Packets || g.Bytes != w.Bytes {
+					t.Errorf("%s -> %s: %d packets %d bytes, want %d and %d", w.Src, w.Dst, g.Packets, g.Bytes, w.Packets, w.Bytes)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no violation %s -> %s in %+v", w.Src, w.Dst, got)
+		}
+	}
+}

@@ -1,0 +1,225 @@
+package verify
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nsflow/nsflow/topology"
+	"golang.org/x/sys/unix"
+)
+
+// Each mutation breaks the isolation of a fresh lab in one way, with ip(8)
+// as an independent tool, and asserts exactly which cells and checks turn
+// red: the ones the mutation explains, and no other.
+
+// ip runs ip(8) and fails the test if it fails.
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// red lists what is not green in a report, with the lab prefix removed:
+// "a>c tcp/8080" for matrix cells, "stack b routes" and "port c udp/8080"
+// for checks, "ebpf b>c" for evidence.
+func (l *lab) red(rep *Report) []string {
+	var out []string
+	short := func(ns string) string { return strings.TrimPrefix(ns, l.prefix) }
+	for _, port := range rep.Ports {
+		for i, row := range rep.Matrix(port) {
+			for j, c := range row {
+				if i != j && c.Diff != '.' && c.Diff != ' ' {
+					out = append(out, short(rep.Namespaces[i])+">"+short(rep.Namespaces[j])+" "+port)
+				}
+			}
+		}
+	}
+	for _, c := range rep.Stack {
+		if !c.Pass {
+			out = append(out, "stack "+short(c.Netns)+" "+c.Kind)
+		}
+	}
+	for _, c := range rep.PortSpace {
+		if !c.Pass {
+			out = append(out, "port "+short(c.Netns)+" "+c.Kind)
+		}
+	}
+	if rep.Evidence != nil {
+		for _, v := range rep.Evidence.Violations {
+			out = append(out, "ebpf "+short(v.Src)+">"+short(v.Dst))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (l *lab) expectRed(t *testing.T, rep *Report, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	if got := l.red(rep); !slices.Equal(got, want) {
+		logTable(t, rep)
+		t.Fatalf("red:\n  got  %q\n  want %q", got, want)
+	}
+	if rep.Verdict() != 1 {
+		t.Errorf("verdict %d, want 1", rep.Verdict())
+	}
+}
+
+var all3 = []string{"icmp", "tcp/8080", "udp/8080"}
+
+func cells(pair string, ports ...string) []string {
+	var out []string
+	for _, p := range ports {
+		out = append(out, pair+" "+p)
+	}
+	return out
+}
+
+// A veth between b and c, which must not talk, with addresses of its own.
+func TestMutationStrayVeth(t *testing.T) {
+	l := upLab(t, nil)
+	ip(t, "link", "add", "stray0", "netns", l.ns("b"), "type", "veth", "peer", "name", "stray1", "netns", l.ns("c"))
+	ip(t, "-n", l.ns("b"), "addr", "add", "198.19.0.1/30", "dev", "stray0")
+	ip(t, "-n", l.ns("c"), "addr", "add", "198.19.0.2/30", "dev", "stray1")
+	ip(t, "-n", l.ns("b"), "link", "set", "stray0", "up")
+	ip(t, "-n", l.ns("c"), "link", "set", "stray1", "up")
+	rep := l.run(t, Options{})
+	want := slices.Concat(cells("b>c", all3...), cells("c>b", all3...), []string{
+		"stack b interfaces", "stack b addresses", "stack b routes", "stack b neighbours",
+		"stack c interfaces", "stack c addresses", "stack c routes", "stack c neighbours",
+		"ebpf b>c", "ebpf c>b",
+	})
+	l.expectRed(t, rep, want...)
+}
+
+// A route in b to c's subnet through r: b now reaches c, and r's far side.
+func TestMutationRouteLeak(t *testing.T) {
+	l := upLab(t, nil)
+	ip(t, "-n", l.ns("b"), "route", "add", "198.18.2.0/24", "via", "198.18.1.254")
+	ip(t, "-n", l.ns("b"), "-6", "route", "add", "fd00:0:0:2::/64", "via", "fd00:0:0:1::fe")
+	rep := l.run(t, Options{})
+	// c's packets always reached b; now b can answer them too.
+	want := slices.Concat(cells("b>c", all3...), cells("b>r", all3...), cells("c>b", all3...), []string{
+		"stack b routes", "ebpf b>c", "ebpf b>r",
+	})
+	l.expectRed(t, rep, want...)
+}
+
+// r is declared as not forwarding; turning ip_forward on joins a and c.
+func TestMutationForwarding(t *testing.T) {
+	l := upLab(t, func(s *topology.Spec) { noForwarding(s, "r") })
+	clean := l.run(t, Options{})
+	if clean.Verdict() != 0 {
+		logTable(t, clean)
+		t.Fatalf("before the mutation: verdict %d", clean.Verdict())
+	}
+	out, err := exec.Command("ip", "netns", "exec", l.ns("r"), "sysctl", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sysctl: %v: %s", err, out)
+	}
+	rep := l.run(t, Options{})
+	want := slices.Concat(cells("a>c", all3...), cells("c>a", all3...), []string{
+		"ebpf a>c", "ebpf c>a", "ebpf c>b",
+	})
+	l.expectRed(t, rep, want...)
+}
+
+// c's address added in r: a's probes of c are answered by r, and c's
+// traffic to a is answered to r instead of c.
+func TestMutationAddressInWrongNamespace(t *testing.T) {
+	l := upLab(t, nil)
+	ip(t, "-n", l.ns("r"), "addr", "add", "198.18.2.1/32", "dev", "eth0")
+	rep := l.run(t, Options{})
+	var answeredByR bool
+	for _, p := range rep.Probes {
+		if p.From == l.ns("a") && p.To == l.ns("c") && p.Addr.String() == "198.18.2.1" && p.Port == "tcp/8080" {
+			answeredByR = p.By == l.ns("r") && strings.Contains(p.Reason(), "answered by "+l.ns("r"))
+		}
+	}
+	if !answeredByR {
+		logTable(t, rep)
+		t.Errorf("a's TCP probe of c's address is not reported as answered by r")
+	}
+	want := slices.Concat(cells("a>c", "tcp/8080", "udp/8080"), cells("a>r", all3...), cells("c>r", all3...),
+		cells("r>c", "tcp/8080", "udp/8080"), cells("c>a", all3...), []string{"stack r addresses"})
+	l.expectRed(t, rep, want...)
+}
+
+// b's namespace path leads to c's stack (a bind mount over it): two names,
+// one port space, so b's client reaches c's listener.
+func TestMutationSharedPortSpace(t *testing.T) {
+	l := upLab(t, nil)
+	if err := unix.Mount(l.path("c"), l.path("b"), "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(l.path("b"), unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	rep := l.run(t, Options{})
+	var ports []string
+	for _, c := range rep.PortSpace {
+		if !c.Pass {
+			ports = append(ports, strings.TrimPrefix(c.Netns, l.prefix)+" "+c.Kind)
+			if !slices.ContainsFunc(c.Problems, func(p string) bool { return strings.Contains(p, "are one network namespace") }) {
+				t.Errorf("port space %s: problems %q do not name the shared namespace", c.Netns, c.Problems)
+			}
+		}
+	}
+	if want := []string{"b tcp/8080", "b udp/8080", "c tcp/8080", "c udp/8080"}; !slices.Equal(ports, want) {
+		logTable(t, rep)
+		t.Errorf("port space red: %q, want %q", ports, want)
+	}
+	if rep.Verdict() != 1 {
+		t.Errorf("verdict %d, want 1", rep.Verdict())
+	}
+}
+
+// A responder for b started in c by mistake: c's port is taken, and what
+// answers there says it is b's while its socket lives in c.
+func TestMutationProcessInWrongNamespace(t *testing.T) {
+	l := upLab(t, nil)
+	cmd := exec.Command("ip", "netns", "exec", l.ns("c"), os.Args[0], "-test.run=^TestHelperResponder$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+l.ns("b"))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Wait()
+	})
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.HasPrefix(line, "ready") {
+		t.Fatalf("helper responder: %q", line)
+	}
+	rep := l.run(t, Options{})
+	want := slices.Concat(cells("a>c", "tcp/8080", "udp/8080"), cells("r>c", "tcp/8080", "udp/8080"),
+		[]string{"port c tcp/8080", "port c udp/8080"})
+	l.expectRed(t, rep, want...)
+}
+
+const helperEnv = "NSFLOW_VERIFY_HELPER_RESPONDER"
+
+// TestHelperResponder is not a test: TestMutationProcessInWrongNamespace
+// runs the test binary as a responder process claiming the namespace in
+// the environment, until its stdin closes.
+func TestHelperResponder(t *testing.T) {
+	claimed := os.Getenv(helperEnv)
+	if claimed == "" {
+		return
+	}
+	r, err := StartResponder("", claimed, []topology.Port{{Proto: "tcp", Number: 8080}, {Proto: "udp", Number: 8080}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	os.Stdout.WriteString("ready\n")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+}
