@@ -202,11 +202,12 @@ func (b *builder) preflight(ctx context.Context) error {
 	})
 }
 
-// checkOwned accepts an existing interface only if it carries this
-// topology's marker and is of the declared kind.
+// checkOwned accepts an existing interface only if it is of the declared
+// kind and, in the host, carries this topology's marker (in the
+// topology's own namespaces, the namespace's marker covers it).
 func (b *builder) checkOwned(ns string, l netlink.Link, kind string) error {
 	a := l.Attrs()
-	if a.Alias != b.marker {
+	if ns == HostNamespace && a.Alias != b.marker {
 		return fmt.Errorf("interface %q already exists in namespace %q and is not owned by topology %q%s",
 			a.Name, ns, b.s.Name, ownerHint(a.Alias))
 	}

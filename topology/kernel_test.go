@@ -1,0 +1,358 @@
+package topology
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+const seedFile = "../examples/seed.yaml"
+
+// TestSeedUpDown brings the seed topology up in real namespaces, checks
+// that linked endpoints reach each other (TCP connect, ICMP echo) and
+// unlinked ones cannot, that two namespaces serve port 8080 at once and a
+// pod namespace talks over its loopback; then that a second up changes
+// nothing and down leaves the host as it was.
+func TestSeedUpDown(t *testing.T) {
+	s := prefixedSpec(t, seedFile)
+	p := prefixOf(s)
+	before := hostObjects(t, p)
+	ctx := context.Background()
+
+	res, err := Up(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.NamespacesCreated != 8 || res.InterfacesCreated != 13 {
+		t.Errorf("created %d namespaces and %d interfaces, want 8 and 13", res.NamespacesCreated, res.InterfacesCreated)
+	}
+	st, err := Show(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Drift) != 0 {
+		t.Errorf("drift right after up: %q", st.Drift)
+	}
+	ns := func(n string) string { return p + n }
+
+	t.Run("reachable", func(t *testing.T) {
+		tests := []struct{ from, to, addr string }{
+			{"ns1", "ns2", "198.18.0.2"},
+			{"ns2", "ns1", "198.18.0.1"},
+			{"ns1", "ns2", "fd00:0:0:1::2"},
+			{"c1", "c2", "198.18.1.12"},
+			{"c2", "c3", "fd00:0:0:2::13"},
+			{"c3", "pod", "198.18.1.20"},
+			{"pod", "c1", "198.18.1.11"},
+			{"srv1", "srv2", "198.18.2.2"},
+			{"srv2", "srv1", "fd00:0:0:3::1"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.from+"-"+tt.to+"-"+tt.addr, func(t *testing.T) {
+				ap := netip.AddrPortFrom(netip.MustParseAddr(tt.addr), 9000)
+				serveTCP(t, s, ns(tt.to), ap.String(), tt.to)
+				got, err := dialTCP(s, ns(tt.from), ap.String())
+				if err != nil || got != tt.to {
+					t.Errorf("TCP %s -> %s: got %q, %v", tt.from, ap, got, err)
+				}
+				if err := ping(s, ns(tt.from), ap.Addr()); err != nil {
+					t.Errorf("ICMP %s -> %s: %v", tt.from, tt.addr, err)
+				}
+			})
+		}
+		// The containers' gateway is the host bridge's address. The host
+		// answers only if its route back is this copy's bridge: another
+		// copy of the seed up on this host (another test) shadows it.
+		gw := netip.MustParseAddr("198.18.1.1")
+		routes, err := netlink.RouteGet(gw.AsSlice())
+		if err != nil || len(routes) != 1 || routes[0].LinkIndex != hostLinkIndex(t, s.Bridges[0].Name) {
+			t.Logf("ICMP c1 -> gateway not probed: the host routes %s elsewhere (another copy of the seed is up)", gw)
+		} else if err := ping(s, ns("c1"), gw); err != nil {
+			t.Errorf("ICMP c1 -> gateway: %v", err)
+		}
+	})
+
+	t.Run("unreachable", func(t *testing.T) {
+		// Probes start only in namespaces without a default route, so no
+		// packet can leave through the host.
+		tests := []struct{ from, to, addr string }{
+			{"ns1", "c1", "198.18.1.11"},
+			{"ns2", "srv2", "198.18.2.2"},
+			{"srv1", "ns1", "198.18.0.1"},
+			{"srv1", "pod", "fd00:0:0:2::20"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.from+"-"+tt.to, func(t *testing.T) {
+				ap := netip.AddrPortFrom(netip.MustParseAddr(tt.addr), 9001)
+				serveTCP(t, s, ns(tt.to), ap.String(), tt.to)
+				// The listener is there; a connect that works from the
+				// target's own link proves it, so a failure below is the
+				// topology's doing.
+				if got, err := dialTCP(s, ns(tt.to), ap.String()); err != nil || got != tt.to {
+					t.Fatalf("listener check in %s: %q, %v", tt.to, got, err)
+				}
+				if got, err := dialTCP(s, ns(tt.from), ap.String()); err == nil {
+					t.Errorf("TCP %s -> %s connected (%q); the namespaces share no link", tt.from, ap, got)
+				}
+				if err := ping(s, ns(tt.from), ap.Addr()); err == nil {
+					t.Errorf("ICMP %s -> %s answered; the namespaces share no link", tt.from, tt.addr)
+				}
+			})
+		}
+	})
+
+	t.Run("port 8080 in two namespaces", func(t *testing.T) {
+		serveTCP(t, s, ns("srv1"), "0.0.0.0:8080", "srv1")
+		serveTCP(t, s, ns("srv2"), "0.0.0.0:8080", "srv2")
+		for _, tt := range []struct{ from, addr, want string }{
+			{"srv1", "198.18.2.2:8080", "srv2"},
+			{"srv2", "198.18.2.1:8080", "srv1"},
+			{"srv1", "127.0.0.1:8080", "srv1"},
+			{"srv2", "127.0.0.1:8080", "srv2"},
+		} {
+			if got, err := dialTCP(s, ns(tt.from), tt.addr); err != nil || got != tt.want {
+				t.Errorf("from %s to %s: got %q, %v; want %q", tt.from, tt.addr, got, err, tt.want)
+			}
+		}
+	})
+
+	t.Run("pod localhost", func(t *testing.T) {
+		ln := serveTCP(t, s, ns("pod"), "127.0.0.1:0", "pod")
+		addr := ln.Addr().String()
+		// Two "processes" in the pod share its loopback.
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if got, err := dialTCP(s, ns("pod"), addr); err != nil || got != "pod" {
+					t.Errorf("pod -> %s: %q, %v", addr, got, err)
+				}
+			})
+		}
+		wg.Wait()
+		// Another namespace's loopback is its own.
+		if got, err := dialTCP(s, ns("c1"), addr); err == nil {
+			t.Errorf("c1 reached the pod's loopback listener %s: %q", addr, got)
+		}
+	})
+
+	t.Run("second up changes nothing", func(t *testing.T) {
+		res, err := Up(ctx, s, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Unchanged() || !strings.Contains(res.String(), "nothing changed") {
+			t.Errorf("second up: %+v", res)
+		}
+	})
+
+	// The probes' listeners closed with their subtests: no socket holds
+	// a namespace open.
+	dres, err := Down(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dres.NamespacesRemoved != 8 || dres.InterfacesRemoved != 5 {
+		t.Errorf("down removed %d namespaces and %d host interfaces, want 8 and 5", dres.NamespacesRemoved, dres.InterfacesRemoved)
+	}
+	if after := hostObjects(t, p); !slices.Equal(after, before) {
+		t.Errorf("host after down differs from before:\nbefore %q\nafter  %q", before, after)
+	}
+	dres, err = Down(ctx, s, Options{})
+	if err != nil || dres.NamespacesRemoved+dres.InterfacesRemoved != 0 {
+		t.Errorf("down when already down: %+v, %v", dres, err)
+	}
+}
+
+// TestUpRollsBackInjectedFailure fails the build after a given number of
+// created objects, from the first namespace to the middle of the links,
+// and checks that nothing of the topology is left on the host.
+func TestUpRollsBackInjectedFailure(t *testing.T) {
+	for _, after := range []int64{1, 5, 8, 9, 12, 20} {
+		t.Run(fmt.Sprintf("after %d objects", after), func(t *testing.T) {
+			s := prefixedSpec(t, seedFile)
+			before := hostObjects(t, prefixOf(s))
+			_, err := Up(context.Background(), s, Options{failAfter: after})
+			if err == nil || !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), "rolled back") {
+				t.Fatalf("want the injected failure, rolled back; got %v", err)
+			}
+			if got := hostObjects(t, prefixOf(s)); !slices.Equal(got, before) {
+				t.Errorf("left behind after rollback:\nbefore %q\nafter  %q", before, got)
+			}
+		})
+	}
+}
+
+// TestUpRollsBackKernelFailure uses failures the kernel itself reports
+// mid-build: a sysctl that does not exist (while creating namespaces) and
+// an IPv6 address on an interface whose namespace disables IPv6 (while
+// creating links, after host-side veths exist).
+func TestUpRollsBackKernelFailure(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"unknown sysctl", `
+name: rb
+namespaces:
+  - {name: a}
+  - {name: b}
+  - {name: c, sysctls: {net.ipv4.no_such_sysctl: "1"}}
+bridges: [{name: br}]
+links:
+  - endpoints: [{namespace: a, interface: eth0}, {bridge: br, interface: pa}]
+`, "sysctl net.ipv4.no_such_sysctl"},
+		{"ipv6 disabled", `
+name: rb
+namespaces:
+  - {name: a}
+  - {name: b, sysctls: {net.ipv6.conf.default.disable_ipv6: "1"}}
+bridges: [{name: br, addresses: ["fd00:77::1/64"]}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: ["fd00:77::10/64"]}, {bridge: br, interface: pa}]
+  - endpoints: [{namespace: b, interface: eth0, addresses: ["fd00:77::11/64"]}, {bridge: br, interface: pb}]
+`, "add address fd00:77::11/64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := prefixedSpec(t, tt.yaml)
+			before := hostObjects(t, prefixOf(s))
+			_, err := Up(context.Background(), s, Options{Workers: 1})
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "rolled back") {
+				t.Fatalf("want an error about %q, rolled back; got %v", tt.want, err)
+			}
+			if got := hostObjects(t, prefixOf(s)); !slices.Equal(got, before) {
+				t.Errorf("left behind after rollback:\nbefore %q\nafter  %q", before, got)
+			}
+			if _, err := os.Stat(statePath(s.Name)); !os.IsNotExist(err) {
+				t.Errorf("state record left behind: %v", err)
+			}
+		})
+	}
+}
+
+// TestForeignObjectsAreNotAdopted puts a namespace and a host interface of
+// declared names in place before up: up must refuse before creating
+// anything, and down must leave both alone.
+func TestForeignObjectsAreNotAdopted(t *testing.T) {
+	t.Run("namespace", func(t *testing.T) {
+		s := prefixedSpec(t, seedFile)
+		name := s.Namespaces[1].Name
+		c, err := createNetns(name, s.NetnsPath(name), "someone-else", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.close()
+		t.Cleanup(func() { unmountNetns(s.NetnsPath(name)) })
+		want := []string{"netns " + name}
+		testForeign(t, s, "namespace \""+name+"\" already exists and is not owned", want)
+	})
+	t.Run("host interface", func(t *testing.T) {
+		s := prefixedSpec(t, seedFile)
+		name := s.Bridges[0].Name
+		la := netlink.NewLinkAttrs()
+		la.Name = name
+		foreign := &netlink.Bridge{LinkAttrs: la}
+		if err := netlink.LinkAdd(foreign); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { netlink.LinkDel(foreign) })
+		testForeign(t, s, "interface \""+name+"\" already exists in namespace \"host\" and is not owned", []string{"link " + name})
+	})
+}
+
+func testForeign(t *testing.T, s *Spec, wantErr string, want []string) {
+	t.Helper()
+	_, err := Up(context.Background(), s, Options{})
+	if err == nil || !strings.Contains(err.Error(), wantErr) {
+		t.Fatalf("up: want %q, got %v", wantErr, err)
+	}
+	if got := hostObjects(t, prefixOf(s)); !slices.Equal(got, want) {
+		t.Errorf("after refused up: %q, want only the foreign object %q", got, want)
+	}
+	res, err := Down(context.Background(), s, Options{})
+	if err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if len(res.Foreign) != 1 {
+		t.Errorf("down should report the foreign object: %+v", res)
+	}
+	if got := hostObjects(t, prefixOf(s)); !slices.Equal(got, want) {
+		t.Errorf("after down: %q, want the foreign object untouched %q", got, want)
+	}
+}
+
+// TestShowDriftAndRepair changes the live state behind the topology's
+// back: show reports each change, and up repairs them.
+func TestShowDriftAndRepair(t *testing.T) {
+	s := prefixedSpec(t, seedFile)
+	ctx := context.Background()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	c1, srv1 := prefixOf(s)+"c1", prefixOf(s)+"srv1"
+	for _, d := range []struct {
+		ns string
+		fn func(h *netlink.Handle) error
+	}{
+		{c1, func(h *netlink.Handle) error {
+			l, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return h.AddrDel(l, nlAddr(netip.MustParsePrefix("198.18.1.11/24")))
+		}},
+		{srv1, func(h *netlink.Handle) error {
+			l, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return h.LinkSetDown(l)
+		}},
+	} {
+		c, err := openNetns(d.ns, s.NetnsPath(d.ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = d.fn(c.h)
+		c.close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := Show(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		c1 + "/eth0: address 198.18.1.11/24 missing",
+		c1 + ": route to default via 198.18.1.1 missing",
+		srv1 + "/eth0: down",
+	} {
+		if !slices.Contains(st.Drift, want) {
+			t.Errorf("drift %q not reported; got %q", want, st.Drift)
+		}
+	}
+	res, err := Up(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Changed < 3 {
+		t.Errorf("repairing up changed %d things, want at least 3 (address, route, link state)", res.Changed)
+	}
+	if st, err = Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("drift after repair: %q, %v", st.Drift, err)
+	}
+}
+
+func hostLinkIndex(t *testing.T, name string) int {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Index
+}
