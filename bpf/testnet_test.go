@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -55,6 +56,9 @@ func newTestNS(t testing.TB) *testNS {
 	}
 	n := &testNS{Name: name, Path: filepath.Join("/run/netns", name)}
 	t.Cleanup(func() {
+		if _, err := os.Stat(n.Path); errors.Is(err, os.ErrNotExist) {
+			return // the test deleted it itself
+		}
 		if err := netns.DeleteNamed(name); err != nil {
 			t.Errorf("delete netns %s: %v", name, err)
 		}

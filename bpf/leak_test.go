@@ -1,0 +1,224 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Attach and detach 1000 times, then close: every link, filter, qdisc,
+// program, map and file descriptor this test created is gone. Only our
+// own objects are checked, by ID: other tests on this host attach the
+// same programs concurrently.
+func TestAttachDetachNoLeaks(t *testing.T) {
+	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			// tcx attach and detach each wait for an RCU grace period, so
+			// the 1000 cycles run on 20 interfaces at once, 50 each.
+			const workers, cycles = 20, 50
+			a, b := newTestNS(t), newTestNS(t)
+			var ends []*end
+			for i := 0; i < workers/2; i++ {
+				ea, eb := vethPair(t, a, b, 10+i)
+				ends = append(ends, ea, eb)
+			}
+			fds := openFDs(t)
+
+			d, err := Load(Options{ForceMode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			progIDs, mapIDs := objectIDs(t, d)
+			var (
+				mu      sync.Mutex
+				linkIDs []link.ID
+				wg      sync.WaitGroup
+			)
+			for _, e := range ends {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; i < cycles; i++ {
+						ids, err := attachDetach(d, e, mode)
+						mu.Lock()
+						linkIDs = append(linkIDs, ids...)
+						mu.Unlock()
+						if err != nil {
+							t.Errorf("%s cycle %d: %v", e.Ifname, i, err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if t.Failed() {
+				d.Close()
+				return
+			}
+			if mode == ModeTCX && len(linkIDs) != 2*workers*cycles {
+				t.Fatalf("%d tcx links, want %d", len(linkIDs), 2*workers*cycles)
+			}
+			for _, id := range linkIDs {
+				if l, err := link.NewFromID(id); err == nil {
+					l.Close()
+					t.Fatalf("link %d still exists after detach", id)
+				}
+			}
+			for _, e := range ends {
+				checkNoTC(t, e)
+			}
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			waitGone(t, progIDs, mapIDs)
+			if got := openFDs(t); got != fds {
+				t.Errorf("%d open fds after close, %d before", got, fds)
+			}
+		})
+	}
+}
+
+// attachDetach attaches to e, checks the mode, detaches twice (Detach is
+// idempotent) and returns the IDs of the tcx links it had.
+func attachDetach(d *Datapath, e *end, mode AttachMode) ([]link.ID, error) {
+	att, err := d.Attach(e.NS.Path, e.Ifname)
+	if err != nil {
+		return nil, err
+	}
+	var ids []link.ID
+	for _, l := range att.links {
+		info, err := l.Info()
+		if err != nil {
+			return ids, err
+		}
+		ids = append(ids, info.ID)
+	}
+	if att.Mode != mode {
+		return ids, fmt.Errorf("attached with %q, want %q", att.Mode, mode)
+	}
+	if err := att.Detach(); err != nil {
+		return ids, err
+	}
+	return ids, att.Detach()
+}
+
+// Detach succeeds when the interface, or its whole namespace, is gone.
+func TestDetachAfterInterfaceGone(t *testing.T) {
+	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
+		for _, gone := range []string{"interface", "namespace"} {
+			t.Run(string(mode)+"/"+gone, func(t *testing.T) {
+				d := loadForTest(t, Options{ForceMode: mode})
+				a, b := newTestNS(t), newTestNS(t)
+				ea, _ := vethPair(t, a, b, 5)
+				att, err := d.Attach(ea.NS.Path, ea.Ifname)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch gone {
+				case "interface":
+					ea.NS.do(t, func() error {
+						l, err := netlink.LinkByName(ea.Ifname)
+						if err != nil {
+							return err
+						}
+						return netlink.LinkDel(l)
+					})
+				case "namespace":
+					// The veth goes with the namespace.
+					if err := netns.DeleteNamed(a.Name); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := att.Detach(); err != nil {
+					t.Fatalf("detach: %v", err)
+				}
+			})
+		}
+	}
+}
+
+func openFDs(t testing.TB) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
+func objectIDs(t testing.TB, d *Datapath) (progs []ebpf.ProgramID, maps []ebpf.MapID) {
+	t.Helper()
+	for _, p := range []*ebpf.Program{d.objs.NsflowIngress, d.objs.NsflowEgress} {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		progs = append(progs, id)
+		ids, _ := info.MapIDs()
+		maps = append(maps, ids...)
+	}
+	return progs, maps
+}
+
+// waitGone waits for the kernel to free programs and maps by ID; it frees
+// them after an RCU grace period, not at the last close.
+func waitGone(t testing.TB, progs []ebpf.ProgramID, maps []ebpf.MapID) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var left []any
+		for _, id := range progs {
+			if p, err := ebpf.NewProgramFromID(id); err == nil {
+				p.Close()
+				left = append(left, "program", id)
+			} else if !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
+		for _, id := range maps {
+			if m, err := ebpf.NewMapFromID(id); err == nil {
+				m.Close()
+				left = append(left, "map", id)
+			} else if !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still there after close: %v", left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkNoTC checks that the end has no clsact qdisc and no filter left.
+func checkNoTC(t testing.TB, e *end) {
+	t.Helper()
+	e.NS.do(t, func() error {
+		l, err := netlink.LinkByName(e.Ifname)
+		if err != nil {
+			return err
+		}
+		qs, err := netlink.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if q.Type() == "clsact" {
+				t.Errorf("clsact qdisc left on %s", e.Ifname)
+			}
+		}
+		return nil
+	})
+}
