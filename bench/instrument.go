@@ -17,6 +17,7 @@ type instrument struct {
 	stats io.Closer
 	atts  map[Iface]*bpf.Attachment
 	keys  map[Iface]bpf.PortKey
+	mode  bpf.AttachMode // of the last attachment: tcx, or tc on older kernels
 }
 
 func loadInstrument() (*instrument, error) {
@@ -43,6 +44,7 @@ func (in *instrument) attach(ifs []Iface) error {
 		}
 		in.atts[i] = a
 		in.keys[i] = a.Key()
+		in.mode = a.Mode
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"strconv"
@@ -56,7 +57,7 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 const iperf3Port = 5201
 
 func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffic.Proto) (gbps, mpps float64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.Duration+15*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(iperf3Seconds(r.cfg.Duration))*time.Second+15*time.Second)
 	defer cancel()
 	srv := exec.CommandContext(ctx, bin, "-s", "-B", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port))
 	if err := nsenter.Do(p.server.netns, srv.Start); err != nil {
@@ -67,7 +68,7 @@ func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffi
 		return 0, 0, err
 	}
 	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port), "-J",
-		"-t", strconv.FormatFloat(r.cfg.Duration.Seconds(), 'f', 3, 64), "-P", strconv.Itoa(r.cfg.Streams)}
+		"-t", strconv.Itoa(iperf3Seconds(r.cfg.Duration)), "-P", strconv.Itoa(r.cfg.Streams)}
 	if proto == traffic.UDP {
 		payload, err := r.cfg.payload(proto, p.serverAddr.Is6())
 		if err != nil {
@@ -149,4 +150,10 @@ func waitListening(p pair, ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// iperf3Seconds is the run's duration in whole seconds, at least one:
+// iperf3 reads -t as an integer, and 0 means forever.
+func iperf3Seconds(d time.Duration) int {
+	return max(1, int(math.Round(d.Seconds())))
 }

@@ -47,7 +47,15 @@ func reconcile(proto traffic.Proto, pairs []pair, payload int, res []traffic.Res
 		switch proto {
 		case traffic.UDP:
 			v6 := p.serverAddr.Is6()
-			wire := traffic.Counts{Packets: r.Sent.Packets, Bytes: r.Sent.Packets * uint64(traffic.WireBytes(payload, v6))}
+			wb := uint64(traffic.WireBytes(payload, v6))
+			wire := traffic.Counts{Packets: r.Sent.Packets, Bytes: r.Sent.Packets * wb}
+			// A veth counts a datagram it could not deliver (the peer's
+			// backlog full) once, as tx_dropped of the sending end.
+			var dropped uint64
+			for _, i := range p.ifaces {
+				dropped += after.kernel[i].TxDropped - before.kernel[i].TxDropped
+			}
+			arrived := traffic.Counts{Packets: wire.Packets - min(dropped, wire.Packets), Bytes: wire.Bytes - min(dropped*wb, wire.Bytes)}
 			if on {
 				fam, l4 := bpf.IPv4, bpf.UDP
 				if v6 {
@@ -57,16 +65,10 @@ func reconcile(proto traffic.Proto, pairs []pair, payload int, res []traffic.Res
 				out = append(out,
 					newCheck(p.client.Namespace+"/"+p.client.Name+" tx udp", "nsflow", "generator sent",
 						portDelta(after.ports[p.client], before.ports[p.client], bpf.Egress, class), wire, true, true),
-					newCheck(p.server.Namespace+"/"+p.server.Name+" rx udp", "nsflow", "generator sent",
-						portDelta(after.ports[p.server], before.ports[p.server], bpf.Ingress, class), wire, true, true))
+					newCheck(p.server.Namespace+"/"+p.server.Name+" rx udp", "nsflow", "generator sent - path tx_dropped",
+						portDelta(after.ports[p.server], before.ports[p.server], bpf.Ingress, class), arrived, true, true))
 			}
 			u := after.udp[p.server.netns].Sub(before.udp[p.server.netns])
-			// A veth counts a datagram it could not deliver (the peer's
-			// backlog full) once, as tx_dropped of the sending end.
-			var dropped uint64
-			for _, i := range p.ifaces {
-				dropped += after.kernel[i].TxDropped - before.kernel[i].TxDropped
-			}
 			out = append(out,
 				newCheck(p.server.Namespace+" udp received", "generator", "kernel udp InDatagrams",
 					traffic.Counts{Packets: r.Received.Packets}, traffic.Counts{Packets: u.InDatagrams}, true, false),

@@ -17,7 +17,10 @@ type Report struct {
 	Started       time.Time `json:"started"`
 	Host          Host      `json:"host"`
 	Settings      Settings  `json:"settings"`
-	Cases         []Case    `json:"cases"`
+	// Topology is the name of the topology measured (built for the run
+	// under a random prefix, or the file's).
+	Topology string `json:"topology"`
+	Cases    []Case `json:"cases"`
 	// Iperf3 holds the sanity measurements, empty when iperf3 is not
 	// installed.
 	Iperf3 []Iperf3 `json:"iperf3"`

@@ -45,6 +45,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
+	rep.Topology = env.spec.Name
 	defer func() {
 		r.progress(Progress{Phase: "cleanup"})
 		err = errors.Join(err, env.release())
@@ -82,6 +83,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		rep.Cases = append(rep.Cases, *c)
 		rep.Differences += c.Differences
 	}
+	rep.Host.AttachMode = string(r.in.mode)
 	if !cfg.NoIperf3 {
 		r.iperf3(ctx, env)
 	}

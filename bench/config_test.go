@@ -1,0 +1,68 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/traffic"
+)
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"pairs", Config{Pairs: 1000}, "pairs: 1000"},
+		{"streams", Config{Streams: -1}, "streams: -1"},
+		{"duration", Config{Duration: time.Millisecond}, "duration: 1ms"},
+		{"small frame", Config{Protos: []traffic.Proto{traffic.UDP}, Size: 40}, "size: frame size 40 is too small"},
+		{"jumbo frame", Config{Protos: []traffic.Proto{traffic.UDP}, Size: 9000}, "size: UDP frame 9000"},
+		{"proto", Config{Protos: []traffic.Proto{"sctp"}}, `proto: unknown "sctp"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.normalize()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+	c := Config{Protos: []traffic.Proto{traffic.UDP, traffic.TCP}}
+	if err := c.normalize(); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := c.payload(traffic.UDP, false); p != 18 {
+		t.Errorf("default UDP payload %d, want 18 (64-byte frame)", p)
+	}
+	if p, _ := c.payload(traffic.TCP, false); p != traffic.DefaultTCPWrite {
+		t.Errorf("default TCP write %d", p)
+	}
+}
+
+func TestSpread(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want Spread
+	}{
+		{nil, Spread{}},
+		{[]float64{3}, Spread{3, 3, 3}},
+		{[]float64{5, 1, 3}, Spread{3, 1, 5}},
+		{[]float64{4, 1, 2, 10}, Spread{3, 1, 10}},
+	} {
+		if got := spread(tc.in); got != tc.want {
+			t.Errorf("spread(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	c := newCheck("x", "a", "b", traffic.Counts{Packets: 5, Bytes: 100}, traffic.Counts{Packets: 5, Bytes: 90}, true, false)
+	if !c.OK || c.BytesDiff != 0 {
+		t.Errorf("bytes not compared but counted: %+v", c)
+	}
+	c = newCheck("x", "a", "b", traffic.Counts{Packets: 4}, traffic.Counts{Packets: 5}, true, true)
+	if c.OK || c.PacketsDiff != -1 {
+		t.Errorf("difference hidden: %+v", c)
+	}
+}

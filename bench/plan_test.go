@@ -1,0 +1,80 @@
+package bench
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/nsflow/nsflow/topology"
+)
+
+func TestScaleSteps(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want []int
+	}{
+		{1, []int{1}}, {2, []int{1, 2}}, {4, []int{1, 2, 4}}, {6, []int{1, 2, 4, 6}}, {8, []int{1, 2, 4, 8}},
+	} {
+		if got := scaleSteps(tc.n); !slices.Equal(got, tc.want) {
+			t.Errorf("scaleSteps(%d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestParsePaths(t *testing.T) {
+	for in, want := range map[string][]Path{"veth": {Veth}, "bridge": {Bridge}, "both": {Veth, Bridge}} {
+		got, err := ParsePaths(in)
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("ParsePaths(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := ParsePaths("wifi"); err == nil {
+		t.Error("ParsePaths(wifi) succeeded")
+	}
+}
+
+// TestRunSpec checks that the run topology is valid under the longest
+// prefix bench uses, and that findPairs finds every pair it declares,
+// crossing the interfaces bench must instrument.
+func TestRunSpec(t *testing.T) {
+	for _, n := range []int{1, 3, maxPairs} {
+		s, err := runSpec([]Path{Veth, Bridge}, n).WithPrefix("nbabcdef-")
+		if err != nil {
+			t.Fatalf("pairs=%d: %v", n, err)
+		}
+		veth, bridge := findPairs(s, Veth), findPairs(s, Bridge)
+		if len(veth) != n || len(bridge) != n {
+			t.Fatalf("pairs=%d: found %d veth and %d bridge pairs", n, len(veth), len(bridge))
+		}
+		if p := veth[0]; p.client.Namespace != "nbabcdef-vc1" || p.server.Namespace != "nbabcdef-vs1" ||
+			p.serverAddr.String() != "198.18.1.2" || len(p.ifaces) != 2 || p.server.netns != "/run/netns/nbabcdef-vs1" {
+			t.Errorf("veth pair 1: %+v", p)
+		}
+		if p := bridge[n-1]; len(p.ifaces) != 4 || p.ifaces[1].Namespace != "nbabcdef-bbr" ||
+			p.ifaces[2].Name != fmt.Sprintf("ps%d", n) || p.serverAddr.Is6() {
+			t.Errorf("bridge pair %d: %+v", n, p)
+		}
+	}
+}
+
+// TestFindPairsSeed finds the seed example's pairs: ns1-ns2 and srv1-srv2
+// over veth; c1-c2 and c3-pod over bridge br0 (in the host namespace).
+func TestFindPairsSeed(t *testing.T) {
+	s, err := topology.Load("../examples/seed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, path := range []Path{Veth, Bridge} {
+		for _, p := range findPairs(s, path) {
+			got = append(got, string(path)+":"+p.String())
+		}
+	}
+	want := []string{
+		"veth:ns1 -> ns2 (198.18.0.2)", "veth:srv1 -> srv2 (198.18.2.2)",
+		"bridge:c1 -> c2 (198.18.1.12)", "bridge:c3 -> pod (198.18.1.20)",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("pairs %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,209 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/topology"
+	"github.com/nsflow/nsflow/traffic"
+	"github.com/vishvananda/netlink"
+)
+
+// TestRun runs every path and protocol with two pairs for a fraction of
+// a second each and checks the mechanics: traffic flowed in every sample,
+// every count reconciles exactly, the JSON has every field, the chart is
+// valid, and the topology is gone afterwards. No throughput threshold:
+// those belong to the README's figures.
+func TestRun(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	var steps []Progress
+	rep, err := Run(context.Background(), Config{
+		Paths: []Path{Veth, Bridge}, Protos: []traffic.Proto{traffic.TCP, traffic.UDP},
+		Pairs: 2, Duration: 300 * time.Millisecond, Rounds: 1,
+		Progress: func(p Progress) { steps = append(steps, p) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, rep.Topology)
+
+	if len(rep.Cases) != 8 {
+		t.Fatalf("%d cases, want 8 (2 paths x 2 protocols x 1 and 2 pairs)", len(rep.Cases))
+	}
+	for _, c := range rep.Cases {
+		if len(c.Samples) != 2 || c.Samples[0].Instrumented || !c.Samples[1].Instrumented {
+			t.Errorf("%s: samples not interleaved uninstrumented, instrumented: %+v", c.Name, c.Samples)
+		}
+		for _, s := range c.Samples {
+			if s.Received.Bytes == 0 || s.Gbps <= 0 {
+				t.Errorf("%s %s: no traffic: %+v", c.Name, mode(s.Instrumented), s)
+			}
+			if c.Proto == traffic.UDP && (s.Received.Packets+s.Lost != s.Sent.Packets || s.Mpps <= 0) {
+				t.Errorf("%s: sent %d, received %d + lost %d", c.Name, s.Sent.Packets, s.Received.Packets, s.Lost)
+			}
+			// Every interface on the path is checked both ways when
+			// instrumented, plus the generator's own checks.
+			want := c.Pairs
+			if c.Proto == traffic.UDP {
+				want = 2 * c.Pairs
+				if s.Instrumented {
+					want += 2 * c.Pairs
+				}
+			}
+			if s.Instrumented {
+				perPair := 2
+				if c.Path == Bridge {
+					perPair = 4
+				}
+				want += 2 * perPair * c.Pairs
+			}
+			if len(s.Checks) != want {
+				t.Errorf("%s %s: %d checks, want %d", c.Name, mode(s.Instrumented), len(s.Checks), want)
+			}
+			for _, ch := range s.Checks {
+				if !ch.OK {
+					t.Errorf("%s %s: difference: %+v", c.Name, mode(s.Instrumented), ch)
+				}
+			}
+		}
+		if c.BPF.Runs == 0 || c.BPF.NsPerPacket <= 0 || c.Ratio <= 0 {
+			t.Errorf("%s: no datapath cost or ratio: %+v ratio %v", c.Name, c.BPF, c.Ratio)
+		}
+	}
+	if rep.Differences != 0 {
+		t.Errorf("%d differences", rep.Differences)
+	}
+	if _, err := exec.LookPath("iperf3"); err == nil {
+		if len(rep.Iperf3) != 4 {
+			t.Errorf("iperf3 lines %+v, want one per path and protocol", rep.Iperf3)
+		}
+		for _, p := range rep.Iperf3 {
+			if p.Error != "" || p.Gbps <= 0 {
+				t.Errorf("iperf3 %s/%s: %+v", p.Path, p.Proto, p)
+			}
+		}
+	} else if testenv.InCI() {
+		t.Error("iperf3 is not installed (make deps installs it)")
+	}
+	if len(steps) == 0 || steps[len(steps)-1].Phase != "cleanup" {
+		t.Errorf("progress: %+v", steps)
+	}
+
+	var js, svg bytes.Buffer
+	if err := WriteJSON(&js, rep); err != nil {
+		t.Fatal(err)
+	}
+	checkJSON(t, js.Bytes())
+	plot := filepath.Join(t.TempDir(), "bench.svg")
+	if err := SavePlot(plot, rep); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(plot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svg.Write(data)
+	checkSVG(t, svg.Bytes(), rep)
+}
+
+// TestRunCancel interrupts a run in its first sample, as Ctrl-C does, and
+// checks that it stops soon and removes everything it built.
+func TestRunCancel(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	rep, err := Run(ctx, Config{Paths: []Path{Bridge}, Protos: []traffic.Proto{traffic.UDP}, Duration: time.Minute,
+		Progress: func(p Progress) {
+			if p.Phase == "sample" {
+				go func() { time.Sleep(300 * time.Millisecond); cancel() }()
+			}
+		}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("took %v to stop", d)
+	}
+	if rep == nil {
+		t.Fatal("no partial report")
+	}
+	assertGone(t, rep.Topology)
+}
+
+// TestRunFile measures the namespaces of a topology file that is already
+// up, and leaves it up.
+func TestRunFile(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	s, err := runSpec([]Path{Veth}, 1).WithPrefix(testenv.Name("nbt") + "-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topology.Up(context.Background(), s, topology.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := topology.Down(context.Background(), s, topology.Options{}); err != nil {
+			t.Error(err)
+		}
+		assertGone(t, s.Name)
+	})
+	rep, err := Run(context.Background(), Config{Spec: s, SpecFile: "test.yaml", Duration: 200 * time.Millisecond,
+		Rounds: 1, NoIperf3: true, Pairs: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Topology != s.Name || len(rep.Cases) != 1 || rep.Cases[0].Pairs != 1 || rep.Differences != 0 {
+		t.Errorf("report: topology %s, %d cases, differences %d", rep.Topology, len(rep.Cases), rep.Differences)
+	}
+	for _, n := range s.Namespaces {
+		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {
+			t.Errorf("bench removed namespace %s of a topology it did not build: %v", n.Name, err)
+		}
+	}
+}
+
+// assertGone checks that no namespace, host interface or state record of
+// topology name is left. Bench's names all start with the topology's
+// prefix, the part of its name before "bench".
+func assertGone(t *testing.T, name string) {
+	t.Helper()
+	prefix, _, ok := strings.Cut(name, "bench")
+	if !ok || prefix == "" {
+		t.Fatalf("topology name %q has no prefix", name)
+	}
+	entries, err := os.ReadDir(topology.NetnsDir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+	// A dump is interrupted when links change meanwhile, which other
+	// tests on this host do all the time: retry.
+	links, err := netlink.LinkList()
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 20; try++ {
+		links, err = netlink.LinkList()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			t.Errorf("host interface %s left behind", l.Attrs().Name)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(topology.StateDir, name+".json")); !os.IsNotExist(err) {
+		t.Errorf("state record of %s left behind (%v)", name, err)
+	}
+}
