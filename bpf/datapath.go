@@ -92,7 +92,7 @@ func Load(opts Options) (*Datapath, error) {
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pins left by another version or size: ours by name, so replace
 		// them rather than fail forever.
-		if rerr := RemovePins(opts.PinPath); rerr != nil {
+		if rerr := removeOwnPins(opts.PinPath); rerr != nil {
 			return nil, fmt.Errorf("bpf: %w; removing stale pins: %v", err, rerr)
 		}
 		d.PinsReset = true
@@ -115,14 +115,21 @@ func RemovePins(path string) error {
 	if path == "" {
 		return nil
 	}
+	if err := removeOwnPins(path); err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+		return fmt.Errorf("bpf: remove pin directory: %w", err)
+	}
+	return nil
+}
+
+func removeOwnPins(path string) error {
 	var errs []error
 	for _, name := range mapNames {
 		if err := os.Remove(filepath.Join(path, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("bpf: remove pin: %w", err))
 		}
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
-		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
