@@ -356,3 +356,99 @@ func hostLinkIndex(t *testing.T, name string) int {
 	}
 	return l.Attrs().Index
 }
+
+// routerSpec exercises what the seed does not: a bridge inside a
+// namespace, a bridge-to-bridge link, a host endpoint, MTU, and a router
+// namespace forwarding between two others.
+const routerSpec = `
+name: rt
+namespaces:
+  - name: r
+    sysctls: {net.ipv4.ip_forward: "1"}
+  - name: a
+    routes: [{to: default, via: 198.18.20.1}]
+  - name: b
+    routes: [{to: 198.18.20.0/24, via: 198.18.21.1}]
+bridges:
+  - {name: lan, namespace: r, mtu: 1400, addresses: [198.18.20.1/24]}
+  - {name: lan2, namespace: r}
+links:
+  - mtu: 1400
+    endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.20.10/24]}
+      - {bridge: lan, interface: pa}
+  - endpoints: [{bridge: lan, interface: l1}, {bridge: lan2, interface: l2}]
+  - endpoints:
+      - {namespace: r, interface: wan, addresses: [198.18.21.1/30]}
+      - {namespace: b, interface: eth0, addresses: [198.18.21.2/30]}
+  - endpoints:
+      - {namespace: host, interface: h, addresses: [198.18.22.1/30]}
+      - {namespace: r, interface: up0, addresses: [198.18.22.2/30]}
+`
+
+func TestRouterTopology(t *testing.T) {
+	s := prefixedSpec(t, routerSpec)
+	p := prefixOf(s)
+	before := hostObjects(t, p)
+	ctx := context.Background()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Show(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Drift) != 0 {
+		t.Errorf("drift after up: %q", st.Drift)
+	}
+	find := func(ns, name string) InterfaceState {
+		for _, n := range st.Namespaces {
+			for _, i := range n.Interfaces {
+				if n.Name == ns && i.Name == name {
+					return i
+				}
+			}
+		}
+		t.Fatalf("%s/%s not shown", ns, name)
+		return InterfaceState{}
+	}
+	if i := find(p+"a", "eth0"); i.MTU != 1400 || i.Peer != p+"r:pa" {
+		t.Errorf("a/eth0: %+v", i)
+	}
+	if i := find(p+"r", p+"lan"); !slices.Equal(i.Ports, []string{"l1", "pa"}) || i.MTU != 1400 {
+		t.Errorf("bridge lan: %+v", i)
+	}
+	if i := find(p+"r", "l2"); i.Master != p+"lan2" || i.Peer != p+"r:l1" {
+		t.Errorf("r/l2: %+v", i)
+	}
+	if i := find(HostNamespace, p+"h"); i.Peer != p+"r:up0" || !i.Owned {
+		t.Errorf("host/h: %+v", i)
+	}
+	t.Run("reachability", func(t *testing.T) {
+		// a reaches b only through the router.
+		serveTCP(t, s, p+"b", "198.18.21.2:9000", "b")
+		if got, err := dialTCP(s, p+"a", "198.18.21.2:9000"); err != nil || got != "b" {
+			t.Errorf("a -> b through r: %q, %v", got, err)
+		}
+		if err := ping(s, p+"a", netip.MustParseAddr("198.18.21.2")); err != nil {
+			t.Errorf("ICMP a -> b through r: %v", err)
+		}
+		// The host reaches the router over its own veth end.
+		if err := ping(s, HostNamespace, netip.MustParseAddr("198.18.22.2")); err != nil {
+			t.Errorf("ICMP host -> r: %v", err)
+		}
+	})
+	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
+		t.Errorf("second up: %+v, %v", res, err)
+	}
+	res, err := Down(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.NamespacesRemoved != 3 || res.InterfacesRemoved != 1 {
+		t.Errorf("down: %+v", res)
+	}
+	if after := hostObjects(t, p); !slices.Equal(after, before) {
+		t.Errorf("host after down differs:\nbefore %q\nafter  %q", before, after)
+	}
+}

@@ -246,6 +246,7 @@ func interfaceState(s *Spec, snaps map[string]*nsSnapshot, sn *nsSnapshot, l net
 				is.Ports = append(is.Ports, p.Attrs().Name)
 			}
 		}
+		slices.Sort(is.Ports)
 	}
 	if is.Kind == "veth" {
 		is.Peer = peerOf(s, snaps, sn, l)
