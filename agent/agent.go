@@ -56,6 +56,9 @@ type nsState struct {
 	cookie uint64 // 0 until set up
 	links  map[int]*portState
 	addrs  map[discovery.Addr]bool
+	// early holds link events that arrived before the setup result: they
+	// may be newer than the snapshot, so they are replayed after it.
+	early []discovery.LinkEvent
 }
 
 type portState struct {
@@ -216,6 +219,11 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 		}
 		e.Type = discovery.Removed
 	}
+	if _, known := a.byInode[n.Inode]; e.Type == discovery.Updated && !known {
+		// First seen under a label the filter rejected, e.g. as netns-INODE
+		// through /proc before `ip netns add` finished its bind mount.
+		e.Type = discovery.Added
+	}
 	a.countEvent("netns", e.Type.String())
 	switch e.Type {
 	case discovery.Added:
@@ -260,6 +268,10 @@ func (a *Agent) setupJob(n discovery.Namespace) func() func() {
 			delete(a.gone, cookie)
 			a.mu.Unlock()
 			a.applySnapshot(s, snap)
+			for _, e := range s.early {
+				a.handleLink(e)
+			}
+			s.early = nil
 		}
 	}
 }
@@ -317,8 +329,12 @@ func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
 
 func (a *Agent) handleLink(e discovery.LinkEvent) {
 	s := a.byInode[e.Netns]
-	if s == nil || s.cookie == 0 {
-		return // removed, or its snapshot is still on the way
+	if s == nil {
+		return // removed meanwhile
+	}
+	if s.cookie == 0 {
+		s.early = append(s.early, e)
+		return
 	}
 	switch e.Type {
 	case discovery.LinkChanged:

@@ -67,7 +67,7 @@ type running struct {
 func startAgent(t *testing.T, prefix string, cfg Config) *running {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: testLogLevel()}))
 	}
 	cfg.Netns.Include = regexp.MustCompile("^" + regexp.QuoteMeta(prefix))
 	a, err := New(cfg)
@@ -261,4 +261,12 @@ func scrape(t *testing.T, u string) string {
 		t.Fatalf("GET %s: %s", u, resp.Status)
 	}
 	return string(b)
+}
+
+// testLogLevel is info, or debug with NSFLOW_TEST_DEBUG=1.
+func testLogLevel() slog.Level {
+	if os.Getenv("NSFLOW_TEST_DEBUG") == "1" {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }

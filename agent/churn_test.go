@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/traffic"
+)
+
+func ipCmd(args ...string) error {
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// attachedPort reports whether the agent has attached to ifname in the
+// namespace labelled label, and that namespace's cookie.
+func (a *Agent) attachedPort(label, ifname string) (cookie uint64, ok bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, s := range a.byInode {
+		if s.label != label {
+			continue
+		}
+		for _, p := range s.links {
+			if p.link.Name == ifname && p.att != nil {
+				return s.cookie, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func (a *Agent) tracked(label string) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, s := range a.byInode {
+		if s.label == label {
+			return true
+		}
+	}
+	return false
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestChurn creates and deletes 200 namespaces, each with a veth to a
+// bridge, while traffic flows and the agent runs: every new port is
+// attached within seconds, and at the end no program, port counter,
+// goroutine or file descriptor of the agent is left.
+func TestChurn(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ac")
+	s := up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	sw := p + "sw"
+
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
+	ingress, egress := r.a.dp.Programs()
+	var progIDs []ebpf.ProgramID
+	for _, prog := range []*ebpf.Program{ingress, egress} {
+		info, err := prog.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		progIDs = append(progIDs, id)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	steady, err := traffic.Start(ctx, traffic.Flow{Proto: traffic.UDP, ClientNetns: s.NetnsPath(p + "a"),
+		ServerNetns: s.NetnsPath(p + "b"), Server: netip.MustParseAddrPort("198.18.40.2:5501"), Size: 100, Rate: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const total, workers = 200, 4
+	var (
+		mu       sync.Mutex
+		worst    time.Duration
+		cookies  []uint64
+		failures []error
+	)
+	names := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := range names {
+				ns := fmt.Sprintf("%sc%d", p, i)
+				host := fmt.Sprintf("%sh%d", p, i)
+				t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+				err := errors.Join(
+					ipCmd("netns", "add", ns),
+					ipCmd("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", host, "netns", sw),
+					ipCmd("-n", sw, "link", "set", host, "master", p+"br0", "up"),
+					ipCmd("-n", ns, "link", "set", "eth0", "up"),
+				)
+				created := time.Now()
+				var cookie uint64
+				for err == nil {
+					c, ok1 := r.a.attachedPort(ns, "eth0")
+					_, ok2 := r.a.attachedPort(sw, host)
+					if ok1 && ok2 {
+						cookie = c
+						break
+					}
+					if time.Since(created) > 10*time.Second {
+						err = fmt.Errorf("%s: ports not attached within 10s (namespace side %v, bridge side %v): %s", ns, ok1, ok2, r.a.describe(ns))
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				lat := time.Since(created)
+				err = errors.Join(err, ipCmd("netns", "del", ns))
+				mu.Lock()
+				worst = max(worst, lat)
+				cookies = append(cookies, cookie)
+				if err != nil {
+					failures = append(failures, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range total {
+		names <- i
+	}
+	close(names)
+	wg.Wait()
+	for _, err := range failures {
+		t.Error(err)
+	}
+	t.Logf("%d namespaces created and deleted; slowest attach %v", total, worst)
+	if worst > 3*time.Second {
+		t.Errorf("slowest attach took %v, want at most 3s", worst)
+	}
+	if _, err := steady.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every churned namespace is forgotten and its port counters removed.
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < total; i++ {
+		for r.a.tracked(fmt.Sprintf("%sc%d", p, i)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("namespace %sc%d still tracked", p, i)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	gone := map[uint64]bool{}
+	for _, c := range cookies {
+		gone[c] = true
+	}
+	ports, err := r.a.dp.Ports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range ports {
+		if gone[k.NetnsCookie] {
+			t.Errorf("port counters of a deleted namespace left: %+v", k)
+		}
+	}
+	if text := scrape(t, r.url); !strings.Contains(text, fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns="%sb",protocol="udp",src_netns="%sa"}`, p, p)) {
+		t.Errorf("steady flow not counted during churn")
+	}
+	http.DefaultClient.CloseIdleConnections()
+
+	r.stop()
+	for _, id := range progIDs {
+		if prog, err := ebpf.NewProgramFromID(id); err == nil {
+			prog.Close()
+			t.Errorf("program %d still loaded after the agent stopped", id)
+		}
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > goroutines || openFDs(t) > fds {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("leak: goroutines %d -> %d, fds %d -> %d\n%s", goroutines, runtime.NumGoroutine(),
+				fds, openFDs(t), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// describe says what the agent knows of a namespace, for failure messages.
+func (a *Agent) describe(label string) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, s := range a.byInode {
+		if s.label != label {
+			continue
+		}
+		var links []string
+		for _, p := range s.links {
+			links = append(links, fmt.Sprintf("%s(kind %s, attached %v, attaching %v)", p.link.Name, p.link.Kind, p.att != nil, p.attaching))
+		}
+		return fmt.Sprintf("inode %d cookie %d path %s links %v early %d", s.ns.Inode, s.cookie, s.ns.Path, links, len(s.early))
+	}
+	return "not tracked"
+}
