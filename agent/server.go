@@ -76,7 +76,8 @@ func Handler(log *slog.Logger, reg *prometheus.Registry, cfg WebConfig, ready fu
 // Serve serves h on l (TLS and basic auth per cfg.ConfigFile) until ctx
 // is cancelled.
 func Serve(ctx context.Context, log *slog.Logger, l net.Listener, h http.Handler, cfg WebConfig) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	errc := make(chan error, 1)
 	go func() {
 		errc <- web.Serve(l, srv, &web.FlagConfig{WebConfigFile: &cfg.ConfigFile}, log)

@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+)
+
+// TestBadInput runs the agent binary with bad flags and files: each
+// fails fast with a non-zero status and a message naming what is wrong,
+// and leaves nothing behind.
+func TestBadInput(t *testing.T) {
+	testenv.RequireRoot(t)
+	bin, err := buildNsflow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(garbage, []byte("tls_server_config: [not, a, map\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notBPF := filepath.Join(dir, "pins", "nsflow")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // in stderr
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
+		{"log level", []string{"--log.level=loud"}, "--log.level"},
+		{"log format", []string{"--log.format=xml"}, "--log.format"},
+		{"attach mode", []string{"--bpf.attach-mode=xdp"}, `--bpf.attach-mode: unknown mode "xdp"`},
+		{"netns regexp", []string{"--netns.include=("}, "--netns.include"},
+		{"interface regexp", []string{"--interface.exclude=[a-"}, "--interface.exclude"},
+		{"telemetry path", []string{"--web.telemetry-path=metrics"}, "--web.telemetry-path"},
+		{"missing web config", []string{"--web.config.file=" + filepath.Join(dir, "nope.yml")}, "nope.yml"},
+		{"garbage web config", []string{"--web.config.file=" + garbage}, "web.yml"},
+		{"bpffs not mounted", []string{"--bpf.pin-path=" + notBPF}, "mount -t bpf bpf /sys/fs/bpf"},
+		{"idle timeout", []string{"--flows.idle-timeout=10ms"}, "idle timeout"},
+		{"listen address", []string{"--web.listen-address=256.0.0.1:1"}, "--web.listen-address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"agent", "--web.listen-address=127.0.0.1:0", "--netns.include=^$"}, tc.args...)
+			cmd := exec.Command(bin, args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			done := make(chan error, 1)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("still running after 10s; stderr:\n%s", stderr.String())
+			}
+			if err == nil || cmd.ProcessState.ExitCode() <= 0 {
+				t.Fatalf("exit status %v, want a failure; stderr:\n%s", err, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("stderr lacks %q:\n%s", tc.want, stderr.String())
+			}
+			if strings.Contains(stderr.String(), "panic") {
+				t.Errorf("panicked:\n%s", stderr.String())
+			}
+		})
+	}
+	if _, err := os.Stat(notBPF); err == nil {
+		t.Errorf("pin directory %s created on a non-bpf filesystem", notBPF)
+	}
+}
+
+// TestVanishingNamespaces deletes namespaces while the agent is still
+// setting them up or attaching: each is a logged, counted skip, never a
+// crash, and the agent keeps working afterwards.
+func TestVanishingNamespaces(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("av")
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	for i := range 40 {
+		ns := fmt.Sprintf("%sv%d", p, i)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		if err := ipCmd("netns", "add", ns); err != nil {
+			t.Fatal(err)
+		}
+		if err := ipCmd("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := ipCmd("netns", "del", ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := range 40 {
+		for r.a.tracked(fmt.Sprintf("%sv%d", p, i)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%sv%d still tracked", p, i)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Still alive and attaching.
+	ns := p + "ok"
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if err := ipCmd("netns", "add", ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipCmd("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, ok0 := r.a.attachedPort(ns, "eth0")
+		_, ok1 := r.a.attachedPort(ns, "eth1")
+		if ok0 && ok1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not attach after the vanishing namespaces: %s", r.a.describe(ns))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("attach errors counted: %d", r.a.Self().AttachErrors)
+	if !strings.Contains(scrape(t, r.url), "nsflow_attach_errors_total") {
+		t.Error("nsflow_attach_errors_total not exported")
+	}
+}
