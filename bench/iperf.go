@@ -16,9 +16,11 @@ import (
 )
 
 // iperf3 measures the first pair of each path with iperf3, when it is
-// installed, uninstrumented, as a sanity line for the built-in generator.
-// iperf3 is started on a thread inside each namespace, so the process is
-// born there. Failures are recorded in the report, not fatal.
+// installed, uninstrumented, as a sanity line for the built-in generator:
+// Rounds times, each time right after the generator on the same pair for
+// the same time, so both see the same conditions. iperf3 is started on a
+// thread inside each namespace, so its process is born there. Failures
+// are recorded in the report, not fatal.
 func (r *runner) iperf3(ctx context.Context, e *env) {
 	bin, err := exec.LookPath("iperf3")
 	if err != nil {
@@ -27,23 +29,40 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 	if err := r.in.detach(); err != nil {
 		return
 	}
+	secs := iperf3Seconds(r.cfg.Duration)
 	for _, path := range r.cfg.Paths {
 		pairs := findPairs(e.spec, path)
 		if len(pairs) == 0 {
 			continue
 		}
+		p := pairs[0]
 		for _, proto := range r.cfg.Protos {
-			r.progress(Progress{Phase: "iperf3", Case: fmt.Sprintf("%s/%s/1", path, proto)})
 			res := Iperf3{Path: path, Proto: proto}
-			res.Gbps, res.Mpps, err = r.runIperf3(ctx, bin, pairs[0], proto)
+			payload, err := r.cfg.payload(proto, p.serverAddr.Is6())
+			if err != nil {
+				res.Error = err.Error()
+				r.report.Iperf3 = append(r.report.Iperf3, res)
+				continue
+			}
+			var ig, im, gg []float64
+			for round := 1; round <= r.cfg.Rounds && err == nil; round++ {
+				r.progress(Progress{Phase: "iperf3", Case: fmt.Sprintf("%s/%s/1 round %d", path, proto, round)})
+				var gen []traffic.Result
+				gen, err = r.flows(ctx, proto, pairs[:1], payload, time.Duration(secs)*time.Second)
+				if err != nil {
+					break
+				}
+				var g, m float64
+				if g, m, err = r.runIperf3(ctx, bin, p, proto, payload, secs); err != nil {
+					break
+				}
+				ig, im, gg = append(ig, g), append(im, m), append(gg, gen[0].Gbps())
+			}
 			if err != nil {
 				res.Error = err.Error()
 			}
-			for _, c := range r.report.Cases {
-				if c.Path == path && c.Proto == proto && c.Pairs == 1 {
-					res.Generator = c.Uninstrumented.Gbps.Median
-				}
-			}
+			res.Rounds = len(ig)
+			res.Gbps, res.Mpps, res.Generator = median(ig), median(im), median(gg)
 			if res.Gbps > 0 {
 				res.Ratio = res.Generator / res.Gbps
 			}
@@ -56,8 +75,8 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 // namespace is the run's own, so nothing else listens there.
 const iperf3Port = 5201
 
-func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffic.Proto) (gbps, mpps float64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(iperf3Seconds(r.cfg.Duration))*time.Second+15*time.Second)
+func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffic.Proto, payload, secs int) (gbps, mpps float64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+15*time.Second)
 	defer cancel()
 	srv := exec.CommandContext(ctx, bin, "-s", "-B", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port))
 	if err := nsenter.Do(p.server.netns, srv.Start); err != nil {
@@ -68,12 +87,8 @@ func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffi
 		return 0, 0, err
 	}
 	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port), "-J",
-		"-t", strconv.Itoa(iperf3Seconds(r.cfg.Duration)), "-P", strconv.Itoa(r.cfg.Streams)}
+		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(r.cfg.Streams)}
 	if proto == traffic.UDP {
-		payload, err := r.cfg.payload(proto, p.serverAddr.Is6())
-		if err != nil {
-			return 0, 0, err
-		}
 		args = append(args, "-u", "-b", "0", "-l", strconv.Itoa(payload))
 	}
 	cli := exec.CommandContext(ctx, bin, args...)

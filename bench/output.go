@@ -70,7 +70,8 @@ func WriteTable(w io.Writer, r *Report) error {
 		if p.Proto == "udp" {
 			fmt.Fprintf(w, " %.3f Mpps", p.Mpps)
 		}
-		fmt.Fprintf(w, "; built-in generator %.2f Gbit/s (%.2fx)\n", p.Generator, p.Ratio)
+		fmt.Fprintf(w, "; built-in generator %.2f Gbit/s on the same pair (%.2fx iperf3; medians of %d alternating runs)\n",
+			p.Generator, p.Ratio, p.Rounds)
 	}
 	checks := 0
 	for _, c := range r.Cases {

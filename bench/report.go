@@ -159,11 +159,13 @@ func newCheck(subject, left, right string, l, r traffic.Counts, pkts, bytes bool
 	return c
 }
 
-// Iperf3 is iperf3's figure on the first pair of a path, next to the
-// built-in generator's uninstrumented median on the same pair.
+// Iperf3 is iperf3's figure on the first pair of a path, uninstrumented,
+// next to the built-in generator's, each the median of Rounds runs taken
+// alternately on the same pair for the same whole number of seconds.
 type Iperf3 struct {
 	Path      Path          `json:"path"`
 	Proto     traffic.Proto `json:"proto"`
+	Rounds    int           `json:"rounds"`
 	Gbps      float64       `json:"gbps"`
 	Mpps      float64       `json:"mpps"`
 	Generator float64       `json:"generator_gbps"`
