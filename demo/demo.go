@@ -32,6 +32,9 @@ const (
 	DefaultSnapshotEvery = 5 * time.Second
 	// readyTimeout bounds the agent's initial discovery and attach.
 	readyTimeout = 30 * time.Second
+	// countWait bounds how long the final counts may take to settle: the
+	// agent reuses one flow table walk for a short while.
+	countWait = 2 * time.Second
 	// teardownTimeout bounds the whole teardown, which must finish even
 	// when the run was interrupted.
 	teardownTimeout = 60 * time.Second
@@ -44,7 +47,8 @@ type Options struct {
 	// Prefix is put in front of every name the demo creates, so that it
 	// never touches objects of the same names that are not its own.
 	Prefix string
-	// Duration ends the demo after this long; 0 runs until ctx ends.
+	// Duration ends the demo this long after everything is up; 0 runs
+	// until ctx ends.
 	Duration time.Duration
 	// ListenAddress serves /metrics while the demo runs.
 	ListenAddress string
@@ -143,11 +147,6 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 		d.finish(sum)
 		err = errors.Join(err, errors.Join(errs...))
 	}()
-	if o.Duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.Duration)
-		defer cancel()
-	}
 	// The demo's own work stops with ctx; teardown gets a fresh deadline.
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
@@ -194,7 +193,7 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 		}
 		return st.fail(agentErr)
 	})
-	reg := collector.NewRegistry(o.Logger, a, collector.Options{})
+	reg := collector.NewRegistry(o.Logger, a, collector.Options{Violations: violations(verify.NewModel(spec), a)})
 	web := agent.WebConfig{ListenAddress: o.ListenAddress, TelemetryPath: "/metrics"}
 	h, err := agent.Handler(o.Logger, reg, web, a.Ready)
 	if err != nil {
@@ -233,7 +232,7 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 				Port: flows[i].Flow.Server.Port(), Loopback: flows[i].Loopback, Result: res})
 			errs = append(errs, err)
 		}
-		errs = append(errs, sum.countFlows(a))
+		errs = append(errs, sum.countFlows(a, countWait))
 		if err := errors.Join(errs...); err != nil {
 			return st.fail(err)
 		}
@@ -269,7 +268,13 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 		o.Started(Info{Spec: spec, MetricsURL: metricsURL})
 	}
 
-	// 5. The live view until the end.
+	// 5. The live view until the end. Duration counts from here, so that a
+	// slow start-up does not eat the time to watch.
+	if o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
 	d.live(ctx, reg)
 	return sum, nil
 }

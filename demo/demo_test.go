@@ -150,7 +150,6 @@ func runDemo(t *testing.T, ctx context.Context, o Options, before func(prefix st
 	o.Started = func(i Info) {
 		obs.url = i.MetricsURL
 		obs.programs = attachedPrograms(t, i.Spec)
-		obs.metrics = scrape(t, i.MetricsURL)
 		if started != nil {
 			started(i)
 		}
@@ -184,29 +183,39 @@ type observed struct {
 	out      *syncBuffer
 	url      string
 	programs []ebpf.ProgramID
-	metrics  string
 }
 
 // TestDemo runs the demo for a few seconds, non-interactively, as the
 // README's command does, and checks what it shows, serves and leaves.
 func TestDemo(t *testing.T) {
-	sum, obs, err := runDemo(t, context.Background(), Options{Duration: 6 * time.Second, SnapshotEvery: 2 * time.Second}, nil)
+	// While it runs, /metrics serves the traffic between the demo's
+	// namespaces (polled: the first packets take a moment).
+	var metrics string
+	var missing []string
+	started := func(i Info) {
+		prefix := strings.TrimSuffix(i.Spec.Name, "seed")
+		want := []string{
+			`nsflow_netns_flow_bytes_total{dst_netns="` + prefix + `ns2",protocol="udp",src_netns="` + prefix + `ns1"}`,
+			`nsflow_interface_receive_packets_total{family="ipv4",interface="eth0",netns="` + prefix + `c2"}`,
+			`nsflow_attached_programs{mode=`,
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			metrics = scrape(t, i.MetricsURL)
+			missing = slices.DeleteFunc(slices.Clone(want), func(w string) bool { return strings.Contains(metrics, w) })
+			if len(missing) == 0 || time.Now().After(deadline) {
+				return
+			}
+		}
+	}
+	sum, obs, err := runDemo(t, context.Background(), Options{Duration: 6 * time.Second, SnapshotEvery: 2 * time.Second, Started: started}, nil)
 	if err != nil {
 		t.Fatalf("demo: %v", err)
 	}
-	prefix := strings.TrimSuffix(sum.Topology, "seed")
 	if len(obs.programs) == 0 {
 		t.Error("no tcx program was attached to the demo's interfaces")
 	}
-	// /metrics served the traffic between the demo's namespaces.
-	for _, want := range []string{
-		`nsflow_netns_flow_bytes_total{dst_netns="` + prefix + `ns2",protocol="udp",src_netns="` + prefix + `ns1"}`,
-		`nsflow_interface_receive_packets_total{family="ipv4",interface="eth0",netns="` + prefix + `c2"}`,
-		`nsflow_attached_programs{mode=`,
-	} {
-		if !strings.Contains(obs.metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
+	for _, m := range missing {
+		t.Errorf("/metrics lacks %s", m)
 	}
 
 	// Verify ran and the seed's isolation holds.
@@ -214,7 +223,8 @@ func TestDemo(t *testing.T) {
 		t.Fatal("verify did not report")
 	}
 	if v := sum.Verify.Verdict(); v != 0 {
-		t.Errorf("verify verdict %d, want 0: %+v", v, sum.Verify.Summary())
+		t.Errorf("verify verdict %d, want 0: %+v\n%s", v, sum.Verify.Summary(),
+			strings.Join(verdictOf(sum.Verify, nil).Mismatches, "\n"))
 	}
 	// Every flow moved traffic, and the agent counted each exactly.
 	if len(sum.Flows) != len(seedFlows) {

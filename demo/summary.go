@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nsflow/nsflow/collector"
 	"github.com/nsflow/nsflow/traffic"
@@ -42,20 +43,32 @@ type flowSource interface {
 }
 
 // countFlows fills in Counted from the agent's per-port pair counters.
-func (s *Summary) countFlows(src flowSource) error {
-	fs, err := src.Flows()
-	if err != nil {
-		return fmt.Errorf("read the agent's flow counts: %w", err)
-	}
-	for i := range s.Flows {
-		f := &s.Flows[i]
-		for _, p := range fs.PortPairs {
-			if p.Src == f.Src && p.Dst == f.Dst && p.Protocol == "udp" && p.Port == strconv.Itoa(int(f.Port)) {
-				f.Counted = p.Packets
-			}
+// The agent may answer from a table walk made just before the traffic
+// stopped, so it reads again until every flow is exact or wait has passed;
+// what is read last stands.
+func (s *Summary) countFlows(src flowSource, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		fs, err := src.Flows()
+		if err != nil {
+			return fmt.Errorf("read the agent's flow counts: %w", err)
 		}
+		exact := true
+		for i := range s.Flows {
+			f := &s.Flows[i]
+			f.Counted = 0
+			for _, p := range fs.PortPairs {
+				if p.Src == f.Src && p.Dst == f.Dst && p.Protocol == "udp" && p.Port == strconv.Itoa(int(f.Port)) {
+					f.Counted = p.Packets
+				}
+			}
+			exact = exact && (f.Loopback || f.Exact())
+		}
+		if exact || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return nil
 }
 
 // verdictOf turns a verify report into the view's verdict.

@@ -172,7 +172,7 @@ func (s *screen) renderVerdict(w io.Writer) {
 	case len(v.Mismatches) == 0:
 		fmt.Fprintf(w, "isolation: HOLDS: all %d probes agree with the declared intent, all %d stack checks pass\n", v.Probes, v.Checks)
 	default:
-		fmt.Fprintf(w, "isolation: VIOLATED: %d of %d probes and %d checks disagree with the declared intent\n", len(v.Mismatches), v.Probes, v.Checks)
+		fmt.Fprintf(w, "isolation: VIOLATED: %d finding(s) from %d probes and %d stack checks\n", len(v.Mismatches), v.Probes, v.Checks)
 		for _, m := range v.Mismatches {
 			fmt.Fprintln(w, "  "+m)
 		}
