@@ -78,6 +78,14 @@ func (d *Datapath) Attach(netnsPath, ifname string) (*Attachment, error) {
 		}
 		return a.attachTC()
 	})
+	if err == nil {
+		// Before the first packet is best, but a packet counted in the
+		// hash map first is merged by the readers, never lost.
+		err = d.claimSlot(a.Key())
+		if err != nil {
+			_ = a.detach()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("bpf: attach to %s: %w", where, err)
 	}

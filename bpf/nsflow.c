@@ -55,6 +55,19 @@ struct port_stats {
 	struct counter c[DIR_MAX][FAM_MAX][L4_MAX];
 };
 
+// A port slot: the fast path for attached ports. The slot of a port is
+// fixed by port_slot_index; user space tags it (on every CPU) when it
+// attaches, and a packet whose port's slot carries another tag (two ports
+// hash alike) or none falls back to the nsflow_ports hash map.
+struct port_slot {
+	__u64 netns_cookie;
+	__u32 ifindex;
+	__u32 pad;
+	struct port_stats s;
+};
+
+#define PORT_SLOTS 1024
+
 struct flow_key {
 	__u64 netns_cookie;
 	__u32 ifindex;
@@ -94,6 +107,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsflow_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct port_slot);
+	__uint(max_entries, PORT_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsflow_port_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -378,6 +399,34 @@ static __always_inline void count_flow(struct flow_key *k, struct pkt *p,
 	v->tcp_flags |= p->tcp_flags;
 }
 
+// port_slot_index mixes cookie and ifindex (Fibonacci hashing); the Go
+// side computes the same (portSlotIndex).
+static __always_inline __u32 port_slot_index(__u64 cookie, __u32 ifindex)
+{
+	__u64 h = (cookie ^ ((__u64)ifindex << 32)) * 0x9E3779B97F4A7C15ULL;
+
+	return (__u32)(h >> 54) & (PORT_SLOTS - 1);
+}
+
+// port_counters returns where to count a packet of this port: its slot,
+// or its entry in the hash map (inserted on first use).
+static __always_inline struct port_stats *port_counters(__u64 cookie, __u32 ifindex)
+{
+	__u32 idx = port_slot_index(cookie, ifindex);
+	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
+
+	if (slot && slot->netns_cookie == cookie && slot->ifindex == ifindex)
+		return &slot->s;
+
+	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
+	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	if (!ps) {
+		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
+		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	}
+	return ps;
+}
+
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow_key k;
@@ -406,12 +455,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 	__u64 len = skb->len;
 
 	__u64 cookie = netns_cookie(skb);
-	struct port_key pk = { .netns_cookie = cookie, .ifindex = skb->ifindex };
-	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
-	if (!ps) {
-		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
-		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
-	}
+	struct port_stats *ps = port_counters(cookie, skb->ifindex);
 	if (ps) {
 		struct counter *c = &ps->c[dir & 1][p.family % FAM_MAX][p.l4 % L4_MAX];
 		c->packets++;

@@ -59,6 +59,14 @@ type nsflowPortKey struct {
 	Pad         uint32
 }
 
+type nsflowPortSlot struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	Ifindex     uint32
+	Pad         uint32
+	S           nsflowPortStats
+}
+
 type nsflowPortStats struct {
 	_ structs.HostLayout
 	C [2][3][4]nsflowCounter
@@ -68,11 +76,12 @@ type nsflowPortStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	nsflowMapNsflowFlows    = "nsflow_flows"
-	nsflowMapNsflowLoss     = "nsflow_loss"
-	nsflowMapNsflowPorts    = "nsflow_ports"
-	nsflowProgNsflowEgress  = "nsflow_egress"
-	nsflowProgNsflowIngress = "nsflow_ingress"
+	nsflowMapNsflowFlows     = "nsflow_flows"
+	nsflowMapNsflowLoss      = "nsflow_loss"
+	nsflowMapNsflowPortSlots = "nsflow_port_slots"
+	nsflowMapNsflowPorts     = "nsflow_ports"
+	nsflowProgNsflowEgress   = "nsflow_egress"
+	nsflowProgNsflowIngress  = "nsflow_ingress"
 )
 
 // loadNsflow returns the embedded CollectionSpec for nsflow.
@@ -125,9 +134,10 @@ type nsflowProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nsflowMapSpecs struct {
-	NsflowFlows *ebpf.MapSpec `ebpf:"nsflow_flows"`
-	NsflowLoss  *ebpf.MapSpec `ebpf:"nsflow_loss"`
-	NsflowPorts *ebpf.MapSpec `ebpf:"nsflow_ports"`
+	NsflowFlows     *ebpf.MapSpec `ebpf:"nsflow_flows"`
+	NsflowLoss      *ebpf.MapSpec `ebpf:"nsflow_loss"`
+	NsflowPortSlots *ebpf.MapSpec `ebpf:"nsflow_port_slots"`
+	NsflowPorts     *ebpf.MapSpec `ebpf:"nsflow_ports"`
 }
 
 // nsflowVariableSpecs contains global variables before they are loaded into the kernel.
@@ -156,15 +166,17 @@ func (o *nsflowObjects) Close() error {
 //
 // It can be passed to loadNsflowObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nsflowMaps struct {
-	NsflowFlows *ebpf.Map `ebpf:"nsflow_flows"`
-	NsflowLoss  *ebpf.Map `ebpf:"nsflow_loss"`
-	NsflowPorts *ebpf.Map `ebpf:"nsflow_ports"`
+	NsflowFlows     *ebpf.Map `ebpf:"nsflow_flows"`
+	NsflowLoss      *ebpf.Map `ebpf:"nsflow_loss"`
+	NsflowPortSlots *ebpf.Map `ebpf:"nsflow_port_slots"`
+	NsflowPorts     *ebpf.Map `ebpf:"nsflow_ports"`
 }
 
 func (m *nsflowMaps) Close() error {
 	return _NsflowClose(
 		m.NsflowFlows,
 		m.NsflowLoss,
+		m.NsflowPortSlots,
 		m.NsflowPorts,
 	)
 }

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -40,12 +41,7 @@ func runFrame(t testing.TB, prog *ebpf.Program, frame []byte) {
 }
 
 func TestParse(t *testing.T) {
-	type flow struct {
-		proto        uint8
-		src, dst     netip.Addr
-		sport, dport uint16
-		flags        uint8
-	}
+	type flow = parsedFlow
 	const (
 		pTCP    = 6
 		pUDP    = 17
@@ -123,61 +119,87 @@ func TestParse(t *testing.T) {
 			return cat(eth(etherIPv4), h, udp(1, 2, 0))
 		}(), OtherFamily, OtherL4, nil},
 	}
-	d := loadForTest(t, Options{})
 	cookie, err := NetnsCookie("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ingress, egress := d.Programs()
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			clearMaps(t, d)
-			runFrame(t, ingress, tt.frame)
-			runFrame(t, egress, tt.frame)
-
-			// BPF_PROG_TEST_RUN runs on the loopback device of the
-			// test's namespace.
-			port := PortKey{NetnsCookie: cookie, Ifindex: 1}
-			ports, err := d.Ports()
-			if err != nil {
+	// BPF_PROG_TEST_RUN runs on the loopback device of the test's
+	// namespace. Both ways of counting a port are checked: in its claimed
+	// slot, as for an attached port, and in the hash map.
+	port := PortKey{NetnsCookie: cookie, Ifindex: 1}
+	for _, claimed := range []bool{true, false} {
+		d := loadForTest(t, Options{})
+		if claimed {
+			if err := d.claimSlot(port); err != nil {
 				t.Fatal(err)
 			}
-			var want PortStats
-			one := Counter{Packets: 1, Segments: 1, Bytes: uint64(len(tt.frame))}
-			want.C[Ingress][tt.fam][tt.l4] = one
-			want.C[Egress][tt.fam][tt.l4] = one
-			if len(ports) != 1 || ports[port] != want {
-				t.Errorf("ports = %+v\nwant %v: %+v", ports, port, want)
-			}
+		}
+		ingress, egress := d.Programs()
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("slot=%v/%s", claimed, tt.name), func(t *testing.T) {
+				clearMaps(t, d)
+				runFrame(t, ingress, tt.frame)
+				runFrame(t, egress, tt.frame)
+				checkParsed(t, d, port, claimed, tt.frame, tt.fam, tt.l4, tt.flow)
+			})
+		}
+	}
+}
 
-			got := map[FlowKey]FlowStats{}
-			if err := d.Flows(func(k FlowKey, s FlowStats) bool { got[k] = s; return true }); err != nil {
-				t.Fatal(err)
+// parsedFlow is the flow a frame must be recorded as.
+type parsedFlow struct {
+	proto        uint8
+	src, dst     netip.Addr
+	sport, dport uint16
+	flags        uint8
+}
+
+// checkParsed checks that a frame run once through each program was
+// counted in exactly one class and, if it has one, as exactly one flow
+// per direction.
+func checkParsed(t *testing.T, d *Datapath, port PortKey, claimed bool, frame []byte, fam Family, l4 L4, flow *parsedFlow) {
+	t.Helper()
+	ports, err := d.Ports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want PortStats
+	one := Counter{Packets: 1, Segments: 1, Bytes: uint64(len(frame))}
+	want.C[Ingress][fam][l4] = one
+	want.C[Egress][fam][l4] = one
+	if len(ports) != 1 || ports[port] != want {
+		t.Errorf("ports = %+v\nwant %v: %+v", ports, port, want)
+	}
+	if inHash := d.objs.NsflowPorts.Lookup(nsflowPortKey{NetnsCookie: port.NetnsCookie, Ifindex: port.Ifindex}, new([]nsflowPortStats)) == nil; inHash == claimed {
+		t.Errorf("port in hash map: %v, slot claimed: %v", inHash, claimed)
+	}
+
+	got := map[FlowKey]FlowStats{}
+	if err := d.Flows(func(k FlowKey, s FlowStats) bool { got[k] = s; return true }); err != nil {
+		t.Fatal(err)
+	}
+	wantFlows := 0
+	if flow != nil {
+		wantFlows = 2
+		for _, dir := range Directions {
+			k := FlowKey{NetnsCookie: port.NetnsCookie, Ifindex: port.Ifindex, Dir: dir, Proto: flow.proto,
+				Src: flow.src, Dst: flow.dst, SrcPort: flow.sport, DstPort: flow.dport}
+			s, ok := got[k]
+			if !ok {
+				t.Errorf("no flow %+v; have %+v", k, got)
+				continue
 			}
-			wantFlows := 0
-			if tt.flow != nil {
-				wantFlows = 2
-				for _, dir := range Directions {
-					k := FlowKey{NetnsCookie: cookie, Ifindex: 1, Dir: dir, Proto: tt.flow.proto,
-						Src: tt.flow.src, Dst: tt.flow.dst, SrcPort: tt.flow.sport, DstPort: tt.flow.dport}
-					s, ok := got[k]
-					if !ok {
-						t.Errorf("no flow %+v; have %+v", k, got)
-						continue
-					}
-					if s.Packets != 1 || s.Segments != 1 || s.Bytes != uint64(len(tt.frame)) || s.TCPFlags != tt.flow.flags ||
-						s.FirstSeen == 0 || s.LastSeen < s.FirstSeen {
-						t.Errorf("flow %+v stats %+v, want 1 packet of %d B, flags %#x", k, s, len(tt.frame), tt.flow.flags)
-					}
-				}
+			if s.Packets != 1 || s.Segments != 1 || s.Bytes != uint64(len(frame)) || s.TCPFlags != flow.flags ||
+				s.FirstSeen == 0 || s.LastSeen < s.FirstSeen {
+				t.Errorf("flow %+v stats %+v, want 1 packet of %d B, flags %#x", k, s, len(frame), flow.flags)
 			}
-			if len(got) != wantFlows {
-				t.Errorf("%d flows, want %d: %+v", len(got), wantFlows, got)
-			}
-			if n, err := d.FlowOverflow(); err != nil || n != 0 {
-				t.Errorf("FlowOverflow = %d, %v; want 0", n, err)
-			}
-		})
+		}
+	}
+	if len(got) != wantFlows {
+		t.Errorf("%d flows, want %d: %+v", len(got), wantFlows, got)
+	}
+	if n, err := d.FlowOverflow(); err != nil || n != 0 {
+		t.Errorf("FlowOverflow = %d, %v; want 0", n, err)
 	}
 }
 
@@ -206,5 +228,24 @@ func clearMaps(t testing.TB, d *Datapath) {
 				t.Fatal(err)
 			}
 		}
+	}
+
+	// Claimed slots keep their tag, with counters back at zero.
+	var idx uint32
+	var slots []nsflowPortSlot
+	it := d.objs.NsflowPortSlots.Iterate()
+	for it.Next(&idx, &slots) {
+		if slots[0].NetnsCookie == 0 {
+			continue
+		}
+		for i := range slots {
+			slots[i].S = nsflowPortStats{}
+		}
+		if err := d.objs.NsflowPortSlots.Update(idx, slots, ebpf.UpdateExist); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
 	}
 }
