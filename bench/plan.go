@@ -39,12 +39,23 @@ type Iface struct {
 // pair is one client/server namespace pair: the generator's client runs
 // in client's namespace, its server in server's. Ifaces lists every
 // interface the traffic crosses, in path order, which is what bench
-// instruments and reconciles.
+// instruments and reconciles; those at even positions (the client's
+// interface, the bridge port facing the server) are the ones that
+// transmit toward the server.
 type pair struct {
 	path           Path
 	client, server Iface
 	serverAddr     netip.Addr
 	ifaces         []Iface
+}
+
+// forward returns the interfaces that transmit toward the server.
+func (p pair) forward() []Iface {
+	var out []Iface
+	for i := 0; i < len(p.ifaces); i += 2 {
+		out = append(out, p.ifaces[i])
+	}
+	return out
 }
 
 func (p pair) String() string {

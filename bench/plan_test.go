@@ -50,6 +50,12 @@ func TestRunSpec(t *testing.T) {
 			p.serverAddr.String() != "198.18.1.2" || len(p.ifaces) != 2 || p.server.netns != "/run/netns/nbabcdef-vs1" {
 			t.Errorf("veth pair 1: %+v", p)
 		}
+		if f := bridge[0].forward(); len(f) != 2 || f[0] != bridge[0].client || f[1].Name != "ps1" {
+			t.Errorf("bridge pair 1 forward interfaces %+v", f)
+		}
+		if f := veth[0].forward(); len(f) != 1 || f[0] != veth[0].client {
+			t.Errorf("veth pair 1 forward interfaces %+v", f)
+		}
 		if p := bridge[n-1]; len(p.ifaces) != 4 || p.ifaces[1].Namespace != "nbabcdef-bbr" ||
 			p.ifaces[2].Name != fmt.Sprintf("ps%d", n) || p.serverAddr.Is6() {
 			t.Errorf("bridge pair %d: %+v", n, p)

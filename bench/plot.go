@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nsflow/nsflow/traffic"
 )
 
 // SavePlot writes the SVG chart to path through a temporary file, so a
@@ -29,66 +31,101 @@ func SavePlot(path string, r *Report) error {
 }
 
 // WriteSVG draws the report as an SVG chart: per case, the median
-// throughput uninstrumented and instrumented (with min..max whiskers),
-// and below it the instrumented/uninstrumented ratio. Written by hand so
-// that bench needs no plotting library.
+// throughput uninstrumented and instrumented with min..max whiskers (TCP
+// in Gbit/s on the left axis, UDP in Mpps on the right one: small packets
+// are about packet rate), and below it the instrumented/uninstrumented
+// ratio. Written by hand so that bench needs no plotting library.
 func WriteSVG(w io.Writer, r *Report) error {
 	const (
-		left, top   = 70, 40
-		groupW      = 90
-		plotH       = 260
-		ratioH      = 120
-		gap         = 60
-		ratioTop    = top + plotH + gap
-		colorOff    = "#7f8c8d"
-		colorOn     = "#2e86c1"
-		colorRatio  = "#c0392b"
-		ratioFloor  = 0.8 // the ratio panel spans 0.8..1.05
-		ratioCeil   = 1.05
-		labelOffset = 16
+		left, top  = 70, 40
+		groupW     = 90
+		plotH      = 260
+		ratioH     = 140
+		gap        = 60
+		ratioTop   = top + plotH + gap
+		colorOff   = "#7f8c8d"
+		colorOn    = "#2e86c1"
+		colorRatio = "#c0392b"
+		lineH      = 16
 	)
 	n := len(r.Cases)
-	width := left + max(n, 1)*groupW + 40
-	height := ratioTop + ratioH + 70
-	maxG := 0.0
-	for _, c := range r.Cases {
-		maxG = max(maxG, c.Uninstrumented.Gbps.Max, c.Instrumented.Gbps.Max)
+	right := left + max(n, 1)*groupW
+	width := right + 70
+	height := ratioTop + ratioH + 3*lineH + 20
+
+	// Each case is drawn in its protocol's unit, on that unit's axis.
+	value := func(c Case, s Summary) Spread {
+		if c.Proto == traffic.UDP {
+			return s.Mpps
+		}
+		return s.Gbps
 	}
-	maxG = niceCeil(maxG)
+	maxV := map[traffic.Proto]float64{}
+	loR, hiR := 0.8, 1.05
+	for _, c := range r.Cases {
+		maxV[c.Proto] = max(maxV[c.Proto], value(c, c.Uninstrumented).Max, value(c, c.Instrumented).Max)
+		if c.Ratio > 0 {
+			loR, hiR = min(loR, math.Floor(c.Ratio*20)/20), max(hiR, math.Ceil(c.Ratio*20)/20)
+		}
+	}
+	for k, v := range maxV {
+		maxV[k] = niceCeil(v)
+	}
+
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p(`<?xml version="1.0" encoding="UTF-8"?>` + "\n")
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="11">`+"\n", width, height, width, height)
 	p(`<title>nsflow bench</title>` + "\n")
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	p(`<text x="%d" y="20" font-size="14">nsflow bench: median throughput, uninstrumented (grey) and instrumented (blue)</text>`+"\n", left)
+	p(`<text x="%d" y="20" font-size="14">nsflow bench: median throughput, uninstrumented (grey) and instrumented (blue), min..max whiskers</text>`+"\n", left)
 
-	// Throughput axis with four grid lines.
-	y := func(g float64) float64 { return top + plotH - g/maxG*plotH }
-	for i := 0; i <= 4; i++ {
-		g := maxG * float64(i) / 4
-		p(`<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", left, width-30, y(g), y(g))
-		p(`<text x="%d" y="%.1f" text-anchor="end">%.3g</text>`+"\n", left-6, y(g)+4, g)
+	y := func(proto traffic.Proto, v float64) float64 { return top + plotH - v/maxV[proto]*plotH }
+	// Axes: TCP on the left, UDP on the right, four grid steps each.
+	for _, ax := range []struct {
+		proto  traffic.Proto
+		x      int
+		anchor string
+		label  string
+	}{{traffic.TCP, left - 6, "end", "TCP Gbit/s"}, {traffic.UDP, right + 6, "start", "UDP Mpps"}} {
+		if maxV[ax.proto] == 0 {
+			continue
+		}
+		for i := 0; i <= 4; i++ {
+			v := maxV[ax.proto] * float64(i) / 4
+			p(`<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#eee"/>`+"\n", left, right, y(ax.proto, v), y(ax.proto, v))
+			p(`<text x="%d" y="%.1f" text-anchor="%s">%.3g</text>`+"\n", ax.x, y(ax.proto, v)+4, ax.anchor, v)
+		}
+		lx := 14
+		if ax.proto == traffic.UDP {
+			lx = width - 10
+		}
+		p(`<text x="%d" y="%d" transform="rotate(-90 %d %d)" text-anchor="middle">%s</text>`+"\n", lx, top+plotH/2, lx, top+plotH/2, ax.label)
 	}
-	p(`<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">Gbit/s</text>`+"\n", top+plotH/2, top+plotH/2)
 
-	// Ratio axis.
 	ry := func(v float64) float64 {
-		v = math.Max(ratioFloor, math.Min(ratioCeil, v))
-		return ratioTop + ratioH - (v-ratioFloor)/(ratioCeil-ratioFloor)*ratioH
+		v = math.Max(loR, math.Min(hiR, v))
+		return ratioTop + ratioH - (v-loR)/(hiR-loR)*ratioH
 	}
-	for _, v := range []float64{0.8, 0.9, 0.95, 0.98, 1.0} {
-		stroke := "#ddd"
+	for _, v := range []float64{loR, 0.9, 0.95, 0.98, 1.0, hiR} {
+		if v < loR || v > hiR {
+			continue
+		}
+		stroke := "#eee"
 		if v == 1.0 {
 			stroke = "#999"
 		}
-		p(`<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="%s"/>`+"\n", left, width-30, ry(v), ry(v), stroke)
+		p(`<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="%s"/>`+"\n", left, right, ry(v), ry(v), stroke)
 		p(`<text x="%d" y="%.1f" text-anchor="end">%.2f</text>`+"\n", left-6, ry(v)+4, v)
 	}
-	p(`<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">on/off ratio</text>`+"\n", ratioTop+ratioH/2, ratioTop+ratioH/2)
+	p(`<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">ratio on/off</text>`+"\n", ratioTop+ratioH/2, ratioTop+ratioH/2)
 
 	for i, c := range r.Cases {
 		x0 := float64(left + i*groupW + 15)
+		unit := "Gbit/s"
+		if c.Proto == traffic.UDP {
+			unit = "Mpps"
+		}
 		p(`<g class="case" data-case="%s">`+"\n", html.EscapeString(c.Name))
 		for j, s := range []struct {
 			sum   Summary
@@ -96,17 +133,18 @@ func WriteSVG(w io.Writer, r *Report) error {
 			label string
 		}{{c.Uninstrumented, colorOff, "uninstrumented"}, {c.Instrumented, colorOn, "instrumented"}} {
 			x := x0 + float64(j)*30
-			m := s.sum.Gbps
-			p(`<rect x="%.1f" y="%.1f" width="26" height="%.1f" fill="%s"><title>%s %s: %.2f Gbit/s (%.2f..%.2f), %.3f Mpps</title></rect>`+"\n",
-				x, y(m.Median), y(0)-y(m.Median), s.color, html.EscapeString(c.Name), s.label, m.Median, m.Min, m.Max, s.sum.Mpps.Median)
-			p(`<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", x+13, x+13, y(m.Min), y(m.Max))
+			m := value(c, s.sum)
+			p(`<rect x="%.1f" y="%.1f" width="26" height="%.1f" fill="%s"><title>%s %s: %.3f %s (%.3f..%.3f)</title></rect>`+"\n",
+				x, y(c.Proto, m.Median), y(c.Proto, 0)-y(c.Proto, m.Median), s.color, html.EscapeString(c.Name), s.label, m.Median, unit, m.Min, m.Max)
+			p(`<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", x+13, x+13, y(c.Proto, m.Min), y(c.Proto, m.Max))
 		}
 		p(`<rect x="%.1f" y="%.1f" width="56" height="%.1f" fill="%s" opacity="0.8"><title>%s ratio %.3f</title></rect>`+"\n",
-			x0, ry(c.Ratio), ry(ratioFloor)-ry(c.Ratio), colorRatio, html.EscapeString(c.Name), c.Ratio)
+			x0, ry(c.Ratio), ry(loR)-ry(c.Ratio), colorRatio, html.EscapeString(c.Name), c.Ratio)
 		p(`<text x="%.1f" y="%.1f" text-anchor="middle">%.3f</text>`+"\n", x0+28, ry(c.Ratio)-4, c.Ratio)
-		p(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x0+28, ratioTop+ratioH+labelOffset, html.EscapeString(c.Name))
+		p(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x0+28, ratioTop+ratioH+lineH, html.EscapeString(c.Name))
+		p(`<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%s</text>`+"\n", x0+28, ratioTop+ratioH+2*lineH, unit)
 		if c.Differences > 0 {
-			p(`<text x="%.1f" y="%d" text-anchor="middle" fill="%s">%d diff</text>`+"\n", x0+28, ratioTop+ratioH+2*labelOffset, colorRatio, c.Differences)
+			p(`<text x="%.1f" y="%d" text-anchor="middle" fill="%s">%d diff</text>`+"\n", x0+28, ratioTop+ratioH+3*lineH, colorRatio, c.Differences)
 		}
 		p("</g>\n")
 	}

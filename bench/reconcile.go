@@ -50,9 +50,10 @@ func reconcile(proto traffic.Proto, pairs []pair, payload int, res []traffic.Res
 			wb := uint64(traffic.WireBytes(payload, v6))
 			wire := traffic.Counts{Packets: r.Sent.Packets, Bytes: r.Sent.Packets * wb}
 			// A veth counts a datagram it could not deliver (the peer's
-			// backlog full) once, as tx_dropped of the sending end.
+			// backlog full) once, as tx_dropped of the sending end; only
+			// ends sending toward the server can drop the generator's.
 			var dropped uint64
-			for _, i := range p.ifaces {
+			for _, i := range p.forward() {
 				dropped += after.kernel[i].TxDropped - before.kernel[i].TxDropped
 			}
 			arrived := traffic.Counts{Packets: wire.Packets - min(dropped, wire.Packets), Bytes: wire.Bytes - min(dropped*wb, wire.Bytes)}

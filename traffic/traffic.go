@@ -153,9 +153,11 @@ func Start(ctx context.Context, f Flow) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	var cancel context.CancelFunc
 	if f.Duration > 0 {
 		ctx, cancel = context.WithTimeout(ctx, f.Duration)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
 	}
 	r := &Run{stop: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
 	go func() {
