@@ -23,7 +23,7 @@ import (
 
 // probeTimeout bounds one reachability probe. Inside a topology a reply
 // takes microseconds; the bound only decides how long "unreachable" waits.
-const probeTimeout = 2 * time.Second
+const probeTimeout = 3 * time.Second
 
 // testPrefix returns a unique prefix ("t" + 6 hex digits + "-", 8 bytes),
 // short enough that the seed's host interface names stay under 16 bytes.

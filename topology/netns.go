@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,8 @@ type nsConn struct {
 	name string // declared name; HostNamespace for the host
 	fd   int
 	h    *netlink.Handle
+	// sock is a second route socket there, for vethAdd.
+	sock *nl.SocketHandle
 }
 
 func (c *nsConn) close() {
@@ -27,6 +30,9 @@ func (c *nsConn) close() {
 	}
 	if c.h != nil {
 		c.h.Close()
+	}
+	if c.sock != nil {
+		c.sock.Close()
 	}
 	if c.fd >= 0 {
 		unix.Close(c.fd)
@@ -40,12 +46,15 @@ func openHost() (*nsConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open host network namespace: %w", err)
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	c := &nsConn{name: HostNamespace, fd: fd}
+	if c.h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err == nil {
+		c.sock, err = routeSocket(netns.None())
+	}
 	if err != nil {
-		unix.Close(fd)
+		c.close()
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	return &nsConn{name: HostNamespace, fd: fd, h: h}, nil
+	return c, nil
 }
 
 // openNetns opens an existing named namespace at path.
@@ -54,12 +63,15 @@ func openNetns(name, path string) (*nsConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open namespace %s: %w", path, err)
 	}
-	h, err := netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE)
+	c := &nsConn{name: name, fd: fd}
+	if c.h, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE); err == nil {
+		c.sock, err = routeSocket(netns.NsHandle(fd))
+	}
 	if err != nil {
-		unix.Close(fd)
+		c.close()
 		return nil, fmt.Errorf("namespace %s: %w", path, err)
 	}
-	return &nsConn{name: name, fd: fd, h: h}, nil
+	return c, nil
 }
 
 // createNetns creates a network namespace bind-mounted at path, with its
@@ -133,6 +145,9 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	}
 	// A socket opened here stays in this namespace.
 	if c.h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return c, fmt.Errorf("namespace %s: netlink: %w", name, err)
+	}
+	if c.sock, err = routeSocket(netns.None()); err != nil {
 		return c, fmt.Errorf("namespace %s: netlink: %w", name, err)
 	}
 	lo, err := c.h.LinkByName("lo")

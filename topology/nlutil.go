@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,3 +68,50 @@ func isNotFound(err error) bool {
 
 // linkKind is the kernel's kind for a link ("veth", "bridge", "device"...).
 func linkKind(l netlink.Link) string { return l.Type() }
+
+// routeSocket opens a NETLINK_ROUTE socket in the namespace ns (the
+// calling thread's own for netns.None()), for the requests that the
+// netlink package does not build in one message.
+func routeSocket(ns netns.NsHandle) (*nl.SocketHandle, error) {
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	return &nl.SocketHandle{Socket: s}, nil
+}
+
+// vethAdd creates a veth pair in one RTM_NEWLINK, under one hold of the
+// rtnl lock: name up (and already a port of the bridge with ifindex
+// master, if not 0) in the socket's namespace, and peer (down) born in
+// the namespace of peerFd. netlink.LinkAdd would take three requests for
+// the same (create, look up, attach to the bridge), which matters when
+// other work on the host keeps rtnl busy.
+func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	if mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	}
+	if master > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(master))))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	p := data.AddRtAttr(nl.VETH_INFO_PEER, nil)
+	// The peer cannot be born up: veth refuses to open an end whose
+	// pair is not linked yet (ENOTCONN), which it is not at that point.
+	nl.NewIfInfomsgChild(p, unix.AF_UNSPEC)
+	p.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(peer))
+	if mtu > 0 {
+		p.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu)))
+	}
+	p.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(peerFd)))
+	req.AddData(info)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}

@@ -81,6 +81,9 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 	}
 	defer b.close()
 	if err := b.build(ctx); err != nil {
+		if len(b.createdNS) == 0 && len(b.createdIfs) == 0 && !b.wroteState {
+			return nil, fmt.Errorf("topology %s: %w (nothing was created)", s.Name, err)
+		}
 		if rerr := b.rollback(); rerr != nil {
 			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v)", s.Name, err, rerr)
 		}
@@ -150,7 +153,10 @@ func (b *builder) build(ctx context.Context) error {
 	if err := parallel(ctx, len(b.s.Links), w, "links", b.opts.Progress, b.link); err != nil {
 		return err
 	}
-	return parallel(ctx, len(b.s.Namespaces), w, "routes", b.opts.Progress, b.routes)
+	if err := parallel(ctx, len(b.s.Namespaces), w, "routes", b.opts.Progress, b.routes); err != nil {
+		return err
+	}
+	return b.awaitReady(ctx)
 }
 
 // preflight opens what exists and proves it is owned, before anything is
@@ -279,23 +285,12 @@ func (b *builder) existing(ns, name string) netlink.Link {
 	return b.links[ns][name]
 }
 
-// recordCreated notes an interface that LinkAdd created in namespace ns
-// (also when LinkAdd failed after creating it), so rollback can remove
-// it. Interfaces in fresh namespaces go with their namespace.
-func (b *builder) recordCreated(c *nsConn, ns string, l netlink.Link, addErr error) {
-	if b.fresh[ns] || errors.Is(addErr, unix.EEXIST) {
-		return
-	}
-	idx := l.Attrs().Index
-	if idx == 0 {
-		got, err := c.h.LinkByName(l.Attrs().Name)
-		if err != nil {
-			return
-		}
-		idx = got.Attrs().Index
-	}
+// recordCreated notes an interface this run created outside the
+// namespaces it created (those take their interfaces with them), so that
+// rollback can remove it, by index, even before it carries the marker.
+func (b *builder) recordCreated(ns string, l netlink.Link) {
 	b.mu.Lock()
-	b.createdIfs = append(b.createdIfs, ifRef{ns, l.Attrs().Name, idx})
+	b.createdIfs = append(b.createdIfs, ifRef{ns, l.Attrs().Name, l.Attrs().Index})
 	b.mu.Unlock()
 }
 
@@ -326,20 +321,22 @@ func (b *builder) bridges() error {
 		} else {
 			la := netlink.NewLinkAttrs()
 			la.Name, la.MTU, la.Flags = br.Name, br.MTU, net.FlagUp
-			nl := &netlink.Bridge{LinkAttrs: la}
-			err := c.h.LinkAdd(nl)
-			b.recordCreated(c, ns, nl, err)
-			if err != nil {
+			nb := &netlink.Bridge{LinkAttrs: la}
+			// LinkAdd fills in the index (or fails having created nothing).
+			if err := c.h.LinkAdd(nb); err != nil {
 				return fmt.Errorf("bridges[%d]: create bridge %s in namespace %s: %w", i, br.Name, ns, err)
 			}
 			b.ifCreated.Add(1)
-			if err := b.mark(c, nl); err != nil {
+			if !b.fresh[ns] {
+				b.recordCreated(ns, nb)
+			}
+			if err := b.mark(c, nb); err != nil {
 				return fmt.Errorf("bridges[%d]: %w", i, err)
 			}
-			if err := b.addAddrs(c, nl, br.Addresses); err != nil {
+			if err := b.addAddrs(c, nb, br.Addresses); err != nil {
 				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
 			}
-			l = nl
+			l = nb
 		}
 		b.bridgeIdx[br.Name] = l.Attrs().Index
 		if err := b.failpoint(); err != nil {
@@ -392,59 +389,68 @@ func (b *builder) link(i int) error {
 		return nil
 	}
 
-	la := netlink.NewLinkAttrs()
-	la.Name, la.MTU, la.Flags = pe.Interface, l.MTU, net.FlagUp
+	master := 0
 	if pe.Bridge != "" {
-		la.MasterIndex = b.bridgeIdx[pe.Bridge]
+		master = b.bridgeIdx[pe.Bridge]
 	}
-	v := &netlink.Veth{LinkAttrs: la, PeerName: se.Interface, PeerNamespace: netlink.NsFd(sc.fd), PeerTxQLen: -1}
-	err := pc.h.LinkAdd(v)
-	b.recordCreated(pc, pns, v, err)
-	if err != nil {
+	if err := vethAdd(pc.sock, pe.Interface, se.Interface, l.MTU, master, sc.fd); err != nil {
 		return fail(fmt.Errorf("create veth: %w", err))
 	}
 	b.ifCreated.Add(2)
-	peer, err := sc.h.LinkByName(se.Interface)
-	if err != nil {
-		return fail(fmt.Errorf("find veth peer: %w", err))
-	}
-	if b.fresh[pns] {
-		// The peer is the end in a namespace that stays on rollback.
-		b.recordCreated(sc, sns, peer, nil)
-	}
-	// Inside a namespace this run created, the namespace's own marker
-	// covers its interfaces; elsewhere each interface carries one.
-	for _, e := range []struct {
-		ns string
-		c  *nsConn
-		l  netlink.Link
-	}{{pns, pc, v}, {sns, sc, peer}} {
+	// What is left per end: recording and marking it outside namespaces
+	// this run created (those take their interfaces with them and their
+	// marker covers them), attaching a secondary bridge port, setting the
+	// peer up, and addresses. Recording comes first, so that rollback
+	// knows both ends whatever fails next; the peer is configured before
+	// the primary's addresses, since IPv6 addresses added before the link
+	// has carrier (both ends up) wait for it.
+	ends := []struct {
+		ns   string
+		c    *nsConn
+		ep   Endpoint
+		peer bool
+		link netlink.Link
+	}{{ns: sns, c: sc, ep: se, peer: true}, {ns: pns, c: pc, ep: pe}}
+	for j := range ends {
+		e := &ends[j]
+		if b.fresh[e.ns] && !e.peer && len(e.ep.Addresses) == 0 {
+			continue
+		}
+		var err error
+		if e.link, err = e.c.h.LinkByName(e.ep.Interface); err != nil {
+			return fail(fmt.Errorf("find new veth end %s: %w", e.ep.Interface, err))
+		}
 		if !b.fresh[e.ns] {
-			if err := b.mark(e.c, e.l); err != nil {
+			b.recordCreated(e.ns, e.link)
+			if err := b.mark(e.c, e.link); err != nil {
 				return fail(err)
 			}
 		}
 	}
-	if se.Bridge != "" {
-		if err := sc.h.LinkSetMasterByIndex(peer, b.bridgeIdx[se.Bridge]); err != nil {
-			return fail(fmt.Errorf("attach %s to bridge %s: %w", se.Interface, se.Bridge, err))
+	for _, e := range ends {
+		if e.link == nil {
+			continue
 		}
-	}
-	if err := sc.h.LinkSetUp(peer); err != nil {
-		return fail(fmt.Errorf("set %s up: %w", se.Interface, err))
-	}
-	if err := b.addAddrs(pc, v, pe.Addresses); err != nil {
-		return fail(err)
-	}
-	if err := b.addAddrs(sc, peer, se.Addresses); err != nil {
-		return fail(err)
+		if e.peer && e.ep.Bridge != "" {
+			// The create request attached only the primary end.
+			if err := e.c.h.LinkSetMasterByIndex(e.link, b.bridgeIdx[e.ep.Bridge]); err != nil {
+				return fail(fmt.Errorf("attach %s to bridge %s: %w", e.ep.Interface, e.ep.Bridge, err))
+			}
+		}
+		if e.peer {
+			if err := e.c.h.LinkSetUp(e.link); err != nil {
+				return fail(fmt.Errorf("set %s up: %w", e.ep.Interface, err))
+			}
+		}
+		if err := b.addAddrs(e.c, e.link, e.ep.Addresses); err != nil {
+			return fail(err)
+		}
 	}
 	return b.failpoint()
 }
 
 // primaryRank orders where a veth is created from: a bridge port (the
-// create request attaches it), then a host end (the request marks it, so
-// no unmarked host interface exists even for a moment).
+// create request attaches it), then a host end.
 func (b *builder) primaryRank(e Endpoint) int {
 	switch {
 	case e.Bridge != "":
