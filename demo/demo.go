@@ -55,11 +55,14 @@ type Options struct {
 	// Out receives the view; Interactive redraws it in place (a terminal),
 	// otherwise progress is printed line by line with a snapshot of the
 	// view every SnapshotEvery and at the end.
-	Out           io.Writer
-	Interactive   bool
-	Refresh       time.Duration
-	SnapshotEvery time.Duration
-	Logger        *slog.Logger
+	Out         io.Writer
+	Interactive bool
+	// TerminalHeight, if set, returns the terminal's rows: an interactive
+	// frame is cut to fit.
+	TerminalHeight func() int
+	Refresh        time.Duration
+	SnapshotEvery  time.Duration
+	Logger         *slog.Logger
 	// Started, if set, is called once the topology, the agent, the
 	// traffic and /metrics are up, before the live view starts.
 	Started func(Info)

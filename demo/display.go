@@ -23,6 +23,8 @@ type display struct {
 	refresh     time.Duration
 	snapEvery   time.Duration
 	start       time.Time
+	// height returns the terminal's rows (interactive only; nil: unknown).
+	height func() int
 
 	mu       sync.Mutex
 	scr      screen
@@ -36,7 +38,7 @@ func newDisplay(o Options, spec *topology.Spec) *display {
 	}
 	d := &display{
 		out: o.Out, interactive: o.Interactive, refresh: o.Refresh, snapEvery: o.SnapshotEvery,
-		start: time.Now(),
+		start: time.Now(), height: o.TerminalHeight,
 		scr: screen{
 			Title:      "nsflow demo: topology " + spec.Name,
 			MetricsURL: "(starting)",
@@ -140,7 +142,14 @@ func (d *display) redraw() {
 	d.scr.Uptime = time.Since(d.start)
 	var b bytes.Buffer
 	d.scr.render(&b)
-	frame := strings.ReplaceAll(b.String(), "\n", "\x1b[K\n")
+	lines := strings.SplitAfter(b.String(), "\n")
+	if d.height != nil {
+		// A frame taller than the terminal would scroll and smear.
+		if h := d.height(); h > 1 && len(lines) > h-1 {
+			lines = lines[:h-1]
+		}
+	}
+	frame := strings.ReplaceAll(strings.Join(lines, ""), "\n", "\x1b[K\n")
 	fmt.Fprint(d.out, "\x1b[H"+frame+"\x1b[J")
 }
 

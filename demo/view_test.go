@@ -104,3 +104,31 @@ func TestScreenRender(t *testing.T) {
 		t.Errorf("before two readings there are no rates:\n%s", b.String())
 	}
 }
+
+// On a terminal the frame is redrawn in place and cut to its height; off
+// one, each step is a line and no escape is written.
+func TestDisplayModes(t *testing.T) {
+	s, err := DefaultSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tty strings.Builder
+	d := newDisplay(Options{Out: &tty, Interactive: true, Prefix: "", TerminalHeight: func() int { return 5 }}, s)
+	d.step("topology up").done("ok")
+	d.step("agent")
+	frames := strings.Split(tty.String(), "\x1b[H")
+	last := frames[len(frames)-1]
+	if n := strings.Count(last, "\n"); n > 4 {
+		t.Errorf("frame of %d lines on a 5-row terminal:\n%s", n, last)
+	}
+	if !strings.Contains(last, " ✓ topology up: ok") || !strings.HasSuffix(last, "\x1b[J") {
+		t.Errorf("last frame %q", last)
+	}
+
+	var plain strings.Builder
+	d = newDisplay(Options{Out: &plain}, s)
+	d.step("topology up").fail(errors.New("boom"))
+	if got := plain.String(); strings.Contains(got, "\x1b") || !strings.Contains(got, "✗ topology up: boom") {
+		t.Errorf("plain output %q", got)
+	}
+}

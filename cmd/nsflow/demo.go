@@ -42,6 +42,15 @@ and leaves the host as it was. Needs root.`,
 			}
 			o.Out = cmd.OutOrStdout()
 			o.Interactive = !plain && isTerminal(cmd.OutOrStdout())
+			if f, ok := cmd.OutOrStdout().(*os.File); ok && o.Interactive {
+				o.TerminalHeight = func() int {
+					_, h, err := term.GetSize(int(f.Fd()))
+					if err != nil {
+						return 0
+					}
+					return h
+				}
+			}
 			ctx, stop := interruptContext(cmd.Context(), cmd.ErrOrStderr())
 			defer stop()
 			_, err := demo.Run(ctx, o)
