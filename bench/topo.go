@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/topology"
+	"github.com/vishvananda/netlink"
 )
 
 // env is the topology a run measures, and how to give it back.
@@ -41,11 +42,29 @@ func prepare(ctx context.Context, cfg Config) (*env, error) {
 	return up(ctx, s)
 }
 
+// upTries bounds attempts to bring the topology up when the kernel keeps
+// interrupting netlink dumps, which happens while other tools churn
+// through interfaces on the same host.
+const upTries = 3
+
 func up(ctx context.Context, s *topology.Spec) (*env, error) {
-	if _, err := topology.Up(ctx, s, topology.Options{}); err != nil {
-		return nil, fmt.Errorf("bring up topology %s: %w", s.Name, err)
+	e := &env{spec: s, built: true}
+	var err error
+	for try := 1; try <= upTries; try++ {
+		if _, err = topology.Up(ctx, s, topology.Options{}); err == nil {
+			return e, nil
+		}
+		// Up rolls back on failure; Down makes sure, so that nothing
+		// half-built is left even if the rollback failed too.
+		if rerr := e.release(); rerr != nil {
+			err = errors.Join(err, rerr)
+			break
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || ctx.Err() != nil {
+			break
+		}
 	}
-	return &env{spec: s, built: true}, nil
+	return nil, fmt.Errorf("bring up topology %s: %w", s.Name, err)
 }
 
 func allExist(s *topology.Spec) bool {
