@@ -2,9 +2,11 @@ package verify
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/nsflow/nsflow/bpf"
 )
@@ -103,13 +105,19 @@ type Evidence struct {
 	Overflow uint64 `json:"overflow"`
 }
 
-// evidence attaches the datapath to every interface of the topology's
-// namespaces for the duration of the probes.
+// evidence attaches the datapath for the duration of the probes to every
+// interface of each namespace that holds an address: a delivery is a
+// packet to one of the namespace's addresses, so the others (a namespace
+// holding only bridge ports) can only see transit.
 type evidence struct {
-	e  *env
-	dp *bpf.Datapath
-	n  int
+	e    *env
+	dp   *bpf.Datapath
+	atts []*bpf.Attachment
 }
+
+// attachWorkers attach at once: each tcx attach waits for an RCU grace
+// period, and concurrent waits share one.
+const attachWorkers = 32
 
 func startEvidence(e *env) (*evidence, error) {
 	dp, err := bpf.Load(bpf.Options{})
@@ -117,9 +125,11 @@ func startEvidence(e *env) (*evidence, error) {
 		return nil, fmt.Errorf("eBPF evidence (use --no-evidence on hosts without BPF): %w", err)
 	}
 	ev := &evidence{e: e, dp: dp}
+	type target struct{ path, ifname string }
+	var targets []target
 	done := map[uint64]bool{} // two names for one namespace attach once
 	for _, ns := range e.model.Namespaces {
-		if done[e.cookies[ns]] {
+		if done[e.cookies[ns]] || (len(e.observed[ns]) == 0 && len(e.model.Addresses(ns)) == 0) {
 			continue
 		}
 		done[e.cookies[ns]] = true
@@ -129,21 +139,50 @@ func startEvidence(e *env) (*evidence, error) {
 			return nil, err
 		}
 		for _, l := range s.links {
-			if l.Attrs().Name == "lo" {
-				continue
+			if l.Attrs().Name != "lo" {
+				targets = append(targets, target{e.paths[ns], l.Attrs().Name})
 			}
-			if _, err := dp.Attach(e.paths[ns], l.Attrs().Name); err != nil {
-				ev.close()
-				return nil, err
-			}
-			ev.n++
 		}
+	}
+	ev.atts = make([]*bpf.Attachment, len(targets))
+	errs := make([]error, len(targets))
+	parallel(len(targets), func(i int) {
+		ev.atts[i], errs[i] = dp.Attach(targets[i].path, targets[i].ifname)
+	})
+	if err := errors.Join(errs...); err != nil {
+		ev.close()
+		return nil, err
 	}
 	return ev, nil
 }
 
-// close detaches everything: Datapath.Close detaches what it attached.
-func (ev *evidence) close() { ev.dp.Close() }
+// parallel runs fn(0..n-1) on up to attachWorkers goroutines.
+func parallel(n int, fn func(i int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(n, attachWorkers) {
+		wg.Go(func() {
+			for i := range next {
+				fn(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+// close detaches everything, in parallel for the same reason as attach.
+func (ev *evidence) close() {
+	parallel(len(ev.atts), func(i int) {
+		if ev.atts[i] != nil {
+			ev.atts[i].Detach()
+		}
+	})
+	ev.dp.Close()
+}
 
 func (ev *evidence) collect() (*Evidence, error) {
 	var flows []Flow
@@ -162,7 +201,7 @@ func (ev *evidence) collect() (*Evidence, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Evidence{Ports: ev.n, Flows: len(flows), Violations: ev.e.model.violations(flows, ev.e.owners), Overflow: over}, nil
+	return &Evidence{Ports: len(ev.atts), Flows: len(flows), Violations: ev.e.model.violations(flows, ev.e.owners), Overflow: over}, nil
 }
 
 // owners attributes an address to namespaces by what they declare and,

@@ -19,6 +19,19 @@ type Report struct {
 	Evidence  *Evidence     `json:"evidence,omitempty"`
 	Load      *LoadReport   `json:"load,omitempty"`
 	Elapsed   time.Duration `json:"elapsed_ns"`
+	// Phases is where the time went: setup (responders, eBPF attach),
+	// probes, retry, port_space, stack, evidence.
+	Phases []Phase `json:"phases"`
+}
+
+// Phase is the duration of one step of a run.
+type Phase struct {
+	Name    string        `json:"name"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+}
+
+func (r *Report) phase(name string, since time.Time) {
+	r.Phases = append(r.Phases, Phase{name, time.Since(since)})
 }
 
 // Summary counts what failed.

@@ -70,6 +70,8 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	e.timeout = opts.Timeout
 	ports := m.Ports()
 	rep := &Report{Topology: s.Name, Namespaces: m.Namespaces, Timeout: opts.Timeout}
+	rep.phase("namespaces", start)
+	t := time.Now()
 	for _, p := range ports {
 		rep.Ports = append(rep.Ports, p.String())
 	}
@@ -87,6 +89,8 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 		}
 		resp[ns] = r
 	}
+	rep.phase("responders", t)
+	t = time.Now()
 
 	var ev *evidence
 	if !opts.NoEvidence {
@@ -103,19 +107,31 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 		defer ld.stop()
 	}
 
+	rep.phase("attach", t)
+
+	t = time.Now()
 	probes := e.probes(ports)
 	pr := newProber(e.paths, e.names, opts.Timeout)
 	pr.run(probes)
+	rep.phase("probes", t)
+	t = time.Now()
 	rep.Probes, rep.Retried = retry(pr, probes)
+	rep.phase("retry", t)
+	t = time.Now()
 	rep.PortSpace = e.portSpace(ports, resp)
+	rep.phase("port_space", t)
+	t = time.Now()
 	rep.Stack = e.stack()
+	rep.phase("stack", t)
 	if ld != nil {
 		rep.Load = ld.stop()
 	}
 	if ev != nil {
+		t = time.Now()
 		if rep.Evidence, err = ev.collect(); err != nil {
 			return nil, &EnvError{err}
 		}
+		rep.phase("evidence", t)
 	}
 	rep.Elapsed = time.Since(start)
 	return rep, nil
