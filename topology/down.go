@@ -149,7 +149,7 @@ func teardown(ctx context.Context, host *nsConn, s *Spec, namespaces, hostIfs []
 	var errs []error
 	for name := range mine {
 		l := before[name]
-		if linkKind(l) == "veth" && l.Attrs().NetNsID >= 0 {
+		if l.Type() == "veth" && l.Attrs().NetNsID >= 0 {
 			continue
 		}
 		if err := host.h.LinkDel(l); err != nil && !isNotFound(err) {

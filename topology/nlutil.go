@@ -66,9 +66,6 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
 }
 
-// linkKind is the kernel's kind for a link ("veth", "bridge", "device"...).
-func linkKind(l netlink.Link) string { return l.Type() }
-
 // routeSocket opens a NETLINK_ROUTE socket in the namespace ns (the
 // calling thread's own for netns.None()), for the requests that the
 // netlink package does not build in one message.

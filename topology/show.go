@@ -229,7 +229,7 @@ func interfaceState(s *Spec, snaps map[string]*nsSnapshot, sn *nsSnapshot, l net
 	a := l.Attrs()
 	is := InterfaceState{
 		Name:  a.Name,
-		Kind:  linkKind(l),
+		Kind:  l.Type(),
 		Up:    a.Flags&net.FlagUp != 0,
 		MTU:   a.MTU,
 		Owned: a.Alias == marker,

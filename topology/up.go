@@ -217,8 +217,8 @@ func (b *builder) checkOwned(ns string, l netlink.Link, kind string) error {
 		return fmt.Errorf("interface %q already exists in namespace %q and is not owned by topology %q%s",
 			a.Name, ns, b.s.Name, ownerHint(a.Alias))
 	}
-	if linkKind(l) != kind {
-		return fmt.Errorf("interface %q in namespace %q is a %s, the topology declares a %s", a.Name, ns, linkKind(l), kind)
+	if l.Type() != kind {
+		return fmt.Errorf("interface %q in namespace %q is a %s, the topology declares a %s", a.Name, ns, l.Type(), kind)
 	}
 	return nil
 }
@@ -346,55 +346,68 @@ func (b *builder) bridges() error {
 	return nil
 }
 
-// link creates links[i], or converges it if it exists. The veth is created
-// in one namespace with its peer born in the other (no move between
-// namespaces, which costs an rcu_barrier under rtnl).
+// linkPlan is one link to build: the primary end is where the veth is
+// created from, the secondary (peer) end is born in its namespace.
+type linkPlan struct {
+	i        int
+	mtu      int
+	pe, se   Endpoint
+	pns, sns string
+	pc, sc   *nsConn
+}
+
+func (lp *linkPlan) fail(err error) error {
+	return fmt.Errorf("links[%d] %s:%s - %s:%s: %w", lp.i, lp.pns, lp.pe.Interface, lp.sns, lp.se.Interface, err)
+}
+
+// link creates links[i], or converges it if it exists.
 func (b *builder) link(i int) error {
 	l := b.s.Links[i]
 	pi := 0
 	if b.primaryRank(l.Endpoints[1]) > b.primaryRank(l.Endpoints[0]) {
 		pi = 1
 	}
-	pe, se := l.Endpoints[pi], l.Endpoints[1-pi]
-	pns, sns := b.s.EndpointNamespace(pe), b.s.EndpointNamespace(se)
-	pc, sc := b.conns[pns], b.conns[sns]
-	pl, sl := b.existing(pns, pe.Interface), b.existing(sns, se.Interface)
-	fail := func(err error) error {
-		return fmt.Errorf("links[%d] %s:%s - %s:%s: %w", i, pns, pe.Interface, sns, se.Interface, err)
+	lp := &linkPlan{i: i, mtu: l.MTU, pe: l.Endpoints[pi], se: l.Endpoints[1-pi]}
+	lp.pns, lp.sns = b.s.EndpointNamespace(lp.pe), b.s.EndpointNamespace(lp.se)
+	lp.pc, lp.sc = b.conns[lp.pns], b.conns[lp.sns]
+	pl, sl := b.existing(lp.pns, lp.pe.Interface), b.existing(lp.sns, lp.se.Interface)
+	switch {
+	case pl == nil && sl == nil:
+		return b.createLink(lp)
+	case pl == nil:
+		return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", lp.se.Interface, lp.sns))
+	case sl == nil:
+		return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", lp.pe.Interface, lp.pns))
 	}
-	if pl != nil || sl != nil {
-		if pl == nil || sl == nil {
-			ns, name := pns, pe.Interface
-			if pl == nil {
-				ns, name = sns, se.Interface
-			}
-			return fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns))
+	for _, e := range []struct {
+		ns string
+		l  netlink.Link
+		c  *nsConn
+		ep Endpoint
+	}{{lp.pns, pl, lp.pc, lp.pe}, {lp.sns, sl, lp.sc, lp.se}} {
+		if err := b.checkOwned(e.ns, e.l, "veth"); err != nil {
+			return lp.fail(err)
 		}
-		for _, e := range []struct {
-			ns string
-			l  netlink.Link
-			c  *nsConn
-			ep Endpoint
-		}{{pns, pl, pc, pe}, {sns, sl, sc, se}} {
-			if err := b.checkOwned(e.ns, e.l, "veth"); err != nil {
-				return fail(err)
-			}
-			if err := b.ensureLink(e.c, e.l, l.MTU, e.ep.Bridge); err != nil {
-				return fail(err)
-			}
-			if err := b.ensureAddrs(e.c, e.l, e.ep.Addresses); err != nil {
-				return fail(err)
-			}
+		if err := b.ensureLink(e.c, e.l, lp.mtu, e.ep.Bridge); err != nil {
+			return lp.fail(err)
 		}
-		return nil
+		if err := b.ensureAddrs(e.c, e.l, e.ep.Addresses); err != nil {
+			return lp.fail(err)
+		}
 	}
+	return nil
+}
 
+// createLink creates a veth pair in the primary end's namespace with its
+// peer born in the other (no move between namespaces, which costs an
+// rcu_barrier under rtnl), then configures both ends.
+func (b *builder) createLink(lp *linkPlan) error {
 	master := 0
-	if pe.Bridge != "" {
-		master = b.bridgeIdx[pe.Bridge]
+	if lp.pe.Bridge != "" {
+		master = b.bridgeIdx[lp.pe.Bridge]
 	}
-	if err := vethAdd(pc.sock, pe.Interface, se.Interface, l.MTU, master, sc.fd); err != nil {
-		return fail(fmt.Errorf("create veth: %w", err))
+	if err := vethAdd(lp.pc.sock, lp.pe.Interface, lp.se.Interface, lp.mtu, master, lp.sc.fd); err != nil {
+		return lp.fail(fmt.Errorf("create veth: %w", err))
 	}
 	b.ifCreated.Add(2)
 	// What is left per end: recording and marking it outside namespaces
@@ -410,7 +423,7 @@ func (b *builder) link(i int) error {
 		ep   Endpoint
 		peer bool
 		link netlink.Link
-	}{{ns: sns, c: sc, ep: se, peer: true}, {ns: pns, c: pc, ep: pe}}
+	}{{ns: lp.sns, c: lp.sc, ep: lp.se, peer: true}, {ns: lp.pns, c: lp.pc, ep: lp.pe}}
 	for j := range ends {
 		e := &ends[j]
 		if b.fresh[e.ns] && !e.peer && len(e.ep.Addresses) == 0 {
@@ -418,12 +431,12 @@ func (b *builder) link(i int) error {
 		}
 		var err error
 		if e.link, err = e.c.h.LinkByName(e.ep.Interface); err != nil {
-			return fail(fmt.Errorf("find new veth end %s: %w", e.ep.Interface, err))
+			return lp.fail(fmt.Errorf("find new veth end %s: %w", e.ep.Interface, err))
 		}
 		if !b.fresh[e.ns] {
 			b.recordCreated(e.ns, e.link)
 			if err := b.mark(e.c, e.link); err != nil {
-				return fail(err)
+				return lp.fail(err)
 			}
 		}
 	}
@@ -434,16 +447,16 @@ func (b *builder) link(i int) error {
 		if e.peer && e.ep.Bridge != "" {
 			// The create request attached only the primary end.
 			if err := e.c.h.LinkSetMasterByIndex(e.link, b.bridgeIdx[e.ep.Bridge]); err != nil {
-				return fail(fmt.Errorf("attach %s to bridge %s: %w", e.ep.Interface, e.ep.Bridge, err))
+				return lp.fail(fmt.Errorf("attach %s to bridge %s: %w", e.ep.Interface, e.ep.Bridge, err))
 			}
 		}
 		if e.peer {
 			if err := e.c.h.LinkSetUp(e.link); err != nil {
-				return fail(fmt.Errorf("set %s up: %w", e.ep.Interface, err))
+				return lp.fail(fmt.Errorf("set %s up: %w", e.ep.Interface, err))
 			}
 		}
 		if err := b.addAddrs(e.c, e.link, e.ep.Addresses); err != nil {
-			return fail(err)
+			return lp.fail(err)
 		}
 	}
 	return b.failpoint()
