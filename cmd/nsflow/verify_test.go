@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/topology"
+	"go.yaml.in/yaml/v3"
+)
+
+// runVerify runs `nsflow verify ARGS` and returns its output and exit
+// status.
+func runVerify(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs(append([]string{"verify"}, args...))
+	err := root.Execute()
+	var ee *exitError
+	switch {
+	case err == nil:
+		return out.String(), 0
+	case errors.As(err, &ee):
+		return out.String() + ee.Error(), ee.code
+	}
+	t.Fatalf("verify %v: %v (no exit status)", args, err)
+	return "", 0
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "topo.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const twoNamespaces = `
+name: %s
+namespaces: [{name: x}, {name: y}]
+links:
+  - endpoints:
+      - {namespace: x, interface: eth0, addresses: [198.18.5.1/24]}
+      - {namespace: y, interface: eth0, addresses: [198.18.5.2/24]}
+`
+
+func TestVerifyCLIErrors(t *testing.T) {
+	contradicts := writeFile(t, strings.Replace(twoNamespaces, "%s", "clitest", 1)+`
+isolation:
+  deny: [{from: [x], to: [y]}]
+`)
+	notUp := writeFile(t, strings.Replace(twoNamespaces, "%s", testenv.Name("nsfv"), 1))
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no file", nil, "--file is required"},
+		{"unknown format", []string{"-f", notUp, "-o", "xml"}, `unknown format "xml"`},
+		{"missing file", []string{"-f", filepath.Join(t.TempDir(), "none.yaml")}, "no such file"},
+		{"intent contradicts wiring", []string{"-f", contradicts}, "isolation.deny[0]: x must not reach y"},
+		{"topology not up", []string{"-f", notUp, "--no-evidence"}, "is the topology up?"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, code := runVerify(t, tc.args...)
+			if code != 2 || !strings.Contains(out, tc.want) {
+				t.Errorf("exit %d, output %q; want 2 and %q", code, out, tc.want)
+			}
+		})
+	}
+}
+
+// upLab brings up a unique copy of verify's lab and writes it to a file.
+func upLab(t *testing.T) (*topology.Spec, string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	data, err := os.ReadFile("../../verify/testdata/lab.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := topology.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err = s.WithPrefix(testenv.Name("c")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topology.Down(context.Background(), s, topology.Options{}) })
+	if _, err := topology.Up(context.Background(), s, topology.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := yaml.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, writeFile(t, string(b))
+}
+
+// Exit status 0 and 1 with each output format on a live lab.
+func TestVerifyCLIVerdicts(t *testing.T) {
+	s, file := upLab(t)
+	out, code := runVerify(t, "-f", file, "-o", "json")
+	var rep struct {
+		Topology string `json:"topology"`
+		Verdict  int    `json:"verdict"`
+		Probes   []struct {
+			From, To, Port, Outcome string
+		} `json:"probes"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("json: %v\n%s", err, out)
+	}
+	if code != 0 || rep.Verdict != 0 || rep.Topology != s.Name || len(rep.Probes) == 0 {
+		t.Fatalf("clean lab: exit %d, verdict %d, topology %q, %d probes", code, rep.Verdict, rep.Topology, len(rep.Probes))
+	}
+
+	b := s.Namespaces[1].Name
+	if out, err := exec.Command("ip", "-n", b, "route", "add", "198.18.2.0/24", "via", "198.18.1.254").CombinedOutput(); err != nil {
+		t.Fatalf("route leak: %v: %s", err, out)
+	}
+	out, code = runVerify(t, "-f", file, "-o", "junit")
+	var suites struct {
+		Failures int `xml:"failures,attr"`
+	}
+	if err := xml.Unmarshal([]byte(out[:strings.LastIndex(out, "</testsuites>")+len("</testsuites>")]), &suites); err != nil {
+		t.Fatalf("junit: %v\n%s", err, out)
+	}
+	if code != 1 || suites.Failures == 0 {
+		t.Fatalf("route leak: exit %d, %d junit failures; want 1 and some", code, suites.Failures)
+	}
+	out, code = runVerify(t, "-f", file)
+	if code != 1 || !strings.Contains(out, "FAIL:") || !strings.Contains(out, "unexpected route 198.18.2.0/24 via 198.18.1.254") {
+		t.Fatalf("table: exit %d\n%s", code, out)
+	}
+}
