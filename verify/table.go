@@ -38,15 +38,21 @@ func (r *Report) WriteTable(w io.Writer) error {
 	keys := columnKeys(len(r.Namespaces))
 	width := 0
 	for _, ns := range r.Namespaces {
-		width = max(width, min(len(ns), 24))
+		width = max(width, min(len(ns), 16))
 	}
 	fmt.Fprintln(bw, "Cells: . reachable   r reachable (refused by the target: the packet arrived)   X blocked")
 	fmt.Fprintln(bw, "       ~ some addresses of the namespace reachable   ! probe error   - self")
 	fmt.Fprintln(bw, "Difference: . as expected   X not as expected   ! could not probe")
 	fmt.Fprintln(bw, "Rows probe from, columns are probed; column keys:")
+	// The legend keeps full names, as many to a line as fit.
+	full := 0
+	for _, ns := range r.Namespaces {
+		full = max(full, len(ns))
+	}
+	perLine := max(1, 100/(full+len(keys[0])+3))
 	for i, ns := range r.Namespaces {
-		fmt.Fprintf(bw, "  %s %-*s", keys[i], width, trunc(ns, width))
-		if (i+1)%4 == 0 || i == len(r.Namespaces)-1 {
+		fmt.Fprintf(bw, "  %s %-*s", keys[i], full, ns)
+		if (i+1)%perLine == 0 || i == len(r.Namespaces)-1 {
 			fmt.Fprintln(bw)
 		}
 	}
@@ -55,23 +61,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	rowLabel := func(i int) string { return fmt.Sprintf("%s %-*s", keys[i], width, trunc(r.Namespaces[i], width)) }
 	blank := strings.Repeat(" ", len(rowLabel(0)))
 	for _, port := range r.Ports {
-		m := r.Matrix(port)
-		fmt.Fprintf(bw, "\n%s\n%s  %-*s  %-*s  %s\n%s  %-*s  %-*s  %s\n", port,
-			blank, colW, "expected", colW, "observed", "difference",
-			blank, colW, header, colW, header, header)
-		for i := range m {
-			var e, o, d strings.Builder
-			for j := range m[i] {
-				c := m[i][j]
-				if i == j {
-					c.Expected, c.Observed, c.Diff = '-', '-', '-'
-				}
-				e.WriteByte(c.Expected)
-				o.WriteByte(c.Observed)
-				d.WriteByte(c.Diff)
-			}
-			fmt.Fprintf(bw, "%s  %-*s  %-*s  %s\n", rowLabel(i), colW, e.String(), colW, o.String(), d.String())
-		}
+		r.writeMatrices(bw, port, header, colW, rowLabel, blank)
 	}
 	r.writeChecks(bw, "Port space (each namespace's own listener answers on its loopback)", r.PortSpace, r.Ports, rowLabel, blank)
 	r.writeChecks(bw, "Stack (each namespace sees only its own objects)", r.Stack, stackKinds, rowLabel, blank)
@@ -88,6 +78,53 @@ func (r *Report) WriteTable(w io.Writer) error {
 	return bw.Flush()
 }
 
+// maxSideBySide is the widest line for which the three matrices of a port
+// go side by side; wider ones are printed one below the other.
+const maxSideBySide = 120
+
+// writeMatrices prints a port's expected, observed and difference tables;
+// when every cell is as expected, the observed table alone says it all.
+func (r *Report) writeMatrices(w io.Writer, port, header string, colW int, rowLabel func(int) string, blank string) {
+	m := r.Matrix(port)
+	rows := make([][3]string, len(m))
+	same := true
+	for i := range m {
+		var e, o, d strings.Builder
+		for j, c := range m[i] {
+			if i == j {
+				c.Expected, c.Observed, c.Diff = '-', '-', '-'
+			}
+			e.WriteByte(c.Expected)
+			o.WriteByte(c.Observed)
+			d.WriteByte(c.Diff)
+			same = same && (c.Diff == '.' || c.Diff == ' ' || c.Diff == '-')
+		}
+		rows[i] = [3]string{e.String(), o.String(), d.String()}
+	}
+	if same {
+		fmt.Fprintf(w, "\n%s: every cell as expected\n%s  %s\n", port, blank, header)
+		for i := range rows {
+			fmt.Fprintf(w, "%s  %s\n", rowLabel(i), rows[i][1])
+		}
+		return
+	}
+	if len(blank)+3*(colW+2) <= maxSideBySide {
+		fmt.Fprintf(w, "\n%s\n%s  %-*s  %-*s  %s\n%s  %-*s  %-*s  %s\n", port,
+			blank, colW, "expected", colW, "observed", "difference",
+			blank, colW, header, colW, header, header)
+		for i := range rows {
+			fmt.Fprintf(w, "%s  %-*s  %-*s  %s\n", rowLabel(i), colW, rows[i][0], colW, rows[i][1], rows[i][2])
+		}
+		return
+	}
+	for k, title := range []string{"expected", "observed", "difference"} {
+		fmt.Fprintf(w, "\n%s %s\n%s  %s\n", port, title, blank, header)
+		for i := range rows {
+			fmt.Fprintf(w, "%s  %s\n", rowLabel(i), rows[i][k])
+		}
+	}
+}
+
 func errSuffix(e string) string {
 	if e == "" {
 		return ""
@@ -95,11 +132,13 @@ func errSuffix(e string) string {
 	return " (error: " + e + ")"
 }
 
+// trunc shortens a row label from the left: names of one topology tend
+// to share a prefix and differ at the end.
 func trunc(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n-1] + "~"
+	return "~" + s[len(s)-n+1:]
 }
 
 // writeChecks prints checks as a matrix: rows namespaces, one column per

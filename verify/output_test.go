@@ -1,0 +1,137 @@
+package verify
+
+import (
+	"bytes"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeReport is a 50-namespace report in which every namespace reaches
+// every other, except that n07 -> n42 on tcp/8080 was reached but must
+// not have been.
+func fakeReport() *Report {
+	r := &Report{Topology: "fake", Ports: []string{"icmp", "tcp/8080"}, Timeout: time.Second, Elapsed: 3 * time.Second}
+	for i := range 50 {
+		r.Namespaces = append(r.Namespaces, fmt.Sprintf("tenant-namespace-%02d", i))
+	}
+	for i, from := range r.Namespaces {
+		for j, to := range r.Namespaces {
+			if i == j {
+				continue
+			}
+			for _, port := range r.Ports {
+				p := &Probe{From: from, To: to, Addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(j + 1)}), Port: port, Expect: to, Outcome: Replied, By: to, Claimed: to, Try: 1}
+				if i == 7 && j == 42 && port == "tcp/8080" {
+					p.Expect = ""
+				}
+				r.Probes = append(r.Probes, p)
+			}
+		}
+	}
+	r.Stack = []Check{{Netns: r.Namespaces[3], Kind: "routes", Problems: []string{"unexpected route 198.19.0.0/16 via 198.18.0.9 dev eth0"}}}
+	r.Evidence = &Evidence{Ports: 50, Flows: 100}
+	return r
+}
+
+func TestTableFor50Namespaces(t *testing.T) {
+	r := fakeReport()
+	var b bytes.Buffer
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	lines := strings.Split(out, "\n")
+	for _, l := range lines {
+		if len(l) > maxSideBySide {
+			t.Errorf("line of %d characters: %q", len(l), l)
+		}
+	}
+	// icmp is all green: one table. tcp/8080 has the three, one below the
+	// other, and the difference marks exactly row 7, column 42 ('G').
+	if !strings.Contains(out, "icmp: every cell as expected") {
+		t.Error("the all-green port is not summarized")
+	}
+	i := slices.Index(lines, "tcp/8080 difference")
+	if i < 0 {
+		t.Fatalf("no difference table for tcp/8080:\n%s", out)
+	}
+	var marked []string
+	for _, l := range lines[i+2 : i+52] {
+		cells := l[len(l)-50:]
+		for col, c := range cells {
+			if c == 'X' {
+				marked = append(marked, fmt.Sprintf("%s>%c", strings.Fields(l)[0], keyChars[col]))
+			}
+		}
+	}
+	if want := []string{"7>G"}; !slices.Equal(marked, want) {
+		t.Errorf("difference marks %v, want %v", marked, want)
+	}
+	for _, want := range []string{"G tenant-namespace-42", "tcp/8080  tenant-namespace-07 -> tenant-namespace-42 198.18.0.43: reachable, expected blocked",
+		"routes    tenant-namespace-03: unexpected route", "FAIL: 1 probes not as expected, 1 checks failed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+}
+
+func TestJSONFieldsAreStable(t *testing.T) {
+	var b bytes.Buffer
+	if err := fakeReport().WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"topology", "namespaces", "ports", "timeout_ns", "probes", "retried", "port_space", "stack", "evidence", "elapsed_ns", "phases", "summary", "verdict"} {
+		if _, ok := doc[k]; !ok {
+			t.Errorf("no field %q", k)
+		}
+	}
+	var probes []map[string]any
+	json.Unmarshal(doc["probes"], &probes)
+	want := map[string]any{"from": "tenant-namespace-00", "to": "tenant-namespace-01", "addr": "198.18.0.2", "port": "icmp",
+		"expect": "tenant-namespace-01", "outcome": "replied", "by": "tenant-namespace-01", "claimed": "tenant-namespace-01", "try": 1.0}
+	for k, v := range want {
+		if probes[0][k] != v {
+			t.Errorf("probes[0].%s = %v, want %v", k, probes[0][k], v)
+		}
+	}
+	if string(doc["verdict"]) != "1" {
+		t.Errorf("verdict %s, want 1", doc["verdict"])
+	}
+}
+
+func TestJUnit(t *testing.T) {
+	var b bytes.Buffer
+	if err := fakeReport().WriteJUnit(&b); err != nil {
+		t.Fatal(err)
+	}
+	var doc junitSuites
+	if err := xml.Unmarshal(b.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	// 2 ports x 50 x 49 cells, 1 stack check, 1 evidence summary.
+	if doc.Tests != 2*50*49+1+1 || doc.Failures != 2 || doc.Errors != 0 {
+		t.Errorf("tests %d failures %d errors %d", doc.Tests, doc.Failures, doc.Errors)
+	}
+	var failed []string
+	for _, s := range doc.Suites {
+		for _, c := range s.Cases {
+			if c.Failure != nil {
+				failed = append(failed, c.Class+" "+c.Name)
+			}
+		}
+	}
+	want := []string{"reachability.tcp/8080 tenant-namespace-07 -> tenant-namespace-42", "stack.routes tenant-namespace-03"}
+	if !slices.Equal(failed, want) {
+		t.Errorf("failed cases %q, want %q", failed, want)
+	}
+}
