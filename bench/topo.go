@@ -42,9 +42,9 @@ func prepare(ctx context.Context, cfg Config) (*env, error) {
 	return up(ctx, s)
 }
 
-// upTries bounds attempts to bring the topology up when the kernel keeps
-// interrupting netlink dumps, which happens while other tools churn
-// through interfaces on the same host.
+// upTries bounds attempts to bring the topology up, or down, when the
+// kernel keeps interrupting netlink dumps, which happens while other
+// tools churn through interfaces on the same host.
 const upTries = 3
 
 func up(ctx context.Context, s *topology.Spec) (*env, error) {
@@ -85,6 +85,10 @@ func (e *env) release() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	res, err := topology.Down(ctx, e.spec, topology.Options{})
+	for try := 1; errors.Is(err, netlink.ErrDumpInterrupted) && try < upTries; try++ {
+		time.Sleep(100 * time.Millisecond)
+		res, err = topology.Down(ctx, e.spec, topology.Options{})
+	}
 	if err != nil {
 		return fmt.Errorf("remove topology %s: %w", e.spec.Name, err)
 	}

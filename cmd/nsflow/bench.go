@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -58,16 +59,18 @@ Exit status 1 when any count does not reconcile.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			rep, err := bench.Run(ctx, cfg)
-			if err != nil {
+			if rep == nil || len(rep.Cases) == 0 {
 				return err
 			}
+			// Cases measured before an interruption or a failed cleanup
+			// are still reported; the error follows them.
 			if plot != "" {
 				if err := bench.SavePlot(plot, rep); err != nil {
 					return fmt.Errorf("--plot: %w", err)
 				}
 			}
-			if err := write(cmd.OutOrStdout(), rep); err != nil {
-				return err
+			if werr := write(cmd.OutOrStdout(), rep); werr != nil || err != nil {
+				return errors.Join(err, werr)
 			}
 			if rep.Differences > 0 {
 				return &exitError{1, fmt.Errorf("reconciliation: %d checks did not match", rep.Differences)}
