@@ -39,6 +39,7 @@ type Options struct {
 // Datapath is the loaded programs and maps, shared by all attachments.
 type Datapath struct {
 	objs      nsflowObjects
+	clock     *jiffyClock
 	maxFlows  int
 	forceMode AttachMode
 	// PinsReset reports that pins under PinPath did not match this
@@ -46,13 +47,18 @@ type Datapath struct {
 	PinsReset bool
 
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
+	genMu    sync.Mutex // serializes bumping the deletion generation
 	mu       sync.Mutex
 	attached map[*Attachment]struct{}
 	closed   bool
 }
 
 // mapNames are the maps nsflow.c defines, which are also the pin names.
-var mapNames = []string{nsflowMapNsflowPorts, nsflowMapNsflowPortSlots, nsflowMapNsflowFlows, nsflowMapNsflowLoss}
+var mapNames = []string{
+	nsflowMapNsflowPorts, nsflowMapNsflowPortSlots,
+	nsflowMapNsflowFlows, nsflowMapNsflowFlowCache, nsflowMapNsflowGen,
+	nsflowMapNsflowLoss,
+}
 
 // Load loads the programs and maps into the kernel once.
 func Load(opts Options) (*Datapath, error) {
@@ -89,6 +95,9 @@ func Load(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{}}
+	if d.clock, err = newJiffyClock(); err != nil {
+		return nil, err
+	}
 	err = spec.LoadAndAssign(&d.objs, &copts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pins left by another version or size: ours by name, so replace
@@ -100,6 +109,7 @@ func Load(opts Options) (*Datapath, error) {
 		err = spec.LoadAndAssign(&d.objs, &copts)
 	}
 	if err != nil {
+		d.clock.Close()
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("bpf: load: %+v", verr)
@@ -157,6 +167,9 @@ func (d *Datapath) Close() error {
 		}
 	}
 	if err := d.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.clock.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

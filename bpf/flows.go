@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -26,26 +27,37 @@ type FlowKey struct {
 func (k FlowKey) Port() PortKey { return PortKey{k.NetnsCookie, k.Ifindex} }
 
 // FlowStats are a flow's counters, summed over CPUs. FirstSeen and
-// LastSeen are CLOCK_MONOTONIC nanoseconds (since boot, without suspend),
-// read with the kernel's coarse clock: up to one tick (1-10 ms) behind.
+// LastSeen are CLOCK_MONOTONIC nanoseconds (since boot, without suspend)
+// at the resolution of the kernel's tick (1-10 ms): the programs count
+// time in jiffies.
 type FlowStats struct {
 	Packets, Segments, Bytes uint64
 	FirstSeen, LastSeen      uint64
 	TCPFlags                 uint8
 }
 
-func (s *FlowStats) addRaw(v *nsflowFlowValue) {
-	if v.Packets == 0 {
-		return // this CPU never saw the flow
+func statsFromRecord(r *nsflowFlowValue) FlowStats {
+	return FlowStats{
+		Packets:   r.Packets,
+		Segments:  r.Segments,
+		Bytes:     r.Bytes,
+		FirstSeen: r.FirstSeen,
+		LastSeen:  r.LastSeen,
+		TCPFlags:  uint8(r.TcpFlags),
 	}
-	s.Packets += v.Packets
-	s.Segments += v.Segments
-	s.Bytes += v.Bytes
-	if s.FirstSeen == 0 || (v.FirstSeen != 0 && v.FirstSeen < s.FirstSeen) {
-		s.FirstSeen = v.FirstSeen
+}
+
+// addCached adds the not yet written back counts of a cache entry that
+// belongs to the record with id.
+func (s *FlowStats) addCached(e *nsflowFlowCacheEntry, id uint64) {
+	if e.Id != id || e.D.Packets == 0 {
+		return
 	}
-	s.LastSeen = max(s.LastSeen, v.LastSeen)
-	s.TCPFlags |= v.TcpFlags
+	s.Packets += e.D.Packets
+	s.Segments += e.D.Segments
+	s.Bytes += e.D.Bytes
+	s.LastSeen = max(s.LastSeen, e.D.LastSeen)
+	s.TCPFlags |= uint8(e.D.TcpFlags)
 }
 
 func flowKeyFromRaw(r *nsflowFlowKey) FlowKey {
@@ -91,33 +103,146 @@ func (k FlowKey) raw() (nsflowFlowKey, error) {
 	return r, nil
 }
 
-// Flows calls fn for each flow until fn returns false. The table can
-// change while it is read: a flow inserted meanwhile may be missed, and
-// one deleted meanwhile may still be reported.
-func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
+// A flow's counts live in its record in the nsflow_flows hash map plus,
+// per CPU, in at most one entry of the direct-mapped nsflow_flow_cache
+// (at flowCacheIndex of its key), which the program writes back to the
+// record when another flow takes the entry or after a deletion. A reader
+// adds the entries whose id matches the record's; entries of a deleted
+// record have another id and are ignored.
+
+// flowCacheSize is FLOW_CACHE in nsflow.c.
+const flowCacheSize = 1024
+
+// flowCacheIndex is flow_cache_index in nsflow.c, over the key's seven
+// little-endian 64-bit words.
+func flowCacheIndex(k *nsflowFlowKey) uint32 {
+	w1 := uint64(k.Ifindex) | uint64(k.Dir)<<32 | uint64(k.Family)<<40 | uint64(k.Proto)<<48 | uint64(k.Pad)<<56
+	w2 := uint64(k.Sport) | uint64(k.Dport)<<16 | uint64(k.Pad2)<<32
+	le := binary.LittleEndian
+	w3, w4 := le.Uint64(k.Src[:8]), le.Uint64(k.Src[8:])
+	w5, w6 := le.Uint64(k.Dst[:8]), le.Uint64(k.Dst[8:])
+	h := (k.NetnsCookie^w3^w6)*0x9E3779B97F4A7C15 + (w1^w4)*0xC2B2AE3D27D4EB4F + (w2^w5)*0x165667B19E3779F9
+	return uint32(h>>54) & (flowCacheSize - 1)
+}
+
+func (d *Datapath) readRecords() (map[nsflowFlowKey]nsflowFlowValue, error) {
+	recs := map[nsflowFlowKey]nsflowFlowValue{}
 	var k nsflowFlowKey
-	var vs []nsflowFlowValue
+	var v nsflowFlowValue
 	it := d.objs.NsflowFlows.Iterate()
-	for it.Next(&k, &vs) {
-		var s FlowStats
-		for i := range vs {
-			s.addRaw(&vs[i])
-		}
-		if !fn(flowKeyFromRaw(&k), s) {
-			return nil
+	for it.Next(&k, &v) {
+		recs[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("bpf: read flows: %w", err)
+	}
+	return recs, nil
+}
+
+// readCache returns the flow cache, every CPU's entries per index.
+func (d *Datapath) readCache() ([][]nsflowFlowCacheEntry, error) {
+	cache := make([][]nsflowFlowCacheEntry, flowCacheSize)
+	var idx uint32
+	var es []nsflowFlowCacheEntry
+	it := d.objs.NsflowFlowCache.Iterate()
+	for it.Next(&idx, &es) {
+		if idx < flowCacheSize {
+			cache[idx] = es
+			es = nil
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("bpf: read flows: %w", err)
+		return nil, fmt.Errorf("bpf: read flow cache: %w", err)
+	}
+	return cache, nil
+}
+
+// flowStats returns one key's counts from a record and the cache entries
+// at its index.
+func flowStats(k *nsflowFlowKey, r *nsflowFlowValue, entries []nsflowFlowCacheEntry) FlowStats {
+	s := statsFromRecord(r)
+	for i := range entries {
+		if entries[i].Key == *k {
+			s.addCached(&entries[i], r.Id)
+		}
+	}
+	return s
+}
+
+// rereadFlow reads one flow consistently: its record before and after
+// its cache entries, until no write-back happened in between.
+func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
+	for range 100 {
+		var before, after nsflowFlowValue
+		if err := d.objs.NsflowFlows.Lookup(k, &before); errors.Is(err, ebpf.ErrKeyNotExist) {
+			return FlowStats{}, false, nil
+		} else if err != nil {
+			return FlowStats{}, false, err
+		}
+		var es []nsflowFlowCacheEntry
+		if err := d.objs.NsflowFlowCache.Lookup(flowCacheIndex(k), &es); err != nil {
+			return FlowStats{}, false, err
+		}
+		if err := d.objs.NsflowFlows.Lookup(k, &after); errors.Is(err, ebpf.ErrKeyNotExist) {
+			return FlowStats{}, false, nil
+		} else if err != nil {
+			return FlowStats{}, false, err
+		}
+		if before == after {
+			return flowStats(k, &after, es), true, nil
+		}
+	}
+	return FlowStats{}, false, errors.New("flow keeps changing while read")
+}
+
+// Flows calls fn for each flow until fn returns false. Each flow's counts
+// are read consistently (never counting a written-back delta twice or
+// not at all); a flow inserted during the read may be missed.
+func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
+	if err := d.clock.refresh(); err != nil {
+		return err
+	}
+	// Records, then the cache, then the records again: a record that did
+	// not change saw no write-back, so its cache entries are current.
+	first, err := d.readRecords()
+	if err != nil {
+		return err
+	}
+	cache, err := d.readCache()
+	if err != nil {
+		return err
+	}
+	second, err := d.readRecords()
+	if err != nil {
+		return err
+	}
+	for k, r := range second {
+		var s FlowStats
+		if r0, ok := first[k]; ok && r0 == r {
+			s = flowStats(&k, &r, cache[flowCacheIndex(&k)])
+		} else {
+			var found bool
+			s, found, err = d.rereadFlow(&k)
+			if err != nil {
+				return fmt.Errorf("bpf: read flow: %w", err)
+			}
+			if !found {
+				continue
+			}
+		}
+		s.FirstSeen, s.LastSeen = d.clock.ns(s.FirstSeen), d.clock.ns(s.LastSeen)
+		if !fn(flowKeyFromRaw(&k), s) {
+			return nil
+		}
 	}
 	return nil
 }
 
 // DeleteFlows removes flows, in one batch where the kernel allows, and
-// returns how many were there. A flow updated by a CPU between the
-// caller's last read and the delete loses those packets from its flow
-// record (never from the port counters); the next packet of the flow
-// starts a new record with a new FirstSeen.
+// returns how many were there. Packets of a flow counted between the
+// caller's last read and the delete go with the deleted record (never
+// from the port counters); the next packet of the flow starts a new
+// record with a new FirstSeen. A flow is best deleted once idle.
 func (d *Datapath) DeleteFlows(keys []FlowKey) (int, error) {
 	raw := make([]nsflowFlowKey, 0, len(keys))
 	for _, k := range keys {
@@ -130,6 +255,9 @@ func (d *Datapath) DeleteFlows(keys []FlowKey) (int, error) {
 	if len(raw) == 0 {
 		return 0, nil
 	}
+	// Cache entries of the deleted records check their record once, at
+	// their next packet, after the generation moves on.
+	defer func() { _ = d.bumpGen() }()
 	n, err := d.objs.NsflowFlows.BatchDelete(raw, nil)
 	if err == nil {
 		return n, nil
@@ -179,6 +307,20 @@ func (d *Datapath) loss() (nsflowLoss, error) {
 		t.PortFull += v.PortFull
 	}
 	return t, nil
+}
+
+// bumpGen moves the deletion generation on.
+func (d *Datapath) bumpGen() error {
+	d.genMu.Lock()
+	defer d.genMu.Unlock()
+	var g uint32
+	if err := d.objs.NsflowGen.Lookup(uint32(0), &g); err != nil {
+		return fmt.Errorf("bpf: read generation: %w", err)
+	}
+	if err := d.objs.NsflowGen.Update(uint32(0), g+1, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("bpf: bump generation: %w", err)
+	}
+	return nil
 }
 
 // FlowCapacity is the flow table's size.

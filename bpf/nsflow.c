@@ -82,15 +82,41 @@ struct flow_key {
 	__u8 dst[16];
 };
 
+// A flow record in the shared nsflow_flows hash map. Counts reach it from
+// the per-CPU flow cache when a cache entry is written back (flushed).
 struct flow_value {
 	__u64 packets;
 	__u64 segments;
 	__u64 bytes;
-	__u64 first_seen; // bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE)
-	__u64 last_seen;
-	__u8 tcp_flags; // OR of the flags seen
-	__u8 pad[7];
+	__u64 first_seen; // jiffies (bpf_jiffies64: inlined, ~1 ns; a clock read costs ~10)
+	__u64 last_seen;  // jiffies, of the last write-back; see the cache for later
+	__u64 id;         // bpf_ktime_get_ns at insert: tells records of one key apart
+	__u32 tcp_flags;  // OR of the flags seen
+	__u32 pad;
 };
+
+// The counts of a flow not yet written back to its record.
+struct flow_delta {
+	__u64 packets;
+	__u64 segments;
+	__u64 bytes;
+	__u64 last_seen; // jiffies
+	__u32 tcp_flags;
+	__u32 pad;
+};
+
+// A per-CPU, direct-mapped flow cache entry: the fast path. A packet whose
+// flow is in its CPU's cache costs two inlined array lookups, a key
+// compare and three adds; no hash map is touched.
+struct flow_cache_entry {
+	struct flow_key key;
+	__u64 id;  // id of the record the delta belongs to; 0 = empty
+	__u32 gen; // value of nsflow_gen when the record was last seen to exist
+	__u32 pad;
+	struct flow_delta d;
+};
+
+#define FLOW_CACHE 1024
 
 // What could not be recorded, in packets; the port counters still count a
 // packet whose flow did not fit.
@@ -117,13 +143,31 @@ struct {
 } nsflow_port_slots SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsflow_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_cache_entry);
+	__uint(max_entries, FLOW_CACHE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsflow_flow_cache SEC(".maps");
+
+// The deletion generation: user space bumps it after deleting records, so
+// that each cache entry checks once that its record still exists.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsflow_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -364,39 +408,103 @@ static __always_inline void count_loss(int port)
 		l->flow_full++;
 }
 
-static __always_inline void count_flow(struct flow_key *k, struct pkt *p,
-				       __u64 segs, __u64 len)
+// flow_cache_index hashes the key's seven words in three independent
+// lanes (cheap on the fast path); the Go side computes the same.
+static __always_inline __u32 flow_cache_index(const struct flow_key *k)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
-	struct flow_value *v = bpf_map_lookup_elem(&nsflow_flows, k);
+	const __u64 *w = (const __u64 *)k;
+	__u64 h = (w[0] ^ w[3] ^ w[6]) * 0x9E3779B97F4A7C15ULL +
+		  (w[1] ^ w[4]) * 0xC2B2AE3D27D4EB4FULL +
+		  (w[2] ^ w[5]) * 0x165667B19E3779F9ULL;
 
-	if (!v) {
+	return (__u32)(h >> 54) & (FLOW_CACHE - 1);
+}
+
+static __always_inline int flow_key_eq(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) |
+		(x[4] ^ y[4]) | (x[5] ^ y[5]) | (x[6] ^ y[6])) == 0;
+}
+
+// flush writes a cache entry's delta back to its record. If the record
+// was deleted (or replaced) meanwhile, the delta belonged to the deleted
+// record and goes with it.
+static __always_inline void flush(struct flow_cache_entry *e)
+{
+	if (!e->id || !e->d.packets)
+		return;
+	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &e->key);
+	if (r && r->id == e->id) {
+		__sync_fetch_and_add(&r->packets, e->d.packets);
+		__sync_fetch_and_add(&r->segments, e->d.segments);
+		__sync_fetch_and_add(&r->bytes, e->d.bytes);
+		if (e->d.tcp_flags)
+			__sync_fetch_and_or(&r->tcp_flags, e->d.tcp_flags);
+		if (e->d.last_seen > r->last_seen)
+			r->last_seen = e->d.last_seen;
+	}
+	__builtin_memset(&e->d, 0, sizeof(e->d));
+}
+
+// flow_slow is the slow path: the packet's flow is not in this CPU's
+// cache, or the cache entry must check that its record still exists.
+static __always_inline void flow_slow(struct flow_cache_entry *e, struct flow_key *k,
+				 __u32 gen, __u64 segs, __u64 len, __u32 tcp_flags, __u64 now)
+{
+	flush(e);
+	e->id = 0;
+
+	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, k);
+	if (!r) {
 		struct flow_value nv = {
-			.packets = 1,
-			.segments = segs,
-			.bytes = len,
 			.first_seen = now,
 			.last_seen = now,
-			.tcp_flags = p->tcp_flags,
+			.id = bpf_ktime_get_ns(),
 		};
 		long err = bpf_map_update_elem(&nsflow_flows, k, &nv, BPF_NOEXIST);
-		if (!err)
+		// EEXIST: another CPU inserted it just now; use that record.
+		if (err && err != -17 /* EEXIST */) {
+			count_loss(0);
 			return;
-		// Another CPU inserted it first: our CPU's slot is zero.
-		if (err == -17 /* EEXIST */)
-			v = bpf_map_lookup_elem(&nsflow_flows, k);
-		if (!v) {
+		}
+		r = bpf_map_lookup_elem(&nsflow_flows, k);
+		if (!r) {
 			count_loss(0);
 			return;
 		}
 	}
-	if (!v->first_seen)
-		v->first_seen = now;
-	v->packets++;
-	v->segments += segs;
-	v->bytes += len;
-	v->last_seen = now;
-	v->tcp_flags |= p->tcp_flags;
+	__builtin_memcpy(&e->key, k, sizeof(*k));
+	e->id = r->id;
+	e->gen = gen;
+	e->d.packets = 1;
+	e->d.segments = segs;
+	e->d.bytes = len;
+	e->d.last_seen = now;
+	e->d.tcp_flags = tcp_flags;
+}
+
+static __always_inline void count_flow(struct flow_key *k, struct pkt *p,
+				       __u64 segs, __u64 len)
+{
+	__u32 zero = 0;
+	__u32 idx = flow_cache_index(k);
+	struct flow_cache_entry *e = bpf_map_lookup_elem(&nsflow_flow_cache, &idx);
+	__u32 *gen = bpf_map_lookup_elem(&nsflow_gen, &zero);
+	__u64 now = bpf_jiffies64();
+
+	if (!e || !gen)
+		return;
+	if (e->id && e->gen == *gen && flow_key_eq(&e->key, k)) {
+		e->d.packets++;
+		e->d.segments += segs;
+		e->d.bytes += len;
+		e->d.last_seen = now;
+		e->d.tcp_flags |= p->tcp_flags;
+		return;
+	}
+	flow_slow(e, k, *gen, segs, len, p->tcp_flags, now);
 }
 
 // port_slot_index mixes cookie and ifindex (Fibonacci hashing); the Go

@@ -20,6 +20,23 @@ type nsflowCounter struct {
 	Bytes    uint64
 }
 
+type nsflowFlowCacheEntry struct {
+	_   structs.HostLayout
+	Key nsflowFlowKey
+	Id  uint64
+	Gen uint32
+	Pad uint32
+	D   struct {
+		_        structs.HostLayout
+		Packets  uint64
+		Segments uint64
+		Bytes    uint64
+		LastSeen uint64
+		TcpFlags uint32
+		Pad      uint32
+	}
+}
+
 type nsflowFlowKey struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
@@ -42,8 +59,9 @@ type nsflowFlowValue struct {
 	Bytes     uint64
 	FirstSeen uint64
 	LastSeen  uint64
-	TcpFlags  uint8
-	Pad       [7]uint8
+	Id        uint64
+	TcpFlags  uint32
+	Pad       uint32
 }
 
 type nsflowLoss struct {
@@ -76,7 +94,9 @@ type nsflowPortStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	nsflowMapNsflowFlowCache = "nsflow_flow_cache"
 	nsflowMapNsflowFlows     = "nsflow_flows"
+	nsflowMapNsflowGen       = "nsflow_gen"
 	nsflowMapNsflowLoss      = "nsflow_loss"
 	nsflowMapNsflowPortSlots = "nsflow_port_slots"
 	nsflowMapNsflowPorts     = "nsflow_ports"
@@ -134,7 +154,9 @@ type nsflowProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nsflowMapSpecs struct {
+	NsflowFlowCache *ebpf.MapSpec `ebpf:"nsflow_flow_cache"`
 	NsflowFlows     *ebpf.MapSpec `ebpf:"nsflow_flows"`
+	NsflowGen       *ebpf.MapSpec `ebpf:"nsflow_gen"`
 	NsflowLoss      *ebpf.MapSpec `ebpf:"nsflow_loss"`
 	NsflowPortSlots *ebpf.MapSpec `ebpf:"nsflow_port_slots"`
 	NsflowPorts     *ebpf.MapSpec `ebpf:"nsflow_ports"`
@@ -166,7 +188,9 @@ func (o *nsflowObjects) Close() error {
 //
 // It can be passed to loadNsflowObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nsflowMaps struct {
+	NsflowFlowCache *ebpf.Map `ebpf:"nsflow_flow_cache"`
 	NsflowFlows     *ebpf.Map `ebpf:"nsflow_flows"`
+	NsflowGen       *ebpf.Map `ebpf:"nsflow_gen"`
 	NsflowLoss      *ebpf.Map `ebpf:"nsflow_loss"`
 	NsflowPortSlots *ebpf.Map `ebpf:"nsflow_port_slots"`
 	NsflowPorts     *ebpf.Map `ebpf:"nsflow_ports"`
@@ -174,7 +198,9 @@ type nsflowMaps struct {
 
 func (m *nsflowMaps) Close() error {
 	return _NsflowClose(
+		m.NsflowFlowCache,
 		m.NsflowFlows,
+		m.NsflowGen,
 		m.NsflowLoss,
 		m.NsflowPortSlots,
 		m.NsflowPorts,
