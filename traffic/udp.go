@@ -17,10 +17,10 @@ import (
 )
 
 // Draining: after the last send, the server is read until every datagram
-// arrived or nothing arrived for quietFor (the rest were lost), and at
-// most drainMax.
+// arrived, or until nothing arrived for quietFor while no socket holds an
+// unread datagram (the rest were lost), and at most drainMax.
 const (
-	quietFor = 200 * time.Millisecond
+	quietFor = 50 * time.Millisecond
 	drainMax = 5 * time.Second
 )
 
@@ -98,7 +98,7 @@ func (u *udpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 		res.Sent.Bytes += sent[i].Bytes
 		res.SendCalls += calls[i]
 	}
-	drain(res.Sent.Packets, recvs)
+	drain(res.Sent.Packets, recvs, u.servers)
 	closeAll(u.servers)
 	rwg.Wait()
 
@@ -125,8 +125,9 @@ func (u *udpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 }
 
 // drain waits until the receivers got want datagrams, or stopped making
-// progress.
-func drain(want uint64, recvs []*udpReceiver) {
+// progress with nothing left to read: a receiver that is merely slow to
+// be scheduled must not have its datagrams counted as lost.
+func drain(want uint64, recvs []*udpReceiver, socks []*net.UDPConn) {
 	deadline := time.Now().Add(drainMax)
 	var prev uint64
 	quietSince := time.Now()
@@ -140,11 +141,31 @@ func drain(want uint64, recvs []*udpReceiver) {
 		}
 		if got != prev {
 			prev, quietSince = got, time.Now()
-		} else if time.Since(quietSince) > quietFor {
+		} else if time.Since(quietSince) > quietFor && !pending(socks) {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// pending reports whether any socket has a datagram queued: SIOCINQ gives
+// the size of the next one, and the generator's are never empty.
+func pending(socks []*net.UDPConn) bool {
+	for _, c := range socks {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			continue
+		}
+		var queued bool
+		_ = rc.Control(func(fd uintptr) {
+			n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			queued = err == nil && n > 0
+		})
+		if queued {
+			return true
+		}
+	}
+	return false
 }
 
 // send writes sequence-numbered datagrams in sendmmsg batches until the
