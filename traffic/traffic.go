@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -120,11 +121,12 @@ func (r Result) Mpps() float64 {
 
 // Run is a flow in progress.
 type Run struct {
-	stop   chan struct{}
-	done   chan struct{}
-	cancel context.CancelFunc
-	res    Result
-	err    error
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
+	cancel   context.CancelFunc
+	res      Result
+	err      error
 }
 
 // flowRunner is the per-protocol half of a Run: it sends until told to
@@ -178,11 +180,7 @@ func (r *Run) Wait() (Result, error) {
 
 // Stop ends sending now and returns the counts once the server drained.
 func (r *Run) Stop() (Result, error) {
-	select {
-	case <-r.stop:
-	default:
-		close(r.stop)
-	}
+	r.stopOnce.Do(func() { close(r.stop) })
 	return r.Wait()
 }
 

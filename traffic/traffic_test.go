@@ -125,9 +125,16 @@ func TestStop(t *testing.T) {
 			t.Fatal(err)
 		}
 		time.Sleep(200 * time.Millisecond)
+		// Stop may be called from several places at once (Ctrl-C and
+		// the end of a run); every caller gets the same result.
+		again := make(chan Result, 1)
+		go func() { res, _ := r.Stop(); again <- res }()
 		res, err := r.Stop()
 		if err != nil {
 			t.Fatalf("%s: %v", proto, err)
+		}
+		if other := <-again; other != res {
+			t.Errorf("%s: two Stops saw %+v and %+v", proto, res, other)
 		}
 		if res.Received.Bytes == 0 || res.Received.Bytes != res.Sent.Bytes {
 			t.Errorf("%s: sent %+v received %+v", proto, res.Sent, res.Received)
