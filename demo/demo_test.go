@@ -55,7 +55,7 @@ func leftovers(t *testing.T, prefix string) []string {
 			out = append(out, "netns "+e.Name())
 		}
 	}
-	links, err := netlink.LinkList()
+	links, err := linkList()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +69,19 @@ func leftovers(t *testing.T, prefix string) []string {
 		out = append(out, "state "+s)
 	}
 	return out
+}
+
+// linkList lists the host's interfaces, dumping again when other tests
+// changed links during the dump (netlink then flags it as interrupted).
+func linkList() ([]netlink.Link, error) {
+	for range 20 {
+		links, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return links, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil, errors.New("link dump interrupted 20 times in a row")
 }
 
 // attachedPrograms returns the IDs of the tcx programs attached to the

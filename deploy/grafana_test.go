@@ -3,6 +3,8 @@ package deploy
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -193,5 +195,40 @@ func TestDashboardUsesContractMetrics(t *testing.T) {
 		for _, p := range checkRefs(agentMetrics, refs) {
 			t.Errorf("%s: %s", where, p)
 		}
+	}
+}
+
+// grafanaVars stands in for the dashboard's variables so that promtool
+// can parse its queries.
+var grafanaVars = strings.NewReplacer(
+	"$__rate_interval", "1m", "$__range", "1h", "$__interval", "1m",
+	"$instance", ".*", "$netns", ".*",
+)
+
+// TestDashboardQueriesAreValidPromQL has promtool parse every panel query,
+// written as recording rules of a throwaway rule file.
+func TestDashboardQueriesAreValidPromQL(t *testing.T) {
+	promtool := requireTool(t, "promtool", "prometheus")
+	var b strings.Builder
+	b.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	n := 0
+	for _, p := range loadDashboard(t).allPanels() {
+		for _, tg := range p.Targets {
+			expr := grafanaVars.Replace(tg.Expr)
+			if strings.Contains(expr, "$") {
+				t.Errorf("panel %q: unknown variable in %q", p.Title, tg.Expr)
+			}
+			q, _ := json.Marshal(expr) // a JSON string is a YAML string
+			fmt.Fprintf(&b, "      - record: dashboard:query%d\n        expr: %s\n", n, q)
+			n++
+		}
+	}
+	file := filepath.Join(t.TempDir(), "dashboard.rules.yml")
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := run(t, promtool, "check", "rules", file)
+	if !strings.Contains(out, fmt.Sprintf("SUCCESS: %d rules found", n)) {
+		t.Errorf("promtool:\n%s", out)
 	}
 }

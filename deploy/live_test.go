@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -8,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -38,16 +38,24 @@ func TestLiveScrape(t *testing.T) {
 			scrapeErr = err
 			return
 		}
-		res, err := traffic.Measure(context.Background(), traffic.Flow{
-			Proto:       traffic.UDP,
-			ClientNetns: i.Spec.NetnsPath(prefix + "ns1"),
-			ServerNetns: i.Spec.NetnsPath(prefix + "c1"),
-			Server:      netip.MustParseAddrPort("198.18.9.2:5099"),
-			Packets:     200, Rate: 2000,
-		})
-		if err != nil || res.Received.Packets == 0 {
-			scrapeErr = fmt.Errorf("traffic over the rogue link: %v (%+v)", err, res)
-			return
+		// The first datagrams may be lost while the new link comes up and
+		// resolves its neighbour: send until some arrive.
+		for try := 1; ; try++ {
+			res, err := traffic.Measure(context.Background(), traffic.Flow{
+				Proto:       traffic.UDP,
+				ClientNetns: i.Spec.NetnsPath(prefix + "ns1"),
+				ServerNetns: i.Spec.NetnsPath(prefix + "c1"),
+				Server:      netip.MustParseAddrPort("198.18.9.2:5099"),
+				Packets:     100, Rate: 2000,
+			})
+			if err == nil && res.Received.Packets > 0 {
+				break
+			}
+			if try == 10 {
+				scrapeErr = fmt.Errorf("traffic over the rogue link: %v (%+v)", err, res)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 		// The agent folds counts in at scrape time; poll until the
 		// violation shows.
@@ -76,7 +84,7 @@ func TestLiveScrape(t *testing.T) {
 	}
 	t.Cleanup(func() { topology.Down(context.Background(), built, topology.Options{}) })
 	if _, err := demo.Run(context.Background(), demo.Options{
-		Prefix: prefix, Duration: 3 * time.Second, ListenAddress: "127.0.0.1:0", Started: started, Out: tlog{t},
+		Prefix: prefix, Duration: 3 * time.Second, ListenAddress: "127.0.0.1:0", Started: started, Out: &tlog{t: t},
 	}); err != nil {
 		t.Fatalf("demo: %v", err)
 	}
@@ -196,10 +204,20 @@ func rogueLink(s *topology.Spec, a, b string) error {
 	return nil
 }
 
-// tlog shows the demo's progress in the test log.
-type tlog struct{ t *testing.T }
+// tlog shows the demo's output in the test log, a line at a time.
+type tlog struct {
+	t   *testing.T
+	buf []byte
+}
 
-func (l tlog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+func (l *tlog) Write(p []byte) (int, error) {
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		l.t.Log(string(l.buf[:i]))
+		l.buf = l.buf[i+1:]
+	}
 }
