@@ -1,0 +1,128 @@
+package bpf
+
+import (
+	"encoding/json"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// BenchmarkVethThroughput measures a veth pair with nsflow attached on
+// both ends against the same pair without, in paired runs whose order
+// alternates: TCP single stream (Gbit/s) and UDP with 64-byte frames
+// (packets per second received). iperf3 generates the traffic. It also
+// reports the programs' mean run time from the kernel's BPF statistics
+// (enabled through BPF_ENABLE_STATS for the instrumented runs only).
+//
+//	go test -run '^$' -bench BenchmarkVethThroughput -benchtime 1x ./bpf/
+func BenchmarkVethThroughput(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Fatal("iperf3 is needed (Debian package iperf3)")
+	}
+	for _, proto := range []string{"tcp", "udp64"} {
+		b.Run(proto, func(b *testing.B) {
+			d := loadForTest(b, Options{})
+			a, bns := newTestNS(b), newTestNS(b)
+			ea, eb := vethPair(b, a, bns, 6)
+			const rounds = 3
+			var bare, inst []float64
+			var runs, runNs uint64
+			for i := 0; i < rounds*b.N; i++ {
+				// Alternate which goes first, so a drift in the machine's
+				// load does not favour one side.
+				for _, on := range []bool{i%2 == 0, i%2 != 0} {
+					if !on {
+						bare = append(bare, iperf(b, proto, ea, eb))
+						continue
+					}
+					atts := []*Attachment{}
+					for _, e := range []*end{ea, eb} {
+						att, err := d.Attach(e.NS.Path, e.Ifname)
+						if err != nil {
+							b.Fatal(err)
+						}
+						atts = append(atts, att)
+					}
+					stats, err := d.EnableRunStats()
+					if err != nil {
+						b.Fatal(err)
+					}
+					c0, t0, _ := d.RunStats()
+					inst = append(inst, iperf(b, proto, ea, eb))
+					c1, t1, _ := d.RunStats()
+					stats.Close()
+					runs += c1 - c0
+					runNs += t1 - t0
+					for _, att := range atts {
+						if err := att.Detach(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+			}
+			unit := "Gbit/s"
+			if proto == "udp64" {
+				unit = "kpps"
+			}
+			bm, im := median(bare), median(inst)
+			b.ReportMetric(bm, "bare-"+unit)
+			b.ReportMetric(im, "nsflow-"+unit)
+			b.ReportMetric(im/bm, "ratio")
+			if runs > 0 {
+				b.ReportMetric(float64(runNs)/float64(runs), "ns/run")
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// iperf runs one 3-second iperf3 test from ea to eb and returns Gbit/s
+// received (tcp) or thousands of packets per second received (udp64:
+// 22-byte payloads, 64-byte frames).
+func iperf(b *testing.B, proto string, ea, eb *end) float64 {
+	b.Helper()
+	port := "5201"
+	srv := exec.Command("ip", "netns", "exec", eb.NS.Name, "iperf3", "-s", "-1", "-B", eb.IP.String(), "-p", port)
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	args := []string{"netns", "exec", ea.NS.Name, "iperf3", "-c", eb.IP.String(), "-p", port, "-B", ea.IP.String(), "-t", "3", "-J"}
+	if proto == "udp64" {
+		args = append(args, "-u", "-b", "0", "-l", "22")
+	}
+	var out []byte
+	var err error
+	for try := 0; try < 20; try++ { // until the server listens
+		time.Sleep(100 * time.Millisecond)
+		out, err = exec.Command("ip", args...).Output()
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		b.Fatalf("iperf3: %v: %s", err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			Sum struct {
+				Seconds     float64 `json:"seconds"`
+				Packets     float64 `json:"packets"`
+				LostPackets float64 `json:"lost_packets"`
+			} `json:"sum"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		b.Fatalf("iperf3 output: %v", err)
+	}
+	if proto == "udp64" {
+		if r.End.Sum.Seconds == 0 {
+			b.Fatalf("iperf3: no UDP result: %s", out)
+		}
+		return (r.End.Sum.Packets - r.End.Sum.LostPackets) / r.End.Sum.Seconds / 1e3
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9
+}
