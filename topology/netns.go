@@ -57,17 +57,15 @@ func openHost() (*nsConn, error) {
 	return c, nil
 }
 
-// openNetns opens an existing named namespace at path.
+// openNetns opens an existing named namespace at path (without the
+// second socket: see openSock).
 func openNetns(name, path string) (*nsConn, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open namespace %s: %w", path, err)
 	}
 	c := &nsConn{name: name, fd: fd}
-	if c.h, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE); err == nil {
-		c.sock, err = routeSocket(netns.NsHandle(fd))
-	}
-	if err != nil {
+	if c.h, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE); err != nil {
 		c.close()
 		return nil, fmt.Errorf("namespace %s: %w", path, err)
 	}
@@ -181,6 +179,15 @@ func unmountNetns(path string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	return nil
+}
+
+// openSock opens c's second route socket, which building needs.
+func (c *nsConn) openSock() (err error) {
+	c.sock, err = routeSocket(netns.NsHandle(c.fd))
+	if err != nil {
+		return fmt.Errorf("namespace %s: netlink: %w", c.name, err)
 	}
 	return nil
 }

@@ -197,6 +197,9 @@ func (b *builder) preflight(ctx context.Context) error {
 		if err == nil {
 			links, err = linksByName(c.h)
 		}
+		if err == nil {
+			err = c.openSock()
+		}
 		if err != nil {
 			c.close()
 			return err
