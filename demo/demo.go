@@ -13,14 +13,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"regexp"
-	"sync"
 	"time"
 
-	"github.com/nsflow/nsflow/agent"
-	"github.com/nsflow/nsflow/collector"
 	"github.com/nsflow/nsflow/topology"
-	"github.com/nsflow/nsflow/traffic"
 	"github.com/nsflow/nsflow/verify"
 )
 
@@ -121,7 +116,8 @@ type Summary struct {
 }
 
 // Run runs the demo until ctx ends or Duration passes, then tears down.
-// Teardown runs whatever happened before, and its failure is returned too.
+// Teardown undoes whatever was done, in reverse, even after a failure, and
+// its own failures are returned too.
 func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
@@ -136,166 +132,35 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
-
-	d := newDisplay(o, spec)
-	sum = &Summary{Topology: spec.Name}
-	var teardown []func() error
+	r := &runner{o: o, spec: spec, d: newDisplay(o, spec), sum: &Summary{Topology: spec.Name}}
 	defer func() {
-		// Undo in reverse, each step on its own, whatever failed before.
-		var errs []error
-		for i := len(teardown) - 1; i >= 0; i-- {
-			errs = append(errs, teardown[i]())
-		}
+		err = errors.Join(err, r.teardown())
 		ln.Close() // in case serving never started; closing twice is harmless
-		d.finish(sum)
-		err = errors.Join(err, errors.Join(errs...))
+		r.d.finish(r.sum)
 	}()
-	// The demo's own work stops with ctx; teardown gets a fresh deadline.
-	cleanupCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
-	}
 
-	// 1. The topology.
-	up := d.step("topology up")
-	teardown = append(teardown, func() error {
-		down := d.step("topology down")
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		res, err := topology.Down(cctx, spec, topology.Options{Progress: down.progress})
-		sum.Down = res
-		if err == nil {
-			down.done("%d namespaces and %d host interfaces removed", res.NamespacesRemoved, res.InterfacesRemoved)
-		}
-		return down.fail(err)
-	})
-	res, err := topology.Up(ctx, spec, topology.Options{Progress: up.progress})
+	if err := r.topologyUp(ctx); err != nil {
+		return r.sum, err
+	}
+	a, reg, err := r.startAgent(ctx, ln)
 	if err != nil {
-		return sum, up.fail(err)
+		return r.sum, err
 	}
-	up.done("%d namespaces, %d interfaces", res.NamespacesCreated, res.InterfacesCreated)
-
-	// 2. The agent, restricted to the demo's namespaces, and /metrics.
-	start := d.step("agent")
-	a, err := agent.New(agent.Config{
-		Logger: o.Logger,
-		Netns:  agent.Filter{Include: regexp.MustCompile("^" + regexp.QuoteMeta(o.Prefix))},
-	})
-	if err != nil {
-		return sum, start.fail(err)
+	if err := r.startTraffic(ctx, a); err != nil {
+		return r.sum, err
 	}
-	actx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
-	var agentErr error
-	agentDone := make(chan struct{})
-	go func() { defer close(agentDone); agentErr = a.Run(actx) }()
-	teardown = append(teardown, func() error {
-		st := d.step("agent stop")
-		stopAgent()
-		<-agentDone
-		if agentErr == nil {
-			st.done("programs detached")
-		}
-		return st.fail(agentErr)
-	})
-	reg := collector.NewRegistry(o.Logger, a, collector.Options{Violations: violations(verify.NewModel(spec), a)})
-	web := agent.WebConfig{ListenAddress: o.ListenAddress, TelemetryPath: "/metrics"}
-	h, err := agent.Handler(o.Logger, reg, web, a.Ready)
-	if err != nil {
-		return sum, start.fail(err)
-	}
-	sctx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
-	served := make(chan error, 1)
-	go func() { served <- agent.Serve(sctx, o.Logger, ln, h, web) }()
-	teardown = append(teardown, func() error {
-		stopServing()
-		return <-served
-	})
-	if err := waitReady(ctx, a, agentDone, &agentErr); err != nil {
-		return sum, start.fail(err)
-	}
-	metricsURL := d.metricsURL(ln.Addr())
-	start.done("attached; metrics on %s", metricsURL)
-
-	// 3. Traffic. When it stops, the agent's counts for each flow are read
-	// before the agent stops, to show they match the generator's.
-	gen := d.step("traffic")
-	flows, err := trafficFlows(spec, o.Prefix, seedFlows)
-	if err != nil {
-		return sum, gen.fail(err)
-	}
-	var runs []*traffic.Run
-	teardown = append(teardown, func() error {
-		if len(runs) == 0 {
-			return nil
-		}
-		st := d.step("traffic stop")
-		var errs []error
-		for i, r := range runs {
-			res, err := r.Stop()
-			sum.Flows = append(sum.Flows, FlowCount{Src: flows[i].Src, Dst: flows[i].Dst,
-				Port: flows[i].Flow.Server.Port(), Loopback: flows[i].Loopback, Result: res})
-			errs = append(errs, err)
-		}
-		errs = append(errs, sum.countFlows(a, countWait))
-		if err := errors.Join(errs...); err != nil {
-			return st.fail(err)
-		}
-		st.done("%d flows stopped", len(runs))
-		return nil
-	})
-	for _, f := range flows {
-		r, err := traffic.Start(ctx, f.Flow)
-		if err != nil {
-			return sum, gen.fail(fmt.Errorf("flow %s→%s: %w", f.Src, f.Dst, err))
-		}
-		runs = append(runs, r)
-	}
-	gen.done("%d flows", len(runs))
-
-	// 4. Verify, in the background: the view shows it probing.
-	check := d.step("verify isolation")
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		rep, err := verify.Run(ctx, spec, verify.Options{})
-		sum.Verify = rep
-		v := verdictOf(rep, err)
-		d.setVerdict(v)
-		if err != nil {
-			check.fail(err)
-			return
-		}
-		check.done("%d probes, %d disagree with intent", v.Probes, len(v.Mismatches))
-	})
-	teardown = append(teardown, func() error { wg.Wait(); return nil })
-
+	// Verify runs in the background: the view shows it probing.
+	r.startVerify(ctx)
 	if o.Started != nil {
-		o.Started(Info{Spec: spec, MetricsURL: metricsURL})
+		o.Started(Info{Spec: spec, MetricsURL: r.metricsURL})
 	}
-
-	// 5. The live view until the end. Duration counts from here, so that a
-	// slow start-up does not eat the time to watch.
+	// Duration counts from here, so that a slow start-up does not eat the
+	// time to watch.
 	if o.Duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Duration)
 		defer cancel()
 	}
-	d.live(ctx, reg)
-	return sum, nil
-}
-
-// waitReady waits for the agent's initial discovery, or its failure.
-func waitReady(ctx context.Context, a *agent.Agent, done <-chan struct{}, runErr *error) error {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !a.Ready() {
-		select {
-		case <-done:
-			return fmt.Errorf("agent stopped: %v", *runErr)
-		case <-ctx.Done():
-			return fmt.Errorf("agent not ready: %w", context.Cause(ctx))
-		case <-tick.C:
-		}
-	}
-	return nil
+	r.d.live(ctx, reg)
+	return r.sum, nil
 }

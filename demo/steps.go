@@ -1,0 +1,192 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/nsflow/nsflow/agent"
+	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/topology"
+	"github.com/nsflow/nsflow/traffic"
+	"github.com/nsflow/nsflow/verify"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// runner is one demo run: each start-up step registers how to undo
+// itself, and teardown undoes them in reverse.
+type runner struct {
+	o    Options
+	spec *topology.Spec
+	d    *display
+	sum  *Summary
+	undo []func() error
+	// metricsURL is where the agent's metrics are served, once they are.
+	metricsURL string
+}
+
+// teardown runs every undo step, newest first, each whatever the others
+// returned.
+func (r *runner) teardown() error {
+	var errs []error
+	for i := len(r.undo) - 1; i >= 0; i-- {
+		errs = append(errs, r.undo[i]())
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupCtx is the context of an undo step: the demo's own work stops
+// with ctx, but teardown must run to its end, within a bound.
+func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+}
+
+func (r *runner) topologyUp(ctx context.Context) error {
+	up := r.d.step("topology up")
+	r.undo = append(r.undo, func() error {
+		down := r.d.step("topology down")
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		res, err := topology.Down(cctx, r.spec, topology.Options{Progress: down.progress})
+		r.sum.Down = res
+		if err == nil {
+			down.done("%d namespaces and %d host interfaces removed", res.NamespacesRemoved, res.InterfacesRemoved)
+		}
+		return down.fail(err)
+	})
+	res, err := topology.Up(ctx, r.spec, topology.Options{Progress: up.progress})
+	if err != nil {
+		return up.fail(err)
+	}
+	up.done("%d namespaces, %d interfaces", res.NamespacesCreated, res.InterfacesCreated)
+	return nil
+}
+
+// startAgent runs the agent on the demo's namespaces only (no pins, so
+// nothing outlives the demo) and serves its metrics on ln, as `nsflow
+// agent` does, plus the violation counter from verify's model.
+func (r *runner) startAgent(ctx context.Context, ln net.Listener) (*agent.Agent, *prometheus.Registry, error) {
+	st := r.d.step("agent")
+	a, err := agent.New(agent.Config{
+		Logger: r.o.Logger,
+		Netns:  agent.Filter{Include: regexp.MustCompile("^" + regexp.QuoteMeta(r.o.Prefix))},
+	})
+	if err != nil {
+		return nil, nil, st.fail(err)
+	}
+	actx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
+	var agentErr error
+	agentDone := make(chan struct{})
+	go func() { defer close(agentDone); agentErr = a.Run(actx) }()
+	r.undo = append(r.undo, func() error {
+		stop := r.d.step("agent stop")
+		stopAgent()
+		<-agentDone
+		if agentErr == nil {
+			stop.done("programs detached")
+		}
+		return stop.fail(agentErr)
+	})
+
+	reg := collector.NewRegistry(r.o.Logger, a, collector.Options{Violations: violations(verify.NewModel(r.spec), a)})
+	web := agent.WebConfig{ListenAddress: r.o.ListenAddress, TelemetryPath: "/metrics"}
+	h, err := agent.Handler(r.o.Logger, reg, web, a.Ready)
+	if err != nil {
+		return nil, nil, st.fail(err)
+	}
+	sctx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- agent.Serve(sctx, r.o.Logger, ln, h, web) }()
+	r.undo = append(r.undo, func() error {
+		stopServing()
+		return <-served
+	})
+	if err := waitReady(ctx, a, agentDone, &agentErr); err != nil {
+		return nil, nil, st.fail(err)
+	}
+	r.metricsURL = r.d.metricsURL(ln.Addr())
+	st.done("attached; metrics on %s", r.metricsURL)
+	return a, reg, nil
+}
+
+// startTraffic starts the demo flows. When they stop, the agent's count
+// for each is read before the agent stops, to show they match the
+// generator's.
+func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
+	st := r.d.step("traffic")
+	flows, err := trafficFlows(r.spec, r.o.Prefix, seedFlows)
+	if err != nil {
+		return st.fail(err)
+	}
+	var runs []*traffic.Run
+	r.undo = append(r.undo, func() error {
+		if len(runs) == 0 {
+			return nil
+		}
+		stop := r.d.step("traffic stop")
+		var errs []error
+		for i, run := range runs {
+			res, err := run.Stop()
+			f := flows[i]
+			r.sum.Flows = append(r.sum.Flows, FlowCount{Src: f.Src, Dst: f.Dst,
+				Port: f.Flow.Server.Port(), Loopback: f.Loopback, Result: res})
+			errs = append(errs, err)
+		}
+		errs = append(errs, r.sum.countFlows(a, countWait))
+		if err := errors.Join(errs...); err != nil {
+			return stop.fail(err)
+		}
+		stop.done("%d flows stopped", len(runs))
+		return nil
+	})
+	for _, f := range flows {
+		run, err := traffic.Start(ctx, f.Flow)
+		if err != nil {
+			return st.fail(fmt.Errorf("flow %s→%s: %w", f.Src, f.Dst, err))
+		}
+		runs = append(runs, run)
+	}
+	st.done("%d flows", len(runs))
+	return nil
+}
+
+// startVerify runs verify in the background; its result becomes the
+// view's verdict. Teardown waits for it.
+func (r *runner) startVerify(ctx context.Context) {
+	st := r.d.step("verify isolation")
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		rep, err := verify.Run(ctx, r.spec, verify.Options{})
+		r.sum.Verify = rep
+		v := verdictOf(rep, err)
+		r.d.setVerdict(v)
+		if err != nil {
+			st.fail(err)
+			return
+		}
+		st.done("%d probes, %d disagree with intent", v.Probes, len(v.Mismatches))
+	})
+	r.undo = append(r.undo, func() error { wg.Wait(); return nil })
+}
+
+// waitReady waits for the agent's initial discovery, or its failure.
+func waitReady(ctx context.Context, a *agent.Agent, done <-chan struct{}, runErr *error) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !a.Ready() {
+		select {
+		case <-done:
+			return fmt.Errorf("agent stopped: %v", *runErr)
+		case <-ctx.Done():
+			return fmt.Errorf("agent not ready: %w", context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
+	return nil
+}
