@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/topology"
 )
 
 // Flow is traffic the datapath saw delivered into a namespace: received
@@ -30,6 +31,18 @@ func FlowFromBPF(k bpf.FlowKey, s bpf.FlowStats, netns string) (f Flow, ok bool)
 		return f, false
 	}
 	return Flow{Netns: netns, Src: k.Src.Unmap(), Dst: k.Dst.Unmap(), Proto: k.Proto, DstPort: k.DstPort, Packets: s.Packets, Bytes: s.Bytes}, true
+}
+
+// NetnsNames maps the netns cookies of the spec's namespaces that exist
+// now to their names: what FlowFromBPF needs to name a flow's namespace.
+func NetnsNames(s *topology.Spec) map[uint64]string {
+	out := map[uint64]string{}
+	for _, ns := range s.Namespaces {
+		if c, err := bpf.NetnsCookie(s.NetnsPath(ns.Name)); err == nil {
+			out[c] = ns.Name
+		}
+	}
+	return out
 }
 
 // Violation is traffic delivered into namespace Dst from namespace Src,

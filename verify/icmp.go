@@ -29,6 +29,8 @@ type pinger struct {
 	mu       sync.Mutex
 	pending  map[pingKey]*Probe
 	deadline time.Time
+	// answered is closed when the last pending probe is resolved.
+	answered chan struct{}
 }
 
 type pingKey struct {
@@ -39,7 +41,7 @@ type pingKey struct {
 func (pr *prober) openPinger(from string, probes []*Probe) (*pinger, error) {
 	var id [2]byte
 	rand.Read(id[:])
-	pg := &pinger{pr: pr, from: from, id: int(binary.BigEndian.Uint16(id[:])), pending: map[pingKey]*Probe{}}
+	pg := &pinger{pr: pr, from: from, id: int(binary.BigEndian.Uint16(id[:])), pending: map[pingKey]*Probe{}, answered: make(chan struct{})}
 	var need4, need6 bool
 	for i, p := range probes {
 		pg.pending[pingKey{p.Addr, i + 1}] = p
@@ -89,13 +91,18 @@ func (pg *pinger) run() {
 		}
 	}
 	resend := max(pg.pr.timeout/4, 100*time.Millisecond)
-	for {
-		pg.sendPending()
+	pg.sendPending()
+	for waiting := true; waiting; {
 		wait := min(resend, time.Until(pg.deadline))
-		if wait <= 0 || pg.allDone() {
+		if wait <= 0 {
 			break
 		}
-		time.Sleep(wait)
+		select {
+		case <-pg.answered:
+			waiting = false
+		case <-time.After(wait):
+			pg.sendPending()
+		}
 	}
 	// Unblock the readers if every probe was answered before the deadline.
 	for _, c := range []*icmp.PacketConn{pg.c4, pg.c6} {
@@ -108,14 +115,8 @@ func (pg *pinger) run() {
 	defer pg.mu.Unlock()
 	for k, p := range pg.pending {
 		p.Outcome, p.Detail = Blocked, ""
-		delete(pg.pending, k)
+		delete(pg.pending, k) // answered stays open: nobody waits on it now
 	}
-}
-
-func (pg *pinger) allDone() bool {
-	pg.mu.Lock()
-	defer pg.mu.Unlock()
-	return len(pg.pending) == 0
 }
 
 func (pg *pinger) sendPending() {
@@ -159,6 +160,9 @@ func (pg *pinger) resolve(k pingKey, o Outcome, detail string) {
 	if p, ok := pg.pending[k]; ok {
 		p.Outcome, p.Detail = o, detail
 		delete(pg.pending, k)
+		if len(pg.pending) == 0 {
+			close(pg.answered)
+		}
 	}
 }
 

@@ -1,6 +1,9 @@
 package verify
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // A clean topology verifies green, every time.
 func TestCleanLabIsGreen(t *testing.T) {
@@ -14,4 +17,27 @@ func TestCleanLabIsGreen(t *testing.T) {
 			}
 		}
 	}
+}
+
+// With --load, the allowed paths carry bulk TCP while every check runs,
+// and the verdict still holds.
+func TestLoadKeepsIsolation(t *testing.T) {
+	l := upLab(t, nil)
+	rep := l.run(t, Options{Load: true, LoadDuration: time.Second})
+	if v := rep.Verdict(); v != 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict under load: %d", v)
+	}
+	if rep.Load == nil || len(rep.Load.Flows) == 0 {
+		t.Fatalf("no load report: %+v", rep.Load)
+	}
+	for _, f := range rep.Load.Flows {
+		if f.Error != "" || f.Bytes == 0 || f.Gbps <= 0 {
+			t.Errorf("load %s -> %s: %d bytes, %.2f Gbit/s, error %q", f.From, f.To, f.Bytes, f.Gbps, f.Error)
+		}
+		if NewModel(l.spec).Answerer(f.From, f.Addr) != f.To {
+			t.Errorf("load %s -> %s (%s) is not an allowed path", f.From, f.To, f.Addr)
+		}
+	}
+	t.Logf("load: %.2f Gbit/s over %d flows", rep.Load.TotalGbps, len(rep.Load.Flows))
 }
