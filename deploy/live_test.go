@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,58 +23,23 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// TestLiveScrape checks the rules and the dashboard against what a real
-// agent serves: the demo's agent on the seed topology, with its traffic,
+// TestLiveScrape checks the deployment files against a real agent and a
+// real Prometheus: the demo's agent on the seed topology with its traffic,
 // plus a rogue veth between two namespaces that the isolation section
-// keeps apart, so that the violation counter exists too. Every metric and
-// label the rules and the dashboard use must be in the scrape, and so
-// must every metric of the contract (agentMetrics) with its labels.
+// keeps apart, so that the violation counter exists and grows. Every metric
+// and label the rules and the dashboard use must be in the agent's scrape,
+// and so must every metric of the contract (agentMetrics) with its labels.
+// Prometheus, run with deploy/prometheus/prometheus.yml pointed at the
+// agent, must fire NsflowIsolationViolation for the rogue pair and answer
+// every dashboard query, with data for the panels that must show some.
 func TestLiveScrape(t *testing.T) {
 	testenv.RequireBPFFS(t)
+	promBin := requireTool(t, "prometheus", "prometheus")
 	prefix := testenv.Name("dp") + "-"
 	var live map[string][]string
-	var scrapeErr error
-	started := func(i demo.Info) {
-		if err := rogueLink(i.Spec, prefix+"ns1", prefix+"c1"); err != nil {
-			scrapeErr = err
-			return
-		}
-		// The first datagrams may be lost while the new link comes up and
-		// resolves its neighbour: send until some arrive.
-		for try := 1; ; try++ {
-			res, err := traffic.Measure(context.Background(), traffic.Flow{
-				Proto:       traffic.UDP,
-				ClientNetns: i.Spec.NetnsPath(prefix + "ns1"),
-				ServerNetns: i.Spec.NetnsPath(prefix + "c1"),
-				Server:      netip.MustParseAddrPort("198.18.9.2:5099"),
-				Packets:     100, Rate: 2000,
-			})
-			if err == nil && res.Received.Packets > 0 {
-				break
-			}
-			if try == 10 {
-				scrapeErr = fmt.Errorf("traffic over the rogue link: %v (%+v)", err, res)
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		// The agent folds counts in at scrape time; poll until the
-		// violation shows.
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			live, scrapeErr = scrapeFamilies(i.MetricsURL)
-			if scrapeErr == nil && live["nsflow_isolation_violation_packets_total"] != nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				if scrapeErr == nil {
-					scrapeErr = fmt.Errorf("no nsflow_isolation_violation_packets_total after 15s; got %v", slices.Sorted(maps.Keys(live)))
-				}
-				return
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-	}
+	var liveErr error
+	started := func(i demo.Info) { live, liveErr = whileDemoRuns(t, i, prefix, promBin) }
+
 	spec, err := demo.DefaultSpec()
 	if err != nil {
 		t.Fatal(err)
@@ -84,12 +50,12 @@ func TestLiveScrape(t *testing.T) {
 	}
 	t.Cleanup(func() { topology.Down(context.Background(), built, topology.Options{}) })
 	if _, err := demo.Run(context.Background(), demo.Options{
-		Prefix: prefix, Duration: 3 * time.Second, ListenAddress: "127.0.0.1:0", Started: started, Out: &tlog{t: t},
+		Prefix: prefix, Duration: time.Second, ListenAddress: "127.0.0.1:0", Started: started, Out: &tlog{t: t},
 	}); err != nil {
 		t.Fatalf("demo: %v", err)
 	}
-	if scrapeErr != nil {
-		t.Fatal(scrapeErr)
+	if liveErr != nil {
+		t.Fatal(liveErr)
 	}
 
 	// The contract holds: every metric with exactly its labels.
@@ -104,24 +70,82 @@ func TestLiveScrape(t *testing.T) {
 		}
 	}
 	// The rules and the dashboard use only what is live.
-	liveKnown := map[string][]string{}
-	for name, labels := range live {
-		liveKnown[name] = labels
-	}
 	for name, expr := range ruleExprs(t) {
 		refs, err := parsePromQL(expr)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		for _, p := range checkRefs(liveKnown, refs) {
+		for _, p := range checkRefs(live, refs) {
 			t.Errorf("rule %s: %s (live scrape)", name, p)
 		}
 	}
 	for where, refs := range dashboardQueries(t, loadDashboard(t)) {
-		for _, p := range checkRefs(liveKnown, refs) {
+		for _, p := range checkRefs(live, refs) {
 			t.Errorf("dashboard %s: %s (live scrape)", where, p)
 		}
 	}
+}
+
+// whileDemoRuns wires the rogue link, keeps traffic on it, scrapes the
+// agent until the violation shows, then checks Prometheus. It returns the
+// scrape's metric names and labels.
+func whileDemoRuns(t *testing.T, i demo.Info, prefix, promBin string) (map[string][]string, error) {
+	src, dst := prefix+"ns1", prefix+"c1"
+	if err := rogueLink(i.Spec, src, dst); err != nil {
+		return nil, err
+	}
+	rogue := traffic.Flow{
+		Proto:       traffic.UDP,
+		ClientNetns: i.Spec.NetnsPath(src),
+		ServerNetns: i.Spec.NetnsPath(dst),
+		Server:      netip.MustParseAddrPort("198.18.9.2:5099"),
+		Rate:        300,
+	}
+	// The first datagrams may be lost while the new link comes up and
+	// resolves its neighbour: send until some arrive.
+	for try := 1; ; try++ {
+		probe := rogue
+		probe.Packets = 50
+		res, err := traffic.Measure(context.Background(), probe)
+		if err == nil && res.Received.Packets > 0 {
+			break
+		}
+		if try == 10 {
+			return nil, fmt.Errorf("traffic over the rogue link: %v (%+v)", err, res)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Then steadily, so that the violation counter grows while
+	// Prometheus watches.
+	run, err := traffic.Start(context.Background(), rogue)
+	if err != nil {
+		return nil, err
+	}
+	defer run.Stop()
+
+	var live map[string][]string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		live, err = scrapeFamilies(i.MetricsURL)
+		if err == nil && live["nsflow_isolation_violation_packets_total"] != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("no nsflow_isolation_violation_packets_total after 15s; got %v", slices.Sorted(maps.Keys(live)))
+			}
+			return nil, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	target := strings.TrimSuffix(strings.TrimPrefix(i.MetricsURL, "http://"), "/metrics")
+	prom := startPrometheus(t, promBin, target)
+	if err := prom.waitAlert("NsflowIsolationViolation", map[string]string{"src_netns": src, "dst_netns": dst}, 60*time.Second); err != nil {
+		return nil, err
+	}
+	checkDashboardOnPrometheus(t, prom)
+	return live, nil
 }
 
 // scrapeFamilies fetches a /metrics page and returns each metric's sorted

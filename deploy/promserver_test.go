@@ -1,0 +1,227 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// promServer is a real Prometheus started by a test.
+type promServer struct {
+	url    string
+	client *http.Client
+}
+
+// startPrometheus runs Prometheus with deploy/prometheus/prometheus.yml,
+// changed only where a test must: the target is the agent under test, the
+// scrape and rule intervals are 1s, and the rule file path is absolute.
+// It is stopped at cleanup.
+func startPrometheus(t *testing.T, bin, target string) *promServer {
+	t.Helper()
+	var cfg map[string]any
+	if err := yaml.Unmarshal(readFile(t, promConfig), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["global"] = map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"}
+	rules, err := filepath.Abs(promRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg["rule_files"] = []string{rules}
+	job := cfg["scrape_configs"].([]any)[0].(map[string]any)
+	if job["job_name"] != "nsflow" {
+		t.Fatalf("first scrape job is %v, want nsflow", job["job_name"])
+	}
+	job["static_configs"] = []any{map[string]any{"targets": []string{target}}}
+
+	dir := t.TempDir()
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfgFile, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	var log bytes.Buffer
+	cmd := exec.Command(bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("prometheus log:\n%s", log.String())
+		}
+	})
+	p := &promServer{url: "http://" + addr, client: &http.Client{Timeout: 10 * time.Second}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := p.client.Get(p.url + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus not ready after 30s: %v\n%s", err, log.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// api calls a Prometheus HTTP API endpoint and decodes its data.
+func (p *promServer) api(path string, params url.Values, data any) error {
+	resp, err := p.client.Get(p.url + path + "?" + params.Encode())
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string          `json:"status"`
+		Error  string          `json:"error"`
+		Data   json.RawMessage `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return fmt.Errorf("%s: %s: %w", path, resp.Status, err)
+	}
+	if body.Status != "success" {
+		return fmt.Errorf("%s %v: %s", path, params, body.Error)
+	}
+	return json.Unmarshal(body.Data, data)
+}
+
+// waitAlert waits until alert name fires with the given labels.
+func (p *promServer) waitAlert(name string, labels map[string]string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var data struct {
+			Alerts []struct {
+				Labels map[string]string `json:"labels"`
+				State  string            `json:"state"`
+			} `json:"alerts"`
+		}
+		err := p.api("/api/v1/alerts", nil, &data)
+		if err == nil {
+			for _, a := range data.Alerts {
+				match := a.Labels["alertname"] == name && a.State == "firing"
+				for k, v := range labels {
+					match = match && a.Labels[k] == v
+				}
+				if match {
+					return nil
+				}
+			}
+			err = fmt.Errorf("alerts now: %+v", data.Alerts)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s %v did not fire within %v: %v", name, labels, timeout, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// query runs an instant query and returns the number of series or
+// samples in its result.
+func (p *promServer) query(q string) (int, error) {
+	var data struct {
+		ResultType string          `json:"resultType"`
+		Result     json.RawMessage `json:"result"`
+	}
+	if err := p.api("/api/v1/query", url.Values{"query": {q}}, &data); err != nil {
+		return 0, err
+	}
+	if data.ResultType == "scalar" {
+		return 1, nil
+	}
+	var series []json.RawMessage
+	if err := json.Unmarshal(data.Result, &series); err != nil {
+		return 0, err
+	}
+	return len(series), nil
+}
+
+// panelsWithData must show something while the demo runs with the rogue
+// link; the others (overflow, failing collectors...) may rightly be empty.
+var panelsWithData = []string{
+	"Agents up", "Attached programs", "Attach errors", "Flow table fill",
+	"Collector scrape duration", "Agent builds", "Isolation violations",
+	"Violating packets", "Namespace matrix (bytes/s)", "Namespace matrix (packets/s)",
+	"Flows between namespaces", "Top senders", "Top receivers", "Namespaces",
+	"Interface receive rate by namespace", "Interface transmit rate by namespace",
+	"Rates per destination port", "Packets per destination port",
+	"Interface packet rates", "Top flows",
+}
+
+// checkDashboardOnPrometheus runs every dashboard query on a Prometheus
+// that scrapes the live agent: each must be accepted, and the panels that
+// must show data must get some. Template variables resolve to all values.
+func checkDashboardOnPrometheus(t *testing.T, p *promServer) {
+	t.Helper()
+	d := loadDashboard(t)
+	got := map[string]int{}
+	for _, pn := range d.allPanels() {
+		for _, tg := range pn.Targets {
+			n, err := p.query(grafanaVars.Replace(tg.Expr))
+			if err != nil {
+				t.Errorf("panel %q: %v", pn.Title, err)
+			}
+			got[pn.Title] += n
+		}
+	}
+	for _, title := range panelsWithData {
+		if n, ok := got[title]; !ok {
+			t.Errorf("no panel %q", title)
+		} else if n == 0 {
+			t.Errorf("panel %q shows no data on the live agent", title)
+		}
+	}
+	// The variables' label_values queries find values.
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		var q struct {
+			Query string `json:"query"`
+		}
+		json.Unmarshal(v.Query, &q)
+		m := labelValuesRE.FindStringSubmatch(q.Query)
+		if m == nil {
+			continue // TestDashboardUsesContractMetrics reports it
+		}
+		var values []string
+		if err := p.api("/api/v1/label/"+m[2]+"/values", url.Values{"match[]": {grafanaVars.Replace(m[1])}}, &values); err != nil {
+			t.Errorf("variable %s: %v", v.Name, err)
+		} else if len(values) == 0 {
+			t.Errorf("variable %s: %s finds no values", v.Name, q.Query)
+		}
+	}
+}
