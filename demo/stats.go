@@ -32,7 +32,8 @@ func newReading(at time.Time, mfs []*dto.MetricFamily) *reading {
 		rxPackets: map[string]float64{}, txPackets: map[string]float64{},
 		pairBytes: map[string]float64{}, violations: map[string]float64{},
 	}
-	byNetns := map[string]map[string]float64{
+	// Counters summed by netns, or by pair for the src_netns/dst_netns ones.
+	summed := map[string]map[string]float64{
 		"nsflow_interface_receive_bytes_total":     r.rxBytes,
 		"nsflow_interface_transmit_bytes_total":    r.txBytes,
 		"nsflow_interface_receive_packets_total":   r.rxPackets,
@@ -48,7 +49,7 @@ func newReading(at time.Time, mfs []*dto.MetricFamily) *reading {
 	}
 	for _, mf := range mfs {
 		name := mf.GetName()
-		if dst, ok := byNetns[name]; ok {
+		if dst, ok := summed[name]; ok {
 			for _, m := range mf.GetMetric() {
 				l := labels(m)
 				key := l["netns"]
