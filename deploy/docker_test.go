@@ -150,6 +150,14 @@ func TestDockerfile(t *testing.T) {
 	if !slices.Equal(caps, agentCapabilities) {
 		t.Errorf("docker run example adds %v, want %v", caps, agentCapabilities)
 	}
+	// ... and the host paths the agent needs: pins, state, named netns
+	// (rslave, so that later `ip netns add` mounts show).
+	example := strings.Join(comments, "\n")
+	for _, want := range []string{"--network host", "--pid host", "-v /sys/fs/bpf:/sys/fs/bpf", "-v /run/nsflow:/run/nsflow", "-v /run/netns:/run/netns:rslave"} {
+		if !strings.Contains(example, want) {
+			t.Errorf("docker run example lacks %s", want)
+		}
+	}
 }
 
 func TestParseDockerfileErrors(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsflow/nsflow/agent"
+	"github.com/nsflow/nsflow/bpf"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -229,6 +231,18 @@ func TestKubernetesManifests(t *testing.T) {
 	volumes := map[string]*corev1.HostPathVolumeSource{}
 	for _, v := range pod.Volumes {
 		volumes[v.Name] = v.HostPath
+	}
+	// The state file's directory is the host's, writable, so that the
+	// state outlives a pod restart as the pins do; the root file system
+	// is read-only.
+	stateDir := filepath.Dir(agent.DefaultStateFile)
+	if i := slices.IndexFunc(c.VolumeMounts, func(vm corev1.VolumeMount) bool { return vm.MountPath == stateDir }); i < 0 {
+		t.Errorf("no volume mounted at %s (the agent's state file)", stateDir)
+	} else if vm := c.VolumeMounts[i]; vm.ReadOnly || volumes[vm.Name] == nil || volumes[vm.Name].Path != stateDir {
+		t.Errorf("%s: want the host's %s, writable", stateDir, stateDir)
+	}
+	if filepath.Dir(bpf.DefaultPinPath) != "/sys/fs/bpf" {
+		t.Errorf("the pins moved to %s: mount its bpffs", bpf.DefaultPinPath)
 	}
 	for _, want := range []struct{ mountPath, hostPath string }{
 		{"/sys/fs/bpf", "/sys/fs/bpf"},

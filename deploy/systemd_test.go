@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/agent"
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
@@ -88,21 +90,24 @@ func TestSystemdUnitHardening(t *testing.T) {
 		t.Errorf("CapabilityBoundingSet %v, want exactly %v", got, want)
 	}
 	for key, value := range map[string]string{
-		"Service.NoNewPrivileges":         "yes",
-		"Service.ProtectSystem":           "strict",
-		"Service.ReadWritePaths":          "/sys/fs/bpf",
-		"Service.ProtectHome":             "yes",
-		"Service.PrivateTmp":              "yes",
-		"Service.PrivateDevices":          "yes",
-		"Service.ProtectKernelTunables":   "yes",
-		"Service.ProtectKernelModules":    "yes",
-		"Service.ProtectControlGroups":    "yes",
-		"Service.RestrictNamespaces":      "net",
-		"Service.RestrictSUIDSGID":        "yes",
-		"Service.MemoryDenyWriteExecute":  "yes",
-		"Service.LockPersonality":         "yes",
-		"Service.SystemCallArchitectures": "native",
-		"Install.WantedBy":                "multi-user.target",
+		"Service.NoNewPrivileges": "yes",
+		"Service.ProtectSystem":   "strict",
+		"Service.ReadWritePaths":  filepath.Dir(bpf.DefaultPinPath),
+		// The state file lives in /run/nsflow, kept across restarts.
+		"Service.RuntimeDirectory":         filepath.Base(filepath.Dir(agent.DefaultStateFile)),
+		"Service.RuntimeDirectoryPreserve": "yes",
+		"Service.ProtectHome":              "yes",
+		"Service.PrivateTmp":               "yes",
+		"Service.PrivateDevices":           "yes",
+		"Service.ProtectKernelTunables":    "yes",
+		"Service.ProtectKernelModules":     "yes",
+		"Service.ProtectControlGroups":     "yes",
+		"Service.RestrictNamespaces":       "net",
+		"Service.RestrictSUIDSGID":         "yes",
+		"Service.MemoryDenyWriteExecute":   "yes",
+		"Service.LockPersonality":          "yes",
+		"Service.SystemCallArchitectures":  "native",
+		"Install.WantedBy":                 "multi-user.target",
 	} {
 		if got := u.get(key); got != value {
 			t.Errorf("%s=%q, want %q", key, got, value)
@@ -254,6 +259,13 @@ func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *
 	pool = x509.NewCertPool()
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
+}
+
+// The unit's RuntimeDirectory must be where the agent keeps its state.
+func TestStateDirUnderRun(t *testing.T) {
+	if dir := filepath.Dir(agent.DefaultStateFile); filepath.Dir(dir) != "/run" {
+		t.Errorf("the agent's state moved to %s: update RuntimeDirectory in %s", dir, systemdUnit)
+	}
 }
 
 func TestParseUnit(t *testing.T) {
