@@ -79,7 +79,8 @@ func TestAttachDetachNoLeaks(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitGone(t, progIDs, mapIDs)
-			if got := openFDs(t); got != fds {
+			// Fewer is fine: an fd of an earlier test may close meanwhile.
+			if got := openFDs(t); got > fds {
 				t.Errorf("%d open fds after close, %d before", got, fds)
 			}
 		})
