@@ -2,7 +2,6 @@ package topology
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -136,8 +135,8 @@ func benchScript(b *testing.B, s *Spec) (up, down time.Duration) {
 }
 
 func hostHasPrefix(b *testing.B, prefix string) bool {
-	links, err := netlink.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	links, err := retryDump(netlink.LinkList)
+	if err != nil {
 		b.Fatal(err)
 	}
 	for _, l := range links {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -118,9 +119,9 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 // interfaces are gone. It returns the number of namespaces and host
 // interfaces removed and the host interfaces left alone as foreign.
 func teardown(ctx context.Context, host *nsConn, s *Spec, namespaces, hostIfs []string, owned func(netlink.Link) bool, opts Options) (int, int, []string, error) {
-	before, err := linksByName(host.h)
+	before, err := linksNamed(host.h, hostIfs)
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("list host interfaces: %w", err)
+		return 0, 0, nil, err
 	}
 	var (
 		mine    = map[string]bool{}
@@ -219,13 +220,13 @@ func drain(ch <-chan netlink.LinkUpdate) {
 
 // presentOwned returns the links among names that still exist, owned.
 func presentOwned(host *nsConn, names map[string]bool, owned func(netlink.Link) bool) ([]netlink.Link, error) {
-	links, err := retryDump(host.h.LinkList)
+	links, err := linksNamed(host.h, slices.Collect(maps.Keys(names)))
 	if err != nil {
-		return nil, fmt.Errorf("list host interfaces: %w", err)
+		return nil, err
 	}
 	var out []netlink.Link
 	for _, l := range links {
-		if names[l.Attrs().Name] && owned(l) {
+		if owned(l) {
 			out = append(out, l)
 		}
 	}

@@ -73,8 +73,8 @@ func hostObjects(t *testing.T, prefix string) []string {
 			out = append(out, "netns "+e.Name())
 		}
 	}
-	links, err := netlink.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	links, err := retryDump(netlink.LinkList)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range links {

@@ -2,8 +2,10 @@ package topology
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -22,11 +24,12 @@ func retryDump[T any](dump func() (T, error)) (T, error) {
 		v   T
 		err error
 	)
-	for range dumpRetries {
+	for try := range dumpRetries {
 		v, err = dump()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return v, err
 		}
+		time.Sleep(time.Duration(try+1) * time.Millisecond)
 	}
 	return v, err
 }
@@ -40,6 +43,25 @@ func linksByName(h *netlink.Handle) (map[string]netlink.Link, error) {
 	m := make(map[string]netlink.Link, len(links))
 	for _, l := range links {
 		m[l.Attrs().Name] = l
+	}
+	return m, nil
+}
+
+// linksNamed looks up each of names on its own (RTM_GETLINK by name)
+// and returns those that exist. Unlike a dump, a lookup cannot be
+// interrupted by other tools changing interfaces at the same time, which
+// in the host namespace they do all the time.
+func linksNamed(h *netlink.Handle, names []string) (map[string]netlink.Link, error) {
+	m := make(map[string]netlink.Link, len(names))
+	for _, n := range names {
+		l, err := h.LinkByName(n)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up interface %s: %w", n, err)
+		}
+		m[n] = l
 	}
 	return m, nil
 }

@@ -50,7 +50,15 @@ func (b *builder) awaitReady(ctx context.Context) error {
 // notOperUp returns the first of names in c's namespace that is not
 // operationally up, with its state, or "" when all are.
 func notOperUp(c *nsConn, names []string) (string, error) {
-	links, err := linksByName(c.h)
+	var (
+		links map[string]netlink.Link
+		err   error
+	)
+	if c.name == HostNamespace {
+		links, err = linksNamed(c.h, names)
+	} else {
+		links, err = linksByName(c.h)
+	}
 	if err != nil {
 		return "", fmt.Errorf("namespace %s: list interfaces: %w", c.name, err)
 	}

@@ -84,7 +84,11 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 			sn.c.close()
 		}
 	}()
-	hs, err := snapshot(host)
+	var hostNames []string
+	for _, ifc := range s.NamespaceInterfaces(HostNamespace) {
+		hostNames = append(hostNames, ifc.Name)
+	}
+	hs, err := snapshot(host, hostNames)
 	if err != nil {
 		host.close()
 		return nil, err
@@ -101,7 +105,7 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 		if err != nil {
 			return err
 		}
-		sn, err := snapshot(c)
+		sn, err := snapshot(c, nil)
 		if err != nil {
 			c.close()
 			return err
@@ -117,14 +121,40 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	return compare(s, snaps), nil
 }
 
-func snapshot(c *nsConn) (*nsSnapshot, error) {
-	links, err := retryDump(c.h.LinkList)
-	if err != nil {
-		return nil, fmt.Errorf("namespace %s: list interfaces: %w", c.name, err)
-	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, fmt.Errorf("namespace %s: list addresses: %w", c.name, err)
+// snapshot reads a namespace: all of it, or in the host only the
+// interfaces named (the host's own are none of the topology's business,
+// and looking them up one by one is not disturbed by other tools' churn).
+func snapshot(c *nsConn, hostNames []string) (*nsSnapshot, error) {
+	var (
+		links []netlink.Link
+		addrs []netlink.Addr
+		err   error
+	)
+	if c.name == HostNamespace {
+		var named map[string]netlink.Link
+		if named, err = linksNamed(c.h, hostNames); err != nil {
+			return nil, err
+		}
+		for _, n := range hostNames {
+			l, ok := named[n]
+			if !ok {
+				continue
+			}
+			links = append(links, l)
+			la, err := retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(l, netlink.FAMILY_ALL) })
+			if err != nil {
+				return nil, fmt.Errorf("host: list addresses of %s: %w", n, err)
+			}
+			addrs = append(addrs, la...)
+		}
+	} else {
+		if links, err = retryDump(c.h.LinkList); err != nil {
+			return nil, fmt.Errorf("namespace %s: list interfaces: %w", c.name, err)
+		}
+		addrs, err = retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(nil, netlink.FAMILY_ALL) })
+		if err != nil {
+			return nil, fmt.Errorf("namespace %s: list addresses: %w", c.name, err)
+		}
 	}
 	sn := &nsSnapshot{c: c, links: links, byIdx: map[int]netlink.Link{}, addrs: map[int][]netlink.Addr{}}
 	for _, l := range links {

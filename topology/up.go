@@ -167,10 +167,15 @@ func (b *builder) preflight(ctx context.Context) error {
 		return err
 	}
 	b.conns[HostNamespace] = host
-	if b.links[HostNamespace], err = linksByName(host.h); err != nil {
-		return fmt.Errorf("list host interfaces: %w", err)
+	hostIfs := b.s.NamespaceInterfaces(HostNamespace)
+	names := make([]string, len(hostIfs))
+	for i, ifc := range hostIfs {
+		names[i] = ifc.Name
 	}
-	for _, ifc := range b.s.NamespaceInterfaces(HostNamespace) {
+	if b.links[HostNamespace], err = linksNamed(host.h, names); err != nil {
+		return err
+	}
+	for _, ifc := range hostIfs {
 		if l, ok := b.links[HostNamespace][ifc.Name]; ok {
 			if err := b.checkOwned(HostNamespace, l, ifc.Kind); err != nil {
 				return err
