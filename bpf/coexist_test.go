@@ -107,3 +107,90 @@ func TestCoexistence(t *testing.T) {
 		})
 	}
 }
+
+// A filter of ours left by a run that died (same priority, handle and
+// name) is replaced, not a reason to fail; detaching then removes it.
+func TestTCReplacesStaleOwnFilter(t *testing.T) {
+	d := loadForTest(t, Options{ForceMode: ModeTC})
+	a, b := newTestNS(t), newTestNS(t)
+	ea, _ := vethPair(t, a, b, 7)
+	stale := noopProg(t)
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		if _, err := ensureClsact(netlinkHandle(t), l); err != nil {
+			return err
+		}
+		for i, parent := range tcParents {
+			f := &netlink.BpfFilter{
+				FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
+					Handle: tcHandle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
+				Fd: stale.FD(), Name: tcName + "_" + string(rune('0'+i)), DirectAction: true,
+			}
+			if err := netlink.FilterAdd(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	att, err := d.Attach(ea.NS.Path, ea.Ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, eg := d.Programs()
+	want := map[uint32]ebpf.ProgramID{netlink.HANDLE_MIN_INGRESS: progID(t, in), netlink.HANDLE_MIN_EGRESS: progID(t, eg)}
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		for parent, id := range want {
+			fs, err := netlink.FilterList(l, parent)
+			if err != nil {
+				return err
+			}
+			if len(fs) != 1 || ebpf.ProgramID(fs[0].(*netlink.BpfFilter).Id) != id {
+				t.Errorf("filters on %#x: %+v, want only ours (program %d)", parent, fs, id)
+			}
+		}
+		return nil
+	})
+	if err := att.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		for parent := range want {
+			if fs, err := netlink.FilterList(l, parent); err != nil || len(fs) != 0 {
+				t.Errorf("filters on %#x after detach: %+v, %v", parent, fs, err)
+			}
+		}
+		return nil
+	})
+}
+
+func progID(t testing.TB, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// netlinkHandle is a handle in the calling thread's namespace.
+func netlinkHandle(t testing.TB) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
