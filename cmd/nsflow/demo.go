@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -42,6 +43,11 @@ and leaves the host as it was. Needs root.`,
 			}
 			o.Out = cmd.OutOrStdout()
 			o.Interactive = !plain && isTerminal(cmd.OutOrStdout())
+			if !o.Interactive {
+				// Warnings of the agent and the others go to stderr; on a
+				// terminal they would smear the view.
+				o.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+			}
 			if f, ok := cmd.OutOrStdout().(*os.File); ok && o.Interactive {
 				o.TerminalHeight = func() int {
 					_, h, err := term.GetSize(int(f.Fd()))
