@@ -34,6 +34,9 @@ verdict, while serving /metrics. Ctrl-C (or --duration) tears everything down
 and leaves the host as it was. Needs root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Duration < 0 {
+				return &exitError{2, fmt.Errorf("--duration %v: must not be negative", o.Duration)}
+			}
 			if file != "" {
 				s, err := topology.Load(file)
 				if err != nil {
