@@ -99,7 +99,21 @@ func Load(path string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, prefixErrors(path, err)
 	}
 	return s, nil
+}
+
+// prefixErrors puts prefix (the file) before each of err's joined
+// errors, so that every line of a multi-problem report names the file.
+func prefixErrors(prefix string, err error) error {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return fmt.Errorf("%s: %w", prefix, err)
+	}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, fmt.Errorf("%s: %w", prefix, e))
+	}
+	return errors.Join(out...)
 }

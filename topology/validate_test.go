@@ -1,6 +1,8 @@
 package topology
 
 import (
+	"os"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -245,5 +247,25 @@ func TestParseRejectsUnknownFields(t *testing.T) {
 		if _, err := Parse([]byte(y)); err == nil {
 			t.Errorf("Parse accepted %q", y)
 		}
+	}
+}
+
+func TestLoadErrorsNameFileAndField(t *testing.T) {
+	path := t.TempDir() + "/bad.yaml"
+	data := "name: x\nnamespaces: [{name: a}]\nlinks: [{endpoints: [{namespace: a, interface: e0}, {namespace: zz, interface: averyveryverylongname}]}]\n"
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil {
+		t.Fatal("Load accepted an invalid file")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	want := []string{
+		path + `: links[0].endpoints[1].namespace: undeclared namespace "zz"`,
+		path + `: links[0].endpoints[1].interface: interface name "averyveryverylongname" is 21 bytes, the kernel allows at most 15`,
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }
