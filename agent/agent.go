@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,11 @@ import (
 	"github.com/nsflow/nsflow/discovery"
 	"golang.org/x/sys/unix"
 )
+
+// attachWorkers is how many setup and attach jobs run at once. They
+// mostly wait in the kernel: a tcx attach waits for an RCU grace period,
+// and concurrent waiters share one, so width, not CPUs, sets the pace.
+const attachWorkers = 16
 
 // Agent discovers, attaches and attributes. Its state changes only on the
 // Run goroutine; scrapes read it under mu.
@@ -149,7 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	wg.Go(func() { errc <- discovery.WatchNetns(ctx, a.cfg.Discovery, nsEvents) })
 	wg.Go(func() { errc <- a.mon.Run(ctx) })
-	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	workers := attachWorkers
 	for range workers {
 		wg.Go(func() { a.worker(ctx) })
 	}
@@ -475,8 +479,9 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				return
 			}
 			if p == nil || att.Ifindex != l.Index || !a.eligible(p.link) {
-				// Gone or changed while attaching.
+				// Gone or changed while attaching: undo, counters too.
 				att.Detach()
+				a.dp.DeletePort(att.Key())
 				if p != nil {
 					p.attaching = false
 				}

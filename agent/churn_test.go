@@ -151,10 +151,10 @@ func TestChurn(t *testing.T) {
 	for _, err := range failures {
 		t.Error(err)
 	}
+	// Latency is measured, not asserted: it depends on the host's load
+	// (a tcx attach waits for RCU grace periods under the RTNL lock). The
+	// 10s bound above catches ports that are never attached.
 	t.Logf("%d namespaces created and deleted; slowest attach %v", total, worst)
-	if worst > 3*time.Second {
-		t.Errorf("slowest attach took %v, want at most 3s", worst)
-	}
 	if _, err := steady.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,14 +173,29 @@ func TestChurn(t *testing.T) {
 	for _, c := range cookies {
 		gone[c] = true
 	}
-	ports, err := r.a.dp.Ports()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k := range ports {
-		if gone[k.NetnsCookie] {
-			t.Errorf("port counters of a deleted namespace left: %+v", k)
+	// Attach results still queued for vanished namespaces undo their
+	// attachment when they land, and the eviction pass drops any stale
+	// port counters: give both a moment.
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		ports, err := r.a.dp.Ports()
+		if err != nil {
+			t.Fatal(err)
 		}
+		var left []string
+		for k := range ports {
+			if gone[k.NetnsCookie] {
+				left = append(left, fmt.Sprintf("%+v", k))
+			}
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("port counters of deleted namespaces left: %v", left)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if text := scrape(t, r.url); !strings.Contains(text, fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns="%sb",protocol="udp",src_netns="%sa"}`, p, p)) {
 		t.Errorf("steady flow not counted during churn")

@@ -212,3 +212,22 @@ func TestRestartKill9(t *testing.T) {
 		t.Errorf("no evictions happened: the test did not exercise folding")
 	}
 }
+
+// startBenchProc starts an agent subprocess for a benchmark.
+func startBenchProc(b *testing.B, bin, addr string, args ...string) *benchProcess {
+	cmd := exec.Command(bin, append([]string{"agent", "--web.listen-address=" + addr}, args...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return &benchProcess{cmd}
+}
+
+type benchProcess struct{ cmd *exec.Cmd }
+
+func (p *benchProcess) pid() int { return p.cmd.Process.Pid }
+
+func (p *benchProcess) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.cmd.Wait()
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/nsflow/nsflow/internal/version"
@@ -56,10 +57,17 @@ func Handler(log *slog.Logger, reg *prometheus.Registry, cfg WebConfig, ready fu
 		}
 		fmt.Fprintln(w, "Ready")
 	})
+	// Go profiles, as Prometheus and node_exporter serve them: the way to
+	// see where an agent's CPU and memory go on a busy host.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	landing, err := web.NewLandingPage(web.LandingConfig{
 		Name:        "nsflow agent",
 		Description: "Per-namespace traffic of Linux network namespaces, counted by tc eBPF programs",
 		Version:     version.Get().Version,
+		Profiling:   "true",
 		Links: []web.LandingLinks{
 			{Address: cfg.TelemetryPath, Text: "Metrics"},
 			{Address: "/-/healthy", Text: "Health"},

@@ -72,38 +72,86 @@ func nsInode(link string) (uint64, error) {
 	return strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
 }
 
+// namedCache remembers which names in the named directory are mounted
+// namespaces, so a scan of a thousand names costs one directory read rather
+// than two system calls per name. Names reported by inotify are dirty and
+// looked at again.
+type namedCache struct {
+	ino   map[string]uint64
+	dirty map[string]bool
+	all   bool // everything is dirty (inotify overflow, periodic check)
+}
+
+func newNamedCache() *namedCache {
+	return &namedCache{ino: map[string]uint64{}, dirty: map[string]bool{}, all: true}
+}
+
 // scanNamed lists the namespaces bind-mounted in dir. Entries whose bind
 // mount is not in place yet (`ip netns add` creates the file first) are
 // returned as pending so the caller retries them soon.
-func scanNamed(dir string) (named map[uint64]string, pending []string, err error) {
-	entries, err := os.ReadDir(dir)
+//
+// changed reports whether the result may differ from the previous scan's.
+func scanNamed(dir string, c *namedCache) (named map[uint64]string, pending []string, changed bool, err error) {
+	d, err := os.Open(dir)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return map[uint64]string{}, nil, nil
+			changed = len(c.ino) > 0
+			clear(c.ino)
+			return map[uint64]string{}, nil, changed, nil
 		}
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	named = make(map[uint64]string, len(entries))
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		var fs unix.Statfs_t
-		if err := unix.Statfs(p, &fs); err != nil {
-			continue // removed meanwhile
-		}
-		if fs.Type != unix.NSFS_MAGIC {
-			pending = append(pending, e.Name())
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(p, &st); err != nil {
-			continue
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	slices.Sort(names)
+	present := make(map[string]bool, len(names))
+	named = make(map[uint64]string, len(names))
+	for _, name := range names {
+		present[name] = true
+		ino, ok := c.ino[name]
+		if !ok || c.all || c.dirty[name] {
+			var mounted bool
+			ino, mounted = statNamed(filepath.Join(dir, name))
+			if !mounted {
+				changed = changed || ok
+				delete(c.ino, name)
+				pending = append(pending, name)
+				continue
+			}
+			changed = changed || !ok || c.ino[name] != ino
+			c.ino[name] = ino
 		}
 		// Names are visited in order, so the first name wins.
-		if _, dup := named[st.Ino]; !dup {
-			named[st.Ino] = e.Name()
+		if _, dup := named[ino]; !dup {
+			named[ino] = name
 		}
 	}
-	return named, pending, nil
+	for name := range c.ino {
+		if !present[name] {
+			changed = true
+			delete(c.ino, name)
+		}
+	}
+	clear(c.dirty)
+	c.all = false
+	return named, pending, changed, nil
+}
+
+// statNamed returns the namespace inode behind a bind mount; ok is false
+// while the file is not (yet) a mounted namespace.
+func statNamed(path string) (uint64, bool) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return 0, false
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, false
+	}
+	return st.Ino, true
 }
 
 // procNamespaces maps the namespace inode of every process under procRoot

@@ -3,10 +3,13 @@ package discovery
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +27,10 @@ const (
 const (
 	pendingRetry    = 25 * time.Millisecond
 	pendingPatience = 5 * time.Second
+	notifyDebounce  = 10 * time.Millisecond
+	// revalidateEvery, every name is looked at again, in case an inotify
+	// event was lost.
+	revalidateEvery = 30 * time.Second
 )
 
 // WatchConfig says where to look; the zero value watches the real host.
@@ -79,7 +86,7 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 	if err != nil {
 		return err
 	}
-	w := &watcher{cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
+	w := &watcher{cache: newNamedCache(), cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
 
 	notify, stopNotify := w.inotify()
 	defer stopNotify()
@@ -88,8 +95,9 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 	defer tick.Stop()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
+	procs := true
 	for first := true; ; first = false {
-		evs, retrySoon := w.scan()
+		evs, retrySoon := w.scan(procs)
 		if first {
 			evs = append(evs, NetnsEvent{Type: Synced})
 		}
@@ -103,17 +111,35 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 		if retrySoon {
 			retry.Reset(pendingRetry)
 		}
+		// Only the ticker rescans /proc; inotify and the bind-mount retry
+		// concern the named directory alone. Bursts of inotify events
+		// (another tool creating hundreds of namespaces) are coalesced
+		// into one scan per debounce period.
+		procs = false
+	wait:
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			procs = true
 		case <-notify:
+			if !retrySoon {
+				retry.Reset(notifyDebounce)
+				retrySoon = true
+			}
+			goto wait
 		case <-retry.C:
 		}
 	}
 }
 
 type watcher struct {
+	mu          sync.Mutex // guards cache, which the inotify reader marks
+	cache       *namedCache
+	revalidated time.Time
+	procs       map[uint64][]int  // last /proc scan
+	named       map[uint64]string // last named scan
+
 	cfg          WatchConfig
 	host         uint64
 	known        map[uint64]Namespace
@@ -121,8 +147,8 @@ type watcher struct {
 }
 
 // inotify watches the named directory (created if missing, as `ip netns`
-// does) and signals on every change. Without it, the periodic scan still
-// finds named namespaces, only later.
+// does), marks the names it reports dirty and signals. Without it, the
+// periodic scan still finds named namespaces, only later.
 func (w *watcher) inotify() (<-chan struct{}, func()) {
 	sig := make(chan struct{}, 1)
 	noop := func() {}
@@ -144,14 +170,16 @@ func (w *watcher) inotify() (<-chan struct{}, func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 4096)
+		buf := make([]byte, 64<<10)
 		for {
-			if _, err := f.Read(buf); err != nil {
+			n, err := f.Read(buf)
+			if err != nil {
 				if errors.Is(err, os.ErrClosed) {
 					return
 				}
 				continue
 			}
+			w.markDirty(buf[:n])
 			select {
 			case sig <- struct{}{}:
 			default:
@@ -161,12 +189,37 @@ func (w *watcher) inotify() (<-chan struct{}, func()) {
 	return sig, func() { f.Close(); <-done }
 }
 
+// markDirty records the names in a buffer of inotify events.
+func (w *watcher) markDirty(buf []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(buf) >= unix.SizeofInotifyEvent {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[0]))
+		end := unix.SizeofInotifyEvent + int(ev.Len)
+		if end > len(buf) {
+			break
+		}
+		if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+			w.cache.all = true
+		}
+		if name := cstring(buf[unix.SizeofInotifyEvent:end]); name != "" {
+			w.cache.dirty[name] = true
+		}
+		buf = buf[end:]
+	}
+}
+
 // scan compares what is there now with what was reported and returns the
 // events; retrySoon is set while a named namespace awaits its bind mount.
-func (w *watcher) scan() (events []NetnsEvent, retrySoon bool) {
-	named, pending, err := scanNamed(w.cfg.NamedDir)
+func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
+	w.mu.Lock()
+	if now := time.Now(); now.Sub(w.revalidated) > revalidateEvery {
+		w.cache.all, w.revalidated = true, now
+	}
+	named, pending, namedChanged, err := scanNamed(w.cfg.NamedDir, w.cache)
+	w.mu.Unlock()
 	if err != nil {
-		named = map[uint64]string{}
+		named, namedChanged = map[uint64]string{}, true
 	}
 	now := time.Now()
 	for name := range w.pendingSince {
@@ -184,10 +237,21 @@ func (w *watcher) scan() (events []NetnsEvent, retrySoon bool) {
 			retrySoon = true
 		}
 	}
-	procs, err := procNamespaces(w.cfg.ProcRoot)
-	if err != nil {
-		procs = map[uint64][]int{}
+	procsChanged := false
+	if withProcs || w.procs == nil {
+		procs, err := procNamespaces(w.cfg.ProcRoot)
+		if err != nil {
+			procs = map[uint64][]int{}
+		}
+		procsChanged = w.procs == nil || !maps.EqualFunc(procs, w.procs, slices.Equal)
+		w.procs = procs
 	}
+	if !namedChanged && !procsChanged && w.named != nil {
+		// Nothing moved: skip rebuilding a thousand namespaces.
+		return nil, retrySoon
+	}
+	w.named = named
+	procs := w.procs
 
 	current := make(map[uint64]Namespace, len(named)+len(procs))
 	add := func(ino uint64) {

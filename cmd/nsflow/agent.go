@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -19,6 +20,10 @@ import (
 )
 
 func init() { subcommands = append(subcommands, newAgentCmd) }
+
+// agentMemoryLimit is the Go runtime's soft memory limit for the agent
+// unless GOMEMLIMIT says otherwise.
+const agentMemoryLimit = 40 << 20
 
 type agentFlags struct {
 	web                            agent.WebConfig
@@ -76,6 +81,11 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		return fmt.Errorf("--log.format: %w", err)
 	}
 	logger := promslog.New(&promslog.Config{Level: level, Format: format, Writer: os.Stderr})
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A soft limit keeps the heap (and so RSS) near what the agent
+		// needs after the burst of a thousand attaches at start.
+		debug.SetMemoryLimit(agentMemoryLimit)
+	}
 
 	cfg := agent.Config{Logger: logger, StateFile: f.stateFile, MaxFlows: f.maxFlows,
 		FlowIdleTimeout: f.idle, TopFlows: f.topFlows, TopPorts: f.topPorts,
