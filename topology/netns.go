@@ -148,16 +148,9 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	if c.sock, err = routeSocket(netns.None()); err != nil {
 		return c, fmt.Errorf("namespace %s: netlink: %w", name, err)
 	}
-	lo, err := c.h.LinkByName("lo")
-	if err != nil {
-		return c, fmt.Errorf("namespace %s: loopback: %w", name, err)
-	}
 	// The loopback's alias marks the namespace as owned by this topology.
-	if err := c.h.LinkSetAlias(lo, marker); err != nil {
-		return c, fmt.Errorf("namespace %s: mark loopback: %w", name, err)
-	}
-	if err := c.h.LinkSetUp(lo); err != nil {
-		return c, fmt.Errorf("namespace %s: loopback up: %w", name, err)
+	if err := linkSet(c.sock, loopbackIndex, marker); err != nil {
+		return c, fmt.Errorf("namespace %s: loopback up and marked: %w", name, err)
 	}
 	for k, v := range sysctls {
 		// /proc/sys/net shows the namespace of the thread that opens it.

@@ -134,3 +134,23 @@ func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) 
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
 }
+
+// loopbackIndex is the loopback's ifindex in every network namespace.
+const loopbackIndex = 1
+
+// linkSet sets the link with ifindex index up and, if alias is not
+// empty, its alias, in one RTM_NEWLINK (netlink.Handle takes one request
+// for each).
+func linkSet(sock *nl.SocketHandle, index int, alias string) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	if alias != "" {
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
+	}
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}

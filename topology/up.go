@@ -443,9 +443,6 @@ func (b *builder) createLink(lp *linkPlan) error {
 		}
 		if !b.fresh[e.ns] {
 			b.recordCreated(e.ns, e.link)
-			if err := b.mark(e.c, e.link); err != nil {
-				return lp.fail(err)
-			}
 		}
 	}
 	for _, e := range ends {
@@ -458,9 +455,15 @@ func (b *builder) createLink(lp *linkPlan) error {
 				return lp.fail(fmt.Errorf("attach %s to bridge %s: %w", e.ep.Interface, e.ep.Bridge, err))
 			}
 		}
-		if e.peer {
-			if err := e.c.h.LinkSetUp(e.link); err != nil {
-				return lp.fail(fmt.Errorf("set %s up: %w", e.ep.Interface, err))
+		// The primary end is up since its creation; the peer is set up
+		// here, with the marker in the same request where it needs one.
+		alias := ""
+		if !b.fresh[e.ns] {
+			alias = b.marker
+		}
+		if e.peer || alias != "" {
+			if err := linkSet(e.c.sock, e.link.Attrs().Index, alias); err != nil {
+				return lp.fail(fmt.Errorf("set %s up and marked: %w", e.ep.Interface, err))
 			}
 		}
 		if err := b.addAddrs(e.c, e.link, e.ep.Addresses); err != nil {
