@@ -302,15 +302,6 @@ func (b *builder) recordCreated(ns string, l netlink.Link) {
 	b.mu.Unlock()
 }
 
-// mark sets the ownership marker on a link this run created. The kernel
-// ignores an alias in the create request, so it is a second request.
-func (b *builder) mark(c *nsConn, l netlink.Link) error {
-	if err := c.h.LinkSetAlias(l, b.marker); err != nil {
-		return fmt.Errorf("mark %s as owned: %w", l.Attrs().Name, err)
-	}
-	return nil
-}
-
 func (b *builder) bridges() error {
 	for i, br := range b.s.Bridges {
 		ns := b.s.BridgeNamespace(br.Name)
@@ -338,8 +329,9 @@ func (b *builder) bridges() error {
 			if !b.fresh[ns] {
 				b.recordCreated(ns, nb)
 			}
-			if err := b.mark(c, nb); err != nil {
-				return fmt.Errorf("bridges[%d]: %w", i, err)
+			// The kernel ignores an alias in a create request.
+			if err := linkSet(c.sock, nb.Index, b.marker); err != nil {
+				return fmt.Errorf("bridges[%d]: mark %s as owned: %w", i, br.Name, err)
 			}
 			if err := b.addAddrs(c, nb, br.Addresses); err != nil {
 				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
@@ -418,13 +410,14 @@ func (b *builder) createLink(lp *linkPlan) error {
 		return lp.fail(fmt.Errorf("create veth: %w", err))
 	}
 	b.ifCreated.Add(2)
-	// What is left per end: recording and marking it outside namespaces
-	// this run created (those take their interfaces with them and their
-	// marker covers them), attaching a secondary bridge port, setting the
-	// peer up, and addresses. Recording comes first, so that rollback
-	// knows both ends whatever fails next; the peer is configured before
-	// the primary's addresses, since IPv6 addresses added before the link
-	// has carrier (both ends up) wait for it.
+	// What is left per end: recording it for rollback and marking it as
+	// owned, outside namespaces this run created (those take their
+	// interfaces with them, and their marker covers them); attaching a
+	// secondary bridge port; setting the peer up; addresses. Recording
+	// comes first, so that rollback knows both ends whatever fails next;
+	// the peer is configured before the primary's addresses, since IPv6
+	// addresses added before the link has carrier (both ends up) wait
+	// for it.
 	ends := []struct {
 		ns   string
 		c    *nsConn
