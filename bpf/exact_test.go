@@ -15,6 +15,7 @@ import (
 type exactCase struct {
 	proto string // "udp" or "tcp"
 	mode  gsoMode
+	v6    bool
 }
 
 // gsoMode is how super-packets come about.
@@ -34,11 +35,17 @@ const (
 // UDP has no software-GSO case: veth keeps tx-udp-segmentation, which the
 // legacy ethtool ioctls cannot turn off, so UDP GSO packets cross it whole.
 var exactCases = []exactCase{
-	{"udp", gsoOff}, {"udp", offloadOn},
-	{"tcp", gsoOff}, {"tcp", gsoSoftware}, {"tcp", offloadOn},
+	{proto: "udp", mode: gsoOff}, {proto: "udp", mode: offloadOn},
+	{proto: "tcp", mode: gsoOff}, {proto: "tcp", mode: gsoSoftware}, {proto: "tcp", mode: offloadOn},
 }
 
-func (c exactCase) String() string { return c.proto + "/" + string(c.mode) }
+func (c exactCase) String() string {
+	f := "ipv4"
+	if c.v6 {
+		f = "ipv6"
+	}
+	return f + "/" + c.proto + "/" + string(c.mode)
+}
 
 func (e *end) setMode(t testing.TB, m gsoMode) {
 	e.setOffloads(t, m == offloadOn)
@@ -122,11 +129,24 @@ type hop struct {
 }
 
 func TestExactVeth(t *testing.T) {
-	for _, tc := range exactCases {
+	// IPv6 over UDP too. (IPv6 TCP connects across these quiet test
+	// veths time out now and then, before nsflow counts anything; not
+	// yet understood, so not part of this test.)
+	cases := exactCases
+	for _, c := range exactCases {
+		if c.proto == "udp" {
+			c.v6 = true
+			cases = append(cases, c)
+		}
+	}
+	for _, tc := range cases {
 		t.Run(tc.String(), func(t *testing.T) {
 			d := loadForTest(t, Options{})
 			a, b := newTestNS(t), newTestNS(t)
 			ea, eb := vethPair(t, a, b, 1)
+			if tc.v6 {
+				enableIPv6(t, 1, ea, eb)
+			}
 			ws := watch(t, d, ea, eb)
 			for _, w := range ws {
 				w.setMode(t, tc.mode)
@@ -168,21 +188,24 @@ func runExact(t *testing.T, d *Datapath, tc exactCase, ws []*watched, ea, eb *en
 	// ingress) of each path must have counted, in segments of the test's
 	// class. Hops between are checked against the interface statistics.
 	var sentAB, recvAB, sentBA, recvBA uint64
-	l4 := UDP
+	l4, fam := UDP, IPv4
+	if tc.v6 {
+		fam = IPv6
+	}
 	switch tc.proto {
 	case "udp":
 		segs := 1
 		if tc.mode != gsoOff {
 			segs = gsoSegs
 		}
-		udpTransfer(t, ea, eb, 4000, udpCount, udpSize, segs)
-		udpTransfer(t, eb, ea, 4001, udpCount, udpSize, segs)
+		udpTransfer(t, tc.v6, ea, eb, 4000, udpCount, udpSize, segs)
+		udpTransfer(t, tc.v6, eb, ea, 4001, udpCount, udpSize, segs)
 		settle(t, d)
 		// udpTransfer checked that every datagram arrived.
 		sentAB, recvAB, sentBA, recvBA = udpCount, udpCount, udpCount, udpCount
 	case "tcp":
 		l4 = TCP
-		p := tcpTransfer(t, ea, eb, 4002, tcpBytes)
+		p := tcpTransfer(t, tc.v6, ea, eb, 4002, tcpBytes)
 		settle(t, d)
 		aOut, aIn := segs(t, p.a)
 		bOut, bIn := segs(t, p.b)
@@ -204,18 +227,18 @@ func runExact(t *testing.T, d *Datapath, tc exactCase, ws []*watched, ea, eb *en
 	}{{"a->b", aToB, sentAB, recvAB}, {"b->a", bToA, sentBA, recvBA}} {
 		for i, h := range path.hops {
 			s := h.w.delta(ports[h.w.att.Key()])
-			got := s.Get(h.dir, IPv4, l4)
+			got := s.Get(h.dir, fam, l4)
 			if i == 0 && got.Segments != path.sent {
 				t.Errorf("%s %s %s: %d %s/%s segments, sender counted %d",
-					path.name, h.w.Ifname, h.dir, got.Segments, IPv4, l4, path.sent)
+					path.name, h.w.Ifname, h.dir, got.Segments, fam, l4, path.sent)
 			}
 			if i == len(path.hops)-1 && got.Segments != path.recv {
 				t.Errorf("%s %s %s: %d %s/%s segments, receiver counted %d",
-					path.name, h.w.Ifname, h.dir, got.Segments, IPv4, l4, path.recv)
+					path.name, h.w.Ifname, h.dir, got.Segments, fam, l4, path.recv)
 			}
 			// Nothing else crossed: no ARP, no IPv6, no other protocol.
 			if tot := s.Dir(h.dir); tot != got {
-				t.Errorf("%s %s %s: total %+v differs from %s/%s %+v", path.name, h.w.Ifname, h.dir, tot, IPv4, l4, got)
+				t.Errorf("%s %s %s: total %+v differs from %s/%s %+v", path.name, h.w.Ifname, h.dir, tot, fam, l4, got)
 			}
 		}
 	}

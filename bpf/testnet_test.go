@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"net"
 	"os"
 	"path/filepath"
@@ -101,7 +102,61 @@ type end struct {
 	NS     *testNS
 	Ifname string
 	IP     net.IP
+	IP6    net.IP // set by enableIPv6
 	MAC    net.HardwareAddr
+}
+
+// addr returns the end's IPv4 or IPv6 address.
+func (e *end) addr(v6 bool) net.IP {
+	if v6 {
+		return e.IP6
+	}
+	return e.IP
+}
+
+// enableIPv6 turns IPv6 on for the ends of a veth pair, quietly: no
+// link-local address, no duplicate address detection, no router
+// solicitations, static neighbours, and the MLD reports for the
+// solicited-node groups sent at once (the tests' baseline waits for them).
+func enableIPv6(t testing.TB, net8 int, ends ...*end) {
+	t.Helper()
+	for i, e := range ends {
+		e.IP6 = net.ParseIP(fmt.Sprintf("fd00:%x::%x", net8, i+1))
+		e.NS.do(t, func() error {
+			conf := "net/ipv6/conf/" + e.Ifname + "/"
+			for _, kv := range [][2]string{
+				{"addr_gen_mode", "1"}, {"accept_dad", "0"}, {"router_solicitations", "0"},
+				{"mldv2_unsolicited_report_interval", "1"}, {"disable_ipv6", "0"},
+			} {
+				if err := sysctl(conf+kv[0], kv[1]); err != nil {
+					return err
+				}
+			}
+			l, err := netlink.LinkByName(e.Ifname)
+			if err != nil {
+				return err
+			}
+			addr := &netlink.Addr{IPNet: &net.IPNet{IP: e.IP6, Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
+			return netlink.AddrAdd(l, addr)
+		})
+	}
+	for _, e := range ends {
+		for _, peer := range ends {
+			if e == peer {
+				continue
+			}
+			e.NS.do(t, func() error {
+				l, err := netlink.LinkByName(e.Ifname)
+				if err != nil {
+					return err
+				}
+				return netlink.NeighSet(&netlink.Neigh{
+					LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT,
+					IP: peer.IP6, HardwareAddr: peer.MAC,
+				})
+			})
+		}
+	}
 }
 
 // vethPair creates a veth pair with one end in each namespace (created in

@@ -18,17 +18,17 @@ import (
 // udpTransfer sends count datagrams of size payload bytes from src to dst
 // and waits until dst received them all. With gsoSegs > 1 each send is one
 // UDP GSO super-packet of gsoSegs datagrams (UDP_SEGMENT).
-func udpTransfer(t testing.TB, src, dst *end, port, count, size, gsoSegs int) {
+func udpTransfer(t testing.TB, v6 bool, src, dst *end, port, count, size, gsoSegs int) {
 	t.Helper()
 	var rx *net.UDPConn
 	dst.NS.do(t, func() (err error) {
-		rx, err = net.ListenUDP("udp4", &net.UDPAddr{IP: dst.IP, Port: port})
+		rx, err = net.ListenUDP("udp", &net.UDPAddr{IP: dst.addr(v6), Port: port})
 		return err
 	})
 	defer rx.Close()
 	var tx *net.UDPConn
 	src.NS.do(t, func() (err error) {
-		tx, err = net.DialUDP("udp4", &net.UDPAddr{IP: src.IP}, &net.UDPAddr{IP: dst.IP, Port: port})
+		tx, err = net.DialUDP("udp", &net.UDPAddr{IP: src.addr(v6)}, &net.UDPAddr{IP: dst.addr(v6), Port: port})
 		return err
 	})
 	defer tx.Close()
@@ -102,18 +102,18 @@ type tcpPair struct {
 }
 
 // tcpTransfer connects a to b and moves n bytes each way.
-func tcpTransfer(t testing.TB, a, b *end, port, n int) *tcpPair {
+func tcpTransfer(t testing.TB, v6 bool, a, b *end, port, n int) *tcpPair {
 	t.Helper()
 	var ln *net.TCPListener
 	b.NS.do(t, func() (err error) {
-		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: b.IP, Port: port})
+		ln, err = net.ListenTCP("tcp", &net.TCPAddr{IP: b.addr(v6), Port: port})
 		return err
 	})
 	defer ln.Close()
 	p := &tcpPair{}
 	a.NS.do(t, func() error {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: a.IP}, Timeout: 5 * time.Second}
-		c, err := d.Dial("tcp4", net.JoinHostPort(b.IP.String(), fmt.Sprint(port)))
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: a.addr(v6)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", net.JoinHostPort(b.addr(v6).String(), fmt.Sprint(port)))
 		if err != nil {
 			return err
 		}
