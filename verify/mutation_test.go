@@ -223,3 +223,16 @@ func TestHelperResponder(t *testing.T) {
 	os.Stdout.WriteString("ready\n")
 	bufio.NewReader(os.Stdin).ReadString('\n')
 }
+
+// A firewall rule added in a shows in a's stack and in no other
+// namespace's; an accepting rule changes no reachability.
+func TestMutationFirewallRule(t *testing.T) {
+	l := upLab(t, nil)
+	out, err := exec.Command("ip", "netns", "exec", l.ns("a"), "nft",
+		"add table inet nsfv; add chain inet nsfv in { type filter hook input priority 0; }; add rule inet nsfv in accept").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack a firewall")
+}
