@@ -35,6 +35,8 @@ type decision struct {
 	port    string // destination port bucket
 	// pendingSince is set while the decision waits for discovery.
 	pendingSince time.Time
+	// violation, when set, is the isolation pair the record violates.
+	violation *[2]string
 }
 
 // decideLocked returns the decision for a flow record, or nil while it is
@@ -49,6 +51,11 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 		return b.settle(k, &decision{})
 	}
 	d := &decision{}
+	if a.cfg.Isolation != nil && k.Dir == bpf.Ingress {
+		if src, dst, ok := a.cfg.Isolation(k, label); ok {
+			d.violation = &[2]string{src, dst}
+		}
+	}
 	var missing bool
 	switch k.Dir {
 	case bpf.Ingress:

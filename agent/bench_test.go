@@ -82,7 +82,7 @@ func timeScrape(b *testing.B, url string) time.Duration {
 
 // agentFigures starts the agent binary restricted to prefix and measures
 // time to ready, scrape time, RSS and idle CPU.
-func agentFigures(b *testing.B, prefix string) (ready, scrape time.Duration, rss uint64, idleCPU float64) {
+func agentFigures(b *testing.B, prefix string, extra ...string) (ready, scrape time.Duration, rss uint64, idleCPU float64) {
 	pin := "/sys/fs/bpf/" + testenv.Name("nsflowb")
 	defer func() {
 		if err := os.RemoveAll(pin); err != nil {
@@ -100,8 +100,8 @@ func agentFigures(b *testing.B, prefix string) (ready, scrape time.Duration, rss
 	addr := l.Addr().String()
 	l.Close()
 	start := time.Now()
-	p := startBenchProc(b, bin, addr, "--netns.include=^"+prefix, "--bpf.pin-path="+pin,
-		"--state.file="+b.TempDir()+"/state.json", "--log.level=warn")
+	p := startBenchProc(b, bin, addr, append([]string{"--netns.include=^" + prefix, "--bpf.pin-path=" + pin,
+		"--state.file=" + b.TempDir() + "/state.json", "--log.level=warn"}, extra...)...)
 	defer p.stop()
 	for {
 		resp, err := http.Get("http://" + addr + "/-/ready")
@@ -174,19 +174,22 @@ func BenchmarkAgent1000Namespaces(b *testing.B) {
 		}
 	}
 
-	for b.Loop() {
-		baseReady, baseScrape, baseRSS, baseCPU := agentFigures(b, "^$")
-		ready, scrape, rss, cpu := agentFigures(b, p)
-		b.ReportMetric(ready.Seconds(), "ready_s")
-		b.ReportMetric(float64(scrape.Microseconds())/1000, "scrape_ms")
-		b.ReportMetric(float64(rss)/(1<<20), "rss_MiB")
-		b.ReportMetric(cpu, "idle_cpu_%")
-		b.ReportMetric(ready.Seconds()/baseReady.Seconds(), "ready_x_baseline")
-		b.ReportMetric(scrape.Seconds()/baseScrape.Seconds(), "scrape_x_baseline")
-		b.ReportMetric(float64(rss)/float64(baseRSS), "rss_x_baseline")
-		b.Logf("baseline (no namespaces): ready %v, scrape %v, RSS %.1f MiB, idle CPU %.2f%%",
-			baseReady, baseScrape, float64(baseRSS)/(1<<20), baseCPU)
-		b.Logf("1000 namespaces: ready %v, scrape %v, RSS %.1f MiB, idle CPU %.2f%%",
-			ready, scrape, float64(rss)/(1<<20), cpu)
+	baseReady, baseScrape, baseRSS, baseCPU := agentFigures(b, "^$")
+	b.Logf("baseline (no namespaces): ready %v, scrape %v, RSS %.1f MiB, idle CPU %.2f%%",
+		baseReady, baseScrape, float64(baseRSS)/(1<<20), baseCPU)
+	for _, mode := range []string{"tc", "tcx"} {
+		b.Run(mode, func(b *testing.B) {
+			for b.Loop() {
+				ready, scrape, rss, cpu := agentFigures(b, p, "--bpf.attach-mode="+mode)
+				b.ReportMetric(ready.Seconds(), "ready_s")
+				b.ReportMetric(float64(scrape.Microseconds())/1000, "scrape_ms")
+				b.ReportMetric(float64(rss)/(1<<20), "rss_MiB")
+				b.ReportMetric(cpu, "idle_cpu_%")
+				b.ReportMetric(scrape.Seconds()/baseScrape.Seconds(), "scrape_x_baseline")
+				b.ReportMetric(float64(rss)/float64(baseRSS), "rss_x_baseline")
+				b.Logf("%s, 1000 namespaces: ready %v, scrape %v, RSS %.1f MiB, idle CPU %.2f%%",
+					mode, ready, scrape, float64(rss)/(1<<20), cpu)
+			}
+		})
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/bpf"
-	"github.com/nsflow/nsflow/collector"
 	"github.com/nsflow/nsflow/discovery"
 )
 
@@ -65,8 +64,13 @@ type Config struct {
 	// namespace pair with a series of their own.
 	TopFlows, TopPorts int
 	Discovery          discovery.WatchConfig
-	// Violations, when set, feeds nsflow_isolation_violation_packets_total.
-	Violations collector.ViolationsFunc
+	// Isolation, when set, classifies each flow record seen at a
+	// namespace's ingress as a violation of the topology's isolation
+	// intent (ok) from namespace src to dst; the agent keeps the counts
+	// monotonic like the pair totals and exports them as
+	// nsflow_isolation_violation_packets_total. The verdict must depend on
+	// the record's key and namespace only: it is made once per record.
+	Isolation func(k bpf.FlowKey, netns string) (src, dst string, ok bool)
 }
 
 func (c *Config) setDefaults() error {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/topology"
@@ -72,7 +73,13 @@ func TestEndToEnd(t *testing.T) {
 	p := testenv.Name("ag")
 	s := up(t, parseSpec(t, pairTopology), p)
 	pin, state := pins(t)
-	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	// An isolation classifier (verify's model in `nsflow agent
+	// --topology`) that calls the direct link's traffic a violation.
+	direct := netip.MustParseAddr("198.18.40.1")
+	isolation := func(k bpf.FlowKey, netns string) (string, string, bool) {
+		return p + "a", netns, k.Src == direct && netns == p+"b"
+	}
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, Isolation: isolation})
 	pr := startPrometheus(t, strings.TrimSuffix(strings.TrimPrefix(r.url, "http://"), "/metrics"), "http")
 	pr.waitValue(t, `up{job="nsflow"}`, 1)
 
@@ -94,6 +101,7 @@ func TestEndToEnd(t *testing.T) {
 	pr.waitValue(t, "nsflow_netns_flow_packets_total"+pair, n)
 	pr.waitValue(t, "nsflow_netns_flow_bytes_total"+pair, n*frame)
 	pr.waitValue(t, fmt.Sprintf(`nsflow_netns_flow_port_packets_total{src_netns=%q,dst_netns=%q,protocol="udp",port="5301"}`, a, b), n)
+	pr.waitValue(t, fmt.Sprintf(`nsflow_isolation_violation_packets_total{src_netns=%q,dst_netns=%q}`, a, b), n)
 	pr.waitValue(t, fmt.Sprintf(`nsflow_interface_receive_packets_total{netns=%q,interface="eth-d",family="ipv4"} >= bool %d`, b, n), 1)
 
 	// Through the bridge: seen at a's egress, both bridge ports and b's

@@ -62,11 +62,18 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	for k, c := range b.st.Ports {
 		ports[k] = c
 	}
+	viol := make(map[[2]string]uint64, len(b.st.Violations))
+	for k, v := range b.st.Violations {
+		viol[k] = v
+	}
 	var top []liveFlow
 	entries := 0
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		entries++
 		d := a.decideLocked(k, now, false)
+		if d != nil && d.violation != nil {
+			viol[*d.violation] += s.Packets
+		}
 		if d == nil || !d.counted {
 			return true
 		}
@@ -96,6 +103,9 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	}
 	for k, c := range ports {
 		sum.PortPairs = append(sum.PortPairs, collector.PortPairSample{Src: k.Src, Dst: k.Dst, Protocol: k.Protocol, Port: k.Port, Bytes: c.Bytes, Packets: c.Packets})
+	}
+	for k, v := range viol {
+		sum.Violations = append(sum.Violations, collector.Violation{Src: k[0], Dst: k[1], Packets: v})
 	}
 	for _, f := range top {
 		t := collector.TopFlowSample{Src: f.d.pair.Src, Dst: f.d.pair.Dst, Protocol: f.d.pair.Protocol,
@@ -149,7 +159,7 @@ func (a *Agent) evict() {
 		}
 		d := a.decideLocked(k, now, true)
 		victims = append(victims, inflightFlow{Key: k, Packets: s.Packets, Bytes: s.Bytes,
-			Counted: d.counted, Pair: d.pair, Port: d.port})
+			Counted: d.counted, Pair: d.pair, Port: d.port, Violation: d.violation})
 		return true
 	})
 	if err != nil {
@@ -161,6 +171,9 @@ func (a *Agent) evict() {
 			if v.Counted {
 				b.fold(v.Pair, v.Port, v.Packets, v.Bytes)
 			}
+			if v.Violation != nil {
+				b.st.Violations[*v.Violation] += v.Packets
+			}
 		}
 		b.st.Evictions += uint64(len(victims))
 		b.st.Inflight = victims
@@ -171,6 +184,9 @@ func (a *Agent) evict() {
 			for _, v := range victims {
 				if v.Counted {
 					b.unfold(v.Pair, v.Port, v.Packets, v.Bytes)
+				}
+				if v.Violation != nil {
+					b.st.Violations[*v.Violation] -= v.Packets
 				}
 			}
 			b.st.Evictions -= uint64(len(victims))
@@ -239,4 +255,14 @@ func (a *Agent) dropStalePortsLocked() {
 			}
 		}
 	}
+}
+
+// Violations returns the isolation-violation packet counts (folded plus
+// live), for nsflow_isolation_violation_packets_total.
+func (a *Agent) Violations() ([]collector.Violation, error) {
+	sum, err := a.Flows()
+	if err != nil {
+		return nil, err
+	}
+	return sum.Violations, nil
 }

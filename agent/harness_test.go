@@ -74,7 +74,7 @@ func startAgent(t *testing.T, prefix string, cfg Config) *running {
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
-	reg := collector.NewRegistry(cfg.Logger, a, collector.Options{Violations: cfg.Violations})
+	reg := collector.NewRegistry(cfg.Logger, a, a.CollectorOptions())
 	web := WebConfig{TelemetryPath: "/metrics"}
 	h, err := Handler(cfg.Logger, reg, web, a.Ready)
 	if err != nil {

@@ -76,3 +76,13 @@ func (a *Agent) Self() collector.SelfSample {
 	}
 	return s
 }
+
+// CollectorOptions returns the collector options matching the agent's
+// configuration (the isolation collector when Isolation is set).
+func (a *Agent) CollectorOptions() collector.Options {
+	var o collector.Options
+	if a.cfg.Isolation != nil {
+		o.Violations = a.Violations
+	}
+	return o
+}

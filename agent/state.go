@@ -30,12 +30,14 @@ type portPairKey struct {
 // atomically (temp file, fsync, rename) before records leave the kernel,
 // so a kill -9 at any point neither loses nor double-counts them.
 type state struct {
-	path      string
-	persist   bool
-	Pairs     map[pairKey]counter
-	Ports     map[portPairKey]counter
-	Slots     map[pairKey][]string
-	Evictions uint64
+	path    string
+	persist bool
+	Pairs   map[pairKey]counter
+	Ports   map[portPairKey]counter
+	Slots   map[pairKey][]string
+	// Violations are the folded isolation-violation packet counts.
+	Violations map[[2]string]uint64
+	Evictions  uint64
 	// Inflight are records folded into Pairs but maybe still in the
 	// kernel table (the agent died between saving and deleting them).
 	Inflight []inflightFlow
@@ -47,22 +49,29 @@ type inflightFlow struct {
 	Counted        bool
 	Pair           pairKey
 	Port           string
+	Violation      *[2]string `json:",omitempty"`
 }
 
 // stateFile is the JSON form (JSON has no struct map keys).
 type stateFile struct {
-	Version   int            `json:"version"`
-	Pairs     []pairCount    `json:"pairs"`
-	Ports     []pairCount    `json:"ports"`
-	Slots     []slotList     `json:"slots"`
-	Evictions uint64         `json:"evictions"`
-	Inflight  []inflightFlow `json:"inflight,omitempty"`
+	Version    int              `json:"version"`
+	Pairs      []pairCount      `json:"pairs"`
+	Ports      []pairCount      `json:"ports"`
+	Slots      []slotList       `json:"slots"`
+	Violations []violationCount `json:"violations,omitempty"`
+	Evictions  uint64           `json:"evictions"`
+	Inflight   []inflightFlow   `json:"inflight,omitempty"`
 }
 
 type pairCount struct {
 	pairKey
 	Port string `json:",omitempty"`
 	counter
+}
+
+type violationCount struct {
+	Src, Dst string
+	Packets  uint64
 }
 
 type slotList struct {
@@ -74,7 +83,7 @@ const stateVersion = 1
 
 func newState(path string, persist bool) *state {
 	return &state{path: path, persist: persist, Pairs: map[pairKey]counter{},
-		Ports: map[portPairKey]counter{}, Slots: map[pairKey][]string{}}
+		Ports: map[portPairKey]counter{}, Slots: map[pairKey][]string{}, Violations: map[[2]string]uint64{}}
 }
 
 // loadState reads the state file; a missing file is a fresh start.
@@ -106,6 +115,9 @@ func loadState(persist bool, path string) (*state, error) {
 	for _, s := range f.Slots {
 		st.Slots[s.pairKey] = s.Ports
 	}
+	for _, v := range f.Violations {
+		st.Violations[[2]string{v.Src, v.Dst}] = v.Packets
+	}
 	st.Evictions, st.Inflight = f.Evictions, f.Inflight
 	return st, nil
 }
@@ -123,6 +135,9 @@ func (st *state) save() error {
 	}
 	for k, s := range st.Slots {
 		f.Slots = append(f.Slots, slotList{k, s})
+	}
+	for k, v := range st.Violations {
+		f.Violations = append(f.Violations, violationCount{k[0], k[1], v})
 	}
 	data, err := json.Marshal(f)
 	if err != nil {
@@ -180,6 +195,9 @@ func (b *flowBook) recover(dp *bpf.Datapath) error {
 		}
 		if f.Counted {
 			b.fold(f.Pair, f.Port, s.Packets-f.Packets, s.Bytes-f.Bytes)
+		}
+		if f.Violation != nil {
+			b.st.Violations[*f.Violation] += s.Packets - f.Packets
 		}
 		del = append(del, k)
 		return true

@@ -24,6 +24,8 @@ type FlowSummary struct {
 	PortPairs []PortPairSample
 	Top       []TopFlowSample
 	Table     FlowTableSample
+	// Violations are isolation violations, when the source classifies them.
+	Violations []Violation
 }
 
 // PairSample counts the traffic from one namespace to another, each packet

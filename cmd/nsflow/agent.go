@@ -15,6 +15,8 @@ import (
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/collector"
 	"github.com/nsflow/nsflow/discovery"
+	"github.com/nsflow/nsflow/topology"
+	"github.com/nsflow/nsflow/verify"
 	"github.com/prometheus/common/promslog"
 	"github.com/spf13/cobra"
 )
@@ -35,6 +37,7 @@ type agentFlags struct {
 	topFlows, topPorts             int
 	nsInclude, nsExclude           string
 	ifInclude, ifExclude           string
+	topology                       string
 }
 
 func newAgentCmd() *cobra.Command {
@@ -69,6 +72,7 @@ and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
 	fl.StringVar(&f.nsExclude, "netns.exclude", "", "skip namespaces whose label matches this regexp")
 	fl.StringVar(&f.ifInclude, "interface.include", "", "only interfaces whose name matches this regexp")
 	fl.StringVar(&f.ifExclude, "interface.exclude", "", "skip interfaces whose name matches this regexp")
+	fl.StringVar(&f.topology, "topology", "", "topology file: count traffic its wiring cannot deliver as nsflow_isolation_violation_packets_total")
 	return cmd
 }
 
@@ -123,6 +127,13 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	if err := agent.ValidateWebConfig(f.web); err != nil {
 		return err
 	}
+	if f.topology != "" {
+		spec, err := topology.Load(f.topology)
+		if err != nil {
+			return fmt.Errorf("--topology: %w", err)
+		}
+		cfg.Isolation = isolationClassifier(verify.NewModel(spec))
+	}
 
 	l, err := net.Listen("tcp", f.web.ListenAddress)
 	if err != nil {
@@ -133,7 +144,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	if err != nil {
 		return err
 	}
-	reg := collector.NewRegistry(logger, a, collector.Options{Violations: cfg.Violations})
+	reg := collector.NewRegistry(logger, a, a.CollectorOptions())
 	h, err := agent.Handler(logger, reg, f.web, a.Ready)
 	if err != nil {
 		return err
@@ -150,4 +161,20 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		runErr = err
 	}
 	return runErr
+}
+
+// isolationClassifier asks verify's reachability model whether a flow
+// record delivered into a namespace is one the topology cannot deliver.
+func isolationClassifier(m *verify.Model) func(bpf.FlowKey, string) (string, string, bool) {
+	return func(k bpf.FlowKey, netns string) (string, string, bool) {
+		fl, ok := verify.FlowFromBPF(k, bpf.FlowStats{Packets: 1}, netns)
+		if !ok {
+			return "", "", false
+		}
+		vs := m.Violations([]verify.Flow{fl})
+		if len(vs) == 0 {
+			return "", "", false
+		}
+		return vs[0].Src, vs[0].Dst, true
+	}
 }
