@@ -66,6 +66,7 @@ func startLoad(ctx context.Context, e *env, minDur time.Duration) (*load, error)
 				Server:      netip.AddrPortFrom(addr, 0),
 			})
 			if err != nil {
+				l.min = 0 // no figures wanted: stop at once
 				l.stop()
 				return nil, fmt.Errorf("load %s -> %s: %w", from, to, err)
 			}

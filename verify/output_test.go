@@ -35,7 +35,7 @@ func fakeReport() *Report {
 		}
 	}
 	r.Stack = []Check{{Netns: r.Namespaces[3], Kind: "routes", Problems: []string{"unexpected route 198.19.0.0/16 via 198.18.0.9 dev eth0"}}}
-	r.Evidence = &Evidence{Ports: 50, Flows: 100}
+	r.Evidence = &Evidence{Ports: 50, Flows: 100, Violations: []Violation{{Src: r.Namespaces[7], Dst: r.Namespaces[42], Packets: 3, Bytes: 180}}}
 	return r
 }
 
@@ -74,7 +74,9 @@ func TestTableFor50Namespaces(t *testing.T) {
 		t.Errorf("difference marks %v, want %v", marked, want)
 	}
 	for _, want := range []string{"G tenant-namespace-42", "tcp/8080  tenant-namespace-07 -> tenant-namespace-42 198.18.0.43: reachable, expected blocked",
-		"routes    tenant-namespace-03: unexpected route", "FAIL: 1 probes not as expected, 1 checks failed"} {
+		"routes    tenant-namespace-03: unexpected route", "FAIL: 1 probes not as expected, 1 checks failed, 1 evidence violations (3 packets)",
+		"tenant-namespace-07 -> tenant-namespace-42: 3 packets, 180 bytes in 0 flows",
+		"7 " + trunc("tenant-namespace-07", 16) + "  " + strings.Repeat(".", 7) + "-" + strings.Repeat(".", 34) + "X" + strings.Repeat(".", 7)} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)
 		}
@@ -118,8 +120,8 @@ func TestJUnit(t *testing.T) {
 	if err := xml.Unmarshal(b.Bytes(), &doc); err != nil {
 		t.Fatal(err)
 	}
-	// 2 ports x 50 x 49 cells, 1 stack check, 1 evidence summary.
-	if doc.Tests != 2*50*49+1+1 || doc.Failures != 2 || doc.Errors != 0 {
+	// 2 ports x 50 x 49 cells, 1 stack check, the evidence summary and pair.
+	if doc.Tests != 2*50*49+1+2 || doc.Failures != 4 || doc.Errors != 0 {
 		t.Errorf("tests %d failures %d errors %d", doc.Tests, doc.Failures, doc.Errors)
 	}
 	var failed []string
@@ -130,7 +132,8 @@ func TestJUnit(t *testing.T) {
 			}
 		}
 	}
-	want := []string{"reachability.tcp/8080 tenant-namespace-07 -> tenant-namespace-42", "stack.routes tenant-namespace-03"}
+	want := []string{"reachability.tcp/8080 tenant-namespace-07 -> tenant-namespace-42", "stack.routes tenant-namespace-03",
+		"evidence no packet delivered where none may arrive", "evidence tenant-namespace-07 -> tenant-namespace-42"}
 	if !slices.Equal(failed, want) {
 		t.Errorf("failed cases %q, want %q", failed, want)
 	}

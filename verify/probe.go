@@ -8,6 +8,7 @@ import (
 
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/topology"
+	"golang.org/x/sys/unix"
 )
 
 // Probe is one probe from a namespace to one address of another, on one
@@ -86,10 +87,17 @@ type prober struct {
 	mu    sync.Mutex
 }
 
+// maxInFlight caps the sockets open at once; below it, half the file
+// descriptor limit does, leaving the rest to responders and the datapath.
 const maxInFlight = 8192
 
 func newProber(paths map[string]string, names map[uint64]string, timeout time.Duration) *prober {
-	return &prober{paths: paths, names: names, timeout: timeout, slots: make(chan struct{}, maxInFlight)}
+	slots := maxInFlight
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil {
+		slots = int(min(uint64(maxInFlight), max(lim.Cur/2, 64)))
+	}
+	return &prober{paths: paths, names: names, timeout: timeout, slots: make(chan struct{}, slots)}
 }
 
 // run executes the probes concurrently, one batch per source namespace:

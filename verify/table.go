@@ -66,7 +66,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.writeChecks(bw, "Port space (each namespace's own listener answers on its loopback)", r.PortSpace, r.Ports, rowLabel, blank)
 	r.writeChecks(bw, "Stack (each namespace sees only its own objects)", r.Stack, stackKinds, rowLabel, blank)
 	r.writeDetails(bw)
-	r.writeEvidence(bw)
+	r.writeEvidence(bw, header, rowLabel, blank)
 	if r.Load != nil {
 		fmt.Fprintf(bw, "\nLoad: %d bulk TCP flows on allowed paths, %.2f Gbit/s in total over %.1fs\n", len(r.Load.Flows), r.Load.TotalGbps, r.Load.Elapsed.Seconds())
 		for _, f := range r.Load.Flows {
@@ -212,7 +212,10 @@ func (r *Report) writeDetails(w io.Writer) {
 	}
 }
 
-func (r *Report) writeEvidence(w io.Writer) {
+// writeEvidence lists the packets delivered where none may arrive and, if
+// there are any between namespaces of the topology, marks their cells in
+// a matrix of its own (rows send, columns received).
+func (r *Report) writeEvidence(w io.Writer, header string, rowLabel func(int) string, blank string) {
 	ev := r.Evidence
 	if ev == nil {
 		fmt.Fprintln(w, "\neBPF evidence: not collected")
@@ -224,6 +227,36 @@ func (r *Report) writeEvidence(w io.Writer) {
 	}
 	for _, v := range ev.Violations {
 		fmt.Fprintf(w, "  %s -> %s: %d packets, %d bytes in %d flows\n", v.Src, v.Dst, v.Packets, v.Bytes, len(v.Flows))
+	}
+	idx := map[string]int{}
+	for i, ns := range r.Namespaces {
+		idx[ns] = i
+	}
+	cells := map[[2]int]bool{}
+	for _, v := range ev.Violations {
+		i, ok1 := idx[v.Src]
+		j, ok2 := idx[v.Dst]
+		if ok1 && ok2 {
+			cells[[2]int{i, j}] = true
+		}
+	}
+	if len(cells) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%s  %s\n", blank, header)
+	for i := range r.Namespaces {
+		row := make([]byte, len(r.Namespaces))
+		for j := range row {
+			switch {
+			case i == j:
+				row[j] = '-'
+			case cells[[2]int{i, j}]:
+				row[j] = 'X'
+			default:
+				row[j] = '.'
+			}
+		}
+		fmt.Fprintf(w, "%s  %s\n", rowLabel(i), row)
 	}
 }
 
