@@ -17,6 +17,12 @@ import (
 // counters jump between series.
 var errNotReady = errors.New("initial discovery not done yet")
 
+// uncountedIdle is the idle time after which a record that counts toward
+// nothing (a bridge port in transit, multicast flooded to every port) is
+// evicted: a thousand namespaces on a bridge flood tens of thousands of
+// such records at link-up, and every scrape walks the table.
+const uncountedIdle = uint64(5 * time.Second)
+
 // summaryTTL lets the collectors of one scrape share one table walk.
 const summaryTTL = 200 * time.Millisecond
 
@@ -154,10 +160,14 @@ func (a *Agent) evict() {
 	var victims []inflightFlow
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		live := a.portLiveLocked(k.Port())
-		if live && mono-min(s.LastSeen, mono) < idle {
+		idleFor := mono - min(s.LastSeen, mono)
+		if live && idleFor < uncountedIdle {
 			return true
 		}
-		d := a.decideLocked(k, now, true)
+		d := a.decideLocked(k, now, live && idleFor < idle)
+		if d == nil || (live && idleFor < idle && (d.counted || d.violation != nil)) {
+			return true
+		}
 		victims = append(victims, inflightFlow{Key: k, Packets: s.Packets, Bytes: s.Bytes,
 			Counted: d.counted, Pair: d.pair, Port: d.port, Violation: d.violation})
 		return true
