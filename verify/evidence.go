@@ -16,9 +16,11 @@ import (
 // (ingress) on an interface inside it.
 type Flow struct {
 	Netns   string     `json:"netns"`
+	Ifindex uint32     `json:"ifindex"`
 	Src     netip.Addr `json:"src"`
 	Dst     netip.Addr `json:"dst"`
 	Proto   uint8      `json:"proto"`
+	SrcPort uint16     `json:"src_port"`
 	DstPort uint16     `json:"dst_port"`
 	Packets uint64     `json:"packets"`
 	Bytes   uint64     `json:"bytes"`
@@ -30,7 +32,8 @@ func FlowFromBPF(k bpf.FlowKey, s bpf.FlowStats, netns string) (f Flow, ok bool)
 	if k.Dir != bpf.Ingress {
 		return f, false
 	}
-	return Flow{Netns: netns, Src: k.Src.Unmap(), Dst: k.Dst.Unmap(), Proto: k.Proto, DstPort: k.DstPort, Packets: s.Packets, Bytes: s.Bytes}, true
+	return Flow{Netns: netns, Ifindex: k.Ifindex, Src: k.Src.Unmap(), Dst: k.Dst.Unmap(), Proto: k.Proto,
+		SrcPort: k.SrcPort, DstPort: k.DstPort, Packets: s.Packets, Bytes: s.Bytes}, true
 }
 
 // NetnsNames maps the netns cookies of the spec's namespaces that exist
@@ -100,10 +103,14 @@ func (m *Model) violations(flows []Flow, owners func(netip.Addr) []string) []Vio
 	for _, v := range byPair {
 		out = append(out, *v)
 	}
-	slices.SortFunc(out, func(a, b Violation) int {
+	sortViolations(out)
+	return out
+}
+
+func sortViolations(vs []Violation) {
+	slices.SortFunc(vs, func(a, b Violation) int {
 		return cmp.Or(cmp.Compare(a.Src, b.Src), cmp.Compare(a.Dst, b.Dst))
 	})
-	return out
 }
 
 // Evidence is what the eBPF datapath saw during the probes.
@@ -119,9 +126,9 @@ type Evidence struct {
 }
 
 // evidence attaches the datapath for the duration of the probes to every
-// interface of each namespace that holds an address: a delivery is a
-// packet to one of the namespace's addresses, so the others (a namespace
-// holding only bridge ports) can only see transit.
+// interface that is not a bridge port, in each namespace that holds an
+// address: a delivery is a packet to one of the namespace's addresses, so
+// the others (a namespace holding only bridge ports) can only see transit.
 type evidence struct {
 	e    *env
 	dp   *bpf.Datapath
@@ -152,7 +159,10 @@ func startEvidence(e *env) (*evidence, error) {
 			return nil, err
 		}
 		for _, l := range s.links {
-			if l.Attrs().Name != "lo" {
+			// A bridge port hands what is for the namespace to its
+			// bridge, where it is seen: counting it on the port too
+			// would count it twice.
+			if l.Attrs().Name != "lo" && l.Attrs().MasterIndex == 0 {
 				targets = append(targets, target{e.paths[ns], l.Attrs().Name})
 			}
 		}
