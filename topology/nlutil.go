@@ -102,11 +102,12 @@ func routeSocket(ns netns.NsHandle) (*nl.SocketHandle, error) {
 // vethAdd creates a veth pair in one RTM_NEWLINK, under one hold of the
 // rtnl lock: name up (and already a port of the bridge with ifindex
 // master, if not 0) in the socket's namespace, and peer (down) born in
-// the namespace of peerFd. netlink.LinkAdd would take three requests for
-// the same (create, look up, attach to the bridge), which matters when
-// other work on the host keeps rtnl busy.
-func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) error {
-	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+// the namespace of peerFd. It returns both ends' ifindexes, which the
+// kernel echoes back (NLM_F_ECHO, Linux 6.3 or later; 0 on older ones).
+// netlink.LinkAdd would take three requests and a lookup per end for the
+// same, which matters when other work on the host keeps rtnl busy.
+func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) (index, peerIndex int, err error) {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK|unix.NLM_F_ECHO)
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
@@ -131,8 +132,18 @@ func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) 
 	}
 	p.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(peerFd)))
 	req.AddData(info)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return 0, 0, err
+	}
+	// The echo of the new end: its ifindex, and its peer's (IFLA_LINK).
+	for _, m := range msgs {
+		l, err := netlink.LinkDeserialize(nil, m)
+		if err == nil && l.Attrs().Name == name {
+			index, peerIndex = l.Attrs().Index, l.Attrs().ParentIndex
+		}
+	}
+	return index, peerIndex, nil
 }
 
 // loopbackIndex is the loopback's ifindex in every network namespace.

@@ -406,7 +406,8 @@ func (b *builder) createLink(lp *linkPlan) error {
 	if lp.pe.Bridge != "" {
 		master = b.bridgeIdx[lp.pe.Bridge]
 	}
-	if err := vethAdd(lp.pc.sock, lp.pe.Interface, lp.se.Interface, lp.mtu, master, lp.sc.fd); err != nil {
+	pIdx, sIdx, err := vethAdd(lp.pc.sock, lp.pe.Interface, lp.se.Interface, lp.mtu, master, lp.sc.fd)
+	if err != nil {
 		return lp.fail(fmt.Errorf("create veth: %w", err))
 	}
 	b.ifCreated.Add(2)
@@ -419,19 +420,24 @@ func (b *builder) createLink(lp *linkPlan) error {
 	// addresses added before the link has carrier (both ends up) wait
 	// for it.
 	ends := []struct {
-		ns   string
-		c    *nsConn
-		ep   Endpoint
-		peer bool
-		link netlink.Link
-	}{{ns: lp.sns, c: lp.sc, ep: lp.se, peer: true}, {ns: lp.pns, c: lp.pc, ep: lp.pe}}
+		ns    string
+		c     *nsConn
+		ep    Endpoint
+		peer  bool
+		index int
+		link  netlink.Link
+	}{{ns: lp.sns, c: lp.sc, ep: lp.se, peer: true, index: sIdx}, {ns: lp.pns, c: lp.pc, ep: lp.pe, index: pIdx}}
 	for j := range ends {
 		e := &ends[j]
 		if b.fresh[e.ns] && !e.peer && len(e.ep.Addresses) == 0 {
 			continue
 		}
-		var err error
-		if e.link, err = e.c.h.LinkByName(e.ep.Interface); err != nil {
+		if e.index != 0 {
+			la := netlink.NewLinkAttrs()
+			la.Name, la.Index = e.ep.Interface, e.index
+			e.link = &netlink.Veth{LinkAttrs: la}
+		} else if e.link, err = e.c.h.LinkByName(e.ep.Interface); err != nil {
+			// No echo from the kernel: look the end up.
 			return lp.fail(fmt.Errorf("find new veth end %s: %w", e.ep.Interface, err))
 		}
 		if !b.fresh[e.ns] {
