@@ -323,6 +323,10 @@ func TestShowDriftAndRepair(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	pod := prefixOf(s) + "pod"
+	inNS(t, s, pod, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("1 0"), 0)
+	})
 	st, err := Show(ctx, s, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -331,6 +335,7 @@ func TestShowDriftAndRepair(t *testing.T) {
 		c1 + "/eth0: address 198.18.1.11/24 missing",
 		c1 + ": route to default via 198.18.1.1 missing",
 		srv1 + "/eth0: down",
+		pod + `: sysctl net.ipv4.ping_group_range is "1\t0", declared "0 2147483647"`,
 	} {
 		if !slices.Contains(st.Drift, want) {
 			t.Errorf("drift %q not reported; got %q", want, st.Drift)
@@ -340,8 +345,8 @@ func TestShowDriftAndRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Changed < 3 {
-		t.Errorf("repairing up changed %d things, want at least 3 (address, route, link state)", res.Changed)
+	if res.Changed < 4 {
+		t.Errorf("repairing up changed %d things, want at least 4 (address, route, link state, sysctl)", res.Changed)
 	}
 	if st, err = Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
 		t.Errorf("drift after repair: %q, %v", st.Drift, err)

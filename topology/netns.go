@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -152,14 +151,8 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	if err := linkSet(c.sock, loopbackIndex, marker); err != nil {
 		return c, fmt.Errorf("namespace %s: loopback up and marked: %w", name, err)
 	}
-	for k, v := range sysctls {
-		// /proc/sys/net shows the namespace of the thread that opens it.
-		p := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
-		if err := os.WriteFile(p, []byte(v), 0); err != nil {
-			return c, fmt.Errorf("namespace %s: sysctl %s=%q: %w", name, k, v, err)
-		}
-	}
-	return c, nil
+	// This thread is in the new namespace: its /proc/sys/net is the new one.
+	return c, writeSysctls(name, sysctls)
 }
 
 // unmountNetns removes a namespace's bind mount; the kernel destroys the

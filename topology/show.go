@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -34,6 +35,8 @@ type NamespaceState struct {
 	Owned      bool             `json:"owned"`
 	Interfaces []InterfaceState `json:"interfaces,omitempty"`
 	Routes     []RouteState     `json:"routes,omitempty"`
+	// Sysctls are the live values of the sysctls the spec declares.
+	Sysctls map[string]string `json:"sysctls,omitempty"`
 }
 
 // InterfaceState is one live interface.
@@ -60,12 +63,13 @@ type RouteState struct {
 
 // nsSnapshot is what Show reads from one namespace.
 type nsSnapshot struct {
-	c      *nsConn
-	owner  string
-	links  []netlink.Link
-	byIdx  map[int]netlink.Link
-	addrs  map[int][]netlink.Addr
-	routes []netlink.Route
+	c       *nsConn
+	owner   string
+	links   []netlink.Link
+	byIdx   map[int]netlink.Link
+	addrs   map[int][]netlink.Addr
+	routes  []netlink.Route
+	sysctls map[string]string
 }
 
 // Show reads the live state of every namespace and interface s declares
@@ -106,6 +110,9 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 			return err
 		}
 		sn, err := snapshot(c, nil)
+		if err == nil && len(s.Namespaces[i].Sysctls) > 0 {
+			sn.sysctls, err = readSysctls(path, slices.Collect(maps.Keys(s.Namespaces[i].Sysctls)))
+		}
 		if err != nil {
 			c.close()
 			return err
@@ -237,6 +244,12 @@ func compare(s *Spec, snaps map[string]*nsSnapshot) *State {
 			ns.Routes = append(ns.Routes, routeState(sn, r))
 		}
 		if i := slices.IndexFunc(s.Namespaces, func(n Namespace) bool { return n.Name == name }); i >= 0 {
+			ns.Sysctls = sn.sysctls
+			for _, k := range slices.Sorted(maps.Keys(s.Namespaces[i].Sysctls)) {
+				if want := s.Namespaces[i].Sysctls[k]; !sysctlEqual(sn.sysctls[k], want) {
+					drift("%s: sysctl %s is %q, declared %q", name, k, sn.sysctls[k], want)
+				}
+			}
 			for _, r := range s.Namespaces[i].Routes {
 				if !hasRoute(ns.Routes, r) {
 					drift("%s: route to %s%s%s missing", name, r.To, prefixed(" via ", r.Via), prefixed(" dev ", r.Dev))

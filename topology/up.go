@@ -259,6 +259,14 @@ func (b *builder) namespaces(ctx context.Context) error {
 	for _, n := range b.s.Namespaces {
 		if b.conns[n.Name] == nil {
 			missing = append(missing, n)
+			continue
+		}
+		if len(n.Sysctls) > 0 {
+			changed, err := ensureSysctls(n.Name, b.s.NetnsPath(n.Name), n.Sysctls)
+			if err != nil {
+				return err
+			}
+			b.changed.Add(int64(changed))
 		}
 	}
 	return parallel(ctx, len(missing), b.opts.workers(), "namespaces", b.opts.Progress, func(i int) error {
