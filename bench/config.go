@@ -54,7 +54,7 @@ type Progress struct {
 	Case         string
 	Round        int
 	Instrumented bool
-	Phase        string // "topology", "warm-up", "sample", "iperf3", "cleanup"
+	Phase        string // "topology", "warm-up", "sample", "bpf cost", "iperf3", "cleanup"
 }
 
 func (p Progress) String() string {
@@ -65,8 +65,8 @@ func (p Progress) String() string {
 			mode = "instrumented"
 		}
 		return fmt.Sprintf("[%d/%d] %s round %d %s", p.Step, p.Steps, p.Case, p.Round, mode)
-	case "warm-up":
-		return fmt.Sprintf("[%d/%d] %s warm-up", p.Step, p.Steps, p.Case)
+	case "warm-up", "bpf cost":
+		return fmt.Sprintf("[%d/%d] %s %s", p.Step, p.Steps, p.Case, p.Phase)
 	}
 	return p.Phase + " " + p.Case
 }

@@ -3,7 +3,6 @@ package bench
 import (
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/nsflow/nsflow/bpf"
 )
@@ -13,11 +12,10 @@ import (
 // disturbed), attached for instrumented samples and detached for the
 // uninstrumented ones.
 type instrument struct {
-	dp    *bpf.Datapath
-	stats io.Closer
-	atts  map[Iface]*bpf.Attachment
-	keys  map[Iface]bpf.PortKey
-	mode  bpf.AttachMode // of the last attachment: tcx, or tc on older kernels
+	dp   *bpf.Datapath
+	atts map[Iface]*bpf.Attachment
+	keys map[Iface]bpf.PortKey
+	mode bpf.AttachMode // of the last attachment: tcx, or tc on older kernels
 }
 
 func loadInstrument() (*instrument, error) {
@@ -25,12 +23,7 @@ func loadInstrument() (*instrument, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load the datapath: %w", err)
 	}
-	st, err := dp.EnableRunStats()
-	if err != nil {
-		dp.Close()
-		return nil, err
-	}
-	return &instrument{dp: dp, stats: st, atts: map[Iface]*bpf.Attachment{}, keys: map[Iface]bpf.PortKey{}}, nil
+	return &instrument{dp: dp, atts: map[Iface]*bpf.Attachment{}, keys: map[Iface]bpf.PortKey{}}, nil
 }
 
 func (in *instrument) attach(ifs []Iface) error {
@@ -78,6 +71,17 @@ func (in *instrument) ports(ifs []Iface) (map[Iface]bpf.PortStats, error) {
 
 type runStats struct{ count, ns uint64 }
 
+// withRunStats runs fn with the kernel's BPF run-time statistics on. They
+// cost some ns per program run, so only the cost sample pays for them,
+// not the samples the overhead ratio is computed from.
+func (in *instrument) withRunStats(fn func() error) error {
+	st, err := in.dp.EnableRunStats()
+	if err != nil {
+		return err
+	}
+	return errors.Join(fn(), st.Close())
+}
+
 func (in *instrument) runStats() (runStats, error) {
 	c, ns, err := in.dp.RunStats()
 	return runStats{c, ns}, err
@@ -85,5 +89,5 @@ func (in *instrument) runStats() (runStats, error) {
 
 func (in *instrument) close() error {
 	err := in.detach()
-	return errors.Join(err, in.stats.Close(), in.dp.Close())
+	return errors.Join(err, in.dp.Close())
 }

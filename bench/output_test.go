@@ -24,6 +24,7 @@ func sampleReport() *Report {
 			Kernel: []KernelDelta{{Iface: Iface{Namespace: "a", Name: "eth0"}}},
 			Checks: []Check{newCheck("a/eth0 rx", "nsflow", "kernel rx", traffic.Counts{Packets: 1}, traffic.Counts{Packets: 1}, true, true)}}},
 	}
+	c.BPF.Sample = &c.Samples[0]
 	c2 := c
 	c2.Name, c2.Path, c2.Differences = "bridge/tcp/2 <&>", Bridge, 1
 	return &Report{SchemaVersion: SchemaVersion, Cases: []Case{c, c2}, Iperf3: []Iperf3{{Path: Veth, Proto: traffic.UDP, Gbps: 0.3}}, Differences: 1}
@@ -117,7 +118,7 @@ var jsonKeys = map[string][]string{
 	"summary": {"gbps", "mpps", "cpu"},
 	"spread":  {"median", "min", "max"},
 	"cpu":     {"process_cores", "host_softirq_cores", "host_busy_cores"},
-	"bpf":     {"runs", "run_time_ns", "ns_per_run", "ns_per_packet"},
+	"bpf":     {"runs", "run_time_ns", "ns_per_run", "ns_per_packet", "sample"},
 	"sample": {"round", "instrumented", "gbps", "mpps", "elapsed_ns", "sent", "received", "lost", "reordered",
 		"cpu", "kernel", "checks"},
 	"counts": {"packets", "bytes"},
@@ -158,7 +159,7 @@ func checkJSON(t *testing.T, data []byte) {
 	}
 	for _, c := range list(rep["cases"]) {
 		cm := has("case", c)
-		has("bpf", cm["bpf"])
+		has("sample", has("bpf", cm["bpf"])["sample"])
 		for _, s := range []string{"uninstrumented", "instrumented"} {
 			sm := has("summary", cm[s])
 			has("spread", sm["gbps"])

@@ -90,8 +90,9 @@ type Spread struct {
 }
 
 // BPFCost is nsflow's datapath time from the kernel's BPF run-time
-// statistics over a case's instrumented samples (statistics enabled,
-// which itself adds some ns per run).
+// statistics, over one extra instrumented sample of up to 2 s taken with
+// the statistics on (they add some ns per run, so the samples the ratio
+// comes from run without them).
 type BPFCost struct {
 	Runs      uint64  `json:"runs"`
 	RunTimeNs uint64  `json:"run_time_ns"`
@@ -100,6 +101,8 @@ type BPFCost struct {
 	// the packets (skbs) the server's interface received: the datapath's
 	// cost per packet end to end.
 	NsPerPacket float64 `json:"ns_per_packet"`
+	// Sample is the cost sample itself, reconciled like the others.
+	Sample *Sample `json:"sample"`
 }
 
 // Sample is one measurement of a case.
@@ -143,6 +146,16 @@ type Check struct {
 	CompareBytes bool           `json:"compare_bytes"`
 	OK           bool           `json:"ok"`
 	Note         string         `json:"note,omitempty"`
+}
+
+func (s Sample) differences() int {
+	n := 0
+	for _, c := range s.Checks {
+		if !c.OK {
+			n++
+		}
+	}
+	return n
 }
 
 func newCheck(subject, left, right string, l, r traffic.Counts, pkts, bytes bool) Check {

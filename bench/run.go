@@ -14,6 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// costDuration bounds the sample that measures the datapath's cost.
+const costDuration = 2 * time.Second
+
 // runner holds what one Run shares across cases.
 type runner struct {
 	cfg    Config
@@ -74,7 +77,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 		}
 	}
-	r.steps = len(plan) * (1 + 2*cfg.Rounds)
+	r.steps = len(plan) * (2 + 2*cfg.Rounds) // warm-up, rounds, cost
 	for _, p := range plan {
 		c, err := r.runCase(ctx, p.path, p.proto, p.pairs)
 		if err != nil {
@@ -87,7 +90,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if !cfg.NoIperf3 {
 		r.iperf3(ctx, env)
 	}
-	return rep, nil
+	return rep, ctx.Err()
 }
 
 func (r *runner) progress(p Progress) {
@@ -117,46 +120,53 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 		return nil, fmt.Errorf("%s warm-up: %w", c.Name, err)
 	}
 
-	var cost BPFCost
-	var serverPkts uint64
 	for round := 1; round <= r.cfg.Rounds; round++ {
 		for _, on := range []bool{false, true} {
 			r.step++
 			r.progress(Progress{Step: r.step, Case: c.Name, Round: round, Instrumented: on, Phase: "sample"})
-			s, rs, err := r.sample(ctx, proto, pairs, payload, on)
+			s, _, err := r.sample(ctx, proto, pairs, payload, on, r.cfg.Duration)
 			if err != nil {
 				return nil, fmt.Errorf("%s round %d: %w", c.Name, round, err)
 			}
 			s.Round = round
 			c.Samples = append(c.Samples, s)
-			if on {
-				cost.Runs += rs.count
-				cost.RunTimeNs += rs.ns
-				for _, kd := range s.Kernel {
-					for _, p := range pairs {
-						if kd.Iface == p.server {
-							serverPkts += kd.Rx.Packets
-						}
-					}
-				}
-			}
-			for _, ch := range s.Checks {
-				if !ch.OK {
-					c.Differences++
-				}
-			}
+			c.Differences += s.differences()
 		}
+	}
+
+	// The datapath's cost comes from one more instrumented sample with
+	// BPF run-time statistics on.
+	r.step++
+	r.progress(Progress{Step: r.step, Case: c.Name, Instrumented: true, Phase: "bpf cost"})
+	var s Sample
+	var rs runStats
+	err = r.in.withRunStats(func() error {
+		var err error
+		s, rs, err = r.sample(ctx, proto, pairs, payload, true, min(r.cfg.Duration, costDuration))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s cost sample: %w", c.Name, err)
 	}
 	if err := r.in.detach(); err != nil {
 		return nil, err
 	}
-	if cost.Runs > 0 {
-		cost.NsPerRun = float64(cost.RunTimeNs) / float64(cost.Runs)
+	c.Differences += s.differences()
+	c.BPF = BPFCost{Runs: rs.count, RunTimeNs: rs.ns, Sample: &s}
+	if rs.count > 0 {
+		c.BPF.NsPerRun = float64(rs.ns) / float64(rs.count)
+	}
+	var serverPkts uint64
+	for _, kd := range s.Kernel {
+		for _, p := range pairs {
+			if kd.Iface == p.server {
+				serverPkts += kd.Rx.Packets
+			}
+		}
 	}
 	if serverPkts > 0 {
-		cost.NsPerPacket = float64(cost.RunTimeNs) / float64(serverPkts)
+		c.BPF.NsPerPacket = float64(rs.ns) / float64(serverPkts)
 	}
-	c.BPF = cost
 	c.Uninstrumented = summarize(c.Samples, false)
 	c.Instrumented = summarize(c.Samples, true)
 	if c.Uninstrumented.Gbps.Median > 0 {
@@ -298,7 +308,7 @@ func pathIfaces(pairs []pair) []Iface {
 }
 
 // sample measures the pairs once, with nsflow attached or not.
-func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, payload int, on bool) (Sample, runStats, error) {
+func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, payload int, on bool, d time.Duration) (Sample, runStats, error) {
 	ifs := pathIfaces(pairs)
 	var err error
 	if on {
@@ -316,7 +326,7 @@ func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, 
 	if err != nil {
 		return Sample{}, runStats{}, err
 	}
-	res, err := r.flows(ctx, proto, pairs, payload, r.cfg.Duration)
+	res, err := r.flows(ctx, proto, pairs, payload, d)
 	if err != nil {
 		return Sample{}, runStats{}, err
 	}
