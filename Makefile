@@ -1,6 +1,7 @@
 # nsflow: build, test, generate.
 #
-#   make run       bring up the seed topology, show it, take it down (root)
+#   make run       the demo on the embedded seed topology for 20 s (root)
+#   make seed      bring up examples/seed.yaml, show it, draw it, take it down (root)
 #   make test      install what the tests need, then vet and run every test (root)
 #   make generate  rebuild the eBPF objects with clang (Debian clang-19)
 #   make bench     run the benchmarks whose figures the README quotes
@@ -13,19 +14,24 @@ CLANG   ?= $(shell command -v clang-19 || command -v clang)
 # Debian packages the tests use as tools and independent witnesses:
 # clang/llvm to check the committed eBPF objects are fresh, bpftool/iproute2/
 # tcpdump as witnesses, iperf3 for bench, prometheus/promtool for the agent's
-# end-to-end test, nftables/iptables for the isolation checks.
-DEB_PKGS := clang-19 llvm-19 libbpf-dev bpftool iproute2 iperf3 tcpdump prometheus nftables iptables
+# end-to-end test, nftables/iptables for the isolation checks, systemd for
+# systemd-analyze on the shipped unit.
+DEB_PKGS := clang-19 llvm-19 libbpf-dev bpftool iproute2 iperf3 tcpdump prometheus nftables iptables systemd
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build run test deps bpffs vet fmt-check generate generate-check bench clean
+.PHONY: all build run seed test deps bpffs vet fmt-check generate generate-check bench clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nsflow
 
-# The main job on the embedded default: the seed topology up, shown, down.
-run: build
+# The main job on the embedded default: topology, agent, traffic and verify
+# together on the seed scenarios, then everything taken down again.
+run: build bpffs
+	./$(BIN) demo --duration 20s
+
+seed: build
 	./$(BIN) topology up -f examples/seed.yaml
 	./$(BIN) topology show -f examples/seed.yaml
 	./$(BIN) topology graph -f examples/seed.yaml
@@ -69,7 +75,7 @@ test: deps bpffs fmt-check vet generate-check
 	CGO_ENABLED=1 $(GO) test -race -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 bench: bpffs
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./topology/ ./bpf/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./topology/ ./bpf/
 
 clean:
 	rm -rf bin
