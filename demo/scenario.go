@@ -1,25 +1,18 @@
 package demo
 
 import (
-	_ "embed"
 	"fmt"
 	"net/netip"
 
+	"github.com/nsflow/nsflow/examples"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 )
 
-// seedYAML is the default topology: the seed scenarios (a veth pair
-// between two namespaces, a Docker-style bridge network, two servers on
-// the same port in two namespaces, a pod-style shared namespace). It is
-// the same file as examples/seed.yaml, which a test keeps true.
-//
-//go:embed topology.yaml
-var seedYAML []byte
-
-// DefaultSpec returns the embedded default topology, validated.
+// DefaultSpec returns the embedded default topology, examples/seed.yaml
+// (the seed scenarios), validated.
 func DefaultSpec() (*topology.Spec, error) {
-	s, err := topology.Parse(seedYAML)
+	s, err := topology.Parse(examples.Seed)
 	if err != nil {
 		return nil, fmt.Errorf("embedded topology: %w", err)
 	}
