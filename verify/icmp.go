@@ -33,6 +33,9 @@ type pinger struct {
 	answered chan struct{}
 }
 
+// icmpGrace is how long past the deadline echo replies are still read.
+const icmpGrace = 200 * time.Millisecond
+
 type pingKey struct {
 	addr netip.Addr
 	seq  int
@@ -86,7 +89,7 @@ func (pg *pinger) run() {
 	var wg sync.WaitGroup
 	for _, c := range []*icmp.PacketConn{pg.c4, pg.c6} {
 		if c != nil {
-			c.SetReadDeadline(pg.deadline)
+			c.SetReadDeadline(pg.deadline.Add(icmpGrace))
 			wg.Go(func() { pg.read(c) })
 		}
 	}
@@ -104,7 +107,13 @@ func (pg *pinger) run() {
 			pg.sendPending()
 		}
 	}
-	// Unblock the readers if every probe was answered before the deadline.
+	// Replies count whenever they come: give the readers a moment past
+	// the deadline for what a busy host has not handed them yet.
+	select {
+	case <-pg.answered:
+	case <-time.After(icmpGrace):
+	}
+	// Unblock the readers.
 	for _, c := range []*icmp.PacketConn{pg.c4, pg.c6} {
 		if c != nil {
 			c.SetReadDeadline(time.Now())

@@ -112,10 +112,22 @@ func (pr *prober) finishTCP(s *sockProbe) {
 		}
 		return info.State != tcpSynSent
 	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// An answer counts whenever it came: a busy host may fire the
+		// timer before it reports the socket ready, so look once more.
+		err = rc.Control(func(fd uintptr) {
+			if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+				soErr = syscall.Errno(e)
+			} else if info, ierr := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); ierr != nil || info.State == tcpSynSent {
+				soErr = os.ErrDeadlineExceeded
+			}
+		})
+		if errors.Is(soErr, os.ErrDeadlineExceeded) {
+			s.p.Outcome, s.p.Detail = Blocked, ""
+			return
+		}
+	}
 	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		s.p.Outcome, s.p.Detail = Blocked, ""
-		return
 	case err != nil:
 		s.p.Outcome, s.p.Detail = Failed, err.Error()
 		return
@@ -155,7 +167,7 @@ func (pr *prober) finishUDP(s *sockProbe) {
 	for {
 		now := time.Now()
 		if !now.Before(s.deadline) {
-			s.p.Outcome, s.p.Detail = Blocked, ""
+			pr.lastRead(s, rc, buf)
 			return
 		}
 		next := now.Add(resend)
@@ -187,6 +199,27 @@ func (pr *prober) finishUDP(s *sockProbe) {
 			s.p.Outcome, s.p.Detail = Failed, err.Error()
 		}
 		return
+	}
+}
+
+// lastRead takes, without waiting, a reply or error that arrived while the
+// probe was not looking; with none the probe is blocked.
+func (pr *prober) lastRead(s *sockProbe, rc syscall.RawConn, buf []byte) {
+	var n int
+	var err error
+	rc.Control(func(fd uintptr) { n, err = unix.Read(int(fd), buf) })
+	switch {
+	case err == nil:
+		s.p.Outcome = Replied
+		if id, ok := parseReply(buf[:n], s.nonce); ok {
+			pr.attribute(s.p, id)
+		} else {
+			s.p.Detail = "answered by a listener that is not an nsflow responder"
+		}
+	case errors.Is(err, unix.EAGAIN):
+		s.p.Outcome, s.p.Detail = Blocked, ""
+	default:
+		pr.classify(s.p, rc, err)
 	}
 }
 
