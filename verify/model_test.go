@@ -147,35 +147,3 @@ func TestViolations(t *testing.T) {
 		}
 	}
 }
-
-func TestViolationTotalsStayMonotonic(t *testing.T) {
-	tot := NewViolationTotals(NewModel(labSpec(t, nil)))
-	a := netip.MustParseAddr
-	flow := func(srcPort uint16, packets uint64) Flow {
-		return Flow{Netns: "c", Ifindex: 2, Src: a("198.18.1.2"), Dst: a("198.18.2.1"), Proto: 17, SrcPort: srcPort, DstPort: 8080, Packets: packets, Bytes: packets * 100}
-	}
-	allowed := Flow{Netns: "c", Src: a("198.18.1.1"), Dst: a("198.18.2.1"), Proto: 17, Packets: 50}
-	for i, step := range []struct {
-		flows []Flow
-		want  uint64
-	}{
-		{nil, 0},
-		{[]Flow{flow(1000, 3), allowed}, 3},
-		{[]Flow{flow(1000, 5), flow(1001, 1)}, 6},  // grew by 2, a new flow of 1
-		{[]Flow{flow(1001, 1)}, 6},                 // 1000 evicted: its 5 stay counted
-		{[]Flow{flow(1000, 2), flow(1001, 4)}, 11}, // 1000 seen anew, 1001 grew by 3
-		{[]Flow{flow(1000, 1), flow(1001, 4)}, 12}, // 1000 went down: evicted and back
-	} {
-		got := tot.Update(step.flows)
-		var packets uint64
-		for _, v := range got {
-			if v.Src != "b" || v.Dst != "c" {
-				t.Errorf("step %d: unexpected pair %s -> %s", i, v.Src, v.Dst)
-			}
-			packets += v.Packets
-		}
-		if packets != step.want {
-			t.Errorf("step %d: %d packets, want %d", i, packets, step.want)
-		}
-	}
-}
