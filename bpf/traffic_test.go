@@ -66,9 +66,12 @@ func udpTransfer(t testing.TB, v6 bool, src, dst *end, port, count, size, gsoSeg
 		got <- nil
 	}()
 	msg := make([]byte, size*gsoSegs)
+	deadline := time.Now().Add(10 * time.Second)
 	for sent := 0; sent < count; sent += gsoSegs {
-		deadline := time.Now().Add(10 * time.Second)
-		for int64(sent)-received.Load() > window && time.Now().Before(deadline) {
+		for int64(sent)-received.Load() > window {
+			if time.Now().After(deadline) {
+				t.Fatalf("receiver stuck at %d of %d datagrams sent", received.Load(), sent)
+			}
 			time.Sleep(50 * time.Microsecond)
 		}
 		if _, err := tx.Write(msg); err != nil {
