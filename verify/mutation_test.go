@@ -185,7 +185,7 @@ func TestMutationSharedPortSpace(t *testing.T) {
 // answers there says it is b's while its socket lives in c.
 func TestMutationProcessInWrongNamespace(t *testing.T) {
 	l := upLab(t, nil)
-	cmd := exec.Command("ip", "netns", "exec", l.ns("c"), os.Args[0], "-test.run=^TestHelperResponder$")
+	cmd := exec.Command("ip", "netns", "exec", l.ns("c"), os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"="+l.ns("b"))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -203,25 +203,6 @@ func TestMutationProcessInWrongNamespace(t *testing.T) {
 	want := slices.Concat(cells("a>c", "tcp/8080", "udp/8080"), cells("r>c", "tcp/8080", "udp/8080"),
 		[]string{"port c tcp/8080", "port c udp/8080"})
 	l.expectRed(t, rep, want...)
-}
-
-const helperEnv = "NSFLOW_VERIFY_HELPER_RESPONDER"
-
-// TestHelperResponder is not a test: TestMutationProcessInWrongNamespace
-// runs the test binary as a responder process claiming the namespace in
-// the environment, until its stdin closes.
-func TestHelperResponder(t *testing.T) {
-	claimed := os.Getenv(helperEnv)
-	if claimed == "" {
-		return
-	}
-	r, err := StartResponder("", claimed, []topology.Port{{Proto: "tcp", Number: 8080}, {Proto: "udp", Number: 8080}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	os.Stdout.WriteString("ready\n")
-	bufio.NewReader(os.Stdin).ReadString('\n')
 }
 
 // A firewall rule added in a shows in a's stack and in no other
