@@ -96,6 +96,23 @@ func TestChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Scrapes run all along, racing the evictions (every second here).
+	scrapes := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 20 * time.Second}
+		defer client.CloseIdleConnections()
+		for ctx.Err() == nil {
+			resp, err := client.Get(r.url)
+			if err != nil {
+				scrapes <- err
+				return
+			}
+			resp.Body.Close()
+			time.Sleep(20 * time.Millisecond)
+		}
+		scrapes <- nil
+	}()
+
 	const total, workers = 200, 4
 	var (
 		mu       sync.Mutex
@@ -157,6 +174,10 @@ func TestChurn(t *testing.T) {
 	t.Logf("%d namespaces created and deleted; slowest attach %v", total, worst)
 	if _, err := steady.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	cancel()
+	if err := <-scrapes; err != nil {
+		t.Errorf("scrape during churn: %v", err)
 	}
 
 	// Every churned namespace is forgotten and its port counters removed.

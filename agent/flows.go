@@ -142,11 +142,38 @@ func keepTop(top []liveFlow, f liveFlow, n int) []liveFlow {
 // port is gone, after folding their counts into the saved totals; it also
 // drops the port counters of ports that no longer exist.
 func (a *Agent) evict() {
+	a.mu.RLock()
+	gone := make([]uint64, 0, len(a.gone))
+	for c := range a.gone {
+		gone = append(gone, c)
+	}
+	a.mu.RUnlock()
+	if !a.evictPass() {
+		return
+	}
+	// The records of namespaces removed before this pass are folded now:
+	// their labels are no longer needed.
+	a.mu.Lock()
+	for _, c := range gone {
+		delete(a.gone, c)
+	}
+	a.mu.Unlock()
+	// The cached summary still adds up (it predates the eviction), but
+	// the next scrape should see the smaller table. sumMu is taken only
+	// after a.mu and book.mu are released: Flows takes it first.
+	a.sumMu.Lock()
+	a.sum = nil
+	a.sumMu.Unlock()
+}
+
+// evictPass does the eviction under a.mu (read) and book.mu; false when it
+// could not complete.
+func (a *Agent) evictPass() bool {
 	now := time.Now()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		a.log.Error("eviction: clock", "err", err)
-		return
+		return false
 	}
 	mono := uint64(ts.Nano())
 	idle := uint64(a.cfg.FlowIdleTimeout.Nanoseconds())
@@ -174,7 +201,7 @@ func (a *Agent) evict() {
 	})
 	if err != nil {
 		a.log.Error("eviction: read flows", "err", err)
-		return
+		return false
 	}
 	if len(victims) > 0 {
 		for _, v := range victims {
@@ -201,7 +228,7 @@ func (a *Agent) evict() {
 			}
 			b.st.Evictions -= uint64(len(victims))
 			b.st.Inflight = nil
-			return
+			return false
 		}
 		keys := make([]bpf.FlowKey, len(victims))
 		for i, v := range victims {
@@ -218,11 +245,8 @@ func (a *Agent) evict() {
 	}
 	// Records pending for namespaces that are gone are folded now; their
 	// labels are no longer needed.
-	clear(a.gone)
-	a.sumMu.Lock()
-	a.sum = nil
-	a.sumMu.Unlock()
 	a.dropStalePortsLocked()
+	return true
 }
 
 func (b *flowBook) unfold(p pairKey, port string, packets, bytes uint64) {
