@@ -3,7 +3,6 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
