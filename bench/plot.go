@@ -68,6 +68,9 @@ func WriteSVG(w io.Writer, r *Report) error {
 			loR, hiR = min(loR, math.Floor(c.Ratio*20)/20), max(hiR, math.Ceil(c.Ratio*20)/20)
 		}
 	}
+	// Beyond 0.5..1.25 a bar is clipped (its label still gives the
+	// value), so that one noisy case does not flatten the others.
+	loR, hiR = max(loR, 0.5), min(hiR, 1.25)
 	for k, v := range maxV {
 		maxV[k] = niceCeil(v)
 	}
@@ -107,10 +110,18 @@ func WriteSVG(w io.Writer, r *Report) error {
 		v = math.Max(loR, math.Min(hiR, v))
 		return ratioTop + ratioH - (v-loR)/(hiR-loR)*ratioH
 	}
-	for _, v := range []float64{loR, 0.9, 0.95, 0.98, 1.0, hiR} {
-		if v < loR || v > hiR {
+	// 1.0 first, then the thresholds, skipping ticks closer than a line
+	// of text to one already drawn.
+	var drawn []float64
+	for _, v := range []float64{1.0, loR, hiR, 0.9, 0.95, 0.98} {
+		tooClose := v < loR || v > hiR
+		for _, d := range drawn {
+			tooClose = tooClose || math.Abs(ry(d)-ry(v)) < 12
+		}
+		if tooClose {
 			continue
 		}
+		drawn = append(drawn, v)
 		stroke := "#eee"
 		if v == 1.0 {
 			stroke = "#999"

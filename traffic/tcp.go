@@ -121,7 +121,10 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 		}
 		errs = append(errs, send[i].err, recv[i].err)
 	}
-	res.Elapsed = last.Sub(start)
+	res.Elapsed = time.Since(start)
+	if !last.IsZero() {
+		res.Elapsed = last.Sub(start)
+	}
 	if res.Received.Bytes != res.Sent.Bytes {
 		errs = append(errs, fmt.Errorf("tcp: sent %d bytes but the server read %d", res.Sent.Bytes, res.Received.Bytes))
 	}
