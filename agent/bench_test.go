@@ -111,8 +111,8 @@ func agentFigures(b *testing.B, prefix string, extra ...string) (ready, scrape t
 				break
 			}
 		}
-		if time.Since(start) > time.Minute {
-			b.Fatal("agent not ready within a minute")
+		if time.Since(start) > 10*time.Minute {
+			b.Fatal("agent not ready within 10 minutes")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -137,7 +137,7 @@ func agentFigures(b *testing.B, prefix string, extra ...string) (ready, scrape t
 // with traffic in the tables, RSS and idle CPU. The baseline is the same
 // agent in the same run with nothing to watch.
 //
-//	go test -run '^$' -bench Agent1000 -benchtime 1x ./agent/
+//	go test -run '^$' -bench Agent1000 -benchtime 1x -timeout 30m ./agent/
 func BenchmarkAgent1000Namespaces(b *testing.B) {
 	testenv.RequireBPFFS(b)
 	p := testenv.Name("ab")
@@ -177,7 +177,14 @@ func BenchmarkAgent1000Namespaces(b *testing.B) {
 	baseReady, baseScrape, baseRSS, baseCPU := agentFigures(b, "^$")
 	b.Logf("baseline (no namespaces): ready %v, scrape %v, RSS %.1f MiB, idle CPU %.2f%%",
 		baseReady, baseScrape, float64(baseRSS)/(1<<20), baseCPU)
-	for _, mode := range []string{"tc", "tcx"} {
+	// tcx is left out by default: each tcx attach waits for an RCU grace
+	// period under the RTNL lock, so 2000 ports take minutes on a busy
+	// host (NSFLOW_BENCH_MODES=tc,tcx to measure it anyway).
+	modes := []string{"tc"}
+	if m := os.Getenv("NSFLOW_BENCH_MODES"); m != "" {
+		modes = strings.Split(m, ",")
+	}
+	for _, mode := range modes {
 		b.Run(mode, func(b *testing.B) {
 			for b.Loop() {
 				ready, scrape, rss, cpu := agentFigures(b, p, "--bpf.attach-mode="+mode)

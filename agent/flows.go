@@ -203,48 +203,60 @@ func (a *Agent) evictPass() bool {
 		a.log.Error("eviction: read flows", "err", err)
 		return false
 	}
-	if len(victims) > 0 {
-		for _, v := range victims {
+	if len(victims) == 0 {
+		a.dropStalePortsLocked()
+		return true
+	}
+	// Only records that count toward something need the save-then-delete
+	// protocol; the rest (transit, multicast floods) are simply deleted.
+	var folded []inflightFlow
+	for _, v := range victims {
+		if v.Counted || v.Violation != nil {
+			folded = append(folded, v)
+		}
+	}
+	for _, v := range folded {
+		if v.Counted {
+			b.fold(v.Pair, v.Port, v.Packets, v.Bytes)
+		}
+		if v.Violation != nil {
+			b.st.Violations[*v.Violation] += v.Packets
+		}
+	}
+	// Saved before the delete, so that a crash in between can only count
+	// an eviction twice, never lose one.
+	b.st.Evictions += uint64(len(victims))
+	b.st.Inflight = folded
+	if err := b.st.save(); err != nil {
+		// Without the saved totals a restart would lose these counts:
+		// undo and keep the records in the kernel.
+		a.log.Error("eviction: save state", "err", err)
+		for _, v := range folded {
 			if v.Counted {
-				b.fold(v.Pair, v.Port, v.Packets, v.Bytes)
+				b.unfold(v.Pair, v.Port, v.Packets, v.Bytes)
 			}
 			if v.Violation != nil {
-				b.st.Violations[*v.Violation] += v.Packets
+				b.st.Violations[*v.Violation] -= v.Packets
 			}
 		}
-		b.st.Evictions += uint64(len(victims))
-		b.st.Inflight = victims
-		if err := b.st.save(); err != nil {
-			// Without the saved totals a restart would lose these counts:
-			// undo and keep the records in the kernel.
-			a.log.Error("eviction: save state", "err", err)
-			for _, v := range victims {
-				if v.Counted {
-					b.unfold(v.Pair, v.Port, v.Packets, v.Bytes)
-				}
-				if v.Violation != nil {
-					b.st.Violations[*v.Violation] -= v.Packets
-				}
-			}
-			b.st.Evictions -= uint64(len(victims))
-			b.st.Inflight = nil
-			return false
-		}
-		keys := make([]bpf.FlowKey, len(victims))
-		for i, v := range victims {
-			keys[i] = v.Key
-			delete(b.decisions, v.Key)
-		}
-		if _, err := a.dp.DeleteFlows(keys); err != nil {
-			a.log.Error("eviction: delete flows", "err", err)
-		}
+		b.st.Evictions -= uint64(len(victims))
+		b.st.Inflight = nil
+		return false
+	}
+	keys := make([]bpf.FlowKey, len(victims))
+	for i, v := range victims {
+		keys[i] = v.Key
+		delete(b.decisions, v.Key)
+	}
+	if _, err := a.dp.DeleteFlows(keys); err != nil {
+		a.log.Error("eviction: delete flows", "err", err)
+	}
+	if len(folded) > 0 {
 		b.st.Inflight = nil
 		if err := b.st.save(); err != nil {
 			a.log.Error("eviction: save state", "err", err)
 		}
 	}
-	// Records pending for namespaces that are gone are folded now; their
-	// labels are no longer needed.
 	a.dropStalePortsLocked()
 	return true
 }

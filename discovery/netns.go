@@ -6,6 +6,7 @@ package discovery
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -86,58 +87,77 @@ func newNamedCache() *namedCache {
 	return &namedCache{ino: map[string]uint64{}, dirty: map[string]bool{}, all: true}
 }
 
-// scanNamed lists the namespaces bind-mounted in dir. Entries whose bind
-// mount is not in place yet (`ip netns add` creates the file first) are
-// returned as pending so the caller retries them soon.
-//
-// changed reports whether the result may differ from the previous scan's.
-func scanNamed(dir string, c *namedCache) (named map[uint64]string, pending []string, changed bool, err error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		if os.IsNotExist(err) {
-			changed = len(c.ino) > 0
-			clear(c.ino)
-			return map[uint64]string{}, nil, changed, nil
-		}
-		return nil, nil, false, err
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return nil, nil, false, err
-	}
-	slices.Sort(names)
-	present := make(map[string]bool, len(names))
-	named = make(map[uint64]string, len(names))
-	for _, name := range names {
-		present[name] = true
-		ino, ok := c.ino[name]
-		if !ok || c.all || c.dirty[name] {
-			var mounted bool
-			ino, mounted = statNamed(filepath.Join(dir, name))
-			if !mounted {
-				changed = changed || ok
-				delete(c.ino, name)
-				pending = append(pending, name)
-				continue
+// refresh brings the cache up to date with dir. A full refresh reads the
+// directory; otherwise only the names inotify reported and those awaiting
+// their bind mount (retry) are looked at, so other tools creating and
+// deleting namespaces cost a stat per name, not a directory read. pending
+// are names not (yet) mounted; changed says whether the mounted set moved.
+func (c *namedCache) refresh(dir string, full bool, retry []string) (pending []string, changed bool, err error) {
+	var names []string
+	recheck := c.all // every name, not only new ones
+	if full || c.all {
+		d, err := os.Open(dir)
+		if err != nil {
+			if !os.IsNotExist(err) {
+				return nil, false, err
 			}
-			changed = changed || !ok || c.ino[name] != ino
-			c.ino[name] = ino
+		} else {
+			names, err = d.Readdirnames(-1)
+			d.Close()
+			if err != nil {
+				return nil, false, err
+			}
 		}
-		// Names are visited in order, so the first name wins.
-		if _, dup := named[ino]; !dup {
-			named[ino] = name
+		present := make(map[string]bool, len(names))
+		for _, n := range names {
+			present[n] = true
 		}
+		for name := range c.ino {
+			if !present[name] {
+				changed = true
+				delete(c.ino, name)
+			}
+		}
+	} else {
+		for name := range c.dirty {
+			names = append(names, name)
+		}
+		names = append(names, retry...)
 	}
-	for name := range c.ino {
-		if !present[name] {
-			changed = true
+	for _, name := range names {
+		old, known := c.ino[name]
+		if known && !recheck && !c.dirty[name] {
+			continue
+		}
+		ino, mounted := statNamed(filepath.Join(dir, name))
+		switch {
+		case mounted:
+			changed = changed || !known || old != ino
+			c.ino[name] = ino
+		default:
+			changed = changed || known
 			delete(c.ino, name)
+			if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+				pending = append(pending, name)
+			}
 		}
 	}
 	clear(c.dirty)
 	c.all = false
-	return named, pending, changed, nil
+	return pending, changed, nil
+}
+
+// named maps each mounted namespace to its name, the first in sort order
+// when several names point to one namespace.
+func (c *namedCache) named() map[uint64]string {
+	names := slices.Sorted(maps.Keys(c.ino))
+	out := make(map[uint64]string, len(names))
+	for _, name := range names {
+		if _, dup := out[c.ino[name]]; !dup {
+			out[c.ino[name]] = name
+		}
+	}
+	return out
 }
 
 // statNamed returns the namespace inode behind a bind mount; ok is false

@@ -216,10 +216,17 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 	if now := time.Now(); now.Sub(w.revalidated) > revalidateEvery {
 		w.cache.all, w.revalidated = true, now
 	}
-	named, pending, namedChanged, err := scanNamed(w.cfg.NamedDir, w.cache)
+	retry := slices.Collect(maps.Keys(w.pendingSince))
+	pending, namedChanged, err := w.cache.refresh(w.cfg.NamedDir, withProcs, retry)
+	var named map[uint64]string
+	if namedChanged || w.named == nil {
+		named = w.cache.named()
+	} else {
+		named = w.named
+	}
 	w.mu.Unlock()
 	if err != nil {
-		named, namedChanged = map[uint64]string{}, true
+		namedChanged = true
 	}
 	now := time.Now()
 	for name := range w.pendingSince {
