@@ -181,6 +181,3 @@ func (r *Responder) serveUDP(c net.PacketConn) {
 		}
 	}
 }
-
-// ListenerCookie reports the namespace cookie the responder answers with.
-func (r *Responder) ListenerCookie() uint64 { return r.id.cookie }
