@@ -1,23 +1,11 @@
 package verify
 
 import (
-	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"io"
 	"strings"
 )
-
-// WriteJSON writes the report as indented JSON.
-func (r *Report) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(struct {
-		*Report
-		Summary Summary `json:"summary"`
-		Verdict int     `json:"verdict"`
-	}{r, r.Summary(), r.Verdict()})
-}
 
 type junitSuites struct {
 	XMLName  xml.Name     `xml:"testsuites"`

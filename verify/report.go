@@ -1,6 +1,8 @@
 package verify
 
 import (
+	"encoding/json"
+	"io"
 	"time"
 )
 
@@ -32,6 +34,17 @@ type Phase struct {
 
 func (r *Report) phase(name string, since time.Time) {
 	r.Phases = append(r.Phases, Phase{name, time.Since(since)})
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(struct {
+		*Report
+		Summary Summary `json:"summary"`
+		Verdict int     `json:"verdict"`
+	}{r, r.Summary(), r.Verdict()})
 }
 
 // Summary counts what failed.
