@@ -422,7 +422,7 @@ func (a *Agent) upsertLink(s *nsState, l discovery.Link) {
 	a.mu.Unlock()
 	switch {
 	case a.eligible(l) && p.att == nil && !p.attaching:
-		p.attaching = true
+		a.setAttaching(p, true)
 		a.queueJob(a.attachJob(s, l))
 	case !a.eligible(l) && p.att != nil:
 		a.detach(s, l.Index, p)
@@ -445,10 +445,20 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 	if err := p.att.Detach(); err != nil {
 		a.log.Warn("detach failed", "netns", s.label, "interface", p.link.Name, "err", err)
 	}
+	a.mu.Lock()
 	p.att = nil
+	a.mu.Unlock()
 	if err := a.dp.DeletePort(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}); err != nil {
 		a.log.Debug("delete port counters", "netns", s.label, "interface", p.link.Name, "err", err)
 	}
+}
+
+// setAttaching marks a port while its attach job runs; scrapes and
+// evictions read the mark (under mu) to keep its counters.
+func (a *Agent) setAttaching(p *portState, on bool) {
+	a.mu.Lock()
+	p.attaching = on
+	a.mu.Unlock()
 }
 
 // queueJob hands slow work (setns, netlink, attach) to the workers; the
@@ -471,7 +481,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			if err != nil {
 				a.attachErr.Add(1)
 				if p != nil {
-					p.attaching = false
+					a.setAttaching(p, false)
 					a.log.Warn("attach failed", "netns", label, "interface", l.Name, "err", err)
 				} else {
 					a.log.Debug("attach skipped: interface vanished", "netns", label, "interface", l.Name, "err", err)
@@ -483,7 +493,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				att.Detach()
 				a.dp.DeletePort(att.Key())
 				if p != nil {
-					p.attaching = false
+					a.setAttaching(p, false)
 				}
 				return
 			}
