@@ -128,6 +128,16 @@ func (pr *prober) run(probes []*Probe) {
 	wg.Wait()
 }
 
+// runChecked is run, with the timeouts distrusted if the host's neighbour
+// tables overflowed meanwhile (see distrustTimeouts).
+func (pr *prober) runChecked(probes []*Probe) {
+	before, err := neighTableFulls()
+	pr.run(probes)
+	if after, err2 := neighTableFulls(); err == nil && err2 == nil {
+		distrustTimeouts(probes, before, after)
+	}
+}
+
 func (pr *prober) runFrom(from string, batch []*Probe) {
 	var icmp []*Probe
 	var socks []*sockProbe

@@ -112,7 +112,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	t = time.Now()
 	probes := e.probes(ports)
 	pr := newProber(e.paths, e.names, opts.Timeout)
-	pr.run(probes)
+	pr.runChecked(probes)
 	rep.phase("probes", t)
 	t = time.Now()
 	rep.Probes, rep.Retried = retry(pr, probes)
@@ -151,7 +151,7 @@ func retry(pr *prober, probes []*Probe) ([]*Probe, int) {
 	if len(again) == 0 {
 		return probes, 0
 	}
-	pr.run(again)
+	pr.runChecked(again)
 	out := slices.Clone(probes)
 	j := 0
 	for i, p := range out {
