@@ -44,6 +44,7 @@ func TestBadInput(t *testing.T) {
 		{"garbage web config", []string{"--web.config.file=" + garbage}, "web.yml"},
 		{"bpffs not mounted", []string{"--bpf.pin-path=" + notBPF}, "mount -t bpf bpf /sys/fs/bpf"},
 		{"idle timeout", []string{"--flows.idle-timeout=10ms"}, "idle timeout"},
+		{"top flows", []string{"--collector.top-flows=-1"}, "--collector.top-flows -1"},
 		{"listen address", []string{"--web.listen-address=256.0.0.1:1"}, "--web.listen-address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -61,7 +61,8 @@ type Config struct {
 	// into the namespace-pair totals).
 	FlowIdleTimeout time.Duration
 	// TopFlows bounds nsflow_top_flow_bytes_total, TopPorts the ports per
-	// namespace pair with a series of their own.
+	// namespace pair with a series of their own; 0 means the default, a
+	// negative value none.
 	TopFlows, TopPorts int
 	Discovery          discovery.WatchConfig
 	// Isolation, when set, classifies each flow record seen at a
@@ -93,12 +94,8 @@ func (c *Config) setDefaults() error {
 	if c.FlowIdleTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("flow idle timeout %v: must be at least 1s", c.FlowIdleTimeout))
 	}
-	if c.TopFlows < 0 {
-		errs = append(errs, fmt.Errorf("top flows %d: must not be negative", c.TopFlows))
-	}
-	if c.TopPorts < 0 {
-		errs = append(errs, fmt.Errorf("top ports %d: must not be negative", c.TopPorts))
-	}
+	// Negative means none (zero already means the default).
+	c.TopFlows, c.TopPorts = max(c.TopFlows, 0), max(c.TopPorts, 0)
 	switch c.AttachMode {
 	case "", bpf.ModeTCX, bpf.ModeTC:
 	default:

@@ -121,6 +121,17 @@ func runAgent(ctx context.Context, f agentFlags) error {
 			return fmt.Errorf("%s: %w", r.flag, err)
 		}
 	}
+	for _, n := range []struct {
+		flag string
+		v    *int
+	}{{"--collector.top-flows", &cfg.TopFlows}, {"--collector.top-ports", &cfg.TopPorts}} {
+		switch {
+		case *n.v < 0:
+			return fmt.Errorf("%s %d: must not be negative", n.flag, *n.v)
+		case *n.v == 0:
+			*n.v = -1 // none; the agent reads 0 as its default
+		}
+	}
 	if f.interval <= 0 {
 		return fmt.Errorf("--discovery.interval %v: must be positive", f.interval)
 	}
