@@ -47,7 +47,8 @@ type Agent struct {
 	ready     atomic.Bool
 	attachErr atomic.Uint64
 
-	book *flowBook
+	book  *flowBook
+	peers peers
 
 	sumMu sync.Mutex
 	sum   *collector.FlowSummary
@@ -291,6 +292,7 @@ func (a *Agent) removeNetns(inode uint64) {
 	if s.cookie != 0 {
 		delete(a.byCookie, s.cookie)
 		a.gone[s.cookie] = s.label
+		a.forgetPeers(s.cookie)
 	}
 	for ad := range s.addrs {
 		a.dropOwnerLocked(ad.Addr, s.cookie)

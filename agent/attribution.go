@@ -63,6 +63,13 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 			return b.settle(k, d)
 		}
 		src, ok := a.ownerLocked(k.Src)
+		if !ok {
+			// The address is in several namespaces: the sender is the one
+			// at the far end of the direct veth the packet came through.
+			if peer, found := a.peerLabelLocked(k.NetnsCookie, k.Ifindex); found && a.holdsLocked(peer, k.Src) {
+				src, ok = peer, true
+			}
+		}
 		d.counted, d.pair, missing = true, pairKey{src, label, protoName(k)}, !ok
 	case bpf.Egress:
 		if !a.ownsLocked(k.NetnsCookie, k.Src) {
@@ -113,6 +120,16 @@ func (a *Agent) ownerLocked(ip netip.Addr) (string, bool) {
 		return a.labelLocked(c)
 	}
 	return UnknownNetns, false
+}
+
+// holdsLocked reports whether the namespace labelled label holds ip.
+func (a *Agent) holdsLocked(label string, ip netip.Addr) bool {
+	for c := range a.owners[ip.Unmap()] {
+		if l, _ := a.labelLocked(c); l == label {
+			return true
+		}
+	}
+	return false
 }
 
 // protoName is the protocol label: tcp, udp, icmp, icmpv6, or the number.
