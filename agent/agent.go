@@ -50,9 +50,10 @@ type Agent struct {
 	book  *flowBook
 	peers peers
 
-	sumMu sync.Mutex
-	sum   *collector.FlowSummary
-	sumAt time.Time
+	sumMu    sync.Mutex
+	sum      *collector.FlowSummary
+	sumAt    time.Time
+	evicting atomic.Bool
 }
 
 type nsState struct {

@@ -35,7 +35,9 @@ func (a *Agent) Flows() (*collector.FlowSummary, error) {
 	}
 	a.sumMu.Lock()
 	defer a.sumMu.Unlock()
-	if a.sum != nil && time.Since(a.sumAt) < summaryTTL {
+	// While an eviction pass holds the tables, the last summary (taken
+	// before it, so still consistent) answers rather than waiting.
+	if a.sum != nil && (time.Since(a.sumAt) < summaryTTL || a.evicting.Load()) {
 		return a.sum, nil
 	}
 	sum, err := a.summarize()
@@ -148,7 +150,10 @@ func (a *Agent) evict() {
 		gone = append(gone, c)
 	}
 	a.mu.RUnlock()
-	if !a.evictPass() {
+	a.evicting.Store(true)
+	ok := a.evictPass()
+	if !ok {
+		a.evicting.Store(false)
 		return
 	}
 	// The records of namespaces removed before this pass are folded now:
@@ -163,6 +168,7 @@ func (a *Agent) evict() {
 	// after a.mu and book.mu are released: Flows takes it first.
 	a.sumMu.Lock()
 	a.sum = nil
+	a.evicting.Store(false)
 	a.sumMu.Unlock()
 }
 
