@@ -155,8 +155,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	wg.Go(func() { errc <- discovery.WatchNetns(ctx, a.cfg.Discovery, nsEvents) })
 	wg.Go(func() { errc <- a.mon.Run(ctx) })
-	workers := attachWorkers
-	for range workers {
+	for range attachWorkers {
 		wg.Go(func() { a.worker(ctx) })
 	}
 
@@ -200,14 +199,8 @@ loop:
 			a.evict() // clean up pins of what vanished while the agent was away
 		}
 	}
-	cancel()
-	// Drain results so workers blocked on sending them can exit.
-	go func() {
-		for range a.results {
-		}
-	}()
+	cancel() // workers give up sending results once ctx is done
 	wg.Wait()
-	close(a.results)
 	return errors.Join(runErr, a.shutdown())
 }
 
