@@ -20,12 +20,24 @@ import (
 	"github.com/nsflow/nsflow/traffic"
 )
 
+// buildDir holds the nsflow binary the tests build; TestMain removes it.
+var buildDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
 // buildNsflow builds the nsflow binary once per test binary run.
 var buildNsflow = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "nsflow-agent-test")
 	if err != nil {
 		return "", err
 	}
+	buildDir = dir
 	bin := filepath.Join(dir, "nsflow")
 	out, err := exec.Command("go", "build", "-o", bin, "../cmd/nsflow").CombinedOutput()
 	if err != nil {
