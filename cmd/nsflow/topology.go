@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -70,6 +71,25 @@ func progressLine(w *os.File) (topology.ProgressFunc, func()) {
 	return report, clear
 }
 
+// apply loads the file and runs op (topology.Up or topology.Down) with a
+// progress line on a terminal, then prints op's summary.
+func apply[R any](cmd *cobra.Command, f *topologyFlags, opts topology.Options,
+	op func(context.Context, *topology.Spec, topology.Options) (R, error)) error {
+	s, err := f.load()
+	if err != nil {
+		return err
+	}
+	report, clear := progressLine(os.Stderr)
+	opts.Progress = report
+	res, err := op(cmd.Context(), s, opts)
+	clear()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), res)
+	return nil
+}
+
 func newTopologyUpCmd(f *topologyFlags) *cobra.Command {
 	var workers int
 	cmd := &cobra.Command{
@@ -77,18 +97,7 @@ func newTopologyUpCmd(f *topologyFlags) *cobra.Command {
 		Short: "Create the topology (idempotent; rolls back on failure)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := f.load()
-			if err != nil {
-				return err
-			}
-			report, clear := progressLine(os.Stderr)
-			res, err := topology.Up(cmd.Context(), s, topology.Options{Workers: workers, Progress: report})
-			clear()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), res)
-			return nil
+			return apply(cmd, f, topology.Options{Workers: workers}, topology.Up)
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 0, "namespaces built at once (0: a default for this machine)")
@@ -101,18 +110,7 @@ func newTopologyDownCmd(f *topologyFlags) *cobra.Command {
 		Short: "Delete what the topology owns (succeeds when already down)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := f.load()
-			if err != nil {
-				return err
-			}
-			report, clear := progressLine(os.Stderr)
-			res, err := topology.Down(cmd.Context(), s, topology.Options{Progress: report})
-			clear()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), res)
-			return nil
+			return apply(cmd, f, topology.Options{}, topology.Down)
 		},
 	}
 }
