@@ -9,11 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,46 +18,16 @@ import (
 	"github.com/nsflow/nsflow/internal/testenv"
 )
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// nsflowBinary builds cmd/nsflow once per test run, as `make build` does.
-func nsflowBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "nsflow-deploy-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "nsflow")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", binary, "../cmd/nsflow")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
-}
-
-// TestMain removes the binary's directory.
+// TestMain removes the nsflow binary the tests built.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binary != "" {
-		os.RemoveAll(filepath.Dir(binary))
-	}
+	testenv.RemoveBuilt()
 	os.Exit(code)
 }
 
 // agentFlags returns the long flags `nsflow agent --help` lists.
 func agentFlags(t *testing.T) map[string]bool {
-	out := run(t, nsflowBinary(t), "agent", "--help")
+	out := run(t, testenv.NsflowBinary(t), "agent", "--help")
 	flags := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z0-9.-]+)`).FindAllStringSubmatch(out, -1) {
 		flags[m[1]] = true
@@ -105,7 +72,7 @@ func startAgent(t *testing.T, args []string) string {
 	}
 	argv = append(argv, "--web.listen-address="+addr, "--netns.include=^"+testenv.Name("none")+"$", "--bpf.pin=false")
 	var stderr bytes.Buffer
-	cmd := exec.Command(nsflowBinary(t), argv...)
+	cmd := exec.Command(testenv.NsflowBinary(t), argv...)
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -179,14 +146,7 @@ func TestSystemdCommandLine(t *testing.T) {
 	args := strings.Fields(loadUnit(t).get("Service.ExecStart"))[1:]
 	checkFlags(t, "ExecStart", args, agentFlags(t))
 
-	dir := t.TempDir()
-	certFile, keyFile, pool := writeSelfSigned(t, dir)
-	cfg := strings.NewReplacer("/etc/nsflow/tls.crt", certFile, "/etc/nsflow/tls.key", keyFile).
-		Replace(string(readFile(t, webConfig)))
-	cfgFile := filepath.Join(dir, "web-config.yml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgFile, pool := exampleWebConfig(t)
 	for i, a := range args {
 		if strings.HasPrefix(a, "--web.config.file") {
 			args[i] = "--web.config.file=" + cfgFile

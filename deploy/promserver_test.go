@@ -1,27 +1,19 @@
 package deploy
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/promtest"
 	"go.yaml.in/yaml/v3"
 )
 
 // promServer is a real Prometheus started by a test.
-type promServer struct {
-	url    string
-	client *http.Client
-}
+type promServer struct{ *promtest.Server }
 
 // startPrometheus runs Prometheus with deploy/prometheus/prometheus.yml,
 // changed only where a test must: the target is the agent under test, the
@@ -45,78 +37,11 @@ func startPrometheus(t *testing.T, bin, target string) *promServer {
 	}
 	job["static_configs"] = []any{map[string]any{"targets": []string{target}}}
 
-	dir := t.TempDir()
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgFile := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfgFile, out, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	var log bytes.Buffer
-	cmd := exec.Command(bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("prometheus log:\n%s", log.String())
-		}
-	})
-	p := &promServer{url: "http://" + addr, client: &http.Client{Timeout: 10 * time.Second}}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := p.client.Get(p.url + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready after 30s: %v\n%s", err, log.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// api calls a Prometheus HTTP API endpoint and decodes its data.
-func (p *promServer) api(path string, params url.Values, data any) error {
-	resp, err := p.client.Get(p.url + path + "?" + params.Encode())
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Status string          `json:"status"`
-		Error  string          `json:"error"`
-		Data   json.RawMessage `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return fmt.Errorf("%s: %s: %w", path, resp.Status, err)
-	}
-	if body.Status != "success" {
-		return fmt.Errorf("%s %v: %s", path, params, body.Error)
-	}
-	return json.Unmarshal(body.Data, data)
+	return &promServer{promtest.Start(t, bin, out)}
 }
 
 // waitAlert waits until alert name fires with the given labels.
@@ -129,7 +54,7 @@ func (p *promServer) waitAlert(name string, labels map[string]string, timeout ti
 				State  string            `json:"state"`
 			} `json:"alerts"`
 		}
-		err := p.api("/api/v1/alerts", nil, &data)
+		err := p.API("/api/v1/alerts", nil, &data)
 		if err == nil {
 			for _, a := range data.Alerts {
 				match := a.Labels["alertname"] == name && a.State == "firing"
@@ -156,7 +81,7 @@ func (p *promServer) query(q string) (int, error) {
 		ResultType string          `json:"resultType"`
 		Result     json.RawMessage `json:"result"`
 	}
-	if err := p.api("/api/v1/query", url.Values{"query": {q}}, &data); err != nil {
+	if err := p.API("/api/v1/query", url.Values{"query": {q}}, &data); err != nil {
 		return 0, err
 	}
 	if data.ResultType == "scalar" {
@@ -218,7 +143,7 @@ func checkDashboardOnPrometheus(t *testing.T, p *promServer) {
 			continue // TestDashboardUsesContractMetrics reports it
 		}
 		var values []string
-		if err := p.api("/api/v1/label/"+m[2]+"/values", url.Values{"match[]": {grafanaVars.Replace(m[1])}}, &values); err != nil {
+		if err := p.API("/api/v1/label/"+m[2]+"/values", url.Values{"match[]": {grafanaVars.Replace(m[1])}}, &values); err != nil {
 			t.Errorf("variable %s: %v", v.Name, err)
 		} else if len(values) == 0 {
 			t.Errorf("variable %s: %s finds no values", v.Name, q.Query)

@@ -1,18 +1,12 @@
 package deploy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +18,7 @@ import (
 
 	"github.com/nsflow/nsflow/agent"
 	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
@@ -157,18 +152,27 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
+// exampleWebConfig writes the example web config with its key pair swapped
+// for a throwaway one, and returns its path and a pool that trusts the
+// certificate.
+func exampleWebConfig(t *testing.T) (cfgFile string, pool *x509.CertPool) {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile, pool := testenv.SelfSignedCert(t, dir)
+	cfg := strings.NewReplacer("/etc/nsflow/tls.crt", certFile, "/etc/nsflow/tls.key", keyFile).
+		Replace(string(readFile(t, webConfig)))
+	cfgFile = filepath.Join(dir, "web-config.yml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfgFile, pool
+}
+
 // TestWebConfigExample serves HTTP with the example web config through the
 // exporter toolkit the agent uses (its cert paths swapped for a throwaway
 // key pair): TLS is required, and the documented user and password work.
 func TestWebConfigExample(t *testing.T) {
-	dir := t.TempDir()
-	certFile, keyFile, pool := writeSelfSigned(t, dir)
-	cfg := strings.NewReplacer("/etc/nsflow/tls.crt", certFile, "/etc/nsflow/tls.key", keyFile).
-		Replace(string(readFile(t, webConfig)))
-	cfgFile := filepath.Join(dir, "web-config.yml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgFile, pool := exampleWebConfig(t)
 	if err := web.Validate(cfgFile); err != nil {
 		t.Fatalf("%s: %v", webConfig, err)
 	}
@@ -221,44 +225,6 @@ func TestWebConfigExample(t *testing.T) {
 			t.Error("plain HTTP answered 200; the example config must require TLS")
 		}
 	}
-}
-
-// writeSelfSigned writes a self-signed certificate for 127.0.0.1 and its
-// key, and returns their paths and a pool trusting the certificate.
-func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "nsflow test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
 }
 
 // The unit's RuntimeDirectory must be where the agent keeps its state.
