@@ -18,10 +18,7 @@ import (
 // and leaves nothing behind.
 func TestBadInput(t *testing.T) {
 	testenv.RequireRoot(t)
-	bin, err := buildNsflow()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := testenv.NsflowBinary(t)
 	dir := t.TempDir()
 	garbage := filepath.Join(dir, "web.yml")
 	if err := os.WriteFile(garbage, []byte("tls_server_config: [not, a, map\n"), 0o600); err != nil {
@@ -57,6 +54,7 @@ func TestBadInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			go func() { done <- cmd.Wait() }()
+			var err error
 			select {
 			case err = <-done:
 			case <-time.After(10 * time.Second):

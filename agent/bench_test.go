@@ -98,16 +98,8 @@ func agentFigures(b *testing.B, prefix string, extra ...string) (ready, scrape t
 			b.Error(err)
 		}
 	}()
-	bin, err := buildNsflow()
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	bin := testenv.NsflowBinary(b)
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(b))
 	start := time.Now()
 	p := startBenchProc(b, bin, addr, append([]string{"--netns.include=^" + prefix, "--bpf.pin-path=" + pin,
 		"--state.file=" + b.TempDir() + "/state.json", "--log.level=warn"}, extra...)...)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/traffic"
 )
 
@@ -71,7 +72,7 @@ func openFDs(t *testing.T) int {
 func TestChurn(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ac")
-	s := up(t, parseSpec(t, pairTopology), p)
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
 	pin, state := pins(t)
 	sw := p + "sw"
 

@@ -11,6 +11,7 @@ import (
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/vishvananda/netlink"
@@ -71,7 +72,7 @@ func sendUDP(t *testing.T, s *topology.Spec, from, to string, server netip.AddrP
 func TestEndToEnd(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ag")
-	s := up(t, parseSpec(t, pairTopology), p)
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
 	pin, state := pins(t)
 	// An isolation classifier (verify's model in `nsflow agent
 	// --topology`) that calls the direct link's traffic a violation.

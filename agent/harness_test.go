@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,28 +18,9 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/internal/promtest"
 	"github.com/nsflow/nsflow/internal/testenv"
-	"github.com/nsflow/nsflow/topology"
 )
-
-// up builds spec under a unique prefix and removes it when the test ends.
-func up(t *testing.T, spec *topology.Spec, prefix string) *topology.Spec {
-	t.Helper()
-	s, err := spec.WithPrefix(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	t.Cleanup(func() {
-		if _, err := topology.Down(ctx, s, topology.Options{}); err != nil {
-			t.Errorf("topology down: %v", err)
-		}
-	})
-	if _, err := topology.Up(ctx, s, topology.Options{}); err != nil {
-		t.Fatalf("topology up: %v", err)
-	}
-	return s
-}
 
 // pins returns a unique pin directory and state file, removed at the end.
 func pins(t *testing.T) (pinPath, stateFile string) {
@@ -122,7 +102,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -133,7 +113,7 @@ func freePort(t *testing.T) int {
 }
 
 // prom is a real Prometheus server scraping one target every second.
-type prom struct{ base string }
+type prom struct{ *promtest.Server }
 
 func startPrometheus(t *testing.T, target string, scheme string) *prom {
 	t.Helper()
@@ -141,7 +121,6 @@ func startPrometheus(t *testing.T, target string, scheme string) *prom {
 	if err != nil {
 		testenv.Unavailable(t, "prometheus not installed (Debian package prometheus)")
 	}
-	dir := t.TempDir()
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 900ms
@@ -151,78 +130,29 @@ scrape_configs:
     static_configs:
       - targets: [%q]
 `, scheme, target)
-	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr, "--log.level=warn")
-	logf, err := os.Create(filepath.Join(dir, "prometheus.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("prometheus log:\n%s", b)
-		}
-	})
-	p := &prom{base: "http://" + addr}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(p.base + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return &prom{promtest.Start(t, bin, []byte(cfg), "--log.level=warn")}
 }
 
 // query runs an instant query and returns the single value, or ok=false
 // when the result is empty.
 func (p *prom) query(t *testing.T, expr string) (v float64, ok bool) {
 	t.Helper()
-	resp, err := http.Get(p.base + "/api/v1/query?query=" + url.QueryEscape(expr))
-	if err != nil {
-		t.Fatal(err)
+	var data struct {
+		Result []struct {
+			Value [2]any `json:"value"`
+		} `json:"result"`
 	}
-	defer resp.Body.Close()
-	var r struct {
-		Status string
-		Error  string
-		Data   struct {
-			Result []struct {
-				Value [2]any
-			}
-		}
+	if err := p.API("/api/v1/query", url.Values{"query": {expr}}, &data); err != nil {
+		t.Fatalf("query %s: %v", expr, err)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		t.Fatal(err)
-	}
-	if r.Status != "success" {
-		t.Fatalf("query %s: %s", expr, r.Error)
-	}
-	switch len(r.Data.Result) {
+	switch len(data.Result) {
 	case 0:
 		return 0, false
 	case 1:
 	default:
-		t.Fatalf("query %s: %d series, want one", expr, len(r.Data.Result))
+		t.Fatalf("query %s: %d series, want one", expr, len(data.Result))
 	}
-	f, err := strconv.ParseFloat(r.Data.Result[0].Value[1].(string), 64)
+	f, err := strconv.ParseFloat(data.Result[0].Value[1].(string), 64)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 )
 
 // pairSpec is two namespaces joined by a veth pair; two of them with the
@@ -31,8 +32,8 @@ links:
 func TestOverlappingAddresses(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ao")
-	s := up(t, parseSpec(t, pairSpec("ov1", "x1", "y1")), p)
-	s2 := up(t, parseSpec(t, pairSpec("ov2", "x2", "y2")), p)
+	s := topotest.Up(t, parseSpec(t, pairSpec("ov1", "x1", "y1")), p)
+	s2 := topotest.Up(t, parseSpec(t, pairSpec("ov2", "x2", "y2")), p)
 	pin, state := pins(t)
 	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
 

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,34 +16,16 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/traffic"
 )
 
-// buildDir holds the nsflow binary the tests build; TestMain removes it.
-var buildDir string
-
+// TestMain removes the nsflow binary the tests built.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	testenv.RemoveBuilt()
 	os.Exit(code)
 }
-
-// buildNsflow builds the nsflow binary once per test binary run.
-var buildNsflow = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "nsflow-agent-test")
-	if err != nil {
-		return "", err
-	}
-	buildDir = dir
-	bin := filepath.Join(dir, "nsflow")
-	out, err := exec.Command("go", "build", "-o", bin, "../cmd/nsflow").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build: %v: %s", err, out)
-	}
-	return bin, nil
-})
 
 // proc is an agent subprocess.
 type proc struct {
@@ -54,10 +35,7 @@ type proc struct {
 
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
-	bin, err := buildNsflow()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := testenv.NsflowBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	cmd := exec.Command(bin, append([]string{"agent", "--web.listen-address=" + addr}, args...)...)
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
@@ -149,7 +127,7 @@ func (m *monotonic) check(sc *bufio.Scanner) {
 func TestRestartKill9(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ar")
-	s := up(t, parseSpec(t, pairTopology), p)
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
 	pin, state := pins(t)
 	args := []string{"--netns.include=^" + p, "--bpf.pin-path=" + pin, "--state.file=" + state,
 		"--flows.idle-timeout=2s", "--log.level=warn"}
