@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/topology"
 	"go.yaml.in/yaml/v3"
 )
@@ -93,13 +93,7 @@ func upLab(t *testing.T) (*topology.Spec, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s, err = s.WithPrefix(testenv.Name("c")); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { topology.Down(context.Background(), s, topology.Options{}) })
-	if _, err := topology.Up(context.Background(), s, topology.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	s = topotest.Up(t, s, testenv.Name("c"))
 	b, err := yaml.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
