@@ -4,9 +4,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -130,10 +132,7 @@ func (pg *pinger) run() {
 
 func (pg *pinger) sendPending() {
 	pg.mu.Lock()
-	keys := make([]pingKey, 0, len(pg.pending))
-	for k := range pg.pending {
-		keys = append(keys, k)
-	}
+	keys := slices.Collect(maps.Keys(pg.pending))
 	pg.mu.Unlock()
 	for _, k := range keys {
 		msg := icmp.Message{Body: &icmp.Echo{ID: pg.id, Seq: k.seq, Data: []byte(magic)}}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/topology"
 )
 
@@ -43,20 +44,7 @@ func upLab(t testing.TB, edit func(*topology.Spec)) *lab {
 func upSpec(t testing.TB, s *topology.Spec) *lab {
 	t.Helper()
 	prefix := testenv.Name("v")
-	s, err := s.WithPrefix(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	t.Cleanup(func() {
-		if _, err := topology.Down(ctx, s, topology.Options{}); err != nil {
-			t.Errorf("topology down: %v", err)
-		}
-	})
-	if _, err := topology.Up(ctx, s, topology.Options{}); err != nil {
-		t.Fatalf("topology up: %v", err)
-	}
-	return &lab{spec: s, prefix: prefix}
+	return &lab{spec: topotest.Up(t, s, prefix), prefix: prefix}
 }
 
 func (l *lab) ns(name string) string   { return l.prefix + name }
