@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
 )
@@ -149,12 +150,8 @@ func runDemo(t *testing.T, ctx context.Context, o Options, before func(prefix st
 	if err != nil {
 		t.Fatal(err)
 	}
-	built, err := spec.WithPrefix(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// If the demo's own teardown fails, the test's must not.
-	t.Cleanup(func() { topology.Down(context.Background(), built, topology.Options{}) })
+	topotest.DownAtCleanup(t, spec, prefix)
 
 	out := &syncBuffer{}
 	obs := &observed{out: out}

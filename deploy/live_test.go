@@ -15,6 +15,7 @@ import (
 
 	"github.com/nsflow/nsflow/demo"
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/prometheus/common/expfmt"
@@ -44,11 +45,7 @@ func TestLiveScrape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	built, err := spec.WithPrefix(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { topology.Down(context.Background(), built, topology.Options{}) })
+	topotest.DownAtCleanup(t, spec, prefix)
 	if _, err := demo.Run(context.Background(), demo.Options{
 		Prefix: prefix, Duration: time.Second, ListenAddress: "127.0.0.1:0", Started: started, Out: &tlog{t: t},
 	}); err != nil {

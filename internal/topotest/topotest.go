@@ -30,3 +30,16 @@ func Up(t testing.TB, spec *topology.Spec, prefix string) *topology.Spec {
 	}
 	return s
 }
+
+// DownAtCleanup removes spec under prefix when the test ends. It is the
+// safety net of tests whose code under test builds and removes the
+// topology itself, so its own errors are ignored: the test reports that
+// code's teardown, not this one.
+func DownAtCleanup(t testing.TB, spec *topology.Spec, prefix string) {
+	t.Helper()
+	s, err := spec.WithPrefix(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topology.Down(context.Background(), s, topology.Options{}) })
+}
