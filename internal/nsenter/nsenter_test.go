@@ -1,0 +1,91 @@
+package nsenter
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// inode returns the inode of the calling thread's network namespace.
+func inode(t *testing.T) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+func TestDo(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("nsent")
+	// NewNamed switches the calling thread into the new namespace: keep
+	// the thread, and bring it home before anything else runs on it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close()
+	h, err := netns.NewNamed(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	if err := netns.Set(home); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("/run/netns", name)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := st.Ino
+	before := inode(t)
+	if before == want {
+		t.Fatal("test thread is already in the target namespace")
+	}
+
+	var inside uint64
+	if err := Do(path, func() error {
+		inside = inode(t)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if inside != want {
+		t.Errorf("fn ran in namespace inode %d, want %d", inside, want)
+	}
+	if got := inode(t); got != before {
+		t.Errorf("caller's namespace changed from %d to %d", before, got)
+	}
+
+	// fn's error comes back unchanged.
+	sentinel := errors.New("sentinel")
+	if err := Do(path, func() error { return sentinel }); !errors.Is(err, sentinel) {
+		t.Errorf("Do returned %v, want the sentinel", err)
+	}
+	// "" runs in the current namespace.
+	var here uint64
+	if err := Do("", func() error { here = inode(t); return nil }); err != nil || here != before {
+		t.Errorf("Do(\"\") ran in %d (err %v), want %d", here, err, before)
+	}
+	// A missing namespace is an error naming the path, and fn never runs.
+	missing := filepath.Join(t.TempDir(), "missing")
+	ran := false
+	err = Do(missing, func() error { ran = true; return nil })
+	if err == nil || ran {
+		t.Fatalf("Do(%s) = %v, ran=%v; want an error and no run", missing, err, ran)
+	}
+	if _, statErr := os.Stat(missing); !os.IsNotExist(statErr) {
+		t.Fatal(statErr)
+	}
+}
