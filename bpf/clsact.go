@@ -90,15 +90,7 @@ func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
 			return false, nil
 		}
 	}
-	q := &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: l.Attrs().Index,
-			Handle:    netlink.MakeHandle(0xffff, 0),
-			Parent:    netlink.HANDLE_CLSACT,
-		},
-		QdiscType: "clsact",
-	}
-	err = h.QdiscAdd(q)
+	err = h.QdiscAdd(clsactQdisc(l))
 	if errors.Is(err, unix.EEXIST) {
 		return false, nil // someone else added it just now
 	}
@@ -169,17 +161,21 @@ func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link) error {
 		}
 	}
 	if t.addedQdisc && empty {
-		q := &netlink.GenericQdisc{
-			QdiscAttrs: netlink.QdiscAttrs{
-				LinkIndex: l.Attrs().Index,
-				Handle:    netlink.MakeHandle(0xffff, 0),
-				Parent:    netlink.HANDLE_CLSACT,
-			},
-			QdiscType: "clsact",
-		}
-		if err := h.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		if err := h.QdiscDel(clsactQdisc(l)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			errs = append(errs, fmt.Errorf("delete clsact qdisc: %w", err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// clsactQdisc is the clsact qdisc of link l, as added and deleted.
+func clsactQdisc(l netlink.Link) *netlink.GenericQdisc {
+	return &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: l.Attrs().Index,
+			Handle:    netlink.MakeHandle(0xffff, 0),
+			Parent:    netlink.HANDLE_CLSACT,
+		},
+		QdiscType: "clsact",
+	}
 }
