@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -145,10 +146,7 @@ func keepTop(top []liveFlow, f liveFlow, n int) []liveFlow {
 // drops the port counters of ports that no longer exist.
 func (a *Agent) evict() {
 	a.mu.RLock()
-	gone := make([]uint64, 0, len(a.gone))
-	for c := range a.gone {
-		gone = append(gone, c)
-	}
+	gone := slices.Collect(maps.Keys(a.gone))
 	a.mu.RUnlock()
 	a.evicting.Store(true)
 	ok := a.evictPass()
