@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 )
@@ -21,9 +20,10 @@ var (
 		}
 		buildDir = dir
 		bin := filepath.Join(dir, "nsflow")
-		// The package path, not a relative one, so that any package of the
-		// module can build it; static, as `make build` does.
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/nsflow/nsflow/cmd/nsflow")
+		// "go" is the toolchain running the test: go test puts its GOROOT/bin
+		// first in PATH. The package path, not a relative one, so that any
+		// package of the module can build it; static, as `make build` does.
+		cmd := exec.Command("go", "build", "-o", bin, "github.com/nsflow/nsflow/cmd/nsflow")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build: %v\n%s", err, out)
