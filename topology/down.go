@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -74,12 +73,9 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 	err = parallel(ctx, len(plan.Namespaces), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
 		name := plan.Namespaces[i]
 		path := s.NetnsPath(name)
-		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		c, err := openNetns(name, path)
-		if err != nil {
-			return err
+		c, err := openIfPresent(name, path)
+		if c == nil {
+			return err // nil when the namespace is not there
 		}
 		owner, err := netnsOwner(c)
 		c.close()

@@ -71,6 +71,15 @@ func openNetns(name, path string) (*nsConn, error) {
 	return c, nil
 }
 
+// openIfPresent is openNetns for a namespace that may not exist (a
+// topology partly or not up): it returns nil, nil when path is missing.
+func openIfPresent(name, path string) (*nsConn, error) {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return openNetns(name, path)
+}
+
 // createNetns creates a network namespace bind-mounted at path, with its
 // loopback up and marked with the owner's alias and sysctls applied. The
 // work happens on a locked thread that unshares into the new namespace,

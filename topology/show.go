@@ -2,12 +2,10 @@ package topology
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -102,12 +100,9 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	err = parallel(ctx, len(s.Namespaces), opts.workers(), "reading namespaces", opts.Progress, func(i int) error {
 		name := s.Namespaces[i].Name
 		path := s.NetnsPath(name)
-		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		c, err := openNetns(name, path)
-		if err != nil {
-			return err
+		c, err := openIfPresent(name, path)
+		if c == nil {
+			return err // nil when the namespace is not there
 		}
 		sn, err := snapshot(c, nil)
 		if err == nil && len(s.Namespaces[i].Sysctls) > 0 {
