@@ -153,11 +153,19 @@ const loopbackIndex = 1
 // empty, its alias, in one RTM_NEWLINK (netlink.Handle takes one request
 // for each).
 func linkSet(sock *nl.SocketHandle, index int, alias string) error {
+	return linkSetAlias(sock, index, alias, true)
+}
+
+// linkSetAlias sets the alias of the link with ifindex index, and sets it
+// up too if up is true, in one RTM_NEWLINK.
+func linkSetAlias(sock *nl.SocketHandle, index int, alias string, up bool) error {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
-	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	if up {
+		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	}
 	req.AddData(msg)
 	if alias != "" {
 		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
