@@ -92,10 +92,12 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 	}
 
 	start := time.Now()
+	sctx, cancel := sendWindow(ctx, t.f)
+	defer cancel()
 	send := make([]tcpSide, len(t.clients))
 	var swg sync.WaitGroup
 	for i, c := range t.clients {
-		swg.Go(func() { send[i] = writeUntil(ctx, stop, c, t.f.Size) })
+		swg.Go(func() { send[i] = writeUntil(sctx, stop, c, t.f.Size) })
 	}
 	swg.Wait()
 

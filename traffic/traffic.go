@@ -130,7 +130,9 @@ type Run struct {
 }
 
 // flowRunner is the per-protocol half of a Run: it sends until told to
-// stop, then drains the server and reports.
+// stop or for Flow.Duration (timed from its first send, not from the
+// set-up before it, so a run sends for as long as it was asked to), then
+// drains the server and reports.
 type flowRunner interface {
 	run(ctx context.Context, stop <-chan struct{}) (Result, error)
 }
@@ -155,12 +157,7 @@ func Start(ctx context.Context, f Flow) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cancel context.CancelFunc
-	if f.Duration > 0 {
-		ctx, cancel = context.WithTimeout(ctx, f.Duration)
-	} else {
-		ctx, cancel = context.WithCancel(ctx)
-	}
+	ctx, cancel := context.WithCancel(ctx)
 	r := &Run{stop: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(r.done)
@@ -235,4 +232,13 @@ func (f *Flow) normalize() error {
 		return fmt.Errorf("traffic flow: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// sendWindow returns ctx bounded by the flow's Duration from now, when the
+// flow has one: the runners call it as they start sending.
+func sendWindow(ctx context.Context, f Flow) (context.Context, context.CancelFunc) {
+	if f.Duration > 0 {
+		return context.WithTimeout(ctx, f.Duration)
+	}
+	return context.WithCancel(ctx)
 }

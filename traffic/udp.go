@@ -76,6 +76,8 @@ func (u *udpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 	}
 
 	start := time.Now()
+	sctx, cancel := sendWindow(ctx, u.f)
+	defer cancel()
 	sent := make([]Counts, len(u.clients))
 	calls := make([]uint64, len(u.clients))
 	serrs := make([]error, len(u.clients))
@@ -86,7 +88,7 @@ func (u *udpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 			quota++
 		}
 		swg.Go(func() {
-			sent[i], calls[i], serrs[i] = u.send(ctx, stop, c, uint32(i), quota, start)
+			sent[i], calls[i], serrs[i] = u.send(sctx, stop, c, uint32(i), quota, start)
 		})
 	}
 	swg.Wait()
