@@ -75,7 +75,8 @@ test: deps bpffs fmt-check vet generate-check
 	CGO_ENABLED=1 $(GO) test -race -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 bench: bpffs
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./topology/ ./bpf/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m -p 1 \
+		./topology/ ./bpf/ ./agent/ ./verify/ ./bench/ ./traffic/
 
 clean:
 	rm -rf bin
