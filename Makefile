@@ -11,12 +11,13 @@ BIN     := bin/nsflow
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -s -w -X github.com/nsflow/nsflow/internal/version.Version=$(VERSION)
 CLANG   ?= $(shell command -v clang-19 || command -v clang)
-# Debian packages the tests use as tools and independent witnesses:
+# Debian packages the tests need: gcc and libc6-dev for the race detector
+# (cgo); and as tools and independent witnesses:
 # clang/llvm to check the committed eBPF objects are fresh, bpftool/iproute2/
 # tcpdump as witnesses, iperf3 for bench, prometheus/promtool for the agent's
 # end-to-end test, nftables/iptables for the isolation checks, systemd for
 # systemd-analyze on the shipped unit.
-DEB_PKGS := clang-19 llvm-19 libbpf-dev bpftool iproute2 iperf3 tcpdump prometheus nftables iptables systemd
+DEB_PKGS := gcc libc6-dev clang-19 llvm-19 libbpf-dev bpftool iproute2 iperf3 tcpdump prometheus nftables iptables systemd
 TEST_TIMEOUT ?= 30m
 
 .PHONY: all build run seed test deps bpffs vet fmt-check generate generate-check bench clean

@@ -47,6 +47,7 @@ func (a *Attachment) attachTC() error {
 	for i, p := range progs {
 		info, err := p.Info()
 		if err != nil {
+			_ = t.remove(h, l)
 			return err
 		}
 		t.progIDs[i], _ = info.ID()

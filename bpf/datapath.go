@@ -103,6 +103,7 @@ func Load(opts Options) (*Datapath, error) {
 		// Pins left by another version or size: ours by name, so replace
 		// them rather than fail forever.
 		if rerr := removeOwnPins(opts.PinPath); rerr != nil {
+			d.clock.Close()
 			return nil, fmt.Errorf("bpf: %w; removing stale pins: %v", err, rerr)
 		}
 		d.PinsReset = true

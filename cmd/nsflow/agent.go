@@ -164,6 +164,9 @@ func runAgent(ctx context.Context, f agentFlags) error {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// After the first signal the agent detaches everything; a second one
+	// kills it, in case detaching thousands of tcx links takes too long.
+	go func() { <-ctx.Done(); stop() }()
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- agent.Serve(ctx, logger, l, h, f.web) }()
 	runErr := a.Run(ctx)

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/nsflow/nsflow/bench"
 	"github.com/nsflow/nsflow/topology"
@@ -56,9 +54,9 @@ Exit status 1 when any count does not reconcile.`,
 				cfg.Progress = func(p bench.Progress) { fmt.Fprintf(stderr, "\r\033[K%s", p) }
 				defer fmt.Fprint(stderr, "\r\033[K")
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			rep, err := bench.Run(ctx, cfg)
+			// main cancels cmd.Context() on Ctrl-C; bench.Run then removes
+			// what it built, and a second Ctrl-C kills the process.
+			rep, err := bench.Run(cmd.Context(), cfg)
 			if rep == nil || len(rep.Cases) == 0 {
 				return err
 			}
