@@ -60,6 +60,12 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 	switch k.Dir {
 	case bpf.Ingress:
 		if !a.ownsLocked(k.NetnsCookie, k.Dst) {
+			// No namespace is known to own the destination yet: its
+			// address may still be on its way from discovery, so wait
+			// as for an unknown source before settling it uncounted.
+			if len(a.owners[k.Dst]) == 0 && !final && b.pending(k, now) {
+				return nil
+			}
 			return b.settle(k, d)
 		}
 		src, ok := a.ownerLocked(k.Src)
@@ -80,15 +86,8 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 		}
 		d.counted, d.pair, missing = true, pairKey{label, UnknownNetns, protoName(k)}, true
 	}
-	if missing && !final {
-		prev := b.decisions[k]
-		if prev == nil {
-			prev = &decision{pendingSince: now}
-			b.decisions[k] = prev
-		}
-		if now.Sub(prev.pendingSince) < unresolvedGrace {
-			return nil
-		}
+	if missing && !final && b.pending(k, now) {
+		return nil
 	}
 	d.port = b.portBucket(d.pair, k)
 	return b.settle(k, d)
@@ -151,3 +150,14 @@ func protoName(k bpf.FlowKey) string {
 
 // hasPorts reports whether the protocol carries ports in the flow key.
 func hasPorts(proto uint8) bool { return proto == 6 || proto == 17 || proto == 132 }
+
+// pending marks k as waiting for discovery and reports whether it is still
+// within unresolvedGrace of the first time it waited.
+func (b *flowBook) pending(k bpf.FlowKey, now time.Time) bool {
+	prev := b.decisions[k]
+	if prev == nil {
+		prev = &decision{pendingSince: now}
+		b.decisions[k] = prev
+	}
+	return now.Sub(prev.pendingSince) < unresolvedGrace
+}

@@ -187,16 +187,23 @@ func (a *Agent) evictPass() bool {
 	b := a.book
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.recoverLocked(a.dp); err != nil {
+		a.log.Error("eviction: settle the records of a failed delete", "err", err)
+		return false
+	}
 
 	var victims []inflightFlow
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		live := a.portLiveLocked(k.Port())
 		idleFor := mono - min(s.LastSeen, mono)
-		if live && idleFor < uncountedIdle {
+		if live && idleFor < min(uncountedIdle, idle) {
 			return true
 		}
-		d := a.decideLocked(k, now, live && idleFor < idle)
-		if d == nil || (live && idleFor < idle && (d.counted || d.violation != nil)) {
+		// A record that leaves now (its port is gone, or it idled out) is
+		// decided for good: there is no later pass to wait for.
+		final := !live || idleFor >= idle
+		d := a.decideLocked(k, now, final)
+		if d == nil || (!final && (d.counted || d.violation != nil)) {
 			return true
 		}
 		victims = append(victims, inflightFlow{Key: k, Packets: s.Packets, Bytes: s.Bytes,
@@ -253,7 +260,12 @@ func (a *Agent) evictPass() bool {
 		delete(b.decisions, v.Key)
 	}
 	if _, err := a.dp.DeleteFlows(keys); err != nil {
+		// The saved Inflight list stays: the next pass (or a restart)
+		// folds only what these records gained since, then deletes them,
+		// so nothing is folded twice.
 		a.log.Error("eviction: delete flows", "err", err)
+		a.dropStalePortsLocked()
+		return true
 	}
 	if len(folded) > 0 {
 		b.st.Inflight = nil

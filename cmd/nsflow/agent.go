@@ -167,8 +167,18 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	// After the first signal the agent detaches everything; a second one
 	// kills it, in case detaching thousands of tcx links takes too long.
 	go func() { <-ctx.Done(); stop() }()
+	// A server that fails ends the agent too, so a supervisor restarts it
+	// rather than leave it attached with no /metrics.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- agent.Serve(ctx, logger, l, h, f.web) }()
+	go func() {
+		err := agent.Serve(ctx, logger, l, h, f.web)
+		if err != nil {
+			cancel()
+		}
+		srvErr <- err
+	}()
 	runErr := a.Run(ctx)
 	stop()
 	if err := <-srvErr; err != nil && runErr == nil {
