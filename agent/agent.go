@@ -38,10 +38,13 @@ type Agent struct {
 	inflight   int             // jobs queued or running, results not applied yet
 	synced     bool            // the initial namespace scan was reported
 
-	mu        sync.RWMutex
-	byInode   map[uint64]*nsState
-	byCookie  map[uint64]*nsState
-	gone      map[uint64]string              // cookie -> label of removed namespaces whose flows are not folded yet
+	mu       sync.RWMutex
+	byInode  map[uint64]*nsState
+	byCookie map[uint64]*nsState
+	gone     map[uint64]string // cookie -> label of removed namespaces whose flows are not folded yet
+	// goneAddrs are the addresses those namespaces held, so that their
+	// last records are still attributed as they were while they lived.
+	goneAddrs map[uint64]map[netip.Addr]bool
 	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
@@ -104,6 +107,7 @@ func New(cfg Config) (*Agent, error) {
 		byInode:    map[uint64]*nsState{},
 		byCookie:   map[uint64]*nsState{},
 		gone:       map[uint64]string{},
+		goneAddrs:  map[uint64]map[netip.Addr]bool{},
 		owners:     map[netip.Addr]map[uint64]bool{},
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
@@ -286,6 +290,11 @@ func (a *Agent) removeNetns(inode uint64) {
 	if s.cookie != 0 {
 		delete(a.byCookie, s.cookie)
 		a.gone[s.cookie] = s.label
+		held := map[netip.Addr]bool{}
+		for ad := range s.addrs {
+			held[ad.Addr] = true
+		}
+		a.goneAddrs[s.cookie] = held
 		a.forgetPeers(s.cookie)
 	}
 	for ad := range s.addrs {

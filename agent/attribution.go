@@ -105,7 +105,7 @@ func (a *Agent) labelLocked(cookie uint64) (string, bool) {
 
 // ownsLocked reports whether the namespace with this cookie holds ip.
 func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr) bool {
-	return a.owners[ip.Unmap()][cookie]
+	return a.owners[ip.Unmap()][cookie] || a.goneAddrs[cookie][ip.Unmap()]
 }
 
 // ownerLocked names the one namespace holding ip; ok is false when none or

@@ -159,6 +159,7 @@ func (a *Agent) evict() {
 	a.mu.Lock()
 	for _, c := range gone {
 		delete(a.gone, c)
+		delete(a.goneAddrs, c)
 	}
 	a.mu.Unlock()
 	// The cached summary still adds up (it predates the eviction), but

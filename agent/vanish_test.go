@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
+	"github.com/vishvananda/netns"
+)
+
+// vanishTopology joins a watched namespace a to a namespace x that the
+// agent does not watch, so a's traffic goes to an unknown destination.
+const vanishTopology = `
+name: vanish
+namespaces:
+  - name: a
+  - name: x
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.44.1/30]}
+      - {namespace: x, interface: eth0, addresses: [198.18.44.2/30]}
+`
+
+// TestVanishedNamespaceKeepsCounts: traffic from a namespace that is
+// deleted before the agent could settle where it went (the destination
+// is unknown, which waits out a grace period) is still counted, as a to
+// unknown, once its records are evicted.
+func TestVanishedNamespaceKeepsCounts(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("av")
+	s := topotest.Up(t, parseSpec(t, vanishTopology), p)
+	pin, state := pins(t)
+	a := p + "a"
+	r := startAgent(t, a, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
+	waitReady(t, r)
+
+	const n, payload = 500, 100
+	sendUDP(t, s, a, p+"x", netip.MustParseAddrPort("198.18.44.2:5401"), n, payload)
+	// Gone at once: well within the grace for an unknown destination.
+	if err := netns.DeleteNamed(a); err != nil {
+		t.Fatal(err)
+	}
+
+	series := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q} `, UnknownNetns, a)
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		text := scrape(t, r.url)
+		last = grepLines(text, "nsflow_netns_flow_packets_total")
+		for _, line := range strings.Split(text, "\n") {
+			if strings.HasPrefix(line, series) && strings.TrimPrefix(line, series) == fmt.Sprint(n) {
+				return
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("want %s%d after the namespace vanished; have:\n%s", series, n, last)
+}
+
+// waitReady waits for the agent's first discovery and attach round.
+func waitReady(t *testing.T, r *running) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !r.a.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not ready after 20 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
