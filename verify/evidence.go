@@ -72,6 +72,24 @@ func (m *Model) Violations(flows []Flow) []Violation {
 	return m.violations(flows, m.Owners)
 }
 
+// Classifier judges one flow record of the datapath, seen in the namespace
+// netns: whether it is a delivery the topology cannot make, and between
+// which namespaces. It is the agent's Config.Isolation for a topology with
+// intent (`nsflow agent --topology`, and the demo).
+func (m *Model) Classifier() func(k bpf.FlowKey, netns string) (src, dst string, violation bool) {
+	return func(k bpf.FlowKey, netns string) (string, string, bool) {
+		fl, ok := FlowFromBPF(k, bpf.FlowStats{Packets: 1}, netns)
+		if !ok {
+			return "", "", false
+		}
+		vs := m.Violations([]Flow{fl})
+		if len(vs) == 0 {
+			return "", "", false
+		}
+		return vs[0].Src, vs[0].Dst, true
+	}
+}
+
 func (m *Model) violations(flows []Flow, owners func(netip.Addr) []string) []Violation {
 	byPair := map[[2]string]*Violation{}
 	for _, f := range flows {

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"errors"
+	"github.com/nsflow/nsflow/bpf"
 	"net/netip"
 	"strings"
 	"testing"
@@ -144,6 +145,31 @@ func TestViolations(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no violation %s -> %s in %+v", w.Src, w.Dst, got)
+		}
+	}
+}
+
+// The classifier the agent uses judges one ingress record the way
+// Violations judges a flow.
+func TestClassifier(t *testing.T) {
+	classify := NewModel(labSpec(t, nil)).Classifier()
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	for _, tc := range []struct {
+		name     string
+		netns    string
+		src, dst netip.Addr
+		wantSrc  string
+		want     bool
+	}{
+		{"allowed a to c", "c", a("198.18.1.1"), a("198.18.2.1"), "", false},
+		{"b to c has no path", "c", a("198.18.1.2"), a("198.18.2.1"), "b", true},
+		{"transit through r", "r", a("198.18.1.2"), a("198.18.2.1"), "", false},
+		{"from nobody's address", "a", a("198.18.77.7"), a("198.18.1.1"), Unknown, true},
+	} {
+		k := bpf.FlowKey{Dir: bpf.Ingress, Proto: 17, Src: tc.src, Dst: tc.dst, SrcPort: 40000, DstPort: 8080}
+		src, dst, ok := classify(k, tc.netns)
+		if ok != tc.want || (ok && (src != tc.wantSrc || dst != tc.netns)) {
+			t.Errorf("%s: got (%q, %q, %v), want (%q, %q, %v)", tc.name, src, dst, ok, tc.wantSrc, tc.netns, tc.want)
 		}
 	}
 }

@@ -143,7 +143,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		if err != nil {
 			return fmt.Errorf("--topology: %w", err)
 		}
-		cfg.Isolation = isolationClassifier(verify.NewModel(spec))
+		cfg.Isolation = verify.NewModel(spec).Classifier()
 	}
 
 	l, err := net.Listen("tcp", f.web.ListenAddress)
@@ -185,20 +185,4 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		runErr = err
 	}
 	return runErr
-}
-
-// isolationClassifier asks verify's reachability model whether a flow
-// record delivered into a namespace is one the topology cannot deliver.
-func isolationClassifier(m *verify.Model) func(bpf.FlowKey, string) (string, string, bool) {
-	return func(k bpf.FlowKey, netns string) (string, string, bool) {
-		fl, ok := verify.FlowFromBPF(k, bpf.FlowStats{Packets: 1}, netns)
-		if !ok {
-			return "", "", false
-		}
-		vs := m.Violations([]verify.Flow{fl})
-		if len(vs) == 0 {
-			return "", "", false
-		}
-		return vs[0].Src, vs[0].Dst, true
-	}
 }
