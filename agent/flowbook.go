@@ -19,6 +19,10 @@ type flowBook struct {
 	topPorts  int
 	decisions map[bpf.FlowKey]*decision
 	st        *state
+	// slotsDirty marks port slots handed out but not saved yet; they are
+	// saved before a scrape shows them, so a restart (even kill -9) hands
+	// every port the same series again.
+	slotsDirty bool
 }
 
 func newFlowBook(cfg Config) (*flowBook, error) {
@@ -51,6 +55,7 @@ func (b *flowBook) portBucket(p pairKey, k bpf.FlowKey) string {
 	}
 	if len(slots) < b.topPorts && k.DstPort < ephemeralPorts && k.DstPort != 0 {
 		b.st.Slots[p] = append(slots, port)
+		b.slotsDirty = true
 		return port
 	}
 	return "other"

@@ -99,6 +99,13 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.slotsDirty {
+		if err := b.st.save(); err != nil {
+			a.log.Error("save new port slots", "err", err)
+		} else {
+			b.slotsDirty = false
+		}
+	}
 	overflow, err := a.dp.FlowOverflow()
 	if err != nil {
 		return nil, err
