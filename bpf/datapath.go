@@ -39,6 +39,8 @@ type Options struct {
 // Datapath is the loaded programs and maps, shared by all attachments.
 type Datapath struct {
 	objs      nsflowObjects
+	portSlots cpuTable[nsflowPortSlot]
+	flowCache cpuTable[nsflowFlowCacheEntry]
 	clock     *jiffyClock
 	maxFlows  int
 	forceMode AttachMode
@@ -81,6 +83,12 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	spec.Maps[nsflowMapNsflowFlows].MaxEntries = maxFlows
 	spec.Maps[nsflowMapNsflowPorts].MaxEntries = maxPorts
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: %w", err)
+	}
+	spec.Maps[nsflowMapNsflowPortSlots].MaxEntries = portSlots * uint32(cpus)
+	spec.Maps[nsflowMapNsflowFlowCache].MaxEntries = flowCacheSize * uint32(cpus)
 
 	var copts ebpf.CollectionOptions
 	if opts.PinPath == "" {
@@ -117,6 +125,8 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("bpf: load: %w", err)
 	}
+	d.portSlots = cpuTable[nsflowPortSlot]{d.objs.NsflowPortSlots, portSlots, uint32(cpus)}
+	d.flowCache = cpuTable[nsflowFlowCacheEntry]{d.objs.NsflowFlowCache, flowCacheSize, uint32(cpus)}
 	return d, nil
 }
 

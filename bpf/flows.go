@@ -141,17 +141,8 @@ func (d *Datapath) readRecords() (map[nsflowFlowKey]nsflowFlowValue, error) {
 
 // readCache returns the flow cache, every CPU's entries per index.
 func (d *Datapath) readCache() ([][]nsflowFlowCacheEntry, error) {
-	cache := make([][]nsflowFlowCacheEntry, flowCacheSize)
-	var idx uint32
-	var es []nsflowFlowCacheEntry
-	it := d.objs.NsflowFlowCache.Iterate()
-	for it.Next(&idx, &es) {
-		if idx < flowCacheSize {
-			cache[idx] = es
-			es = nil
-		}
-	}
-	if err := it.Err(); err != nil {
+	cache, err := d.flowCache.all()
+	if err != nil {
 		return nil, fmt.Errorf("bpf: read flow cache: %w", err)
 	}
 	return cache, nil
@@ -179,8 +170,8 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 		} else if err != nil {
 			return FlowStats{}, false, err
 		}
-		var es []nsflowFlowCacheEntry
-		if err := d.objs.NsflowFlowCache.Lookup(flowCacheIndex(k), &es); err != nil {
+		es, err := d.flowCache.get(flowCacheIndex(k))
+		if err != nil {
 			return FlowStats{}, false, err
 		}
 		if err := d.objs.NsflowFlows.Lookup(k, &after); errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -59,12 +59,13 @@ struct port_stats {
 // fixed by port_slot_index; user space tags it (on every CPU) when it
 // attaches, and a packet whose port's slot carries another tag (two ports
 // hash alike) or none falls back to the nsflow_ports hash map.
+// Cache-line aligned: a packet touches the tag's line and its counter's.
 struct port_slot {
 	__u64 netns_cookie;
 	__u32 ifindex;
 	__u32 pad;
 	struct port_stats s;
-};
+} __attribute__((aligned(64)));
 
 #define PORT_SLOTS 1024
 
@@ -108,13 +109,14 @@ struct flow_delta {
 // A per-CPU, direct-mapped flow cache entry: the fast path. A packet whose
 // flow is in its CPU's cache costs two inlined array lookups, a key
 // compare and three adds; no hash map is touched.
+// Two cache lines: key and id in the first, what a hit updates in the second.
 struct flow_cache_entry {
 	struct flow_key key;
 	__u64 id;  // id of the record the delta belongs to; 0 = empty
 	__u32 gen; // value of nsflow_gen when the record was last seen to exist
 	__u32 pad;
 	struct flow_delta d;
-};
+} __attribute__((aligned(128)));
 
 #define FLOW_CACHE 1024
 
@@ -134,11 +136,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsflow_ports SEC(".maps");
 
+// The per-CPU tables (port slots, flow cache) are plain arrays, CPU-major:
+// CPU c's entry i is at c * SIZE + i, and user space sets max_entries to
+// SIZE times the possible CPUs. A per-CPU array would cost a dependent
+// load (the element's per-CPU pointer) on every lookup; an array lookup is
+// an address computation. Mmapable, so that entries start page-aligned and
+// the alignment of the value types holds.
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct port_slot);
-	__uint(max_entries, PORT_SLOTS);
+	__uint(max_entries, PORT_SLOTS); // x possible CPUs, set at load
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsflow_port_slots SEC(".maps");
 
@@ -152,10 +161,11 @@ struct {
 } nsflow_flows SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct flow_cache_entry);
-	__uint(max_entries, FLOW_CACHE);
+	__uint(max_entries, FLOW_CACHE); // x possible CPUs, set at load
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsflow_flow_cache SEC(".maps");
 
@@ -209,10 +219,17 @@ static __always_inline __u64 netns_cookie(struct __sk_buff *ctx)
 // Zero value for inserting a port: too big for the 512-byte stack.
 static const struct port_stats zero_port;
 
+// What parsing found. Addresses are kept as the packet has them, in whole
+// words (IPv4 in the low four bytes of [0]), so that the flow key is built
+// with 8-byte stores: narrower stores read back as words stall the CPU
+// (failed store-to-load forwarding).
 struct pkt {
-	__u8 family;
-	__u8 l4;
-	__u8 flow; // a flow key was filled in
+	__u64 src[2];
+	__u64 dst[2];
+	__u32 ports; // sport | dport << 16, host order; ICMP: type | code << 16
+	__u8 family; // FAM_*
+	__u8 l4;     // L4_*
+	__u8 proto;  // IP protocol, or the last IPv6 next header reached
 	__u8 tcp_flags;
 };
 
@@ -234,37 +251,35 @@ static __always_inline __u8 l4_class(__u8 family, __u8 proto)
 }
 
 // parse_l4 fills in ports (or ICMP type/code) and TCP flags.
-static __always_inline int parse_l4(void *l4, void *end, struct flow_key *k,
-				    struct pkt *p)
+static __always_inline int parse_l4(void *data, void *end, __u32 off, struct pkt *p)
 {
-	__u8 *b = l4;
+	__u8 *b = data + off;
 
+	if (off > PARSE_MAX)
+		return PARSE_OK;
 	switch (p->l4) {
 	case L4_TCP:
-		if (l4 + 14 > end)
+		if ((void *)(b + 14) > end)
 			return PARSE_TRUNCATED;
-		k->sport = bpf_ntohs(*(__be16 *)b);
-		k->dport = bpf_ntohs(*(__be16 *)(b + 2));
 		p->tcp_flags = b[13];
-		return PARSE_OK;
+		break;
 	case L4_UDP:
-		if (l4 + 4 > end)
+		if ((void *)(b + 4) > end)
 			return PARSE_TRUNCATED;
-		k->sport = bpf_ntohs(*(__be16 *)b);
-		k->dport = bpf_ntohs(*(__be16 *)(b + 2));
-		return PARSE_OK;
+		break;
 	case L4_ICMP:
-		if (l4 + 2 > end)
+		if ((void *)(b + 2) > end)
 			return PARSE_TRUNCATED;
-		k->sport = b[0];
-		k->dport = b[1];
+		p->ports = b[0] | (__u32)b[1] << 16;
+		return PARSE_OK;
+	default:
 		return PARSE_OK;
 	}
+	p->ports = bpf_ntohs(*(__be16 *)b) | (__u32)bpf_ntohs(*(__be16 *)(b + 2)) << 16;
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv4(void *data, void *end, __u32 off,
-				      struct flow_key *k, struct pkt *p)
+static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct pkt *p)
 {
 	struct iphdr *ip = data + off;
 
@@ -277,23 +292,17 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off,
 		return PARSE_TRUNCATED;
 
 	p->family = FAM_IPV4;
+	p->proto = ip->protocol;
 	p->l4 = l4_class(FAM_IPV4, ip->protocol);
-	p->flow = 1;
-	k->family = 4;
-	k->proto = ip->protocol;
-	__builtin_memcpy(k->src, &ip->saddr, 4);
-	__builtin_memcpy(k->dst, &ip->daddr, 4);
+	p->src[0] = ip->saddr;
+	p->dst[0] = ip->daddr;
 	// A later fragment carries no L4 header: its flow has no ports.
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return PARSE_OK;
-	off += hlen;
-	if (off > PARSE_MAX)
-		return PARSE_OK;
-	return parse_l4(data + off, end, k, p);
+	return parse_l4(data, end, off + hlen, p);
 }
 
-static __always_inline int parse_ipv6(void *data, void *end, __u32 off,
-				      struct flow_key *k, struct pkt *p)
+static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct pkt *p)
 {
 	struct ipv6hdr *ip6 = data + off;
 
@@ -303,49 +312,45 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off,
 		return PARSE_OK;
 
 	p->family = FAM_IPV6;
-	p->flow = 1;
-	k->family = 6;
-	__builtin_memcpy(k->src, &ip6->saddr, 16);
-	__builtin_memcpy(k->dst, &ip6->daddr, 16);
+	// Word loads: the packet need not be 8-byte aligned, nor need it be on
+	// the architectures nsflow runs on.
+	p->src[0] = *(__u64 *)((void *)ip6 + 8);
+	p->src[1] = *(__u64 *)((void *)ip6 + 16);
+	p->dst[0] = *(__u64 *)((void *)ip6 + 24);
+	p->dst[1] = *(__u64 *)((void *)ip6 + 32);
 	__u8 next = ip6->nexthdr;
 	off += sizeof(*ip6);
 
-	// Walk the extension headers; k->proto ends as the last header reached.
-#pragma unroll
+	// Walk the extension headers; proto ends as the last header reached.
+	// Not unrolled: the program's size is a per-packet cost (i-cache).
+#pragma clang loop unroll(disable)
 	for (int i = 0; i < IPV6_EXT_MAX; i++) {
 		__u8 *h = data + off;
 		__u32 len;
 
-		k->proto = next;
-		switch (next) {
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_ROUTING:
-		case IPPROTO_DSTOPTS:
+		p->proto = next;
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+		    next == IPPROTO_DSTOPTS) {
 			if ((void *)(h + 2) > end)
 				return PARSE_TRUNCATED;
 			len = ((__u32)h[1] + 1) * 8;
-			break;
-		case IPPROTO_AH:
+		} else if (next == IPPROTO_AH) {
 			if ((void *)(h + 2) > end)
 				return PARSE_TRUNCATED;
 			len = ((__u32)h[1] + 2) * 4;
-			break;
-		case IPPROTO_FRAGMENT:
+		} else if (next == IPPROTO_FRAGMENT) {
 			if ((void *)(h + 8) > end)
 				return PARSE_TRUNCATED;
 			// A later fragment carries no L4 header.
 			if (*(__be16 *)(h + 2) & bpf_htons(0xfff8)) {
-				k->proto = h[0];
+				p->proto = h[0];
 				p->l4 = l4_class(FAM_IPV6, h[0]);
 				return PARSE_OK;
 			}
 			len = 8;
-			break;
-		default:
+		} else {
 			p->l4 = l4_class(FAM_IPV6, next);
-			if (off > PARSE_MAX)
-				return PARSE_OK;
-			return parse_l4(data + off, end, k, p);
+			return parse_l4(data, end, off, p);
 		}
 		next = h[0];
 		off += len;
@@ -353,24 +358,22 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off,
 			break;
 	}
 	// Too many extension headers to follow: an IPv6 flow of unknown L4.
-	k->proto = next;
+	p->proto = next;
 	p->l4 = l4_class(FAM_IPV6, next);
 	return PARSE_OK;
 }
 
-// parse classifies the frame in [data, end) and fills in the flow key.
-// PARSE_TRUNCATED means a header ended early, either because the frame is
-// truncated or because the rest is not in the linear part of the skb.
-static __always_inline int parse(void *data, void *end, struct flow_key *k,
-				 struct pkt *p)
+// parse classifies the frame in [data, end). PARSE_TRUNCATED means a
+// header ended early, either because the frame is truncated or because the
+// rest is not in the linear part of the skb.
+static __always_inline int parse(void *data, void *end, struct pkt *p)
 {
 	struct ethhdr *eth = data;
 	__u32 off = sizeof(*eth);
 
+	__builtin_memset(p, 0, sizeof(*p));
 	p->family = FAM_OTHER;
 	p->l4 = L4_OTHER;
-	p->flow = 0;
-	p->tcp_flags = 0;
 	if ((void *)(eth + 1) > end)
 		return PARSE_TRUNCATED;
 	__be16 proto = eth->h_proto;
@@ -389,9 +392,9 @@ static __always_inline int parse(void *data, void *end, struct flow_key *k,
 	}
 
 	if (proto == bpf_htons(ETH_P_IP))
-		return parse_ipv4(data, end, off, k, p);
+		return parse_ipv4(data, end, off, p);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(data, end, off, k, p);
+		return parse_ipv6(data, end, off, p);
 	return PARSE_OK;
 }
 
@@ -408,11 +411,17 @@ static __always_inline void count_loss(int port)
 		l->flow_full++;
 }
 
+// The flow key as the fast path builds, hashes and compares it: seven words.
+union flow_key_words {
+	struct flow_key k;
+	__u64 w[7];
+};
+
 // flow_cache_index hashes the key's seven words in three independent
 // lanes (cheap on the fast path); the Go side computes the same.
-static __always_inline __u32 flow_cache_index(const struct flow_key *k)
+static __always_inline __u32 flow_cache_index(const union flow_key_words *k)
 {
-	const __u64 *w = (const __u64 *)k;
+	const __u64 *w = k->w;
 	__u64 h = (w[0] ^ w[3] ^ w[6]) * 0x9E3779B97F4A7C15ULL +
 		  (w[1] ^ w[4]) * 0xC2B2AE3D27D4EB4FULL +
 		  (w[2] ^ w[5]) * 0x165667B19E3779F9ULL;
@@ -420,9 +429,9 @@ static __always_inline __u32 flow_cache_index(const struct flow_key *k)
 	return (__u32)(h >> 54) & (FLOW_CACHE - 1);
 }
 
-static __always_inline int flow_key_eq(const struct flow_key *a, const struct flow_key *b)
+static __always_inline int flow_key_eq(const struct flow_key *a, const union flow_key_words *b)
 {
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	const __u64 *x = (const __u64 *)a, *y = b->w;
 
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) |
 		(x[4] ^ y[4]) | (x[5] ^ y[5]) | (x[6] ^ y[6])) == 0;
@@ -450,32 +459,32 @@ static __always_inline void flush(struct flow_cache_entry *e)
 
 // flow_slow is the slow path: the packet's flow is not in this CPU's
 // cache, or the cache entry must check that its record still exists.
-static __always_inline void flow_slow(struct flow_cache_entry *e, struct flow_key *k,
+static __always_inline void flow_slow(struct flow_cache_entry *e, union flow_key_words *k,
 				 __u32 gen, __u64 segs, __u64 len, __u32 tcp_flags, __u64 now)
 {
 	flush(e);
 	e->id = 0;
 
-	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, k);
+	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &k->k);
 	if (!r) {
 		struct flow_value nv = {
 			.first_seen = now,
 			.last_seen = now,
 			.id = bpf_ktime_get_ns(),
 		};
-		long err = bpf_map_update_elem(&nsflow_flows, k, &nv, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&nsflow_flows, &k->k, &nv, BPF_NOEXIST);
 		// EEXIST: another CPU inserted it just now; use that record.
 		if (err && err != -17 /* EEXIST */) {
 			count_loss(0);
 			return;
 		}
-		r = bpf_map_lookup_elem(&nsflow_flows, k);
+		r = bpf_map_lookup_elem(&nsflow_flows, &k->k);
 		if (!r) {
 			count_loss(0);
 			return;
 		}
 	}
-	__builtin_memcpy(&e->key, k, sizeof(*k));
+	__builtin_memcpy(&e->key, &k->k, sizeof(k->k));
 	e->id = r->id;
 	e->gen = gen;
 	e->d.packets = 1;
@@ -485,26 +494,28 @@ static __always_inline void flow_slow(struct flow_cache_entry *e, struct flow_ke
 	e->d.tcp_flags = tcp_flags;
 }
 
-static __always_inline void count_flow(struct flow_key *k, struct pkt *p,
+static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
 				       __u64 segs, __u64 len)
 {
 	__u32 zero = 0;
-	__u32 idx = flow_cache_index(k);
+	__u32 idx = bpf_get_smp_processor_id() * FLOW_CACHE + flow_cache_index(k);
 	struct flow_cache_entry *e = bpf_map_lookup_elem(&nsflow_flow_cache, &idx);
 	__u32 *gen = bpf_map_lookup_elem(&nsflow_gen, &zero);
 	__u64 now = bpf_jiffies64();
 
-	if (!e || !gen)
+	if (!e || !gen) { // cannot happen: the tables cover every possible CPU
+		count_loss(0);
 		return;
+	}
 	if (e->id && e->gen == *gen && flow_key_eq(&e->key, k)) {
 		e->d.packets++;
 		e->d.segments += segs;
 		e->d.bytes += len;
 		e->d.last_seen = now;
-		e->d.tcp_flags |= p->tcp_flags;
+		e->d.tcp_flags |= tcp_flags;
 		return;
 	}
-	flow_slow(e, k, *gen, segs, len, p->tcp_flags, now);
+	flow_slow(e, k, *gen, segs, len, tcp_flags, now);
 }
 
 // port_slot_index mixes cookie and ifindex (Fibonacci hashing); the Go
@@ -520,7 +531,7 @@ static __always_inline __u32 port_slot_index(__u64 cookie, __u32 ifindex)
 // or its entry in the hash map (inserted on first use).
 static __always_inline struct port_stats *port_counters(__u64 cookie, __u32 ifindex)
 {
-	__u32 idx = port_slot_index(cookie, ifindex);
+	__u32 idx = bpf_get_smp_processor_id() * PORT_SLOTS + port_slot_index(cookie, ifindex);
 	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
 
 	if (slot && slot->netns_cookie == cookie && slot->ifindex == ifindex)
@@ -537,24 +548,25 @@ static __always_inline struct port_stats *port_counters(__u64 cookie, __u32 ifin
 
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 {
-	struct flow_key k;
+	// First, so that its likely cache miss overlaps the parsing.
+	__u64 cookie = netns_cookie(skb);
+	__u32 ifindex = skb->ifindex;
 	struct pkt p;
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
+	int res;
 
-	__builtin_memset(&k, 0, sizeof(k));
-	int res = parse(data, end, &k, &p);
 	// Headers beyond the linear part (rare: GRO may leave them in frags):
-	// pull them in and parse again. This moves no packet data the stack
-	// could see, so the packet is unchanged.
-	if (res == PARSE_TRUNCATED && skb->len > (__u32)(end - data)) {
-		__u32 want = skb->len < PARSE_MAX ? skb->len : PARSE_MAX;
-		if (bpf_skb_pull_data(skb, want) == 0) {
-			data = (void *)(long)skb->data;
-			end = (void *)(long)skb->data_end;
-			__builtin_memset(&k, 0, sizeof(k));
-			res = parse(data, end, &k, &p);
-		}
+	// pull them in and parse again, once. This moves no packet data the
+	// stack could see, so the packet is unchanged.
+#pragma clang loop unroll(disable)
+	for (int try = 0; try < 2; try++) {
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+
+		res = parse(data, end, &p);
+		if (res != PARSE_TRUNCATED || try || skb->len <= (__u32)(end - data))
+			break;
+		if (bpf_skb_pull_data(skb, skb->len < PARSE_MAX ? skb->len : PARSE_MAX))
+			break;
 	}
 
 	__u64 segs = skb->gso_segs;
@@ -562,8 +574,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 		segs = 1;
 	__u64 len = skb->len;
 
-	__u64 cookie = netns_cookie(skb);
-	struct port_stats *ps = port_counters(cookie, skb->ifindex);
+	struct port_stats *ps = port_counters(cookie, ifindex);
 	if (ps) {
 		struct counter *c = &ps->c[dir & 1][p.family % FAM_MAX][p.l4 % L4_MAX];
 		c->packets++;
@@ -573,11 +584,18 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 		count_loss(1);
 	}
 
-	if (p.flow) {
-		k.netns_cookie = cookie;
-		k.ifindex = skb->ifindex;
-		k.dir = dir;
-		count_flow(&k, &p, segs, len);
+	if (p.family != FAM_OTHER) {
+		union flow_key_words k = {
+			.w = {
+				cookie,
+				ifindex | (__u64)dir << 32 |
+					(__u64)(p.family == FAM_IPV4 ? 4 : 6) << 40 |
+					(__u64)p.proto << 48,
+				p.ports,
+				p.src[0], p.src[1], p.dst[0], p.dst[1],
+			},
+		};
+		count_flow(&k, p.tcp_flags, segs, len);
 	}
 	return TC_ACT_UNSPEC;
 }

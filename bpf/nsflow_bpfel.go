@@ -35,6 +35,7 @@ type nsflowFlowCacheEntry struct {
 		TcpFlags uint32
 		Pad      uint32
 	}
+	_ [16]byte
 }
 
 type nsflowFlowKey struct {
@@ -83,6 +84,7 @@ type nsflowPortSlot struct {
 	Ifindex     uint32
 	Pad         uint32
 	S           nsflowPortStats
+	_           [48]byte
 }
 
 type nsflowPortStats struct {

@@ -236,21 +236,19 @@ func clearMaps(t testing.TB, d *Datapath) {
 	}
 
 	// Claimed slots keep their tag, with counters back at zero.
-	var idx uint32
-	var slots []nsflowPortSlot
-	it := d.objs.NsflowPortSlots.Iterate()
-	for it.Next(&idx, &slots) {
+	all, err := d.portSlots.all()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for idx, slots := range all {
 		if slots[0].NetnsCookie == 0 {
 			continue
 		}
 		for i := range slots {
 			slots[i].S = nsflowPortStats{}
 		}
-		if err := d.objs.NsflowPortSlots.Update(idx, slots, ebpf.UpdateExist); err != nil {
+		if err := d.portSlots.put(uint32(idx), slots); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -140,8 +140,8 @@ func (d *Datapath) claimSlot(k PortKey) error {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
 	idx := portSlotIndex(k)
-	var vs []nsflowPortSlot
-	if err := d.objs.NsflowPortSlots.Lookup(idx, &vs); err != nil {
+	vs, err := d.portSlots.get(idx)
+	if err != nil {
 		return fmt.Errorf("bpf: read port slot: %w", err)
 	}
 	for _, v := range vs {
@@ -155,7 +155,7 @@ func (d *Datapath) claimSlot(k PortKey) error {
 	for i := range vs {
 		vs[i] = nsflowPortSlot{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}
 	}
-	if err := d.objs.NsflowPortSlots.Update(idx, vs, ebpf.UpdateExist); err != nil {
+	if err := d.portSlots.put(idx, vs); err != nil {
 		return fmt.Errorf("bpf: claim port slot: %w", err)
 	}
 	return nil
@@ -179,10 +179,11 @@ func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("bpf: read ports: %w", err)
 	}
-	var idx uint32
-	var slots []nsflowPortSlot
-	sit := d.objs.NsflowPortSlots.Iterate()
-	for sit.Next(&idx, &slots) {
+	all, err := d.portSlots.all()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: read port slots: %w", err)
+	}
+	for _, slots := range all {
 		for i := range slots {
 			v := &slots[i]
 			if v.NetnsCookie == 0 {
@@ -193,9 +194,6 @@ func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
 			s.addRaw(&v.S)
 			out[pk] = s
 		}
-	}
-	if err := sit.Err(); err != nil {
-		return nil, fmt.Errorf("bpf: read port slots: %w", err)
 	}
 	return out, nil
 }
@@ -213,8 +211,8 @@ func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
 	case !errors.Is(err, ebpf.ErrKeyNotExist):
 		return s, false, fmt.Errorf("bpf: read port: %w", err)
 	}
-	var slots []nsflowPortSlot
-	if err := d.objs.NsflowPortSlots.Lookup(portSlotIndex(k), &slots); err != nil {
+	slots, err := d.portSlots.get(portSlotIndex(k))
+	if err != nil {
 		return s, false, fmt.Errorf("bpf: read port slot: %w", err)
 	}
 	for i := range slots {
@@ -237,15 +235,15 @@ func (d *Datapath) DeletePort(k PortKey) error {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
 	idx := portSlotIndex(k)
-	var slots []nsflowPortSlot
-	if err := d.objs.NsflowPortSlots.Lookup(idx, &slots); err != nil {
+	slots, err := d.portSlots.get(idx)
+	if err != nil {
 		return fmt.Errorf("bpf: read port slot: %w", err)
 	}
 	if slots[0].NetnsCookie != k.NetnsCookie || slots[0].Ifindex != k.Ifindex {
 		return nil
 	}
 	clear(slots)
-	if err := d.objs.NsflowPortSlots.Update(idx, slots, ebpf.UpdateExist); err != nil {
+	if err := d.portSlots.put(idx, slots); err != nil {
 		return fmt.Errorf("bpf: free port slot: %w", err)
 	}
 	return nil
