@@ -113,15 +113,15 @@ func (k FlowKey) raw() (nsflowFlowKey, error) {
 // flowCacheSize is FLOW_CACHE in nsflow.c.
 const flowCacheSize = 1024
 
-// flowCacheIndex is flow_cache_index in nsflow.c, over the key's seven
-// little-endian 64-bit words.
+// flowCacheIndex is flow_cache_index in nsflow.c, over the key's
+// little-endian 64-bit words (all but the netns cookie).
 func flowCacheIndex(k *nsflowFlowKey) uint32 {
 	w1 := uint64(k.Ifindex) | uint64(k.Dir)<<32 | uint64(k.Family)<<40 | uint64(k.Proto)<<48 | uint64(k.Pad)<<56
 	w2 := uint64(k.Sport) | uint64(k.Dport)<<16 | uint64(k.Pad2)<<32
 	le := binary.LittleEndian
 	w3, w4 := le.Uint64(k.Src[:8]), le.Uint64(k.Src[8:])
 	w5, w6 := le.Uint64(k.Dst[:8]), le.Uint64(k.Dst[8:])
-	h := (k.NetnsCookie^w3^w6)*0x9E3779B97F4A7C15 + (w1^w4)*0xC2B2AE3D27D4EB4F + (w2^w5)*0x165667B19E3779F9
+	h := (w3^w6)*0x9E3779B97F4A7C15 + (w1^w4)*0xC2B2AE3D27D4EB4F + (w2^w5)*0x165667B19E3779F9
 	return uint32(h>>54) & (flowCacheSize - 1)
 }
 

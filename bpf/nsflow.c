@@ -55,17 +55,32 @@ struct port_stats {
 	struct counter c[DIR_MAX][FAM_MAX][L4_MAX];
 };
 
+#define COUNTERS (DIR_MAX * FAM_MAX * L4_MAX)
+
+// counter_index is a counter's index in port_stats.c, flattened.
+static __always_inline __u32 counter_index(__u8 dir, __u8 family, __u8 l4)
+{
+	return ((dir & 1) * FAM_MAX + family % FAM_MAX) * L4_MAX + l4 % L4_MAX;
+}
+
 // A port slot: the fast path for attached ports. The slot of a port is
 // fixed by port_slot_index; user space tags it (on every CPU) when it
 // attaches, and a packet whose port's slot carries another tag (two ports
 // hash alike) or none falls back to the nsflow_ports hash map.
-// Cache-line aligned: a packet touches the tag's line and its counter's.
-struct port_slot {
+//
+// A slot is twelve cache lines, each with the port's tag and two of its
+// counters (counter_index i in line i / 2), so that a packet touches one
+// line of its port's slot: the tag it checks is next to what it adds to.
+struct port_line {
 	__u64 netns_cookie;
 	__u32 ifindex;
 	__u32 pad;
-	struct port_stats s;
+	struct counter c[2];
 } __attribute__((aligned(64)));
+
+struct port_slot {
+	struct port_line l[COUNTERS / 2];
+};
 
 #define PORT_SLOTS 1024
 
@@ -417,12 +432,15 @@ union flow_key_words {
 	__u64 w[7];
 };
 
-// flow_cache_index hashes the key's seven words in three independent
-// lanes (cheap on the fast path); the Go side computes the same.
+// flow_cache_index hashes the key's words in three independent lanes
+// (cheap on the fast path); the Go side computes the same. It leaves out
+// the netns cookie (word 0), the one word that comes from a likely cache
+// miss, so that the entry's address does not wait for it; the key
+// compare still includes it.
 static __always_inline __u32 flow_cache_index(const union flow_key_words *k)
 {
 	const __u64 *w = k->w;
-	__u64 h = (w[0] ^ w[3] ^ w[6]) * 0x9E3779B97F4A7C15ULL +
+	__u64 h = (w[3] ^ w[6]) * 0x9E3779B97F4A7C15ULL +
 		  (w[1] ^ w[4]) * 0xC2B2AE3D27D4EB4FULL +
 		  (w[2] ^ w[5]) * 0x165667B19E3779F9ULL;
 
@@ -495,10 +513,10 @@ static __always_inline void flow_slow(struct flow_cache_entry *e, union flow_key
 }
 
 static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
-				       __u64 segs, __u64 len)
+				       __u64 segs, __u64 len, __u32 cpu)
 {
 	__u32 zero = 0;
-	__u32 idx = bpf_get_smp_processor_id() * FLOW_CACHE + flow_cache_index(k);
+	__u32 idx = cpu * FLOW_CACHE + flow_cache_index(k);
 	struct flow_cache_entry *e = bpf_map_lookup_elem(&nsflow_flow_cache, &idx);
 	__u32 *gen = bpf_map_lookup_elem(&nsflow_gen, &zero);
 	__u64 now = bpf_jiffies64();
@@ -527,23 +545,30 @@ static __always_inline __u32 port_slot_index(__u64 cookie, __u32 ifindex)
 	return (__u32)(h >> 54) & (PORT_SLOTS - 1);
 }
 
-// port_counters returns where to count a packet of this port: its slot,
-// or its entry in the hash map (inserted on first use).
-static __always_inline struct port_stats *port_counters(__u64 cookie, __u32 ifindex)
+// port_counter returns where to count a packet of this port: counter i
+// in its slot, or in its entry in the hash map (inserted on first use).
+static __always_inline struct counter *port_counter(__u64 cookie, __u32 ifindex,
+						    __u32 i, __u32 cpu)
 {
-	__u32 idx = bpf_get_smp_processor_id() * PORT_SLOTS + port_slot_index(cookie, ifindex);
+	__u32 idx = cpu * PORT_SLOTS + port_slot_index(cookie, ifindex);
 	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
 
-	if (slot && slot->netns_cookie == cookie && slot->ifindex == ifindex)
-		return &slot->s;
+	if (slot) {
+		struct port_line *l = &slot->l[(i / 2) % (COUNTERS / 2)];
+
+		if (l->netns_cookie == cookie && l->ifindex == ifindex)
+			return &l->c[i & 1];
+	}
 
 	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
 	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
 	if (!ps) {
 		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
 		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+		if (!ps)
+			return 0;
 	}
-	return ps;
+	return &((struct counter *)ps->c)[i % COUNTERS];
 }
 
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
@@ -574,9 +599,9 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 		segs = 1;
 	__u64 len = skb->len;
 
-	struct port_stats *ps = port_counters(cookie, ifindex);
-	if (ps) {
-		struct counter *c = &ps->c[dir & 1][p.family % FAM_MAX][p.l4 % L4_MAX];
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct counter *c = port_counter(cookie, ifindex, counter_index(dir, p.family, p.l4), cpu);
+	if (c) {
 		c->packets++;
 		c->segments += segs;
 		c->bytes += len;
@@ -595,7 +620,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 				p.src[0], p.src[1], p.dst[0], p.dst[1],
 			},
 		};
-		count_flow(&k, p.tcp_flags, segs, len);
+		count_flow(&k, p.tcp_flags, segs, len, cpu);
 	}
 	return TC_ACT_UNSPEC;
 }

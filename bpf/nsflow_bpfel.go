@@ -78,13 +78,17 @@ type nsflowPortKey struct {
 	Pad         uint32
 }
 
-type nsflowPortSlot struct {
+type nsflowPortLine struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
 	Ifindex     uint32
 	Pad         uint32
-	S           nsflowPortStats
-	_           [48]byte
+	C           [2]nsflowCounter
+}
+
+type nsflowPortSlot struct {
+	_ structs.HostLayout
+	L [12]nsflowPortLine
 }
 
 type nsflowPortStats struct {

@@ -241,11 +241,12 @@ func clearMaps(t testing.TB, d *Datapath) {
 		t.Fatal(err)
 	}
 	for idx, slots := range all {
-		if slots[0].NetnsCookie == 0 {
+		k, ok := slots[0].tag()
+		if !ok {
 			continue
 		}
 		for i := range slots {
-			slots[i].S = nsflowPortStats{}
+			slots[i].setTag(k)
 		}
 		if err := d.portSlots.put(uint32(idx), slots); err != nil {
 			t.Fatal(err)

@@ -127,6 +127,32 @@ func (s *PortStats) addRaw(r *nsflowPortStats) {
 // portSlots is PORT_SLOTS in nsflow.c.
 const portSlots = 1024
 
+// tag returns the port a slot belongs to (every line carries the tag;
+// user space writes them all), and whether it belongs to one.
+func (v *nsflowPortSlot) tag() (PortKey, bool) {
+	return PortKey{v.L[0].NetnsCookie, v.L[0].Ifindex}, v.L[0].NetnsCookie != 0
+}
+
+// setTag gives every line of the slot k's tag and zero counters.
+func (v *nsflowPortSlot) setTag(k PortKey) {
+	for i := range v.L {
+		v.L[i] = nsflowPortLine{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}
+	}
+}
+
+// addSlot adds a slot's counters: counter_index i of nsflow.c is in line
+// i/2, and is c[dir][family][l4] of port_stats flattened.
+func (s *PortStats) addSlot(v *nsflowPortSlot) {
+	for li := range v.L {
+		for j, rc := range v.L[li].C {
+			const fams, l4s = len(s.C[0]), len(s.C[0][0])
+			i := li*2 + j
+			d, f, p := i/(fams*l4s), i/l4s%fams, i%l4s
+			s.C[d][f][p] = s.C[d][f][p].Add(Counter{rc.Packets, rc.Segments, rc.Bytes})
+		}
+	}
+}
+
 // portSlotIndex is port_slot_index in nsflow.c.
 func portSlotIndex(k PortKey) uint32 {
 	h := (k.NetnsCookie ^ uint64(k.Ifindex)<<32) * 0x9E3779B97F4A7C15
@@ -144,16 +170,16 @@ func (d *Datapath) claimSlot(k PortKey) error {
 	if err != nil {
 		return fmt.Errorf("bpf: read port slot: %w", err)
 	}
-	for _, v := range vs {
-		switch {
-		case v.NetnsCookie == k.NetnsCookie && v.Ifindex == k.Ifindex:
+	for i := range vs {
+		switch t, ok := vs[i].tag(); {
+		case t == k:
 			return nil // ours from an earlier attach
-		case v.NetnsCookie != 0:
+		case ok:
 			return nil // another port's: use the hash map
 		}
 	}
 	for i := range vs {
-		vs[i] = nsflowPortSlot{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}
+		vs[i].setTag(k)
 	}
 	if err := d.portSlots.put(idx, vs); err != nil {
 		return fmt.Errorf("bpf: claim port slot: %w", err)
@@ -185,13 +211,12 @@ func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
 	}
 	for _, slots := range all {
 		for i := range slots {
-			v := &slots[i]
-			if v.NetnsCookie == 0 {
+			pk, ok := slots[i].tag()
+			if !ok {
 				continue
 			}
-			pk := PortKey{v.NetnsCookie, v.Ifindex}
 			s := out[pk]
-			s.addRaw(&v.S)
+			s.addSlot(&slots[i])
 			out[pk] = s
 		}
 	}
@@ -216,9 +241,9 @@ func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
 		return s, false, fmt.Errorf("bpf: read port slot: %w", err)
 	}
 	for i := range slots {
-		if v := &slots[i]; v.NetnsCookie == k.NetnsCookie && v.Ifindex == k.Ifindex {
+		if t, _ := slots[i].tag(); t == k {
 			ok = true
-			s.addRaw(&v.S)
+			s.addSlot(&slots[i])
 		}
 	}
 	return s, ok, nil
@@ -239,7 +264,7 @@ func (d *Datapath) DeletePort(k PortKey) error {
 	if err != nil {
 		return fmt.Errorf("bpf: read port slot: %w", err)
 	}
-	if slots[0].NetnsCookie != k.NetnsCookie || slots[0].Ifindex != k.Ifindex {
+	if t, _ := slots[0].tag(); t != k {
 		return nil
 	}
 	clear(slots)
