@@ -56,6 +56,29 @@ func TestSpread(t *testing.T) {
 	}
 }
 
+func TestPairedRatio(t *testing.T) {
+	s := func(round int, on bool, gbps float64) Sample {
+		return Sample{Round: round, Instrumented: on, Gbps: gbps}
+	}
+	for _, tc := range []struct {
+		name string
+		in   []Sample
+		want float64
+	}{
+		{"none", nil, 0},
+		{"one round", []Sample{s(1, false, 10), s(1, true, 9)}, 0.9},
+		// The machine slows down by half after the first round: the
+		// medians' ratio would say 1, the rounds say 0.9, 1 and 0.9.
+		{"drift", []Sample{s(1, false, 20), s(1, true, 18), s(2, true, 10), s(2, false, 10), s(3, false, 10), s(3, true, 9)}, 0.9},
+		{"round without its pair", []Sample{s(1, false, 10), s(1, true, 5), s(2, true, 7)}, 0.5},
+		{"zero off sample", []Sample{s(1, false, 0), s(1, true, 5)}, 0},
+	} {
+		if got := pairedRatio(tc.in); got != tc.want {
+			t.Errorf("%s: pairedRatio = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestCheck(t *testing.T) {
 	c := newCheck("x", "a", "b", traffic.Counts{Packets: 5, Bytes: 100}, traffic.Counts{Packets: 5, Bytes: 90}, true, false)
 	if !c.OK || c.BytesDiff != 0 {

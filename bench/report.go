@@ -66,8 +66,10 @@ type Case struct {
 
 	Uninstrumented Summary `json:"uninstrumented"`
 	Instrumented   Summary `json:"instrumented"`
-	// Ratio is instrumented over uninstrumented median throughput: 1 is
-	// no overhead.
+	// Ratio is the median over rounds of instrumented over uninstrumented
+	// throughput, each round's two samples taken back to back: 1 is no
+	// overhead. Pairing cancels the drift of a shared machine's speed
+	// between rounds, which a ratio of the two medians would keep.
 	Ratio float64 `json:"ratio"`
 	BPF   BPFCost `json:"bpf"`
 	// Differences counts this case's checks that did not match.

@@ -121,7 +121,14 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 	}
 
 	for round := 1; round <= r.cfg.Rounds; round++ {
-		for _, on := range []bool{false, true} {
+		// Which mode goes first alternates (off on, on off, ...), so
+		// that whatever favours the first or second sample of a round
+		// favours neither mode.
+		order := []bool{false, true}
+		if round%2 == 0 {
+			order = []bool{true, false}
+		}
+		for _, on := range order {
 			r.step++
 			r.progress(Progress{Step: r.step, Case: c.Name, Round: round, Instrumented: on, Phase: "sample"})
 			s, _, err := r.sample(ctx, proto, pairs, payload, on, r.cfg.Duration)
@@ -169,10 +176,29 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 	}
 	c.Uninstrumented = summarize(c.Samples, false)
 	c.Instrumented = summarize(c.Samples, true)
-	if c.Uninstrumented.Gbps.Median > 0 {
-		c.Ratio = c.Instrumented.Gbps.Median / c.Uninstrumented.Gbps.Median
-	}
+	c.Ratio = pairedRatio(c.Samples)
 	return c, nil
+}
+
+// pairedRatio is the median over rounds of the instrumented sample's
+// throughput over the uninstrumented one's.
+func pairedRatio(ss []Sample) float64 {
+	off := map[int]float64{}
+	for _, s := range ss {
+		if !s.Instrumented {
+			off[s.Round] = s.Gbps
+		}
+	}
+	var rs []float64
+	for _, s := range ss {
+		if o := off[s.Round]; s.Instrumented && o > 0 {
+			rs = append(rs, s.Gbps/o)
+		}
+	}
+	if len(rs) == 0 {
+		return 0
+	}
+	return median(rs)
 }
 
 func summarize(ss []Sample, on bool) Summary {
