@@ -112,6 +112,7 @@ func BenchmarkVethThroughput(b *testing.B) {
 				ratio = append(ratio, inst[i]/bare[i])
 				noopRatio = append(noopRatio, nop[i]/bare[i])
 			}
+			b.Logf("%d rounds; nsflow/bare by round %.3f; no-op/bare %.3f", len(bare), ratio, noopRatio)
 			b.ReportMetric(median(bare), "bare-"+unit)
 			b.ReportMetric(median(inst), "nsflow-"+unit)
 			b.ReportMetric(median(ratio), "ratio")
