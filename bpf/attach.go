@@ -70,22 +70,16 @@ func (d *Datapath) Attach(netnsPath, ifname string) (*Attachment, error) {
 		if a.NetnsCookie, err = currentNetnsCookie(); err != nil {
 			return err
 		}
-		if d.forceMode != ModeTC {
-			err = a.attachTCX()
-			if err == nil || d.forceMode == ModeTCX || !errors.Is(err, link.ErrNotSupported) {
-				return err
-			}
-		}
-		return a.attachTC()
-	})
-	if err == nil {
-		// Before the first packet is best, but a packet counted in the
-		// hash map first is merged by the readers, never lost.
-		err = d.claimSlot(a.Key())
+		// The slot first, before the program sees the port's packets.
+		claimed, err := d.claimSlot(a.Key())
 		if err != nil {
-			_ = a.detach()
+			return err
 		}
-	}
+		if err = a.attachProgs(); err != nil && claimed {
+			_ = d.freeSlot(a.Key())
+		}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("bpf: attach to %s: %w", where, err)
 	}
@@ -98,6 +92,18 @@ func (d *Datapath) Attach(netnsPath, ifname string) (*Attachment, error) {
 	}
 	d.attached[a] = struct{}{}
 	return a, nil
+}
+
+// attachProgs attaches with tcx, or with tc where the kernel has no tcx
+// (unless the datapath forces one mode).
+func (a *Attachment) attachProgs() error {
+	if a.d.forceMode != ModeTC {
+		err := a.attachTCX()
+		if err == nil || a.d.forceMode == ModeTCX || !errors.Is(err, link.ErrNotSupported) {
+			return err
+		}
+	}
+	return a.attachTC()
 }
 
 func (a *Attachment) attachTCX() error {

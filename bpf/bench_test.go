@@ -41,7 +41,7 @@ func BenchmarkProgram(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := d.claimSlot(PortKey{NetnsCookie: cookie, Ifindex: 1}); err != nil {
+	if _, err := d.claimSlot(PortKey{NetnsCookie: cookie, Ifindex: 1}); err != nil {
 		b.Fatal(err)
 	}
 	in, _ := d.Programs()

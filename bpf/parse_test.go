@@ -130,7 +130,7 @@ func TestParse(t *testing.T) {
 	for _, claimed := range []bool{true, false} {
 		d := loadForTest(t, Options{})
 		if claimed {
-			if err := d.claimSlot(port); err != nil {
+			if _, err := d.claimSlot(port); err != nil {
 				t.Fatal(err)
 			}
 		}

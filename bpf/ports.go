@@ -160,31 +160,34 @@ func portSlotIndex(k PortKey) uint32 {
 }
 
 // claimSlot tags the port's slot on every CPU, unless another port holds
-// it (the port then stays on the hash map). The program only writes
-// slots with its port's tag, so a free slot cannot change meanwhile.
-func (d *Datapath) claimSlot(k PortKey) error {
+// it (the port then stays on the hash map); claimed says it tagged a free
+// slot. The program only writes slots with its port's tag, so a free slot
+// cannot change meanwhile. Claim before the program runs on the port:
+// writing the tags also writes zero counters, over any packet a line
+// counted between its tag and its counters being written.
+func (d *Datapath) claimSlot(k PortKey) (claimed bool, err error) {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
 	idx := portSlotIndex(k)
 	vs, err := d.portSlots.get(idx)
 	if err != nil {
-		return fmt.Errorf("bpf: read port slot: %w", err)
+		return false, fmt.Errorf("bpf: read port slot: %w", err)
 	}
 	for i := range vs {
 		switch t, ok := vs[i].tag(); {
 		case t == k:
-			return nil // ours from an earlier attach
+			return false, nil // ours from an earlier attach
 		case ok:
-			return nil // another port's: use the hash map
+			return false, nil // another port's: use the hash map
 		}
 	}
 	for i := range vs {
 		vs[i].setTag(k)
 	}
 	if err := d.portSlots.put(idx, vs); err != nil {
-		return fmt.Errorf("bpf: claim port slot: %w", err)
+		return false, fmt.Errorf("bpf: claim port slot: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // Ports returns every port's counters, summed over CPUs. A port appears
@@ -257,6 +260,11 @@ func (d *Datapath) DeletePort(k PortKey) error {
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("bpf: delete port: %w", err)
 	}
+	return d.freeSlot(k)
+}
+
+// freeSlot clears the port's slot if the port holds it.
+func (d *Datapath) freeSlot(k PortKey) error {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
 	idx := portSlotIndex(k)
