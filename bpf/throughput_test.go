@@ -14,9 +14,9 @@ import (
 // both ends against the same pair without, and with a no-op tcx program
 // on both ends, in rounds of three runs whose order rotates: TCP single
 // stream (Gbit/s) and UDP with 64-byte frames (packets per second
-// received). iperf3 generates the traffic. Ten rounds: on a shared VM the
-// run-to-run spread of a 3-second run is several percent, so the medians
-// need that many. It also reports the programs' mean run time from the
+// received). iperf3 generates the traffic. Ten rounds: on a shared VM
+// single 3-second runs spread by ±15%, so the medians need that many; the
+// ratios are paired by round. It also reports the programs' mean run time from the
 // kernel's BPF statistics (enabled through BPF_ENABLE_STATS for one more
 // instrumented run only).
 //
@@ -53,14 +53,17 @@ func BenchmarkVethThroughput(b *testing.B) {
 			// the path costs, so the ratio can be split into the hook's
 			// cost and nsflow's own.
 			noop := noopProg(b)
-			attachNoop := func() []*link.Link {
-				var ls []*link.Link
+			attachNoop := func() []link.Link {
+				var ls []link.Link
 				for _, e := range []*end{ea, eb} {
 					for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
 						e.NS.do(b, func() error {
 							l, err := link.AttachTCX(link.TCXOptions{Interface: mustIndex(e.Ifname), Program: noop, Attach: at})
-							ls = append(ls, &l)
-							return err
+							if err != nil {
+								return err
+							}
+							ls = append(ls, l)
+							return nil
 						})
 					}
 				}
@@ -78,7 +81,9 @@ func BenchmarkVethThroughput(b *testing.B) {
 						ls := attachNoop()
 						nop = append(nop, iperf(b, proto, ea, eb))
 						for _, l := range ls {
-							(*l).Close()
+							if err := l.Close(); err != nil {
+								b.Fatal(err)
+							}
 						}
 					case 2:
 						atts := attach()
