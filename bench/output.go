@@ -59,7 +59,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "median of %d rounds each (min..max); off = uninstrumented, on = nsflow attached; CPU in cores: this process, and host softirq\n",
+	fmt.Fprintf(w, "median of %d rounds each (min..max); off = uninstrumented, on = nsflow attached; ratio = median of each round's on/off; CPU in cores: this process, and host softirq\n",
 		r.Settings.Rounds)
 	for _, p := range r.Iperf3 {
 		if p.Error != "" {
