@@ -37,18 +37,25 @@ type decision struct {
 	pendingSince time.Time
 	// violation, when set, is the isolation pair the record violates.
 	violation *[2]string
+	// id tells this record from a later one with the same key.
+	id uint64
 }
 
-// decideLocked returns the decision for a flow record, or nil while it is
-// pending. Callers hold a.mu (read) and a.book.mu.
-func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision {
+// decideLocked returns the decision for a flow record (id is its
+// FlowStats.ID), or nil while it is pending. Callers hold a.mu (read) and
+// a.book.mu.
+func (a *Agent) decideLocked(k bpf.FlowKey, id uint64, now time.Time, final bool) *decision {
 	b := a.book
 	if d := b.decisions[k]; d != nil && d.pendingSince.IsZero() {
 		return d
 	}
+	// Decided before a restart: the namespaces it names may be gone now.
+	if d := b.restoredLocked(k, id); d != nil {
+		return d
+	}
 	label, tracked := a.labelLocked(k.NetnsCookie)
 	if !tracked {
-		return b.settle(k, &decision{})
+		return b.settle(k, id, &decision{})
 	}
 	d := &decision{}
 	if a.cfg.Isolation != nil && k.Dir == bpf.Ingress {
@@ -66,7 +73,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 			if len(a.owners[k.Dst]) == 0 && !final && b.pending(k, now) {
 				return nil
 			}
-			return b.settle(k, d)
+			return b.settle(k, id, d)
 		}
 		src, ok := a.ownerLocked(k.Src)
 		if !ok {
@@ -79,10 +86,10 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 		d.counted, d.pair, missing = true, pairKey{src, label, protoName(k)}, !ok
 	case bpf.Egress:
 		if !a.ownsLocked(k.NetnsCookie, k.Src) {
-			return b.settle(k, d)
+			return b.settle(k, id, d)
 		}
 		if len(a.owners[k.Dst]) > 0 {
-			return b.settle(k, d) // counted where it is delivered
+			return b.settle(k, id, d) // counted where it is delivered
 		}
 		d.counted, d.pair, missing = true, pairKey{label, UnknownNetns, protoName(k)}, true
 	}
@@ -90,7 +97,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, now time.Time, final bool) *decision
 		return nil
 	}
 	d.port = b.portBucket(d.pair, k)
-	return b.settle(k, d)
+	return b.settle(k, id, d)
 }
 
 // labelLocked names the namespace of a cookie, including namespaces that

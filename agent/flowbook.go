@@ -19,10 +19,14 @@ type flowBook struct {
 	topPorts  int
 	decisions map[bpf.FlowKey]*decision
 	st        *state
-	// slotsDirty marks port slots handed out but not saved yet; they are
-	// saved before a scrape shows them, so a restart (even kill -9) hands
-	// every port the same series again.
-	slotsDirty bool
+	// restored are the decisions saved by the previous run, until the
+	// first full table walk adopts those whose record is still there.
+	restored map[bpf.FlowKey]savedDecision
+	// dirty marks port slots handed out or records decided but not saved
+	// yet; they are saved before a scrape shows them, so a restart (even
+	// kill -9) hands every port the same series again and counts every
+	// record toward the same pair, even if its namespaces went meanwhile.
+	dirty bool
 }
 
 func newFlowBook(cfg Config) (*flowBook, error) {
@@ -30,12 +34,66 @@ func newFlowBook(cfg Config) (*flowBook, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &flowBook{topPorts: cfg.TopPorts, decisions: map[bpf.FlowKey]*decision{}, st: st}, nil
+	b := &flowBook{topPorts: cfg.TopPorts, decisions: map[bpf.FlowKey]*decision{}, st: st,
+		restored: map[bpf.FlowKey]savedDecision{}}
+	for _, d := range st.Decisions {
+		b.restored[d.Key] = d
+	}
+	st.Decisions = nil
+	return b, nil
 }
 
-func (b *flowBook) settle(k bpf.FlowKey, d *decision) *decision {
+func (b *flowBook) settle(k bpf.FlowKey, id uint64, d *decision) *decision {
+	d.id = id
+	b.decisions[k] = d
+	b.dirty = true
+	return d
+}
+
+// restoredLocked adopts the saved decision of a record, if the previous
+// run decided this very record (same key, same id).
+func (b *flowBook) restoredLocked(k bpf.FlowKey, id uint64) *decision {
+	r, ok := b.restored[k]
+	if !ok {
+		return nil
+	}
+	delete(b.restored, k)
+	if r.ID != id {
+		return nil // a later record with the same key: decide it afresh
+	}
+	d := &decision{counted: r.Counted, pair: r.Pair, port: r.Port, violation: r.Violation, id: id}
 	b.decisions[k] = d
 	return d
+}
+
+// walkedLocked is called after a walk of the whole table: saved decisions
+// not adopted by then belong to records that are gone.
+func (b *flowBook) walkedLocked() {
+	if len(b.restored) > 0 {
+		b.restored = map[bpf.FlowKey]savedDecision{}
+		b.dirty = true
+	}
+}
+
+// saveLocked saves the state with the decisions made so far.
+func (b *flowBook) saveLocked() error {
+	ds := make([]savedDecision, 0, len(b.decisions)+len(b.restored))
+	for k, d := range b.decisions {
+		if d.pendingSince.IsZero() {
+			ds = append(ds, savedDecision{Key: k, ID: d.id, Counted: d.counted,
+				Pair: d.pair, Port: d.port, Violation: d.violation})
+		}
+	}
+	for _, r := range b.restored {
+		ds = append(ds, r)
+	}
+	b.st.Decisions = ds
+	err := b.st.save()
+	b.st.Decisions = nil
+	if err == nil {
+		b.dirty = false
+	}
+	return err
 }
 
 // portBucket returns the destination-port label of a record: its port
@@ -55,7 +113,7 @@ func (b *flowBook) portBucket(p pairKey, k bpf.FlowKey) string {
 	}
 	if len(slots) < b.topPorts && k.DstPort < ephemeralPorts && k.DstPort != 0 {
 		b.st.Slots[p] = append(slots, port)
-		b.slotsDirty = true
+		b.dirty = true
 		return port
 	}
 	return "other"

@@ -79,7 +79,7 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	entries := 0
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		entries++
-		d := a.decideLocked(k, now, false)
+		d := a.decideLocked(k, s.ID, now, false)
 		if d != nil && d.violation != nil {
 			viol[*d.violation] += s.Packets
 		}
@@ -99,11 +99,10 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	if err != nil {
 		return nil, err
 	}
-	if b.slotsDirty {
-		if err := b.st.save(); err != nil {
-			a.log.Error("save new port slots", "err", err)
-		} else {
-			b.slotsDirty = false
+	b.walkedLocked()
+	if b.dirty {
+		if err := b.saveLocked(); err != nil {
+			a.log.Error("save new decisions and port slots", "err", err)
 		}
 	}
 	overflow, err := a.dp.FlowOverflow()
@@ -210,7 +209,7 @@ func (a *Agent) evictPass() bool {
 		// A record that leaves now (its port is gone, or it idled out) is
 		// decided for good: there is no later pass to wait for.
 		final := !live || idleFor >= idle
-		d := a.decideLocked(k, now, final)
+		d := a.decideLocked(k, s.ID, now, final)
 		if d == nil || (!final && (d.counted || d.violation != nil)) {
 			return true
 		}
@@ -246,7 +245,7 @@ func (a *Agent) evictPass() bool {
 	// an eviction twice, never lose one.
 	b.st.Evictions += uint64(len(victims))
 	b.st.Inflight = folded
-	if err := b.st.save(); err != nil {
+	if err := b.saveLocked(); err != nil {
 		// Without the saved totals a restart would lose these counts:
 		// undo and keep the records in the kernel.
 		a.log.Error("eviction: save state", "err", err)
@@ -277,7 +276,7 @@ func (a *Agent) evictPass() bool {
 	}
 	if len(folded) > 0 {
 		b.st.Inflight = nil
-		if err := b.st.save(); err != nil {
+		if err := b.saveLocked(); err != nil {
 			a.log.Error("eviction: save state", "err", err)
 		}
 	}

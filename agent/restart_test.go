@@ -221,3 +221,65 @@ func (p *benchProcess) stop() {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.cmd.Wait()
 }
+
+// TestRestartNamespaceGoneWhileDown removes a namespace while the agent is
+// down (killed): the restarted agent counts its records where the killed
+// one did, from the decisions in the state file. Without them the
+// restarted agent cannot tell whose the records were: the pair series
+// would drop their counts, and the sender's egress records would count
+// again as traffic to an unknown destination.
+func TestRestartNamespaceGoneWhileDown(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ag")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	args := []string{"--netns.include=^" + p, "--bpf.pin-path=" + pin, "--state.file=" + state,
+		"--flows.idle-timeout=10m", "--log.level=warn"}
+
+	const n = 300
+	pair := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns="%sb",protocol="udp",src_netns="%sa"}`, p, p)
+	unknown := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns="%sa"}`, UnknownNetns, p)
+	value := func(text, series string) string {
+		for _, line := range strings.Split(text, "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	waitPair := func(ag *proc, want string) string {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		var text string
+		for time.Now().Before(deadline) {
+			text = scrape(t, ag.url+"/metrics")
+			if value(text, pair) == want {
+				return text
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("want %s %s; have:\n%s", pair, want, grepLines(text, "nsflow_netns_flow_packets_total"))
+		return ""
+	}
+
+	ag := startProc(t, args...)
+	sendUDP(t, s, p+"a", p+"b", netip.MustParseAddrPort("198.18.40.2:5402"), n, 100)
+	waitPair(ag, strconv.Itoa(n))
+	ag.cmd.Process.Signal(syscall.SIGKILL)
+	ag.cmd.Wait()
+
+	// b goes, and with it the veth pair: every record of the flow is on a
+	// port that no longer exists.
+	if err := exec.Command("ip", "netns", "del", p+"b").Run(); err != nil {
+		t.Fatal(err)
+	}
+	ag = startProc(t, args...)
+	// The pass that follows the first discovery folds the records of the
+	// gone ports; scrapes before and after it must agree.
+	waitPair(ag, strconv.Itoa(n))
+	time.Sleep(2 * time.Second)
+	text := waitPair(ag, strconv.Itoa(n))
+	if u := value(text, unknown); u != "" && u != "0" {
+		t.Errorf("%s %s: the sender's records counted a second time", unknown, u)
+	}
+}

@@ -41,6 +41,21 @@ type state struct {
 	// Inflight are records folded into Pairs but maybe still in the
 	// kernel table (the agent died between saving and deleting them).
 	Inflight []inflightFlow
+	// Decisions are the attribution of live records, set for a save (by
+	// flowBook.saveLocked) and after a load.
+	Decisions []savedDecision
+}
+
+// savedDecision is a record's attribution, kept across restarts so that a
+// namespace removed while the agent is down still has its records counted
+// where they were.
+type savedDecision struct {
+	Key       bpf.FlowKey
+	ID        uint64
+	Counted   bool       `json:",omitempty"`
+	Pair      pairKey    `json:",omitzero"`
+	Port      string     `json:",omitempty"`
+	Violation *[2]string `json:",omitempty"`
 }
 
 type inflightFlow struct {
@@ -61,6 +76,7 @@ type stateFile struct {
 	Violations []violationCount `json:"violations,omitempty"`
 	Evictions  uint64           `json:"evictions"`
 	Inflight   []inflightFlow   `json:"inflight,omitempty"`
+	Decisions  []savedDecision  `json:"decisions,omitempty"`
 }
 
 type pairCount struct {
@@ -118,7 +134,7 @@ func loadState(persist bool, path string) (*state, error) {
 	for _, v := range f.Violations {
 		st.Violations[[2]string{v.Src, v.Dst}] = v.Packets
 	}
-	st.Evictions, st.Inflight = f.Evictions, f.Inflight
+	st.Evictions, st.Inflight, st.Decisions = f.Evictions, f.Inflight, f.Decisions
 	return st, nil
 }
 
@@ -126,7 +142,7 @@ func (st *state) save() error {
 	if !st.persist {
 		return nil
 	}
-	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight}
+	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight, Decisions: st.Decisions}
 	for k, c := range st.Pairs {
 		f.Pairs = append(f.Pairs, pairCount{pairKey: k, counter: c})
 	}
@@ -171,7 +187,7 @@ func (st *state) save() error {
 func (b *flowBook) save() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.st.save()
+	return b.saveLocked()
 }
 
 // recover finishes an eviction that a crash or a failed delete
@@ -214,7 +230,7 @@ func (b *flowBook) recoverLocked(dp *bpf.Datapath) error {
 		return err
 	}
 	b.st.Inflight = nil
-	return b.st.save()
+	return b.saveLocked()
 }
 
 func (b *flowBook) fold(p pairKey, port string, packets, bytes uint64) {

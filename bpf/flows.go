@@ -34,6 +34,10 @@ type FlowStats struct {
 	Packets, Segments, Bytes uint64
 	FirstSeen, LastSeen      uint64
 	TCPFlags                 uint8
+	// ID tells a record from a later one with the same key (one deleted
+	// and created anew): it is set at insert and stays for the record's
+	// life, across agent restarts.
+	ID uint64
 }
 
 func statsFromRecord(r *nsflowFlowValue) FlowStats {
@@ -44,6 +48,7 @@ func statsFromRecord(r *nsflowFlowValue) FlowStats {
 		FirstSeen: r.FirstSeen,
 		LastSeen:  r.LastSeen,
 		TCPFlags:  uint8(r.TcpFlags),
+		ID:        r.Id,
 	}
 }
 
