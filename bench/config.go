@@ -18,6 +18,7 @@ const (
 	DefaultDuration = 5 * time.Second
 	DefaultRounds   = 3
 	DefaultUDPFrame = 64
+	DefaultSlices   = 60
 )
 
 // Config is what to measure.
@@ -42,6 +43,10 @@ type Config struct {
 	// Rounds is how many uninstrumented/instrumented sample pairs each
 	// case takes, interleaved.
 	Rounds int
+	// Slices is how many instrumented slices of SliceLength the overhead
+	// ratio of a case is measured over, each between two uninstrumented
+	// ones, under one continuous run of the generator.
+	Slices int
 	// NoIperf3 skips the iperf3 sanity measurement.
 	NoIperf3 bool
 	// Progress, if set, is told what runs next.
@@ -54,7 +59,7 @@ type Progress struct {
 	Case         string
 	Round        int
 	Instrumented bool
-	Phase        string // "topology", "warm-up", "sample", "bpf cost", "iperf3", "cleanup"
+	Phase        string // "topology", "warm-up", "sample", "slices", "bpf cost", "iperf3", "cleanup"
 }
 
 func (p Progress) String() string {
@@ -65,7 +70,7 @@ func (p Progress) String() string {
 			mode = "instrumented"
 		}
 		return fmt.Sprintf("[%d/%d] %s round %d %s", p.Step, p.Steps, p.Case, p.Round, mode)
-	case "warm-up", "bpf cost":
+	case "warm-up", "slices", "bpf cost":
 		return fmt.Sprintf("[%d/%d] %s %s", p.Step, p.Steps, p.Case, p.Phase)
 	}
 	return p.Phase + " " + p.Case
@@ -102,6 +107,12 @@ func (c *Config) normalize() error {
 	}
 	if c.Rounds < 0 {
 		errs = append(errs, fmt.Errorf("rounds: %d is negative", c.Rounds))
+	}
+	if c.Slices == 0 {
+		c.Slices = DefaultSlices
+	}
+	if c.Slices < 0 || c.Slices > 10000 {
+		errs = append(errs, fmt.Errorf("slices: %d is outside 1..10000", c.Slices))
 	}
 	if c.Size < 0 {
 		errs = append(errs, fmt.Errorf("size: %d is negative", c.Size))

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +76,37 @@ func TestPairedRatio(t *testing.T) {
 	} {
 		if got := pairedRatio(tc.in); got != tc.want {
 			t.Errorf("%s: pairedRatio = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestBracketed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		off, on []float64
+		want    SliceRatio
+	}{
+		{"none", []float64{10}, nil, SliceRatio{}},
+		{"one slice", []float64{10, 10}, []float64{9}, SliceRatio{Median: 0.9, Q25: 0.9, Q75: 0.9, Ratios: []float64{0.9}}},
+		// The machine speeds up steadily: each on slice is compared with
+		// its neighbours' mean, so the drift cancels (against the off
+		// slice before it alone, they would read 0.99, 0.975, 0.964).
+		{"drift", []float64{10, 12, 14, 16}, []float64{9.9, 11.7, 13.5},
+			SliceRatio{Median: 0.9, Q25: 0.9, Q75: 0.9, Ratios: []float64{0.9, 0.9, 0.9}}},
+		{"quartiles", []float64{10, 10, 10, 10, 10}, []float64{8, 10, 9, 7},
+			SliceRatio{Median: 0.85, Q25: 0.8, Q75: 1, Ratios: []float64{0.8, 1, 0.9, 0.7}}},
+		// Nothing arrived around a slice (the generator stalled): left out.
+		{"empty neighbours", []float64{0, 0, 10}, []float64{5, 9}, SliceRatio{Median: 1.8, Q25: 1.8, Q75: 1.8, Ratios: []float64{1.8}}},
+	} {
+		got := bracketed(tc.off, tc.on)
+		near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
+		ok := near(got.Median, tc.want.Median) && near(got.Q25, tc.want.Q25) && near(got.Q75, tc.want.Q75) &&
+			len(got.Ratios) == len(tc.want.Ratios)
+		for i := range got.Ratios {
+			ok = ok && near(got.Ratios[i], tc.want.Ratios[i])
+		}
+		if !ok {
+			t.Errorf("%s: bracketed = %+v, want %+v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -20,7 +20,8 @@ func WriteJSON(w io.Writer, r *Report) error {
 var csvHeader = []string{"case", "path", "proto", "pairs", "streams", "payload", "frame",
 	"gbps_off", "gbps_off_min", "gbps_off_max", "gbps_on", "gbps_on_min", "gbps_on_max",
 	"mpps_off", "mpps_on", "ratio", "bpf_ns_per_run", "bpf_ns_per_packet",
-	"process_cores_off", "process_cores_on", "softirq_cores_off", "softirq_cores_on", "differences"}
+	"process_cores_off", "process_cores_on", "softirq_cores_off", "softirq_cores_on", "differences",
+	"slice_ratio", "slice_ratio_q25", "slice_ratio_q75"}
 
 // WriteCSV writes one row per case.
 func WriteCSV(w io.Writer, r *Report) error {
@@ -36,6 +37,7 @@ func WriteCSV(w io.Writer, r *Report) error {
 			f(u.Gbps.Median), f(u.Gbps.Min), f(u.Gbps.Max), f(i.Gbps.Median), f(i.Gbps.Min), f(i.Gbps.Max),
 			f(u.Mpps.Median), f(i.Mpps.Median), f(c.Ratio), f(c.BPF.NsPerRun), f(c.BPF.NsPerPacket),
 			f(u.CPU.Process), f(i.CPU.Process), f(u.CPU.Softirq), f(i.CPU.Softirq), strconv.Itoa(c.Differences),
+			f(c.SliceRatio.Median), f(c.SliceRatio.Q25), f(c.SliceRatio.Q75),
 		}); err != nil {
 			return err
 		}
@@ -49,18 +51,20 @@ func WriteCSV(w io.Writer, r *Report) error {
 // listed.
 func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "case\tGbit/s off\tGbit/s on\tMpps off\tMpps on\tratio\tBPF ns/pkt\tCPU off\tCPU on\tsoftirq on\t\n")
+	fmt.Fprintf(tw, "case\tGbit/s off\tGbit/s on\tMpps off\tMpps on\tratio (IQR)\trounds ratio\tBPF ns/pkt\tCPU off\tCPU on\tsoftirq on\t\n")
 	for _, c := range r.Cases {
-		u, i := c.Uninstrumented, c.Instrumented
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.0f\t%.2f\t%.2f\t%.2f\t\n", c.Name,
-			spreadStr(u.Gbps), spreadStr(i.Gbps), u.Mpps.Median, i.Mpps.Median, c.Ratio, c.BPF.NsPerPacket,
-			u.CPU.Process, i.CPU.Process, i.CPU.Softirq)
+		u, i, sr := c.Uninstrumented, c.Instrumented, c.SliceRatio
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%.3f\t%.3f (%.2f..%.2f)\t%.3f\t%.0f\t%.2f\t%.2f\t%.2f\t\n", c.Name,
+			spreadStr(u.Gbps), spreadStr(i.Gbps), u.Mpps.Median, i.Mpps.Median, sr.Median, sr.Q25, sr.Q75, c.Ratio,
+			c.BPF.NsPerPacket, u.CPU.Process, i.CPU.Process, i.CPU.Softirq)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "median of %d rounds each (min..max); off = uninstrumented, on = nsflow attached; ratio = median of each round's on/off; CPU in cores: this process, and host softirq\n",
+	fmt.Fprintf(w, "median of %d rounds each (min..max); off = uninstrumented, on = nsflow attached; CPU in cores: this process, and host softirq\n",
 		r.Settings.Rounds)
+	fmt.Fprintf(w, "ratio = median (25th..75th percentile) of %d on slices of %v under one stream, each over the mean of the off slices around it; "+
+		"rounds ratio = median of each round's on/off (noisier: its samples are seconds apart)\n", r.Settings.Slices, r.Settings.SliceLength)
 	for _, p := range r.Iperf3 {
 		if p.Error != "" {
 			fmt.Fprintf(w, "iperf3 %s/%s: %s\n", p.Path, p.Proto, p.Error)

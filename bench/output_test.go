@@ -19,7 +19,8 @@ func sampleReport() *Report {
 	c := Case{Name: "veth/udp/1", Path: Veth, Proto: traffic.UDP, Pairs: 1, Streams: 1, Payload: 18, Frame: 64,
 		Uninstrumented: Summary{Gbps: Spread{0.5, 0.4, 0.6}, Mpps: Spread{1, 0.9, 1.1}},
 		Instrumented:   Summary{Gbps: Spread{0.49, 0.4, 0.6}, Mpps: Spread{0.98, 0.9, 1.1}},
-		Ratio:          0.98, BPF: BPFCost{Runs: 10, RunTimeNs: 300, NsPerRun: 30, NsPerPacket: 60},
+		Ratio:          0.98, SliceRatio: SliceRatio{Median: 0.97, Q25: 0.96, Q75: 0.98, Ratios: []float64{0.96, 0.97, 0.98}},
+		BPF: BPFCost{Runs: 10, RunTimeNs: 300, NsPerRun: 30, NsPerPacket: 60},
 		Samples: []Sample{{Round: 1, Instrumented: true, Gbps: 0.49, Elapsed: time.Second,
 			Kernel: []KernelDelta{{Iface: Iface{Namespace: "a", Name: "eth0"}}},
 			Checks: []Check{newCheck("a/eth0 rx", "nsflow", "kernel rx", traffic.Counts{Packets: 1}, traffic.Counts{Packets: 1}, true, true)}}},
@@ -112,13 +113,14 @@ func TestWriteTable(t *testing.T) {
 var jsonKeys = map[string][]string{
 	"report":   {"schema_version", "started", "host", "settings", "topology", "cases", "iperf3", "differences"},
 	"host":     {"kernel", "cpus", "attach_mode"},
-	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "rounds"},
+	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "rounds", "slices", "slice_length_ns"},
 	"case": {"name", "path", "proto", "pairs", "streams", "payload", "frame", "uninstrumented", "instrumented",
-		"ratio", "bpf", "differences", "samples"},
-	"summary": {"gbps", "mpps", "cpu"},
-	"spread":  {"median", "min", "max"},
-	"cpu":     {"process_cores", "host_softirq_cores", "host_busy_cores"},
-	"bpf":     {"runs", "run_time_ns", "ns_per_run", "ns_per_packet", "sample"},
+		"ratio", "slice_ratio", "bpf", "differences", "samples"},
+	"slice_ratio": {"median", "q25", "q75", "ratios"},
+	"summary":     {"gbps", "mpps", "cpu"},
+	"spread":      {"median", "min", "max"},
+	"cpu":         {"process_cores", "host_softirq_cores", "host_busy_cores"},
+	"bpf":         {"runs", "run_time_ns", "ns_per_run", "ns_per_packet", "sample"},
 	"sample": {"round", "instrumented", "gbps", "mpps", "elapsed_ns", "sent", "received", "lost", "reordered",
 		"cpu", "kernel", "checks"},
 	"counts": {"packets", "bytes"},
@@ -159,6 +161,7 @@ func checkJSON(t *testing.T, data []byte) {
 	}
 	for _, c := range list(rep["cases"]) {
 		cm := has("case", c)
+		has("slice_ratio", cm["slice_ratio"])
 		has("sample", has("bpf", cm["bpf"])["sample"])
 		for _, s := range []string{"uninstrumented", "instrumented"} {
 			sm := has("summary", cm[s])

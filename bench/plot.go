@@ -64,8 +64,8 @@ func WriteSVG(w io.Writer, r *Report) error {
 	loR, hiR := 0.8, 1.05
 	for _, c := range r.Cases {
 		maxV[c.Proto] = max(maxV[c.Proto], value(c, c.Uninstrumented).Max, value(c, c.Instrumented).Max)
-		if c.Ratio > 0 {
-			loR, hiR = min(loR, math.Floor(c.Ratio*20)/20), max(hiR, math.Ceil(c.Ratio*20)/20)
+		if o := c.Overhead(); o > 0 {
+			loR, hiR = min(loR, math.Floor(o*20)/20), max(hiR, math.Ceil(o*20)/20)
 		}
 	}
 	// Beyond 0.5..1.25 a bar is clipped (its label still gives the
@@ -149,9 +149,10 @@ func WriteSVG(w io.Writer, r *Report) error {
 				x, y(c.Proto, m.Median), y(c.Proto, 0)-y(c.Proto, m.Median), s.color, html.EscapeString(c.Name), s.label, m.Median, unit, m.Min, m.Max)
 			p(`<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", x+13, x+13, y(c.Proto, m.Min), y(c.Proto, m.Max))
 		}
+		o := c.Overhead()
 		p(`<rect x="%.1f" y="%.1f" width="56" height="%.1f" fill="%s" opacity="0.8"><title>%s ratio %.3f</title></rect>`+"\n",
-			x0, ry(c.Ratio), ry(loR)-ry(c.Ratio), colorRatio, html.EscapeString(c.Name), c.Ratio)
-		p(`<text x="%.1f" y="%.1f" text-anchor="middle">%.3f</text>`+"\n", x0+28, ry(c.Ratio)-4, c.Ratio)
+			x0, ry(o), ry(loR)-ry(o), colorRatio, html.EscapeString(c.Name), o)
+		p(`<text x="%.1f" y="%.1f" text-anchor="middle">%.3f</text>`+"\n", x0+28, ry(o)-4, o)
 		p(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x0+28, ratioTop+ratioH+lineH, html.EscapeString(c.Name))
 		p(`<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%s</text>`+"\n", x0+28, ratioTop+ratioH+2*lineH, unit)
 		if c.Differences > 0 {

@@ -49,6 +49,9 @@ type Settings struct {
 	// 64 means the classic 64-byte packet), the write size for TCP.
 	Size   int `json:"size"`
 	Rounds int `json:"rounds"`
+	// Slices is --slices: instrumented slices per case for SliceRatio.
+	Slices      int           `json:"slices"`
+	SliceLength time.Duration `json:"slice_length_ns"`
 }
 
 // Case is one path, protocol and number of pairs, measured Rounds times
@@ -71,10 +74,34 @@ type Case struct {
 	// overhead. Pairing cancels the drift of a shared machine's speed
 	// between rounds, which a ratio of the two medians would keep.
 	Ratio float64 `json:"ratio"`
-	BPF   BPFCost `json:"bpf"`
+	// SliceRatio is the overhead measured finely: instrumented slices of
+	// SliceLength, each over the mean of the uninstrumented slices just
+	// before and after it, all under one continuous generator run. The
+	// machine's speed hardly drifts within a slice's neighbourhood, so
+	// its median repeats far better than Ratio's on a shared machine.
+	SliceRatio SliceRatio `json:"slice_ratio"`
+	BPF        BPFCost    `json:"bpf"`
 	// Differences counts this case's checks that did not match.
 	Differences int      `json:"differences"`
 	Samples     []Sample `json:"samples"`
+}
+
+// Overhead is the case's instrumented/uninstrumented ratio: the slices'
+// median, or the rounds' when no slice could be measured.
+func (c Case) Overhead() float64 {
+	if c.SliceRatio.Median > 0 {
+		return c.SliceRatio.Median
+	}
+	return c.Ratio
+}
+
+// SliceRatio summarizes the slices' ratios: median and quartiles.
+type SliceRatio struct {
+	Median float64 `json:"median"`
+	Q25    float64 `json:"q25"`
+	Q75    float64 `json:"q75"`
+	// Ratios are the instrumented slices' ratios in the order measured.
+	Ratios []float64 `json:"ratios"`
 }
 
 // Summary is the median and range over a case's samples of one mode.

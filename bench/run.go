@@ -36,7 +36,8 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	rep = &Report{SchemaVersion: SchemaVersion, Started: time.Now().UTC(), Host: hostInfo(), Iperf3: []Iperf3{}}
 	rep.Settings = Settings{Topology: "built", Paths: cfg.Paths, Pairs: scaleSteps(cfg.Pairs), Streams: cfg.Streams,
-		Duration: cfg.Duration, Protos: cfg.Protos, Size: cfg.Size, Rounds: cfg.Rounds}
+		Duration: cfg.Duration, Protos: cfg.Protos, Size: cfg.Size, Rounds: cfg.Rounds,
+		Slices: cfg.Slices, SliceLength: SliceLength}
 	if cfg.SpecFile != "" {
 		rep.Settings.Topology = cfg.SpecFile
 	}
@@ -77,7 +78,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 		}
 	}
-	r.steps = len(plan) * (2 + 2*cfg.Rounds) // warm-up, rounds, cost
+	r.steps = len(plan) * (3 + 2*cfg.Rounds) // warm-up, rounds, slices, cost
 	for _, p := range plan {
 		c, err := r.runCase(ctx, p.path, p.proto, p.pairs)
 		if err != nil {
@@ -139,6 +140,12 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 			c.Samples = append(c.Samples, s)
 			c.Differences += s.differences()
 		}
+	}
+
+	r.step++
+	r.progress(Progress{Step: r.step, Case: c.Name, Phase: "slices"})
+	if c.SliceRatio, err = r.sliceRatio(ctx, proto, pairs, payload); err != nil {
+		return nil, fmt.Errorf("%s slices: %w", c.Name, err)
 	}
 
 	// The datapath's cost comes from one more instrumented sample with

@@ -27,7 +27,7 @@ func TestRun(t *testing.T) {
 	var steps []Progress
 	rep, err := Run(context.Background(), Config{
 		Paths: []Path{Veth, Bridge}, Protos: []traffic.Proto{traffic.TCP, traffic.UDP},
-		Pairs: 2, Duration: 300 * time.Millisecond, Rounds: 1,
+		Pairs: 2, Duration: 300 * time.Millisecond, Rounds: 1, Slices: 2,
 		Progress: func(p Progress) { steps = append(steps, p) },
 	})
 	if err != nil {
@@ -76,6 +76,9 @@ func TestRun(t *testing.T) {
 		}
 		if c.BPF.Runs == 0 || c.BPF.NsPerPacket <= 0 || c.Ratio <= 0 {
 			t.Errorf("%s: no datapath cost or ratio: %+v ratio %v", c.Name, c.BPF, c.Ratio)
+		}
+		if sr := c.SliceRatio; len(sr.Ratios) != 2 || sr.Median <= 0 || sr.Q25 > sr.Median || sr.Median > sr.Q75 {
+			t.Errorf("%s: slice ratio %+v, want two slices measured", c.Name, sr)
 		}
 	}
 	if rep.Differences != 0 {
@@ -157,7 +160,7 @@ func TestRunFile(t *testing.T) {
 		assertGone(t, s.Name)
 	})
 	rep, err := Run(context.Background(), Config{Spec: s, SpecFile: "test.yaml", Duration: 200 * time.Millisecond,
-		Rounds: 1, NoIperf3: true, Pairs: 4})
+		Rounds: 1, Slices: 1, NoIperf3: true, Pairs: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
