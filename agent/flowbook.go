@@ -22,11 +22,13 @@ type flowBook struct {
 	// restored are the decisions saved by the previous run, until the
 	// first full table walk adopts those whose record is still there.
 	restored map[bpf.FlowKey]savedDecision
-	// dirty marks port slots handed out or records decided but not saved
-	// yet; they are saved before a scrape shows them, so a restart (even
-	// kill -9) hands every port the same series again and counts every
-	// record toward the same pair, even if its namespaces went meanwhile.
-	dirty bool
+	// Port slots handed out (slotsDirty) and records decided (unsaved)
+	// since the last save are saved before a scrape shows them, so that a
+	// restart, even after kill -9, hands every port the same series again
+	// and counts every record toward the same pair, even if its namespaces
+	// went meanwhile.
+	slotsDirty bool
+	unsaved    []savedDecision
 }
 
 func newFlowBook(cfg Config) (*flowBook, error) {
@@ -46,8 +48,14 @@ func newFlowBook(cfg Config) (*flowBook, error) {
 func (b *flowBook) settle(k bpf.FlowKey, id uint64, d *decision) *decision {
 	d.id = id
 	b.decisions[k] = d
-	b.dirty = true
+	if b.st.persist {
+		b.unsaved = append(b.unsaved, savedOf(k, d))
+	}
 	return d
+}
+
+func savedOf(k bpf.FlowKey, d *decision) savedDecision {
+	return savedDecision{Key: k, ID: d.id, Counted: d.counted, Pair: d.pair, Port: d.port, Violation: d.violation}
 }
 
 // restoredLocked adopts the saved decision of a record, if the previous
@@ -67,21 +75,33 @@ func (b *flowBook) restoredLocked(k bpf.FlowKey, id uint64) *decision {
 }
 
 // walkedLocked is called after a walk of the whole table: saved decisions
-// not adopted by then belong to records that are gone.
+// not adopted by then belong to records that are gone (the next full save
+// leaves them out).
 func (b *flowBook) walkedLocked() {
 	if len(b.restored) > 0 {
 		b.restored = map[bpf.FlowKey]savedDecision{}
-		b.dirty = true
 	}
 }
 
-// saveLocked saves the state with the decisions made so far.
+// persistLocked saves what a scrape is about to show: new port slots with
+// a full save, new decisions by appending them to the journal.
+func (b *flowBook) persistLocked() error {
+	if b.slotsDirty {
+		return b.saveLocked()
+	}
+	if err := b.st.appendDecisions(b.unsaved); err != nil {
+		return err
+	}
+	b.unsaved = b.unsaved[:0]
+	return nil
+}
+
+// saveLocked saves the whole state, with every decision made so far.
 func (b *flowBook) saveLocked() error {
 	ds := make([]savedDecision, 0, len(b.decisions)+len(b.restored))
 	for k, d := range b.decisions {
 		if d.pendingSince.IsZero() {
-			ds = append(ds, savedDecision{Key: k, ID: d.id, Counted: d.counted,
-				Pair: d.pair, Port: d.port, Violation: d.violation})
+			ds = append(ds, savedOf(k, d))
 		}
 	}
 	for _, r := range b.restored {
@@ -91,7 +111,7 @@ func (b *flowBook) saveLocked() error {
 	err := b.st.save()
 	b.st.Decisions = nil
 	if err == nil {
-		b.dirty = false
+		b.slotsDirty, b.unsaved = false, b.unsaved[:0]
 	}
 	return err
 }
@@ -113,7 +133,7 @@ func (b *flowBook) portBucket(p pairKey, k bpf.FlowKey) string {
 	}
 	if len(slots) < b.topPorts && k.DstPort < ephemeralPorts && k.DstPort != 0 {
 		b.st.Slots[p] = append(slots, port)
-		b.dirty = true
+		b.slotsDirty = true
 		return port
 	}
 	return "other"

@@ -100,10 +100,8 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 		return nil, err
 	}
 	b.walkedLocked()
-	if b.dirty {
-		if err := b.saveLocked(); err != nil {
-			a.log.Error("save new decisions and port slots", "err", err)
-		}
+	if err := b.persistLocked(); err != nil {
+		a.log.Error("save new decisions and port slots", "err", err)
 	}
 	overflow, err := a.dp.FlowOverflow()
 	if err != nil {

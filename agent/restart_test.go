@@ -263,8 +263,16 @@ func TestRestartNamespaceGoneWhileDown(t *testing.T) {
 	}
 
 	ag := startProc(t, args...)
+	// The first flow's decisions are saved with the state (the pair gets
+	// a port slot), the second's (a new source port, the same slot) go to
+	// the journal.
 	sendUDP(t, s, p+"a", p+"b", netip.MustParseAddrPort("198.18.40.2:5402"), n, 100)
 	waitPair(ag, strconv.Itoa(n))
+	sendUDP(t, s, p+"a", p+"b", netip.MustParseAddrPort("198.18.40.2:5402"), n, 100)
+	waitPair(ag, strconv.Itoa(2*n))
+	if _, err := os.Stat(state + ".decisions"); err != nil {
+		t.Errorf("no decisions journal: %v", err)
+	}
 	ag.cmd.Process.Signal(syscall.SIGKILL)
 	ag.cmd.Wait()
 
@@ -276,9 +284,9 @@ func TestRestartNamespaceGoneWhileDown(t *testing.T) {
 	ag = startProc(t, args...)
 	// The pass that follows the first discovery folds the records of the
 	// gone ports; scrapes before and after it must agree.
-	waitPair(ag, strconv.Itoa(n))
+	waitPair(ag, strconv.Itoa(2*n))
 	time.Sleep(2 * time.Second)
-	text := waitPair(ag, strconv.Itoa(n))
+	text := waitPair(ag, strconv.Itoa(2*n))
 	if u := value(text, unknown); u != "" && u != "0" {
 		t.Errorf("%s %s: the sender's records counted a second time", unknown, u)
 	}
