@@ -22,11 +22,12 @@ type flowBook struct {
 	// restored are the decisions saved by the previous run, until the
 	// first full table walk adopts those whose record is still there.
 	restored map[bpf.FlowKey]savedDecision
-	// Port slots handed out (slotsDirty) and records decided (unsaved)
-	// since the last save are saved before a scrape shows them, so that a
-	// restart, even after kill -9, hands every port the same series again
-	// and counts every record toward the same pair, even if its namespaces
-	// went meanwhile.
+	journal  *decisionJournal
+	// Port slots handed out (slotsDirty, in the state file) and records
+	// decided (unsaved, for the journal) are saved before a scrape shows
+	// them, so that a restart, even after kill -9, hands every port the
+	// same series again and counts every record toward the same pair, even
+	// if its namespaces went meanwhile.
 	slotsDirty bool
 	unsaved    []savedDecision
 }
@@ -36,19 +37,23 @@ func newFlowBook(cfg Config) (*flowBook, error) {
 	if err != nil {
 		return nil, err
 	}
+	j := newDecisionJournal(st.persist, cfg.StateFile)
+	saved, err := j.load()
+	if err != nil {
+		return nil, err
+	}
 	b := &flowBook{topPorts: cfg.TopPorts, decisions: map[bpf.FlowKey]*decision{}, st: st,
-		restored: map[bpf.FlowKey]savedDecision{}}
-	for _, d := range st.Decisions {
+		restored: map[bpf.FlowKey]savedDecision{}, journal: j}
+	for _, d := range saved {
 		b.restored[d.Key] = d
 	}
-	st.Decisions = nil
 	return b, nil
 }
 
 func (b *flowBook) settle(k bpf.FlowKey, id uint64, d *decision) *decision {
 	d.id = id
 	b.decisions[k] = d
-	if b.st.persist {
+	if b.journal.path != "" {
 		b.unsaved = append(b.unsaved, savedOf(k, d))
 	}
 	return d
@@ -75,29 +80,30 @@ func (b *flowBook) restoredLocked(k bpf.FlowKey, id uint64) *decision {
 }
 
 // walkedLocked is called after a walk of the whole table: saved decisions
-// not adopted by then belong to records that are gone (the next full save
-// leaves them out).
+// not adopted by then belong to records that are gone.
 func (b *flowBook) walkedLocked() {
 	if len(b.restored) > 0 {
 		b.restored = map[bpf.FlowKey]savedDecision{}
 	}
 }
 
-// persistLocked saves what a scrape is about to show: new port slots with
-// a full save, new decisions by appending them to the journal.
+// persistLocked saves what a scrape is about to show: new port slots in
+// the state file, new decisions in the journal, which it compacts when
+// entries of evicted records have piled up.
 func (b *flowBook) persistLocked() error {
 	if b.slotsDirty {
-		return b.saveLocked()
+		if err := b.st.save(); err != nil {
+			return err
+		}
+		b.slotsDirty = false
 	}
-	if err := b.st.appendDecisions(b.unsaved); err != nil {
+	if err := b.journal.append(b.unsaved); err != nil {
 		return err
 	}
 	b.unsaved = b.unsaved[:0]
-	return nil
-}
-
-// saveLocked saves the whole state, with every decision made so far.
-func (b *flowBook) saveLocked() error {
+	if !b.journal.compactDue(len(b.decisions)) {
+		return nil
+	}
 	ds := make([]savedDecision, 0, len(b.decisions)+len(b.restored))
 	for k, d := range b.decisions {
 		if d.pendingSince.IsZero() {
@@ -107,13 +113,7 @@ func (b *flowBook) saveLocked() error {
 	for _, r := range b.restored {
 		ds = append(ds, r)
 	}
-	b.st.Decisions = ds
-	err := b.st.save()
-	b.st.Decisions = nil
-	if err == nil {
-		b.slotsDirty, b.unsaved = false, b.unsaved[:0]
-	}
-	return err
+	return b.journal.rewrite(ds)
 }
 
 // portBucket returns the destination-port label of a record: its port

@@ -243,7 +243,7 @@ func (a *Agent) evictPass() bool {
 	// an eviction twice, never lose one.
 	b.st.Evictions += uint64(len(victims))
 	b.st.Inflight = folded
-	if err := b.saveLocked(); err != nil {
+	if err := b.st.save(); err != nil {
 		// Without the saved totals a restart would lose these counts:
 		// undo and keep the records in the kernel.
 		a.log.Error("eviction: save state", "err", err)
@@ -274,7 +274,7 @@ func (a *Agent) evictPass() bool {
 	}
 	if len(folded) > 0 {
 		b.st.Inflight = nil
-		if err := b.saveLocked(); err != nil {
+		if err := b.st.save(); err != nil {
 			a.log.Error("eviction: save state", "err", err)
 		}
 	}

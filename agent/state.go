@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,22 +41,6 @@ type state struct {
 	// Inflight are records folded into Pairs but maybe still in the
 	// kernel table (the agent died between saving and deleting them).
 	Inflight []inflightFlow
-	// Decisions are the attribution of live records, set for a save (by
-	// flowBook.saveLocked) and after a load (the snapshot's, then the
-	// journal's: a later entry for a key wins).
-	Decisions []savedDecision
-}
-
-// savedDecision is a record's attribution, kept across restarts so that a
-// namespace removed while the agent is down still has its records counted
-// where they were.
-type savedDecision struct {
-	Key       bpf.FlowKey
-	ID        uint64
-	Counted   bool       `json:",omitempty"`
-	Pair      pairKey    `json:",omitzero"`
-	Port      string     `json:",omitempty"`
-	Violation *[2]string `json:",omitempty"`
 }
 
 type inflightFlow struct {
@@ -78,7 +61,6 @@ type stateFile struct {
 	Violations []violationCount `json:"violations,omitempty"`
 	Evictions  uint64           `json:"evictions"`
 	Inflight   []inflightFlow   `json:"inflight,omitempty"`
-	Decisions  []savedDecision  `json:"decisions,omitempty"`
 }
 
 type pairCount struct {
@@ -104,40 +86,25 @@ func newState(path string, persist bool) *state {
 		Ports: map[portPairKey]counter{}, Slots: map[pairKey][]string{}, Violations: map[[2]string]uint64{}}
 }
 
-// loadState reads the state file and the decisions journal; a missing
-// file is a fresh start.
+// loadState reads the state file; a missing file is a fresh start.
 func loadState(persist bool, path string) (*state, error) {
 	st := newState(path, persist)
 	if !persist {
 		return st, nil
 	}
-	if err := st.loadSnapshot(); err != nil {
-		return nil, err
-	}
-	journal, err := readJournal(st.journalPath())
-	if err != nil {
-		return nil, err
-	}
-	st.Decisions = append(st.Decisions, journal...)
-	return st, nil
-}
-
-// loadSnapshot reads the state file, if there is one.
-func (st *state) loadSnapshot() error {
-	path := st.path
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return st, nil
 	}
 	if err != nil {
-		return fmt.Errorf("state file: %w", err)
+		return nil, fmt.Errorf("state file: %w", err)
 	}
 	var f stateFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return fmt.Errorf("state file %s: %w (remove it to start the evicted-flow totals over)", path, err)
+		return nil, fmt.Errorf("state file %s: %w (remove it to start the evicted-flow totals over)", path, err)
 	}
 	if f.Version != stateVersion {
-		return fmt.Errorf("state file %s: version %d, want %d (remove it to start over)", path, f.Version, stateVersion)
+		return nil, fmt.Errorf("state file %s: version %d, want %d (remove it to start over)", path, f.Version, stateVersion)
 	}
 	for _, p := range f.Pairs {
 		st.Pairs[p.pairKey] = p.counter
@@ -151,78 +118,15 @@ func (st *state) loadSnapshot() error {
 	for _, v := range f.Violations {
 		st.Violations[[2]string{v.Src, v.Dst}] = v.Packets
 	}
-	st.Evictions, st.Inflight, st.Decisions = f.Evictions, f.Inflight, f.Decisions
-	return nil
-}
-
-// The journal holds the decisions made since the last full save, one JSON
-// object a line, so that a scrape showing new records costs an append of
-// those records rather than a rewrite of every decision (a full table is
-// 65536 of them, about 15 MB and 0.2 s). A full save includes them all
-// and removes the journal.
-func (st *state) journalPath() string { return st.path + ".decisions" }
-
-// readJournal reads the journal's decisions, in the order they were made.
-// A last line cut short (the agent died while writing it) ends it.
-func readJournal(path string) ([]savedDecision, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("state journal: %w", err)
-	}
-	var ds []savedDecision
-	for len(data) > 0 {
-		line, rest, complete := bytes.Cut(data, []byte("\n"))
-		var d savedDecision
-		if err := json.Unmarshal(line, &d); err != nil {
-			if !complete {
-				break
-			}
-			return nil, fmt.Errorf("state journal %s: line %d: %w (remove it to decide live records afresh)", path, len(ds)+1, err)
-		}
-		ds = append(ds, d)
-		data = rest
-	}
-	return ds, nil
-}
-
-// appendDecisions appends decisions to the journal and syncs it.
-func (st *state) appendDecisions(ds []savedDecision) error {
-	if !st.persist || len(ds) == 0 {
-		return nil
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf) // one object and a newline each
-	for _, d := range ds {
-		if err := enc.Encode(d); err != nil {
-			return err
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(st.path), 0o700); err != nil {
-		return fmt.Errorf("state journal: %w", err)
-	}
-	f, err := os.OpenFile(st.journalPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("state journal: %w", err)
-	}
-	if _, err := f.Write(buf.Bytes()); err != nil {
-		f.Close()
-		return fmt.Errorf("state journal: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("state journal: %w", err)
-	}
-	return f.Close()
+	st.Evictions, st.Inflight = f.Evictions, f.Inflight
+	return st, nil
 }
 
 func (st *state) save() error {
 	if !st.persist {
 		return nil
 	}
-	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight, Decisions: st.Decisions}
+	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight}
 	for k, c := range st.Pairs {
 		f.Pairs = append(f.Pairs, pairCount{pairKey: k, counter: c})
 	}
@@ -261,18 +165,13 @@ func (st *state) save() error {
 	if err := os.Rename(tmp.Name(), st.path); err != nil {
 		return fmt.Errorf("state file: %w", err)
 	}
-	// The snapshot holds every decision now. Were the journal left (an
-	// error here), its entries would only repeat the snapshot's.
-	if err := os.Remove(st.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("state journal: %w", err)
-	}
 	return nil
 }
 
 func (b *flowBook) save() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.saveLocked()
+	return b.st.save()
 }
 
 // recover finishes an eviction that a crash or a failed delete
@@ -315,7 +214,7 @@ func (b *flowBook) recoverLocked(dp *bpf.Datapath) error {
 		return err
 	}
 	b.st.Inflight = nil
-	return b.saveLocked()
+	return b.st.save()
 }
 
 func (b *flowBook) fold(p pairKey, port string, packets, bytes uint64) {

@@ -61,7 +61,7 @@ and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
 	fl.StringVar(&f.logFormat, "log.format", "logfmt", "log format: logfmt or json")
 	fl.BoolVar(&f.pin, "bpf.pin", true, "pin the counter maps so counters survive agent restarts")
 	fl.StringVar(&f.pinPath, "bpf.pin-path", bpf.DefaultPinPath, "bpffs directory for the pinned maps")
-	fl.StringVar(&f.stateFile, "state.file", agent.DefaultStateFile, "file keeping the totals of evicted flows, port slots and live flows' attribution across restarts (with --bpf.pin; new attributions go to FILE.decisions until the next full save)")
+	fl.StringVar(&f.stateFile, "state.file", agent.DefaultStateFile, "file keeping the totals of evicted flows, port slots and live flows' attribution across restarts (with --bpf.pin; the attributions go to FILE.decisions)")
 	fl.StringVar(&f.attachMode, "bpf.attach-mode", "auto", "attach mode: auto (tcx, else tc), tcx or tc")
 	fl.Uint32Var(&f.maxFlows, "flows.max", bpf.DefaultMaxFlows, "size of the kernel flow table")
 	fl.DurationVar(&f.idle, "flows.idle-timeout", agent.DefaultFlowIdleTimeout, "evict flows idle this long (their counts stay in the totals)")

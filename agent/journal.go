@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/nsflow/nsflow/bpf"
+)
+
+// savedDecision is a flow record's attribution as the journal keeps it.
+// ID is the record's id (set by the programs when they insert it), so a
+// later record with the same key is not mistaken for this one.
+type savedDecision struct {
+	Key       bpf.FlowKey
+	ID        uint64
+	Counted   bool       `json:",omitempty"`
+	Pair      pairKey    `json:",omitzero"`
+	Port      string     `json:",omitempty"`
+	Violation *[2]string `json:",omitempty"`
+}
+
+// decisionJournal keeps the attribution of live flow records across
+// restarts, so that a namespace removed while the agent is down still has
+// its records counted where they were. It is a file of JSON lines beside
+// the state file, one decision a line, appended to before a scrape first
+// shows a record's counts: a scrape costs an append of what is new, not a
+// rewrite of every decision (a full table's 65536 would be about 15 MB and
+// 0.2 s). Entries of evicted records stay until the journal is compacted,
+// harmless since no live record has their ids.
+type decisionJournal struct {
+	path    string // "" when nothing is persisted
+	entries int    // lines in the file
+}
+
+func newDecisionJournal(persist bool, stateFile string) *decisionJournal {
+	if !persist {
+		return &decisionJournal{}
+	}
+	return &decisionJournal{path: stateFile + ".decisions"}
+}
+
+// load reads the decisions in the order they were made (a later line for
+// a key overrides an earlier one). A last line cut short, by a crash while
+// appending, ends the journal; a bad line before it is an error.
+func (j *decisionJournal) load() ([]savedDecision, error) {
+	if j.path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(j.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decisions journal: %w", err)
+	}
+	var ds []savedDecision
+	for len(data) > 0 {
+		line, rest, complete := bytes.Cut(data, []byte("\n"))
+		var d savedDecision
+		if err := json.Unmarshal(line, &d); err != nil {
+			if !complete {
+				break
+			}
+			return nil, fmt.Errorf("decisions journal %s: line %d: %w (remove it to decide live flows afresh)", j.path, len(ds)+1, err)
+		}
+		ds = append(ds, d)
+		data = rest
+	}
+	j.entries = len(ds)
+	return ds, nil
+}
+
+// append adds decisions at the end and syncs the file.
+func (j *decisionJournal) append(ds []savedDecision) error {
+	if j.path == "" || len(ds) == 0 {
+		return nil
+	}
+	data, err := encodeDecisions(ds)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(j.path), 0o700); err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if err := errors.Join(werr, f.Close()); err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	j.entries += len(ds)
+	return nil
+}
+
+// compactDue reports whether the journal holds so many entries of evicted
+// records that it should be rewritten with the live ones.
+func (j *decisionJournal) compactDue(live int) bool {
+	return j.path != "" && j.entries > 2*live+4096
+}
+
+// rewrite replaces the journal with ds, atomically (temp file, sync,
+// rename).
+func (j *decisionJournal) rewrite(ds []savedDecision) error {
+	if j.path == "" {
+		return nil
+	}
+	data, err := encodeDecisions(ds)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(j.path), 0o700); err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(j.path), ".nsflow-decisions-*")
+	if err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.Write(data)
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	if err := errors.Join(werr, tmp.Close()); err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), j.path); err != nil {
+		return fmt.Errorf("decisions journal: %w", err)
+	}
+	j.entries = len(ds)
+	return nil
+}
+
+func encodeDecisions(ds []savedDecision) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf) // an object and a newline each
+	for _, d := range ds {
+		if err := enc.Encode(d); err != nil {
+			return nil, fmt.Errorf("decisions journal: %w", err)
+		}
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nsflow/nsflow/bpf"
+)
+
+// TestDecisionJournal: a load sees every appended decision, the later
+// entry for a key winning; survives a torn last line; refuses a corrupt
+// line before it, naming file and line; and a compaction keeps only what
+// it is given.
+func TestDecisionJournal(t *testing.T) {
+	key := func(port uint16) bpf.FlowKey {
+		return bpf.FlowKey{NetnsCookie: 7, Ifindex: 2, Dir: bpf.Ingress, Proto: 17,
+			Src: netip.MustParseAddr("198.18.0.1"), Dst: netip.MustParseAddr("198.18.0.2"), SrcPort: 40000, DstPort: port}
+	}
+	ab := pairKey{"a", "b", "udp"}
+	dec := func(port uint16, id uint64) savedDecision {
+		return savedDecision{Key: key(port), ID: id, Counted: true, Pair: ab, Port: "53", Violation: &[2]string{"a", "b"}}
+	}
+	restoredOf := func(t *testing.T, stateFile string) (map[bpf.FlowKey]savedDecision, error) {
+		t.Helper()
+		b, err := newFlowBook(Config{PinPath: "/unused", StateFile: stateFile})
+		if err != nil {
+			return nil, err
+		}
+		return b.restored, nil
+	}
+
+	for _, tc := range []struct {
+		name    string
+		write   func(j *decisionJournal) error
+		want    map[uint16]uint64 // port -> id restored
+		wantErr string
+	}{
+		{"none", func(*decisionJournal) error { return nil }, map[uint16]uint64{}, ""},
+		{"appends, the later entry winning", func(j *decisionJournal) error {
+			return errors.Join(j.append([]savedDecision{dec(53, 1), dec(54, 2)}), j.append([]savedDecision{dec(53, 3)}))
+		}, map[uint16]uint64{53: 3, 54: 2}, ""},
+		{"torn last line", func(j *decisionJournal) error {
+			if err := j.append([]savedDecision{dec(53, 1)}); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				return err
+			}
+			_, err = f.WriteString(`{"Key":{"NetnsCookie":7`)
+			return errors.Join(err, f.Close())
+		}, map[uint16]uint64{53: 1}, ""},
+		{"corrupt line", func(j *decisionJournal) error {
+			if err := j.append([]savedDecision{dec(53, 1)}); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				return err
+			}
+			_, err = f.WriteString("not json\n")
+			return errors.Join(err, f.Close(), j.append([]savedDecision{dec(54, 2)}))
+		}, nil, "line 2"},
+		{"compacted", func(j *decisionJournal) error {
+			return errors.Join(j.append([]savedDecision{dec(53, 1), dec(54, 2), dec(55, 3)}), j.rewrite([]savedDecision{dec(55, 3)}))
+		}, map[uint16]uint64{55: 3}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stateFile := filepath.Join(t.TempDir(), "state.json")
+			if err := tc.write(newDecisionJournal(true, stateFile)); err != nil {
+				t.Fatal(err)
+			}
+			got, err := restoredOf(t, stateFile)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), stateFile+".decisions") {
+					t.Fatalf("error %v, want one naming %s.decisions and %q", err, stateFile, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) {
+				t.Errorf("restored %d decisions, want %d: %+v", len(got), len(tc.want), got)
+			}
+			for port, id := range tc.want {
+				d, ok := got[key(port)]
+				if want := dec(port, id); !ok || d.ID != id || d.Pair != want.Pair || d.Port != want.Port ||
+					!d.Counted || d.Violation == nil || *d.Violation != *want.Violation {
+					t.Errorf("port %d: restored %+v (found %v), want %+v", port, d, ok, want)
+				}
+			}
+		})
+	}
+}
+
+// TestDecisionJournalCompaction: the journal is rewritten with the live
+// decisions once evicted records' entries pile up, not before.
+func TestDecisionJournalCompaction(t *testing.T) {
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	b, err := newFlowBook(Config{PinPath: "/unused", StateFile: stateFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(i int) bpf.FlowKey {
+		return bpf.FlowKey{NetnsCookie: 1, Ifindex: 2, Proto: 17, Src: netip.MustParseAddr("198.18.0.1"),
+			Dst: netip.MustParseAddr("198.18.0.2"), SrcPort: uint16(i), DstPort: 53}
+	}
+	// 5000 records decided and evicted, then 10 live ones.
+	for i := range 5000 {
+		b.settle(key(i), uint64(i+1), &decision{})
+	}
+	if err := b.persistLocked(); err != nil {
+		t.Fatal(err)
+	}
+	if b.journal.entries != 5000 {
+		t.Fatalf("%d entries after 5000 decisions", b.journal.entries)
+	}
+	clear(b.decisions)
+	for i := range 10 {
+		b.settle(key(10000+i), uint64(10000+i), &decision{counted: true, pair: pairKey{"a", "b", "udp"}})
+	}
+	if err := b.persistLocked(); err != nil {
+		t.Fatal(err)
+	}
+	if b.journal.entries != 10 {
+		t.Errorf("%d entries after compaction, want the 10 live ones", b.journal.entries)
+	}
+	saved, err := newDecisionJournal(true, stateFile).load()
+	if err != nil || len(saved) != 10 {
+		t.Errorf("journal holds %d decisions (%v), want 10", len(saved), err)
+	}
+}
