@@ -107,8 +107,7 @@ func (j *decisionJournal) compactDue(live int) bool {
 	return j.path != "" && j.entries > 2*live+4096
 }
 
-// rewrite replaces the journal with ds, atomically (temp file, sync,
-// rename).
+// rewrite replaces the journal with ds, atomically.
 func (j *decisionJournal) rewrite(ds []savedDecision) error {
 	if j.path == "" {
 		return nil
@@ -117,22 +116,7 @@ func (j *decisionJournal) rewrite(ds []savedDecision) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(j.path), 0o700); err != nil {
-		return fmt.Errorf("decisions journal: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(j.path), ".nsflow-decisions-*")
-	if err != nil {
-		return fmt.Errorf("decisions journal: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, werr := tmp.Write(data)
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	if err := errors.Join(werr, tmp.Close()); err != nil {
-		return fmt.Errorf("decisions journal: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), j.path); err != nil {
+	if err := writeAtomic(j.path, data); err != nil {
 		return fmt.Errorf("decisions journal: %w", err)
 	}
 	j.entries = len(ds)
