@@ -44,26 +44,11 @@ func TestDecisionJournal(t *testing.T) {
 			return errors.Join(j.append([]savedDecision{dec(53, 1), dec(54, 2)}), j.append([]savedDecision{dec(53, 3)}))
 		}, map[uint16]uint64{53: 3, 54: 2}, ""},
 		{"torn last line", func(j *decisionJournal) error {
-			if err := j.append([]savedDecision{dec(53, 1)}); err != nil {
-				return err
-			}
-			f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0)
-			if err != nil {
-				return err
-			}
-			_, err = f.WriteString(`{"Key":{"NetnsCookie":7`)
-			return errors.Join(err, f.Close())
+			return errors.Join(j.append([]savedDecision{dec(53, 1)}), appendRaw(j.path, `{"Key":{"NetnsCookie":7`))
 		}, map[uint16]uint64{53: 1}, ""},
 		{"corrupt line", func(j *decisionJournal) error {
-			if err := j.append([]savedDecision{dec(53, 1)}); err != nil {
-				return err
-			}
-			f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0)
-			if err != nil {
-				return err
-			}
-			_, err = f.WriteString("not json\n")
-			return errors.Join(err, f.Close(), j.append([]savedDecision{dec(54, 2)}))
+			return errors.Join(j.append([]savedDecision{dec(53, 1)}), appendRaw(j.path, "not json\n"),
+				j.append([]savedDecision{dec(54, 2)}))
 		}, nil, "line 2"},
 		{"compacted", func(j *decisionJournal) error {
 			return errors.Join(j.append([]savedDecision{dec(53, 1), dec(54, 2), dec(55, 3)}), j.rewrite([]savedDecision{dec(55, 3)}))
@@ -96,6 +81,17 @@ func TestDecisionJournal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// appendRaw appends text to a file as it is, as a crash mid-write or a
+// damaged disk might leave it.
+func appendRaw(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	return errors.Join(err, f.Close())
 }
 
 // TestDecisionJournalCompaction: the journal is rewritten with the live
