@@ -179,7 +179,8 @@ func (b *flowBook) save() error {
 
 // recover finishes an eviction that a crash or a failed delete
 // interrupted: records saved as in flight and still in the table are
-// folded for what they gained since and deleted. A record smaller than saved is a new one and stays.
+// folded for what they gained since and deleted. A record smaller than
+// saved is a new one and stays.
 func (b *flowBook) recover(dp *bpf.Datapath) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

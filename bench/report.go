@@ -77,8 +77,9 @@ type Case struct {
 	// SliceRatio is the overhead measured finely: instrumented slices of
 	// SliceLength, each over the mean of the uninstrumented slices just
 	// before and after it, all under one continuous generator run. The
-	// machine's speed hardly drifts within a slice's neighbourhood, so
-	// its median repeats far better than Ratio's on a shared machine.
+	// machine's speed hardly drifts within a slice's neighbourhood, so it
+	// cancels the drift within a run that Ratio keeps; between runs it
+	// still moves with how the generator's threads share the CPUs.
 	SliceRatio SliceRatio `json:"slice_ratio"`
 	BPF        BPFCost    `json:"bpf"`
 	// Differences counts this case's checks that did not match.

@@ -85,7 +85,7 @@ Exit status 1 when any count does not reconcile.`,
 	f.StringVar(&proto, "proto", "tcp", "traffic: tcp, udp or both")
 	f.IntVar(&cfg.Size, "size", 0, "UDP: Ethernet frame bytes with FCS (default 64); TCP: bytes per write (default 131072)")
 	f.IntVar(&cfg.Rounds, "rounds", bench.DefaultRounds, "uninstrumented/instrumented sample pairs per case")
-	f.IntVar(&cfg.Slices, "slices", bench.DefaultSlices, "instrumented slices per case for the overhead ratio, each 333ms and between two uninstrumented ones")
+	f.IntVar(&cfg.Slices, "slices", bench.DefaultSlices, "instrumented slices per case for the overhead ratio, each "+bench.SliceLength.String()+" and between two uninstrumented ones")
 	f.BoolVar(&cfg.NoIperf3, "no-iperf3", false, "skip the iperf3 sanity measurement")
 	f.StringVarP(&output, "output", "o", "table", "output format: table, json or csv")
 	f.StringVar(&plot, "plot", "", "write an SVG chart of throughput and overhead per case to this file")
