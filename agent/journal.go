@@ -44,8 +44,10 @@ func newDecisionJournal(persist bool, stateFile string) *decisionJournal {
 }
 
 // load reads the decisions in the order they were made (a later line for
-// a key overrides an earlier one). A last line cut short, by a crash while
-// appending, ends the journal; a bad line before it is an error.
+// a key overrides an earlier one). A last line without its newline was cut
+// short by a crash while appending: it ends the journal, and the file is
+// cut back to the last whole line so that the next append starts a line
+// of its own. A bad line before it is an error.
 func (j *decisionJournal) load() ([]savedDecision, error) {
 	if j.path == "" {
 		return nil, nil
@@ -58,17 +60,21 @@ func (j *decisionJournal) load() ([]savedDecision, error) {
 		return nil, fmt.Errorf("decisions journal: %w", err)
 	}
 	var ds []savedDecision
-	for len(data) > 0 {
-		line, rest, complete := bytes.Cut(data, []byte("\n"))
+	whole := 0 // bytes up to the end of the last whole line
+	for whole < len(data) {
+		line, _, complete := bytes.Cut(data[whole:], []byte("\n"))
+		if !complete {
+			if err := os.Truncate(j.path, int64(whole)); err != nil {
+				return nil, fmt.Errorf("decisions journal: cut a torn last line: %w", err)
+			}
+			break
+		}
 		var d savedDecision
 		if err := json.Unmarshal(line, &d); err != nil {
-			if !complete {
-				break
-			}
 			return nil, fmt.Errorf("decisions journal %s: line %d: %w (remove it to decide live flows afresh)", j.path, len(ds)+1, err)
 		}
 		ds = append(ds, d)
-		data = rest
+		whole += len(line) + 1
 	}
 	j.entries = len(ds)
 	return ds, nil

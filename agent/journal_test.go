@@ -12,7 +12,8 @@ import (
 )
 
 // TestDecisionJournal: a load sees every appended decision, the later
-// entry for a key winning; survives a torn last line; refuses a corrupt
+// entry for a key winning; survives a torn last line, also across a
+// second restart; refuses a corrupt
 // line before it, naming file and line; and a compaction keeps only what
 // it is given.
 func TestDecisionJournal(t *testing.T) {
@@ -46,6 +47,21 @@ func TestDecisionJournal(t *testing.T) {
 		{"torn last line", func(j *decisionJournal) error {
 			return errors.Join(j.append([]savedDecision{dec(53, 1)}), appendRaw(j.path, `{"Key":{"NetnsCookie":7`))
 		}, map[uint16]uint64{53: 1}, ""},
+		{"whole object without its newline", func(j *decisionJournal) error {
+			d, err := encodeDecisions([]savedDecision{dec(54, 2)})
+			return errors.Join(err, j.append([]savedDecision{dec(53, 1)}), appendRaw(j.path, strings.TrimSuffix(string(d), "\n")))
+		}, map[uint16]uint64{53: 1}, ""},
+		// A crash's torn line must not spoil the next restart: the first
+		// load cuts it off, so what the agent appends then starts a line.
+		{"torn last line, loaded, then appended to", func(j *decisionJournal) error {
+			if err := errors.Join(j.append([]savedDecision{dec(53, 1)}), appendRaw(j.path, `{"Key":{"NetnsCookie":7`)); err != nil {
+				return err
+			}
+			if _, err := j.load(); err != nil {
+				return err
+			}
+			return j.append([]savedDecision{dec(54, 2)})
+		}, map[uint16]uint64{53: 1, 54: 2}, ""},
 		{"corrupt line", func(j *decisionJournal) error {
 			return errors.Join(j.append([]savedDecision{dec(53, 1)}), appendRaw(j.path, "not json\n"),
 				j.append([]savedDecision{dec(54, 2)}))
