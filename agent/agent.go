@@ -41,10 +41,10 @@ type Agent struct {
 	mu       sync.RWMutex
 	byInode  map[uint64]*nsState
 	byCookie map[uint64]*nsState
-	gone     map[uint64]string // cookie -> label of removed namespaces whose flows are not folded yet
-	// goneAddrs are the addresses those namespaces held, so that their
-	// last records are still attributed as they were while they lived.
-	goneAddrs map[uint64]map[netip.Addr]bool
+	// gone are the namespaces removed since the last eviction pass, by
+	// cookie: their records are attributed as they were while they lived
+	// until that pass folds them.
+	gone      map[uint64]goneNetns
 	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
@@ -106,8 +106,7 @@ func New(cfg Config) (*Agent, error) {
 		results:    make(chan func(), 64),
 		byInode:    map[uint64]*nsState{},
 		byCookie:   map[uint64]*nsState{},
-		gone:       map[uint64]string{},
-		goneAddrs:  map[uint64]map[netip.Addr]bool{},
+		gone:       map[uint64]goneNetns{},
 		owners:     map[netip.Addr]map[uint64]bool{},
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
@@ -289,12 +288,11 @@ func (a *Agent) removeNetns(inode uint64) {
 	delete(a.byInode, inode)
 	if s.cookie != 0 {
 		delete(a.byCookie, s.cookie)
-		a.gone[s.cookie] = s.label
-		held := map[netip.Addr]bool{}
+		g := goneNetns{label: s.label, addrs: map[netip.Addr]bool{}, at: monotonicNow()}
 		for ad := range s.addrs {
-			held[ad.Addr] = true
+			g.addrs[ad.Addr] = true
 		}
-		a.goneAddrs[s.cookie] = held
+		a.gone[s.cookie] = g
 		a.forgetPeers(s.cookie)
 	}
 	for ad := range s.addrs {

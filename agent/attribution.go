@@ -41,11 +41,17 @@ type decision struct {
 	id uint64
 }
 
-// decideLocked returns the decision for a flow record (id is its
-// FlowStats.ID), or nil while it is pending. Callers hold a.mu (read) and
-// a.book.mu.
-func (a *Agent) decideLocked(k bpf.FlowKey, id uint64, now time.Time, final bool) *decision {
-	b := a.book
+// goneNetns is a removed namespace whose records are not folded yet.
+type goneNetns struct {
+	label string
+	addrs map[netip.Addr]bool // the addresses it held
+	at    uint64              // when it was removed, CLOCK_MONOTONIC ns
+}
+
+// decideLocked returns the decision for a flow record, or nil while it is
+// pending. Callers hold a.mu (read) and a.book.mu.
+func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, final bool) *decision {
+	b, id := a.book, s.ID
 	if d := b.decisions[k]; d != nil && d.pendingSince.IsZero() {
 		return d
 	}
@@ -75,7 +81,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, id uint64, now time.Time, final bool
 			}
 			return b.settle(k, id, d)
 		}
-		src, ok := a.ownerLocked(k.Src)
+		src, ok := a.ownerLocked(k.Src, s.FirstSeen)
 		if !ok {
 			// The address is in several namespaces: the sender is the one
 			// at the far end of the direct veth the packet came through.
@@ -88,7 +94,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, id uint64, now time.Time, final bool
 		if !a.ownsLocked(k.NetnsCookie, k.Src) {
 			return b.settle(k, id, d)
 		}
-		if len(a.owners[k.Dst]) > 0 {
+		if a.heldLocked(k.Dst, s.FirstSeen) {
 			return b.settle(k, id, d) // counted where it is delivered
 		}
 		d.counted, d.pair, missing = true, pairKey{label, UnknownNetns, protoName(k)}, true
@@ -106,26 +112,54 @@ func (a *Agent) labelLocked(cookie uint64) (string, bool) {
 	if s := a.byCookie[cookie]; s != nil {
 		return s.label, true
 	}
-	l, ok := a.gone[cookie]
-	return l, ok
+	g, ok := a.gone[cookie]
+	return g.label, ok
 }
 
 // ownsLocked reports whether the namespace with this cookie holds ip.
 func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr) bool {
-	return a.owners[ip.Unmap()][cookie] || a.goneAddrs[cookie][ip.Unmap()]
+	return a.owners[ip.Unmap()][cookie] || a.gone[cookie].addrs[ip.Unmap()]
 }
 
-// ownerLocked names the one namespace holding ip; ok is false when none or
-// several do.
-func (a *Agent) ownerLocked(ip netip.Addr) (string, bool) {
-	set := a.owners[ip.Unmap()]
-	if len(set) != 1 {
+// ownerLocked names the one namespace holding ip for a record first seen
+// at firstSeen (CLOCK_MONOTONIC ns); ok is false when none or several do.
+// Without a live holder, a namespace removed after the record began
+// counts: the record's first packets were its own.
+func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
+	ip = ip.Unmap()
+	if set := a.owners[ip]; len(set) > 0 {
+		if len(set) > 1 {
+			return UnknownNetns, false
+		}
+		for c := range set {
+			return a.labelLocked(c)
+		}
+	}
+	label, n := UnknownNetns, 0
+	for _, g := range a.gone {
+		if g.addrs[ip] && firstSeen < g.at {
+			label, n = g.label, n+1
+		}
+	}
+	if n != 1 {
 		return UnknownNetns, false
 	}
-	for c := range set {
-		return a.labelLocked(c)
+	return label, true
+}
+
+// heldLocked reports whether a namespace holds ip, or held it when a
+// record first seen at firstSeen began.
+func (a *Agent) heldLocked(ip netip.Addr, firstSeen uint64) bool {
+	ip = ip.Unmap()
+	if len(a.owners[ip]) > 0 {
+		return true
 	}
-	return UnknownNetns, false
+	for _, g := range a.gone {
+		if g.addrs[ip] && firstSeen < g.at {
+			return true
+		}
+	}
+	return false
 }
 
 // holdsLocked reports whether the namespace labelled label holds ip.

@@ -79,7 +79,7 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	entries := 0
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		entries++
-		d := a.decideLocked(k, s.ID, now, false)
+		d := a.decideLocked(k, s, now, false)
 		if d != nil && d.violation != nil {
 			viol[*d.violation] += s.Packets
 		}
@@ -153,7 +153,7 @@ func (a *Agent) evict() {
 	gone := slices.Collect(maps.Keys(a.gone))
 	a.mu.RUnlock()
 	a.evicting.Store(true)
-	ok := a.evictPass()
+	ok := a.evictPass(len(gone) > 0)
 	if !ok {
 		a.evicting.Store(false)
 		return
@@ -163,7 +163,6 @@ func (a *Agent) evict() {
 	a.mu.Lock()
 	for _, c := range gone {
 		delete(a.gone, c)
-		delete(a.goneAddrs, c)
 	}
 	a.mu.Unlock()
 	// The cached summary still adds up (it predates the eviction), but
@@ -176,15 +175,11 @@ func (a *Agent) evict() {
 }
 
 // evictPass does the eviction under a.mu (read) and book.mu; false when it
-// could not complete.
-func (a *Agent) evictPass() bool {
+// could not complete. With decideAll, every record is decided, also those
+// that stay: the pass is the last to know the removed namespaces.
+func (a *Agent) evictPass(decideAll bool) bool {
 	now := time.Now()
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		a.log.Error("eviction: clock", "err", err)
-		return false
-	}
-	mono := uint64(ts.Nano())
+	mono := monotonicNow()
 	idle := uint64(a.cfg.FlowIdleTimeout.Nanoseconds())
 
 	a.mu.RLock()
@@ -202,12 +197,15 @@ func (a *Agent) evictPass() bool {
 		live := a.portLiveLocked(k.Port())
 		idleFor := mono - min(s.LastSeen, mono)
 		if live && idleFor < min(uncountedIdle, idle) {
+			if decideAll {
+				a.decideLocked(k, s, now, false)
+			}
 			return true
 		}
 		// A record that leaves now (its port is gone, or it idled out) is
 		// decided for good: there is no later pass to wait for.
 		final := !live || idleFor >= idle
-		d := a.decideLocked(k, s.ID, now, final)
+		d := a.decideLocked(k, s, now, final)
 		if d == nil || (!final && (d.counted || d.violation != nil)) {
 			return true
 		}
@@ -332,4 +330,12 @@ func (a *Agent) Violations() ([]collector.Violation, error) {
 		return nil, err
 	}
 	return sum.Violations, nil
+}
+
+// monotonicNow is CLOCK_MONOTONIC in nanoseconds: the clock of the flow
+// records' times. The call cannot fail with this clock id.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
 }

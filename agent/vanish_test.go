@@ -72,3 +72,68 @@ func waitReady(t *testing.T, r *running) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// shortLivedTopology joins a and b through a bridge in a third namespace,
+// as containers on a host bridge.
+const shortLivedTopology = `
+name: short
+namespaces:
+  - name: a
+  - name: b
+  - name: sw
+bridges:
+  - name: br0
+    namespace: sw
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.45.1/24]}
+      - {bridge: br0, interface: pa}
+  - endpoints:
+      - {namespace: b, interface: eth0, addresses: [198.18.45.2/24]}
+      - {bridge: br0, interface: pb}
+`
+
+// TestShortLivedNamespace: a flow between two watched namespaces, one of
+// which is deleted before any scrape decided the flow's records (a job
+// that sends its results and exits), is counted once, to the right pair:
+// neither as well toward "unknown" (the sender's egress record, decided
+// after the receiver's address was gone) nor from "unknown" instead of
+// the sender (the receiver's ingress record, decided after the sender
+// was gone).
+func TestShortLivedNamespace(t *testing.T) {
+	testenv.RequireRoot(t)
+	for _, vanishing := range []string{"receiver", "sender"} {
+		t.Run(vanishing, func(t *testing.T) {
+			p := testenv.Name("as")
+			s := topotest.Up(t, parseSpec(t, shortLivedTopology), p)
+			pin, state := pins(t)
+			r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
+			waitReady(t, r)
+
+			const n = 300
+			a, b := p+"a", p+"b"
+			sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.45.2:5401"), n, 100)
+			gone := b
+			if vanishing == "sender" {
+				gone = a
+			}
+			if err := netns.DeleteNamed(gone); err != nil {
+				t.Fatal(err)
+			}
+			// Every record idles out (2 s) and is evicted, so decided
+			// for good, by the passes (every second) of the next 6 s.
+			time.Sleep(6 * time.Second)
+			text := scrape(t, r.url)
+			series := grepLines(text, "nsflow_netns_flow_packets_total{")
+			want := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q} %d`, b, a, n)
+			if !strings.Contains(text, want+"\n") {
+				t.Errorf("want %s; have:\n%s", want, series)
+			}
+			for _, l := range strings.Split(series, "\n") {
+				if strings.Contains(l, UnknownNetns) && strings.Contains(l, p) {
+					t.Errorf("counted toward %q as well: %s", UnknownNetns, l)
+				}
+			}
+		})
+	}
+}
