@@ -63,8 +63,10 @@ type nsState struct {
 	ns     discovery.Namespace
 	label  string
 	cookie uint64 // 0 until set up
-	links  map[int]*portState
-	addrs  map[discovery.Addr]bool
+	// settingUp is set while a setup job is queued or running.
+	settingUp bool
+	links     map[int]*portState
+	addrs     map[discovery.Addr]bool
 	// early holds link events that arrived before the setup result: they
 	// may be newer than the snapshot, so they are replayed after it.
 	early []discovery.LinkEvent
@@ -230,15 +232,19 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 	switch e.Type {
 	case discovery.Added:
 		a.mu.Lock()
-		a.byInode[n.Inode] = &nsState{ns: n, label: n.Label(), links: map[int]*portState{}, addrs: map[discovery.Addr]bool{}}
+		a.byInode[n.Inode] = &nsState{ns: n, label: n.Label(), settingUp: true, links: map[int]*portState{}, addrs: map[discovery.Addr]bool{}}
 		a.mu.Unlock()
 		a.queueJob(a.setupJob(n))
 	case discovery.Updated:
 		a.mu.Lock()
-		if s := a.byInode[n.Inode]; s != nil {
+		s := a.byInode[n.Inode]
+		if s != nil {
 			s.ns, s.label = n, n.Label()
 		}
 		a.mu.Unlock()
+		if s != nil {
+			a.resume(s)
+		}
 	case discovery.Removed:
 		a.removeNetns(n.Inode)
 	}
@@ -256,10 +262,14 @@ func (a *Agent) setupJob(n discovery.Namespace) func() func() {
 		}
 		return func() {
 			s := a.byInode[n.Inode]
+			if s != nil {
+				s.settingUp = false
+			}
 			if s == nil || err != nil {
 				a.mon.Remove(n.Inode)
 				if err != nil && s != nil {
-					// Vanished mid-setup, most likely: the next scan says.
+					// Vanished mid-setup, most likely: the next scan says,
+					// or names it by another path (see resume).
 					a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
 				}
 				return
@@ -275,6 +285,22 @@ func (a *Agent) setupJob(n discovery.Namespace) func() func() {
 			}
 			s.early = nil
 		}
+	}
+}
+
+// resume retries what failed for a namespace when discovery names it by a
+// new path: an unnamed namespace is opened through one of its processes,
+// and a setup or attach that used a process that exited meanwhile failed.
+func (a *Agent) resume(s *nsState) {
+	if s.cookie == 0 {
+		if !s.settingUp {
+			s.settingUp = true
+			a.queueJob(a.setupJob(s.ns))
+		}
+		return
+	}
+	for _, p := range s.links {
+		a.upsertLink(s, p.link) // attaches what is eligible and not attached
 	}
 }
 
