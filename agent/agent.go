@@ -52,6 +52,8 @@ type Agent struct {
 
 	book  *flowBook
 	peers peers
+	// deleteFlows is dp.DeleteFlows, which tests make fail; under mu.
+	deleteFlows func([]bpf.FlowKey) (int, error)
 
 	sumMu    sync.Mutex
 	sum      *collector.FlowSummary
@@ -112,6 +114,7 @@ func New(cfg Config) (*Agent, error) {
 		owners:     map[netip.Addr]map[uint64]bool{},
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
+	a.deleteFlows = dp.DeleteFlows
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
 		return nil, err

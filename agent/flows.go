@@ -77,9 +77,19 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	}
 	var top []liveFlow
 	entries := 0
+	inflight := b.inflightLocked()
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		entries++
-		d := a.decideLocked(k, s, now, false)
+		var d *decision
+		if f, ok := inflight[k]; ok && f.sameRecord(s) {
+			// Folded by an eviction whose delete failed: its counts are
+			// in the totals already, and the next pass folds only what
+			// it gained since.
+			s.Packets, s.Bytes = s.Packets-f.Packets, s.Bytes-f.Bytes
+			d = &decision{counted: f.Counted, pair: f.Pair, port: f.Port, violation: f.Violation}
+		} else {
+			d = a.decideLocked(k, s, now, false)
+		}
 		if d != nil && d.violation != nil {
 			viol[*d.violation] += s.Packets
 		}
@@ -209,7 +219,7 @@ func (a *Agent) evictPass(decideAll bool) bool {
 		if d == nil || (!final && (d.counted || d.violation != nil)) {
 			return true
 		}
-		victims = append(victims, inflightFlow{Key: k, Packets: s.Packets, Bytes: s.Bytes,
+		victims = append(victims, inflightFlow{Key: k, ID: s.ID, Packets: s.Packets, Bytes: s.Bytes,
 			Counted: d.counted, Pair: d.pair, Port: d.port, Violation: d.violation})
 		return true
 	})
@@ -262,7 +272,7 @@ func (a *Agent) evictPass(decideAll bool) bool {
 		keys[i] = v.Key
 		delete(b.decisions, v.Key)
 	}
-	if _, err := a.dp.DeleteFlows(keys); err != nil {
+	if _, err := a.deleteFlows(keys); err != nil {
 		// The saved Inflight list stays: the next pass (or a restart)
 		// folds only what these records gained since, then deletes them,
 		// so nothing is folded twice.

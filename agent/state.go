@@ -44,7 +44,10 @@ type state struct {
 }
 
 type inflightFlow struct {
-	Key            bpf.FlowKey
+	Key bpf.FlowKey
+	// ID is the record's id (0 in state files of older versions, whose
+	// records are told apart by their counts only).
+	ID             uint64 `json:",omitzero"`
 	Packets, Bytes uint64
 	Counted        bool
 	Pair           pairKey
@@ -179,8 +182,8 @@ func (b *flowBook) save() error {
 
 // recover finishes an eviction that a crash or a failed delete
 // interrupted: records saved as in flight and still in the table are
-// folded for what they gained since and deleted. A record smaller than
-// saved is a new one and stays.
+// folded for what they gained since and deleted. A record with another id
+// (in older state files: smaller than saved) is a new one and stays.
 func (b *flowBook) recover(dp *bpf.Datapath) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -192,14 +195,11 @@ func (b *flowBook) recoverLocked(dp *bpf.Datapath) error {
 	if len(b.st.Inflight) == 0 {
 		return nil
 	}
-	saved := map[bpf.FlowKey]inflightFlow{}
-	for _, f := range b.st.Inflight {
-		saved[f.Key] = f
-	}
+	saved := b.inflightLocked()
 	var del []bpf.FlowKey
 	err := dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		f, ok := saved[k]
-		if !ok || s.Packets < f.Packets || s.Bytes < f.Bytes {
+		if !ok || !f.sameRecord(s) {
 			return true
 		}
 		if f.Counted {
@@ -219,6 +219,28 @@ func (b *flowBook) recoverLocked(dp *bpf.Datapath) error {
 	}
 	b.st.Inflight = nil
 	return b.st.save()
+}
+
+// sameRecord reports whether s is the record that was folded as f, not a
+// later one with the same key.
+func (f inflightFlow) sameRecord(s bpf.FlowStats) bool {
+	if f.ID != 0 {
+		return s.ID == f.ID
+	}
+	return s.Packets >= f.Packets && s.Bytes >= f.Bytes
+}
+
+// inflightLocked indexes the records folded by an eviction whose delete
+// did not happen (yet).
+func (b *flowBook) inflightLocked() map[bpf.FlowKey]inflightFlow {
+	if len(b.st.Inflight) == 0 {
+		return nil
+	}
+	m := make(map[bpf.FlowKey]inflightFlow, len(b.st.Inflight))
+	for _, f := range b.st.Inflight {
+		m[f.Key] = f
+	}
+	return m
 }
 
 func (b *flowBook) fold(p pairKey, port string, packets, bytes uint64) {

@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/vishvananda/netns"
@@ -135,5 +138,66 @@ func TestShortLivedNamespace(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFailedDeleteCountsOnce: an eviction folds records into the saved
+// totals, then fails to delete them from the kernel. Until a later pass
+// deletes them, scrapes must show the records' counts once (the folded
+// ones), not the folded counts plus the records again, and the total must
+// not drop when the records finally go.
+func TestFailedDeleteCountsOnce(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("af")
+	s := topotest.Up(t, parseSpec(t, vanishTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
+	waitReady(t, r)
+
+	var failed atomic.Int64
+	r.a.mu.Lock()
+	deleteFlows := r.a.deleteFlows
+	r.a.deleteFlows = func(keys []bpf.FlowKey) (int, error) {
+		failed.Add(1)
+		return 0, errors.New("injected: delete failed")
+	}
+	r.a.mu.Unlock()
+
+	const n = 200
+	a, x := p+"a", p+"x"
+	sendUDP(t, s, a, x, netip.MustParseAddrPort("198.18.44.2:5401"), n, 100)
+	// a and x are both watched: a's traffic counts where x receives it.
+	series := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q} `, x, a)
+	value := func() string {
+		for _, l := range strings.Split(scrape(t, r.url), "\n") {
+			if v, ok := strings.CutPrefix(l, series); ok {
+				return v
+			}
+		}
+		return "absent"
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s within 20 s", what)
+			}
+		}
+	}
+	waitFor("failed eviction", func() bool { return failed.Load() > 0 })
+	if v := value(); v != fmt.Sprint(n) {
+		t.Errorf("after the failed delete: %s%s, want %d", series, v, n)
+	}
+
+	r.a.mu.Lock()
+	r.a.deleteFlows = deleteFlows
+	r.a.mu.Unlock()
+	waitFor("recovery", func() bool {
+		r.a.book.mu.Lock()
+		defer r.a.book.mu.Unlock()
+		return len(r.a.book.st.Inflight) == 0
+	})
+	if v := value(); v != fmt.Sprint(n) {
+		t.Errorf("after the records were deleted: %s%s, want %d", series, v, n)
 	}
 }
