@@ -64,7 +64,11 @@ type Config struct {
 	// namespace pair with a series of their own; 0 means the default, a
 	// negative value none.
 	TopFlows, TopPorts int
-	Discovery          discovery.WatchConfig
+	// GoneRetention is how long the series of a removed namespace stay
+	// (pair totals, port series, violations); 0 means the default, a
+	// negative value for ever.
+	GoneRetention time.Duration
+	Discovery     discovery.WatchConfig
 	// Isolation, when set, classifies each flow record seen at a
 	// namespace's ingress as a violation of the topology's isolation
 	// intent (ok) from namespace src to dst; the agent keeps the counts
@@ -89,6 +93,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.TopPorts == 0 {
 		c.TopPorts = DefaultTopPorts
+	}
+	if c.GoneRetention == 0 {
+		c.GoneRetention = DefaultGoneRetention
 	}
 	var errs []error
 	if c.FlowIdleTimeout < time.Second {

@@ -3,6 +3,7 @@ package agent
 import (
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nsflow/nsflow/bpf"
 )
@@ -30,6 +31,9 @@ type flowBook struct {
 	// if its namespaces went meanwhile.
 	slotsDirty bool
 	unsaved    []savedDecision
+	// goneSince is when a label in the totals was first found to name no
+	// namespace (see retire).
+	goneSince map[string]time.Time
 }
 
 func newFlowBook(cfg Config) (*flowBook, error) {
@@ -43,7 +47,7 @@ func newFlowBook(cfg Config) (*flowBook, error) {
 		return nil, err
 	}
 	b := &flowBook{topPorts: cfg.TopPorts, decisions: map[bpf.FlowKey]*decision{}, st: st,
-		restored: map[bpf.FlowKey]savedDecision{}, journal: j}
+		restored: map[bpf.FlowKey]savedDecision{}, journal: j, goneSince: map[string]time.Time{}}
 	for _, d := range saved {
 		b.restored[d.Key] = d
 	}

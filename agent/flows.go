@@ -175,6 +175,7 @@ func (a *Agent) evict() {
 		delete(a.gone, c)
 	}
 	a.mu.Unlock()
+	a.retire(time.Now())
 	// The cached summary still adds up (it predates the eviction), but
 	// the next scrape should see the smaller table. sumMu is taken only
 	// after a.mu and book.mu are released: Flows takes it first.

@@ -33,7 +33,7 @@ type agentFlags struct {
 	pin                            bool
 	pinPath, stateFile, attachMode string
 	maxFlows                       uint32
-	idle, interval                 time.Duration
+	idle, interval, goneRetention  time.Duration
 	topFlows, topPorts             int
 	nsInclude, nsExclude           string
 	ifInclude, ifExclude           string
@@ -70,6 +70,7 @@ and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
 	fl.IntVar(&f.topPorts, "collector.top-ports", agent.DefaultTopPorts, "destination ports per namespace pair with their own series; the rest are port=\"other\"")
 	fl.StringVar(&f.nsInclude, "netns.include", "", "only namespaces whose label matches this regexp (host, a name, or netns-INODE)")
 	fl.StringVar(&f.nsExclude, "netns.exclude", "", "skip namespaces whose label matches this regexp")
+	fl.DurationVar(&f.goneRetention, "netns.gone-retention", agent.DefaultGoneRetention, "keep the series of a removed namespace this long (pair totals, ports, violations); 0 keeps them for ever")
 	fl.StringVar(&f.ifInclude, "interface.include", "", "only interfaces whose name matches this regexp")
 	fl.StringVar(&f.ifExclude, "interface.exclude", "", "skip interfaces whose name matches this regexp")
 	fl.StringVar(&f.topology, "topology", "", "topology file: count traffic its wiring cannot deliver as nsflow_isolation_violation_packets_total")
@@ -92,10 +93,16 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	}
 
 	cfg := agent.Config{Logger: logger, StateFile: f.stateFile, MaxFlows: f.maxFlows,
-		FlowIdleTimeout: f.idle, TopFlows: f.topFlows, TopPorts: f.topPorts,
+		FlowIdleTimeout: f.idle, TopFlows: f.topFlows, TopPorts: f.topPorts, GoneRetention: f.goneRetention,
 		Discovery: discovery.WatchConfig{Interval: f.interval}}
 	if f.pin {
 		cfg.PinPath = f.pinPath
+	}
+	switch {
+	case f.goneRetention < 0:
+		return fmt.Errorf("--netns.gone-retention: %v is negative (0 keeps the series for ever)", f.goneRetention)
+	case f.goneRetention == 0:
+		cfg.GoneRetention = -1 // the agent's zero is its default
 	}
 	switch f.attachMode {
 	case "auto":

@@ -1,0 +1,96 @@
+package agent
+
+import "time"
+
+// DefaultGoneRetention is how long the series of a removed namespace stay.
+const DefaultGoneRetention = 5 * time.Minute
+
+// retire drops the series of namespaces gone for longer than the
+// retention: a pair's totals, its port series and slots, and the
+// violations that name such a namespace. Without it, every namespace a
+// host ever had would stay in /metrics and in the state file. A dropped
+// series ends as any series of a vanished target does; a namespace that
+// comes back under the same label starts its series anew.
+func (a *Agent) retire(now time.Time) {
+	if a.cfg.GoneRetention < 0 || !a.Ready() {
+		return
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	b := a.book
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	live := map[string]bool{UnknownNetns: true}
+	for _, s := range a.byInode {
+		live[s.label] = true
+	}
+	for _, g := range a.gone { // records not folded yet
+		live[g.label] = true
+	}
+	// A label's clock starts at the first pass that finds it gone.
+	expired := map[string]bool{}
+	seen := map[string]bool{}
+	check := func(label string) {
+		if live[label] || seen[label] {
+			return
+		}
+		seen[label] = true
+		since, ok := b.goneSince[label]
+		if !ok {
+			b.goneSince[label] = now
+		} else if now.Sub(since) >= a.cfg.GoneRetention {
+			expired[label] = true
+		}
+	}
+	for k := range b.st.Pairs {
+		check(k.Src)
+		check(k.Dst)
+	}
+	for k := range b.st.Violations {
+		check(k[0])
+		check(k[1])
+	}
+	for label := range b.goneSince {
+		if !seen[label] { // live again, or nothing left to drop
+			delete(b.goneSince, label)
+		}
+	}
+	// A live record still counting toward a label keeps it until the
+	// record is folded: dropping the series first would restart it.
+	for _, d := range b.decisions {
+		if d.counted {
+			delete(expired, d.pair.Src)
+			delete(expired, d.pair.Dst)
+		}
+		if d.violation != nil {
+			delete(expired, d.violation[0])
+			delete(expired, d.violation[1])
+		}
+	}
+	if len(expired) == 0 {
+		return
+	}
+	for k := range b.st.Pairs {
+		if expired[k.Src] || expired[k.Dst] {
+			delete(b.st.Pairs, k)
+			delete(b.st.Slots, k)
+		}
+	}
+	for k := range b.st.Ports {
+		if expired[k.Src] || expired[k.Dst] {
+			delete(b.st.Ports, k)
+		}
+	}
+	for k := range b.st.Violations {
+		if expired[k[0]] || expired[k[1]] {
+			delete(b.st.Violations, k)
+		}
+	}
+	for label := range expired {
+		delete(b.goneSince, label)
+	}
+	if err := b.st.save(); err != nil {
+		a.log.Error("retire the series of removed namespaces: save state", "err", err)
+	}
+}

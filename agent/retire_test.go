@@ -1,0 +1,86 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
+	"github.com/vishvananda/netns"
+)
+
+// retireTopology puts three namespaces on one bridge.
+const retireTopology = `
+name: retire
+namespaces:
+  - name: a
+  - name: b
+  - name: c
+  - name: sw
+bridges:
+  - name: br0
+    namespace: sw
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.46.1/24]}
+      - {bridge: br0, interface: pa}
+  - endpoints:
+      - {namespace: b, interface: eth0, addresses: [198.18.46.2/24]}
+      - {bridge: br0, interface: pb}
+  - endpoints:
+      - {namespace: c, interface: eth0, addresses: [198.18.46.3/24]}
+      - {bridge: br0, interface: pc}
+`
+
+// TestGoneRetention: the series of a namespace that is gone (a -> c
+// after c is deleted) leave /metrics and the state file once the
+// retention is over; those of namespaces that live (a -> b) stay, with
+// their counts.
+func TestGoneRetention(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ar")
+	s := topotest.Up(t, parseSpec(t, retireTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second, GoneRetention: 2 * time.Second})
+	waitReady(t, r)
+
+	const n = 100
+	a, b, c := p+"a", p+"b", p+"c"
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.46.2:5401"), n, 100)
+	sendUDP(t, s, a, c, netip.MustParseAddrPort("198.18.46.3:5401"), n, 100)
+	series := func(dst string) string {
+		return fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q} %d`, dst, a, n)
+	}
+	if text := scrape(t, r.url); !strings.Contains(text, series(b)) || !strings.Contains(text, series(c)) {
+		t.Fatalf("want %s and %s; have:\n%s", series(b), series(c), grepLines(text, "nsflow_netns_flow_packets_total{"))
+	}
+	if err := netns.DeleteNamed(c); err != nil {
+		t.Fatal(err)
+	}
+	// c's records are folded at once (its port is gone), a's idle out in
+	// 2 s; then c's series have 2 s to go.
+	var text string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		text = scrape(t, r.url)
+		if !strings.Contains(text, fmt.Sprintf("%q", c)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("series naming %s still there 20 s after it was deleted:\n%s", c, grepLines(text, c))
+		}
+	}
+	if !strings.Contains(text, series(b)) {
+		t.Errorf("the live pair's series went too: want %s; have:\n%s", series(b), grepLines(text, "nsflow_netns_flow_packets_total{"))
+	}
+	saved, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(saved), fmt.Sprintf("%q", c)) || !strings.Contains(string(saved), fmt.Sprintf("%q", b)) {
+		t.Errorf("state file should name %s and no longer %s:\n%s", b, c, saved)
+	}
+}
