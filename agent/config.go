@@ -29,7 +29,7 @@ const (
 )
 
 // UnknownNetns labels an address no discovered namespace owns.
-const UnknownNetns = "unknown"
+const UnknownNetns = discovery.UnknownLabel
 
 // Filter selects names: included when Include is nil or matches, and
 // Exclude is nil or does not match.

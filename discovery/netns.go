@@ -19,6 +19,9 @@ import (
 // HostLabel names the namespace the agent itself runs in.
 const HostLabel = "host"
 
+// UnknownLabel stands, in metrics, for an address no namespace owns.
+const UnknownLabel = "unknown"
+
 // maxPids bounds how many owning processes a Namespace remembers: enough
 // to say who holds it, not a process table.
 const maxPids = 3
@@ -42,14 +45,31 @@ type Namespace struct {
 
 // Label is the stable name used in metrics: "host", the namespace's name,
 // or "netns-INODE" for unnamed ones (stable for the namespace's lifetime).
+// A name that reads as one of the other labels ("host", "unknown",
+// "netns-" and digits) is labelled by its path instead, which no name can
+// equal: names contain no '/'.
 func (n Namespace) Label() string {
 	switch {
 	case n.Host:
 		return HostLabel
+	case n.Name != "" && reservedLabel(n.Name):
+		return n.Path
 	case n.Name != "":
 		return n.Name
 	}
 	return "netns-" + strconv.FormatUint(n.Inode, 10)
+}
+
+func reservedLabel(name string) bool {
+	if name == HostLabel || name == UnknownLabel {
+		return true
+	}
+	digits, ok := strings.CutPrefix(name, "netns-")
+	if !ok || digits == "" {
+		return false
+	}
+	_, err := strconv.ParseUint(digits, 10, 64)
+	return err == nil
 }
 
 // same reports whether two observations describe the namespace identically
