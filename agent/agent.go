@@ -241,11 +241,12 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 	case discovery.Updated:
 		a.mu.Lock()
 		s := a.byInode[n.Inode]
+		moved := s != nil && s.ns.Path != n.Path
 		if s != nil {
 			s.ns, s.label = n, n.Label()
 		}
 		a.mu.Unlock()
-		if s != nil {
+		if moved {
 			a.resume(s)
 		}
 	case discovery.Removed:
@@ -291,9 +292,10 @@ func (a *Agent) setupJob(n discovery.Namespace) func() func() {
 	}
 }
 
-// resume retries what failed for a namespace when discovery names it by a
+// resume retries what failed for a namespace when discovery opens it by a
 // new path: an unnamed namespace is opened through one of its processes,
 // and a setup or attach that used a process that exited meanwhile failed.
+// (Only then: an attach that fails for another reason would fail again.)
 func (a *Agent) resume(s *nsState) {
 	if s.cookie == 0 {
 		if !s.settingUp {
