@@ -136,11 +136,24 @@ func (v *validator) checkIfName(path, name string) {
 		v.add(path, "required")
 	case len(name) > maxIfNameLen:
 		v.add(path, "interface name %q is %d bytes, the kernel allows at most %d", name, len(name), maxIfNameLen)
-	case name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\x00"):
-		v.add(path, "invalid interface name %q", name)
+	case name == "." || name == ".." || strings.ContainsFunc(name, badIfNameRune):
+		v.add(path, "invalid interface name %q: not \".\" or \"..\", and no '/', ':', '%%' or white space", name)
 	case name == "lo":
 		v.add(path, "%q is the loopback interface every namespace already has", name)
 	}
+}
+
+// badIfNameRune reports the characters the kernel refuses in an interface
+// name (dev_valid_name: '/', ':' and the ASCII white space isspace
+// matches), and '%', which it takes as a pattern (as in "eth%d") to pick
+// a free name itself, so that the interface would not have the declared
+// name. NUL would end the name early.
+func badIfNameRune(r rune) bool {
+	switch r {
+	case '/', ':', '%', ' ', '\t', '\n', '\v', '\f', '\r', 0:
+		return true
+	}
+	return false
 }
 
 func (v *validator) checkMTU(path string, mtu int) {

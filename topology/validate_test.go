@@ -105,6 +105,29 @@ name: t
 namespaces: [{name: a}, {name: b}]
 links: [{endpoints: [{namespace: a, interface: "e/0"}, {namespace: b, interface: e0}]}]`,
 			[]string{`links[0].endpoints[0].interface: invalid interface name "e/0"`}},
+		{"interface with a name pattern", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: "e%d"}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e%d"`}},
+		{"bridge with a name pattern", "name: t\nbridges: [{name: \"b%d\"}]", []string{`bridges[0].name: invalid interface name "b%d"`}},
+		{"interface with colon", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: "e:0"}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e:0"`}},
+		{"interface with carriage return", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\\r0\"}, {namespace: b, interface: e0}]}]",
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e\r0"`}},
+		{"interface with vertical tab", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\\v0\"}, {namespace: b, interface: e0}]}]",
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e\v0"`}},
+		{"interface with form feed", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\\f0\"}, {namespace: b, interface: e0}]}]",
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e\f0"`}},
+		{"interface named dot", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: "."}, {namespace: b, interface: e0}]}]`,
+			[]string{`links[0].endpoints[0].interface: invalid interface name "."`}},
+		{"bridge named dot-dot", "name: t\nbridges: [{name: \"..\"}]", []string{`bridges[0].name: invalid interface name ".."`}},
 		{"invalid CIDR", `
 name: t
 namespaces: [{name: a}, {name: b}]
