@@ -16,6 +16,9 @@ const (
 	maxNameLen   = 64 // topology and namespace names: file names, kept short
 	minMTU       = 68
 	maxMTU       = 65535
+	// minMTU6 is IPv6's minimum MTU: below it the kernel disables IPv6 on
+	// the interface, and refuses IPv6 addresses there.
+	minMTU6 = 1280
 )
 
 // nameRE is what a topology or namespace name may hold: it becomes a file
@@ -71,6 +74,7 @@ func (v *validator) run() {
 	v.bridgeNames()
 	seg := v.links()
 	v.addresses(seg)
+	v.ipv6MTU()
 	v.routes()
 	v.sysctls()
 	ns := make(map[string]bool, len(v.namespaces))
@@ -302,6 +306,54 @@ func (v *validator) addresses(uf *unionFind) {
 		for _, y := range nets[:i] {
 			if x.segment != y.segment && x.net.Overlaps(y.net) {
 				v.add(first[x], "subnet %s overlaps %s at %s, which is on a different link or bridge", x.net, y.net, first[y])
+			}
+		}
+	}
+}
+
+// ipv6MTU rejects an MTU below IPv6's minimum where the interface holds
+// IPv6 addresses: a link's (either end), a bridge's, and a bridge port's
+// when the bridge declares no MTU of its own, since the kernel then gives
+// the bridge its ports' smallest MTU (and drops its IPv6 addresses).
+func (v *validator) ipv6MTU() {
+	s := v.s
+	// firstV6 returns the field path of the first IPv6 address of an
+	// interface, or "".
+	firstV6 := func(ns, dev string) string {
+		for _, a := range v.addrs {
+			if a.ns == ns && a.dev == dev && a.prefix.Addr().Is6() {
+				return a.path
+			}
+		}
+		return ""
+	}
+	tooSmall := func(mtu int) bool { return mtu != 0 && mtu < minMTU6 }
+	for i, b := range s.Bridges {
+		if p := firstV6(s.BridgeNamespace(b.Name), b.Name); p != "" && tooSmall(b.MTU) {
+			v.add(fmt.Sprintf("bridges[%d].mtu", i), "%d is below %d, the minimum for IPv6, and %s is IPv6", b.MTU, minMTU6, p)
+		}
+	}
+	for i, l := range s.Links {
+		if !tooSmall(l.MTU) || len(l.Endpoints) != 2 {
+			continue
+		}
+		path := fmt.Sprintf("links[%d].mtu", i)
+		for _, e := range l.Endpoints {
+			if e.Bridge != "" {
+				bi, known := v.bridges[e.Bridge]
+				if !known || s.Bridges[bi].MTU != 0 {
+					continue
+				}
+				if p := firstV6(s.BridgeNamespace(e.Bridge), e.Bridge); p != "" {
+					v.add(path, "%d is below %d, the minimum for IPv6, and bridge %q (%s is IPv6) takes its ports' smallest MTU: give the bridge an mtu",
+						l.MTU, minMTU6, e.Bridge, p)
+					break
+				}
+				continue
+			}
+			if p := firstV6(e.Namespace, e.Interface); p != "" {
+				v.add(path, "%d is below %d, the minimum for IPv6, and %s is IPv6", l.MTU, minMTU6, p)
+				break
 			}
 		}
 	}

@@ -37,6 +37,32 @@ func TestValidateBase(t *testing.T) {
 	}
 }
 
+// TestValidateAccepts lists valid specs near the rules: each must pass.
+func TestValidateAccepts(t *testing.T) {
+	tests := []struct{ name, yaml string }{
+		{"small mtu on an IPv4-only link", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{mtu: 576, endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`},
+		{"small port mtu under a bridge with its own mtu", `
+name: t
+namespaces: [{name: a}]
+bridges: [{name: br0, mtu: 1500, addresses: ["fd00::1/64"]}]
+links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: p0}]}]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			if err := s.Validate(); err != nil {
+				t.Errorf("valid spec rejected: %v", err)
+			}
+		})
+	}
+}
+
 func TestValidateErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -166,6 +192,19 @@ name: t
 namespaces: [{name: a}, {name: b}]
 links: [{mtu: 70000, endpoints: [{namespace: a, interface: e0}, {namespace: b, interface: e0}]}]`,
 			[]string{"links[0].mtu: 70000 out of range 68-65535"}},
+		{"link mtu too small for IPv6", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: ["fd00::2/64"]}]}]`,
+			[]string{`links[0].mtu: 1200 is below 1280, the minimum for IPv6, and links[0].endpoints[1].addresses[0] is IPv6`}},
+		{"bridge mtu too small for IPv6", "name: t\nbridges: [{name: br0, mtu: 1000, addresses: [\"fd00::1/64\"]}]",
+			[]string{`bridges[0].mtu: 1000 is below 1280, the minimum for IPv6, and bridges[0].addresses[0] is IPv6`}},
+		{"bridge port mtu too small for the bridge's IPv6", `
+name: t
+namespaces: [{name: a}]
+bridges: [{name: br0, addresses: ["fd00::1/64"]}]
+links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: p0}]}]`,
+			[]string{`links[0].mtu: 1200 is below 1280, the minimum for IPv6, and bridge "br0" (bridges[0].addresses[0] is IPv6) takes its ports' smallest MTU: give the bridge an mtu`}},
 		{"route via unreachable gateway", `
 name: t
 namespaces:
