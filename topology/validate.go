@@ -424,12 +424,23 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 			v.add(path+".via", "invalid address %q", r.Via)
 			return to, via, false
 		}
+		if a.Zone() != "" {
+			v.add(path+".via", "%q: give the interface as dev, not as a zone", r.Via)
+			return to, via, false
+		}
 		via = a
 		if to.IsValid() && to.Addr().Is4() != a.Is4() {
 			v.add(path+".via", "gateway %s and destination %s are of different address families", a, to)
 			return to, via, false
 		}
-		if ok && !v.onLink(ns, r.Dev, a) {
+		if a.Is6() && a.IsLinkLocalUnicast() {
+			// On the link of dev by definition (every IPv6 interface has
+			// an address in fe80::/10), and of no other.
+			if r.Dev == "" {
+				v.add(path+".dev", "a link-local gateway (%s) needs dev, the interface to reach it on", a)
+				ok = false
+			}
+		} else if ok && !v.onLink(ns, r.Dev, a) {
 			where := fmt.Sprintf("any interface in namespace %q", ns)
 			if r.Dev != "" {
 				where = fmt.Sprintf("interface %q", r.Dev)

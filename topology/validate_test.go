@@ -40,6 +40,13 @@ func TestValidateBase(t *testing.T) {
 // TestValidateAccepts lists valid specs near the rules: each must pass.
 func TestValidateAccepts(t *testing.T) {
 	tests := []struct{ name, yaml string }{
+		{"route via link-local gateway with dev", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: "fd00:9::/64", via: "fe80::1", dev: e0}, {to: default, via: "fe80::2", dev: e0}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00::2/64"]}]}]`},
 		{"small mtu on an IPv4-only link", `
 name: t
 namespaces: [{name: a}, {name: b}]
@@ -205,6 +212,22 @@ namespaces: [{name: a}]
 bridges: [{name: br0, addresses: ["fd00::1/64"]}]
 links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: p0}]}]`,
 			[]string{`links[0].mtu: 1200 is below 1280, the minimum for IPv6, and bridge "br0" (bridges[0].addresses[0] is IPv6) takes its ports' smallest MTU: give the bridge an mtu`}},
+		{"route via link-local gateway without dev", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: "fd00:9::/64", via: "fe80::1"}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00::2/64"]}]}]`,
+			[]string{`namespaces[0].routes[0].dev: a link-local gateway (fe80::1) needs dev, the interface to reach it on`}},
+		{"route via gateway with zone", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: "fd00:9::/64", via: "fe80::1%e0", dev: e0}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00::2/64"]}]}]`,
+			[]string{`namespaces[0].routes[0].via: "fe80::1%e0": give the interface as dev, not as a zone`}},
 		{"route via unreachable gateway", `
 name: t
 namespaces:
