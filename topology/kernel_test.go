@@ -457,3 +457,95 @@ func TestRouterTopology(t *testing.T) {
 		t.Errorf("host after down differs:\nbefore %q\nafter  %q", before, after)
 	}
 }
+
+// routesSpec declares, in namespace a: default routes of both families
+// via gateways on eth0, a route via eth1 only, the subnet eth0 is on
+// (which the kernel routes itself once the address is there), and a
+// route via an IPv6 link-local gateway.
+const routesSpec = `
+name: routes
+namespaces:
+  - name: a
+    routes:
+      - {to: default, via: 198.18.30.2}
+      - {to: default, via: "fd00:30::2"}
+      - {to: 198.18.40.0/24, dev: eth1}
+      - {to: 198.18.30.0/24, dev: eth0}
+      - {to: "fd00:39::/64", via: "fe80::1", dev: eth0}
+  - name: b
+  - name: c
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.30.1/24, "fd00:30::1/64"]}
+      - {namespace: b, interface: eth0, addresses: [198.18.30.2/24, "fd00:30::2/64"]}
+  - endpoints:
+      - {namespace: a, interface: eth1, addresses: [198.18.31.1/24]}
+      - {namespace: c, interface: eth0, addresses: [198.18.31.2/24]}
+`
+
+// TestRoutesConverge brings up routes that include the subnet of an
+// interface (the kernel's own route), then changes gateways and devices
+// behind the topology's back: show reports each change and one up puts
+// the declared routes back.
+func TestRoutesConverge(t *testing.T) {
+	s := prefixedSpec(t, routesSpec)
+	ctx := context.Background()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	noDrift := func(when string) {
+		t.Helper()
+		if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+			t.Fatalf("drift %s: %q, %v", when, st.Drift, err)
+		}
+	}
+	noDrift("after up")
+	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
+		t.Fatalf("second up: %+v, %v", res, err)
+	}
+
+	a := prefixOf(s) + "a"
+	c, err := openNetns(a, s.NetnsPath(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	l, err := c.h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth0 := l.Attrs().Index
+	for _, rt := range []*netlink.Route{
+		{Gw: netip.MustParseAddr("198.18.30.3").AsSlice(), LinkIndex: eth0},
+		{Gw: netip.MustParseAddr("fd00:30::3").AsSlice(), LinkIndex: eth0, Family: netlink.FAMILY_V6},
+		{Dst: ipNet(netip.MustParsePrefix("198.18.40.0/24")), LinkIndex: eth0},
+	} {
+		if err := c.h.RouteReplace(rt); err != nil {
+			t.Fatalf("replace %v: %v", rt, err)
+		}
+	}
+	st, err := Show(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		a + ": route to default via 198.18.30.2 missing",
+		a + ": route to default via fd00:30::2 missing",
+		a + ": route to 198.18.40.0/24 dev eth1 missing",
+	} {
+		if !slices.Contains(st.Drift, want) {
+			t.Errorf("drift %q not reported; got %q", want, st.Drift)
+		}
+	}
+	res, err := Up(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Changed != 3 || res.Unchanged() {
+		t.Errorf("repairing up: %v; want 3 changes (two gateways, one device)", res)
+	}
+	noDrift("after the repairing up")
+	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
+		t.Errorf("up after the repair: %+v, %v", res, err)
+	}
+}

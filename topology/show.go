@@ -169,14 +169,23 @@ func snapshot(c *nsConn, hostNames []string) (*nsSnapshot, error) {
 		sn.addrs[a.LinkIndex] = append(sn.addrs[a.LinkIndex], a)
 	}
 	if c.name != HostNamespace {
-		sn.routes, err = retryDump(func() ([]netlink.Route, error) {
-			return c.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("namespace %s: list routes: %w", c.name, err)
+		if sn.routes, err = mainRoutes(c, netlink.FAMILY_ALL); err != nil {
+			return nil, err
 		}
 	}
 	return sn, nil
+}
+
+// mainRoutes dumps the main routing table of a namespace, for one family
+// or all.
+func mainRoutes(c *nsConn, family int) ([]netlink.Route, error) {
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return c.h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("namespace %s: list routes: %w", c.name, err)
+	}
+	return routes, nil
 }
 
 // compare builds the State from the snapshots and lists the drift.
@@ -236,7 +245,7 @@ func compare(s *Spec, snaps map[string]*nsSnapshot) *State {
 			}
 		}
 		for _, r := range sn.routes {
-			ns.Routes = append(ns.Routes, routeState(sn, r))
+			ns.Routes = append(ns.Routes, routeState(sn.byIdx, r))
 		}
 		if i := slices.IndexFunc(s.Namespaces, func(n Namespace) bool { return n.Name == name }); i >= 0 {
 			ns.Sysctls = sn.sysctls
@@ -372,7 +381,9 @@ func interfaceDrift(drift func(string, ...any), ns string, w Interface, is Inter
 	}
 }
 
-func routeState(sn *nsSnapshot, r netlink.Route) RouteState {
+// routeState describes a live route, naming its device from the
+// namespace's interfaces by index.
+func routeState(byIdx map[int]netlink.Link, r netlink.Route) RouteState {
 	rs := RouteState{To: "default"}
 	if r.Dst != nil {
 		if ones, _ := r.Dst.Mask.Size(); ones > 0 || !r.Dst.IP.IsUnspecified() {
@@ -382,7 +393,7 @@ func routeState(sn *nsSnapshot, r netlink.Route) RouteState {
 	if r.Gw != nil {
 		rs.Via = r.Gw.String()
 	}
-	if l, ok := sn.byIdx[r.LinkIndex]; ok {
+	if l, ok := byIdx[r.LinkIndex]; ok {
 		rs.Dev = l.Attrs().Name
 	}
 	return rs

@@ -583,26 +583,71 @@ func (b *builder) addAddrs(c *nsConn, l netlink.Link, addrs []string) error {
 	return nil
 }
 
-// routes adds namespace i's routes; one that already exists is kept.
+// routes converges namespace i's routes. Only the namespaces the topology
+// declares (and owns, as preflight proved) are touched, never the host.
 func (b *builder) routes(i int) error {
 	n := b.s.Namespaces[i]
 	c := b.conns[n.Name]
 	for j, r := range n.Routes {
-		rt, err := b.nlRoute(c, n.Name, r)
-		if err == nil {
-			err = c.h.RouteAdd(rt)
-			if errors.Is(err, unix.EEXIST) && !b.fresh[n.Name] {
-				continue // already there: idempotent up
-			}
-			if err == nil && !b.fresh[n.Name] {
-				b.changed.Add(1)
-			}
-		}
-		if err != nil {
+		if err := b.route(c, n.Name, r); err != nil {
 			return fmt.Errorf("namespaces[%d].routes[%d] (%s to %s): %w", i, j, n.Name, r.To, err)
 		}
 	}
 	return nil
+}
+
+// route adds a declared route to namespace ns. If the kernel already has
+// a route to that destination (EEXIST: one the topology added before, one
+// changed since, or the kernel's own route to an interface's subnet), the
+// live routes decide, compared as show compares them: the declared route
+// among them is kept; otherwise the one in its place, to the same
+// destination through another gateway or device, is replaced.
+func (b *builder) route(c *nsConn, ns string, r Route) error {
+	rt, err := b.nlRoute(c, ns, r)
+	if err != nil {
+		return err
+	}
+	err = c.h.RouteAdd(rt)
+	if errors.Is(err, unix.EEXIST) {
+		var present bool
+		if present, err = b.hasLiveRoute(c, rt.Family, r); err == nil {
+			if present {
+				return nil // already there: idempotent up
+			}
+			if err = c.h.RouteReplace(rt); err != nil {
+				err = fmt.Errorf("replace the route in its place: %w", err)
+			}
+		}
+	}
+	if err == nil && !b.fresh[ns] {
+		b.changed.Add(1)
+	}
+	return err
+}
+
+// hasLiveRoute reports whether the declared route r is among the routes
+// of family in the namespace's main table.
+func (b *builder) hasLiveRoute(c *nsConn, family int, r Route) (bool, error) {
+	routes, err := mainRoutes(c, family)
+	if err != nil {
+		return false, err
+	}
+	byIdx := map[int]netlink.Link{}
+	for _, rt := range routes {
+		if _, ok := byIdx[rt.LinkIndex]; ok || rt.LinkIndex == 0 {
+			continue
+		}
+		l, err := c.h.LinkByIndex(rt.LinkIndex)
+		if err != nil {
+			return false, fmt.Errorf("device of a route: %w", err)
+		}
+		byIdx[rt.LinkIndex] = l
+	}
+	live := make([]RouteState, len(routes))
+	for i, rt := range routes {
+		live[i] = routeState(byIdx, rt)
+	}
+	return hasRoute(live, r), nil
 }
 
 // nlRoute translates a validated route for namespace ns.
