@@ -47,6 +47,13 @@ namespaces:
     routes: [{to: "fd00:9::/64", via: "fe80::1", dev: e0}, {to: default, via: "fe80::2", dev: e0}]
   - name: b
 links: [{endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00::2/64"]}]}]`},
+		{"route to an interface's own subnet through it", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: 198.18.12.0/24, dev: e0}, {to: "fd00:12::/64", via: "fd00:12::2"}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.12.1/24, "fd00:12::1/64"]}, {namespace: b, interface: e0, addresses: [198.18.12.2/24, "fd00:12::2/64"]}]}]`},
 		{"small mtu on an IPv4-only link", `
 name: t
 namespaces: [{name: a}, {name: b}]
@@ -228,6 +235,24 @@ namespaces:
   - name: b
 links: [{endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00::2/64"]}]}]`,
 			[]string{`namespaces[0].routes[0].via: "fe80::1%e0": give the interface as dev, not as a zone`}},
+		{"route to an interface's subnet via a gateway", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: 198.18.12.0/24, via: 198.18.12.2}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.12.1/24]}, {namespace: b, interface: e0, addresses: [198.18.12.2/24]}]}]`,
+			[]string{`namespaces[0].routes[0].to: 198.18.12.0/24 is the subnet of interface "e0" (links[0].endpoints[0].addresses[0]), which the kernel routes itself: declare it with dev e0 and no via, or leave it out`}},
+		{"route to an interface's subnet through another device", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: 198.18.12.0/24, dev: e1}]
+  - name: b
+links:
+  - endpoints: [{namespace: a, interface: e0, addresses: [198.18.12.1/24]}, {namespace: b, interface: e0, addresses: [198.18.12.2/24]}]
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.13.1/24]}, {namespace: b, interface: e1, addresses: [198.18.13.2/24]}]`,
+			[]string{`namespaces[0].routes[0].to: 198.18.12.0/24 is the subnet of interface "e0"`}},
 		{"route via unreachable gateway", `
 name: t
 namespaces:
