@@ -2,12 +2,15 @@ package topology
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -548,4 +551,69 @@ func TestRoutesConverge(t *testing.T) {
 	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
 		t.Errorf("up after the repair: %+v, %v", res, err)
 	}
+}
+
+// crashEnv names the stage at which a child process of
+// TestUpKilledCreatingNamespace kills itself, and the prefix it runs with.
+const (
+	crashEnv       = "NSFLOW_TEST_CRASH_AT"
+	crashPrefixEnv = "NSFLOW_TEST_CRASH_PREFIX"
+	crashSpec      = "name: crash\nnamespaces: [{name: a}]\n"
+)
+
+// TestUpKilledCreatingNamespace runs up in a child process that kills
+// itself (SIGKILL) while creating its namespace: once its file under
+// /run/netns exists, and once the namespace is mounted there. What each
+// crash leaves must be the topology's for up and down: a mounted
+// namespace carries the marker already.
+func TestUpKilledCreatingNamespace(t *testing.T) {
+	if stage := os.Getenv(crashEnv); stage != "" {
+		crashChild(t, stage, os.Getenv(crashPrefixEnv))
+		return
+	}
+	ctx := context.Background()
+	t.Run("mounted", func(t *testing.T) {
+		s := prefixedSpec(t, crashSpec)
+		killUpAt(t, s, "mounted")
+		res, err := Down(ctx, s, Options{})
+		if err != nil || res.NamespacesRemoved != 1 || len(res.Foreign) != 0 {
+			t.Fatalf("down after a kill at the mount: %+v, %v; want the namespace removed as owned", res, err)
+		}
+		if got := hostObjects(t, prefixOf(s)); len(got) != 0 {
+			t.Errorf("left behind: %q", got)
+		}
+	})
+}
+
+// killUpAt runs up of s in a child process that kills itself at stage.
+func killUpAt(t *testing.T, s *Spec, stage string) {
+	t.Helper()
+	// Whatever the crash leaves goes, even if up or down do not take it.
+	t.Cleanup(func() { unmountNetns(s.NetnsPath(s.Namespaces[0].Name)) })
+	cmd := exec.Command(os.Args[0], "-test.run=^TestUpKilledCreatingNamespace$", "-test.count=1")
+	cmd.Env = append(os.Environ(), crashEnv+"="+stage, crashPrefixEnv+"="+prefixOf(s))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child up was not killed at %q: %v\n%s", stage, err, out)
+	}
+}
+
+// crashChild is the child's side: up, killed at stage.
+func crashChild(t *testing.T, stage, prefix string) {
+	s, err := Parse([]byte(crashSpec))
+	if err == nil {
+		s, err = s.WithPrefix(prefix)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashHook = func(at string) {
+		if at == stage {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	_, err = Up(context.Background(), s, Options{})
+	t.Fatalf("up returned instead of being killed at %q: %v", stage, err)
 }

@@ -123,31 +123,23 @@ func createNetns(name, path, marker string, sysctls map[string]string) (*nsConn,
 	return r.c, r.err
 }
 
-// setupNetns runs on the locked thread inside the new namespace.
+// setupNetns runs on the locked thread inside the new namespace. The
+// namespace is fully set up (loopback up and marked, sysctls written)
+// before it gets its name under /run/netns: a run killed at any point
+// leaves either nothing (the namespace dies with the process), an empty
+// file, or a namespace that carries the marker, which up and down then
+// take as the topology's.
 func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn, err error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		return nil, fmt.Errorf("namespace %s: %w", path, err)
-	}
-	f.Close()
-	self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-	if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-		os.Remove(path)
-		return nil, fmt.Errorf("bind-mount namespace at %s: %w", path, err)
-	}
+	c = &nsConn{name: name, fd: -1}
 	defer func() {
 		if err != nil {
 			c.close()
-			unmountNetns(path)
 			c = nil
 		}
 	}()
-	c = &nsConn{name: name, fd: -1}
+	self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 	if c.fd, err = unix.Open(self, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-		return c, fmt.Errorf("open namespace %s: %w", path, err)
+		return c, fmt.Errorf("namespace %s: open: %w", name, err)
 	}
 	// A socket opened here stays in this namespace.
 	if c.h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
@@ -161,8 +153,30 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 		return c, fmt.Errorf("namespace %s: loopback up and marked: %w", name, err)
 	}
 	// This thread is in the new namespace: its /proc/sys/net is the new one.
-	return c, writeSysctls(name, sysctls)
+	if err := writeSysctls(name, sysctls); err != nil {
+		return c, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return c, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return c, fmt.Errorf("namespace %s: %w", path, err)
+	}
+	f.Close()
+	crashHook("created")
+	if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return c, fmt.Errorf("bind-mount namespace at %s: %w", path, err)
+	}
+	crashHook("mounted")
+	return c, nil
 }
+
+// crashHook, when a test sets it, is called at the steps of creating a
+// namespace ("created": its file exists; "mounted": the namespace is
+// mounted on it): the tests' way to kill up at a chosen point.
+var crashHook = func(stage string) {}
 
 // unmountNetns removes a namespace's bind mount; the kernel destroys the
 // namespace, and the interfaces in it, once nothing else holds it.
