@@ -73,6 +73,9 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 	err = parallel(ctx, len(plan.Namespaces), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
 		name := plan.Namespaces[i]
 		path := s.NetnsPath(name)
+		if err := removeLeftoverNetns(path); err != nil {
+			return err
+		}
 		c, err := openIfPresent(name, path)
 		if c == nil {
 			return err // nil when the namespace is not there

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 const seedFile = "../examples/seed.yaml"
@@ -565,7 +566,7 @@ const (
 // itself (SIGKILL) while creating its namespace: once its file under
 // /run/netns exists, and once the namespace is mounted there. What each
 // crash leaves must be the topology's for up and down: a mounted
-// namespace carries the marker already.
+// namespace carries the marker already, and an empty file is removed.
 func TestUpKilledCreatingNamespace(t *testing.T) {
 	if stage := os.Getenv(crashEnv); stage != "" {
 		crashChild(t, stage, os.Getenv(crashPrefixEnv))
@@ -583,6 +584,88 @@ func TestUpKilledCreatingNamespace(t *testing.T) {
 			t.Errorf("left behind: %q", got)
 		}
 	})
+	t.Run("created then down", func(t *testing.T) {
+		s := prefixedSpec(t, crashSpec)
+		path := s.NetnsPath(s.Namespaces[0].Name)
+		killUpAt(t, s, "created")
+		if fi, err := os.Lstat(path); err != nil || fi.Size() != 0 {
+			t.Fatalf("want an empty file at %s after the kill: %v, %v", path, fi, err)
+		}
+		st, err := Show(ctx, s, Options{})
+		if err != nil || !slices.Contains(st.Drift, "namespace "+s.Namespaces[0].Name+": missing") {
+			t.Errorf("show with the empty file: %+v, %v; want the namespace missing", st, err)
+		}
+		if _, err := Down(ctx, s, Options{}); err != nil {
+			t.Fatalf("down with the empty file: %v", err)
+		}
+		if got := hostObjects(t, prefixOf(s)); len(got) != 0 {
+			t.Errorf("left behind: %q", got)
+		}
+	})
+	t.Run("created then up", func(t *testing.T) {
+		s := prefixedSpec(t, crashSpec)
+		killUpAt(t, s, "created")
+		if _, err := Up(ctx, s, Options{}); err != nil {
+			t.Fatalf("up with the empty file: %v", err)
+		}
+		if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+			t.Errorf("drift after up: %q, %v", st.Drift, err)
+		}
+	})
+}
+
+// TestNotLeftoverNetnsFiles puts what is not a leftover of an interrupted
+// up at a namespace's path: a file with content, and an empty file with
+// another mounted on it. Up and down must fail and leave both alone.
+func TestNotLeftoverNetnsFiles(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name  string
+		place func(t *testing.T, path string)
+	}{
+		{"file with content", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, []byte("x"), 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"empty file mounted on", func(t *testing.T, path string) {
+			src := t.TempDir() + "/empty"
+			for _, p := range []string{src, path} {
+				if err := os.WriteFile(p, nil, 0o444); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := unix.Mount(src, path, "", unix.MS_BIND, ""); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := prefixedSpec(t, crashSpec)
+			path := s.NetnsPath(s.Namespaces[0].Name)
+			if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			// Runs before prefixedSpec's down (the last cleanup
+			// registered runs first), which then finds nothing there.
+			t.Cleanup(func() { unmountNetns(path) })
+			tt.place(t, path)
+			var before unix.Statx_t
+			if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO, &before); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Up(ctx, s, Options{}); err == nil {
+				t.Error("up over a file that holds no namespace succeeded")
+			}
+			if _, err := Down(ctx, s, Options{}); err == nil {
+				t.Error("down over a file that holds no namespace succeeded")
+			}
+			var after unix.Statx_t
+			if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO, &after); err != nil || after.Ino != before.Ino || after.Attributes != before.Attributes {
+				t.Errorf("%s was touched: %v", path, err)
+			}
+		})
+	}
 }
 
 // killUpAt runs up of s in a child process that kills itself at stage.

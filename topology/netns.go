@@ -72,10 +72,14 @@ func openNetns(name, path string) (*nsConn, error) {
 }
 
 // openIfPresent is openNetns for a namespace that may not exist (a
-// topology partly or not up): it returns nil, nil when path is missing.
+// topology partly or not up): it returns nil, nil when path is missing or
+// is a leftover empty file, which holds no namespace.
 func openIfPresent(name, path string) (*nsConn, error) {
 	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
+	}
+	if leftover, err := leftoverNetnsFile(path); err != nil || leftover {
+		return nil, err
 	}
 	return openNetns(name, path)
 }
@@ -127,8 +131,8 @@ func createNetns(name, path, marker string, sysctls map[string]string) (*nsConn,
 // namespace is fully set up (loopback up and marked, sysctls written)
 // before it gets its name under /run/netns: a run killed at any point
 // leaves either nothing (the namespace dies with the process), an empty
-// file, or a namespace that carries the marker, which up and down then
-// take as the topology's.
+// file (see leftoverNetnsFile), or a namespace that carries the marker,
+// which up and down then take as the topology's.
 func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn, err error) {
 	c = &nsConn{name: name, fd: -1}
 	defer func() {
@@ -171,6 +175,56 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	}
 	crashHook("mounted")
 	return c, nil
+}
+
+// leftoverNetnsFile reports whether path is what a run killed between
+// creating a namespace's file and mounting the namespace on it leaves: a
+// plain empty file with nothing mounted on it. (A mounted namespace also
+// looks like an empty regular file to stat, but its file system is nsfs;
+// anything else mounted there makes it a mount root.) A missing path is
+// not one. Only a creator of the same name caught between its own create
+// and mount would look the same; the name is the topology's to use.
+func leftoverNetnsFile(path string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 {
+		return false, nil
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if fs.Type == unix.NSFS_MAGIC {
+		return false, nil
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE, &stx); err != nil {
+		return false, fmt.Errorf("statx %s: %w", path, err)
+	}
+	// A kernel that cannot tell a mount root (before 5.8) gets the benefit
+	// of the doubt: the file stays.
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+		return false, nil
+	}
+	return true, nil
+}
+
+// removeLeftoverNetns removes path if it is a leftover empty file (see
+// leftoverNetnsFile), so that the namespace counts as missing.
+func removeLeftoverNetns(path string) error {
+	leftover, err := leftoverNetnsFile(path)
+	if err != nil || !leftover {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the empty file %s left by an interrupted up: %w", path, err)
+	}
+	return nil
 }
 
 // crashHook, when a test sets it, is called at the steps of creating a

@@ -190,7 +190,11 @@ func (b *builder) preflight(ctx context.Context) error {
 	}
 	var existing []string
 	for _, n := range b.s.Namespaces {
-		if _, err := os.Lstat(b.s.NetnsPath(n.Name)); err == nil {
+		path := b.s.NetnsPath(n.Name)
+		if err := removeLeftoverNetns(path); err != nil {
+			return err
+		}
+		if _, err := os.Lstat(path); err == nil {
 			existing = append(existing, n.Name)
 		}
 	}
