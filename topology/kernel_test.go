@@ -700,3 +700,59 @@ func crashChild(t *testing.T, stage, prefix string) {
 	_, err = Up(context.Background(), s, Options{})
 	t.Fatalf("up returned instead of being killed at %q: %v", stage, err)
 }
+
+// bridgeMTUSpec has bridges whose MTU differs from their ports': the
+// kernel gives a bridge its ports' smallest MTU as they attach, unless
+// the bridge's MTU was set after its creation.
+const bridgeMTUSpec = `
+name: brmtu
+namespaces: [{name: r}, {name: a}, {name: b}]
+bridges:
+  - {name: small, namespace: r, mtu: 1400, addresses: [198.18.50.1/24]}
+  - {name: big, namespace: r, mtu: 9000}
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.50.10/24]}, {bridge: small, interface: pa}]
+  - endpoints: [{namespace: b, interface: eth0}, {bridge: big, interface: pb}]
+`
+
+// TestBridgeMTU checks that one up leaves each bridge at its declared MTU,
+// whether the bridge is created with its ports or existed before them.
+func TestBridgeMTU(t *testing.T) {
+	ctx := context.Background()
+	check := func(t *testing.T, s *Spec) {
+		t.Helper()
+		st, err := Show(ctx, s, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Drift) != 0 {
+			t.Errorf("drift after one up: %q", st.Drift)
+		}
+		if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
+			t.Errorf("second up: %v, %v", res, err)
+		}
+	}
+	t.Run("created with its ports", func(t *testing.T) {
+		s := prefixedSpec(t, bridgeMTUSpec)
+		if _, err := Up(ctx, s, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		check(t, s)
+	})
+	t.Run("ports attached later", func(t *testing.T) {
+		s := prefixedSpec(t, bridgeMTUSpec)
+		bare := *s
+		bare.Links = nil
+		if _, err := Up(ctx, &bare, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		res, err := Up(ctx, s, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.InterfacesCreated != 4 {
+			t.Errorf("up with the ports: %v; want 4 interfaces created", res)
+		}
+		check(t, s)
+	})
+}

@@ -114,7 +114,7 @@ type builder struct {
 	links     map[string]map[string]netlink.Link
 	bridgeIdx map[string]int
 	// bridgesDown are the bridges this run created, down until their
-	// ports are attached.
+	// ports are attached (bridgesFinish).
 	bridgesDown []newBridge
 
 	mu         sync.Mutex
@@ -156,7 +156,7 @@ func (b *builder) build(ctx context.Context) error {
 	if err := parallel(ctx, len(b.s.Links), w, "links", b.opts.Progress, b.link); err != nil {
 		return err
 	}
-	if err := b.bridgesUp(); err != nil {
+	if err := b.bridgesFinish(); err != nil {
 		return err
 	}
 	if err := parallel(ctx, len(b.s.Namespaces), w, "routes", b.opts.Progress, b.routes); err != nil {
@@ -329,14 +329,15 @@ func (b *builder) bridges() error {
 			if err := b.checkOwned(ns, l, "bridge"); err != nil {
 				return err
 			}
-			if err := b.ensureLink(c, l, br.MTU, ""); err != nil {
+			// The MTU is set once the ports are attached (bridgesFinish).
+			if err := b.ensureLink(c, l, 0, ""); err != nil {
 				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
 			}
 			if err := b.ensureAddrs(c, l, br.Addresses); err != nil {
 				return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
 			}
 		} else {
-			// Born down, and set up once its ports are attached (bridgesUp):
+			// Born down, and set up once its ports are attached (bridgesFinish):
 			// attaching a port to a running bridge costs time that grows
 			// with the number of ports (measured: 1000 ports take 26 s on
 			// a bridge that is up, 1.2 s on one that is down).
@@ -369,9 +370,36 @@ func (b *builder) bridges() error {
 	return nil
 }
 
-// bridgesUp sets up the bridges this run created, now that their ports
-// are attached.
-func (b *builder) bridgesUp() error {
+// bridgesFinish runs once the ports are attached: it sets each bridge's
+// declared MTU, then sets up the bridges this run created. As ports
+// attach, the kernel gives a bridge its ports' smallest MTU unless its
+// MTU was set after its creation (one given at creation does not count),
+// so the declared MTU is set now, when no port of this run will change it
+// again, and from then on it stays.
+func (b *builder) bridgesFinish() error {
+	created := map[string]bool{}
+	for _, nb := range b.bridgesDown {
+		created[nb.name] = true
+	}
+	for i, br := range b.s.Bridges {
+		if br.MTU == 0 {
+			continue
+		}
+		c := b.conns[b.s.BridgeNamespace(br.Name)]
+		l, err := c.h.LinkByIndex(b.bridgeIdx[br.Name])
+		if err != nil {
+			return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
+		}
+		if l.Attrs().MTU == br.MTU {
+			continue
+		}
+		if err := c.h.LinkSetMTU(l, br.MTU); err != nil {
+			return fmt.Errorf("bridges[%d]: set %s mtu %d: %w", i, br.Name, br.MTU, err)
+		}
+		if !created[br.Name] {
+			b.changed.Add(1)
+		}
+	}
 	for _, nb := range b.bridgesDown {
 		if err := linkSetAlias(b.conns[nb.ns].sock, nb.index, "", true); err != nil {
 			return fmt.Errorf("bridges[%d]: set %s up: %w", nb.i, nb.name, err)
