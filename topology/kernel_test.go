@@ -756,3 +756,60 @@ func TestBridgeMTU(t *testing.T) {
 		check(t, s)
 	})
 }
+
+// TestUpRefusesRewiredVeths brings a topology up, then a file of the same
+// name whose links pair the same interfaces differently: every end
+// exists, but not with the declared peer, which up must refuse.
+func TestUpRefusesRewiredVeths(t *testing.T) {
+	tests := []struct{ name, before, after string }{
+		{"across namespaces", `
+name: wire
+namespaces: [{name: a}, {name: b}, {name: c}, {name: d}]
+links:
+  - endpoints: [{namespace: a, interface: eth0}, {namespace: b, interface: eth0}]
+  - endpoints: [{namespace: c, interface: eth0}, {namespace: d, interface: eth0}]
+`, `
+name: wire
+namespaces: [{name: a}, {name: b}, {name: c}, {name: d}]
+links:
+  - endpoints: [{namespace: a, interface: eth0}, {namespace: d, interface: eth0}]
+  - endpoints: [{namespace: c, interface: eth0}, {namespace: b, interface: eth0}]
+`},
+		{"in one namespace", `
+name: wire
+namespaces: [{name: r}]
+links:
+  - endpoints: [{namespace: r, interface: x1}, {namespace: r, interface: x2}]
+  - endpoints: [{namespace: r, interface: y1}, {namespace: r, interface: y2}]
+`, `
+name: wire
+namespaces: [{name: r}]
+links:
+  - endpoints: [{namespace: r, interface: x1}, {namespace: r, interface: y2}]
+  - endpoints: [{namespace: r, interface: y1}, {namespace: r, interface: x2}]
+`},
+	}
+	ctx := context.Background()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := prefixedSpec(t, tt.before)
+			if _, err := Up(ctx, s, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			rewired, err := Parse([]byte(tt.after))
+			if err == nil {
+				rewired, err = rewired.WithPrefix(prefixOf(s))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := Up(ctx, rewired, Options{Workers: 1})
+			if err == nil || !strings.Contains(err.Error(), "links[0]") || !strings.Contains(err.Error(), "run down first") {
+				t.Fatalf("up of the rewired file: %v, %v; want an error naming links[0] and \"run down first\"", res, err)
+			}
+			if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+				t.Errorf("the first file's topology changed: %q, %v", st.Drift, err)
+			}
+		})
+	}
+}

@@ -449,15 +449,24 @@ func (b *builder) link(i int) error {
 	case sl == nil:
 		return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", lp.pe.Interface, lp.pns))
 	}
-	for _, e := range []struct {
+	ends := []struct {
 		ns string
 		l  netlink.Link
 		c  *nsConn
 		ep Endpoint
-	}{{lp.pns, pl, lp.pc, lp.pe}, {lp.sns, sl, lp.sc, lp.se}} {
+	}{{lp.pns, pl, lp.pc, lp.pe}, {lp.sns, sl, lp.sc, lp.se}}
+	for _, e := range ends {
 		if err := b.checkOwned(e.ns, e.l, "veth"); err != nil {
 			return lp.fail(err)
 		}
+	}
+	if ok, err := arePeers(lp.pc, pl, lp.sc, sl); err != nil {
+		return lp.fail(fmt.Errorf("find the peer of %s: %w", lp.pe.Interface, err))
+	} else if !ok {
+		return lp.fail(fmt.Errorf("interfaces %s in namespace %s and %s in namespace %s exist but are not peers of each other: run down first",
+			lp.pe.Interface, lp.pns, lp.se.Interface, lp.sns))
+	}
+	for _, e := range ends {
 		if err := b.ensureLink(e.c, e.l, lp.mtu, e.ep.Bridge); err != nil {
 			return lp.fail(err)
 		}
@@ -466,6 +475,28 @@ func (b *builder) link(i int) error {
 		}
 	}
 	return nil
+}
+
+// arePeers reports whether the veth l, in c's namespace, and p, in pc's,
+// are the two ends of one pair. A veth names its peer by ifindex and, if
+// the peer is in another namespace, by that namespace's id as seen from
+// its own (which listing the veth assigned).
+func arePeers(c *nsConn, l netlink.Link, pc *nsConn, p netlink.Link) (bool, error) {
+	a := l.Attrs()
+	if a.ParentIndex != p.Attrs().Index {
+		return false, nil
+	}
+	if c == pc {
+		return a.NetNsID < 0, nil
+	}
+	if a.NetNsID < 0 {
+		return false, nil
+	}
+	id, err := c.h.GetNetNsIdByFd(pc.fd)
+	if err != nil {
+		return false, err
+	}
+	return id == a.NetNsID, nil
 }
 
 // createLink creates a veth pair in the primary end's namespace with its
