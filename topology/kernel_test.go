@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -811,5 +812,48 @@ links:
 				t.Errorf("the first file's topology changed: %q, %v", st.Drift, err)
 			}
 		})
+	}
+}
+
+// TestUpRecreatesLoneMarkedEnd removes a namespace's name while something
+// still holds the namespace, as `ip netns del` does while the kernel is
+// still destroying it: the host end of its veth is left, with this
+// topology's marker and no declared peer. up must replace the pair.
+func TestUpRecreatesLoneMarkedEnd(t *testing.T) {
+	s := prefixedSpec(t, `
+name: lone
+namespaces: [{name: a}]
+links:
+  - endpoints: [{namespace: host, interface: h}, {namespace: a, interface: eth0, addresses: [198.18.60.2/30]}]
+`)
+	ctx := context.Background()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	host := s.Links[0].Endpoints[0].Interface
+	old := hostLinkIndex(t, host)
+	a := s.Namespaces[0].Name
+	held, err := netns.GetFromPath(s.NetnsPath(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed before the topology's down, which would otherwise wait for
+	// the held namespace's veth.
+	t.Cleanup(func() { held.Close() })
+	if err := unmountNetns(s.NetnsPath(a)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Up(ctx, s, Options{})
+	if err != nil {
+		t.Fatalf("up with the lone host end: %v", err)
+	}
+	if res.NamespacesCreated != 1 || res.InterfacesCreated != 2 {
+		t.Errorf("up: %v; want the namespace and both ends created", res)
+	}
+	if idx := hostLinkIndex(t, host); idx == old {
+		t.Errorf("host end %s is still the old one (ifindex %d)", host, idx)
+	}
+	if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("drift after up: %q, %v", st.Drift, err)
 	}
 }

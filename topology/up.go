@@ -444,10 +444,22 @@ func (b *builder) link(i int) error {
 	switch {
 	case pl == nil && sl == nil:
 		return b.createLink(lp)
-	case pl == nil:
-		return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", lp.se.Interface, lp.sns))
-	case sl == nil:
-		return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", lp.pe.Interface, lp.pns))
+	case pl == nil || sl == nil:
+		ns, c, name, l := lp.pns, lp.pc, lp.pe.Interface, pl
+		if pl == nil {
+			ns, c, name, l = lp.sns, lp.sc, lp.se.Interface, sl
+		}
+		if l.Type() != "veth" || l.Attrs().Alias != b.marker {
+			return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns))
+		}
+		// A lone end of this topology's own: typically the host end of a
+		// veth whose namespace was just deleted (ip netns del), which the
+		// kernel destroys in the background. Deleting it (and its peer,
+		// wherever that is) lets the pair be created anew.
+		if err := c.h.LinkDel(l); err != nil && !isNotFound(err) {
+			return lp.fail(fmt.Errorf("delete %s in namespace %s, whose peer is gone: %w", name, ns, err))
+		}
+		return b.createLink(lp)
 	}
 	ends := []struct {
 		ns string
