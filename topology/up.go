@@ -685,7 +685,7 @@ func (b *builder) route(c *nsConn, ns string, r Route) error {
 	err = c.h.RouteAdd(rt)
 	if errors.Is(err, unix.EEXIST) {
 		var present bool
-		if present, err = b.hasLiveRoute(c, rt.Family, r); err == nil {
+		if present, err = hasLiveRoute(c, rt.Family, r); err == nil {
 			if present {
 				return nil // already there: idempotent up
 			}
@@ -702,7 +702,7 @@ func (b *builder) route(c *nsConn, ns string, r Route) error {
 
 // hasLiveRoute reports whether the declared route r is among the routes
 // of family in the namespace's main table.
-func (b *builder) hasLiveRoute(c *nsConn, family int, r Route) (bool, error) {
+func hasLiveRoute(c *nsConn, family int, r Route) (bool, error) {
 	routes, err := mainRoutes(c, family)
 	if err != nil {
 		return false, err
