@@ -12,8 +12,10 @@ type Report struct {
 	Namespaces []string      `json:"namespaces"`
 	Ports      []string      `json:"ports"`
 	Timeout    time.Duration `json:"timeout_ns"`
-	// Probes is the whole matrix; Retried counts the probes that disagreed
-	// on the first try and were probed again (the second result is kept).
+	// Probes is the whole matrix; Retried counts the probes that were
+	// expected to reach and did not, or could not run, on the first try
+	// and were probed again (the second result is kept). A probe answered
+	// where it must not be is never probed again.
 	Probes    []*Probe      `json:"probes"`
 	Retried   int           `json:"retried"`
 	PortSpace []Check       `json:"port_space"`

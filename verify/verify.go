@@ -52,8 +52,9 @@ type env struct {
 
 // Run verifies a topology that is up: it checks intent against the
 // wiring, starts responders, probes the full matrix (once more for the
-// probes that disagree), checks port-space and stack isolation and reads
-// the eBPF evidence. A *SpecError or *EnvError means nothing was verified.
+// probes expected to reach that did not, and those that could not run),
+// checks port-space and stack isolation and reads the eBPF evidence. A
+// *SpecError or *EnvError means nothing was verified.
 func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	start := time.Now()
 	m := NewModel(s)
@@ -115,7 +116,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	pr.runChecked(probes)
 	rep.phase("probes", t)
 	t = time.Now()
-	rep.Probes, rep.Retried = retry(pr, probes)
+	rep.Probes, rep.Retried = retry(pr.runChecked, probes)
 	rep.phase("retry", t)
 	t = time.Now()
 	rep.PortSpace = e.portSpace(ports, resp)
@@ -137,30 +138,41 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	return rep, nil
 }
 
-// retry probes once more what disagreed with the expectation, as the
+// retry probes once more what may have failed by chance, as the
 // Kubernetes network-policy tests do, so that one lost packet does not
-// fail a run; the second result is the one reported.
-func retry(pr *prober, probes []*Probe) ([]*Probe, int) {
+// fail a run: a probe expected to reach that did not, and a probe that
+// could not run. The second result is the one reported. A reply where
+// none may come, or from the wrong namespace, is never probed again: a
+// packet that arrived proves the breach, and a second try that happens
+// to be blocked must not hide it.
+func retry(run func([]*Probe), probes []*Probe) ([]*Probe, int) {
 	var again []*Probe
-	for _, p := range probes {
-		if !p.Match() {
-			q := &Probe{From: p.From, To: p.To, Addr: p.Addr, Port: p.Port, Expect: p.Expect, port: p.port, Try: 2}
-			again = append(again, q)
+	var at []int
+	for i, p := range probes {
+		if retriable(p) {
+			again = append(again, &Probe{From: p.From, To: p.To, Addr: p.Addr, Port: p.Port, Expect: p.Expect, port: p.port, Try: 2})
+			at = append(at, i)
 		}
 	}
 	if len(again) == 0 {
 		return probes, 0
 	}
-	pr.runChecked(again)
+	run(again)
 	out := slices.Clone(probes)
-	j := 0
-	for i, p := range out {
-		if j < len(again) && !p.Match() {
-			out[i] = again[j]
-			j++
-		}
+	for k, i := range at {
+		out[i] = again[k]
 	}
 	return out, len(again)
+}
+
+// retriable reports whether a probe's result may be a lost packet or a
+// hiccup rather than a finding: expected to reach but not answered, or
+// not run at all. Anything that was answered stands.
+func retriable(p *Probe) bool {
+	if p.Outcome == Failed {
+		return true
+	}
+	return p.Expect != "" && !p.Outcome.Reachable()
 }
 
 func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) {
