@@ -100,14 +100,18 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	}
 	if r.Evidence != nil {
 		s := junitSuite{Name: "ebpf evidence"}
-		s.add(junitCase{Class: "evidence", Name: "no packet delivered where none may arrive"})
+		summary := junitCase{Class: "evidence", Name: "no packet delivered where none may arrive"}
+		switch {
+		case len(r.Evidence.Violations) > 0:
+			summary.Failure = &junitMessage{Message: "packets delivered where none may arrive"}
+		case r.Evidence.Overflow > 0:
+			summary.Error = &junitMessage{Message: "evidence incomplete",
+				Text: fmt.Sprintf("%d flows not recorded (flow table full)", r.Evidence.Overflow)}
+		}
+		s.add(summary)
 		for _, v := range r.Evidence.Violations {
-			s.Cases[0].Failure = &junitMessage{Message: "packets delivered where none may arrive"}
 			s.add(junitCase{Class: "evidence", Name: v.Src + " -> " + v.Dst,
 				Failure: &junitMessage{Message: fmt.Sprintf("%d packets, %d bytes", v.Packets, v.Bytes)}})
-		}
-		if len(r.Evidence.Violations) > 0 {
-			s.Failures++ // the summary case above
 		}
 		suites = append(suites, s)
 	}

@@ -138,3 +138,83 @@ func TestJUnit(t *testing.T) {
 		t.Errorf("failed cases %q, want %q", failed, want)
 	}
 }
+
+// cleanReport is a two-namespace report in which everything is as
+// expected, with the eBPF evidence ev (nil: not collected).
+func cleanReport(ev *Evidence) *Report {
+	r := &Report{Topology: "clean", Namespaces: []string{"x", "y"}, Ports: []string{"tcp/8080"}, Timeout: time.Second, Evidence: ev}
+	r.Probes = []*Probe{
+		{From: "x", To: "y", Addr: netip.MustParseAddr("198.18.5.2"), Port: "tcp/8080", Expect: "y", Outcome: Replied, By: "y", Claimed: "y", Try: 1},
+		{From: "y", To: "x", Addr: netip.MustParseAddr("198.18.5.1"), Port: "tcp/8080", Expect: "x", Outcome: Replied, By: "x", Claimed: "x", Try: 1},
+	}
+	r.Stack = []Check{{Netns: "x", Kind: "routes", Pass: true}, {Netns: "y", Kind: "routes", Pass: true}}
+	return r
+}
+
+// The verdict claims only what was checked: without evidence it does not
+// say that no packet arrived, and with evidence the datapath could not
+// record in full (flow table overflow) nothing is proven: could not check.
+func TestVerdictEvidence(t *testing.T) {
+	violation := []Violation{{Src: "x", Dst: "y", Packets: 2, Bytes: 120}}
+	for _, tc := range []struct {
+		name     string
+		ev       *Evidence
+		verdict  int
+		line     string
+		notLine  string
+		junitErr int
+	}{
+		{"not collected", nil, 0, "PASS: isolation holds (2 probes, 2 checks; no eBPF evidence collected)", "no packet where none may arrive", 0},
+		{"complete and clean", &Evidence{Ports: 2, Flows: 4}, 0, "PASS: isolation holds (2 probes, 2 checks, no packet where none may arrive)", "", 0},
+		{"flow table overflow", &Evidence{Ports: 2, Flows: 4, Overflow: 7}, 2,
+			"ERROR: eBPF evidence incomplete: 7 flows not recorded (flow table full)", "PASS", 1},
+		{"violation and overflow", &Evidence{Ports: 2, Flows: 4, Overflow: 7, Violations: violation}, 1,
+			"FAIL: 0 probes not as expected, 0 checks failed, 1 evidence violations (2 packets); 0 probe errors; eBPF evidence incomplete: 7 flows not recorded", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := cleanReport(tc.ev)
+			if v := r.Verdict(); v != tc.verdict {
+				t.Errorf("verdict %d, want %d", v, tc.verdict)
+			}
+			line := r.VerdictLine()
+			if !strings.Contains(line, tc.line) || (tc.notLine != "" && strings.Contains(line, tc.notLine)) {
+				t.Errorf("verdict line %q: want %q, not %q", line, tc.line, tc.notLine)
+			}
+			var b bytes.Buffer
+			if err := r.WriteTable(&b); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasSuffix(b.String(), line+"\n") {
+				t.Errorf("the table does not end with the verdict line:\n%s", b.String())
+			}
+			if tc.ev != nil && tc.ev.Overflow > 0 && !strings.Contains(b.String(), "incomplete: 7 flows not recorded") {
+				t.Errorf("the table does not say the evidence is incomplete:\n%s", b.String())
+			}
+			b.Reset()
+			if err := r.WriteJSON(&b); err != nil {
+				t.Fatal(err)
+			}
+			var doc struct {
+				Verdict int     `json:"verdict"`
+				Summary Summary `json:"summary"`
+			}
+			if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
+				t.Fatal(err)
+			}
+			if doc.Verdict != tc.verdict || (tc.ev != nil && doc.Summary.EvidenceOverflow != tc.ev.Overflow) {
+				t.Errorf("json verdict %d, summary %+v", doc.Verdict, doc.Summary)
+			}
+			b.Reset()
+			if err := r.WriteJUnit(&b); err != nil {
+				t.Fatal(err)
+			}
+			var suites junitSuites
+			if err := xml.Unmarshal(b.Bytes(), &suites); err != nil {
+				t.Fatal(err)
+			}
+			if suites.Errors != tc.junitErr || (suites.Failures > 0) != (tc.verdict == 1) {
+				t.Errorf("junit: %d errors, %d failures; want %d errors, failures only for a violation", suites.Errors, suites.Failures, tc.junitErr)
+			}
+		})
+	}
+}

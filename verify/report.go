@@ -58,6 +58,9 @@ type Summary struct {
 	CheckErrors  int `json:"check_errors"`
 	Violations   int `json:"evidence_violations"`
 	ViolationPkt int `json:"evidence_violation_packets"`
+	// EvidenceOverflow counts the flows the datapath could not record
+	// (flow table full): violations among them would go unseen.
+	EvidenceOverflow uint64 `json:"evidence_overflow"`
 }
 
 // Summary tallies the report.
@@ -85,19 +88,21 @@ func (r *Report) Summary() Summary {
 		for _, v := range r.Evidence.Violations {
 			s.ViolationPkt += int(v.Packets)
 		}
+		s.EvidenceOverflow = r.Evidence.Overflow
 	}
 	return s
 }
 
 // Verdict is the exit status the report calls for: 0 when every check
 // passes, 1 on any violation, 2 when nothing was violated but some probe
-// or check could not run.
+// or check could not run, or the eBPF evidence is incomplete (a violation
+// may have gone unrecorded).
 func (r *Report) Verdict() int {
 	s := r.Summary()
 	switch {
 	case s.Mismatches > 0 || s.CheckFailed > 0 || s.Violations > 0:
 		return 1
-	case s.ProbeErrors > 0 || s.CheckErrors > 0:
+	case s.ProbeErrors > 0 || s.CheckErrors > 0 || s.EvidenceOverflow > 0:
 		return 2
 	}
 	return 0

@@ -223,7 +223,7 @@ func (r *Report) writeEvidence(w io.Writer, header string, rowLabel func(int) st
 	}
 	fmt.Fprintf(w, "\neBPF evidence: %d ports observed, %d delivered flows, %d pairs with packets that must not arrive\n", ev.Ports, ev.Flows, len(ev.Violations))
 	if ev.Overflow > 0 {
-		fmt.Fprintf(w, "  warning: %d flows not recorded (flow table full): the evidence is incomplete\n", ev.Overflow)
+		fmt.Fprintf(w, "  incomplete: %d flows not recorded (flow table full); a violation among them would go unseen\n", ev.Overflow)
 	}
 	for _, v := range ev.Violations {
 		fmt.Fprintf(w, "  %s -> %s: %d packets, %d bytes in %d flows\n", v.Src, v.Dst, v.Packets, v.Bytes, len(v.Flows))
@@ -263,12 +263,30 @@ func (r *Report) writeEvidence(w io.Writer, header string, rowLabel func(int) st
 // VerdictLine is the one-line result.
 func (r *Report) VerdictLine() string {
 	s := r.Summary()
+	var incomplete string
+	if s.EvidenceOverflow > 0 {
+		incomplete = fmt.Sprintf("eBPF evidence incomplete: %d flows not recorded (flow table full)", s.EvidenceOverflow)
+	}
 	switch r.Verdict() {
 	case 0:
+		if r.Evidence == nil {
+			return fmt.Sprintf("PASS: isolation holds (%d probes, %d checks; no eBPF evidence collected)", s.Probes, len(r.PortSpace)+len(r.Stack))
+		}
 		return fmt.Sprintf("PASS: isolation holds (%d probes, %d checks, no packet where none may arrive)", s.Probes, len(r.PortSpace)+len(r.Stack))
 	case 1:
-		return fmt.Sprintf("FAIL: %d probes not as expected, %d checks failed, %d evidence violations (%d packets); %d probe errors",
+		line := fmt.Sprintf("FAIL: %d probes not as expected, %d checks failed, %d evidence violations (%d packets); %d probe errors",
 			s.Mismatches, s.CheckFailed, s.Violations, s.ViolationPkt, s.ProbeErrors)
+		if incomplete != "" {
+			line += "; " + incomplete
+		}
+		return line
 	}
-	return fmt.Sprintf("ERROR: %d probes and %d checks could not run", s.ProbeErrors, s.CheckErrors)
+	var why []string
+	if s.ProbeErrors > 0 || s.CheckErrors > 0 {
+		why = append(why, fmt.Sprintf("%d probes and %d checks could not run", s.ProbeErrors, s.CheckErrors))
+	}
+	if incomplete != "" {
+		why = append(why, incomplete)
+	}
+	return "ERROR: " + strings.Join(why, "; ")
 }

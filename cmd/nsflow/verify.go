@@ -28,7 +28,8 @@ firewall rules and sockets, and reads the eBPF datapath for packets that
 must not have arrived. The topology must be up.
 
 Exit status: 0 every check passes, 1 a violation, 2 a spec or environment
-error (intent the topology contradicts, a namespace missing, no BPF).`,
+error (intent the topology contradicts, a namespace missing, no BPF), a
+probe or check that could not run, or incomplete eBPF evidence.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch output {
