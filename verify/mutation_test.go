@@ -217,3 +217,37 @@ func TestMutationFirewallRule(t *testing.T) {
 	rep := l.run(t, Options{})
 	l.expectRed(t, rep, "stack a firewall")
 }
+
+// Addresses that are not global scope count as much as global ones: c's
+// address on b's loopback with scope link, and an undeclared one on a's
+// eth0 with scope link. Both are probed like any address a namespace
+// holds: b's copy of c's address answers b's own probes of c, every
+// other namespace's probe of it goes to c, and a answers its extra one
+// on the segment (and through r), which the neighbour tables and the
+// evidence record.
+func TestMutationAddressOfAnyScope(t *testing.T) {
+	l := upLab(t, nil)
+	ip(t, "-n", l.ns("b"), "addr", "add", "198.18.2.1/32", "dev", "lo", "scope", "link")
+	ip(t, "-n", l.ns("a"), "addr", "add", "198.18.1.77/32", "dev", "eth0", "scope", "link")
+	rep := l.run(t, Options{})
+	problems := map[string][]string{}
+	for _, c := range rep.Stack {
+		if c.Kind == "addresses" {
+			problems[strings.TrimPrefix(c.Netns, l.prefix)] = c.Problems
+		}
+	}
+	for ns, want := range map[string]string{
+		"a": "unexpected address 198.18.1.77/32 on eth0 (scope link)",
+		"b": "unexpected address 198.18.2.1/32 on lo (scope link), declared by " + l.ns("c"),
+	} {
+		if !slices.Equal(problems[ns], []string{want}) {
+			t.Errorf("addresses of %s: %q, want %q", ns, problems[ns], want)
+		}
+	}
+	want := slices.Concat(cells("b>c", all3...), cells("a>b", all3...), cells("r>b", all3...), cells("c>b", all3...),
+		cells("b>a", all3...), cells("r>a", all3...), cells("c>a", all3...), []string{
+			"stack a addresses", "stack b addresses", "stack b neighbours", "stack r neighbours",
+			"ebpf b>a", "ebpf r>a", "ebpf c>a",
+		})
+	l.expectRed(t, rep, want...)
+}

@@ -49,9 +49,10 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 	return fn(h)
 }
 
-// globalAddrs lists the addresses of the namespace that other namespaces
-// could reach: global scope, not loopback, not link-local.
-func globalAddrs(path string) ([]netip.Addr, error) {
+// heldAddrs lists the addresses of the namespace that are its own to
+// compare and probe: every address, whatever its scope, except loopback
+// and IPv6 link-local ones (see heldAddr).
+func heldAddrs(path string) ([]netip.Addr, error) {
 	var out []netip.Addr
 	err := withHandle(path, func(h *netlink.Handle) error {
 		addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
@@ -59,7 +60,7 @@ func globalAddrs(path string) ([]netip.Addr, error) {
 			return err
 		}
 		for _, a := range addrs {
-			if ip, ok := reachableAddr(a); ok {
+			if ip, ok := heldAddr(a); ok {
 				out = append(out, ip)
 			}
 		}
@@ -68,13 +69,20 @@ func globalAddrs(path string) ([]netip.Addr, error) {
 	return out, err
 }
 
-func reachableAddr(a netlink.Addr) (netip.Addr, bool) {
+// heldAddr is the address a holds, and whether the topology must declare
+// it. Loopback (127.0.0.0/8, ::1) and IPv6 link-local (fe80::/10, which
+// the kernel gives every interface) are every namespace's own; any other
+// address counts whatever its scope: scope is only a hint for source
+// selection, and the kernel still takes a packet to a link- or host-scope
+// address as delivered locally, so another namespace's address hidden
+// there is as much a hijack as a global one.
+func heldAddr(a netlink.Addr) (netip.Addr, bool) {
 	ip, ok := netip.AddrFromSlice(a.IP)
 	if !ok {
 		return ip, false
 	}
 	ip = ip.Unmap()
-	return ip, a.Scope == unix.RT_SCOPE_UNIVERSE && !ip.IsLoopback() && !ip.IsLinkLocalUnicast()
+	return ip, !ip.IsLoopback() && !(ip.Is6() && ip.IsLinkLocalUnicast())
 }
 
 func takeSnapshot(path string) (*snapshot, error) {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -109,7 +110,7 @@ func (e *env) checkAddrs(ns string, s *snapshot, ifnames map[int]string) Check {
 	}
 	seen := map[string]bool{}
 	for _, a := range s.addrs {
-		ip, ok := reachableAddr(a)
+		ip, ok := heldAddr(a)
 		if !ok {
 			continue
 		}
@@ -117,7 +118,14 @@ func (e *env) checkAddrs(ns string, s *snapshot, ifnames map[int]string) Check {
 		k := ifnames[a.LinkIndex] + " " + netip.PrefixFrom(ip, ones).String()
 		seen[k] = true
 		if !want[k] {
-			c.Problems = append(c.Problems, "unexpected address "+swap(k))
+			p := "unexpected address " + swap(k)
+			if a.Scope != unix.RT_SCOPE_UNIVERSE {
+				p += " (scope " + netlink.Scope(a.Scope).String() + ")"
+			}
+			if others := slices.DeleteFunc(slices.Clone(e.model.Owners(ip)), func(o string) bool { return o == ns }); len(others) > 0 {
+				p += ", declared by " + strings.Join(others, ", ")
+			}
+			c.Problems = append(c.Problems, p)
 		}
 	}
 	for k := range want {

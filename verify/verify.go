@@ -46,7 +46,7 @@ type env struct {
 	timeout time.Duration
 	cookies map[string]uint64
 	names   map[uint64]string // cookie -> first namespace with it
-	// observed are the global addresses each namespace really holds.
+	// observed are the addresses each namespace really holds (heldAddr).
 	observed map[string][]netip.Addr
 }
 
@@ -197,7 +197,7 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 		if _, dup := e.names[c]; !dup {
 			e.names[c] = ns
 		}
-		addrs, err := globalAddrs(p)
+		addrs, err := heldAddrs(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 			continue
@@ -211,7 +211,7 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 }
 
 // targets are the addresses probed in ns: the declared ones, whether
-// present or not, and any other global address it holds, which nothing
+// present or not, and any other address it holds (heldAddr), which nothing
 // may reach since the topology does not know it.
 func (e *env) targets(ns string) (declared, extra []netip.Addr) {
 	declared = e.model.Addresses(ns)
