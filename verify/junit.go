@@ -48,8 +48,9 @@ func (s *junitSuite) add(c junitCase) {
 	s.Cases = append(s.Cases, c)
 }
 
-// WriteJUnit writes one test case per matrix cell (per port), per check
-// and per namespace pair with evidence violations, for CI systems.
+// WriteJUnit writes one test case per matrix cell (per port), per check,
+// per namespace pair with evidence violations and per load flow, for CI
+// systems.
 func (r *Report) WriteJUnit(w io.Writer) error {
 	var suites []junitSuite
 	for _, port := range r.Ports {
@@ -112,6 +113,17 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 		for _, v := range r.Evidence.Violations {
 			s.add(junitCase{Class: "evidence", Name: v.Src + " -> " + v.Dst,
 				Failure: &junitMessage{Message: fmt.Sprintf("%d packets, %d bytes", v.Packets, v.Bytes)}})
+		}
+		suites = append(suites, s)
+	}
+	if r.Load != nil {
+		s := junitSuite{Name: "load"}
+		for _, f := range r.Load.Flows {
+			c := junitCase{Class: "load", Name: f.From + " -> " + f.To}
+			if f.Error != "" {
+				c.Error = &junitMessage{Message: "the load did not hold", Text: f.Error}
+			}
+			s.add(c)
 		}
 		suites = append(suites, s)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/nsflow/nsflow/traffic"
@@ -19,33 +20,45 @@ type LoadFlow struct {
 	To    string     `json:"to"`
 	Addr  netip.Addr `json:"addr"`
 	Bytes uint64     `json:"bytes"`
-	Gbps  float64    `json:"gbps"`
-	Error string     `json:"error,omitempty"`
+	// Gbps is Bytes over Elapsed, the time the flow really moved data.
+	Gbps    float64       `json:"gbps"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	// Error is set when the flow failed, or ended before the checks did:
+	// then the checks did not all run under load.
+	Error string `json:"error,omitempty"`
 }
 
 // LoadReport is the throughput achieved while isolation was verified.
 type LoadReport struct {
-	Flows     []LoadFlow    `json:"flows"`
-	TotalGbps float64       `json:"total_gbps"`
-	Elapsed   time.Duration `json:"elapsed_ns"`
+	Flows     []LoadFlow `json:"flows"`
+	TotalGbps float64    `json:"total_gbps"`
+	// Elapsed is how long the load really ran: the longest of its flows.
+	Elapsed time.Duration `json:"elapsed_ns"`
 }
 
 type load struct {
-	min    time.Duration
-	start  time.Time
-	flows  []LoadFlow
-	runs   []*traffic.Run
-	report *LoadReport
+	ctx   context.Context
+	min   time.Duration
+	start time.Time
+	flows []LoadFlow
+	runs  []*traffic.Run
+	// ended[i] is closed when flow i's run ends, on its own (an error, or
+	// ctx) or by stop; firstEnd when the first of them does.
+	ended     []chan struct{}
+	firstEnd  chan struct{}
+	firstOnce sync.Once
+	report    *LoadReport
 }
 
 // startLoad saturates allowed paths with bulk TCP: for each namespace in
 // turn, one flow to a namespace it is expected to reach, preferring
-// namespaces not yet loaded, so the load spreads over the topology.
+// namespaces not yet loaded, so the load spreads over the topology. The
+// flows end with ctx.
 func startLoad(ctx context.Context, e *env, minDur time.Duration) (*load, error) {
 	if minDur <= 0 {
 		minDur = 2 * time.Second
 	}
-	l := &load{min: minDur, start: time.Now()}
+	l := &load{ctx: ctx, min: minDur, start: time.Now(), firstEnd: make(chan struct{})}
 	busy := map[string]bool{}
 	for _, from := range e.model.Namespaces {
 		if len(l.flows) == maxLoadFlows || busy[from] {
@@ -73,6 +86,13 @@ func startLoad(ctx context.Context, e *env, minDur time.Duration) (*load, error)
 			busy[from], busy[to] = true, true
 			l.flows = append(l.flows, LoadFlow{From: from, To: to, Addr: addr})
 			l.runs = append(l.runs, run)
+			ended := make(chan struct{})
+			l.ended = append(l.ended, ended)
+			go func() {
+				run.Wait()
+				close(ended)
+				l.firstOnce.Do(func() { close(l.firstEnd) })
+			}()
 			break
 		}
 	}
@@ -91,23 +111,44 @@ func (e *env) reachableAddr(from, to string) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// stop ends the load (once its minimum duration has passed) and reports.
+// stop ends the load, once its minimum duration has passed (at once if
+// ctx ended or a flow already did: the figures are lost anyway), and
+// reports what each flow moved over the time it really ran. A flow that
+// ended before stop did is reported with an error.
 func (l *load) stop() *LoadReport {
 	if l.report != nil {
 		return l.report
 	}
 	if d := l.min - time.Since(l.start); d > 0 && len(l.runs) > 0 {
-		time.Sleep(d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-l.ctx.Done():
+		case <-l.firstEnd:
+		}
+		t.Stop()
 	}
-	r := &LoadReport{Elapsed: time.Since(l.start)}
+	early := make([]bool, len(l.runs))
+	for i := range l.runs {
+		select {
+		case <-l.ended[i]:
+			early[i] = true
+		default:
+		}
+	}
+	r := &LoadReport{}
 	for i, run := range l.runs {
 		res, err := run.Stop()
 		f := l.flows[i]
-		f.Bytes, f.Gbps = res.Received.Bytes, res.Gbps()
-		if err != nil {
+		f.Bytes, f.Gbps, f.Elapsed = res.Received.Bytes, res.Gbps(), res.Elapsed
+		switch {
+		case err != nil:
 			f.Error = err.Error()
+		case early[i]:
+			f.Error = fmt.Sprintf("ended after %.1fs, before the checks did", res.Elapsed.Seconds())
 		}
 		r.TotalGbps += f.Gbps
+		r.Elapsed = max(r.Elapsed, f.Elapsed)
 		r.Flows = append(r.Flows, f)
 	}
 	l.report = r

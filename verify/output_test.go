@@ -218,3 +218,72 @@ func TestVerdictEvidence(t *testing.T) {
 		})
 	}
 }
+
+// A load flow that failed, or ended before the checks did, leaves the
+// checks not all run under load: could not check, in every output.
+func TestVerdictLoad(t *testing.T) {
+	ok := LoadFlow{From: "x", To: "y", Addr: netip.MustParseAddr("198.18.5.2"), Bytes: 1 << 30, Gbps: 4.3, Elapsed: 2 * time.Second}
+	ended := ok
+	ended.Bytes, ended.Gbps, ended.Elapsed, ended.Error = 1<<27, 4.3, 250*time.Millisecond, "ended after 0.2s, before the checks did"
+	for _, tc := range []struct {
+		name     string
+		flows    []LoadFlow
+		mismatch bool
+		verdict  int
+		line     string
+		junitErr int
+	}{
+		{"held", []LoadFlow{ok}, false, 0, "PASS: isolation holds", 0},
+		{"a flow ended early", []LoadFlow{ok, ended}, false, 2, "ERROR: 1 load flows failed or ended before the checks did", 1},
+		{"violation under a failed load", []LoadFlow{ended}, true, 1, "FAIL: 1 probes not as expected", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := cleanReport(&Evidence{Ports: 2})
+			r.Load = &LoadReport{Flows: tc.flows, Elapsed: 2 * time.Second}
+			if tc.mismatch {
+				r.Probes[0].Expect = ""
+			}
+			if v := r.Verdict(); v != tc.verdict || !strings.HasPrefix(r.VerdictLine(), tc.line) {
+				t.Errorf("verdict %d, %q; want %d, %q", v, r.VerdictLine(), tc.verdict, tc.line)
+			}
+			var b bytes.Buffer
+			if err := r.WriteTable(&b); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.flows {
+				want := fmt.Sprintf("x -> y (198.18.5.2): %.2f Gbit/s over %.1fs%s", f.Gbps, f.Elapsed.Seconds(), errSuffix(f.Error))
+				if !strings.Contains(b.String(), want) {
+					t.Errorf("table lacks %q:\n%s", want, b.String())
+				}
+			}
+			b.Reset()
+			if err := r.WriteJUnit(&b); err != nil {
+				t.Fatal(err)
+			}
+			var suites junitSuites
+			if err := xml.Unmarshal(b.Bytes(), &suites); err != nil {
+				t.Fatal(err)
+			}
+			if suites.Errors != tc.junitErr {
+				t.Errorf("junit: %d errors, want %d", suites.Errors, tc.junitErr)
+			}
+			b.Reset()
+			if err := r.WriteJSON(&b); err != nil {
+				t.Fatal(err)
+			}
+			var doc struct {
+				Verdict int     `json:"verdict"`
+				Summary Summary `json:"summary"`
+				Load    struct {
+					Flows []map[string]any `json:"flows"`
+				} `json:"load"`
+			}
+			if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
+				t.Fatal(err)
+			}
+			if doc.Verdict != tc.verdict || doc.Summary.LoadErrors != tc.junitErr || doc.Load.Flows[0]["elapsed_ns"] == nil {
+				t.Errorf("json verdict %d, summary %+v, load %v", doc.Verdict, doc.Summary, doc.Load)
+			}
+		})
+	}
+}

@@ -61,6 +61,9 @@ type Summary struct {
 	// EvidenceOverflow counts the flows the datapath could not record
 	// (flow table full): violations among them would go unseen.
 	EvidenceOverflow uint64 `json:"evidence_overflow"`
+	// LoadErrors counts the --load flows that failed or ended before the
+	// checks did: the checks did not all run under the load asked for.
+	LoadErrors int `json:"load_errors"`
 }
 
 // Summary tallies the report.
@@ -90,19 +93,26 @@ func (r *Report) Summary() Summary {
 		}
 		s.EvidenceOverflow = r.Evidence.Overflow
 	}
+	if r.Load != nil {
+		for _, f := range r.Load.Flows {
+			if f.Error != "" {
+				s.LoadErrors++
+			}
+		}
+	}
 	return s
 }
 
 // Verdict is the exit status the report calls for: 0 when every check
 // passes, 1 on any violation, 2 when nothing was violated but some probe
-// or check could not run, or the eBPF evidence is incomplete (a violation
-// may have gone unrecorded).
+// or check could not run, the eBPF evidence is incomplete (a violation
+// may have gone unrecorded), or the --load did not hold to the end.
 func (r *Report) Verdict() int {
 	s := r.Summary()
 	switch {
 	case s.Mismatches > 0 || s.CheckFailed > 0 || s.Violations > 0:
 		return 1
-	case s.ProbeErrors > 0 || s.CheckErrors > 0 || s.EvidenceOverflow > 0:
+	case s.ProbeErrors > 0 || s.CheckErrors > 0 || s.EvidenceOverflow > 0 || s.LoadErrors > 0:
 		return 2
 	}
 	return 0

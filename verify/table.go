@@ -70,7 +70,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Load != nil {
 		fmt.Fprintf(bw, "\nLoad: %d bulk TCP flows on allowed paths, %.2f Gbit/s in total over %.1fs\n", len(r.Load.Flows), r.Load.TotalGbps, r.Load.Elapsed.Seconds())
 		for _, f := range r.Load.Flows {
-			fmt.Fprintf(bw, "  %s -> %s (%s): %.2f Gbit/s%s\n", f.From, f.To, f.Addr, f.Gbps, errSuffix(f.Error))
+			fmt.Fprintf(bw, "  %s -> %s (%s): %.2f Gbit/s over %.1fs%s\n", f.From, f.To, f.Addr, f.Gbps, f.Elapsed.Seconds(), errSuffix(f.Error))
 		}
 	}
 	fmt.Fprintln(bw)
@@ -287,6 +287,9 @@ func (r *Report) VerdictLine() string {
 	}
 	if incomplete != "" {
 		why = append(why, incomplete)
+	}
+	if s.LoadErrors > 0 {
+		why = append(why, fmt.Sprintf("%d load flows failed or ended before the checks did", s.LoadErrors))
 	}
 	return "ERROR: " + strings.Join(why, "; ")
 }

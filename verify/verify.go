@@ -32,6 +32,15 @@ type Options struct {
 	LoadDuration time.Duration
 }
 
+// ErrInterrupted is returned, wrapped with the context's cause, when the
+// context of Run ends before the run does: what ran proves nothing, so
+// there is no report.
+var ErrInterrupted = errors.New("interrupted before every check ran: nothing verified")
+
+func interrupted(ctx context.Context) error {
+	return fmt.Errorf("%w (%w)", ErrInterrupted, context.Cause(ctx))
+}
+
 // EnvError is an environment problem that keeps verify from running: a
 // namespace that does not exist, no permission, no BPF (exit status 2).
 type EnvError struct{ Err error }
@@ -54,7 +63,8 @@ type env struct {
 // wiring, starts responders, probes the full matrix (once more for the
 // probes expected to reach that did not, and those that could not run),
 // checks port-space and stack isolation and reads the eBPF evidence. A
-// *SpecError or *EnvError means nothing was verified.
+// *SpecError or *EnvError means nothing was verified, and so does
+// ErrInterrupted: ctx ended before the run did.
 func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	start := time.Now()
 	m := NewModel(s)
@@ -115,9 +125,15 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	pr := newProber(e.paths, e.names, opts.Timeout)
 	pr.runChecked(probes)
 	rep.phase("probes", t)
+	if ctx.Err() != nil {
+		return nil, interrupted(ctx)
+	}
 	t = time.Now()
 	rep.Probes, rep.Retried = retry(pr.runChecked, probes)
 	rep.phase("retry", t)
+	if ctx.Err() != nil {
+		return nil, interrupted(ctx)
+	}
 	t = time.Now()
 	rep.PortSpace = e.portSpace(ports, resp)
 	rep.phase("port_space", t)
@@ -126,6 +142,11 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	rep.phase("stack", t)
 	if ld != nil {
 		rep.Load = ld.stop()
+	}
+	// The load's flows end with ctx: a load cut short is no load, and the
+	// checks after the probes may have run after it, too.
+	if ctx.Err() != nil {
+		return nil, interrupted(ctx)
 	}
 	if ev != nil {
 		t = time.Now()

@@ -1,6 +1,9 @@
 package verify
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,5 +62,81 @@ func TestSeedIsGreen(t *testing.T) {
 	if v := rep.Verdict(); v != 0 {
 		logTable(t, rep)
 		t.Fatalf("verdict %d, want 0", v)
+	}
+}
+
+// A run whose context ends (Ctrl-C) before it does proves nothing: no
+// report, an error, with or without load.
+func TestInterruptedRunReportsNothing(t *testing.T) {
+	l := upLab(t, nil)
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"probes only", Options{}},
+		{"under load", Options{Load: true, LoadDuration: 5 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			// Well inside the run: the lab's probes take about 2 s.
+			time.AfterFunc(time.Second, cancel)
+			start := time.Now()
+			rep, err := Run(ctx, l.spec, tc.opts)
+			if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) || rep != nil {
+				if rep != nil {
+					logTable(t, rep)
+				}
+				t.Fatalf("interrupted run: report %v, error %v; want no report and ErrInterrupted", rep != nil, err)
+			}
+			// Under load, the 5 s minimum is not waited out.
+			if d := time.Since(start); d > 4*time.Second {
+				t.Errorf("the interrupted run took %v", d)
+			}
+		})
+	}
+}
+
+// A load whose flows end before the checks do (here by its context) is
+// reported with the time it really ran, and each flow with an error, so
+// the verdict is could-not-check; stop does not wait out the minimum.
+func TestLoadEndedEarly(t *testing.T) {
+	l := upLab(t, nil)
+	m := NewModel(l.spec)
+	e, err := openEnv(m, l.spec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ld, err := startLoad(ctx, e, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	time.Sleep(time.Second) // the checks would still be running
+	var lr *LoadReport
+	if d := timed(func() { lr = ld.stop() }); d > 3*time.Second {
+		t.Errorf("stop took %v after the load ended", d)
+	}
+	if len(lr.Flows) == 0 {
+		t.Fatal("no flows")
+	}
+	for _, f := range lr.Flows {
+		if f.Error == "" || f.Elapsed <= 0 || f.Elapsed > time.Second || f.Elapsed > lr.Elapsed {
+			t.Errorf("flow %s -> %s: over %v (load %v), error %q; want the time it ran, well under 1s, and an error", f.From, f.To, f.Elapsed, lr.Elapsed, f.Error)
+		}
+		if f.Bytes > 0 && f.Gbps <= 0 {
+			t.Errorf("flow %s -> %s: %d bytes at %.2f Gbit/s", f.From, f.To, f.Bytes, f.Gbps)
+		}
+	}
+	if lr.Elapsed > time.Second {
+		t.Errorf("load reported over %v; it ran for about 0.5s", lr.Elapsed)
+	}
+	t.Logf("load %+v", *lr)
+	rep := &Report{Load: lr}
+	if v := rep.Verdict(); v != 2 || !strings.Contains(rep.VerdictLine(), "load flows failed or ended before the checks did") {
+		t.Errorf("verdict %d, %q; want 2, naming the load", v, rep.VerdictLine())
 	}
 }

@@ -29,7 +29,8 @@ must not have arrived. The topology must be up.
 
 Exit status: 0 every check passes, 1 a violation, 2 a spec or environment
 error (intent the topology contradicts, a namespace missing, no BPF), a
-probe or check that could not run, or incomplete eBPF evidence.`,
+probe or check that could not run, incomplete eBPF evidence, a --load that
+did not hold to the end, or an interrupted run (no report).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch output {

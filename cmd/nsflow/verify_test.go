@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
@@ -21,11 +23,17 @@ import (
 // status.
 func runVerify(t *testing.T, args ...string) (string, int) {
 	t.Helper()
+	return runVerifyContext(t, context.Background(), args...)
+}
+
+// runVerifyContext is runVerify under ctx, which main cancels on Ctrl-C.
+func runVerifyContext(t *testing.T, ctx context.Context, args ...string) (string, int) {
+	t.Helper()
 	root := newRootCmd()
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetArgs(append([]string{"verify"}, args...))
-	err := root.Execute()
+	err := root.ExecuteContext(ctx)
 	var ee *exitError
 	switch {
 	case err == nil:
@@ -136,5 +144,18 @@ func TestVerifyCLIVerdicts(t *testing.T) {
 	out, code = runVerify(t, "-f", file)
 	if code != 1 || !strings.Contains(out, "FAIL:") || !strings.Contains(out, "unexpected route 198.18.2.0/24 via 198.18.1.254") {
 		t.Fatalf("table: exit %d\n%s", code, out)
+	}
+}
+
+// Ctrl-C during `verify --load` ends it with status 2 and no verdict: the
+// checks did not all run, and the load's figures are not worth printing.
+func TestVerifyCLIInterrupted(t *testing.T) {
+	_, file := upLab(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	time.AfterFunc(time.Second, cancel)
+	out, code := runVerifyContext(t, ctx, "-f", file, "--load")
+	if code != 2 || strings.Contains(out, "PASS") || strings.Contains(out, "Gbit/s") || !strings.Contains(out, "interrupted") {
+		t.Fatalf("interrupted verify --load: exit %d\n%s\nwant 2, no verdict, no throughput", code, out)
 	}
 }
