@@ -168,7 +168,7 @@ func (r *runner) startVerify(ctx context.Context) {
 			st.fail(err)
 			return
 		}
-		st.done("%d probes, %d disagree with intent", v.Probes, len(v.Mismatches))
+		st.done("%d probes, %d finding(s)", v.Probes, len(v.Mismatches))
 	})
 	r.undo = append(r.undo, func() error { wg.Wait(); return nil })
 }

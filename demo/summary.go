@@ -71,12 +71,14 @@ func (s *Summary) countFlows(src flowSource, wait time.Duration) error {
 	}
 }
 
-// verdictOf turns a verify report into the view's verdict.
+// verdictOf turns a verify report into the view's verdict. Whether
+// isolation holds is verify's own Verdict; the findings list what it
+// rests on.
 func verdictOf(rep *verify.Report, err error) verdict {
 	if err != nil {
 		return verdict{Err: err}
 	}
-	v := verdict{Ran: true, Probes: len(rep.Probes), Checks: len(rep.PortSpace) + len(rep.Stack)}
+	v := verdict{Ran: true, Status: rep.Verdict(), Probes: len(rep.Probes), Checks: len(rep.PortSpace) + len(rep.Stack)}
 	for _, p := range rep.Probes {
 		if !p.Match() {
 			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s → %s %s (%s): %s", p.From, p.To, p.Port, p.Addr, p.Reason()))
@@ -88,6 +90,21 @@ func verdictOf(rep *verify.Report, err error) verdict {
 			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s %s: check could not run: %s", c.Netns, c.Kind, c.Error))
 		case !c.Pass:
 			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s %s: %s", c.Netns, c.Kind, strings.Join(c.Problems, "; ")))
+		}
+	}
+	if ev := rep.Evidence; ev != nil {
+		for _, x := range ev.Violations {
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence %s → %s: %d packets delivered where none may arrive", x.Src, x.Dst, x.Packets))
+		}
+		if ev.Overflow > 0 {
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence incomplete: %d flows not recorded (flow table full)", ev.Overflow))
+		}
+	}
+	if rep.Load != nil {
+		for _, f := range rep.Load.Flows {
+			if f.Error != "" {
+				v.Mismatches = append(v.Mismatches, fmt.Sprintf("load %s → %s: %s", f.From, f.To, f.Error))
+			}
 		}
 	}
 	return v
@@ -112,9 +129,9 @@ func (s *Summary) lines() []string {
 	}
 	if s.Verify != nil {
 		sum := s.Verify.Summary()
-		verdicts := map[int]string{0: "isolation holds", 1: "isolation VIOLATED", 2: "some checks could not run"}
-		out = append(out, fmt.Sprintf("verify: %s: %d probes, %d disagree with intent, %d could not run, %d checks failed",
-			verdicts[s.Verify.Verdict()], sum.Probes, sum.Mismatches, sum.ProbeErrors, sum.CheckFailed))
+		verdicts := map[int]string{0: "isolation holds", 1: "isolation VIOLATED", 2: "isolation could not be checked"}
+		out = append(out, fmt.Sprintf("verify: %s: %d probes, %d disagree with intent, %d could not run, %d checks failed, %d evidence violations",
+			verdicts[s.Verify.Verdict()], sum.Probes, sum.Mismatches, sum.ProbeErrors, sum.CheckFailed, sum.Violations))
 	}
 	if s.Down != nil {
 		out = append(out, fmt.Sprintf("teardown: %d namespaces and %d host interfaces removed; nothing of the demo is left on the host",

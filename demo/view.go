@@ -30,10 +30,13 @@ type step struct {
 // verdict is the isolation result shown at the bottom of the view.
 type verdict struct {
 	// Ran is false while verify has not finished.
-	Ran            bool
+	Ran bool
+	// Status is verify's Verdict: 0 holds, 1 violated, 2 could not check.
+	Status         int
 	Probes, Checks int
-	// Mismatches has one line per probe that disagrees with intent and per
-	// stack or port-space check that failed or could not run.
+	// Mismatches has one line per probe that disagrees with intent, per
+	// stack or port-space check that failed or could not run, per pair
+	// with evidence violations, and for incomplete evidence.
 	Mismatches []string
 	Err        error
 }
@@ -169,10 +172,14 @@ func (s *screen) renderVerdict(w io.Writer) {
 		fmt.Fprintf(w, "isolation: verify failed: %v\n", v.Err)
 	case !v.Ran:
 		fmt.Fprintln(w, "isolation: probing…")
-	case len(v.Mismatches) == 0:
+	case v.Status == 0:
 		fmt.Fprintf(w, "isolation: HOLDS: all %d probes agree with the declared intent, all %d stack checks pass\n", v.Probes, v.Checks)
 	default:
-		fmt.Fprintf(w, "isolation: VIOLATED: %d finding(s) from %d probes and %d stack checks\n", len(v.Mismatches), v.Probes, v.Checks)
+		what := "VIOLATED"
+		if v.Status != 1 {
+			what = "COULD NOT CHECK"
+		}
+		fmt.Fprintf(w, "isolation: %s: %d finding(s) from %d probes and %d stack checks\n", what, len(v.Mismatches), v.Probes, v.Checks)
 		for _, m := range v.Mismatches {
 			fmt.Fprintln(w, "  "+m)
 		}

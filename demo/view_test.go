@@ -69,7 +69,7 @@ func TestScreenRender(t *testing.T) {
 		Prefix:     "d-",
 		Prev:       newReading(t0, gather(t, 1000, 500, 0)),
 		Cur:        newReading(t0.Add(time.Second), gather(t, 3000, 1500, 2)),
-		Verdict:    verdict{Ran: true, Probes: 10, Mismatches: []string{"ns1 → c1 tcp/8080: reachable, expected blocked"}},
+		Verdict:    verdict{Ran: true, Status: 1, Probes: 10, Mismatches: []string{"ns1 → c1 tcp/8080: reachable, expected blocked"}},
 	}
 	var b strings.Builder
 	s.render(&b)
