@@ -109,8 +109,10 @@ type Summary struct {
 	// Flows is what each generated flow moved, counted by the generator,
 	// and what the agent counted for it.
 	Flows []FlowCount
-	// Verify is the isolation report; nil if verify could not run.
-	Verify *verify.Report
+	// Verify is the isolation report; nil if verify could not run, or
+	// did not finish, for the reason in VerifyErr.
+	Verify    *verify.Report
+	VerifyErr error
 	// Down is the teardown's account of what it removed.
 	Down *topology.DownResult
 }

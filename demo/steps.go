@@ -161,7 +161,7 @@ func (r *runner) startVerify(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		rep, err := verify.Run(ctx, r.spec, verify.Options{})
-		r.sum.Verify = rep
+		r.sum.Verify, r.sum.VerifyErr = rep, err
 		v := verdictOf(rep, err)
 		r.d.setVerdict(v)
 		if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,7 +32,11 @@ bridge network, two servers on one port in two namespaces, a pod-style shared
 namespace), starts the agent on it, generates traffic, verifies isolation and
 shows per-namespace rates, the namespace-to-namespace matrix and the isolation
 verdict, while serving /metrics. Ctrl-C (or --duration) tears everything down
-and leaves the host as it was. Needs root.`,
+and leaves the host as it was. Needs root.
+
+Exit status, as verify's: 0 isolation holds, 1 a violation, 2 verify could
+not check (or did not finish: stopped before it did); 1 also when the demo
+itself fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Duration < 0 {
@@ -62,8 +67,7 @@ and leaves the host as it was. Needs root.`,
 			}
 			ctx, stop := interruptContext(cmd.Context(), cmd.ErrOrStderr())
 			defer stop()
-			_, err := demo.Run(ctx, o)
-			return err
+			return demoExit(demo.Run(ctx, o))
 		},
 	}
 	fl := cmd.Flags()
@@ -74,6 +78,26 @@ and leaves the host as it was. Needs root.`,
 	fl.BoolVar(&plain, "plain", false, "print progress and snapshots line by line even on a terminal")
 	fl.DurationVar(&o.SnapshotEvery, "snapshot-every", demo.DefaultSnapshotEvery, "without a terminal, print the view this often")
 	return cmd
+}
+
+// demoExit is the demo's result as verify would give it: a failing demo
+// is an error of its own; otherwise the verify verdict decides, and a
+// verify that did not report could not check.
+func demoExit(sum *demo.Summary, err error) error {
+	if err != nil || sum == nil {
+		return err
+	}
+	if sum.Verify == nil {
+		why := sum.VerifyErr
+		if why == nil {
+			why = errors.New("no report")
+		}
+		return &exitError{2, fmt.Errorf("isolation not verified: %w", why)}
+	}
+	if v := sum.Verify.Verdict(); v != 0 {
+		return &exitError{v, errors.New(sum.Verify.VerdictLine())}
+	}
+	return nil
 }
 
 func isTerminal(w any) bool {
