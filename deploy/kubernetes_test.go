@@ -71,6 +71,7 @@ type manifests struct {
 	daemonSet      appsv1.DaemonSet
 	service        corev1.Service
 	serviceMonitor serviceMonitor
+	topology       corev1.ConfigMap
 }
 
 // loadManifests decodes every resource of the kustomization strictly into
@@ -97,6 +98,7 @@ func loadManifests(t *testing.T) *manifests {
 		"DaemonSet":      &m.daemonSet,
 		"Service":        &m.service,
 		"ServiceMonitor": &m.serviceMonitor,
+		"ConfigMap":      &m.topology,
 	}
 	seen := map[string]string{}
 	for _, r := range m.kustomization.Resources {
