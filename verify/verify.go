@@ -119,6 +119,9 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	}
 
 	rep.phase("attach", t)
+	if ctx.Err() != nil {
+		return nil, interrupted(ctx)
+	}
 
 	t = time.Now()
 	probes := e.probes(ports)

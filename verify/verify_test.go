@@ -70,17 +70,26 @@ func TestSeedIsGreen(t *testing.T) {
 func TestInterruptedRunReportsNothing(t *testing.T) {
 	l := upLab(t, nil)
 	for _, tc := range []struct {
-		name string
-		opts Options
+		name  string
+		opts  Options
+		after time.Duration // when the context ends
+		max   time.Duration // how long the run may take
 	}{
-		{"probes only", Options{}},
-		{"under load", Options{Load: true, LoadDuration: 5 * time.Second}},
+		// Well inside the run: the lab's probes take about 2 s. Under
+		// load, the 5 s minimum is not waited out.
+		{"probes only", Options{}, time.Second, 4 * time.Second},
+		{"under load", Options{Load: true, LoadDuration: 5 * time.Second}, time.Second, 4 * time.Second},
+		// Ended before it started: no probe is sent.
+		{"before the probes", Options{}, 0, DefaultTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			// Well inside the run: the lab's probes take about 2 s.
-			time.AfterFunc(time.Second, cancel)
+			if tc.after == 0 {
+				cancel()
+			} else {
+				time.AfterFunc(tc.after, cancel)
+			}
 			start := time.Now()
 			rep, err := Run(ctx, l.spec, tc.opts)
 			if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) || rep != nil {
@@ -89,9 +98,8 @@ func TestInterruptedRunReportsNothing(t *testing.T) {
 				}
 				t.Fatalf("interrupted run: report %v, error %v; want no report and ErrInterrupted", rep != nil, err)
 			}
-			// Under load, the 5 s minimum is not waited out.
-			if d := time.Since(start); d > 4*time.Second {
-				t.Errorf("the interrupted run took %v", d)
+			if d := time.Since(start); d > tc.max {
+				t.Errorf("the interrupted run took %v, want at most %v", d, tc.max)
 			}
 		})
 	}
