@@ -273,8 +273,12 @@ func (a *Agent) setupJob(n discovery.Namespace) func() func() {
 				a.mon.Remove(n.Inode)
 				if err != nil && s != nil {
 					// Vanished mid-setup, most likely: the next scan says,
-					// or names it by another path (see resume).
+					// or names it by another path (see resume), which it
+					// may have done while this job ran.
 					a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
+					if s.ns.Path != n.Path {
+						a.resume(s)
+					}
 				}
 				return
 			}
@@ -517,6 +521,9 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				if p != nil {
 					a.setAttaching(p, false)
 					a.log.Warn("attach failed", "netns", label, "interface", l.Name, "err", err)
+					if cur.ns.Path != path {
+						a.upsertLink(cur, p.link) // named by a new path meanwhile: see resume
+					}
 				} else {
 					a.log.Debug("attach skipped: interface vanished", "netns", label, "interface", l.Name, "err", err)
 				}

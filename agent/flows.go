@@ -198,7 +198,7 @@ func (a *Agent) evictPass(decideAll bool) bool {
 	b := a.book
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if err := b.recoverLocked(a.dp); err != nil {
+	if err := b.recoverLocked(a.dp, a.deleteFlows); err != nil {
 		a.log.Error("eviction: settle the records of a failed delete", "err", err)
 		return false
 	}
@@ -227,6 +227,13 @@ func (a *Agent) evictPass(decideAll bool) bool {
 	if err != nil {
 		a.log.Error("eviction: read flows", "err", err)
 		return false
+	}
+	if decideAll {
+		// Before the removed namespaces are forgotten, so that a restart
+		// takes these decisions rather than making them without them.
+		if err := b.persistLocked(); err != nil {
+			a.log.Error("eviction: save decisions", "err", err)
+		}
 	}
 	if len(victims) == 0 {
 		a.dropStalePortsLocked()

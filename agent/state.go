@@ -187,34 +187,45 @@ func (b *flowBook) save() error {
 func (b *flowBook) recover(dp *bpf.Datapath) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.recoverLocked(dp)
+	return b.recoverLocked(dp, dp.DeleteFlows)
 }
 
-// recoverLocked is recover with b.mu held.
-func (b *flowBook) recoverLocked(dp *bpf.Datapath) error {
+// recoverLocked is recover with b.mu held; del deletes records (the
+// agent's deleteFlows). What it folds is saved, with the in-flight list
+// raised to match, before the delete: a delete that fails again leaves a
+// list from which the next attempt folds only what is new.
+func (b *flowBook) recoverLocked(dp *bpf.Datapath, del func([]bpf.FlowKey) (int, error)) error {
 	if len(b.st.Inflight) == 0 {
 		return nil
 	}
-	saved := b.inflightLocked()
-	var del []bpf.FlowKey
+	at := make(map[bpf.FlowKey]int, len(b.st.Inflight))
+	for i, f := range b.st.Inflight {
+		at[f.Key] = i
+	}
+	var done []bpf.FlowKey
 	err := dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
-		f, ok := saved[k]
-		if !ok || !f.sameRecord(s) {
+		i, ok := at[k]
+		if !ok || !b.st.Inflight[i].sameRecord(s) {
 			return true
 		}
+		f := &b.st.Inflight[i]
 		if f.Counted {
 			b.fold(f.Pair, f.Port, s.Packets-f.Packets, s.Bytes-f.Bytes)
 		}
 		if f.Violation != nil {
 			b.st.Violations[*f.Violation] += s.Packets - f.Packets
 		}
-		del = append(del, k)
+		f.Packets, f.Bytes = s.Packets, s.Bytes
+		done = append(done, k)
 		return true
 	})
 	if err != nil {
 		return err
 	}
-	if _, err := dp.DeleteFlows(del); err != nil {
+	if err := b.st.save(); err != nil {
+		return err
+	}
+	if _, err := del(done); err != nil {
 		return err
 	}
 	b.st.Inflight = nil

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/vishvananda/netns"
@@ -141,11 +143,12 @@ func TestShortLivedNamespace(t *testing.T) {
 	}
 }
 
-// TestFailedDeleteCountsOnce: an eviction folds records into the saved
-// totals, then fails to delete them from the kernel. Until a later pass
-// deletes them, scrapes must show the records' counts once (the folded
-// ones), not the folded counts plus the records again, and the total must
-// not drop when the records finally go.
+// TestFailedDeleteCountsOnce: an eviction folds a flow's record into the
+// saved totals, then fails to delete it from the kernel, and so do the
+// next passes' attempts to finish it, while the flow sends more. Until a
+// pass deletes the record, scrapes must show every packet once: not the
+// folded counts plus the record again, nor what it gained folded once
+// per attempt; and the total must not drop when the record finally goes.
 func TestFailedDeleteCountsOnce(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("af")
@@ -163,10 +166,11 @@ func TestFailedDeleteCountsOnce(t *testing.T) {
 	}
 	r.a.mu.Unlock()
 
-	const n = 200
+	// One flow (fixed source port), so its later packets go to the same
+	// record. a and x are both watched: it counts where x receives it.
 	a, x := p+"a", p+"x"
-	sendUDP(t, s, a, x, netip.MustParseAddrPort("198.18.44.2:5401"), n, 100)
-	// a and x are both watched: a's traffic counts where x receives it.
+	flow := newUDPFlow(t, s.NetnsPath(a), s.NetnsPath(x),
+		netip.MustParseAddrPort("198.18.44.1:40001"), netip.MustParseAddrPort("198.18.44.2:5402"))
 	series := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q} `, x, a)
 	value := func() string {
 		for _, l := range strings.Split(scrape(t, r.url), "\n") {
@@ -184,9 +188,18 @@ func TestFailedDeleteCountsOnce(t *testing.T) {
 			}
 		}
 	}
-	waitFor("failed eviction", func() bool { return failed.Load() > 0 })
-	if v := value(); v != fmt.Sprint(n) {
-		t.Errorf("after the failed delete: %s%s, want %d", series, v, n)
+
+	const n1, n2 = 200, 50
+	flow.send(t, n1)
+	waitFor("failed eviction", func() bool { return failed.Load() >= 1 })
+	if v := value(); v != fmt.Sprint(n1) {
+		t.Errorf("after the failed delete: %s%s, want %d", series, v, n1)
+	}
+	flow.send(t, n2)
+	at := failed.Load()
+	waitFor("two more failed attempts", func() bool { return failed.Load() >= at+2 })
+	if v := value(); v != fmt.Sprint(n1+n2) {
+		t.Errorf("after more traffic and failed attempts to finish the eviction: %s%s, want %d", series, v, n1+n2)
 	}
 
 	r.a.mu.Lock()
@@ -197,7 +210,54 @@ func TestFailedDeleteCountsOnce(t *testing.T) {
 		defer r.a.book.mu.Unlock()
 		return len(r.a.book.st.Inflight) == 0
 	})
-	if v := value(); v != fmt.Sprint(n) {
-		t.Errorf("after the records were deleted: %s%s, want %d", series, v, n)
+	if v := value(); v != fmt.Sprint(n1+n2) {
+		t.Errorf("after the record was deleted: %s%s, want %d", series, v, n1+n2)
+	}
+}
+
+// udpFlow is one UDP flow, a fixed 5-tuple, between two namespaces.
+type udpFlow struct {
+	cl, srv *net.UDPConn
+	dst     netip.AddrPort
+}
+
+// newUDPFlow opens the flow's sockets: each stays in the namespace it was
+// opened in.
+func newUDPFlow(t *testing.T, fromNS, toNS string, src, dst netip.AddrPort) *udpFlow {
+	t.Helper()
+	f := &udpFlow{dst: dst}
+	for _, o := range []struct {
+		ns   string
+		addr netip.AddrPort
+		c    **net.UDPConn
+	}{{toNS, dst, &f.srv}, {fromNS, src, &f.cl}} {
+		err := nsenter.Do(o.ns, func() (err error) {
+			*o.c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(o.addr))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { (*o.c).Close() })
+	}
+	return f
+}
+
+// send sends n datagrams and fails unless all of them arrive.
+func (f *udpFlow) send(t *testing.T, n int) {
+	t.Helper()
+	buf := make([]byte, 100)
+	for i := range n {
+		if _, err := f.cl.WriteToUDPAddrPort(buf, f.dst); err != nil {
+			t.Fatal(err)
+		}
+		if i%20 == 19 || i == n-1 { // a few at a time: no socket buffer overflows
+			for range i%20 + 1 {
+				f.srv.SetReadDeadline(time.Now().Add(2 * time.Second))
+				if _, _, err := f.srv.ReadFromUDPAddrPort(buf); err != nil {
+					t.Fatalf("datagram %d of %d did not arrive: %v", i+1, n, err)
+				}
+			}
+		}
 	}
 }
