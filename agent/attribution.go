@@ -135,16 +135,10 @@ func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
 			return a.labelLocked(c)
 		}
 	}
-	label, n := UnknownNetns, 0
-	for _, g := range a.gone {
-		if g.addrs[ip] && firstSeen < g.at {
-			label, n = g.label, n+1
-		}
+	if label, n := a.goneHoldersLocked(ip, firstSeen); n == 1 {
+		return label, true
 	}
-	if n != 1 {
-		return UnknownNetns, false
-	}
-	return label, true
+	return UnknownNetns, false
 }
 
 // heldLocked reports whether a namespace holds ip, or held it when a
@@ -154,12 +148,19 @@ func (a *Agent) heldLocked(ip netip.Addr, firstSeen uint64) bool {
 	if len(a.owners[ip]) > 0 {
 		return true
 	}
+	_, n := a.goneHoldersLocked(ip, firstSeen)
+	return n > 0
+}
+
+// goneHoldersLocked counts the removed namespaces that held ip (unmapped)
+// when a record first seen at firstSeen began, and names one of them.
+func (a *Agent) goneHoldersLocked(ip netip.Addr, firstSeen uint64) (label string, n int) {
 	for _, g := range a.gone {
 		if g.addrs[ip] && firstSeen < g.at {
-			return true
+			label, n = g.label, n+1
 		}
 	}
-	return false
+	return label, n
 }
 
 // holdsLocked reports whether the namespace labelled label holds ip.

@@ -12,7 +12,7 @@ const DefaultGoneRetention = 5 * time.Minute
 // series ends as any series of a vanished target does; a namespace that
 // comes back under the same label starts its series anew.
 func (a *Agent) retire(now time.Time) {
-	if a.cfg.GoneRetention < 0 || !a.Ready() {
+	if a.cfg.GoneRetention < 0 {
 		return
 	}
 	a.mu.RLock()
@@ -56,17 +56,28 @@ func (a *Agent) retire(now time.Time) {
 			delete(b.goneSince, label)
 		}
 	}
-	// A live record still counting toward a label keeps it until the
-	// record is folded: dropping the series first would restart it.
+	// A record that may still count toward a label keeps it until the
+	// record is folded, or dropping the series would restart it: a live
+	// record's decision, one restored after a restart and not yet taken
+	// up, and one whose eviction is not finished.
+	keep := func(counted bool, pair pairKey, violation *[2]string) {
+		if counted {
+			delete(expired, pair.Src)
+			delete(expired, pair.Dst)
+		}
+		if violation != nil {
+			delete(expired, violation[0])
+			delete(expired, violation[1])
+		}
+	}
 	for _, d := range b.decisions {
-		if d.counted {
-			delete(expired, d.pair.Src)
-			delete(expired, d.pair.Dst)
-		}
-		if d.violation != nil {
-			delete(expired, d.violation[0])
-			delete(expired, d.violation[1])
-		}
+		keep(d.counted, d.pair, d.violation)
+	}
+	for _, d := range b.restored {
+		keep(d.Counted, d.Pair, d.Violation)
+	}
+	for _, f := range b.st.Inflight {
+		keep(f.Counted, f.Pair, f.Violation)
 	}
 	if len(expired) == 0 {
 		return

@@ -45,7 +45,8 @@ func TestGoneRetention(t *testing.T) {
 	p := testenv.Name("ar")
 	s := topotest.Up(t, parseSpec(t, retireTopology), p)
 	pin, state := pins(t)
-	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second, GoneRetention: 2 * time.Second})
+	const retention = 3 * time.Second
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second, GoneRetention: retention})
 	waitReady(t, r)
 
 	const n = 100
@@ -58,20 +59,28 @@ func TestGoneRetention(t *testing.T) {
 	if text := scrape(t, r.url); !strings.Contains(text, series(b)) || !strings.Contains(text, series(c)) {
 		t.Fatalf("want %s and %s; have:\n%s", series(b), series(c), grepLines(text, "nsflow_netns_flow_packets_total{"))
 	}
+	deleted := time.Now()
 	if err := netns.DeleteNamed(c); err != nil {
 		t.Fatal(err)
 	}
 	// c's records are folded at once (its port is gone), a's idle out in
-	// 2 s; then c's series have 2 s to go.
+	// 2 s; c's series stay, with their counts, for the retention after
+	// the first pass that finds c gone, and then go.
 	var text string
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	for deadline := deleted.Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		text = scrape(t, r.url)
 		if !strings.Contains(text, fmt.Sprintf("%q", c)) {
 			break
 		}
+		if !strings.Contains(text, series(c)) {
+			t.Fatalf("%s changed before it went:\n%s", series(c), grepLines(text, "nsflow_netns_flow_packets_total{"))
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("series naming %s still there 20 s after it was deleted:\n%s", c, grepLines(text, c))
 		}
+	}
+	if gone := time.Since(deleted); gone < retention {
+		t.Errorf("%s's series went %v after it was deleted, before the retention of %v", c, gone, retention)
 	}
 	if !strings.Contains(text, series(b)) {
 		t.Errorf("the live pair's series went too: want %s; have:\n%s", series(b), grepLines(text, "nsflow_netns_flow_packets_total{"))

@@ -68,7 +68,7 @@ and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
 	fl.DurationVar(&f.interval, "discovery.interval", discovery.DefaultInterval, "how often /proc is scanned for unnamed namespaces")
 	fl.IntVar(&f.topFlows, "collector.top-flows", agent.DefaultTopFlows, "series of nsflow_top_flow_bytes_total at most")
 	fl.IntVar(&f.topPorts, "collector.top-ports", agent.DefaultTopPorts, "destination ports per namespace pair with their own series; the rest are port=\"other\"")
-	fl.StringVar(&f.nsInclude, "netns.include", "", "only namespaces whose label matches this regexp (host, a name, or netns-INODE)")
+	fl.StringVar(&f.nsInclude, "netns.include", "", "only namespaces whose label matches this regexp (host, a name, netns-INODE, or the path of a namespace named like one of these)")
 	fl.StringVar(&f.nsExclude, "netns.exclude", "", "skip namespaces whose label matches this regexp")
 	fl.DurationVar(&f.goneRetention, "netns.gone-retention", agent.DefaultGoneRetention, "keep the series of a removed namespace this long (pair totals, ports, violations); 0 keeps them for ever")
 	fl.StringVar(&f.ifInclude, "interface.include", "", "only interfaces whose name matches this regexp")
