@@ -11,10 +11,14 @@ import (
 )
 
 // Our legacy tc filters are told apart from anyone else's by this
-// priority and handle, and checked by program ID before removal.
+// priority, their name and their handle, and checked by program ID before
+// removal. The handle is the ID of the datapath's flow table: datapaths
+// with tables of their own (the agent, a verify or bench run beside it)
+// each have their filter and leave each other's alone, while a filter of
+// a run that died and counted into the same pinned tables is recognised
+// as ours, and replaced, since it would count every packet twice.
 const (
-	tcPriority = 1          // run before filters at higher numbers
-	tcHandle   = 0x6e73666c // "nsfl"
+	tcPriority = 1 // run before filters at higher numbers
 	tcName     = "nsflow"
 )
 
@@ -23,8 +27,22 @@ const (
 // when absent and removed only if we added it and it holds no filter.
 type tcAttachment struct {
 	ifindex    int
+	handle     uint32
 	progIDs    [2]ebpf.ProgramID // ingress, egress
 	addedQdisc bool
+}
+
+// tcHandle is the filter handle of d's programs (see tcPriority).
+func (d *Datapath) tcHandle() (uint32, error) {
+	info, err := d.objs.NsflowFlows.Info()
+	if err != nil {
+		return 0, fmt.Errorf("flow table info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("flow table info: the kernel reports no map ID")
+	}
+	return uint32(id), nil
 }
 
 var tcParents = [2]uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS}
@@ -39,10 +57,16 @@ func (a *Attachment) attachTC() error {
 	if err != nil {
 		return fmt.Errorf("find interface: %w", err)
 	}
-	t := &tcAttachment{ifindex: a.Ifindex}
+	handle, err := a.d.tcHandle()
+	if err != nil {
+		return err
+	}
+	t := &tcAttachment{ifindex: a.Ifindex, handle: handle}
 	if t.addedQdisc, err = ensureClsact(h, l); err != nil {
 		return err
 	}
+	// On an error, t.remove takes back what this call added: it matches
+	// only the program IDs in t.progIDs, set once a filter is in place.
 	progs := [2]*ebpf.Program{a.d.objs.NsflowIngress, a.d.objs.NsflowEgress}
 	for i, p := range progs {
 		info, err := p.Info()
@@ -50,12 +74,16 @@ func (a *Attachment) attachTC() error {
 			_ = t.remove(h, l)
 			return err
 		}
-		t.progIDs[i], _ = info.ID()
+		progID, ok := info.ID()
+		if !ok {
+			_ = t.remove(h, l)
+			return errors.New("program info: the kernel reports no program ID")
+		}
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{
 				LinkIndex: a.Ifindex,
 				Parent:    tcParents[i],
-				Handle:    tcHandle,
+				Handle:    handle,
 				Priority:  tcPriority,
 				Protocol:  unix.ETH_P_ALL,
 			},
@@ -64,15 +92,22 @@ func (a *Attachment) attachTC() error {
 			DirectAction: true,
 		}
 		err = h.FilterAdd(f)
-		if errors.Is(err, unix.EEXIST) && ownFilter(h, l, tcParents[i]) {
-			// A stale filter of ours (a previous run that died): replace.
-			err = h.FilterReplace(f)
+		if errors.Is(err, unix.EEXIST) {
+			switch id, ours := ownFilter(h, l, tcParents[i], handle); {
+			case ours && id == progID:
+				err = fmt.Errorf("%w: this datapath is attached here already", err)
+			case ours:
+				// A filter of a run that died, counting into the same
+				// tables: replace it.
+				err = h.FilterReplace(f)
+			}
 		}
 		if err != nil {
 			_ = t.remove(h, l)
 			return fmt.Errorf("tc filter (clsact %s, prio %d, handle %#x): %w",
-				[]string{"ingress", "egress"}[i], tcPriority, tcHandle, err)
+				[]string{"ingress", "egress"}[i], tcPriority, handle, err)
 		}
+		t.progIDs[i] = progID
 	}
 	a.tc = t
 	a.Mode = ModeTC
@@ -99,19 +134,19 @@ func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
 }
 
 // ownFilter reports whether the filter at our priority and handle on
-// parent carries our name.
-func ownFilter(h *netlink.Handle, l netlink.Link, parent uint32) bool {
+// parent carries our name, and which program it runs.
+func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.ProgramID, bool) {
 	fs, err := h.FilterList(l, parent)
 	if err != nil {
-		return false
+		return 0, false
 	}
 	for _, f := range fs {
 		bf, ok := f.(*netlink.BpfFilter)
-		if ok && bf.Handle == tcHandle && bf.Priority == tcPriority && strings.HasPrefix(bf.Name, tcName) {
-			return true
+		if ok && bf.Handle == handle && bf.Priority == tcPriority && strings.HasPrefix(bf.Name, tcName) {
+			return ebpf.ProgramID(bf.Id), true
 		}
 	}
-	return false
+	return 0, false
 }
 
 // detach runs inside the attachment's namespace.
@@ -148,7 +183,7 @@ func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link) error {
 		}
 		for _, f := range fs {
 			bf, ok := f.(*netlink.BpfFilter)
-			if ok && bf.Handle == tcHandle && bf.Priority == tcPriority && ebpf.ProgramID(bf.Id) == t.progIDs[i] {
+			if ok && bf.Handle == t.handle && bf.Priority == tcPriority && ebpf.ProgramID(bf.Id) == t.progIDs[i] {
 				if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
 					errs = append(errs, fmt.Errorf("delete filter: %w", err))
 					empty = false

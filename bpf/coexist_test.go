@@ -115,6 +115,10 @@ func TestTCReplacesStaleOwnFilter(t *testing.T) {
 	a, b := newTestNS(t), newTestNS(t)
 	ea, _ := vethPair(t, a, b, 7)
 	stale := noopProg(t)
+	handle, err := d.tcHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ea.NS.do(t, func() error {
 		l, err := netlink.LinkByName(ea.Ifname)
 		if err != nil {
@@ -126,7 +130,7 @@ func TestTCReplacesStaleOwnFilter(t *testing.T) {
 		for i, parent := range tcParents {
 			f := &netlink.BpfFilter{
 				FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
-					Handle: tcHandle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
+					Handle: handle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
 				Fd: stale.FD(), Name: tcName + "_" + string(rune('0'+i)), DirectAction: true,
 			}
 			if err := netlink.FilterAdd(f); err != nil {
@@ -193,4 +197,48 @@ func netlinkHandle(t testing.TB) *netlink.Handle {
 	}
 	t.Cleanup(h.Close)
 	return h
+}
+
+// TestTCTwoDatapaths: two datapaths with tables of their own (an agent and
+// a verify run beside it) attached in tc mode to one interface each count
+// every packet, and detaching one leaves the other's filter and counts
+// alone. A datapath attached twice to one interface is an error, as with
+// tcx.
+func TestTCTwoDatapaths(t *testing.T) {
+	first, second := loadForTest(t, Options{ForceMode: ModeTC}), loadForTest(t, Options{ForceMode: ModeTC})
+	a, b := newTestNS(t), newTestNS(t)
+	ea, eb := vethPair(t, a, b, 8)
+	att1, err := first.Attach(eb.NS.Path, eb.Ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { att1.Detach() })
+	if again, err := first.Attach(eb.NS.Path, eb.Ifname); err == nil {
+		again.Detach()
+		t.Fatal("the same datapath attached twice to one interface")
+	}
+	att2, err := second.Attach(eb.NS.Path, eb.Ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	received := func(d *Datapath, att *Attachment) uint64 {
+		t.Helper()
+		s, _, err := d.Port(att.Key())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Get(Ingress, IPv4, UDP).Packets
+	}
+
+	udpTransfer(t, false, ea, eb, 7001, 100, 64, 1)
+	if r1, r2 := received(first, att1), received(second, att2); r1 != 100 || r2 != 100 {
+		t.Fatalf("UDP packets counted at %s: %d and %d, want 100 by each datapath", eb.Ifname, r1, r2)
+	}
+	if err := att2.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	udpTransfer(t, false, ea, eb, 7002, 50, 64, 1)
+	if r1 := received(first, att1); r1 != 150 {
+		t.Errorf("after the other datapath detached: %d UDP packets counted, want 150", r1)
+	}
 }
