@@ -15,6 +15,7 @@ import (
 	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // TestRun runs every path and protocol with two pairs for a fraction of
@@ -143,7 +144,7 @@ func TestRunCancel(t *testing.T) {
 }
 
 // TestRunFile measures the namespaces of a topology file that is already
-// up, and leaves it up.
+// up, and leaves it up; it refuses a file that is partly up.
 func TestRunFile(t *testing.T) {
 	testenv.RequireBPFFS(t)
 	s, err := runSpec([]Path{Veth}, 1).WithPrefix(testenv.Name("nbt") + "-")
@@ -170,6 +171,23 @@ func TestRunFile(t *testing.T) {
 	for _, n := range s.Namespaces {
 		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {
 			t.Errorf("bench removed namespace %s of a topology it did not build: %v", n.Name, err)
+		}
+	}
+
+	// Partly up: refused, and what is there stays (bringing the file up
+	// for the run and down after it would remove it all).
+	gone := s.Namespaces[0].Name
+	if err := netns.DeleteNamed(gone); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), Config{Spec: s, SpecFile: "test.yaml", Duration: 200 * time.Millisecond,
+		Rounds: 1, Slices: 1, NoIperf3: true})
+	if err == nil || !strings.Contains(err.Error(), "partly up") || !strings.Contains(err.Error(), gone) {
+		t.Errorf("run on a topology partly up: error %v, want one saying so and naming %s", err, gone)
+	}
+	for _, n := range s.Namespaces[1:] {
+		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {
+			t.Errorf("bench removed namespace %s of a topology partly up: %v", n.Name, err)
 		}
 	}
 }

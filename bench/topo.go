@@ -20,14 +20,21 @@ type env struct {
 }
 
 // prepare builds the run topology under a random prefix, or uses the
-// given file's namespaces, bringing the file up first if they are not all
-// there.
+// given file's namespaces: as they are when all are there, brought up for
+// the run (and taken down after it) when none is. A file that is partly up
+// is refused: taking it down after the run would remove what was there
+// before it.
 func prepare(ctx context.Context, cfg Config) (*env, error) {
 	if cfg.Spec != nil {
-		if allExist(cfg.Spec) {
+		switch present, missing := existing(cfg.Spec); {
+		case len(missing) == 0:
 			return &env{spec: cfg.Spec}, nil
+		case len(present) == 0:
+			return up(ctx, cfg.Spec)
+		default:
+			return nil, fmt.Errorf("topology %s is partly up (namespaces %v exist, %v do not): bring it up (nsflow topology up) or down first",
+				cfg.Spec.Name, present, missing)
 		}
-		return up(ctx, cfg.Spec)
 	}
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -67,13 +74,17 @@ func up(ctx context.Context, s *topology.Spec) (*env, error) {
 	return nil, fmt.Errorf("bring up topology %s: %w", s.Name, err)
 }
 
-func allExist(s *topology.Spec) bool {
+// existing splits the file's namespaces into those that exist and those
+// that do not.
+func existing(s *topology.Spec) (present, missing []string) {
 	for _, n := range s.Namespaces {
-		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {
-			return false
+		if _, err := os.Stat(s.NetnsPath(n.Name)); err == nil {
+			present = append(present, n.Name)
+		} else {
+			missing = append(missing, n.Name)
 		}
 	}
-	return true
+	return present, missing
 }
 
 // release removes what prepare built. It does not use the run's context:
