@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -11,6 +12,21 @@ import (
 
 	"github.com/nsflow/nsflow/traffic"
 )
+
+// CheckPlotPath tells, before a run, whether SavePlot could write path:
+// the chart is SVG (a name with another extension, such as .png, would
+// mislabel it) and its directory must take a new file.
+func CheckPlotPath(path string) error {
+	if ext := strings.ToLower(filepath.Ext(path)); ext != "" && ext != ".svg" {
+		return fmt.Errorf("%s: the chart is SVG; name it .svg", path)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".nsflow-plot-*")
+	if err != nil {
+		return err
+	}
+	tmp.Close()
+	return os.Remove(tmp.Name())
+}
 
 // SavePlot writes the SVG chart to path through a temporary file, so a
 // failed write leaves no half-written chart behind.
@@ -24,7 +40,8 @@ func SavePlot(path string, r *Report) error {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Close(); err != nil {
+	// CreateTemp makes it private; a chart is for reading.
+	if err := errors.Join(tmp.Chmod(0o644), tmp.Close()); err != nil {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)

@@ -32,6 +32,13 @@ nsflow's and the kernel's counts. --size is the Ethernet frame size for UDP
 Exit status 1 when any count does not reconcile.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// bench.Config reads zero as "the default"; on the command
+			// line the defaults are the flags' own, so zero is a mistake.
+			for _, name := range []string{"pairs", "streams", "duration", "rounds", "slices"} {
+				if fl := cmd.Flags().Lookup(name); fl.Changed && (fl.Value.String() == "0" || fl.Value.String() == "0s") {
+					return fmt.Errorf("--%s: must be more than 0", name)
+				}
+			}
 			var err error
 			if cfg.Paths, err = bench.ParsePaths(path); err != nil {
 				return err
@@ -42,6 +49,13 @@ Exit status 1 when any count does not reconcile.`,
 			write, err := benchWriter(output)
 			if err != nil {
 				return err
+			}
+			// Checked before measuring: a chart that cannot be written
+			// must not cost the run.
+			if plot != "" {
+				if err := bench.CheckPlotPath(plot); err != nil {
+					return fmt.Errorf("--plot: %w", err)
+				}
 			}
 			if file != "" {
 				if cfg.Spec, err = topology.Load(file); err != nil {
@@ -61,13 +75,15 @@ Exit status 1 when any count does not reconcile.`,
 				return err
 			}
 			// Cases measured before an interruption or a failed cleanup
-			// are still reported; the error follows them.
+			// are still reported; the error follows them. The report goes
+			// first: it is what a failed chart must not take with it.
+			werr := write(cmd.OutOrStdout(), rep)
 			if plot != "" {
-				if err := bench.SavePlot(plot, rep); err != nil {
-					return fmt.Errorf("--plot: %w", err)
+				if perr := bench.SavePlot(plot, rep); perr != nil {
+					werr = errors.Join(werr, fmt.Errorf("--plot: %w", perr))
 				}
 			}
-			if werr := write(cmd.OutOrStdout(), rep); werr != nil || err != nil {
+			if werr != nil || err != nil {
 				return errors.Join(err, werr)
 			}
 			if rep.Differences > 0 {
