@@ -78,16 +78,24 @@ func WriteTable(w io.Writer, r *Report) error {
 			p.Generator, p.Ratio, p.Rounds)
 	}
 	checks := 0
-	for _, c := range r.Cases {
-		for _, s := range c.Samples {
-			for _, ch := range s.Checks {
-				checks++
-				if !ch.OK {
-					fmt.Fprintf(w, "DIFFERENCE %s round %d %s: %s: %s %d pkts %d bytes, %s %d pkts %d bytes\n",
-						c.Name, s.Round, mode(s.Instrumented), ch.Subject, ch.Left, ch.LeftCount.Packets,
-						ch.LeftCount.Bytes, ch.Right, ch.RightCount.Packets, ch.RightCount.Bytes)
-				}
+	differences := func(c *Case, s *Sample, which string) {
+		for _, ch := range s.Checks {
+			checks++
+			if !ch.OK {
+				fmt.Fprintf(w, "DIFFERENCE %s %s: %s: %s %d pkts %d bytes, %s %d pkts %d bytes\n",
+					c.Name, which, ch.Subject, ch.Left, ch.LeftCount.Packets,
+					ch.LeftCount.Bytes, ch.Right, ch.RightCount.Packets, ch.RightCount.Bytes)
 			}
+		}
+	}
+	for i := range r.Cases {
+		c := &r.Cases[i]
+		for j := range c.Samples {
+			s := &c.Samples[j]
+			differences(c, s, fmt.Sprintf("round %d %s", s.Round, mode(s.Instrumented)))
+		}
+		if c.BPF.Sample != nil { // reconciled like the others
+			differences(c, c.BPF.Sample, "BPF cost sample")
 		}
 	}
 	fmt.Fprintf(w, "reconciliation: %d checks, %d differences (nsflow vs kernel per interface and direction in packets and bytes; "+

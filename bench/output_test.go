@@ -7,6 +7,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,9 +26,17 @@ func sampleReport() *Report {
 			Kernel: []KernelDelta{{Iface: Iface{Namespace: "a", Name: "eth0"}}},
 			Checks: []Check{newCheck("a/eth0 rx", "nsflow", "kernel rx", traffic.Counts{Packets: 1}, traffic.Counts{Packets: 1}, true, true)}}},
 	}
-	c.BPF.Sample = &c.Samples[0]
+	cost := c.Samples[0] // the BPF cost sample is one more instrumented sample
+	cost.Round = 0
+	c.BPF.Sample = &cost
+	// The second case shares nothing with the first, so a test can change it.
 	c2 := c
 	c2.Name, c2.Path, c2.Differences = "bridge/tcp/2 <&>", Bridge, 1
+	c2.Samples = []Sample{c.Samples[0]}
+	c2.Samples[0].Checks = slices.Clone(c.Samples[0].Checks)
+	cost2 := cost
+	cost2.Checks = slices.Clone(cost.Checks)
+	c2.BPF.Sample = &cost2
 	return &Report{SchemaVersion: SchemaVersion, Cases: []Case{c, c2}, Iperf3: []Iperf3{{Path: Veth, Proto: traffic.UDP, Gbps: 0.3}}, Differences: 1}
 }
 
@@ -95,13 +104,18 @@ func TestWriteCSV(t *testing.T) {
 
 func TestWriteTable(t *testing.T) {
 	r := sampleReport()
-	r.Cases[1].Samples[0].Checks[0] = newCheck("b/eth0 tx", "nsflow", "kernel tx", traffic.Counts{Packets: 2}, traffic.Counts{Packets: 1}, true, true)
+	differ := newCheck("b/eth0 tx", "nsflow", "kernel tx", traffic.Counts{Packets: 2}, traffic.Counts{Packets: 1}, true, true)
+	r.Cases[1].Samples[0].Checks[0] = differ
+	r.Cases[1].BPF.Sample.Checks[0] = differ
+	r.Cases[1].Differences, r.Differences = 2, 2
 	var b bytes.Buffer
 	if err := WriteTable(&b, r); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"veth/udp/1", "0.980", "iperf3 veth/udp/1: 0.30 Gbit/s", "DIFFERENCE bridge/tcp/2 <&> round 1 instrumented: b/eth0 tx", "2 checks, 1 differences"} {
+	for _, want := range []string{"veth/udp/1", "0.980", "iperf3 veth/udp/1: 0.30 Gbit/s",
+		"DIFFERENCE bridge/tcp/2 <&> round 1 instrumented: b/eth0 tx", "DIFFERENCE bridge/tcp/2 <&> BPF cost sample: b/eth0 tx",
+		"4 checks, 2 differences"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -67,6 +68,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		pairs []pair
 	}
 	var plan []planned
+	rep.Settings.Pairs = nil // the steps the topology allows, set below
 	for _, path := range cfg.Paths {
 		avail := findPairs(env.spec, path)
 		if len(avail) == 0 {
@@ -75,19 +77,23 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		for _, proto := range cfg.Protos {
 			for _, k := range scaleSteps(min(cfg.Pairs, len(avail))) {
 				plan = append(plan, planned{path, proto, avail[:k]})
+				if !slices.Contains(rep.Settings.Pairs, k) {
+					rep.Settings.Pairs = append(rep.Settings.Pairs, k)
+				}
 			}
 		}
 	}
+	slices.Sort(rep.Settings.Pairs)
 	r.steps = len(plan) * (3 + 2*cfg.Rounds) // warm-up, rounds, slices, cost
 	for _, p := range plan {
 		c, err := r.runCase(ctx, p.path, p.proto, p.pairs)
+		rep.Host.AttachMode = string(r.in.mode) // known once attached, also in a partial report
 		if err != nil {
 			return rep, err
 		}
 		rep.Cases = append(rep.Cases, *c)
 		rep.Differences += c.Differences
 	}
-	rep.Host.AttachMode = string(r.in.mode)
 	if !cfg.NoIperf3 {
 		r.iperf3(ctx, env)
 	}
