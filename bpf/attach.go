@@ -3,7 +3,6 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -157,10 +156,10 @@ func (a *Attachment) detach() error {
 	}
 	a.links = nil
 	if a.tc != nil {
-		err := nsenter.Do(a.Netns, a.tc.detach)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := nsenter.DoHandle(a.tc.ns, a.tc.detach); err != nil {
 			errs = append(errs, err)
 		}
+		a.tc.ns.Close()
 		a.tc = nil
 	}
 	if err := errors.Join(errs...); err != nil {

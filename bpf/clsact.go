@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,6 +27,11 @@ const (
 // direction. The qdisc is shared with other tools, so it is added only
 // when absent and removed only if we added it and it holds no filter.
 type tcAttachment struct {
+	// ns is the interface's namespace, held open until detach: the path
+	// it was entered by may be gone by then (an unnamed namespace is
+	// opened through one of its processes), and tc filters, unlike tcx
+	// links, outlive the process unless removed.
+	ns         netns.NsHandle
 	ifindex    int
 	handle     uint32
 	progIDs    [2]ebpf.ProgramID // ingress, egress
@@ -61,7 +67,16 @@ func (a *Attachment) attachTC() error {
 	if err != nil {
 		return err
 	}
-	t := &tcAttachment{ifindex: a.Ifindex, handle: handle}
+	ns, err := netns.Get() // this thread is in the interface's namespace
+	if err != nil {
+		return fmt.Errorf("open the namespace: %w", err)
+	}
+	t := &tcAttachment{ns: ns, ifindex: a.Ifindex, handle: handle}
+	defer func() {
+		if a.tc == nil { // failed
+			ns.Close()
+		}
+	}()
 	if t.addedQdisc, err = ensureClsact(h, l); err != nil {
 		return err
 	}

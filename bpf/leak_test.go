@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // Attach and detach 1000 times, then close: every link, filter, qdisc,
@@ -143,6 +145,59 @@ func TestDetachAfterInterfaceGone(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestDetachAfterPathGone: the path an attachment entered its namespace
+// by is gone (an unnamed namespace's process exited, a named one was
+// unmounted) while the namespace lives on. Detach still removes the
+// programs, and in tc mode the filters and the qdisc it added.
+func TestDetachAfterPathGone(t *testing.T) {
+	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			d := loadForTest(t, Options{ForceMode: mode})
+			a, b := newTestNS(t), newTestNS(t)
+			ea, _ := vethPair(t, a, b, 9)
+			att, err := d.Attach(ea.NS.Path, ea.Ifname)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held, err := netns.GetFromPath(ea.NS.Path) // the namespace lives on
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.Close()
+			if err := netns.DeleteNamed(a.Name); err != nil {
+				t.Fatal(err)
+			}
+			if err := att.Detach(); err != nil {
+				t.Fatalf("detach: %v", err)
+			}
+			err = nsenter.DoHandle(held, func() error {
+				l, err := netlink.LinkByName(ea.Ifname)
+				if err != nil {
+					return err
+				}
+				for _, parent := range tcParents {
+					if fs, err := netlink.FilterList(l, parent); err == nil && len(fs) > 0 {
+						t.Errorf("filters left on %#x: %+v", parent, fs)
+					}
+				}
+				qs, err := netlink.QdiscList(l)
+				if err != nil {
+					return err
+				}
+				for _, q := range qs {
+					if q.Type() == "clsact" {
+						t.Errorf("clsact qdisc left: %+v", q)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
