@@ -22,11 +22,22 @@ import (
 // thread inside each namespace, so its process is born there. Failures
 // are recorded in the report, not fatal.
 func (r *runner) iperf3(ctx context.Context, e *env) {
+	// Why there is no sanity line is said in the report, per path and
+	// protocol, as a measurement's own failure would be.
+	skip := func(why string) {
+		for _, path := range r.cfg.Paths {
+			for _, proto := range r.cfg.Protos {
+				r.report.Iperf3 = append(r.report.Iperf3, Iperf3{Path: path, Proto: proto, Error: why})
+			}
+		}
+	}
 	bin, err := exec.LookPath("iperf3")
 	if err != nil {
+		skip("not measured: iperf3 is not installed (Debian package iperf3)")
 		return
 	}
 	if err := r.in.detach(); err != nil {
+		skip("not measured: " + err.Error())
 		return
 	}
 	secs := iperf3Seconds(r.cfg.Duration)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -160,13 +161,21 @@ func TestRunFile(t *testing.T) {
 		}
 		assertGone(t, s.Name)
 	})
+	// No iperf3 on the PATH: the report says why there is no sanity line.
+	t.Setenv("PATH", t.TempDir())
 	rep, err := Run(context.Background(), Config{Spec: s, SpecFile: "test.yaml", Duration: 200 * time.Millisecond,
-		Rounds: 1, Slices: 1, NoIperf3: true, Pairs: 4})
+		Rounds: 1, Slices: 1, Pairs: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Topology != s.Name || len(rep.Cases) != 1 || rep.Cases[0].Pairs != 1 || rep.Differences != 0 {
 		t.Errorf("report: topology %s, %d cases, differences %d", rep.Topology, len(rep.Cases), rep.Differences)
+	}
+	if len(rep.Iperf3) != 1 || !strings.Contains(rep.Iperf3[0].Error, "iperf3 is not installed") {
+		t.Errorf("iperf3 lines %+v, want one saying iperf3 is not installed", rep.Iperf3)
+	}
+	if !slices.Equal(rep.Settings.Pairs, []int{1}) {
+		t.Errorf("settings.pairs %v, want [1]: the file has one veth pair", rep.Settings.Pairs)
 	}
 	for _, n := range s.Namespaces {
 		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {

@@ -239,7 +239,7 @@ func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
 // caller's last read and the delete go with the deleted record (never
 // from the port counters); the next packet of the flow starts a new
 // record with a new FirstSeen. A flow is best deleted once idle.
-func (d *Datapath) DeleteFlows(keys []FlowKey) (int, error) {
+func (d *Datapath) DeleteFlows(keys []FlowKey) (_ int, err error) {
 	raw := make([]nsflowFlowKey, 0, len(keys))
 	for _, k := range keys {
 		r, err := k.raw()
@@ -252,8 +252,9 @@ func (d *Datapath) DeleteFlows(keys []FlowKey) (int, error) {
 		return 0, nil
 	}
 	// Cache entries of the deleted records check their record once, at
-	// their next packet, after the generation moves on.
-	defer func() { _ = d.bumpGen() }()
+	// their next packet, after the generation moves on; until it does,
+	// they keep counting for records that are gone.
+	defer func() { err = errors.Join(err, d.bumpGen()) }()
 	n, err := d.objs.NsflowFlows.BatchDelete(raw, nil)
 	if err == nil {
 		return n, nil
