@@ -857,3 +857,31 @@ links:
 		t.Errorf("drift after up: %q, %v", st.Drift, err)
 	}
 }
+
+// TestUpKeepsLoneEndWithLivePeer: an end whose declared peer is missing
+// but whose real peer lives on in one of the topology's namespaces under
+// another name (renamed by hand) is not deleted, which would take the
+// peer with it: up fails, naming the link, and changes nothing.
+func TestUpKeepsLoneEndWithLivePeer(t *testing.T) {
+	s := prefixedSpec(t, `
+name: lonepeer
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.61.1/30]}, {namespace: b, interface: eth0, addresses: [198.18.61.2/30]}]
+`)
+	ctx := context.Background()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b := s.Namespaces[1].Name
+	if out, err := exec.Command("ip", "-n", b, "link", "set", "eth0", "name", "renamed").CombinedOutput(); err != nil {
+		t.Fatalf("rename: %v: %s", err, out)
+	}
+	_, err := Up(ctx, s, Options{})
+	if err == nil || !strings.Contains(err.Error(), "links[0]") || !strings.Contains(err.Error(), "run down first") {
+		t.Fatalf("up: %v; want an error naming links[0] and saying to run down first", err)
+	}
+	if out, err := exec.Command("ip", "-n", b, "link", "show", "renamed").CombinedOutput(); err != nil {
+		t.Errorf("the live peer went: %v: %s", err, out)
+	}
+}

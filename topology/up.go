@@ -449,13 +449,18 @@ func (b *builder) link(i int) error {
 		if pl == nil {
 			ns, c, name, l = lp.sns, lp.sc, lp.se.Interface, sl
 		}
-		if l.Type() != "veth" || l.Attrs().Alias != b.marker {
-			return lp.fail(fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns))
+		lone := fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns)
+		if b.checkOwned(ns, l, "veth") != nil {
+			return lp.fail(lone)
 		}
 		// A lone end of this topology's own: typically the host end of a
 		// veth whose namespace was just deleted (ip netns del), which the
-		// kernel destroys in the background. Deleting it (and its peer,
-		// wherever that is) lets the pair be created anew.
+		// kernel destroys in the background. Deleting it lets the pair be
+		// created anew; unless its peer lives on in one of the topology's
+		// namespaces under another name (rewired), which would go with it.
+		if live, err := b.peerInTopology(c, l); err != nil || live {
+			return lp.fail(errors.Join(lone, err))
+		}
 		if err := c.h.LinkDel(l); err != nil && !isNotFound(err) {
 			return lp.fail(fmt.Errorf("delete %s in namespace %s, whose peer is gone: %w", name, ns, err))
 		}
@@ -487,6 +492,32 @@ func (b *builder) link(i int) error {
 		}
 	}
 	return nil
+}
+
+// peerInTopology reports whether the peer of the veth l, in c's
+// namespace, is an interface in one of the topology's namespaces.
+func (b *builder) peerInTopology(c *nsConn, l netlink.Link) (bool, error) {
+	a := l.Attrs()
+	for _, oc := range b.conns {
+		if a.NetNsID < 0 && oc != c || a.NetNsID >= 0 && oc == c {
+			continue // the peer is in c's namespace, or in another one
+		}
+		if oc != c {
+			id, err := c.h.GetNetNsIdByFd(oc.fd)
+			if err != nil {
+				return false, fmt.Errorf("namespace id of %s: %w", oc.name, err)
+			}
+			if id != a.NetNsID {
+				continue
+			}
+		}
+		_, err := oc.h.LinkByIndex(a.ParentIndex)
+		if isNotFound(err) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	return false, nil
 }
 
 // arePeers reports whether the veth l, in c's namespace, and p, in pc's,
