@@ -180,9 +180,8 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 // leftoverNetnsFile reports whether path is what a run killed between
 // creating a namespace's file and mounting the namespace on it leaves: a
 // plain empty file with nothing mounted on it. (A mounted namespace also
-// looks like an empty regular file to stat, but its file system is nsfs;
-// anything else mounted there makes it a mount root.) A missing path is
-// not one. Only a creator of the same name caught between its own create
+// looks like an empty regular file to stat, but it is a mount root, as
+// anything mounted there is.) A missing path is not one. Only a creator of the same name caught between its own create
 // and mount would look the same; the name is the topology's to use.
 func leftoverNetnsFile(path string) (bool, error) {
 	var st unix.Stat_t
@@ -193,13 +192,6 @@ func leftoverNetnsFile(path string) (bool, error) {
 		return false, fmt.Errorf("stat %s: %w", path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 {
-		return false, nil
-	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil {
-		return false, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	if fs.Type == unix.NSFS_MAGIC {
 		return false, nil
 	}
 	var stx unix.Statx_t

@@ -390,14 +390,14 @@ func (b *builder) bridgesFinish() error {
 		if err != nil {
 			return fmt.Errorf("bridges[%d] %s: %w", i, br.Name, err)
 		}
-		if l.Attrs().MTU == br.MTU {
-			continue
+		switch {
+		case !created[br.Name]:
+			err = b.ensureLink(c, l, br.MTU, "") // up already; counts a change
+		case l.Attrs().MTU != br.MTU:
+			err = c.h.LinkSetMTU(l, br.MTU)
 		}
-		if err := c.h.LinkSetMTU(l, br.MTU); err != nil {
-			return fmt.Errorf("bridges[%d]: set %s mtu %d: %w", i, br.Name, br.MTU, err)
-		}
-		if !created[br.Name] {
-			b.changed.Add(1)
+		if err != nil {
+			return fmt.Errorf("bridges[%d] %s: mtu %d: %w", i, br.Name, br.MTU, err)
 		}
 	}
 	for _, nb := range b.bridgesDown {

@@ -453,7 +453,7 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 		ok = false
 	}
 	if ok && to.IsValid() {
-		if a := v.connected(ns, to); a != nil && (via.IsValid() || !v.connectedOn(ns, to, r.Dev)) {
+		if a := v.connected(ns, to, ""); a != nil && (via.IsValid() || v.connected(ns, to, r.Dev) == nil) {
 			v.add(path+".to", "%s is the subnet of interface %q (%s), which the kernel routes itself: declare it with dev %s and no via, or leave it out",
 				to, a.dev, a.path, a.dev)
 			ok = false
@@ -462,32 +462,22 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 	return to, via, ok
 }
 
-// connected returns an IPv4 address in namespace ns whose subnet is
-// exactly to, or nil. The kernel adds a route to that subnet (unless it
-// is a /32) with the address, one a declared route to the same
-// destination can only be or replace. IPv6 is left out: the kernel's own
-// routes there have a metric (256) that declared ones (1024) never meet.
-func (v *validator) connected(ns string, to netip.Prefix) *addrRef {
+// connected returns an IPv4 address in namespace ns, on interface dev
+// ("" for any), whose subnet is exactly to, or nil. The kernel adds a
+// route to that subnet (unless it is a /32) with the address, one a
+// declared route to the same destination can only be or replace. IPv6 is
+// left out: the kernel's own routes there have a metric (256) that
+// declared ones (1024) never meet.
+func (v *validator) connected(ns string, to netip.Prefix, dev string) *addrRef {
 	if !to.Addr().Is4() || to.Bits() == 32 {
 		return nil
 	}
 	for i, a := range v.addrs {
-		if a.ns == ns && a.prefix.Masked() == to {
+		if a.ns == ns && (dev == "" || a.dev == dev) && a.prefix.Masked() == to {
 			return &v.addrs[i]
 		}
 	}
 	return nil
-}
-
-// connectedOn reports whether interface dev in namespace ns has an
-// address whose subnet is to.
-func (v *validator) connectedOn(ns string, to netip.Prefix, dev string) bool {
-	for _, a := range v.addrs {
-		if a.ns == ns && a.dev == dev && a.prefix.Masked() == to {
-			return true
-		}
-	}
-	return false
 }
 
 // onLink reports whether gw is inside a subnet of an interface (dev, or
