@@ -54,6 +54,10 @@ type Agent struct {
 	peers peers
 	// deleteFlows is dp.DeleteFlows, which tests make fail; under mu.
 	deleteFlows func([]bpf.FlowKey) (int, error)
+	// stopped is set, under mu, when the datapath is closed: the web
+	// server outlives the agent by a moment, and its scrapes must not
+	// read closed maps.
+	stopped bool
 
 	sumMu    sync.Mutex
 	sum      *collector.FlowSummary
@@ -591,9 +595,12 @@ func (a *Agent) shutdown() error {
 	if err := a.book.save(); err != nil {
 		errs = append(errs, err)
 	}
+	a.mu.Lock()
+	a.stopped = true
 	if err := a.dp.Close(); err != nil {
 		errs = append(errs, err)
 	}
+	a.mu.Unlock()
 	a.log.Info("detached and stopped")
 	return errors.Join(errs...)
 }

@@ -18,6 +18,9 @@ import (
 // counters jump between series.
 var errNotReady = errors.New("initial discovery not done yet")
 
+// errStopped is a scrape after the agent stopped and closed its maps.
+var errStopped = errors.New("agent stopped")
+
 // uncountedIdle is the idle time after which a record that counts toward
 // nothing (a bridge port in transit, multicast flooded to every port) is
 // evicted: a thousand namespaces on a bridge flood tens of thousands of
@@ -59,6 +62,9 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	now := time.Now()
 	a.mu.RLock()
 	defer a.mu.RUnlock()
+	if a.stopped {
+		return nil, errStopped
+	}
 	b := a.book
 	b.mu.Lock()
 	defer b.mu.Unlock()

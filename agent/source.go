@@ -14,12 +14,15 @@ var _ collector.Source = (*Agent)(nil)
 // Ports implements collector.Source: the port table, named by the
 // namespaces and links discovered, one sample per family with traffic.
 func (a *Agent) Ports() ([]collector.PortSample, error) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.stopped {
+		return nil, errStopped
+	}
 	ports, err := a.dp.Ports()
 	if err != nil {
 		return nil, err
 	}
-	a.mu.RLock()
-	defer a.mu.RUnlock()
 	out := make([]collector.PortSample, 0, len(ports))
 	for k, st := range ports {
 		s := a.byCookie[k.NetnsCookie]

@@ -261,3 +261,41 @@ func (f *udpFlow) send(t *testing.T, n int) {
 		}
 	}
 }
+
+// TestScrapeWhileStopping: scrapes that come while the agent stops, or
+// after (the web server outlives it by a moment), get an error instead of
+// reading the maps the agent closes (a data race under -race before).
+func TestScrapeWhileStopping(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("aw")
+	topotest.Up(t, parseSpec(t, vanishTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	waitReady(t, r)
+
+	done := make(chan struct{})
+	scraped := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-done:
+				scraped <- n
+				return
+			default:
+			}
+			r.a.Ports()
+			r.a.Flows()
+			n++
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	r.stop()
+	close(done)
+	if n := <-scraped; n == 0 {
+		t.Fatal("no scrape ran")
+	}
+	if _, err := r.a.Ports(); !errors.Is(err, errStopped) {
+		t.Errorf("ports after stop: %v, want %v", err, errStopped)
+	}
+}
