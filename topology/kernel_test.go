@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -859,29 +860,61 @@ links:
 }
 
 // TestUpKeepsLoneEndWithLivePeer: an end whose declared peer is missing
-// but whose real peer lives on in one of the topology's namespaces under
-// another name (renamed by hand) is not deleted, which would take the
-// peer with it: up fails, naming the link, and changes nothing.
+// but whose real peer lives on is not deleted, which would take the peer
+// with it: up fails, naming the link, and the peer stays. The peer may be
+// in one of the topology's namespaces under another name (renamed by
+// hand; here the lone end is a marked host end, which up otherwise
+// replaces), or in a namespace outside the topology (moved there).
 func TestUpKeepsLoneEndWithLivePeer(t *testing.T) {
-	s := prefixedSpec(t, `
+	for _, tc := range []struct {
+		name, spec string
+		// break makes the declared peer of links[0]'s first end
+		// disappear, and returns the namespace and name it has now.
+		breakPeer func(t *testing.T, s *Spec) (ns, name string)
+	}{
+		{"renamed in the topology", `
+name: lonepeer
+namespaces: [{name: a}]
+links:
+  - endpoints: [{namespace: host, interface: h}, {namespace: a, interface: eth0, addresses: [198.18.61.1/30]}]
+`, func(t *testing.T, s *Spec) (string, string) {
+			a := s.Namespaces[0].Name
+			if out, err := exec.Command("ip", "-n", a, "link", "set", "eth0", "name", "renamed").CombinedOutput(); err != nil {
+				t.Fatalf("rename: %v: %s", err, out)
+			}
+			return a, "renamed"
+		}},
+		{"moved out of the topology", `
 name: lonepeer
 namespaces: [{name: a}, {name: b}]
 links:
   - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.61.1/30]}, {namespace: b, interface: eth0, addresses: [198.18.61.2/30]}]
-`)
-	ctx := context.Background()
-	if _, err := Up(ctx, s, Options{}); err != nil {
-		t.Fatal(err)
-	}
-	b := s.Namespaces[1].Name
-	if out, err := exec.Command("ip", "-n", b, "link", "set", "eth0", "name", "renamed").CombinedOutput(); err != nil {
-		t.Fatalf("rename: %v: %s", err, out)
-	}
-	_, err := Up(ctx, s, Options{})
-	if err == nil || !strings.Contains(err.Error(), "links[0]") || !strings.Contains(err.Error(), "run down first") {
-		t.Fatalf("up: %v; want an error naming links[0] and saying to run down first", err)
-	}
-	if out, err := exec.Command("ip", "-n", b, "link", "show", "renamed").CombinedOutput(); err != nil {
-		t.Errorf("the live peer went: %v: %s", err, out)
+`, func(t *testing.T, s *Spec) (string, string) {
+			other := testenv.Name("tlo")
+			if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+				t.Fatalf("add netns: %v: %s", err, out)
+			}
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", other).Run() })
+			if out, err := exec.Command("ip", "-n", s.Namespaces[1].Name, "link", "set", "eth0", "netns", other).CombinedOutput(); err != nil {
+				t.Fatalf("move: %v: %s", err, out)
+			}
+			return other, "eth0"
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := prefixedSpec(t, tc.spec)
+			ctx := context.Background()
+			if _, err := Up(ctx, s, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			ns, name := tc.breakPeer(t, s)
+			_, err := Up(ctx, s, Options{})
+			if err == nil || !strings.Contains(err.Error(), "links[0]") || !strings.Contains(err.Error(), "run down first") {
+				t.Fatalf("up: %v; want an error naming links[0] and saying to run down first", err)
+			}
+			if out, err := exec.Command("ip", "-n", ns, "link", "show", name).CombinedOutput(); err != nil {
+				t.Errorf("the live peer went: %v: %s", err, out)
+			}
+		})
 	}
 }

@@ -450,14 +450,16 @@ func (b *builder) link(i int) error {
 			ns, c, name, l = lp.sns, lp.sc, lp.se.Interface, sl
 		}
 		lone := fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns)
-		if b.checkOwned(ns, l, "veth") != nil {
+		// A lone end of this topology's own, typically the host end of a
+		// veth whose namespace was just deleted (ip netns del), which the
+		// kernel destroys in the background, is deleted so that the pair
+		// can be created anew; its peer goes with it, so only if the peer
+		// is nobody else's: the end carries the marker (only host ends
+		// do), or the peer's namespace is dying. Never when the peer
+		// lives on in one of the topology's namespaces under another name.
+		if b.checkOwned(ns, l, "veth") != nil || (l.Attrs().Alias != b.marker && l.Attrs().NetNsID != nsidDying) {
 			return lp.fail(lone)
 		}
-		// A lone end of this topology's own: typically the host end of a
-		// veth whose namespace was just deleted (ip netns del), which the
-		// kernel destroys in the background. Deleting it lets the pair be
-		// created anew; unless its peer lives on in one of the topology's
-		// namespaces under another name (rewired), which would go with it.
 		if live, err := b.peerInTopology(c, l); err != nil || live {
 			return lp.fail(errors.Join(lone, err))
 		}
@@ -493,6 +495,12 @@ func (b *builder) link(i int) error {
 	}
 	return nil
 }
+
+// nsidDying is a veth's peer namespace id when that namespace is dying:
+// the kernel reports NETNSA_NSID_NOT_ASSIGNED (-1), which the netlink
+// package reads as an unsigned 32-bit number. (An absent id, -1, means
+// the peer is in the veth's own namespace.)
+const nsidDying = int(^uint32(0))
 
 // peerInTopology reports whether the peer of the veth l, in c's
 // namespace, is an interface in one of the topology's namespaces.
