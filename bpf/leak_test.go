@@ -135,7 +135,8 @@ func TestDetachAfterInterfaceGone(t *testing.T) {
 						return netlink.LinkDel(l)
 					})
 				case "namespace":
-					// The veth goes with the namespace.
+					// The veth goes with the namespace (in tc mode, once
+					// the attachment lets go of it).
 					if err := netns.DeleteNamed(a.Name); err != nil {
 						t.Fatal(err)
 					}
@@ -162,6 +163,14 @@ func TestDetachAfterPathGone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var linkIDs []link.ID
+			for _, l := range att.links {
+				info, err := l.Info()
+				if err != nil {
+					t.Fatal(err)
+				}
+				linkIDs = append(linkIDs, info.ID)
+			}
 			held, err := netns.GetFromPath(ea.NS.Path) // the namespace lives on
 			if err != nil {
 				t.Fatal(err)
@@ -173,30 +182,13 @@ func TestDetachAfterPathGone(t *testing.T) {
 			if err := att.Detach(); err != nil {
 				t.Fatalf("detach: %v", err)
 			}
-			err = nsenter.DoHandle(held, func() error {
-				l, err := netlink.LinkByName(ea.Ifname)
-				if err != nil {
-					return err
+			for _, id := range linkIDs {
+				if l, err := link.NewFromID(id); err == nil {
+					l.Close()
+					t.Errorf("tcx link %d still exists after detach", id)
 				}
-				for _, parent := range tcParents {
-					if fs, err := netlink.FilterList(l, parent); err == nil && len(fs) > 0 {
-						t.Errorf("filters left on %#x: %+v", parent, fs)
-					}
-				}
-				qs, err := netlink.QdiscList(l)
-				if err != nil {
-					return err
-				}
-				for _, q := range qs {
-					if q.Type() == "clsact" {
-						t.Errorf("clsact qdisc left: %+v", q)
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
 			}
+			checkNoTCIn(t, held, ea.Ifname)
 		})
 	}
 }
@@ -261,10 +253,30 @@ func waitGone(t testing.TB, progs []ebpf.ProgramID, maps []ebpf.MapID) {
 // checkNoTC checks that the end has no clsact qdisc and no filter left.
 func checkNoTC(t testing.TB, e *end) {
 	t.Helper()
-	e.NS.do(t, func() error {
-		l, err := netlink.LinkByName(e.Ifname)
+	h, err := netns.GetFromPath(e.NS.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	checkNoTCIn(t, h, e.Ifname)
+}
+
+// checkNoTCIn is checkNoTC for an interface of the namespace h.
+func checkNoTCIn(t testing.TB, h netns.NsHandle, ifname string) {
+	t.Helper()
+	err := nsenter.DoHandle(h, func() error {
+		l, err := netlink.LinkByName(ifname)
 		if err != nil {
 			return err
+		}
+		for _, parent := range tcParents {
+			fs, err := netlink.FilterList(l, parent)
+			if err != nil {
+				return err
+			}
+			if len(fs) > 0 {
+				t.Errorf("filters left on %s (%#x): %+v", ifname, parent, fs)
+			}
 		}
 		qs, err := netlink.QdiscList(l)
 		if err != nil {
@@ -272,9 +284,12 @@ func checkNoTC(t testing.TB, e *end) {
 		}
 		for _, q := range qs {
 			if q.Type() == "clsact" {
-				t.Errorf("clsact qdisc left on %s", e.Ifname)
+				t.Errorf("clsact qdisc left on %s", ifname)
 			}
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
