@@ -181,8 +181,9 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 // creating a namespace's file and mounting the namespace on it leaves: a
 // plain empty file with nothing mounted on it. (A mounted namespace also
 // looks like an empty regular file to stat, but it is a mount root, as
-// anything mounted there is.) A missing path is not one. Only a creator of the same name caught between its own create
-// and mount would look the same; the name is the topology's to use.
+// anything mounted there is.) A missing path is not one. Only a creator
+// of the same name caught between its own create and mount would look
+// the same; the name is the topology's to use.
 func leftoverNetnsFile(path string) (bool, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
