@@ -1,7 +1,12 @@
 package bpf
 
 import (
+	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // More flows than cache entries, interleaved so that entries are evicted
@@ -72,5 +77,45 @@ func TestFlowCacheWriteBack(t *testing.T) {
 	}
 	if used == 0 {
 		t.Error("flow cache unused")
+	}
+}
+
+// TestDeleteFlowsOwesFailedBump: when the generation cannot be bumped
+// after a delete, DeleteFlows says so, and the next call, even with
+// nothing to delete, bumps it (once), so cache entries of the deleted
+// records do not count for them for good.
+func TestDeleteFlowsOwesFailedBump(t *testing.T) {
+	d := loadForTest(t, Options{})
+	gen := d.objs.NsflowGen
+	// A map user space may not write stands in for the generation.
+	readOnly, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1, Flags: unix.BPF_F_RDONLY})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readOnly.Close()
+	read := func() uint32 {
+		t.Helper()
+		var g uint32
+		if err := gen.Lookup(uint32(0), &g); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	k := FlowKey{NetnsCookie: 1, Ifindex: 2, Proto: 17, Src: netip.MustParseAddr("198.18.0.1"), Dst: netip.MustParseAddr("198.18.0.2"), SrcPort: 1, DstPort: 2}
+
+	before := read()
+	d.objs.NsflowGen = readOnly
+	_, err = d.DeleteFlows([]FlowKey{k})
+	d.objs.NsflowGen = gen
+	if err == nil || !strings.Contains(err.Error(), "bump generation") {
+		t.Fatalf("delete with the bump failing: %v, want an error saying so", err)
+	}
+	for i, want := range []uint32{before + 1, before + 1} { // owed once
+		if _, err := d.DeleteFlows(nil); err != nil {
+			t.Fatal(err)
+		}
+		if g := read(); g != want {
+			t.Errorf("call %d with nothing to delete: generation %d, want %d", i+1, g, want)
+		}
 	}
 }

@@ -50,6 +50,7 @@ type Datapath struct {
 
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
 	genMu    sync.Mutex // serializes bumping the deletion generation
+	genOwed  bool       // a bump failed (under genMu)
 	mu       sync.Mutex
 	attached map[*Attachment]struct{}
 	closed   bool

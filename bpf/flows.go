@@ -249,12 +249,13 @@ func (d *Datapath) DeleteFlows(keys []FlowKey) (_ int, err error) {
 		raw = append(raw, r)
 	}
 	if len(raw) == 0 {
-		return 0, nil
+		return 0, d.bumpGenIf(true)
 	}
 	// Cache entries of the deleted records check their record once, at
 	// their next packet, after the generation moves on; until it does,
-	// they keep counting for records that are gone.
-	defer func() { err = errors.Join(err, d.bumpGen()) }()
+	// they keep counting for records that are gone, so a bump that fails
+	// is owed, and tried again at the next call.
+	defer func() { err = errors.Join(err, d.bumpGenIf(false)) }()
 	n, err := d.objs.NsflowFlows.BatchDelete(raw, nil)
 	if err == nil {
 		return n, nil
@@ -306,10 +307,15 @@ func (d *Datapath) loss() (nsflowLoss, error) {
 	return t, nil
 }
 
-// bumpGen moves the deletion generation on.
-func (d *Datapath) bumpGen() error {
+// bumpGenIf moves the deletion generation on, when owedOnly only if an
+// earlier bump failed.
+func (d *Datapath) bumpGenIf(owedOnly bool) error {
 	d.genMu.Lock()
 	defer d.genMu.Unlock()
+	if owedOnly && !d.genOwed {
+		return nil
+	}
+	d.genOwed = true
 	var g uint32
 	if err := d.objs.NsflowGen.Lookup(uint32(0), &g); err != nil {
 		return fmt.Errorf("bpf: read generation: %w", err)
@@ -317,6 +323,7 @@ func (d *Datapath) bumpGen() error {
 	if err := d.objs.NsflowGen.Update(uint32(0), g+1, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("bpf: bump generation: %w", err)
 	}
+	d.genOwed = false
 	return nil
 }
 
