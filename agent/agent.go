@@ -290,6 +290,7 @@ func (a *Agent) setupJob(n discovery.Namespace) func() func() {
 			s.cookie = cookie
 			a.byCookie[cookie] = s
 			delete(a.gone, cookie)
+			a.forgetPeers(0) // a peer not found before may be this one
 			a.mu.Unlock()
 			a.applySnapshot(s, snap)
 			for _, e := range s.early {
@@ -513,7 +514,7 @@ func (a *Agent) queueJob(job func() func()) {
 func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 	path, label, inode := s.ns.Path, s.label, s.ns.Inode
 	return func() func() {
-		att, err := a.dp.Attach(path, l.Name)
+		att, err := a.dp.AttachIndex(path, l.Index)
 		return func() {
 			cur := a.byInode[inode]
 			var p *portState
@@ -521,8 +522,8 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				p = cur.links[l.Index]
 			}
 			if err != nil {
-				a.attachErr.Add(1)
 				if p != nil {
+					a.attachErr.Add(1)
 					a.setAttaching(p, false)
 					a.log.Warn("attach failed", "netns", label, "interface", l.Name, "err", err)
 					if cur.ns.Path != path {
@@ -533,8 +534,9 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				}
 				return
 			}
-			if p == nil || att.Ifindex != l.Index || !a.eligible(p.link) {
-				// Gone or changed while attaching: undo, counters too.
+			if p == nil || !a.eligible(p.link) {
+				// Gone or no longer watched while attaching: undo,
+				// counters too.
 				att.Detach()
 				a.dp.DeletePort(att.Key())
 				if p != nil {
@@ -595,12 +597,15 @@ func (a *Agent) shutdown() error {
 	if err := a.book.save(); err != nil {
 		errs = append(errs, err)
 	}
+	// The write lock waits out the scrapes reading the maps; later ones
+	// see stopped. Close (a detach per port) runs without it, so that
+	// the last scrapes' other collectors are not held up.
 	a.mu.Lock()
 	a.stopped = true
+	a.mu.Unlock()
 	if err := a.dp.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	a.mu.Unlock()
 	a.log.Info("detached and stopped")
 	return errors.Join(errs...)
 }

@@ -47,25 +47,39 @@ func (a *Attachment) Key() PortKey {
 // anchored at the head, so they see a packet before any program that
 // redirects or drops it.
 func (d *Datapath) Attach(netnsPath, ifname string) (*Attachment, error) {
+	return d.attach(netnsPath, ifname, func() (netlink.Link, error) { return netlink.LinkByName(ifname) })
+}
+
+// AttachIndex is Attach by interface index. Where interfaces come and go,
+// as for the agent, a name may be another interface's by the time the
+// attach runs (deleted and created anew); an index is not reused so soon.
+func (d *Datapath) AttachIndex(netnsPath string, ifindex int) (*Attachment, error) {
+	return d.attach(netnsPath, fmt.Sprintf("interface index %d", ifindex),
+		func() (netlink.Link, error) { return netlink.LinkByIndex(ifindex) })
+}
+
+// attach attaches to the link find returns in the namespace at netnsPath;
+// what names the interface in errors.
+func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, error)) (*Attachment, error) {
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
 	if closed {
 		return nil, errors.New("bpf: attach: datapath is closed")
 	}
-	a := &Attachment{Netns: netnsPath, Ifname: ifname, d: d}
-	where := ifname
+	a := &Attachment{Netns: netnsPath, d: d}
+	where := what
 	if netnsPath != "" {
-		where = fmt.Sprintf("%s in %s", ifname, netnsPath)
+		where = fmt.Sprintf("%s in %s", what, netnsPath)
 	}
 	// The ifindex of a tcx link and the netlink requests of the tc path are
 	// resolved in the calling thread's namespace, so all of it runs there.
 	err := nsenter.Do(netnsPath, func() error {
-		l, err := netlink.LinkByName(ifname)
+		l, err := find()
 		if err != nil {
 			return fmt.Errorf("find interface: %w", err)
 		}
-		a.Ifindex = l.Attrs().Index
+		a.Ifname, a.Ifindex = l.Attrs().Name, l.Attrs().Index
 		if a.NetnsCookie, err = currentNetnsCookie(); err != nil {
 			return err
 		}

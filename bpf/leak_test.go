@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/nsflow/nsflow/internal/nsenter"
+	"github.com/nsflow/nsflow/internal/testenv"
 )
 
 // Attach and detach 1000 times, then close: every link, filter, qdisc,
@@ -292,4 +293,52 @@ func checkNoTCIn(t testing.TB, h netns.NsHandle, ifname string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestAttachIndex: an attach by index goes to that interface or fails; it
+// never lands on another interface that has taken the name meanwhile (an
+// interface deleted and created anew), which an attach by name would.
+func TestAttachIndex(t *testing.T) {
+	d := loadForTest(t, Options{})
+	a, b := newTestNS(t), newTestNS(t)
+	ea, _ := vethPair(t, a, b, 11)
+	old := indexIn(t, a, ea.Ifname)
+	a.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			return err
+		}
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ea.Ifname}, PeerName: testenv.Name("vp")})
+	})
+	cur := indexIn(t, a, ea.Ifname)
+	if cur == old {
+		t.Fatalf("the new %s has the old index %d", ea.Ifname, old)
+	}
+	if att, err := d.AttachIndex(a.Path, old); err == nil {
+		att.Detach()
+		t.Fatalf("attached to index %d, which is gone (to %s, index %d)", old, att.Ifname, att.Ifindex)
+	}
+	att, err := d.AttachIndex(a.Path, cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer att.Detach()
+	if att.Ifname != ea.Ifname || att.Ifindex != cur {
+		t.Errorf("attached to %s (index %d), want %s (index %d)", att.Ifname, att.Ifindex, ea.Ifname, cur)
+	}
+}
+
+func indexIn(t *testing.T, n *testNS, ifname string) (idx int) {
+	t.Helper()
+	n.do(t, func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err == nil {
+			idx = l.Attrs().Index
+		}
+		return err
+	})
+	return idx
 }

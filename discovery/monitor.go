@@ -165,13 +165,21 @@ func (m *Monitor) Len() int {
 // Run serves the subscriptions until ctx is cancelled, then closes every
 // socket. It must be called exactly once.
 func (m *Monitor) Run(ctx context.Context) error {
+	woken := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
 		var one [8]byte
 		binary.NativeEndian.PutUint64(one[:], 1)
 		unix.Write(m.wakefd, one[:])
 	})
-	defer stop()
 	defer m.close()
+	// Before the close: a wake-up still on its way would write to a closed
+	// descriptor, whose number another file may have by then.
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+	}()
 
 	buf := make([]byte, 1<<16)
 	ready := make([]unix.EpollEvent, 64)
