@@ -78,26 +78,6 @@ func waitReady(t *testing.T, r *running) {
 	}
 }
 
-// shortLivedTopology joins a and b through a bridge in a third namespace,
-// as containers on a host bridge.
-const shortLivedTopology = `
-name: short
-namespaces:
-  - name: a
-  - name: b
-  - name: sw
-bridges:
-  - name: br0
-    namespace: sw
-links:
-  - endpoints:
-      - {namespace: a, interface: eth0, addresses: [198.18.45.1/24]}
-      - {bridge: br0, interface: pa}
-  - endpoints:
-      - {namespace: b, interface: eth0, addresses: [198.18.45.2/24]}
-      - {bridge: br0, interface: pb}
-`
-
 // TestShortLivedNamespace: a flow between two watched namespaces, one of
 // which is deleted before any scrape decided the flow's records (a job
 // that sends its results and exits), is counted once, to the right pair:
@@ -110,14 +90,15 @@ func TestShortLivedNamespace(t *testing.T) {
 	for _, vanishing := range []string{"receiver", "sender"} {
 		t.Run(vanishing, func(t *testing.T) {
 			p := testenv.Name("as")
-			s := topotest.Up(t, parseSpec(t, shortLivedTopology), p)
+			s := topotest.Up(t, parseSpec(t, pairTopology), p)
 			pin, state := pins(t)
 			r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
 			waitReady(t, r)
 
 			const n = 300
 			a, b := p+"a", p+"b"
-			sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.45.2:5401"), n, 100)
+			// Through the bridge, as containers on a host bridge.
+			sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.41.2:5401"), n, 100)
 			gone := b
 			if vanishing == "sender" {
 				gone = a
