@@ -180,40 +180,18 @@ func TestVerdictEvidence(t *testing.T) {
 			if !strings.Contains(line, tc.line) || (tc.notLine != "" && strings.Contains(line, tc.notLine)) {
 				t.Errorf("verdict line %q: want %q, not %q", line, tc.line, tc.notLine)
 			}
-			var b bytes.Buffer
-			if err := r.WriteTable(&b); err != nil {
-				t.Fatal(err)
+			out := renderAll(t, r)
+			if !strings.HasSuffix(out.table, line+"\n") {
+				t.Errorf("the table does not end with the verdict line:\n%s", out.table)
 			}
-			if !strings.HasSuffix(b.String(), line+"\n") {
-				t.Errorf("the table does not end with the verdict line:\n%s", b.String())
+			if tc.ev != nil && tc.ev.Overflow > 0 && !strings.Contains(out.table, "incomplete: 7 flows not recorded") {
+				t.Errorf("the table does not say the evidence is incomplete:\n%s", out.table)
 			}
-			if tc.ev != nil && tc.ev.Overflow > 0 && !strings.Contains(b.String(), "incomplete: 7 flows not recorded") {
-				t.Errorf("the table does not say the evidence is incomplete:\n%s", b.String())
+			if out.json.Verdict != tc.verdict || (tc.ev != nil && out.json.Summary.EvidenceOverflow != tc.ev.Overflow) {
+				t.Errorf("json verdict %d, summary %+v", out.json.Verdict, out.json.Summary)
 			}
-			b.Reset()
-			if err := r.WriteJSON(&b); err != nil {
-				t.Fatal(err)
-			}
-			var doc struct {
-				Verdict int     `json:"verdict"`
-				Summary Summary `json:"summary"`
-			}
-			if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
-				t.Fatal(err)
-			}
-			if doc.Verdict != tc.verdict || (tc.ev != nil && doc.Summary.EvidenceOverflow != tc.ev.Overflow) {
-				t.Errorf("json verdict %d, summary %+v", doc.Verdict, doc.Summary)
-			}
-			b.Reset()
-			if err := r.WriteJUnit(&b); err != nil {
-				t.Fatal(err)
-			}
-			var suites junitSuites
-			if err := xml.Unmarshal(b.Bytes(), &suites); err != nil {
-				t.Fatal(err)
-			}
-			if suites.Errors != tc.junitErr || (suites.Failures > 0) != (tc.verdict == 1) {
-				t.Errorf("junit: %d errors, %d failures; want %d errors, failures only for a violation", suites.Errors, suites.Failures, tc.junitErr)
+			if out.junit.Errors != tc.junitErr || (out.junit.Failures > 0) != (tc.verdict == 1) {
+				t.Errorf("junit: %d errors, %d failures; want %d errors, failures only for a violation", out.junit.Errors, out.junit.Failures, tc.junitErr)
 			}
 		})
 	}
@@ -246,44 +224,58 @@ func TestVerdictLoad(t *testing.T) {
 			if v := r.Verdict(); v != tc.verdict || !strings.HasPrefix(r.VerdictLine(), tc.line) {
 				t.Errorf("verdict %d, %q; want %d, %q", v, r.VerdictLine(), tc.verdict, tc.line)
 			}
-			var b bytes.Buffer
-			if err := r.WriteTable(&b); err != nil {
-				t.Fatal(err)
-			}
+			out := renderAll(t, r)
 			for _, f := range tc.flows {
 				want := fmt.Sprintf("x -> y (198.18.5.2): %.2f Gbit/s over %.1fs%s", f.Gbps, f.Elapsed.Seconds(), errSuffix(f.Error))
-				if !strings.Contains(b.String(), want) {
-					t.Errorf("table lacks %q:\n%s", want, b.String())
+				if !strings.Contains(out.table, want) {
+					t.Errorf("table lacks %q:\n%s", want, out.table)
 				}
 			}
-			b.Reset()
-			if err := r.WriteJUnit(&b); err != nil {
-				t.Fatal(err)
+			if out.junit.Errors != tc.junitErr {
+				t.Errorf("junit: %d errors, want %d", out.junit.Errors, tc.junitErr)
 			}
-			var suites junitSuites
-			if err := xml.Unmarshal(b.Bytes(), &suites); err != nil {
-				t.Fatal(err)
-			}
-			if suites.Errors != tc.junitErr {
-				t.Errorf("junit: %d errors, want %d", suites.Errors, tc.junitErr)
-			}
-			b.Reset()
-			if err := r.WriteJSON(&b); err != nil {
-				t.Fatal(err)
-			}
-			var doc struct {
-				Verdict int     `json:"verdict"`
-				Summary Summary `json:"summary"`
-				Load    struct {
-					Flows []map[string]any `json:"flows"`
-				} `json:"load"`
-			}
-			if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
-				t.Fatal(err)
-			}
-			if doc.Verdict != tc.verdict || doc.Summary.LoadErrors != tc.junitErr || doc.Load.Flows[0]["elapsed_ns"] == nil {
+			doc := out.json
+			if doc.Verdict != tc.verdict || doc.Summary.LoadErrors != tc.junitErr || len(doc.Load.Flows) == 0 || doc.Load.Flows[0]["elapsed_ns"] == nil {
 				t.Errorf("json verdict %d, summary %+v, load %v", doc.Verdict, doc.Summary, doc.Load)
 			}
 		})
 	}
+}
+
+// rendered is a report in every output format, read back.
+type rendered struct {
+	table string
+	json  struct {
+		Verdict int     `json:"verdict"`
+		Summary Summary `json:"summary"`
+		Load    struct {
+			Flows []map[string]any `json:"flows"`
+		} `json:"load"`
+	}
+	junit junitSuites
+}
+
+func renderAll(t *testing.T, r *Report) rendered {
+	t.Helper()
+	var out rendered
+	var b bytes.Buffer
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out.table = b.String()
+	b.Reset()
+	if err := r.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b.Bytes(), &out.json); err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	if err := r.WriteJUnit(&b); err != nil {
+		t.Fatal(err)
+	}
+	if err := xml.Unmarshal(b.Bytes(), &out.junit); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
