@@ -87,7 +87,8 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		entries++
 		var d *decision
-		if f, ok := inflight[k]; ok && f.sameRecord(s) {
+		if i, ok := inflight[k]; ok && b.st.Inflight[i].sameRecord(s) {
+			f := b.st.Inflight[i]
 			// Folded by an eviction whose delete failed: its counts are
 			// in the totals already, and the next pass folds only what
 			// it gained since.

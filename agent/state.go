@@ -198,10 +198,7 @@ func (b *flowBook) recoverLocked(dp *bpf.Datapath, del func([]bpf.FlowKey) (int,
 	if len(b.st.Inflight) == 0 {
 		return nil
 	}
-	at := make(map[bpf.FlowKey]int, len(b.st.Inflight))
-	for i, f := range b.st.Inflight {
-		at[f.Key] = i
-	}
+	at := b.inflightLocked()
 	var done []bpf.FlowKey
 	err := dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		i, ok := at[k]
@@ -241,15 +238,15 @@ func (f inflightFlow) sameRecord(s bpf.FlowStats) bool {
 	return s.Packets >= f.Packets && s.Bytes >= f.Bytes
 }
 
-// inflightLocked indexes the records folded by an eviction whose delete
-// did not happen (yet).
-func (b *flowBook) inflightLocked() map[bpf.FlowKey]inflightFlow {
+// inflightLocked indexes, by key, the records folded by an eviction
+// whose delete did not happen (yet): their positions in st.Inflight.
+func (b *flowBook) inflightLocked() map[bpf.FlowKey]int {
 	if len(b.st.Inflight) == 0 {
 		return nil
 	}
-	m := make(map[bpf.FlowKey]inflightFlow, len(b.st.Inflight))
-	for _, f := range b.st.Inflight {
-		m[f.Key] = f
+	m := make(map[bpf.FlowKey]int, len(b.st.Inflight))
+	for i, f := range b.st.Inflight {
+		m[f.Key] = i
 	}
 	return m
 }
