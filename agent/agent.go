@@ -330,7 +330,9 @@ func (a *Agent) removeNetns(inode uint64) {
 		delete(a.byCookie, s.cookie)
 		g := goneNetns{label: s.label, addrs: map[netip.Addr]bool{}, at: monotonicNow()}
 		for ad := range s.addrs {
-			g.addrs[ad.Addr] = true
+			if ownedAddr(ad.Addr) { // as in owners: link-local and the like identify no one
+				g.addrs[ad.Addr] = true
+			}
 		}
 		a.gone[s.cookie] = g
 		a.forgetPeers(s.cookie)
