@@ -120,7 +120,15 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	return compare(s, snaps), nil
+	o, err := findOrphans(ctx, host, s, opts)
+	if err != nil {
+		return nil, err
+	}
+	st := compare(s, snaps)
+	for _, d := range o.describe() {
+		st.Drift = append(st.Drift, fmt.Sprintf("%s: owned by topology %s but no longer declared", d, s.Name))
+	}
+	return st, nil
 }
 
 // snapshot reads a namespace: all of it, or in the host only the

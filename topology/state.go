@@ -89,6 +89,17 @@ func plannedState(s *Spec) *stateRecord {
 	return r
 }
 
+// without returns a copy of r that lists none of o (nil for nil).
+func (r *stateRecord) without(o orphans) *stateRecord {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Namespaces = slices.DeleteFunc(slices.Clone(r.Namespaces), func(n string) bool { return slices.Contains(o.namespaces, n) })
+	c.HostInterfaces = slices.DeleteFunc(slices.Clone(r.HostInterfaces), func(n string) bool { return slices.Contains(o.hostIfs, n) })
+	return &c
+}
+
 // merge adds o's entries to r (a topology whose file changed between up
 // and down still has its old objects recorded).
 func (r *stateRecord) merge(o *stateRecord) {

@@ -23,6 +23,9 @@ type Options struct {
 	Workers int
 	// Progress, if set, receives progress reports of long phases.
 	Progress ProgressFunc
+	// Prune makes Up delete what the topology owns but s no longer
+	// declares (see orphans); without it Up only lists them.
+	Prune bool
 
 	// failAfter, when positive, makes Up fail once that many objects have
 	// been created: the tests' way to inject a failure mid-build.
@@ -43,21 +46,32 @@ type Result struct {
 	InterfacesCreated int    `json:"interfaces_created"`
 	// Changed counts fixes to objects that already existed: a link set
 	// up, an MTU, a bridge port, an address or a route added.
-	Changed int           `json:"changed"`
+	Changed int `json:"changed"`
+	// Pruned lists what Options.Prune deleted; Orphans what it would have
+	// (objects the topology owns that the file no longer declares).
+	Pruned  []string      `json:"pruned,omitempty"`
+	Orphans []string      `json:"orphans,omitempty"`
 	Elapsed time.Duration `json:"elapsed_ns"`
 }
 
 // Unchanged reports whether Up found everything in place.
 func (r *Result) Unchanged() bool {
-	return r.NamespacesCreated == 0 && r.InterfacesCreated == 0 && r.Changed == 0
+	return r.NamespacesCreated == 0 && r.InterfacesCreated == 0 && r.Changed == 0 && len(r.Pruned) == 0
 }
 
 func (r *Result) String() string {
+	msg := fmt.Sprintf("topology %s is up: %d namespaces and %d interfaces created, %d other changes, %d removed (%.2fs)",
+		r.Name, r.NamespacesCreated, r.InterfacesCreated, r.Changed, len(r.Pruned), r.Elapsed.Seconds())
 	if r.Unchanged() {
-		return fmt.Sprintf("topology %s is already up: nothing changed (%.2fs)", r.Name, r.Elapsed.Seconds())
+		msg = fmt.Sprintf("topology %s is already up: nothing changed (%.2fs)", r.Name, r.Elapsed.Seconds())
 	}
-	return fmt.Sprintf("topology %s is up: %d namespaces and %d interfaces created, %d other changes (%.2fs)",
-		r.Name, r.NamespacesCreated, r.InterfacesCreated, r.Changed, r.Elapsed.Seconds())
+	for _, p := range r.Pruned {
+		msg += "\n  removed, no longer declared: " + p
+	}
+	for _, o := range r.Orphans {
+		msg += "\n  owned but no longer declared (up --prune or down removes it): " + o
+	}
+	return msg
 }
 
 // Up creates everything s declares that does not exist yet, and fixes
@@ -94,6 +108,8 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 		NamespacesCreated: int(b.nsCreated.Load()),
 		InterfacesCreated: int(b.ifCreated.Load()),
 		Changed:           int(b.changed.Load()),
+		Pruned:            b.pruned.describe(),
+		Orphans:           b.orphans.describe(),
 		Elapsed:           time.Since(start),
 	}, nil
 }
@@ -122,6 +138,9 @@ type builder struct {
 	createdIfs []ifRef
 	hadState   *stateRecord
 	wroteState bool
+	// orphans are owned objects the file no longer declares, left in
+	// place; pruned are those deleted (Options.Prune).
+	orphans, pruned orphans
 
 	nsCreated, ifCreated, changed atomic.Int64
 }
@@ -141,6 +160,9 @@ func (b *builder) close() {
 
 func (b *builder) build(ctx context.Context) error {
 	if err := b.preflight(ctx); err != nil {
+		return err
+	}
+	if err := b.handleOrphans(ctx); err != nil {
 		return err
 	}
 	if err := b.writeState(); err != nil {
@@ -226,6 +248,28 @@ func (b *builder) preflight(ctx context.Context) error {
 	})
 }
 
+// handleOrphans finds what the topology owns but no longer declares, and
+// with Options.Prune deletes it. It runs after preflight, so a foreign
+// object of a declared name stops the run before anything is deleted;
+// after a prune, preflight runs again on the namespaces as they are now.
+func (b *builder) handleOrphans(ctx context.Context) error {
+	o, err := findOrphans(ctx, b.conns[HostNamespace], b.s, b.opts)
+	if err != nil || o.empty() {
+		return err
+	}
+	if !b.opts.Prune {
+		b.orphans = o
+		return nil
+	}
+	if err := prune(ctx, b.conns[HostNamespace], b.s, o, b.opts); err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	b.pruned = o
+	b.close()
+	b.conns, b.links = map[string]*nsConn{}, map[string]map[string]netlink.Link{}
+	return b.preflight(ctx)
+}
+
 // checkOwned accepts an existing interface only if it is of the declared
 // kind and, in the host, carries this topology's marker (in the
 // topology's own namespaces, the namespace's marker covers it).
@@ -256,7 +300,7 @@ func (b *builder) writeState() error {
 		return err
 	}
 	rec := plannedState(b.s)
-	rec.merge(prev)
+	rec.merge(prev.without(b.pruned))
 	if err := writeState(rec); err != nil {
 		return fmt.Errorf("write state record: %w", err)
 	}

@@ -91,16 +91,20 @@ func apply[R any](cmd *cobra.Command, f *topologyFlags, opts topology.Options,
 }
 
 func newTopologyUpCmd(f *topologyFlags) *cobra.Command {
-	var workers int
+	var (
+		workers int
+		prune   bool
+	)
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Create the topology (idempotent; rolls back on failure)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return apply(cmd, f, topology.Options{Workers: workers}, topology.Up)
+			return apply(cmd, f, topology.Options{Workers: workers, Prune: prune}, topology.Up)
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 0, "namespaces built at once (0: a default for this machine)")
+	cmd.Flags().BoolVar(&prune, "prune", false, "also delete the namespaces and host interfaces the topology owns but the file no longer declares")
 	return cmd
 }
 

@@ -1,0 +1,205 @@
+package topology
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+// The topology before and after an edit: namespace c, its link to a and
+// the host bridge with its port are dropped from the file.
+const (
+	orphanBefore = `
+name: orph
+namespaces: [{name: a}, {name: b}, {name: c}]
+bridges:
+  - {name: br, addresses: [198.18.79.1/24]}
+links:
+  - endpoints:
+      - {namespace: a, interface: e1, addresses: [198.18.77.1/30]}
+      - {namespace: b, interface: e1, addresses: [198.18.77.2/30]}
+  - endpoints:
+      - {namespace: a, interface: e2, addresses: [198.18.77.5/30]}
+      - {namespace: c, interface: e1, addresses: [198.18.77.6/30]}
+  - endpoints:
+      - {namespace: c, interface: e2, addresses: [198.18.79.2/24]}
+      - {bridge: br, interface: v}
+`
+	orphanAfter = `
+name: orph
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints:
+      - {namespace: a, interface: e1, addresses: [198.18.77.1/30]}
+      - {namespace: b, interface: e1, addresses: [198.18.77.2/30]}
+`
+)
+
+// editedSpecs returns the two files as copies with one unique prefix,
+// and downs the larger one when the test ends.
+func editedSpecs(t *testing.T) (before, after *Spec) {
+	t.Helper()
+	before = prefixedSpec(t, orphanBefore)
+	after, err := Parse([]byte(orphanAfter))
+	if err == nil {
+		after, err = after.WithPrefix(prefixOf(before))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return before, after
+}
+
+func TestUpPrune(t *testing.T) {
+	ctx := context.Background()
+	before, after := editedSpecs(t)
+	p := prefixOf(before)
+	if _, err := Up(ctx, before, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	wantOrphans := []string{"namespace " + p + "c", "host interface " + p + "br", "host interface " + p + "v"}
+
+	// Without --prune: listed, shown as drift, left in place.
+	res, err := Up(ctx, after, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Unchanged() || !slices.Equal(res.Orphans, wantOrphans) || len(res.Pruned) != 0 {
+		t.Errorf("up of the edited file: %+v, want nothing changed and orphans %q", res, wantOrphans)
+	}
+	if !strings.Contains(res.String(), "up --prune") {
+		t.Errorf("summary does not say how to remove the orphans:\n%s", res)
+	}
+	st, err := Show(ctx, after, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range wantOrphans {
+		want := o + ": owned by topology " + after.Name + " but no longer declared"
+		if !slices.Contains(st.Drift, want) {
+			t.Errorf("show: drift %q missing; got %q", want, st.Drift)
+		}
+	}
+	if got := hostObjects(t, p); !slices.Contains(got, "netns "+p+"c") || !slices.Contains(got, "link "+p+"br") {
+		t.Fatalf("up without --prune removed orphans: %q", got)
+	}
+
+	// With --prune: deleted, the veth end in a with them, and the record
+	// forgets them.
+	res, err = Up(ctx, after, Options{Prune: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Pruned, wantOrphans) || len(res.Orphans) != 0 || res.Unchanged() {
+		t.Errorf("up --prune: %+v, want pruned %q", res, wantOrphans)
+	}
+	want := []string{"netns " + p + "a", "netns " + p + "b"}
+	if got := hostObjects(t, p); !slices.Equal(got, want) {
+		t.Errorf("after up --prune: %q, want %q", got, want)
+	}
+	c, err := openNetns(p+"a", after.NetnsPath(p+"a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.h.LinkByName("e2")
+	c.close()
+	if !isNotFound(err) {
+		t.Errorf("a/e2, whose peer was in the pruned namespace, is still there right after up --prune (err %v)", err)
+	}
+	rec, err := readState(after.Name)
+	if err != nil || rec == nil {
+		t.Fatalf("state record: %v, %v", rec, err)
+	}
+	if !slices.Equal(rec.Namespaces, []string{p + "a", p + "b"}) || len(rec.HostInterfaces) != 0 {
+		t.Errorf("state record after prune: %+v", rec)
+	}
+	if st, err = Show(ctx, after, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("drift after prune: %q, %v", st.Drift, err)
+	}
+	if res, err = Up(ctx, after, Options{Prune: true}); err != nil || !res.Unchanged() {
+		t.Errorf("second up --prune: %+v, %v; want nothing changed", res, err)
+	}
+}
+
+// TestPruneSparesForeign: prune deletes only what carries the topology's
+// marker, and nothing at all when the run is refused.
+func TestPruneSparesForeign(t *testing.T) {
+	ctx := context.Background()
+	t.Run("recorded names now someone else's", func(t *testing.T) {
+		before, after := editedSpecs(t)
+		p := prefixOf(before)
+		if _, err := Up(ctx, before, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		// Namespace c and bridge br go behind the topology's back, and
+		// others take their names.
+		if err := unmountNetns(before.NetnsPath(p + "c")); err != nil {
+			t.Fatal(err)
+		}
+		fc, err := createNetns(p+"c", before.NetnsPath(p+"c"), "someone-else", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc.close()
+		t.Cleanup(func() { unmountNetns(before.NetnsPath(p + "c")) })
+		if l, err := netlink.LinkByName(p + "br"); err != nil || netlink.LinkDel(l) != nil {
+			t.Fatalf("delete bridge: %v", err)
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name = p + "br"
+		foreign := &netlink.Bridge{LinkAttrs: la}
+		if err := netlink.LinkAdd(foreign); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { netlink.LinkDel(foreign) })
+
+		res, err := Up(ctx, after, Options{Prune: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Only v (the host end of c's old link) may still be ours: it
+		// went with c's namespace, or is pruned if the kernel had not
+		// destroyed it yet.
+		for _, pr := range res.Pruned {
+			if pr != "host interface "+p+"v" {
+				t.Errorf("up --prune removed %s, which the topology does not own", pr)
+			}
+		}
+		got := hostObjects(t, p)
+		for _, w := range []string{"netns " + p + "c", "link " + p + "br"} {
+			if !slices.Contains(got, w) {
+				t.Errorf("foreign %s was removed: %q", w, got)
+			}
+		}
+	})
+	t.Run("refused run", func(t *testing.T) {
+		before, after := editedSpecs(t)
+		p := prefixOf(before)
+		if _, err := Up(ctx, before, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		// The edited file also declares a namespace someone else has.
+		d := p + "d"
+		fc, err := createNetns(d, after.NetnsPath(d), "someone-else", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc.close()
+		t.Cleanup(func() { unmountNetns(after.NetnsPath(d)) })
+		after.Namespaces = append(after.Namespaces, Namespace{Name: d})
+		_, err = Up(ctx, after, Options{Prune: true})
+		if err == nil || !strings.Contains(err.Error(), "not owned") {
+			t.Fatalf("up --prune with a foreign declared namespace: %v, want refused", err)
+		}
+		if _, err := os.Stat(before.NetnsPath(p + "c")); err != nil {
+			t.Errorf("a refused up --prune removed namespace c: %v", err)
+		}
+		if _, err := netlink.LinkByName(p + "br"); err != nil {
+			t.Errorf("a refused up --prune removed bridge br: %v", err)
+		}
+	})
+}
