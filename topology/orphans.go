@@ -32,12 +32,12 @@ func (o orphans) describe() []string {
 	return out
 }
 
-// findOrphans checks the state record's entries that s does not declare.
-func findOrphans(ctx context.Context, host *nsConn, s *Spec, opts Options) (orphans, error) {
+// findOrphans checks the entries of rec, s's state record (nil: none),
+// that s does not declare.
+func findOrphans(ctx context.Context, host *nsConn, s *Spec, rec *stateRecord, opts Options) (orphans, error) {
 	var o orphans
-	rec, err := readState(s.Name)
-	if err != nil || rec == nil {
-		return o, err
+	if rec == nil {
+		return o, nil
 	}
 	plan := plannedState(s)
 	marker := markerFor(s.Name)
@@ -49,7 +49,7 @@ func findOrphans(ctx context.Context, host *nsConn, s *Spec, opts Options) (orph
 		}
 	}
 	var mu sync.Mutex
-	err = parallel(ctx, len(gone), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
+	err := parallel(ctx, len(gone), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
 		c, err := openIfPresent(gone[i], s.NetnsPath(gone[i]))
 		if c == nil {
 			return err

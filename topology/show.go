@@ -120,7 +120,11 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	o, err := findOrphans(ctx, host, s, opts)
+	rec, err := readState(s.Name)
+	if err != nil {
+		return nil, err
+	}
+	o, err := findOrphans(ctx, host, s, rec, opts)
 	if err != nil {
 		return nil, err
 	}

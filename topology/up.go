@@ -136,7 +136,7 @@ type builder struct {
 	mu         sync.Mutex
 	createdNS  []string
 	createdIfs []ifRef
-	hadState   *stateRecord
+	hadState   *stateRecord // the record before the run; rollback restores it
 	wroteState bool
 	// orphans are owned objects the file no longer declares, left in
 	// place; pruned are those deleted (Options.Prune).
@@ -253,7 +253,12 @@ func (b *builder) preflight(ctx context.Context) error {
 // object of a declared name stops the run before anything is deleted;
 // after a prune, preflight runs again on the namespaces as they are now.
 func (b *builder) handleOrphans(ctx context.Context) error {
-	o, err := findOrphans(ctx, b.conns[HostNamespace], b.s, b.opts)
+	rec, err := readState(b.s.Name)
+	if err != nil {
+		return err
+	}
+	b.hadState = rec
+	o, err := findOrphans(ctx, b.conns[HostNamespace], b.s, rec, b.opts)
 	if err != nil || o.empty() {
 		return err
 	}
@@ -293,18 +298,14 @@ func ownerHint(alias string) string {
 }
 
 // writeState records everything the run may create before creating it,
-// keeping what an earlier record listed.
+// keeping what the earlier record (read by handleOrphans) listed.
 func (b *builder) writeState() error {
-	prev, err := readState(b.s.Name)
-	if err != nil {
-		return err
-	}
 	rec := plannedState(b.s)
-	rec.merge(prev.without(b.pruned))
+	rec.merge(b.hadState.without(b.pruned))
 	if err := writeState(rec); err != nil {
 		return fmt.Errorf("write state record: %w", err)
 	}
-	b.hadState, b.wroteState = prev, true
+	b.wroteState = true
 	return nil
 }
 
