@@ -49,7 +49,10 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 			for range loopbacks {
 				pb := probes[i]
 				i++
+				b, silent := resp[ns].silent(p, pb.Addr)
 				switch {
+				case pb.Outcome == Blocked && silent:
+					c.Info = append(c.Info, fmt.Sprintf("%s %s: not checked, %s is another process's", pb.Addr, p, b))
 				case pb.Outcome == Failed:
 					c.Error = pb.Detail
 				case pb.Outcome != Replied:

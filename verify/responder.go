@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -83,6 +85,22 @@ func StartResponder(path, claimed string, ports []topology.Port) (*Responder, er
 		go r.serveUDP(c)
 	}
 	return r, nil
+}
+
+// silent reports whether a probe of p on addr can time out with nothing
+// to tell: the port is UDP and another process held it (addr's family)
+// when the responder started. That process need not answer, so silence
+// there does not mean the packet was blocked.
+func (r *Responder) silent(p topology.Port, addr netip.Addr) (string, bool) {
+	if r == nil || p.Proto != "udp" {
+		return "", false
+	}
+	fam := "6"
+	if addr.Unmap().Is4() {
+		fam = "4"
+	}
+	b := fmt.Sprintf("udp%s/%d", fam, p.Number)
+	return b, slices.Contains(r.Busy, b)
 }
 
 func (r *Responder) readCookie(tcp []net.Listener, udp []net.PacketConn) error {

@@ -133,6 +133,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	}
 	t = time.Now()
 	rep.Probes, rep.Retried = retry(pr.runChecked, probes)
+	unjudgeable(rep.Probes, resp)
 	rep.phase("retry", t)
 	if ctx.Err() != nil {
 		return nil, interrupted(ctx)
@@ -187,6 +188,22 @@ func retry(run func([]*Probe), probes []*Probe) ([]*Probe, int) {
 		out[i] = again[k]
 	}
 	return out, len(again)
+}
+
+// unjudgeable turns the timeouts of UDP probes to a port another process
+// holds in the target into probes that could not run: no responder of
+// verify's answers there, so a timeout cannot tell a blocked packet from
+// one delivered to a listener that keeps quiet.
+func unjudgeable(probes []*Probe, resp map[string]*Responder) {
+	for _, p := range probes {
+		if p.Outcome != Blocked {
+			continue
+		}
+		if b, ok := resp[p.To].silent(p.port, p.Addr); ok {
+			p.Outcome = Failed
+			p.Detail = fmt.Sprintf("%s is held by another process in %s, which need not answer: a timeout proves nothing (probe other ports with isolation.ports)", b, p.To)
+		}
+	}
 }
 
 // retriable reports whether a probe's result may be a lost packet or a

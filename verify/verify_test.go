@@ -3,10 +3,12 @@ package verify
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/topology"
 )
@@ -146,5 +148,47 @@ func TestLoadEndedEarly(t *testing.T) {
 	rep := &Report{Load: lr}
 	if v := rep.Verdict(); v != 2 || !strings.Contains(rep.VerdictLine(), "load flows failed or ended before the checks did") {
 		t.Errorf("verdict %d, %q; want 2, naming the load", v, rep.VerdictLine())
+	}
+}
+
+// A UDP port that another process holds in a namespace, and never
+// answers on, makes the probes of it unjudgeable: a timeout there cannot
+// tell blocked from delivered. They are errors (status 2), not findings,
+// and the port-space check of that port says it was not checked.
+func TestForeignSilentUDPListener(t *testing.T) {
+	l := upLab(t, nil)
+	err := nsenter.Do(l.path("c"), func() error {
+		for _, network := range []string{"udp4", "udp6"} {
+			c, err := net.ListenPacket(network, ":8080")
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := l.run(t, Options{})
+	if v, s := rep.Verdict(), rep.Summary(); v != 2 || s.Mismatches != 0 || s.CheckFailed != 0 || s.ProbeErrors == 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict %d (%+v), want 2 with probe errors and no finding", v, s)
+	}
+	for _, p := range rep.Probes {
+		toC := p.To == l.ns("c") && p.Port == "udp/8080"
+		switch {
+		case toC && p.Outcome != Failed && p.Outcome != Unreachable:
+			t.Errorf("%s -> c %s %s: %s, want an error or an ICMP error on the way", p.From, p.Addr, p.Port, p.Outcome)
+		case toC && p.Outcome == Failed && !strings.Contains(p.Detail, "held by another process"):
+			t.Errorf("%s -> c %s: error %q does not say why", p.From, p.Addr, p.Detail)
+		case !toC && p.Outcome == Failed:
+			t.Errorf("%s -> %s %s %s could not run: %s", p.From, p.To, p.Addr, p.Port, p.Detail)
+		}
+	}
+	for _, c := range rep.PortSpace {
+		if c.Netns == l.ns("c") && c.Kind == "udp/8080" && (!c.Pass || !strings.Contains(strings.Join(c.Info, "; "), "not checked")) {
+			t.Errorf("port space of c udp/8080: %+v", c)
+		}
 	}
 }
