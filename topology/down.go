@@ -64,11 +64,17 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 	}
 	defer host.close()
 
+	// Looking the host interfaces up gives the namespaces of their veth
+	// peers an id in the host, which the checks below read.
+	if _, err := linksNamed(host.h, plan.HostInterfaces); err != nil {
+		return nil, err
+	}
 	// Find which namespaces are ours, concurrently: each check opens the
 	// namespace and asks for its loopback.
 	var (
-		mu    sync.Mutex
-		owned []string
+		mu      sync.Mutex
+		owned   []string
+		ownedID = map[int]bool{}
 	)
 	err = parallel(ctx, len(plan.Namespaces), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
 		name := plan.Namespaces[i]
@@ -81,6 +87,12 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 			return err // nil when the namespace is not there
 		}
 		owner, err := netnsOwner(c)
+		id := -1
+		if err == nil && owner == marker {
+			mu.Lock() // one host handle for all the checks
+			id, err = host.h.GetNetNsIdByFd(c.fd)
+			mu.Unlock()
+		}
 		c.close()
 		if err != nil {
 			return err
@@ -89,6 +101,9 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 		defer mu.Unlock()
 		if owner == marker {
 			owned = append(owned, name)
+			if id >= 0 {
+				ownedID[id] = true
+			}
 		} else {
 			res.Foreign = append(res.Foreign, "namespace "+name)
 		}
@@ -99,8 +114,14 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 	}
 	slices.Sort(res.Foreign)
 
-	hasMarker := func(l netlink.Link) bool { return l.Attrs().Alias == marker }
-	n, removed, foreign, err := teardown(ctx, host, s, owned, plan.HostInterfaces, hasMarker, opts)
+	// A host veth end is ours if it carries the marker, or carries none
+	// and its peer is in a namespace of ours (an up killed before marking
+	// it): it goes with that namespace.
+	ours := func(l netlink.Link) bool {
+		a := l.Attrs()
+		return a.Alias == marker || a.Alias == "" && l.Type() == "veth" && ownedID[a.NetNsID]
+	}
+	n, removed, foreign, err := teardown(ctx, host, s, owned, plan.HostInterfaces, ours, opts)
 	res.NamespacesRemoved, res.InterfacesRemoved = n, removed
 	res.Foreign = append(res.Foreign, foreign...)
 	if err != nil {

@@ -561,6 +561,7 @@ func TestRoutesConverge(t *testing.T) {
 const (
 	crashEnv       = "NSFLOW_TEST_CRASH_AT"
 	crashPrefixEnv = "NSFLOW_TEST_CRASH_PREFIX"
+	crashSpecEnv   = "NSFLOW_TEST_CRASH_SPEC"
 	crashSpec      = "name: crash\nnamespaces: [{name: a}]\n"
 )
 
@@ -612,6 +613,77 @@ func TestUpKilledCreatingNamespace(t *testing.T) {
 		}
 		if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
 			t.Errorf("drift after up: %q, %v", st.Drift, err)
+		}
+	})
+}
+
+// crashVethSpec has host veth ends: bridge ports, the primary ends that
+// the create request makes and that are marked after it.
+const crashVethSpec = `
+name: crashv
+namespaces: [{name: a}, {name: b}]
+bridges: [{name: br, addresses: [198.18.51.1/24]}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.51.10/24]}, {bridge: br, interface: pa}]
+  - endpoints: [{namespace: b, interface: eth0, addresses: [198.18.51.11/24]}, {bridge: br, interface: pb}]
+`
+
+// TestUpKilledCreatingVeth kills up right after it created a veth whose
+// host end it had not marked yet. That end's peer is in the topology's
+// own namespace, so it is the topology's: up adopts and marks it, and
+// down counts it as removed, not as someone else's left alone.
+func TestUpKilledCreatingVeth(t *testing.T) {
+	ctx := context.Background()
+	unmarkedEnd := func(t *testing.T, s *Spec) string {
+		t.Helper()
+		for _, n := range []string{"pa", "pb"} {
+			l, err := netlink.LinkByName(prefixOf(s) + n)
+			if err == nil && l.Attrs().Alias == "" {
+				return l.Attrs().Name
+			}
+		}
+		t.Fatalf("no unmarked host end after the kill: %q", hostObjects(t, prefixOf(s)))
+		return ""
+	}
+	t.Run("then up", func(t *testing.T) {
+		s := prefixedSpec(t, crashVethSpec)
+		killUpOf(t, s, crashVethSpec, "veth created")
+		end := unmarkedEnd(t, s)
+		if _, err := Up(ctx, s, Options{}); err != nil {
+			t.Fatalf("up after the kill: %v", err)
+		}
+		if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+			t.Errorf("drift after up: %q, %v", st.Drift, err)
+		}
+		if l, err := netlink.LinkByName(end); err != nil || l.Attrs().Alias != markerFor(s.Name) {
+			t.Errorf("%s after up: %v, %v; want it marked", end, l, err)
+		}
+	})
+	t.Run("then down", func(t *testing.T) {
+		s := prefixedSpec(t, crashVethSpec)
+		killUpOf(t, s, crashVethSpec, "veth created")
+		unmarkedEnd(t, s)
+		res, err := Down(ctx, s, Options{})
+		if err != nil || len(res.Foreign) != 0 {
+			t.Fatalf("down after the kill: %+v, %v; want no foreign object", res, err)
+		}
+		if got := hostObjects(t, prefixOf(s)); len(got) != 0 {
+			t.Errorf("left behind: %q", got)
+		}
+	})
+	t.Run("a foreign end stays foreign", func(t *testing.T) {
+		// An unmarked host veth whose peer is not the declared one, here
+		// in no namespace of the topology, is refused as before.
+		s := prefixedSpec(t, crashVethSpec)
+		la := netlink.NewLinkAttrs()
+		la.Name = prefixOf(s) + "pa"
+		v := &netlink.Veth{LinkAttrs: la, PeerName: prefixOf(s) + "xx"}
+		if err := netlink.LinkAdd(v); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { netlink.LinkDel(v) })
+		if _, err := Up(ctx, s, Options{}); err == nil || !strings.Contains(err.Error(), "not owned") {
+			t.Fatalf("up with a foreign unmarked host end: %v, want refused", err)
 		}
 	})
 }
@@ -670,13 +742,21 @@ func TestNotLeftoverNetnsFiles(t *testing.T) {
 	}
 }
 
-// killUpAt runs up of s in a child process that kills itself at stage.
-func killUpAt(t *testing.T, s *Spec, stage string) {
+// killUpAt runs up of s (crashSpec) in a child process that kills itself
+// at stage.
+func killUpAt(t *testing.T, s *Spec, stage string) { killUpOf(t, s, crashSpec, stage) }
+
+// killUpOf is killUpAt for s made from the topology file text spec.
+func killUpOf(t *testing.T, s *Spec, spec, stage string) {
 	t.Helper()
 	// Whatever the crash leaves goes, even if up or down do not take it.
-	t.Cleanup(func() { unmountNetns(s.NetnsPath(s.Namespaces[0].Name)) })
+	t.Cleanup(func() {
+		for _, n := range s.Namespaces {
+			unmountNetns(s.NetnsPath(n.Name))
+		}
+	})
 	cmd := exec.Command(os.Args[0], "-test.run=^TestUpKilledCreatingNamespace$", "-test.count=1")
-	cmd.Env = append(os.Environ(), crashEnv+"="+stage, crashPrefixEnv+"="+prefixOf(s))
+	cmd.Env = append(os.Environ(), crashEnv+"="+stage, crashPrefixEnv+"="+prefixOf(s), crashSpecEnv+"="+spec)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
@@ -686,7 +766,11 @@ func killUpAt(t *testing.T, s *Spec, stage string) {
 
 // crashChild is the child's side: up, killed at stage.
 func crashChild(t *testing.T, stage, prefix string) {
-	s, err := Parse([]byte(crashSpec))
+	spec := os.Getenv(crashSpecEnv)
+	if spec == "" {
+		spec = crashSpec
+	}
+	s, err := Parse([]byte(spec))
 	if err == nil {
 		s, err = s.WithPrefix(prefix)
 	}

@@ -92,6 +92,7 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 		fresh:     map[string]bool{},
 		links:     map[string]map[string]netlink.Link{},
 		bridgeIdx: map[string]int{},
+		adopted:   map[string]bool{},
 	}
 	defer b.close()
 	if err := b.build(ctx); err != nil {
@@ -138,6 +139,9 @@ type builder struct {
 	createdIfs []ifRef
 	hadState   *stateRecord // the record before the run; rollback restores it
 	wroteState bool
+	// adopted are unmarked host veth ends found to be the topology's
+	// (unmarkedEnds), to be marked.
+	adopted map[string]bool
 	// orphans are owned objects the file no longer declares, left in
 	// place; pruned are those deleted (Options.Prune).
 	orphans, pruned orphans
@@ -203,8 +207,16 @@ func (b *builder) preflight(ctx context.Context) error {
 	if b.links[HostNamespace], err = linksNamed(host.h, names); err != nil {
 		return err
 	}
+	// A host veth end without any marker may be one that an up killed
+	// between creating and marking it: decided once the namespaces are
+	// open (unmarkedEnds).
+	var unmarked []Interface
 	for _, ifc := range hostIfs {
 		if l, ok := b.links[HostNamespace][ifc.Name]; ok {
+			if l.Attrs().Alias == "" && l.Type() == "veth" && ifc.Kind == "veth" && ifc.PeerNamespace != HostNamespace {
+				unmarked = append(unmarked, ifc)
+				continue
+			}
 			if err := b.checkOwned(HostNamespace, l, ifc.Kind); err != nil {
 				return err
 			}
@@ -220,7 +232,7 @@ func (b *builder) preflight(ctx context.Context) error {
 			existing = append(existing, n.Name)
 		}
 	}
-	return parallel(ctx, len(existing), b.opts.workers(), "checking namespaces", b.opts.Progress, func(i int) error {
+	err = parallel(ctx, len(existing), b.opts.workers(), "checking namespaces", b.opts.Progress, func(i int) error {
 		name := existing[i]
 		c, err := openNetns(name, b.s.NetnsPath(name))
 		if err != nil {
@@ -246,6 +258,36 @@ func (b *builder) preflight(ctx context.Context) error {
 		b.mu.Unlock()
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return b.unmarkedEnds(unmarked)
+}
+
+// unmarkedEnds accepts the unmarked host veth ends whose peer is the
+// declared one, in a namespace the topology owns: only this topology
+// creates interfaces there, so the pair is its own, left unmarked by an
+// up killed before it set the marker (link marks it). Any other unmarked
+// host interface is someone else's.
+func (b *builder) unmarkedEnds(ends []Interface) error {
+	host := b.conns[HostNamespace]
+	for _, ifc := range ends {
+		l := b.links[HostNamespace][ifc.Name]
+		ours := false
+		if pc := b.conns[ifc.PeerNamespace]; pc != nil {
+			if p := b.links[ifc.PeerNamespace][ifc.PeerName]; p != nil {
+				var err error
+				if ours, err = arePeers(host, l, pc, p); err != nil {
+					return fmt.Errorf("find the peer of host interface %s: %w", ifc.Name, err)
+				}
+			}
+		}
+		if !ours {
+			return b.checkOwned(HostNamespace, l, ifc.Kind)
+		}
+		b.adopted[ifc.Name] = true
+	}
+	return nil
 }
 
 // handleOrphans finds what the topology owns but no longer declares, and
@@ -520,6 +562,9 @@ func (b *builder) link(i int) error {
 		ep Endpoint
 	}{{lp.pns, pl, lp.pc, lp.pe}, {lp.sns, sl, lp.sc, lp.se}}
 	for _, e := range ends {
+		if e.ns == HostNamespace && b.adopted[e.ep.Interface] {
+			continue
+		}
 		if err := b.checkOwned(e.ns, e.l, "veth"); err != nil {
 			return lp.fail(err)
 		}
@@ -531,6 +576,12 @@ func (b *builder) link(i int) error {
 			lp.pe.Interface, lp.pns, lp.se.Interface, lp.sns))
 	}
 	for _, e := range ends {
+		if e.ns == HostNamespace && b.adopted[e.ep.Interface] {
+			if err := e.c.h.LinkSetAlias(e.l, b.marker); err != nil {
+				return lp.fail(fmt.Errorf("mark %s: %w", e.ep.Interface, err))
+			}
+			b.changed.Add(1)
+		}
 		if err := b.ensureLink(e.c, e.l, lp.mtu, e.ep.Bridge); err != nil {
 			return lp.fail(err)
 		}
@@ -607,6 +658,7 @@ func (b *builder) createLink(lp *linkPlan) error {
 	if err != nil {
 		return lp.fail(fmt.Errorf("create veth: %w", err))
 	}
+	crashHook("veth created")
 	b.ifCreated.Add(2)
 	// What is left per end: recording it for rollback and marking it as
 	// owned, outside namespaces this run created (those take their
