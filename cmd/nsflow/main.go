@@ -41,7 +41,25 @@ func newRootCmd() *cobra.Command {
 	for _, sub := range subcommands {
 		root.AddCommand(sub())
 	}
+	usageErrors(root)
 	return root
+}
+
+// usageErrors gives bad flags and arguments, on every command, exit status
+// 2: for verify and demo 1 means a violation, and a typo is none.
+func usageErrors(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{2, err} })
+	if args := c.Args; args != nil {
+		c.Args = func(c *cobra.Command, a []string) error {
+			if err := args(c, a); err != nil {
+				return &exitError{2, err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageErrors(sub)
+	}
 }
 
 func main() {

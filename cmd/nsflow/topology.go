@@ -100,6 +100,9 @@ func newTopologyUpCmd(f *topologyFlags) *cobra.Command {
 		Short: "Create the topology (idempotent; rolls back on failure)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if workers < 0 {
+				return &exitError{2, fmt.Errorf("--workers: %d is negative", workers)}
+			}
 			return apply(cmd, f, topology.Options{Workers: workers, Prune: prune}, topology.Up)
 		},
 	}

@@ -75,6 +75,9 @@ isolation:
 		want string
 	}{
 		{"no file", nil, "--file is required"},
+		{"unknown flag", []string{"--prefix", "x"}, "unknown flag: --prefix"},
+		{"bad flag value", []string{"-f", notUp, "--timeout", "soon"}, "invalid argument"},
+		{"argument", []string{"-f", notUp, "extra"}, "extra"},
 		{"unknown format", []string{"-f", notUp, "-o", "xml"}, `unknown format "xml"`},
 		{"missing file", []string{"-f", filepath.Join(t.TempDir(), "none.yaml")}, "no such file"},
 		{"intent contradicts wiring", []string{"-f", contradicts}, "isolation.deny[0]: x must not reach y"},
