@@ -3,6 +3,7 @@ package topology
 import (
 	"context"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -202,4 +203,116 @@ func TestPruneSparesForeign(t *testing.T) {
 			t.Errorf("a refused up --prune removed bridge br: %v", err)
 		}
 	})
+}
+
+// The file before and after an edit that moves b's address within its
+// subnet and drops a's route; by hand, a gains a route and b an address
+// on its loopback.
+const (
+	strayBefore = `
+name: stray
+namespaces:
+  - name: a
+    routes: [{to: 198.18.90.0/24, via: 198.18.80.2}]
+  - name: b
+links:
+  - endpoints:
+      - {namespace: a, interface: e1, addresses: [198.18.80.1/24]}
+      - {namespace: b, interface: e1, addresses: [198.18.80.2/24]}
+`
+	strayAfter = `
+name: stray
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints:
+      - {namespace: a, interface: e1, addresses: [198.18.80.1/24]}
+      - {namespace: b, interface: e1, addresses: [198.18.80.4/24]}
+`
+)
+
+// TestUpPruneStrays: routes and addresses in the topology's namespaces
+// that the file does not declare are drift, listed by up and deleted by
+// up --prune, which keeps the new address although it was a secondary of
+// the deleted one (the kernel deletes those with their primary).
+func TestUpPruneStrays(t *testing.T) {
+	ctx := context.Background()
+	before := prefixedSpec(t, strayBefore)
+	p := prefixOf(before)
+	after, err := Parse([]byte(strayAfter))
+	if err == nil {
+		after, err = after.WithPrefix(p)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Up(ctx, before, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := p+"a", p+"b"
+	ip(t, "-n", a, "route", "add", "198.18.81.0/24", "via", "198.18.80.2")
+	ip(t, "-n", b, "addr", "add", "198.18.82.9/32", "dev", "lo")
+	want := []string{
+		"address 198.18.80.2/24 on " + b + "/e1",
+		"address 198.18.82.9/32 on " + b + "/lo",
+		"route to 198.18.81.0/24 via 198.18.80.2 dev e1 in namespace " + a,
+		"route to 198.18.90.0/24 via 198.18.80.2 dev e1 in namespace " + a,
+	}
+	res, err := Up(ctx, after, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Orphans, want) || len(res.Pruned) != 0 {
+		t.Errorf("up of the edited file: orphans %q, pruned %q; want orphans %q", res.Orphans, res.Pruned, want)
+	}
+	st, err := Show(ctx, after, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{
+		b + "/e1: address 198.18.80.2/24 not declared",
+		b + "/lo: address 198.18.82.9/32 not declared",
+		a + ": route to 198.18.81.0/24 via 198.18.80.2 dev e1 not declared",
+		a + ": route to 198.18.90.0/24 via 198.18.80.2 dev e1 not declared",
+	} {
+		if !slices.Contains(st.Drift, d) {
+			t.Errorf("show: drift %q missing; got %q", d, st.Drift)
+		}
+	}
+
+	res, err = Up(ctx, after, Options{Prune: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Pruned, want) || len(res.Orphans) != 0 {
+		t.Errorf("up --prune: pruned %q, orphans %q; want pruned %q", res.Pruned, res.Orphans, want)
+	}
+	// ip(8) as the witness: b keeps only its new address, and no
+	// namespace has a route that is not the kernel's.
+	if out := ipOut(t, "-n", b, "-4", "-o", "addr", "show", "dev", "e1"); strings.Count(out, "inet ") != 1 || !strings.Contains(out, "198.18.80.4/24") {
+		t.Errorf("b/e1 after prune:\n%s", out)
+	}
+	for _, ns := range []string{a, b} {
+		if out := ipOut(t, "-n", ns, "route", "show", "proto", "boot"); strings.TrimSpace(out) != "" {
+			t.Errorf("%s keeps routes after prune:\n%s", ns, out)
+		}
+	}
+	if st, err = Show(ctx, after, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("drift after prune: %q, %v", st.Drift, err)
+	}
+	if res, err = Up(ctx, after, Options{Prune: true}); err != nil || !res.Unchanged() || len(res.Orphans) != 0 {
+		t.Errorf("second up --prune: %+v, %v; want nothing changed", res, err)
+	}
+}
+
+// ip runs ip(8), a witness independent of nsflow, and fails the test if it
+// fails; ipOut returns its output.
+func ip(t *testing.T, args ...string) { t.Helper(); ipOut(t, args...) }
+
+func ipOut(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }

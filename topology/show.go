@@ -271,6 +271,16 @@ func compare(s *Spec, snaps map[string]*nsSnapshot) *State {
 					drift("%s: route to %s%s%s missing", name, r.To, prefixed(" via ", r.Via), prefixed(" dev ", r.Dev))
 				}
 			}
+			for _, r := range strayRoutes(sn.routes, sn.byIdx, s.Namespaces[i].Routes) {
+				drift("%s: %s not declared", name, describeRoute(sn.byIdx, r))
+			}
+			for _, l := range sn.links {
+				if l.Attrs().Name == "lo" {
+					for _, a := range strayAddrs("lo", sn.addrs[l.Attrs().Index], nil) {
+						drift("%s/lo: address %s not declared", name, a.IPNet)
+					}
+				}
+			}
 		}
 		st.Namespaces = append(st.Namespaces, ns)
 	}

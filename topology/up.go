@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,8 +48,10 @@ type Result struct {
 	// Changed counts fixes to objects that already existed: a link set
 	// up, an MTU, a bridge port, an address or a route added.
 	Changed int `json:"changed"`
-	// Pruned lists what Options.Prune deleted; Orphans what it would have
-	// (objects the topology owns that the file no longer declares).
+	// Pruned lists what Options.Prune deleted; Orphans what it would have:
+	// namespaces and host interfaces the topology owns that the file no
+	// longer declares, then routes and addresses in what it owns that the
+	// file does not declare (strays).
 	Pruned  []string      `json:"pruned,omitempty"`
 	Orphans []string      `json:"orphans,omitempty"`
 	Elapsed time.Duration `json:"elapsed_ns"`
@@ -66,10 +69,10 @@ func (r *Result) String() string {
 		msg = fmt.Sprintf("topology %s is already up: nothing changed (%.2fs)", r.Name, r.Elapsed.Seconds())
 	}
 	for _, p := range r.Pruned {
-		msg += "\n  removed, no longer declared: " + p
+		msg += "\n  removed, not declared: " + p
 	}
 	for _, o := range r.Orphans {
-		msg += "\n  owned but no longer declared (up --prune or down removes it): " + o
+		msg += "\n  not declared, left in place (up --prune removes it): " + o
 	}
 	return msg
 }
@@ -93,6 +96,7 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 		links:     map[string]map[string]netlink.Link{},
 		bridgeIdx: map[string]int{},
 		adopted:   map[string]bool{},
+		strays:    map[bool][]string{},
 	}
 	defer b.close()
 	if err := b.build(ctx); err != nil {
@@ -109,8 +113,8 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 		NamespacesCreated: int(b.nsCreated.Load()),
 		InterfacesCreated: int(b.ifCreated.Load()),
 		Changed:           int(b.changed.Load()),
-		Pruned:            b.pruned.describe(),
-		Orphans:           b.orphans.describe(),
+		Pruned:            append(b.pruned.describe(), slices.Sorted(slices.Values(b.strays[true]))...),
+		Orphans:           append(b.orphans.describe(), slices.Sorted(slices.Values(b.strays[false]))...),
 		Elapsed:           time.Since(start),
 	}, nil
 }
@@ -145,6 +149,9 @@ type builder struct {
 	// orphans are owned objects the file no longer declares, left in
 	// place; pruned are those deleted (Options.Prune).
 	orphans, pruned orphans
+	// strays are undeclared routes and addresses found, by whether they
+	// were deleted (Options.Prune); guarded by mu.
+	strays map[bool][]string
 
 	nsCreated, ifCreated, changed atomic.Int64
 }
@@ -757,14 +764,31 @@ func (b *builder) ensureLink(c *nsConn, l netlink.Link, mtu int, master string) 
 	return nil
 }
 
-// ensureAddrs adds the addresses an existing link lacks.
+// ensureAddrs adds the addresses an existing link lacks, and handles those
+// it has but should not (stray). Strays go first: deleting the primary
+// address of a subnet deletes its secondaries, which a new address of the
+// same subnet added before would be.
 func (b *builder) ensureAddrs(c *nsConn, l netlink.Link, addrs []string) error {
-	if len(addrs) == 0 {
-		return nil
-	}
 	have, err := retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+	}
+	declared := make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		declared[i] = netip.MustParsePrefix(a)
+	}
+	if stray := strayAddrs(l.Attrs().Name, have, declared); len(stray) > 0 {
+		for _, a := range stray {
+			if err := b.stray(describeAddr(c.name, l.Attrs().Name, a), func() error { return c.h.AddrDel(l, &a) }); err != nil {
+				return err
+			}
+		}
+		if b.opts.Prune {
+			// Secondaries may have gone with a deleted primary.
+			if have, err = retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(l, netlink.FAMILY_ALL) }); err != nil {
+				return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+			}
+		}
 	}
 	var missing []string
 	for _, a := range addrs {
@@ -804,6 +828,47 @@ func (b *builder) routes(i int) error {
 			return fmt.Errorf("namespaces[%d].routes[%d] (%s to %s): %w", i, j, n.Name, r.To, err)
 		}
 	}
+	if b.fresh[n.Name] {
+		return nil // nothing in it predates this run
+	}
+	return b.strayRoutesAndLoopback(c, n)
+}
+
+// strayRoutesAndLoopback handles a namespace's undeclared routes and the
+// addresses on its loopback beyond loopback's own; its other interfaces'
+// addresses are ensureAddrs's.
+func (b *builder) strayRoutesAndLoopback(c *nsConn, n Namespace) error {
+	routes, err := mainRoutes(c, netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	byIdx, err := routeDevices(c, routes)
+	if err != nil {
+		return err
+	}
+	for _, r := range strayRoutes(routes, byIdx, n.Routes) {
+		desc := fmt.Sprintf("%s in namespace %s", describeRoute(byIdx, r), n.Name)
+		if err := b.stray(desc, func() error { return c.h.RouteDel(&r) }); err != nil {
+			return err
+		}
+	}
+	lo, err := c.h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("namespace %s: loopback: %w", n.Name, err)
+	}
+	return b.ensureAddrs(c, lo, nil)
+}
+
+// stray deletes (Options.Prune) or reports an undeclared route or address.
+func (b *builder) stray(desc string, del func() error) error {
+	if b.opts.Prune {
+		if err := del(); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("delete %s: %w", desc, err)
+		}
+	}
+	b.mu.Lock()
+	b.strays[b.opts.Prune] = append(b.strays[b.opts.Prune], desc)
+	b.mu.Unlock()
 	return nil
 }
 
@@ -843,6 +908,19 @@ func hasLiveRoute(c *nsConn, family int, r Route) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	byIdx, err := routeDevices(c, routes)
+	if err != nil {
+		return false, err
+	}
+	live := make([]RouteState, len(routes))
+	for i, rt := range routes {
+		live[i] = routeState(byIdx, rt)
+	}
+	return hasRoute(live, r), nil
+}
+
+// routeDevices looks up the devices of routes by index.
+func routeDevices(c *nsConn, routes []netlink.Route) (map[int]netlink.Link, error) {
 	byIdx := map[int]netlink.Link{}
 	for _, rt := range routes {
 		if _, ok := byIdx[rt.LinkIndex]; ok || rt.LinkIndex == 0 {
@@ -850,15 +928,11 @@ func hasLiveRoute(c *nsConn, family int, r Route) (bool, error) {
 		}
 		l, err := c.h.LinkByIndex(rt.LinkIndex)
 		if err != nil {
-			return false, fmt.Errorf("device of a route: %w", err)
+			return nil, fmt.Errorf("device of a route: %w", err)
 		}
 		byIdx[rt.LinkIndex] = l
 	}
-	live := make([]RouteState, len(routes))
-	for i, rt := range routes {
-		live[i] = routeState(byIdx, rt)
-	}
-	return hasRoute(live, r), nil
+	return byIdx, nil
 }
 
 // nlRoute translates a validated route for namespace ns.

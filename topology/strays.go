@@ -1,0 +1,94 @@
+package topology
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Strays are routes and addresses in what a topology owns (its namespaces'
+// main tables, its interfaces) that the file does not declare and the
+// kernel did not make: left by an earlier version of the file, or added by
+// hand. show reports them, up lists them, and up --prune deletes them.
+
+// kernelRoute reports whether the kernel made r: an interface's subnet,
+// IPv6 link-local and multicast routes, router advertisements, redirects.
+func kernelRoute(r netlink.Route) bool {
+	switch r.Protocol {
+	case unix.RTPROT_KERNEL, unix.RTPROT_RA, unix.RTPROT_REDIRECT:
+		return true
+	}
+	return false
+}
+
+// strayRoutes returns the routes of a main table that are neither the
+// kernel's nor declared.
+func strayRoutes(live []netlink.Route, byIdx map[int]netlink.Link, declared []Route) []netlink.Route {
+	var out []netlink.Route
+	for _, r := range live {
+		if kernelRoute(r) {
+			continue
+		}
+		rs := []RouteState{routeState(byIdx, r)}
+		found := false
+		for _, d := range declared {
+			if hasRoute(rs, d) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// describeRoute names a route as the file would declare it.
+func describeRoute(byIdx map[int]netlink.Link, r netlink.Route) string {
+	rs := routeState(byIdx, r)
+	return "route to " + rs.To + prefixed(" via ", rs.Via) + prefixed(" dev ", rs.Dev)
+}
+
+// loopbackOwn are the addresses every loopback has.
+var loopbackOwn = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8"), netip.MustParsePrefix("::1/128")}
+
+// strayAddrs returns the addresses of interface name that are not
+// declared: link-local ones are the kernel's, and so are loopback's own.
+func strayAddrs(name string, have []netlink.Addr, declared []netip.Prefix) []netlink.Addr {
+	if name == "lo" {
+		declared = append(declared[:len(declared):len(declared)], loopbackOwn...)
+	}
+	var out []netlink.Addr
+	for _, a := range have {
+		if a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if !hasAddr(declared, a.IPNet) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// hasAddr reports whether the address with its prefix length is among ps.
+func hasAddr(ps []netip.Prefix, n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	ip, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return false
+	}
+	for _, p := range ps {
+		if p.Addr() == ip.Unmap() && p.Bits() == ones {
+			return true
+		}
+	}
+	return false
+}
+
+func describeAddr(ns, ifname string, a netlink.Addr) string {
+	return fmt.Sprintf("address %s on %s/%s", a.IPNet, ns, ifname)
+}
