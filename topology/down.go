@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
 )
 
@@ -274,6 +275,11 @@ func (b *builder) rollback() error {
 		}
 		if err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete %s in namespace %s: %w", r.name, r.ns, err))
+		}
+	}
+	for _, u := range b.sysctlUndo {
+		if err := nsenter.Do(b.s.NetnsPath(u.ns), func() error { return writeSysctls(u.ns, u.old) }); err != nil {
+			errs = append(errs, fmt.Errorf("restore sysctls: %w", err))
 		}
 	}
 	// Our own handles hold the namespaces alive: close them first.

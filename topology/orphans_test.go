@@ -316,3 +316,25 @@ func ipOut(t *testing.T, args ...string) string {
 	}
 	return string(out)
 }
+
+// TestUpRollsBackSysctls: a failed up that changed sysctls in namespaces
+// that existed before it puts the old values back, and a key the kernel
+// lacks fails before any value is written.
+func TestUpRollsBackSysctls(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, "name: sysrb\nnamespaces: [{name: a}, {name: b}]\n")
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	s.Namespaces[0].Sysctls = map[string]string{"net.ipv4.ip_forward": "1"}
+	s.Namespaces[1].Sysctls = map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.nsflow_no_such_key": "1"}
+	_, err := Up(ctx, s, Options{})
+	if err == nil || !strings.Contains(err.Error(), "nsflow_no_such_key: no such key") || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("up with a key the kernel lacks: %v", err)
+	}
+	for _, n := range s.Namespaces {
+		if out := ipOut(t, "netns", "exec", n.Name, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "0" {
+			t.Errorf("%s: ip_forward %q after the rolled back up, want 0", n.Name, strings.TrimSpace(out))
+		}
+	}
+}

@@ -46,20 +46,43 @@ func readSysctls(path string, keys []string) (map[string]string, error) {
 }
 
 // ensureSysctls writes the declared sysctls that differ in an existing
-// namespace and returns how many it changed.
-func ensureSysctls(ns, path string, sysctls map[string]string) (int, error) {
-	live, err := readSysctls(path, slices.Collect(maps.Keys(sysctls)))
+// namespace and returns the values it replaced, for rollback. A key the
+// namespace lacks is an error before anything is written, and a write
+// that fails puts back what was written before it.
+func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]string, error) {
+	keys := slices.Sorted(maps.Keys(sysctls))
+	live, err := readSysctls(path, keys)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	differ := map[string]string{}
-	for k, v := range sysctls {
-		if cur, ok := live[k]; !ok || !sysctlEqual(cur, v) {
-			differ[k] = v
+	old := map[string]string{}
+	for _, k := range keys {
+		cur, ok := live[k]
+		if !ok {
+			return nil, fmt.Errorf("namespace %s: sysctl %s: no such key there (or it cannot be read)", ns, k)
+		}
+		if !sysctlEqual(cur, sysctls[k]) {
+			old[k] = cur
 		}
 	}
-	if len(differ) == 0 {
-		return 0, nil
+	if len(old) == 0 {
+		return nil, nil
 	}
-	return len(differ), nsenter.Do(path, func() error { return writeSysctls(ns, differ) })
+	err = nsenter.Do(path, func() error {
+		var done []string
+		for _, k := range slices.Sorted(maps.Keys(old)) {
+			if err := os.WriteFile(sysctlFile(k), []byte(sysctls[k]), 0); err != nil {
+				for _, d := range done {
+					os.WriteFile(sysctlFile(d), []byte(old[d]), 0)
+				}
+				return fmt.Errorf("namespace %s: sysctl %s=%q: %w", ns, k, sysctls[k], err)
+			}
+			done = append(done, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return old, nil
 }

@@ -143,6 +143,9 @@ type builder struct {
 	createdIfs []ifRef
 	hadState   *stateRecord // the record before the run; rollback restores it
 	wroteState bool
+	// sysctlUndo are the values this run replaced in namespaces that
+	// existed before it, for rollback.
+	sysctlUndo []sysctlUndo
 	// adopted are unmarked host veth ends found to be the topology's
 	// (unmarkedEnds), to be marked.
 	adopted map[string]bool
@@ -154,6 +157,12 @@ type builder struct {
 	strays map[bool][]string
 
 	nsCreated, ifCreated, changed atomic.Int64
+}
+
+// sysctlUndo is what a run's sysctl writes replaced in one namespace.
+type sysctlUndo struct {
+	ns  string
+	old map[string]string
 }
 
 // ifRef is an interface this run created: one end of a veth pair, or a
@@ -366,11 +375,14 @@ func (b *builder) namespaces(ctx context.Context) error {
 			continue
 		}
 		if len(n.Sysctls) > 0 {
-			changed, err := ensureSysctls(n.Name, b.s.NetnsPath(n.Name), n.Sysctls)
+			old, err := ensureSysctls(n.Name, b.s.NetnsPath(n.Name), n.Sysctls)
 			if err != nil {
 				return err
 			}
-			b.changed.Add(int64(changed))
+			if len(old) > 0 {
+				b.sysctlUndo = append(b.sysctlUndo, sysctlUndo{n.Name, old})
+			}
+			b.changed.Add(int64(len(old)))
 		}
 	}
 	return parallel(ctx, len(missing), b.opts.workers(), "namespaces", b.opts.Progress, func(i int) error {
