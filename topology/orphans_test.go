@@ -338,3 +338,45 @@ func TestUpRollsBackSysctls(t *testing.T) {
 		}
 	}
 }
+
+// TestHostAddressOverlap: two copies of one file (--prefix) give their
+// host bridges the same subnet, and the host can route it through one
+// only. up warns and show reports it, naming the other interface.
+func TestHostAddressOverlap(t *testing.T) {
+	ctx := context.Background()
+	const spec = `
+name: ovl
+namespaces: [{name: a}]
+bridges: [{name: br, addresses: [198.18.83.1/24]}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.83.10/24]}, {bridge: br, interface: pa}]
+`
+	first, second := prefixedSpec(t, spec), prefixedSpec(t, spec)
+	res, err := Up(ctx, first, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Warnings) != 0 {
+		t.Fatalf("first copy: warnings %q", res.Warnings)
+	}
+	if res, err = Up(ctx, second, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	want := "host interface " + prefixOf(second) + "br: 198.18.83.1/24 overlaps 198.18.83.1/24 on host interface " + prefixOf(first) + "br"
+	if len(res.Warnings) != 1 || !strings.HasPrefix(res.Warnings[0], want) || !strings.Contains(res.String(), "warning: "+want) {
+		t.Errorf("second copy: warnings %q, want one starting %q", res.Warnings, want)
+	}
+	st, err := Show(ctx, first, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Drift) != 1 || !strings.Contains(st.Drift[0], "on host interface "+prefixOf(second)+"br") {
+		t.Errorf("show of the first copy: drift %q, want the overlap with the second", st.Drift)
+	}
+	if _, err := Down(ctx, second, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = Show(ctx, first, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("show after the second copy is down: %q, %v", st.Drift, err)
+	}
+}

@@ -128,7 +128,12 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
+	overlaps, err := hostOverlaps(host, s)
+	if err != nil {
+		return nil, err
+	}
 	st := compare(s, snaps)
+	st.Drift = append(st.Drift, overlaps...)
 	for _, d := range o.describe() {
 		st.Drift = append(st.Drift, fmt.Sprintf("%s: owned by topology %s but no longer declared", d, s.Name))
 	}

@@ -52,9 +52,12 @@ type Result struct {
 	// namespaces and host interfaces the topology owns that the file no
 	// longer declares, then routes and addresses in what it owns that the
 	// file does not declare (strays).
-	Pruned  []string      `json:"pruned,omitempty"`
-	Orphans []string      `json:"orphans,omitempty"`
-	Elapsed time.Duration `json:"elapsed_ns"`
+	Pruned  []string `json:"pruned,omitempty"`
+	Orphans []string `json:"orphans,omitempty"`
+	// Warnings are what works against the topology from outside it:
+	// host addresses that overlap another host interface's.
+	Warnings []string      `json:"warnings,omitempty"`
+	Elapsed  time.Duration `json:"elapsed_ns"`
 }
 
 // Unchanged reports whether Up found everything in place.
@@ -73,6 +76,9 @@ func (r *Result) String() string {
 	}
 	for _, o := range r.Orphans {
 		msg += "\n  not declared, left in place (up --prune removes it): " + o
+	}
+	for _, w := range r.Warnings {
+		msg += "\n  warning: " + w
 	}
 	return msg
 }
@@ -108,8 +114,13 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 		}
 		return nil, fmt.Errorf("topology %s: %w (rolled back)", s.Name, err)
 	}
+	warnings, err := hostOverlaps(b.conns[HostNamespace], s)
+	if err != nil {
+		warnings = []string{fmt.Sprintf("host addresses not checked for overlaps: %v", err)}
+	}
 	return &Result{
 		Name:              s.Name,
+		Warnings:          warnings,
 		NamespacesCreated: int(b.nsCreated.Load()),
 		InterfacesCreated: int(b.ifCreated.Load()),
 		Changed:           int(b.changed.Load()),

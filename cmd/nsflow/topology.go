@@ -42,7 +42,7 @@ func newTopologyCmd() *cobra.Command {
 		Short: "Build, remove, inspect and draw a topology of network namespaces",
 	}
 	cmd.PersistentFlags().StringVarP(&f.file, "file", "f", "", "topology file (YAML)")
-	cmd.PersistentFlags().StringVar(&f.prefix, "prefix", "", "prefix for the topology, namespace, bridge and host interface names (run a copy side by side)")
+	cmd.PersistentFlags().StringVar(&f.prefix, "prefix", "", "prefix for the topology, namespace, bridge and host interface names (a copy side by side; host addresses stay the same)")
 	_ = cmd.MarkPersistentFlagFilename("file", "yaml", "yml")
 	cmd.AddCommand(newTopologyUpCmd(f), newTopologyDownCmd(f), newTopologyShowCmd(f), newTopologyGraphCmd(f))
 	return cmd
