@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/vishvananda/netlink"
 )
 
 // orphans are what a topology owns but its file no longer declares: the
@@ -127,4 +129,24 @@ func prune(ctx context.Context, host *nsConn, s *Spec, o orphans, opts Options) 
 		return unmountNetns(s.NetnsPath(name))
 	})
 	return errors.Join(append(errs, err)...)
+}
+
+// flushNeighbours deletes the learned entries of a namespace's neighbour
+// tables (not the static ones). After a prune, entries for the addresses
+// of what went would linger until they time out, and look like neighbours
+// the topology no longer declares; the live ones are learned again.
+func flushNeighbours(c *nsConn) error {
+	neighs, err := retryDump(func() ([]netlink.Neigh, error) { return c.h.NeighList(0, netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("namespace %s: list neighbours: %w", c.name, err)
+	}
+	for _, n := range neighs {
+		if n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+			continue
+		}
+		if err := c.h.NeighDel(&n); err != nil && !isNotFound(err) {
+			return fmt.Errorf("namespace %s: delete neighbour %s: %w", c.name, n.IP, err)
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -378,5 +379,50 @@ links:
 	}
 	if st, err = Show(ctx, first, Options{}); err != nil || len(st.Drift) != 0 {
 		t.Errorf("show after the second copy is down: %q, %v", st.Drift, err)
+	}
+}
+
+// TestPruneFlushesNeighbours: after a prune, the namespaces that stay do
+// not keep neighbour entries for the addresses of what went.
+func TestPruneFlushesNeighbours(t *testing.T) {
+	ctx := context.Background()
+	const before = `
+name: neigh
+namespaces: [{name: sw}, {name: x}, {name: z}]
+bridges: [{name: br, namespace: sw}]
+links:
+  - endpoints: [{namespace: x, interface: eth0, addresses: [198.18.84.1/24]}, {bridge: br, interface: px}]
+  - endpoints: [{namespace: z, interface: eth0, addresses: [198.18.84.3/24]}, {bridge: br, interface: pz}]
+`
+	const after = `
+name: neigh
+namespaces: [{name: sw}, {name: x}]
+bridges: [{name: br, namespace: sw}]
+links:
+  - endpoints: [{namespace: x, interface: eth0, addresses: [198.18.84.1/24]}, {bridge: br, interface: px}]
+`
+	b := prefixedSpec(t, before)
+	a, err := Parse([]byte(after))
+	if err == nil {
+		a, err = a.WithPrefix(prefixOf(b))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Up(ctx, b, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	x := prefixOf(b) + "x"
+	if err := ping(b, x, netip.MustParseAddr("198.18.84.3")); err != nil {
+		t.Fatal(err)
+	}
+	if out := ipOut(t, "-n", x, "neigh", "show", "198.18.84.3"); !strings.Contains(out, "lladdr") {
+		t.Fatalf("no neighbour entry for z after the ping: %q", out)
+	}
+	if _, err := Up(ctx, a, Options{Prune: true}); err != nil {
+		t.Fatal(err)
+	}
+	if out := ipOut(t, "-n", x, "neigh", "show", "198.18.84.3"); strings.TrimSpace(out) != "" {
+		t.Errorf("x keeps a neighbour entry for pruned z: %q", out)
 	}
 }

@@ -215,6 +215,13 @@ func (b *builder) build(ctx context.Context) error {
 	if err := parallel(ctx, len(b.s.Namespaces), w, "routes", b.opts.Progress, b.routes); err != nil {
 		return err
 	}
+	if !b.pruned.empty() || len(b.strays[true]) > 0 {
+		for _, n := range b.s.Namespaces {
+			if err := flushNeighbours(b.conns[n.Name]); err != nil {
+				return err
+			}
+		}
+	}
 	return b.awaitReady(ctx)
 }
 
