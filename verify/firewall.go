@@ -16,15 +16,22 @@ import (
 )
 
 // firewallTable is a packet-filter table a namespace holds, with the
-// number of rules beyond the built-in chains' policies.
+// number of rules beyond the built-in chains' policies, and the chains
+// whose policy drops what no rule accepts: with no rule at all, those
+// still filter.
 type firewallTable struct {
 	kind  string // "nftables", "iptables", "ip6tables"
 	name  string
 	rules int
+	drops []string
 }
 
 func (t firewallTable) String() string {
-	return fmt.Sprintf("%s table %s with %d rules", t.kind, t.name, t.rules)
+	s := fmt.Sprintf("%s table %s with %d rules", t.kind, t.name, t.rules)
+	if len(t.drops) > 0 {
+		s += ", policy drop in chain " + strings.Join(t.drops, ", ")
+	}
+	return s
 }
 
 // readFirewall runs on a thread inside the namespace: nftables through
@@ -44,11 +51,12 @@ func readFirewall() ([]firewallTable, error) {
 			continue // module not loaded: no legacy tables anywhere
 		}
 		for _, n := range names {
-			rules, err := legacyRules(fam.af, fam.level, n)
+			t, err := legacyTable(fam.af, fam.level, n)
 			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", fam.kind, n, err)
 			}
-			tables = append(tables, firewallTable{kind: fam.kind, name: n, rules: rules})
+			t.kind = fam.kind
+			tables = append(tables, t)
 		}
 	}
 	return tables, nil
@@ -80,14 +88,31 @@ type iptGetinfo struct {
 	Size       uint32
 }
 
-const iptSoGetInfo = 64 // IPT_SO_GET_INFO, IP6T_SO_GET_INFO
+const (
+	iptSoGetInfo    = 64 // IPT_SO_GET_INFO, IP6T_SO_GET_INFO
+	iptSoGetEntries = 65 // IPT_SO_GET_ENTRIES, IP6T_SO_GET_ENTRIES
+	// Offsets in struct ipt_entry / ip6t_entry of target_offset (after
+	// struct ipt_ip, 84 bytes, or ip6t_ip6, 136, and nfcache), and of the
+	// entries in struct ipt_get_entries (name[32], size, 8-byte aligned).
+	iptTargetOffset  = 88
+	ip6tTargetOffset = 140
+	getEntriesHeader = 40
+	// A standard target's verdict follows struct xt_entry_target (32
+	// bytes); a built-in chain's policy DROP is -NF_DROP-1.
+	xtTargetHeader = 32
+	verdictDrop    = -1
+)
 
-// legacyRules counts a legacy table's entries beyond one policy per
-// built-in chain and the closing error entry.
-func legacyRules(af, level int, table string) (int, error) {
+var legacyHooks = [...]string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+// legacyTable reads a legacy table: its entries beyond one policy per
+// built-in chain and the closing error entry, and the built-in chains
+// whose policy is DROP.
+func legacyTable(af, level int, table string) (firewallTable, error) {
+	t := firewallTable{name: table}
 	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err != nil {
-		return 0, err
+		return t, err
 	}
 	defer unix.Close(fd)
 	var info iptGetinfo
@@ -96,17 +121,55 @@ func legacyRules(af, level int, table string) (int, error) {
 	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), iptSoGetInfo,
 		uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&l)), 0)
 	if e != 0 {
-		return 0, e
+		return t, e
 	}
-	return max(0, int(info.NumEntries)-bits.OnesCount32(info.ValidHooks)-1), nil
+	t.rules = max(0, int(info.NumEntries)-bits.OnesCount32(info.ValidHooks)-1)
+
+	buf := make([]byte, getEntriesHeader+int(info.Size))
+	copy(buf, table)
+	binary.NativeEndian.PutUint32(buf[32:], info.Size)
+	l = uint32(len(buf))
+	_, _, e = unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), iptSoGetEntries,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return t, fmt.Errorf("entries: %w", e) // EAGAIN: the table changed since the info
+	}
+	entries := buf[getEntriesHeader:]
+	toff := iptTargetOffset
+	if af == unix.AF_INET6 {
+		toff = ip6tTargetOffset
+	}
+	for h, name := range legacyHooks {
+		if info.ValidHooks&(1<<h) == 0 {
+			continue
+		}
+		at := int(info.Underflow[h])
+		if at+toff+2 > len(entries) {
+			return t, fmt.Errorf("chain %s: policy entry at %d is past the table's end", name, at)
+		}
+		v := at + int(binary.NativeEndian.Uint16(entries[at+toff:])) + xtTargetHeader
+		if v+4 > len(entries) {
+			return t, fmt.Errorf("chain %s: policy verdict at %d is past the table's end", name, v)
+		}
+		if int32(binary.NativeEndian.Uint32(entries[v:])) == verdictDrop {
+			t.drops = append(t.drops, name)
+		}
+	}
+	return t, nil
 }
 
 const (
 	nfnlSubsysNftables = 10
 	nftMsgGetTable     = 1
+	nftMsgGetChain     = 4
 	nftMsgGetRule      = 7
 	nftaTableName      = 1
+	nftaChainTable     = 1
+	nftaChainName      = 3
+	nftaChainHook      = 4
+	nftaChainPolicy    = 5
 	nftaRuleTable      = 1
+	nfDrop             = 0
 )
 
 // nftTables lists nftables tables and counts their rules.
@@ -135,6 +198,19 @@ func nftTables() ([]firewallTable, error) {
 	for i := range tables {
 		attr := nl.NewRtAttr(nftaRuleTable, nl.ZeroTerminated(tables[i].name))
 		err = nftDump(fd, nftMsgGetRule, fams[i], attr.Serialize(), func(uint8, map[uint16][]byte) { tables[i].rules++ })
+		if err != nil {
+			return nil, err
+		}
+		// Base chains (those on a hook) whose policy drops.
+		attr = nl.NewRtAttr(nftaChainTable, nl.ZeroTerminated(tables[i].name))
+		err = nftDump(fd, nftMsgGetChain, fams[i], attr.Serialize(), func(_ uint8, a map[uint16][]byte) {
+			if cString(a[nftaChainTable]) != tables[i].name {
+				return // a kernel that does not filter the dump by table
+			}
+			if p := a[nftaChainPolicy]; a[nftaChainHook] != nil && len(p) == 4 && binary.BigEndian.Uint32(p) == nfDrop {
+				tables[i].drops = append(tables[i].drops, cString(a[nftaChainName]))
+			}
+		})
 		if err != nil {
 			return nil, err
 		}

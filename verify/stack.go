@@ -253,7 +253,7 @@ func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
 func checkFirewall(ns string, s *snapshot) Check {
 	c := Check{Netns: ns, Kind: "firewall"}
 	for _, t := range s.firewall {
-		if t.rules > 0 {
+		if t.rules > 0 || len(t.drops) > 0 {
 			c.Problems = append(c.Problems, t.String()+" (the topology declares none)")
 		} else {
 			c.Info = append(c.Info, t.String())

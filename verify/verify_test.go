@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -190,5 +191,42 @@ func TestForeignSilentUDPListener(t *testing.T) {
 		if c.Netns == l.ns("c") && c.Kind == "udp/8080" && (!c.Pass || !strings.Contains(strings.Join(c.Info, "; "), "not checked")) {
 			t.Errorf("port space of c udp/8080: %+v", c)
 		}
+	}
+}
+
+// A chain whose policy drops filters with no rule at all: the firewall
+// check names it, for nftables and for legacy iptables and ip6tables.
+func TestFirewallDropPolicies(t *testing.T) {
+	l := upLab(t, nil)
+	for _, cmd := range [][]string{
+		{"nft", "add table inet nsfv; add chain inet nsfv in { type filter hook input priority 0; policy drop; }; add chain inet nsfv plain"},
+		{"iptables-legacy", "-P", "FORWARD", "DROP"},
+		{"ip6tables-legacy", "-t", "mangle", "-P", "OUTPUT", "DROP"},
+	} {
+		args := append([]string{"netns", "exec", l.ns("b")}, cmd...)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	var tables []firewallTable
+	if err := nsenter.Do(l.path("b"), func() (err error) { tables, err = readFirewall(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, tb := range tables {
+		got[tb.kind+" "+tb.name] = strings.Join(tb.drops, ",")
+	}
+	for table, drops := range map[string]string{
+		"nftables inet nsfv": "in",
+		"iptables filter":    "FORWARD",
+		"ip6tables mangle":   "OUTPUT",
+	} {
+		if got[table] != drops {
+			t.Errorf("%s: drop policies %q, want %q (all tables: %+v)", table, got[table], drops, tables)
+		}
+	}
+	c := checkFirewall(l.ns("b"), &snapshot{firewall: tables})
+	if c.Pass || len(c.Problems) != 3 {
+		t.Errorf("firewall check: %+v, want the three tables as problems", c)
 	}
 }
