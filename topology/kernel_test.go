@@ -996,6 +996,9 @@ links:
 			if err == nil || !strings.Contains(err.Error(), "links[0]") || !strings.Contains(err.Error(), "run down first") {
 				t.Fatalf("up: %v; want an error naming links[0] and saying to run down first", err)
 			}
+			if want := "is paired with " + ns + ":" + name; tc.name == "renamed in the topology" && !strings.Contains(err.Error(), want) {
+				t.Errorf("up: %v; want it to say where the peer is (%q)", err, want)
+			}
 			if out, err := exec.Command("ip", "-n", ns, "link", "show", name).CombinedOutput(); err != nil {
 				t.Errorf("the live peer went: %v: %s", err, out)
 			}

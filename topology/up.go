@@ -581,11 +581,15 @@ func (b *builder) link(i int) error {
 		// is nobody else's: the end carries the marker (only host ends
 		// do), or the peer's namespace is dying. Never when the peer
 		// lives on in one of the topology's namespaces under another name.
+		peer, err := b.peerInTopology(c, l)
+		if err != nil {
+			return lp.fail(errors.Join(lone, err))
+		}
+		if peer != "" {
+			return lp.fail(fmt.Errorf("interface %s in namespace %s is paired with %s, not with the declared peer: run down first", name, ns, peer))
+		}
 		if b.checkOwned(ns, l, "veth") != nil || (l.Attrs().Alias != b.marker && l.Attrs().NetNsID != nsidDying) {
 			return lp.fail(lone)
-		}
-		if live, err := b.peerInTopology(c, l); err != nil || live {
-			return lp.fail(errors.Join(lone, err))
 		}
 		if err := c.h.LinkDel(l); err != nil && !isNotFound(err) {
 			return lp.fail(fmt.Errorf("delete %s in namespace %s, whose peer is gone: %w", name, ns, err))
@@ -635,9 +639,10 @@ func (b *builder) link(i int) error {
 // the peer is in the veth's own namespace.)
 const nsidDying = int(^uint32(0))
 
-// peerInTopology reports whether the peer of the veth l, in c's
-// namespace, is an interface in one of the topology's namespaces.
-func (b *builder) peerInTopology(c *nsConn, l netlink.Link) (bool, error) {
+// peerInTopology returns where the peer of the veth l, in c's namespace,
+// is ("namespace:interface") if that is in one of the topology's
+// namespaces, and "" if not.
+func (b *builder) peerInTopology(c *nsConn, l netlink.Link) (string, error) {
 	a := l.Attrs()
 	for _, oc := range b.conns {
 		if a.NetNsID < 0 && oc != c || a.NetNsID >= 0 && oc == c {
@@ -646,19 +651,22 @@ func (b *builder) peerInTopology(c *nsConn, l netlink.Link) (bool, error) {
 		if oc != c {
 			id, err := c.h.GetNetNsIdByFd(oc.fd)
 			if err != nil {
-				return false, fmt.Errorf("namespace id of %s: %w", oc.name, err)
+				return "", fmt.Errorf("namespace id of %s: %w", oc.name, err)
 			}
 			if id != a.NetNsID {
 				continue
 			}
 		}
-		_, err := oc.h.LinkByIndex(a.ParentIndex)
+		p, err := oc.h.LinkByIndex(a.ParentIndex)
 		if isNotFound(err) {
-			return false, nil
+			return "", nil
 		}
-		return err == nil, err
+		if err != nil {
+			return "", err
+		}
+		return oc.name + ":" + p.Attrs().Name, nil
 	}
-	return false, nil
+	return "", nil
 }
 
 // arePeers reports whether the veth l, in c's namespace, and p, in pc's,
