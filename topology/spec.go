@@ -79,7 +79,7 @@ func Parse(data []byte) (*Spec, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("empty topology file")
 		}
-		return nil, err
+		return nil, namedYAMLErrors(data, err)
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -96,7 +96,7 @@ func Load(path string) (*Spec, error) {
 	}
 	s, err := Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, prefixErrors(path, err)
 	}
 	if err := s.Validate(); err != nil {
 		return nil, prefixErrors(path, err)

@@ -347,15 +347,17 @@ bridges: [{name: averyverylongbridgename}]`,
 }
 
 func TestParseRejectsUnknownFields(t *testing.T) {
-	for _, y := range []string{
-		"name: t\nnamespace: [{name: a}]",
-		"name: t\nnamespaces: [{name: a, sysctl: {}}]",
-		"name: t\nlinks: [{endpoints: [{namespace: a, iface: e0}]}]",
-		"name: t\n---\nname: u",
-		"",
+	for _, tt := range []struct{ yaml, want string }{
+		{"name: t\nnamespace: [{name: a}]", "namespace: unknown field (line 2)"},
+		{"name: t\nnamespaces: [{name: a, sysctl: {}}]", "namespaces[0].sysctl: unknown field (line 2)"},
+		{"name: t\nlinks: [{endpoints: [{namespace: a, iface: e0}]}]", "links[0].endpoints[0].iface: unknown field (line 2)"},
+		{"name: t\nnamespaces:\n  - name: a\n  - name: b\n    routez: []", "namespaces[1].routez: unknown field (line 5)"},
+		{"name: t\nlinks:\n  - mtu: big", "links[0].mtu: cannot unmarshal !!str `big` into int (line 3)"},
+		{"name: t\n---\nname: u", "more than one YAML document: a topology file holds exactly one"},
+		{"", "empty topology file"},
 	} {
-		if _, err := Parse([]byte(y)); err == nil {
-			t.Errorf("Parse accepted %q", y)
+		if _, err := Parse([]byte(tt.yaml)); err == nil || err.Error() != tt.want {
+			t.Errorf("Parse(%q): %v, want %q", tt.yaml, err, tt.want)
 		}
 	}
 }
