@@ -50,6 +50,11 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 	if s.Name == "" {
 		return nil, errors.New("topology has no name")
 	}
+	unlock, err := lockTopology(s.Name)
+	if err != nil {
+		return nil, fmt.Errorf("topology %s: %w", s.Name, err)
+	}
+	defer unlock()
 	rec, err := readState(s.Name)
 	if err != nil {
 		return nil, err

@@ -82,8 +82,10 @@ func hostObjects(t *testing.T, prefix string) []string {
 			out = append(out, "link "+l.Attrs().Name)
 		}
 	}
-	if _, err := os.Stat(statePath(prefix + "seed")); err == nil {
-		out = append(out, "state "+statePath(prefix+"seed"))
+	for _, f := range []string{statePath(prefix + "seed"), lockPath(prefix + "seed")} {
+		if _, err := os.Stat(f); err == nil {
+			out = append(out, "state "+f)
+		}
 	}
 	slices.Sort(out)
 	return out

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -424,5 +425,41 @@ links:
 	}
 	if out := ipOut(t, "-n", x, "neigh", "show", "198.18.84.3"); strings.TrimSpace(out) != "" {
 		t.Errorf("x keeps a neighbour entry for pruned z: %q", out)
+	}
+}
+
+// TestConcurrentRunsRefused: while one up or down of a topology runs
+// (holds its lock), another fails at once and changes nothing; the lock
+// file goes when the topology is down.
+func TestConcurrentRunsRefused(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, "name: lock\nnamespaces: [{name: a}]\n")
+	unlock, err := lockTopology(s.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, run := range map[string]func() error{
+		"up":   func() error { _, err := Up(ctx, s, Options{}); return err },
+		"down": func() error { _, err := Down(ctx, s, Options{}); return err },
+	} {
+		if err := run(); err == nil || !strings.Contains(err.Error(), "another nsflow up or down of topology "+s.Name+" is running") {
+			t.Errorf("%s while another run holds the lock: %v", name, err)
+		}
+	}
+	if got := hostObjects(t, prefixOf(s)); len(got) != 0 {
+		t.Errorf("a refused run changed the host: %q", got)
+	}
+	unlock()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(lockPath(s.Name)); err != nil {
+		t.Errorf("lock file of a topology that is up: %v", err)
+	}
+	if _, err := Down(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(lockPath(s.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file left after down: %v", err)
 	}
 }

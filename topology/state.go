@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StateDir holds one state record per topology that is up.
@@ -115,5 +117,44 @@ func (r *stateRecord) merge(o *stateRecord) {
 		if !slices.Contains(r.HostInterfaces, n) {
 			r.HostInterfaces = append(r.HostInterfaces, n)
 		}
+	}
+}
+
+func lockPath(name string) string { return filepath.Join(StateDir, name+".lock") }
+
+// lockTopology takes the topology's lock, so that two runs of up or down
+// of one topology cannot interleave; a second one fails at once. Its
+// holder removes the lock file when it leaves the topology down.
+func lockTopology(name string) (unlock func(), err error) {
+	if err := os.MkdirAll(StateDir, 0o755); err != nil {
+		return nil, err
+	}
+	path := lockPath(name)
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("another nsflow up or down of topology %s is running (it holds %s)", name, path)
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		// The holder before may have removed the file between our open
+		// and our lock: then the lock is on a file nobody else sees.
+		var held, now unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &now) == nil && held.Ino == now.Ino {
+			return func() {
+				// A topology with no record is down (or was never up):
+				// its lock file goes too.
+				if _, err := os.Stat(statePath(name)); errors.Is(err, os.ErrNotExist) {
+					os.Remove(path)
+				}
+				f.Close()
+			}, nil
+		}
+		f.Close()
 	}
 }

@@ -93,6 +93,11 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
+	unlock, err := lockTopology(s.Name)
+	if err != nil {
+		return nil, fmt.Errorf("topology %s: %w", s.Name, err)
+	}
+	defer unlock()
 	b := &builder{
 		s:         s,
 		opts:      opts,
