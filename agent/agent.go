@@ -30,6 +30,8 @@ type Agent struct {
 	log *slog.Logger
 	dp  *bpf.Datapath
 	mon *discovery.Monitor
+	// pinLock holds the pin directory's lock (nil without pinning).
+	pinLock *os.File
 
 	linkEvents chan discovery.LinkEvent
 	jobs       chan func() func()
@@ -91,24 +93,35 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	var pinLock *os.File
 	if cfg.PinPath != "" {
 		if err := checkBPFFS(cfg.PinPath); err != nil {
+			return nil, err
+		}
+		var err error
+		if pinLock, err = lockPinPath(cfg.PinPath); err != nil {
+			return nil, err
+		}
+		if err := checkWritable(cfg.StateFile); err != nil {
+			pinLock.Close()
 			return nil, err
 		}
 	}
 	book, err := newFlowBook(cfg)
 	if err != nil {
+		pinLock.Close()
 		return nil, err
 	}
 	dp, err := bpf.Load(bpf.Options{PinPath: cfg.PinPath, MaxFlows: cfg.MaxFlows, ForceMode: cfg.AttachMode})
 	if err != nil {
+		pinLock.Close()
 		return nil, err
 	}
 	if dp.PinsReset {
 		cfg.Logger.Warn("pinned maps were incompatible with this version and were replaced; counters restart", "pin_path", cfg.PinPath)
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Logger, dp: dp, book: book,
+		cfg: cfg, log: cfg.Logger, dp: dp, book: book, pinLock: pinLock,
 		linkEvents: make(chan discovery.LinkEvent, 4096),
 		jobs:       make(chan func() func()),
 		results:    make(chan func(), 64),
@@ -121,12 +134,53 @@ func New(cfg Config) (*Agent, error) {
 	a.deleteFlows = dp.DeleteFlows
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
+		pinLock.Close()
 		return nil, err
 	}
 	if err := a.book.recover(dp); err != nil {
 		a.log.Warn("recovering interrupted flow eviction", "err", err)
 	}
 	return a, nil
+}
+
+// lockPinPath takes an exclusive lock on the pin directory for as long as
+// the agent runs. Two agents on one pin path share the maps: each counts
+// every packet (both attach), and the second's start deletes the first
+// one's port counters.
+func lockPinPath(pinPath string) (*os.File, error) {
+	if err := os.MkdirAll(pinPath, 0o700); err != nil {
+		return nil, fmt.Errorf("pin path %s: %w", pinPath, err)
+	}
+	f, err := os.Open(pinPath)
+	if err != nil {
+		return nil, fmt.Errorf("pin path %s: %w", pinPath, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("pin path %s is in use by another nsflow agent: give this one its own --bpf.pin-path (and --state.file)", pinPath)
+		}
+		return nil, fmt.Errorf("pin path %s: lock: %w", pinPath, err)
+	}
+	return f, nil
+}
+
+// checkWritable makes sure the state file can be written, at start: the
+// agent saves it before deleting evicted flows, and cannot evict without.
+func checkWritable(path string) error {
+	dir := filepath.Dir(path)
+	err := os.MkdirAll(dir, 0o700)
+	if err == nil {
+		var f *os.File
+		if f, err = os.CreateTemp(dir, "."+filepath.Base(path)+".check*"); err == nil {
+			f.Close()
+			err = os.Remove(f.Name())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("state file %s cannot be written: %w", path, err)
+	}
+	return nil
 }
 
 // checkBPFFS makes sure the pin directory is (or will be) on a bpf
@@ -608,6 +662,7 @@ func (a *Agent) shutdown() error {
 	if err := a.dp.Close(); err != nil {
 		errs = append(errs, err)
 	}
+	a.pinLock.Close() // after the maps: the next agent may take them
 	a.log.Info("detached and stopped")
 	return errors.Join(errs...)
 }

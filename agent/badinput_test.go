@@ -25,6 +25,14 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	notBPF := filepath.Join(dir, "pins", "nsflow")
+	// A pin path another agent holds (its lock taken here), and one free.
+	held, _ := pins(t)
+	lock, err := lockPinPath(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	free, _ := pins(t)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -43,6 +51,8 @@ func TestBadInput(t *testing.T) {
 		{"idle timeout", []string{"--flows.idle-timeout=10ms"}, "idle timeout"},
 		{"top flows", []string{"--collector.top-flows=-1"}, "--collector.top-flows -1"},
 		{"listen address", []string{"--web.listen-address=256.0.0.1:1"}, "--web.listen-address"},
+		{"pin path in use", []string{"--bpf.pin-path=" + held, "--state.file=" + filepath.Join(dir, "s.json")}, "pin path " + held + " is in use by another nsflow agent"},
+		{"state file not writable", []string{"--bpf.pin-path=" + free, "--state.file=/proc/nope/state.json"}, "state file /proc/nope/state.json cannot be written"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"agent", "--web.listen-address=127.0.0.1:0", "--netns.include=^$"}, tc.args...)
