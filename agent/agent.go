@@ -118,7 +118,15 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	if dp.PinsReset {
-		cfg.Logger.Warn("pinned maps were incompatible with this version and were replaced; counters restart", "pin_path", cfg.PinPath)
+		cfg.Logger.Warn("pinned maps of another layout (another nsflow version) were replaced; their counters restart",
+			"pin_path", cfg.PinPath, "maps", dp.PinsReplaced)
+	}
+	switch {
+	case dp.FlowsLost > 0:
+		cfg.Logger.Warn("flow table resized (--flows.max): records that did not fit were dropped, with their counts",
+			"carried", dp.FlowsCarried, "dropped", dp.FlowsLost, "capacity", dp.FlowCapacity())
+	case dp.FlowsCarried > 0:
+		cfg.Logger.Info("flow table resized (--flows.max): every record carried over", "carried", dp.FlowsCarried, "capacity", dp.FlowCapacity())
 	}
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger, dp: dp, book: book, pinLock: pinLock,

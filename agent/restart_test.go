@@ -122,8 +122,9 @@ func (m *monotonic) check(sc *bufio.Scanner) {
 }
 
 // TestRestartKill9 kills the agent with SIGKILL under traffic, twice, and
-// restarts it: no counter ever goes backwards, and flows evicted before a
-// kill stay counted.
+// restarts it, the second time with a larger flow table (--flows.max, the
+// fix for a full one): no counter ever goes backwards, and flows evicted
+// before a kill stay counted.
 func TestRestartKill9(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ar")
@@ -156,6 +157,9 @@ func TestRestartKill9(t *testing.T) {
 		time.Sleep(3500 * time.Millisecond) // the bursts go idle and get evicted
 		ag.cmd.Process.Signal(syscall.SIGKILL)
 		ag.cmd.Wait()
+		if round == 1 {
+			args = append(args, "--flows.max=131072")
+		}
 		ag = startProc(t, args...)
 		m.setURL(ag.url)
 		time.Sleep(time.Second)

@@ -45,8 +45,14 @@ type Datapath struct {
 	maxFlows  int
 	forceMode AttachMode
 	// PinsReset reports that pins under PinPath did not match this
-	// version's maps and were replaced, so earlier counters were dropped.
-	PinsReset bool
+	// version's maps and were replaced, so earlier counters were dropped:
+	// those of the maps in PinsReplaced.
+	PinsReset    bool
+	PinsReplaced []string
+	// FlowsCarried and FlowsLost count the records of a pinned flow table
+	// of another size (MaxFlows changed) copied into the new one, and
+	// those that did not fit.
+	FlowsCarried, FlowsLost int
 
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
 	genMu    sync.Mutex // serializes bumping the deletion generation
@@ -110,13 +116,22 @@ func Load(opts Options) (*Datapath, error) {
 	err = spec.LoadAndAssign(&d.objs, &copts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pins left by another version or size: ours by name, so replace
-		// them rather than fail forever.
-		if rerr := removeOwnPins(opts.PinPath); rerr != nil {
-			d.clock.Close()
-			return nil, fmt.Errorf("bpf: %w; removing stale pins: %v", err, rerr)
+		// those that do not fit rather than fail forever.
+		var old *ebpf.Map
+		d.PinsReplaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
+		d.PinsReset = len(d.PinsReplaced) > 0
+		if err == nil {
+			err = spec.LoadAndAssign(&d.objs, &copts)
 		}
-		d.PinsReset = true
-		err = spec.LoadAndAssign(&d.objs, &copts)
+		if old != nil {
+			if err == nil {
+				d.FlowsCarried, d.FlowsLost, err = carryFlows(old, d.objs.NsflowFlows)
+				if err != nil {
+					d.objs.Close()
+				}
+			}
+			old.Close()
+		}
 	}
 	if err != nil {
 		d.clock.Close()
@@ -145,6 +160,68 @@ func RemovePins(path string) error {
 		return fmt.Errorf("bpf: remove pin directory: %w", err)
 	}
 	return nil
+}
+
+// replaceIncompatiblePins removes the pins under pinPath that spec cannot
+// reuse, and keeps the rest (port counters do not depend on the flow
+// table's size). A flow table that differs only in size is not lost: it
+// is returned open, for carryFlows. The others are listed as replaced.
+func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replaced []string, oldFlows *ebpf.Map, err error) {
+	for _, name := range mapNames {
+		path := filepath.Join(pinPath, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil && spec.Maps[name].Compatible(m) == nil {
+			m.Close()
+			continue
+		}
+		ms := spec.Maps[name]
+		resized := err == nil && name == nsflowMapNsflowFlows && m.Type() == ms.Type &&
+			m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize && m.Flags() == ms.Flags
+		if resized {
+			oldFlows = m
+		} else {
+			replaced = append(replaced, name)
+			if m != nil {
+				m.Close()
+			}
+		}
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			if oldFlows != nil {
+				oldFlows.Close()
+			}
+			return nil, nil, fmt.Errorf("bpf: remove incompatible pin %s: %w", name, rerr)
+		}
+	}
+	return replaced, oldFlows, nil
+}
+
+// carryFlows copies the records of the flow table old into new, which is
+// of another size: all of them when new is larger, as many as fit when it
+// is smaller. Record ids stay, so the per-CPU flow cache's pending counts
+// (a kept pin) still find their records.
+func carryFlows(old, new *ebpf.Map) (carried, lost int, err error) {
+	var (
+		k  nsflowFlowKey
+		v  nsflowFlowValue
+		it = old.Iterate()
+	)
+	for it.Next(&k, &v) {
+		switch err := new.Update(&k, &v, ebpf.UpdateNoExist); {
+		case err == nil:
+			carried++
+		case errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOSPC):
+			lost++
+		default:
+			return carried, lost, fmt.Errorf("bpf: carry flow records to the resized table: %w", err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return carried, lost, fmt.Errorf("bpf: read the flow table being resized: %w", err)
+	}
+	return carried, lost, nil
 }
 
 func removeOwnPins(path string) error {

@@ -2,8 +2,10 @@ package bpf
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/nsflow/nsflow/internal/testenv"
@@ -67,16 +69,57 @@ func TestPinning(t *testing.T) {
 	}
 	d.Close()
 
-	// Another table size is another layout: the old pins are replaced.
-	d = load(Options{MaxFlows: 1024})
-	if !d.PinsReset {
-		t.Error("incompatible pins were not reported as reset")
+	flows := func(d *Datapath) map[FlowKey]uint64 {
+		t.Helper()
+		out := map[FlowKey]uint64{}
+		if err := d.Flows(func(k FlowKey, s FlowStats) bool { out[k] = s.Packets; return true }); err != nil {
+			t.Fatal(err)
+		}
+		return out
 	}
-	if n := packets(d); n != 0 {
-		t.Errorf("%d packets after reset, want 0", n)
+	d = load(Options{})
+	before := flows(d)
+	if len(before) != 1 {
+		t.Fatalf("flows before the resize: %v, want one", before)
+	}
+	d.Close()
+
+	// Another flow table size (--flows.max): the records are carried into
+	// the new table, and every other map, the port counters with them,
+	// is kept.
+	d = load(Options{MaxFlows: 1024})
+	if d.PinsReset || d.FlowsCarried != 1 || d.FlowsLost != 0 {
+		t.Errorf("resize: reset %v (%v), carried %d, lost %d; want nothing reset and 1 record carried", d.PinsReset, d.PinsReplaced, d.FlowsCarried, d.FlowsLost)
+	}
+	if n := packets(d); n != 2 {
+		t.Errorf("%d packets after the resize, want 2", n)
+	}
+	if got := flows(d); !maps.Equal(got, before) {
+		t.Errorf("flows after the resize: %v, want %v", got, before)
 	}
 	if d.FlowCapacity() != 1024 {
 		t.Errorf("FlowCapacity %d, want 1024", d.FlowCapacity())
+	}
+	// Two more flows, then a table of one: what does not fit is counted.
+	in, _ = d.Programs()
+	for _, port := range []uint16{3, 4} {
+		runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 2, 0)))
+	}
+	d.Close()
+	d = load(Options{MaxFlows: 1})
+	if d.FlowsCarried != 1 || d.FlowsLost != 2 || len(flows(d)) != 1 {
+		t.Errorf("shrink to 1: carried %d, lost %d, %d flows; want 1, 2, 1", d.FlowsCarried, d.FlowsLost, len(flows(d)))
+	}
+	d.Close()
+
+	// A map of another layout (here the port table's size) is replaced,
+	// and reported with its counters.
+	d = load(Options{MaxFlows: 1, MaxPorts: 128})
+	if !d.PinsReset || !slices.Equal(d.PinsReplaced, []string{nsflowMapNsflowPorts}) {
+		t.Errorf("port table resize: reset %v, replaced %v; want the port table replaced", d.PinsReset, d.PinsReplaced)
+	}
+	if n := packets(d); n != 0 {
+		t.Errorf("%d packets after the port table was replaced, want 0", n)
 	}
 	d.Close()
 
