@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -65,7 +66,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 	}
 	d := &decision{}
 	if a.cfg.Isolation != nil && k.Dir == bpf.Ingress {
-		if src, dst, ok := a.cfg.Isolation(k, label); ok {
+		if src, dst, ok := a.cfg.Isolation(k, label, a.holdersLocked); ok {
 			d.violation = &[2]string{src, dst}
 		}
 	}
@@ -114,6 +115,25 @@ func (a *Agent) labelLocked(cookie uint64) (string, bool) {
 	}
 	g, ok := a.gone[cookie]
 	return g.label, ok
+}
+
+// holdersLocked names the namespaces that hold ip, live ones and removed
+// ones whose records are not folded yet, sorted.
+func (a *Agent) holdersLocked(ip netip.Addr) []string {
+	ip = ip.Unmap()
+	var out []string
+	for c := range a.owners[ip] {
+		if l, ok := a.labelLocked(c); ok {
+			out = append(out, l)
+		}
+	}
+	for _, g := range a.gone {
+		if g.addrs[ip] {
+			out = append(out, g.label)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // ownsLocked reports whether the namespace with this cookie holds ip.

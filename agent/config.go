@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"regexp"
 	"time"
 
@@ -73,9 +74,11 @@ type Config struct {
 	// namespace's ingress as a violation of the topology's isolation
 	// intent (ok) from namespace src to dst; the agent keeps the counts
 	// monotonic like the pair totals and exports them as
-	// nsflow_isolation_violation_packets_total. The verdict must depend on
-	// the record's key and namespace only: it is made once per record.
-	Isolation func(k bpf.FlowKey, netns string) (src, dst string, ok bool)
+	// nsflow_isolation_violation_packets_total. holders names the
+	// namespaces that hold an address, as the agent sees them (for the
+	// addresses the topology does not declare). The verdict is made once
+	// per record, when its attribution is.
+	Isolation func(k bpf.FlowKey, netns string, holders func(netip.Addr) []string) (src, dst string, ok bool)
 }
 
 func (c *Config) setDefaults() error {

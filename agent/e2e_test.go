@@ -77,7 +77,7 @@ func TestEndToEnd(t *testing.T) {
 	// An isolation classifier (verify's model in `nsflow agent
 	// --topology`) that calls the direct link's traffic a violation.
 	direct := netip.MustParseAddr("198.18.40.1")
-	isolation := func(k bpf.FlowKey, netns string) (string, string, bool) {
+	isolation := func(k bpf.FlowKey, netns string, _ func(netip.Addr) []string) (string, string, bool) {
 		return p + "a", netns, k.Src == direct && netns == p+"b"
 	}
 	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, Isolation: isolation})

@@ -75,14 +75,26 @@ func (m *Model) Violations(flows []Flow) []Violation {
 // Classifier judges one flow record of the datapath, seen in the namespace
 // netns: whether it is a delivery the topology cannot make, and between
 // which namespaces. It is the agent's Config.Isolation for a topology with
-// intent (`nsflow agent --topology`, and the demo).
-func (m *Model) Classifier() func(k bpf.FlowKey, netns string) (src, dst string, violation bool) {
-	return func(k bpf.FlowKey, netns string) (string, string, bool) {
+// intent (`nsflow agent --topology`, and the demo). holders names the
+// namespaces that really hold an address the topology does not declare
+// (nil: none), as verify's own evidence does: a rogue link with addresses
+// of its own delivers to its namespace all the same.
+func (m *Model) Classifier() func(k bpf.FlowKey, netns string, holders func(netip.Addr) []string) (src, dst string, violation bool) {
+	return func(k bpf.FlowKey, netns string, holders func(netip.Addr) []string) (string, string, bool) {
 		fl, ok := FlowFromBPF(k, bpf.FlowStats{Packets: 1}, netns)
 		if !ok {
 			return "", "", false
 		}
-		vs := m.Violations([]Flow{fl})
+		owners := m.Owners
+		if holders != nil {
+			owners = func(a netip.Addr) []string {
+				if o := m.Owners(a); len(o) > 0 {
+					return o
+				}
+				return holders(a)
+			}
+		}
+		vs := m.violations([]Flow{fl}, owners)
 		if len(vs) == 0 {
 			return "", "", false
 		}

@@ -150,24 +150,32 @@ func TestViolations(t *testing.T) {
 }
 
 // The classifier the agent uses judges one ingress record the way
-// Violations judges a flow.
+// Violations judges a flow; addresses the topology does not declare are
+// judged by who holds them (a rogue link with addresses of its own).
 func TestClassifier(t *testing.T) {
 	classify := NewModel(labSpec(t, nil)).Classifier()
 	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	rogue := map[netip.Addr][]string{a("198.19.85.1"): {"b"}, a("198.19.85.2"): {"c"}}
+	holders := func(ip netip.Addr) []string { return rogue[ip] }
 	for _, tc := range []struct {
 		name     string
 		netns    string
 		src, dst netip.Addr
+		holders  func(netip.Addr) []string
 		wantSrc  string
 		want     bool
 	}{
-		{"allowed a to c", "c", a("198.18.1.1"), a("198.18.2.1"), "", false},
-		{"b to c has no path", "c", a("198.18.1.2"), a("198.18.2.1"), "b", true},
-		{"transit through r", "r", a("198.18.1.2"), a("198.18.2.1"), "", false},
-		{"from nobody's address", "a", a("198.18.77.7"), a("198.18.1.1"), Unknown, true},
+		{"allowed a to c", "c", a("198.18.1.1"), a("198.18.2.1"), nil, "", false},
+		{"b to c has no path", "c", a("198.18.1.2"), a("198.18.2.1"), nil, "b", true},
+		{"transit through r", "r", a("198.18.1.2"), a("198.18.2.1"), nil, "", false},
+		{"from nobody's address", "a", a("198.18.77.7"), a("198.18.1.1"), nil, Unknown, true},
+		{"rogue link b to c", "c", a("198.19.85.1"), a("198.19.85.2"), holders, "b", true},
+		{"rogue link without holders", "c", a("198.19.85.1"), a("198.19.85.2"), nil, "", false},
+		{"undeclared address c does not hold", "a", a("198.19.85.1"), a("198.19.85.2"), holders, "", false},
+		{"declared address wins over holders", "c", a("198.18.1.1"), a("198.18.2.1"), func(netip.Addr) []string { return []string{"b"} }, "", false},
 	} {
 		k := bpf.FlowKey{Dir: bpf.Ingress, Proto: 17, Src: tc.src, Dst: tc.dst, SrcPort: 40000, DstPort: 8080}
-		src, dst, ok := classify(k, tc.netns)
+		src, dst, ok := classify(k, tc.netns, tc.holders)
 		if ok != tc.want || (ok && (src != tc.wantSrc || dst != tc.netns)) {
 			t.Errorf("%s: got (%q, %q, %v), want (%q, %q, %v)", tc.name, src, dst, ok, tc.wantSrc, tc.netns, tc.want)
 		}

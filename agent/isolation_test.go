@@ -1,0 +1,71 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
+	"github.com/nsflow/nsflow/verify"
+)
+
+// TestRogueLinkViolation wires a veth the topology does not declare
+// between a and sw, with addresses of its own, under `agent --topology`
+// (verify's classifier): the traffic over it is a violation although no
+// address it uses is in the file, since the agent sees who holds them.
+func TestRogueLinkViolation(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ai")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, Isolation: verify.NewModel(s).Classifier()})
+	a, sw := p+"a", p+"sw"
+	for _, args := range [][]string{
+		{"link", "add", "rg0", "netns", a, "type", "veth", "peer", "name", "rg1", "netns", sw},
+		{"-n", a, "addr", "add", "198.19.85.1/24", "dev", "rg0"},
+		{"-n", sw, "addr", "add", "198.19.85.2/24", "dev", "rg1"},
+		{"-n", a, "link", "set", "rg0", "up"},
+		{"-n", sw, "link", "set", "rg1", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !attached(r.a, a, "rg0") || !attached(r.a, sw, "rg1") {
+		if time.Now().After(deadline) {
+			t.Fatal("the rogue veth was not attached")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	const n = 200
+	sendUDP(t, s, a, sw, netip.MustParseAddrPort("198.19.85.2:5500"), n, 100)
+	series := fmt.Sprintf(`nsflow_isolation_violation_packets_total{dst_netns=%q,src_netns=%q} %d`, sw, a, n)
+	for !strings.Contains(scrape(t, r.url), series) {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("no %s in:\n%s", series, grepLines(scrape(t, r.url), "violation"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// attached reports whether the agent has its programs on the interface.
+func attached(a *Agent, label, ifname string) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, s := range a.byCookie {
+		if s.label != label {
+			continue
+		}
+		for _, p := range s.links {
+			if p.link.Name == ifname && p.att != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
