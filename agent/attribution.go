@@ -61,8 +61,8 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 		return d
 	}
 	label, tracked := a.labelLocked(k.NetnsCookie)
-	if !tracked {
-		return b.settle(k, id, &decision{})
+	if !tracked || nameless(k.Src) || nameless(k.Dst) {
+		return b.settle(k, id, &decision{}) // counted per port only
 	}
 	d := &decision{}
 	if a.cfg.Isolation != nil && k.Dir == bpf.Ingress {
@@ -115,6 +115,14 @@ func (a *Agent) labelLocked(cookie uint64) (string, bool) {
 	}
 	g, ok := a.gone[cookie]
 	return g.label, ok
+}
+
+// nameless reports whether ip identifies no namespace: loopback,
+// link-local, multicast, unspecified and the IPv4 limited broadcast
+// addresses are every namespace's or nobody's.
+func nameless(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return !ownedAddr(ip) || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // holdersLocked names the namespaces that hold ip, live ones and removed

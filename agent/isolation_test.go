@@ -2,12 +2,14 @@ package agent
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/verify"
@@ -68,4 +70,56 @@ func attached(a *Agent, label, ifname string) bool {
 		}
 	}
 	return false
+}
+
+// TestNamelessAddressesCountPerPortOnly sends from a's global address to
+// a multicast group: the destination identifies no namespace, so the
+// packets count on a's port but in no namespace pair (before, they
+// counted as traffic from a to "unknown", outside the host).
+func TestNamelessAddressesCountPerPortOnly(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("am")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	a := p + "a"
+	if out, err := exec.Command("ip", "-n", a, "route", "add", "224.0.0.0/4", "dev", "eth-d").CombinedOutput(); err != nil {
+		t.Fatalf("multicast route: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !attached(r.a, a, "eth-d") {
+		if time.Now().After(deadline) {
+			t.Fatal("eth-d not attached")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	const n = 50
+	err := nsenter.Do(s.NetnsPath(a), func() error {
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range n {
+			if _, err := c.Write([]byte("nsflow")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past the wait for an unknown owner (5 s), with scrapes deciding.
+	sent := false
+	for end := time.Now().Add(7 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		m := scrape(t, r.url)
+		if strings.Contains(m, `dst_netns="unknown"`) {
+			t.Fatalf("multicast counted as a pair to unknown:\n%s", grepLines(m, `dst_netns="unknown"`))
+		}
+		sent = sent || strings.Contains(m, fmt.Sprintf(`nsflow_interface_transmit_packets_total{family="ipv4",interface="eth-d",netns=%q}`, a))
+	}
+	if !sent {
+		t.Error("the multicast packets were not counted on a's port")
+	}
 }
