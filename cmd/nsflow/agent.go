@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/signal"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -97,6 +99,14 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		Discovery: discovery.WatchConfig{Interval: f.interval}}
 	if f.pin {
 		cfg.PinPath = f.pinPath
+	}
+	// The agent's zero values are its defaults; on the command line a zero
+	// is a mistake.
+	switch {
+	case f.maxFlows == 0:
+		return errors.New("--flows.max: 0 is no flow table (the default is " + strconv.Itoa(bpf.DefaultMaxFlows) + ")")
+	case f.idle < time.Second:
+		return fmt.Errorf("--flows.idle-timeout: %v is shorter than 1s", f.idle)
 	}
 	switch {
 	case f.goneRetention < 0:
