@@ -2,7 +2,6 @@ package agent
 
 import (
 	"cmp"
-	"errors"
 	"maps"
 	"slices"
 	"strconv"
@@ -16,10 +15,16 @@ import (
 // errNotReady is a scrape before the initial discovery is done: flow
 // records cannot be attributed yet, and attributing them wrongly would make
 // counters jump between series.
-var errNotReady = errors.New("initial discovery not done yet")
+var errNotReady = noData("initial discovery not done yet")
 
 // errStopped is a scrape after the agent stopped and closed its maps.
-var errStopped = errors.New("agent stopped")
+var errStopped = noData("agent stopped")
+
+// noData is an error of the normal course of things: collector.ErrNoData.
+type noData string
+
+func (e noData) Error() string        { return string(e) }
+func (e noData) Is(target error) bool { return target == collector.ErrNoData }
 
 // uncountedIdle is the idle time after which a record that counts toward
 // nothing (a bridge port in transit, multicast flooded to every port) is

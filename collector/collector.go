@@ -5,6 +5,7 @@
 package collector
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -53,6 +54,12 @@ func (s *Set) Describe(ch chan<- *prometheus.Desc) {
 	ch <- scrapeSuccessDesc
 }
 
+// ErrNoData is what a collector's error wraps (errors.Is) when it has
+// nothing to report yet, or any more, in the normal course of things (the
+// agent starting or stopping): the scrape still says success 0, but it is
+// logged at debug level, not as a failure.
+var ErrNoData = errors.New("no data")
+
 // Collect implements prometheus.Collector.
 func (s *Set) Collect(ch chan<- prometheus.Metric) {
 	var wg sync.WaitGroup
@@ -66,7 +73,11 @@ func (s *Set) run(name string, c Collector, ch chan<- prometheus.Metric) {
 	start := time.Now()
 	err := c.Update(ch)
 	success := 1.0
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrNoData):
+		success = 0
+		s.logger.Debug("collector has no data yet", "collector", name, "err", err)
+	case err != nil:
 		success = 0
 		s.logger.Error("collector failed", "collector", name, "err", err)
 	}

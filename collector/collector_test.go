@@ -1,11 +1,15 @@
 package collector
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
@@ -99,6 +103,36 @@ func TestCollectors(t *testing.T) {
 			}
 			if n, err := testutil.GatherAndCount(reg, "nsflow_top_flow_bytes_total"); err != nil || (n != 1 && !tc.src.failing) {
 				t.Errorf("top flow series = %d, %v", n, err)
+			}
+		})
+	}
+}
+
+type failingCollector struct{ err error }
+
+func (c failingCollector) Update(chan<- prometheus.Metric) error { return c.err }
+
+// A collector without data yet (ErrNoData) reports success 0 like a failed
+// one, but is logged at debug level, not as an error.
+func TestSetLogsNoDataAtDebug(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error
+		level string
+	}{
+		{"no data", fmt.Errorf("starting: %w", ErrNoData), "DEBUG"},
+		{"failure", errors.New("map unreadable"), "ERROR"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var log bytes.Buffer
+			logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			set := NewSet(logger, []string{"x"}, map[string]Collector{"x": failingCollector{tc.err}})
+			want := "# HELP nsflow_scrape_collector_success Whether a collector succeeded (1) or failed (0) in this scrape.\n# TYPE nsflow_scrape_collector_success gauge\nnsflow_scrape_collector_success{collector=\"x\"} 0\n"
+			if err := testutil.CollectAndCompare(set, strings.NewReader(want), "nsflow_scrape_collector_success"); err != nil {
+				t.Error(err)
+			}
+			if !strings.Contains(log.String(), "level="+tc.level) || strings.Count(log.String(), "level=") != strings.Count(log.String(), "level="+tc.level) {
+				t.Errorf("log, want only level %s:\n%s", tc.level, log.String())
 			}
 		})
 	}
