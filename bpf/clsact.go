@@ -123,6 +123,19 @@ func (a *Attachment) attachTC() error {
 				[]string{"ingress", "egress"}[i], tcPriority, handle, err)
 		}
 		t.progIDs[i] = progID
+		// Filters of a run that died before the flow table was resized
+		// count into the same port tables: they would count every packet
+		// a second time.
+		for _, old := range a.d.staleTCHandles {
+			if _, ours := ownFilter(h, l, tcParents[i], old); ours {
+				err := h.FilterDel(&netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: a.Ifindex,
+					Parent: tcParents[i], Handle: old, Priority: tcPriority, Protocol: unix.ETH_P_ALL}})
+				if err != nil && !errors.Is(err, unix.ENOENT) {
+					_ = t.remove(h, l)
+					return fmt.Errorf("remove the filter of the flow table before the resize (handle %#x): %w", old, err)
+				}
+			}
+		}
 	}
 	a.tc = t
 	a.Mode = ModeTC

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -240,5 +241,72 @@ func TestTCTwoDatapaths(t *testing.T) {
 	udpTransfer(t, false, ea, eb, 7002, 50, 64, 1)
 	if r1 := received(first, att1); r1 != 150 {
 		t.Errorf("after the other datapath detached: %d UDP packets counted, want 150", r1)
+	}
+}
+
+// A filter of ours from before a flow table resize (its handle the old
+// table's ID, as Load records when it carries the records over) counts
+// into the same port tables: attaching removes it. A filter of ours with
+// any other handle is another datapath's and stays.
+func TestTCRemovesFilterOfResizedTable(t *testing.T) {
+	d := loadForTest(t, Options{ForceMode: ModeTC})
+	const resized, other = 0x7ff001, 0x7ff002
+	d.staleTCHandles = []uint32{resized}
+	a, b := newTestNS(t), newTestNS(t)
+	ea, _ := vethPair(t, a, b, 7)
+	stale := noopProg(t)
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		if _, err := ensureClsact(netlinkHandle(t), l); err != nil {
+			return err
+		}
+		for _, handle := range []uint32{resized, other} {
+			for i, parent := range tcParents {
+				f := &netlink.BpfFilter{
+					FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
+						Handle: handle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
+					Fd: stale.FD(), Name: tcName + "_" + string(rune('0'+i)), DirectAction: true,
+				}
+				if err := netlink.FilterAdd(f); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	att, err := d.Attach(ea.NS.Path, ea.Ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := d.tcHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		for _, parent := range tcParents {
+			fs, err := netlink.FilterList(l, parent)
+			if err != nil {
+				return err
+			}
+			var handles []uint32
+			for _, f := range fs {
+				handles = append(handles, f.Attrs().Handle)
+			}
+			slices.Sort(handles)
+			if want := []uint32{own, other}; !slices.Equal(handles, want) && !slices.Equal(handles, []uint32{other, own}) {
+				t.Errorf("filters on %#x: handles %#x, want ours and the other datapath's %#x", parent, handles, want)
+			}
+		}
+		return nil
+	})
+	if err := att.Detach(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -53,6 +53,10 @@ type Datapath struct {
 	// of another size (MaxFlows changed) copied into the new one, and
 	// those that did not fit.
 	FlowsCarried, FlowsLost int
+	// staleTCHandles are the tc filter handles of a flow table replaced at
+	// Load (its map ID): filters of a run that died before the resize,
+	// which count into the pinned port tables too, and go at attach.
+	staleTCHandles []uint32
 
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
 	genMu    sync.Mutex // serializes bumping the deletion generation
@@ -124,6 +128,11 @@ func Load(opts Options) (*Datapath, error) {
 			err = spec.LoadAndAssign(&d.objs, &copts)
 		}
 		if old != nil {
+			if info, ierr := old.Info(); ierr == nil {
+				if id, ok := info.ID(); ok {
+					d.staleTCHandles = append(d.staleTCHandles, uint32(id))
+				}
+			}
 			if err == nil {
 				d.FlowsCarried, d.FlowsLost, err = carryFlows(old, d.objs.NsflowFlows)
 				if err != nil {

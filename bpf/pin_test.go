@@ -82,6 +82,10 @@ func TestPinning(t *testing.T) {
 	if len(before) != 1 {
 		t.Fatalf("flows before the resize: %v, want one", before)
 	}
+	oldHandle, err := d.tcHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
 	d.Close()
 
 	// Another flow table size (--flows.max): the records are carried into
@@ -96,6 +100,9 @@ func TestPinning(t *testing.T) {
 	}
 	if got := flows(d); !maps.Equal(got, before) {
 		t.Errorf("flows after the resize: %v, want %v", got, before)
+	}
+	if !slices.Equal(d.staleTCHandles, []uint32{oldHandle}) {
+		t.Errorf("stale tc handles %#x, want the old table's %#x", d.staleTCHandles, oldHandle)
 	}
 	if d.FlowCapacity() != 1024 {
 		t.Errorf("FlowCapacity %d, want 1024", d.FlowCapacity())
