@@ -71,6 +71,9 @@ Exit status 1 when any count does not reconcile.`,
 			// main cancels cmd.Context() on Ctrl-C; bench.Run then removes
 			// what it built, and a second Ctrl-C kills the process.
 			rep, err := bench.Run(cmd.Context(), cfg)
+			if err != nil && cmd.Context().Err() != nil {
+				err = fmt.Errorf("interrupted, what was built is removed: %w", err)
+			}
 			if rep == nil || len(rep.Cases) == 0 {
 				return err
 			}
