@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/nsflow/nsflow/internal/testenv"
 )
 
 // Bad flags and arguments exit with status 2 on every command, before
@@ -35,5 +37,35 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("error %v; want exit status 2 with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// show --exit-code exits 1 when the live state differs from the file
+// (here: a topology that is not up); without it, show exits 0.
+func TestShowExitCode(t *testing.T) {
+	testenv.RequireRoot(t)
+	file := writeFile(t, strings.Replace(twoNamespaces, "%s", testenv.Name("nsfs"), 1))
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"topology", "show", "-f", file}, 0},
+		{[]string{"topology", "show", "-f", file, "--exit-code"}, 1},
+	} {
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(tc.args)
+		err := root.Execute()
+		var ee *exitError
+		switch {
+		case tc.code == 0 && err != nil:
+			t.Errorf("%v: %v, want success", tc.args, err)
+		case tc.code != 0 && (!errors.As(err, &ee) || ee.code != tc.code || !strings.Contains(err.Error(), "differences from the file")):
+			t.Errorf("%v: %v, want exit status %d", tc.args, err, tc.code)
+		}
+		if !strings.Contains(out.String(), "missing") {
+			t.Errorf("%v: output lacks the drift:\n%s", tc.args, out.String())
+		}
 	}
 }

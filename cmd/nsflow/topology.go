@@ -123,7 +123,10 @@ func newTopologyDownCmd(f *topologyFlags) *cobra.Command {
 }
 
 func newTopologyShowCmd(f *topologyFlags) *cobra.Command {
-	var output string
+	var (
+		output   string
+		exitCode bool
+	)
 	cmd := &cobra.Command{
 		Use:   "show",
 		Short: "Show the live state of the topology and any drift from the file",
@@ -140,10 +143,17 @@ func newTopologyShowCmd(f *topologyFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return writeState(cmd.OutOrStdout(), st, output)
+			if err := writeState(cmd.OutOrStdout(), st, output); err != nil {
+				return err
+			}
+			if exitCode && len(st.Drift) > 0 {
+				return &exitError{1, fmt.Errorf("topology %s: %d differences from the file", s.Name, len(st.Drift))}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().BoolVar(&exitCode, "exit-code", false, "exit with status 1 when the live state differs from the file (for scripts and CI)")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
