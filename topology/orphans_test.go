@@ -253,6 +253,10 @@ func TestUpPruneStrays(t *testing.T) {
 	a, b := p+"a", p+"b"
 	ip(t, "-n", a, "route", "add", "198.18.81.0/24", "via", "198.18.80.2")
 	ip(t, "-n", b, "addr", "add", "198.18.82.9/32", "dev", "lo")
+	// Not strays: a routing daemon's route and an address with a lifetime
+	// (SLAAC, DHCP) are theirs.
+	ip(t, "-n", a, "route", "add", "198.18.86.0/24", "via", "198.18.80.2", "proto", "zebra")
+	ip(t, "-n", b, "addr", "add", "198.18.87.9/32", "dev", "lo", "valid_lft", "600", "preferred_lft", "600")
 	want := []string{
 		"address 198.18.80.2/24 on " + b + "/e1",
 		"address 198.18.82.9/32 on " + b + "/lo",
@@ -297,6 +301,12 @@ func TestUpPruneStrays(t *testing.T) {
 		if out := ipOut(t, "-n", ns, "route", "show", "proto", "boot"); strings.TrimSpace(out) != "" {
 			t.Errorf("%s keeps routes after prune:\n%s", ns, out)
 		}
+	}
+	if out := ipOut(t, "-n", a, "route", "show", "proto", "zebra"); !strings.Contains(out, "198.18.86.0/24") {
+		t.Errorf("prune deleted the routing daemon's route:\n%s", out)
+	}
+	if out := ipOut(t, "-n", b, "addr", "show", "dev", "lo"); !strings.Contains(out, "198.18.87.9/32") {
+		t.Errorf("prune deleted the address with a lifetime:\n%s", out)
 	}
 	if st, err = Show(ctx, after, Options{}); err != nil || len(st.Drift) != 0 {
 		t.Errorf("drift after prune: %q, %v", st.Drift, err)

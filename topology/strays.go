@@ -14,22 +14,25 @@ import (
 // kernel did not make: left by an earlier version of the file, or added by
 // hand. show reports them, up lists them, and up --prune deletes them.
 
-// kernelRoute reports whether the kernel made r: an interface's subnet,
-// IPv6 link-local and multicast routes, router advertisements, redirects.
-func kernelRoute(r netlink.Route) bool {
+// staticRoute reports whether r was added as nsflow adds routes, or as
+// `ip route add` does: protocol boot (or static, or none). The kernel's
+// own (an interface's subnet, link-local, multicast), router
+// advertisements, redirects and the routes of routing daemons and DHCP
+// clients (zebra, bird, dhcp, ...) are theirs, never strays.
+func staticRoute(r netlink.Route) bool {
 	switch r.Protocol {
-	case unix.RTPROT_KERNEL, unix.RTPROT_RA, unix.RTPROT_REDIRECT:
+	case unix.RTPROT_UNSPEC, unix.RTPROT_BOOT, unix.RTPROT_STATIC:
 		return true
 	}
 	return false
 }
 
-// strayRoutes returns the routes of a main table that are neither the
-// kernel's nor declared.
+// strayRoutes returns the static routes of a main table that the spec
+// does not declare.
 func strayRoutes(live []netlink.Route, byIdx map[int]netlink.Link, declared []Route) []netlink.Route {
 	var out []netlink.Route
 	for _, r := range live {
-		if kernelRoute(r) {
+		if !staticRoute(r) {
 			continue
 		}
 		rs := []RouteState{routeState(byIdx, r)}
@@ -56,15 +59,16 @@ func describeRoute(byIdx map[int]netlink.Link, r netlink.Route) string {
 // loopbackOwn are the addresses every loopback has.
 var loopbackOwn = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8"), netip.MustParsePrefix("::1/128")}
 
-// strayAddrs returns the addresses of interface name that are not
-// declared: link-local ones are the kernel's, and so are loopback's own.
+// strayAddrs returns the permanent addresses of interface name that are
+// not declared: link-local ones are the kernel's, loopback's own too, and
+// those with a lifetime (SLAAC, DHCP) their daemons'.
 func strayAddrs(name string, have []netlink.Addr, declared []netip.Prefix) []netlink.Addr {
 	if name == "lo" {
 		declared = append(declared[:len(declared):len(declared)], loopbackOwn...)
 	}
 	var out []netlink.Addr
 	for _, a := range have {
-		if a.IP.IsLinkLocalUnicast() {
+		if a.IP.IsLinkLocalUnicast() || a.Flags&unix.IFA_F_PERMANENT == 0 {
 			continue
 		}
 		if !hasAddr(declared, a.IPNet) {
