@@ -11,6 +11,8 @@ import (
 // interface also has, such as the gateway of a second copy of one file
 // (--prefix) or of an orphan bridge: the host then routes the subnet
 // through one of them only, and the other's namespaces lose their gateway.
+// Only the same subnet counts: a wider or narrower one (10.0.0.0/8 on
+// eth0, a /32 on a dummy) is routed by the longest match, as intended.
 func hostOverlaps(host *nsConn, s *Spec) ([]string, error) {
 	var declared []Interface
 	for _, ifc := range s.NamespaceInterfaces(HostNamespace) {
@@ -38,7 +40,7 @@ func hostOverlaps(host *nsConn, s *Spec) ([]string, error) {
 				if !ok || ip.IsLinkLocalUnicast() {
 					continue
 				}
-				if q := netip.PrefixFrom(ip.Unmap(), ones); !q.Masked().Overlaps(p.Masked()) {
+				if q := netip.PrefixFrom(ip.Unmap(), ones); q.Masked() != p.Masked() {
 					continue
 				}
 				name, ok := names[a.LinkIndex]

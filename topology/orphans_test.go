@@ -364,6 +364,25 @@ links:
   - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.83.10/24]}, {bridge: br, interface: pa}]
 `
 	first, second := prefixedSpec(t, spec), prefixedSpec(t, spec)
+	// Wider and narrower subnets on other host interfaces are routed by
+	// the longest match: no overlap. (A veth pair left down, so that its
+	// addresses route nothing.)
+	la := netlink.NewLinkAttrs()
+	la.Name = prefixOf(first) + "w"
+	pair := &netlink.Veth{LinkAttrs: la, PeerName: prefixOf(first) + "n"}
+	if err := netlink.LinkAdd(pair); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(pair) })
+	for _, d := range []struct{ name, addr string }{{prefixOf(first) + "w", "198.18.0.1/16"}, {prefixOf(first) + "n", "198.18.83.77/32"}} {
+		l, err := netlink.LinkByName(d.name)
+		if err == nil {
+			err = netlink.AddrAdd(l, nlAddr(netip.MustParsePrefix(d.addr)))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	res, err := Up(ctx, first, Options{})
 	if err != nil {
 		t.Fatal(err)
