@@ -54,8 +54,8 @@ type Datapath struct {
 	// those that did not fit.
 	FlowsCarried, FlowsLost int
 	// staleTCHandles are the tc filter handles of a flow table replaced at
-	// Load (its map ID): filters of a run that died before the resize,
-	// which count into the pinned port tables too, and go at attach.
+	// Load (its map ID, resized or not): filters of a run that died with
+	// it count into the kept port tables too, and go at attach.
 	staleTCHandles []uint32
 
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
@@ -122,17 +122,12 @@ func Load(opts Options) (*Datapath, error) {
 		// Pins left by another version or size: ours by name, so replace
 		// those that do not fit rather than fail forever.
 		var old *ebpf.Map
-		d.PinsReplaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
+		d.PinsReplaced, old, d.staleTCHandles, err = replaceIncompatiblePins(spec, opts.PinPath)
 		d.PinsReset = len(d.PinsReplaced) > 0
 		if err == nil {
 			err = spec.LoadAndAssign(&d.objs, &copts)
 		}
 		if old != nil {
-			if info, ierr := old.Info(); ierr == nil {
-				if id, ok := info.ID(); ok {
-					d.staleTCHandles = append(d.staleTCHandles, uint32(id))
-				}
-			}
 			if err == nil {
 				d.FlowsCarried, d.FlowsLost, err = carryFlows(old, d.objs.NsflowFlows)
 				if err != nil {
@@ -175,7 +170,9 @@ func RemovePins(path string) error {
 // reuse, and keeps the rest (port counters do not depend on the flow
 // table's size). A flow table that differs only in size is not lost: it
 // is returned open, for carryFlows. The others are listed as replaced.
-func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replaced []string, oldFlows *ebpf.Map, err error) {
+// A replaced flow table's ID is the handle of the tc filters of a run
+// that died with it (staleTC): they count into the kept port tables too.
+func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replaced []string, oldFlows *ebpf.Map, staleTC []uint32, err error) {
 	for _, name := range mapNames {
 		path := filepath.Join(pinPath, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
@@ -187,6 +184,13 @@ func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replace
 			continue
 		}
 		ms := spec.Maps[name]
+		if err == nil && name == nsflowMapNsflowFlows {
+			if info, ierr := m.Info(); ierr == nil {
+				if id, ok := info.ID(); ok {
+					staleTC = append(staleTC, uint32(id))
+				}
+			}
+		}
 		resized := err == nil && name == nsflowMapNsflowFlows && m.Type() == ms.Type &&
 			m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize && m.Flags() == ms.Flags
 		if resized {
@@ -201,10 +205,10 @@ func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replace
 			if oldFlows != nil {
 				oldFlows.Close()
 			}
-			return nil, nil, fmt.Errorf("bpf: remove incompatible pin %s: %w", name, rerr)
+			return nil, nil, nil, fmt.Errorf("bpf: remove incompatible pin %s: %w", name, rerr)
 		}
 	}
-	return replaced, oldFlows, nil
+	return replaced, oldFlows, staleTC, nil
 }
 
 // carryFlows copies the records of the flow table old into new, which is
