@@ -72,7 +72,8 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 
 	// Looking the host interfaces up gives the namespaces of their veth
 	// peers an id in the host, which the checks below read.
-	if _, err := linksNamed(host.h, plan.HostInterfaces); err != nil {
+	hostLinks, err := linksNamed(host.h, plan.HostInterfaces)
+	if err != nil {
 		return nil, err
 	}
 	// Find which namespaces are ours, concurrently: each check opens the
@@ -122,11 +123,15 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 
 	// A host veth end is ours if it carries the marker, or carries none
 	// and its peer is in a namespace of ours (an up killed before marking
-	// it): it goes with that namespace.
-	ours := func(l netlink.Link) bool {
-		a := l.Attrs()
-		return a.Alias == marker || a.Alias == "" && l.Type() == "veth" && ownedID[a.NetNsID]
+	// it): it goes with that namespace. Decided now, by ifindex: once the
+	// namespace starts dying, its id is gone from the end's attributes.
+	adopted := map[int]bool{}
+	for _, l := range hostLinks {
+		if a := l.Attrs(); a.Alias == "" && l.Type() == "veth" && ownedID[a.NetNsID] {
+			adopted[a.Index] = true
+		}
 	}
+	ours := func(l netlink.Link) bool { return l.Attrs().Alias == marker || adopted[l.Attrs().Index] }
 	n, removed, foreign, err := teardown(ctx, host, s, owned, plan.HostInterfaces, ours, opts)
 	res.NamespacesRemoved, res.InterfacesRemoved = n, removed
 	res.Foreign = append(res.Foreign, foreign...)
