@@ -353,6 +353,7 @@ func TestParseRejectsUnknownFields(t *testing.T) {
 		{"name: t\nlinks: [{endpoints: [{namespace: a, iface: e0}]}]", "links[0].endpoints[0].iface: unknown field (line 2)"},
 		{"name: t\nnamespaces:\n  - name: a\n  - name: b\n    routez: []", "namespaces[1].routez: unknown field (line 5)"},
 		{"name: t\nlinks:\n  - mtu: big", "links[0].mtu: cannot unmarshal !!str `big` into int (line 3)"},
+		{"name: t\nlinks:\n  - {endpoints: [{namespace: a, interface: e0}], mtu: xyz}", "links[0].mtu: cannot unmarshal !!str `xyz` into int (line 3)"},
 		{"name: t\n---\nname: u", "more than one YAML document: a topology file holds exactly one"},
 		{"", "empty topology file"},
 	} {

@@ -14,6 +14,9 @@ import (
 // with the field of an unknown-field error.
 var yamlErrLine = regexp.MustCompile(`^line (\d+): (?:field (\S+) not found in type \S+|(.*))$`)
 
+// yamlErrValue is the value a "cannot unmarshal !!str `x` into int" names.
+var yamlErrValue = regexp.MustCompile("`([^`]*)`")
+
 // namedYAMLErrors rewrites the decoder's "line N: ..." errors to name the
 // field path, as validation errors do: "namespaces[0].routez: unknown
 // field (line 4)". data is the document the errors are about.
@@ -34,11 +37,17 @@ func namedYAMLErrors(data []byte, err error) error {
 			continue
 		}
 		line, _ := strconv.Atoi(m[1])
-		field, what := m[2], "unknown field"
+		field, what, value := m[2], "unknown field", ""
 		if field == "" {
 			what = m[3]
+			if v := yamlErrValue.FindStringSubmatch(what); v != nil {
+				value = v[1]
+			}
 		}
-		path, ok := nodePath(&root, line, field, "")
+		path, ok := nodePath(&root, line, field, value, "")
+		if !ok && value != "" {
+			path, ok = nodePath(&root, line, "", "", "")
+		}
 		if !ok {
 			out = append(out, errors.New(msg))
 			continue
@@ -48,13 +57,17 @@ func namedYAMLErrors(data []byte, err error) error {
 	return errors.Join(out...)
 }
 
-// nodePath finds the mapping key named field on line (or, with field "",
-// the value on line) under n and returns its path.
-func nodePath(n *yaml.Node, line int, field, path string) (string, bool) {
+// nodePath finds, under n, the mapping key named field on line, or with
+// field "" the scalar on line whose value is value (any, for ""), and
+// returns its path. A line in flow style ({a: 1, b: x}) holds several.
+func nodePath(n *yaml.Node, line int, field, value, path string) (string, bool) {
+	scalar := func(v *yaml.Node) bool {
+		return field == "" && v.Line == line && v.Kind == yaml.ScalarNode && (value == "" || v.Value == value)
+	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		for _, c := range n.Content {
-			if p, ok := nodePath(c, line, field, path); ok {
+			if p, ok := nodePath(c, line, field, value, path); ok {
 				return p, true
 			}
 		}
@@ -62,23 +75,20 @@ func nodePath(n *yaml.Node, line int, field, path string) (string, bool) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			p := strings.TrimPrefix(path+"."+k.Value, ".")
-			if field != "" && k.Line == line && k.Value == field {
+			if field != "" && k.Line == line && k.Value == field || scalar(v) {
 				return p, true
 			}
-			if field == "" && v.Line == line && v.Kind == yaml.ScalarNode {
-				return p, true
-			}
-			if q, ok := nodePath(v, line, field, p); ok {
+			if q, ok := nodePath(v, line, field, value, p); ok {
 				return q, true
 			}
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			p := fmt.Sprintf("%s[%d]", path, i)
-			if field == "" && c.Line == line && c.Kind == yaml.ScalarNode {
+			if scalar(c) {
 				return p, true
 			}
-			if q, ok := nodePath(c, line, field, p); ok {
+			if q, ok := nodePath(c, line, field, value, p); ok {
 				return q, true
 			}
 		}
