@@ -82,10 +82,10 @@ and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
 func runAgent(ctx context.Context, f agentFlags) error {
 	level, format := promslog.NewLevel(), promslog.NewFormat()
 	if err := level.Set(f.logLevel); err != nil {
-		return fmt.Errorf("--log.level: %w", err)
+		return usage(fmt.Errorf("--log.level: %w", err))
 	}
 	if err := format.Set(f.logFormat); err != nil {
-		return fmt.Errorf("--log.format: %w", err)
+		return usage(fmt.Errorf("--log.format: %w", err))
 	}
 	logger := promslog.New(&promslog.Config{Level: level, Format: format, Writer: os.Stderr})
 	if os.Getenv("GOMEMLIMIT") == "" {
@@ -104,13 +104,13 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	// is a mistake.
 	switch {
 	case f.maxFlows == 0:
-		return errors.New("--flows.max: 0 is no flow table (the default is " + strconv.Itoa(bpf.DefaultMaxFlows) + ")")
+		return usage(errors.New("--flows.max: 0 is no flow table (the default is " + strconv.Itoa(bpf.DefaultMaxFlows) + ")"))
 	case f.idle < time.Second:
-		return fmt.Errorf("--flows.idle-timeout: %v is shorter than 1s", f.idle)
+		return usage(fmt.Errorf("--flows.idle-timeout: %v is shorter than 1s", f.idle))
 	}
 	switch {
 	case f.goneRetention < 0:
-		return fmt.Errorf("--netns.gone-retention: %v is negative (0 keeps the series for ever)", f.goneRetention)
+		return usage(fmt.Errorf("--netns.gone-retention: %v is negative (0 keeps the series for ever)", f.goneRetention))
 	case f.goneRetention == 0:
 		cfg.GoneRetention = -1 // the agent's zero is its default
 	}
@@ -119,7 +119,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	case "tcx", "tc":
 		cfg.AttachMode = bpf.AttachMode(f.attachMode)
 	default:
-		return fmt.Errorf("--bpf.attach-mode: unknown mode %q (want auto, tcx or tc)", f.attachMode)
+		return usage(fmt.Errorf("--bpf.attach-mode: unknown mode %q (want auto, tcx or tc)", f.attachMode))
 	}
 	var err error
 	for _, r := range []struct {
@@ -135,7 +135,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 			continue
 		}
 		if *r.dst, err = regexp.Compile(r.expr); err != nil {
-			return fmt.Errorf("%s: %w", r.flag, err)
+			return usage(fmt.Errorf("%s: %w", r.flag, err))
 		}
 	}
 	for _, n := range []struct {
@@ -144,13 +144,13 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	}{{"--collector.top-flows", &cfg.TopFlows}, {"--collector.top-ports", &cfg.TopPorts}} {
 		switch {
 		case *n.v < 0:
-			return fmt.Errorf("%s %d: must not be negative", n.flag, *n.v)
+			return usage(fmt.Errorf("%s %d: must not be negative", n.flag, *n.v))
 		case *n.v == 0:
 			*n.v = -1 // none; the agent reads 0 as its default
 		}
 	}
 	if f.interval <= 0 {
-		return fmt.Errorf("--discovery.interval %v: must be positive", f.interval)
+		return usage(fmt.Errorf("--discovery.interval %v: must be positive", f.interval))
 	}
 	if err := agent.ValidateWebConfig(f.web); err != nil {
 		return err

@@ -29,6 +29,9 @@ type exitError struct {
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+
+// usage marks a bad flag value or argument: exit status 2.
+func usage(err error) error { return &exitError{2, err} }
 func (e *exitError) Unwrap() error { return e.err }
 
 func newRootCmd() *cobra.Command {
@@ -46,9 +49,24 @@ func newRootCmd() *cobra.Command {
 }
 
 // usageErrors gives bad flags and arguments, on every command, exit status
-// 2: for verify and demo 1 means a violation, and a typo is none.
+// 2: for verify and demo 1 means a violation, and a typo is none. A
+// command that only groups others (nsflow, nsflow topology) shows its
+// help without arguments and refuses unknown ones.
 func usageErrors(c *cobra.Command) {
 	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{2, err} })
+	if c.HasSubCommands() && !c.Runnable() {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return c.Help()
+			}
+			return &exitError{2, fmt.Errorf("unknown command %q for %q (see %s --help)", args[0], c.CommandPath(), c.CommandPath())}
+		}
+		for _, sub := range c.Commands() {
+			usageErrors(sub)
+		}
+		return
+	}
 	if args := c.Args; args != nil {
 		c.Args = func(c *cobra.Command, a []string) error {
 			if err := args(c, a); err != nil {

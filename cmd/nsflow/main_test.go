@@ -21,9 +21,14 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"topology", "down", "-f", "x.yaml", "extra"}, `unknown command "extra"`},
 		{[]string{"topology", "graph", "--format"}, "flag needs an argument"},
 		{[]string{"agent", "--netns.gone-retention", "soon"}, "invalid argument"},
+		{[]string{"agent", "--flows.max=0"}, "--flows.max: 0 is no flow table"},
+		{[]string{"agent", "--bpf.attach-mode=xdp"}, "--bpf.attach-mode: unknown mode"},
+		{[]string{"agent", "--netns.include=("}, "--netns.include"},
 		{[]string{"bench", "--pairs", "two"}, "invalid argument"},
 		{[]string{"demo", "--duration", "x"}, "invalid argument"},
 		{[]string{"version", "extra"}, `unknown command "extra"`},
+		{[]string{"bogus"}, `unknown command "bogus" for "nsflow"`},
+		{[]string{"topology", "dwon"}, `unknown command "dwon" for "nsflow topology"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			root := newRootCmd()

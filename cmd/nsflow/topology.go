@@ -140,6 +140,9 @@ func newTopologyShowCmd(f *topologyFlags) *cobra.Command {
 				return err
 			}
 			st, err := topology.Show(cmd.Context(), s, topology.Options{})
+			if err != nil && exitCode {
+				return &exitError{2, err} // 1 is drift
+			}
 			if err != nil {
 				return err
 			}
