@@ -331,23 +331,45 @@ func ipOut(t *testing.T, args ...string) string {
 
 // TestUpRollsBackSysctls: a failed up that changed sysctls in namespaces
 // that existed before it puts the old values back, and a key the kernel
-// lacks fails before any value is written.
+// lacks fails before any value is written. A write-only key (route.flush)
+// is written without being read.
 func TestUpRollsBackSysctls(t *testing.T) {
 	ctx := context.Background()
 	s := prefixedSpec(t, "name: sysrb\nnamespaces: [{name: a}, {name: b}]\n")
 	if _, err := Up(ctx, s, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	s.Namespaces[0].Sysctls = map[string]string{"net.ipv4.ip_forward": "1"}
-	s.Namespaces[1].Sysctls = map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.nsflow_no_such_key": "1"}
+	forwarding := func(ns string) string {
+		return strings.TrimSpace(ipOut(t, "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"))
+	}
+	before := map[string]string{}
+	for _, n := range s.Namespaces {
+		before[n.Name] = forwarding(n.Name)
+	}
+	flip := map[string]string{"0": "1", "1": "0"}[before[s.Namespaces[0].Name]]
+	s.Namespaces[0].Sysctls = map[string]string{"net.ipv4.ip_forward": flip}
+	s.Namespaces[1].Sysctls = map[string]string{"net.ipv4.ip_forward": flip, "net.ipv4.conf.all.nsflow_no_such_key": "1"}
 	_, err := Up(ctx, s, Options{})
 	if err == nil || !strings.Contains(err.Error(), "nsflow_no_such_key: no such key") || !strings.Contains(err.Error(), "rolled back") {
 		t.Fatalf("up with a key the kernel lacks: %v", err)
 	}
 	for _, n := range s.Namespaces {
-		if out := ipOut(t, "netns", "exec", n.Name, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "0" {
-			t.Errorf("%s: ip_forward %q after the rolled back up, want 0", n.Name, strings.TrimSpace(out))
+		if got := forwarding(n.Name); got != before[n.Name] {
+			t.Errorf("%s: ip_forward %q after the rolled back up, want %q as before", n.Name, got, before[n.Name])
 		}
+	}
+
+	s.Namespaces[1].Sysctls = map[string]string{"net.ipv4.route.flush": "1"}
+	for i := range 2 {
+		if _, err := Up(ctx, s, Options{}); err != nil {
+			t.Fatalf("up %d with a write-only key: %v", i+1, err)
+		}
+	}
+	if got := forwarding(s.Namespaces[0].Name); got != flip {
+		t.Errorf("ip_forward %q after up, want %q", got, flip)
+	}
+	if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("show with a write-only key: drift %q, %v", st.Drift, err)
 	}
 }
 

@@ -68,6 +68,9 @@ type nsSnapshot struct {
 	addrs   map[int][]netlink.Addr
 	routes  []netlink.Route
 	sysctls map[string]string
+	// sysctlsAbsent are declared keys the kernel lacks; a key that
+	// exists but cannot be read (write-only) is in neither.
+	sysctlsAbsent []string
 }
 
 // Show reads the live state of every namespace and interface s declares
@@ -106,7 +109,7 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 		}
 		sn, err := snapshot(c, nil)
 		if err == nil && len(s.Namespaces[i].Sysctls) > 0 {
-			sn.sysctls, err = readSysctls(path, slices.Collect(maps.Keys(s.Namespaces[i].Sysctls)))
+			sn.sysctls, sn.sysctlsAbsent, err = readSysctls(path, slices.Collect(maps.Keys(s.Namespaces[i].Sysctls)))
 		}
 		if err != nil {
 			c.close()
@@ -272,8 +275,12 @@ func compare(s *Spec, snaps map[string]*nsSnapshot) *State {
 		if i := slices.IndexFunc(s.Namespaces, func(n Namespace) bool { return n.Name == name }); i >= 0 {
 			ns.Sysctls = sn.sysctls
 			for _, k := range slices.Sorted(maps.Keys(s.Namespaces[i].Sysctls)) {
-				if want := s.Namespaces[i].Sysctls[k]; !sysctlEqual(sn.sysctls[k], want) {
-					drift("%s: sysctl %s is %q, declared %q", name, k, sn.sysctls[k], want)
+				want := s.Namespaces[i].Sysctls[k]
+				switch live, readable := sn.sysctls[k]; {
+				case slices.Contains(sn.sysctlsAbsent, k):
+					drift("%s: sysctl %s: no such key", name, k)
+				case readable && !sysctlEqual(live, want):
+					drift("%s: sysctl %s is %q, declared %q", name, k, live, want)
 				}
 			}
 			for _, r := range s.Namespaces[i].Routes {

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -31,53 +32,57 @@ func writeSysctls(ns string, sysctls map[string]string) error {
 }
 
 // readSysctls reads the given keys inside the namespace at path; a key
-// that cannot be read is left out (and then differs from its declaration).
-func readSysctls(path string, keys []string) (map[string]string, error) {
-	out := make(map[string]string, len(keys))
-	err := nsenter.Do(path, func() error {
+// that cannot be read is left out (and then differs from its declaration),
+// and one the kernel lacks is also listed in absent.
+func readSysctls(path string, keys []string) (values map[string]string, absent []string, err error) {
+	values = make(map[string]string, len(keys))
+	err = nsenter.Do(path, func() error {
 		for _, k := range keys {
-			if b, err := os.ReadFile(sysctlFile(k)); err == nil {
-				out[k] = strings.TrimSpace(string(b))
+			b, err := os.ReadFile(sysctlFile(k))
+			switch {
+			case err == nil:
+				values[k] = strings.TrimSpace(string(b))
+			case errors.Is(err, os.ErrNotExist):
+				absent = append(absent, k)
 			}
 		}
 		return nil
 	})
-	return out, err
+	return values, absent, err
 }
 
 // ensureSysctls writes the declared sysctls that differ in an existing
 // namespace and returns the values it replaced, for rollback. A key the
-// namespace lacks is an error before anything is written, and a write
-// that fails puts back what was written before it.
+// kernel lacks is an error before anything is written, and a write that
+// fails puts back what was written before it. A key that cannot be read
+// (write-only, such as net.ipv4.route.flush) is written every time, and
+// has no old value to put back.
 func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]string, error) {
 	keys := slices.Sorted(maps.Keys(sysctls))
-	live, err := readSysctls(path, keys)
+	live, absent, err := readSysctls(path, keys)
 	if err != nil {
 		return nil, err
 	}
-	old := map[string]string{}
+	if len(absent) > 0 {
+		return nil, fmt.Errorf("namespace %s: sysctl %s: no such key there", ns, absent[0])
+	}
+	old, write := map[string]string{}, map[string]string{}
 	for _, k := range keys {
-		cur, ok := live[k]
-		if !ok {
-			return nil, fmt.Errorf("namespace %s: sysctl %s: no such key there (or it cannot be read)", ns, k)
+		cur, readable := live[k]
+		if !readable || !sysctlEqual(cur, sysctls[k]) {
+			write[k] = sysctls[k]
 		}
-		if !sysctlEqual(cur, sysctls[k]) {
+		if readable && !sysctlEqual(cur, sysctls[k]) {
 			old[k] = cur
 		}
 	}
-	if len(old) == 0 {
+	if len(write) == 0 {
 		return nil, nil
 	}
 	err = nsenter.Do(path, func() error {
-		var done []string
-		for _, k := range slices.Sorted(maps.Keys(old)) {
-			if err := os.WriteFile(sysctlFile(k), []byte(sysctls[k]), 0); err != nil {
-				for _, d := range done {
-					os.WriteFile(sysctlFile(d), []byte(old[d]), 0)
-				}
-				return fmt.Errorf("namespace %s: sysctl %s=%q: %w", ns, k, sysctls[k], err)
-			}
-			done = append(done, k)
+		if err := writeSysctls(ns, write); err != nil {
+			_ = writeSysctls(ns, old) // what was written before the failure
+			return err
 		}
 		return nil
 	})
