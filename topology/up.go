@@ -111,13 +111,18 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 	}
 	defer b.close()
 	if err := b.build(ctx); err != nil {
+		// What --prune deleted cannot come back: say so.
+		pruned := ""
+		if n := len(b.pruned.describe()) + len(b.strays[true]); n > 0 {
+			pruned = fmt.Sprintf("; the %d objects pruned stay deleted", n)
+		}
 		if len(b.createdNS) == 0 && len(b.createdIfs) == 0 && !b.wroteState {
-			return nil, fmt.Errorf("topology %s: %w (nothing was created)", s.Name, err)
+			return nil, fmt.Errorf("topology %s: %w (nothing was created%s)", s.Name, err, pruned)
 		}
 		if rerr := b.rollback(); rerr != nil {
-			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v)", s.Name, err, rerr)
+			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v%s)", s.Name, err, rerr, pruned)
 		}
-		return nil, fmt.Errorf("topology %s: %w (rolled back)", s.Name, err)
+		return nil, fmt.Errorf("topology %s: %w (rolled back%s)", s.Name, err, pruned)
 	}
 	warnings, err := hostOverlaps(b.conns[HostNamespace], s)
 	if err != nil {
