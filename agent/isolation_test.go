@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
@@ -110,16 +111,33 @@ func TestNamelessAddressesCountPerPortOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Past the wait for an unknown owner (5 s), with scrapes deciding.
-	sent := false
-	for end := time.Now().Add(7 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
-		m := scrape(t, r.url)
-		if strings.Contains(m, `dst_netns="unknown"`) {
-			t.Fatalf("multicast counted as a pair to unknown:\n%s", grepLines(m, `dst_netns="unknown"`))
+	// Scrape until the record's attribution is decided for good (a record
+	// whose owner is unknown waits up to 5 s), then look.
+	group := netip.MustParseAddr("224.0.0.251")
+	for end := time.Now().Add(30 * time.Second); !decided(r.a, group); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the multicast record was never decided")
 		}
-		sent = sent || strings.Contains(m, fmt.Sprintf(`nsflow_interface_transmit_packets_total{family="ipv4",interface="eth-d",netns=%q}`, a))
+		scrape(t, r.url)
 	}
-	if !sent {
+	m := scrape(t, r.url)
+	if strings.Contains(m, `dst_netns="unknown"`) {
+		t.Errorf("multicast counted as a pair to unknown:\n%s", grepLines(m, `dst_netns="unknown"`))
+	}
+	if !strings.Contains(m, fmt.Sprintf(`nsflow_interface_transmit_packets_total{family="ipv4",interface="eth-d",netns=%q}`, a)) {
 		t.Error("the multicast packets were not counted on a's port")
 	}
+}
+
+// decided reports whether the agent has made its final decision on the
+// egress record of a flow to dst.
+func decided(a *Agent, dst netip.Addr) bool {
+	a.book.mu.Lock()
+	defer a.book.mu.Unlock()
+	for k, d := range a.book.decisions {
+		if k.Dst.Unmap() == dst && k.Dir == bpf.Egress && d.pendingSince.IsZero() {
+			return true
+		}
+	}
+	return false
 }
