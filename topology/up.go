@@ -839,16 +839,8 @@ func (b *builder) ensureAddrs(c *nsConn, l netlink.Link, addrs []string) error {
 		}
 	}
 	var missing []string
-	for _, a := range addrs {
-		p := netip.MustParsePrefix(a)
-		found := false
-		for _, h := range have {
-			if ones, _ := h.Mask.Size(); h.IP.Equal(net.IP(p.Addr().AsSlice())) && ones == p.Bits() {
-				found = true
-				break
-			}
-		}
-		if !found {
+	for i, a := range addrs {
+		if !slices.ContainsFunc(have, func(h netlink.Addr) bool { return hasAddr(declared[i:i+1], h.IPNet) }) {
 			missing = append(missing, a)
 		}
 	}
