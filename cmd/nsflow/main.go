@@ -31,7 +31,7 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 
 // usage marks a bad flag value or argument: exit status 2.
-func usage(err error) error { return &exitError{2, err} }
+func usage(err error) error        { return &exitError{2, err} }
 func (e *exitError) Unwrap() error { return e.err }
 
 func newRootCmd() *cobra.Command {
