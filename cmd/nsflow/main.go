@@ -29,10 +29,10 @@ type exitError struct {
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
 
 // usage marks a bad flag value or argument: exit status 2.
-func usage(err error) error        { return &exitError{2, err} }
-func (e *exitError) Unwrap() error { return e.err }
+func usage(err error) error { return &exitError{2, err} }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
