@@ -39,7 +39,7 @@ func TestRogueLinkViolation(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(15 * time.Second)
-	for !attached(r.a, a, "rg0") || !attached(r.a, sw, "rg1") {
+	for !attached(r.a, a, "rg0", sw, "rg1") {
 		if time.Now().After(deadline) {
 			t.Fatal("the rogue veth was not attached")
 		}
@@ -54,23 +54,6 @@ func TestRogueLinkViolation(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// attached reports whether the agent has its programs on the interface.
-func attached(a *Agent, label, ifname string) bool {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	for _, s := range a.byCookie {
-		if s.label != label {
-			continue
-		}
-		for _, p := range s.links {
-			if p.link.Name == ifname && p.att != nil {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // TestNamelessAddressesCountPerPortOnly sends from a's global address to
@@ -140,4 +123,15 @@ func decided(a *Agent, dst netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// attached reports whether the agent has its programs on every
+// (namespace label, interface) pair given.
+func attached(a *Agent, labelIfnames ...string) bool {
+	for i := 0; i+1 < len(labelIfnames); i += 2 {
+		if _, ok := a.attachedPort(labelIfnames[i], labelIfnames[i+1]); !ok {
+			return false
+		}
+	}
+	return true
 }

@@ -115,31 +115,11 @@ func TestTCReplacesStaleOwnFilter(t *testing.T) {
 	d := loadForTest(t, Options{ForceMode: ModeTC})
 	a, b := newTestNS(t), newTestNS(t)
 	ea, _ := vethPair(t, a, b, 7)
-	stale := noopProg(t)
 	handle, err := d.tcHandle()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ea.NS.do(t, func() error {
-		l, err := netlink.LinkByName(ea.Ifname)
-		if err != nil {
-			return err
-		}
-		if _, err := ensureClsact(netlinkHandle(t), l); err != nil {
-			return err
-		}
-		for i, parent := range tcParents {
-			f := &netlink.BpfFilter{
-				FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
-					Handle: handle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
-				Fd: stale.FD(), Name: tcName + "_" + string(rune('0'+i)), DirectAction: true,
-			}
-			if err := netlink.FilterAdd(f); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	addOwnFilters(t, ea, handle)
 	att, err := d.Attach(ea.NS.Path, ea.Ifname)
 	if err != nil {
 		t.Fatal(err)
@@ -254,29 +234,7 @@ func TestTCRemovesFilterOfResizedTable(t *testing.T) {
 	d.staleTCHandles = []uint32{resized}
 	a, b := newTestNS(t), newTestNS(t)
 	ea, _ := vethPair(t, a, b, 7)
-	stale := noopProg(t)
-	ea.NS.do(t, func() error {
-		l, err := netlink.LinkByName(ea.Ifname)
-		if err != nil {
-			return err
-		}
-		if _, err := ensureClsact(netlinkHandle(t), l); err != nil {
-			return err
-		}
-		for _, handle := range []uint32{resized, other} {
-			for i, parent := range tcParents {
-				f := &netlink.BpfFilter{
-					FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
-						Handle: handle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
-					Fd: stale.FD(), Name: tcName + "_" + string(rune('0'+i)), DirectAction: true,
-				}
-				if err := netlink.FilterAdd(f); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
+	addOwnFilters(t, ea, resized, other)
 	att, err := d.Attach(ea.NS.Path, ea.Ifname)
 	if err != nil {
 		t.Fatal(err)
@@ -309,4 +267,33 @@ func TestTCRemovesFilterOfResizedTable(t *testing.T) {
 	if err := att.Detach(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// addOwnFilters puts on e, for each handle, filters that look like ours
+// (our priority and names) running a no-op: what a run that died leaves.
+func addOwnFilters(t *testing.T, e *end, handles ...uint32) {
+	t.Helper()
+	stale := noopProg(t)
+	e.NS.do(t, func() error {
+		l, err := netlink.LinkByName(e.Ifname)
+		if err != nil {
+			return err
+		}
+		if _, err := ensureClsact(netlinkHandle(t), l); err != nil {
+			return err
+		}
+		for _, handle := range handles {
+			for i, parent := range tcParents {
+				f := &netlink.BpfFilter{
+					FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
+						Handle: handle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
+					Fd: stale.FD(), Name: tcName + "_" + string(rune('0'+i)), DirectAction: true,
+				}
+				if err := netlink.FilterAdd(f); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }
