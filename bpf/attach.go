@@ -143,6 +143,25 @@ func (a *Attachment) attachTCX() error {
 		a.links = append(a.links, l)
 	}
 	a.Mode = ModeTCX
+	// A run that died in tc mode may have left filters counting into our
+	// pinned tables here.
+	if a.d.portTableID != 0 {
+		h, err := netlink.NewHandle() // this thread is in the interface's namespace
+		if err == nil {
+			var l netlink.Link
+			if l, err = h.LinkByIndex(a.Ifindex); err == nil {
+				err = a.d.removeDeadRunFilters(h, l)
+			}
+			h.Close()
+		}
+		if err != nil {
+			for _, l := range a.links {
+				l.Close()
+			}
+			a.links = nil
+			return err
+		}
+	}
 	return nil
 }
 

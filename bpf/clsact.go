@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -123,23 +124,60 @@ func (a *Attachment) attachTC() error {
 				[]string{"ingress", "egress"}[i], tcPriority, handle, err)
 		}
 		t.progIDs[i] = progID
-		// Filters of a run that died before the flow table was resized
-		// count into the same port tables: they would count every packet
-		// a second time.
-		for _, old := range a.d.staleTCHandles {
-			if _, ours := ownFilter(h, l, tcParents[i], old); ours {
-				err := h.FilterDel(&netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: a.Ifindex,
-					Parent: tcParents[i], Handle: old, Priority: tcPriority, Protocol: unix.ETH_P_ALL}})
-				if err != nil && !errors.Is(err, unix.ENOENT) {
-					_ = t.remove(h, l)
-					return fmt.Errorf("remove the filter of the flow table before the resize (handle %#x): %w", old, err)
-				}
-			}
-		}
+	}
+	if err := a.d.removeDeadRunFilters(h, l, t.progIDs[:]...); err != nil {
+		_ = t.remove(h, l)
+		return err
 	}
 	a.tc = t
 	a.Mode = ModeTC
 	return nil
+}
+
+// removeDeadRunFilters deletes, on l, our tc filters (our priority and
+// name) whose program is not one of keep but uses this datapath's pinned
+// port table: those of a run that died (kill -9 in tc mode) with a flow
+// table of another size, or before a restart in tcx mode. They count into
+// the same port tables and would count every packet a second time. A
+// datapath without pins has tables nobody else's program uses.
+func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) error {
+	if d.portTableID == 0 {
+		return nil
+	}
+	for _, parent := range tcParents {
+		fs, err := h.FilterList(l, parent)
+		if err != nil {
+			continue // no clsact qdisc: no filter
+		}
+		for _, f := range fs {
+			bf, ok := f.(*netlink.BpfFilter)
+			if !ok || bf.Priority != tcPriority || !strings.HasPrefix(bf.Name, tcName) || slices.Contains(keep, ebpf.ProgramID(bf.Id)) {
+				continue
+			}
+			if !progUsesMap(ebpf.ProgramID(bf.Id), d.portTableID) {
+				continue
+			}
+			if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("remove the tc filter of a run that died (handle %#x): %w", bf.Handle, err)
+			}
+		}
+	}
+	return nil
+}
+
+// progUsesMap reports whether the program with id uses the map with id m.
+func progUsesMap(id ebpf.ProgramID, m ebpf.MapID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return false
+	}
+	ids, _ := info.MapIDs()
+	return slices.Contains(ids, m)
 }
 
 // ensureClsact adds a clsact qdisc unless the interface has one, and

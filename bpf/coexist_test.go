@@ -1,7 +1,8 @@
 package bpf
 
 import (
-	"slices"
+	"github.com/nsflow/nsflow/internal/testenv"
+	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -224,24 +225,46 @@ func TestTCTwoDatapaths(t *testing.T) {
 	}
 }
 
-// A filter of ours from before a flow table resize (its handle the old
-// table's ID, as Load records when it carries the records over) counts
-// into the same port tables: attaching removes it. A filter of ours with
-// any other handle is another datapath's and stays.
-func TestTCRemovesFilterOfResizedTable(t *testing.T) {
-	d := loadForTest(t, Options{ForceMode: ModeTC})
-	const resized, other = 0x7ff001, 0x7ff002
-	d.staleTCHandles = []uint32{resized}
+// A run that died in tc mode (its filters left, counting into the pinned
+// tables) with a flow table of another size: the next run, here in tcx
+// mode, removes those filters when it attaches, since they would count
+// every packet a second time. A filter of a datapath with tables of its
+// own stays.
+func TestDeadRunFiltersRemoved(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
+	t.Cleanup(func() { RemovePins(dir) })
 	a, b := newTestNS(t), newTestNS(t)
 	ea, _ := vethPair(t, a, b, 7)
-	addOwnFilters(t, ea, resized, other)
-	att, err := d.Attach(ea.NS.Path, ea.Ifname)
+
+	dead, err := Load(Options{PinPath: dir, MaxFlows: 64, ForceMode: ModeTC})
 	if err != nil {
 		t.Fatal(err)
 	}
-	own, err := d.tcHandle()
+	t.Cleanup(func() { dead.Close() })
+	if _, err := dead.Attach(ea.NS.Path, ea.Ifname); err != nil {
+		t.Fatal(err)
+	}
+	other := loadForTest(t, Options{ForceMode: ModeTC}) // unpinned
+	if _, err := other.Attach(ea.NS.Path, ea.Ifname); err != nil {
+		t.Fatal(err)
+	}
+	otherHandle, err := other.tcHandle()
 	if err != nil {
 		t.Fatal(err)
+	}
+
+	next, err := Load(Options{PinPath: dir, MaxFlows: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close() })
+	att, err := next.Attach(ea.NS.Path, ea.Ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if att.Mode != ModeTCX {
+		t.Fatalf("mode %s, want tcx", att.Mode)
 	}
 	ea.NS.do(t, func() error {
 		l, err := netlink.LinkByName(ea.Ifname)
@@ -253,20 +276,12 @@ func TestTCRemovesFilterOfResizedTable(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			var handles []uint32
-			for _, f := range fs {
-				handles = append(handles, f.Attrs().Handle)
-			}
-			slices.Sort(handles)
-			if want := []uint32{own, other}; !slices.Equal(handles, want) && !slices.Equal(handles, []uint32{other, own}) {
-				t.Errorf("filters on %#x: handles %#x, want ours and the other datapath's %#x", parent, handles, want)
+			if len(fs) != 1 || fs[0].Attrs().Handle != otherHandle {
+				t.Errorf("filters on %#x after the next run attached: %+v, want only the other datapath's (handle %#x)", parent, fs, otherHandle)
 			}
 		}
 		return nil
 	})
-	if err := att.Detach(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // addOwnFilters puts on e, for each handle, filters that look like ours

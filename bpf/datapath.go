@@ -53,10 +53,10 @@ type Datapath struct {
 	// of another size (MaxFlows changed) copied into the new one, and
 	// those that did not fit.
 	FlowsCarried, FlowsLost int
-	// staleTCHandles are the tc filter handles of a flow table replaced at
-	// Load (its map ID, resized or not): filters of a run that died with
-	// it count into the kept port tables too, and go at attach.
-	staleTCHandles []uint32
+	// portTableID is the ID of the port slot table, which identifies a
+	// run's pinned tables: a tc filter of a run that died whose program
+	// uses it counts into our tables (deadRunFilters). 0 unpinned.
+	portTableID ebpf.MapID
 
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
 	genMu    sync.Mutex // serializes bumping the deletion generation
@@ -122,14 +122,23 @@ func Load(opts Options) (*Datapath, error) {
 		// Pins left by another version or size: ours by name, so replace
 		// those that do not fit rather than fail forever.
 		var old *ebpf.Map
-		d.PinsReplaced, old, d.staleTCHandles, err = replaceIncompatiblePins(spec, opts.PinPath)
+		d.PinsReplaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
 		d.PinsReset = len(d.PinsReplaced) > 0
+		if old != nil {
+			// The resized flow table is created unpinned; the old one
+			// keeps its pin until its records are in the new one, so that
+			// a failure (a size the kernel refuses, a kill) loses nothing.
+			spec.Maps[nsflowMapNsflowFlows].Pinning = ebpf.PinNone
+		}
 		if err == nil {
 			err = spec.LoadAndAssign(&d.objs, &copts)
 		}
 		if old != nil {
 			if err == nil {
 				d.FlowsCarried, d.FlowsLost, err = carryFlows(old, d.objs.NsflowFlows)
+				if err == nil {
+					err = repin(d.objs.NsflowFlows, filepath.Join(opts.PinPath, nsflowMapNsflowFlows))
+				}
 				if err != nil {
 					d.objs.Close()
 				}
@@ -144,6 +153,13 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("bpf: load: %+v", verr)
 		}
 		return nil, fmt.Errorf("bpf: load: %w", err)
+	}
+	if opts.PinPath != "" {
+		if d.portTableID, err = mapID(d.objs.NsflowPortSlots); err != nil {
+			d.objs.Close()
+			d.clock.Close()
+			return nil, fmt.Errorf("bpf: %w", err)
+		}
 	}
 	d.portSlots = cpuTable[nsflowPortSlot]{d.objs.NsflowPortSlots, portSlots, uint32(cpus)}
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{d.objs.NsflowFlowCache, flowCacheSize, uint32(cpus)}
@@ -169,10 +185,9 @@ func RemovePins(path string) error {
 // replaceIncompatiblePins removes the pins under pinPath that spec cannot
 // reuse, and keeps the rest (port counters do not depend on the flow
 // table's size). A flow table that differs only in size is not lost: it
-// is returned open, for carryFlows. The others are listed as replaced.
-// A replaced flow table's ID is the handle of the tc filters of a run
-// that died with it (staleTC): they count into the kept port tables too.
-func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replaced []string, oldFlows *ebpf.Map, staleTC []uint32, err error) {
+// is returned open, pin kept, for carryFlows and repin. The others are
+// listed as replaced.
+func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replaced []string, oldFlows *ebpf.Map, err error) {
 	for _, name := range mapNames {
 		path := filepath.Join(pinPath, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
@@ -184,31 +199,49 @@ func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replace
 			continue
 		}
 		ms := spec.Maps[name]
-		if err == nil && name == nsflowMapNsflowFlows {
-			if info, ierr := m.Info(); ierr == nil {
-				if id, ok := info.ID(); ok {
-					staleTC = append(staleTC, uint32(id))
-				}
-			}
+		if err == nil && name == nsflowMapNsflowFlows && m.Type() == ms.Type &&
+			m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize && m.Flags() == ms.Flags {
+			oldFlows = m // resized
+			continue
 		}
-		resized := err == nil && name == nsflowMapNsflowFlows && m.Type() == ms.Type &&
-			m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize && m.Flags() == ms.Flags
-		if resized {
-			oldFlows = m
-		} else {
-			replaced = append(replaced, name)
-			if m != nil {
-				m.Close()
-			}
+		replaced = append(replaced, name)
+		if m != nil {
+			m.Close()
 		}
 		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			if oldFlows != nil {
 				oldFlows.Close()
 			}
-			return nil, nil, nil, fmt.Errorf("bpf: remove incompatible pin %s: %w", name, rerr)
+			return nil, nil, fmt.Errorf("bpf: remove incompatible pin %s: %w", name, rerr)
 		}
 	}
-	return replaced, oldFlows, staleTC, nil
+	return replaced, oldFlows, nil
+}
+
+// repin moves the pin at path to m: the old one is removed first, then m
+// pinned (bpffs has no atomic replace). A kill between the two leaves no
+// flow table pinned: the next start creates an empty one.
+func repin(m *ebpf.Map, path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("bpf: unpin the old flow table: %w", err)
+	}
+	if err := m.Pin(path); err != nil {
+		return fmt.Errorf("bpf: pin the resized flow table: %w", err)
+	}
+	return nil
+}
+
+// mapID is the kernel's ID of m.
+func mapID(m *ebpf.Map) (ebpf.MapID, error) {
+	info, err := m.Info()
+	if err != nil {
+		return 0, fmt.Errorf("map info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("map info: the kernel reports no map ID")
+	}
+	return id, nil
 }
 
 // carryFlows copies the records of the flow table old into new, which is

@@ -79,6 +79,11 @@ and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
 	return cmd
 }
 
+// maxFlowsLimit bounds --flows.max well below what the kernel refuses
+// (a hash map of more than about 2^28 entries): 16M records take some
+// GiB of kernel memory already.
+const maxFlowsLimit = 1 << 24
+
 func runAgent(ctx context.Context, f agentFlags) error {
 	level, format := promslog.NewLevel(), promslog.NewFormat()
 	if err := level.Set(f.logLevel); err != nil {
@@ -103,6 +108,8 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	// The agent's zero values are its defaults; on the command line a zero
 	// is a mistake.
 	switch {
+	case f.maxFlows > maxFlowsLimit:
+		return usage(fmt.Errorf("--flows.max: %d is more than %d", f.maxFlows, maxFlowsLimit))
 	case f.maxFlows == 0:
 		return usage(errors.New("--flows.max: 0 is no flow table (the default is " + strconv.Itoa(bpf.DefaultMaxFlows) + ")"))
 	case f.idle < time.Second:

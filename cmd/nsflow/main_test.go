@@ -22,6 +22,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"topology", "graph", "--format"}, "flag needs an argument"},
 		{[]string{"agent", "--netns.gone-retention", "soon"}, "invalid argument"},
 		{[]string{"agent", "--flows.max=0"}, "--flows.max: 0 is no flow table"},
+		{[]string{"agent", "--flows.max=4294967295"}, "--flows.max: 4294967295 is more than 16777216"},
 		{[]string{"agent", "--bpf.attach-mode=xdp"}, "--bpf.attach-mode: unknown mode"},
 		{[]string{"agent", "--netns.include=("}, "--netns.include"},
 		{[]string{"bench", "--pairs", "two"}, "invalid argument"},
