@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"fmt"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -346,6 +348,50 @@ func checkFlowsMatchPorts(t *testing.T, d *Datapath, ports map[PortKey]PortStats
 			if got := sums[pd{p, dir}]; got != ip {
 				t.Errorf("port %+v %s: flows add up to %+v, IP counters %+v", p, dir, got, ip)
 			}
+		}
+	}
+}
+
+// The kernel loops a copy of every multicast and broadcast packet a host
+// sends back to the sender, through the sending interface's tc ingress
+// (pkt_type PACKET_LOOPBACK, no MAC header). The interface's statistics
+// do not count those copies, so nsflow must not either.
+func TestExactMulticastLoopback(t *testing.T) {
+	d := loadForTest(t, Options{})
+	a, b := newTestNS(t), newTestNS(t)
+	ea, eb := vethPair(t, a, b, 3)
+	enableIPv6(t, 3, ea, eb)
+	ws := watch(t, d, ea, eb)
+	baseline(t, d, ws)
+	const n = 20
+	a.do(t, func() error {
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: mustIndex(ea.Ifname), Dst: &net.IPNet{IP: net.IPv4(224, 0, 0, 0), Mask: net.CIDRMask(4, 32)}}); err != nil {
+			return err
+		}
+		for _, dst := range []string{"224.0.0.251:5353", "198.18.3.255:5353", "[ff02::1%" + ea.Ifname + "]:5353"} {
+			c, err := net.Dial("udp", dst)
+			if err != nil {
+				return err
+			}
+			if uc, ok := c.(*net.UDPConn); ok {
+				setsockopt(t, uc, syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
+			}
+			for range n {
+				if _, err := c.Write([]byte("nsflow")); err != nil {
+					c.Close()
+					return fmt.Errorf("%s: %w", dst, err)
+				}
+			}
+			c.Close()
+		}
+		return nil
+	})
+	ports := settle(t, d)
+	for _, w := range ws {
+		s := w.delta(ports[w.att.Key()])
+		checkIfStats(t, w, s, offloadOn)
+		if w == ws[0] && s.Dir(Egress).Packets < 3*n {
+			t.Errorf("%s: %d packets sent counted, want at least %d", w.Ifname, s.Dir(Egress).Packets, 3*n)
 		}
 	}
 }

@@ -30,6 +30,10 @@
 #define ETH_P_8021AD 0x88A8
 #endif
 
+// skb->pkt_type of the copy of a sent multicast or broadcast packet that
+// the kernel loops back to the sender (linux/if_packet.h).
+#define PACKET_LOOPBACK 5
+
 enum dir { DIR_INGRESS, DIR_EGRESS, DIR_MAX };
 enum family { FAM_IPV4, FAM_IPV6, FAM_OTHER, FAM_MAX };
 enum l4 { L4_TCP, L4_UDP, L4_ICMP, L4_OTHER, L4_MAX };
@@ -574,6 +578,12 @@ static __always_inline struct counter *port_counter(__u64 cookie, __u32 ifindex,
 
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 {
+	// The looped-back copy of a packet this host sent passes the sending
+	// interface's ingress without a MAC header; the interface's
+	// statistics do not count it, and neither do we.
+	if (skb->pkt_type == PACKET_LOOPBACK)
+		return TC_ACT_UNSPEC;
+
 	// First, so that its likely cache miss overlaps the parsing.
 	__u64 cookie = netns_cookie(skb);
 	__u32 ifindex = skb->ifindex;
