@@ -312,7 +312,7 @@ func (b *builder) rollback() error {
 		if b.hadState == nil {
 			err = removeState(b.s.Name)
 		} else {
-			err = writeState(b.hadState)
+			err = writeState(b.hadState.without(b.pruned)) // what --prune deleted stays deleted
 		}
 		if err != nil {
 			errs = append(errs, err)

@@ -257,6 +257,12 @@ func TestUpPruneStrays(t *testing.T) {
 	// (SLAAC, DHCP) are theirs.
 	ip(t, "-n", a, "route", "add", "198.18.86.0/24", "via", "198.18.80.2", "proto", "zebra")
 	ip(t, "-n", b, "addr", "add", "198.18.87.9/32", "dev", "lo", "valid_lft", "600", "preferred_lft", "600")
+	// Nor a route through an interface the file does not declare (which
+	// nothing proves is ours, so it stays, with its routes).
+	ip(t, "-n", a, "link", "add", "zz1", "type", "veth", "peer", "name", "zz2")
+	ip(t, "-n", a, "addr", "add", "198.18.88.1/24", "dev", "zz1")
+	ip(t, "-n", a, "link", "set", "zz1", "up")
+	ip(t, "-n", a, "route", "add", "198.18.89.0/24", "via", "198.18.88.2", "dev", "zz1", "onlink")
 	want := []string{
 		"address 198.18.80.2/24 on " + b + "/e1",
 		"address 198.18.82.9/32 on " + b + "/lo",
@@ -298,8 +304,10 @@ func TestUpPruneStrays(t *testing.T) {
 		t.Errorf("b/e1 after prune:\n%s", out)
 	}
 	for _, ns := range []string{a, b} {
-		if out := ipOut(t, "-n", ns, "route", "show", "proto", "boot"); strings.TrimSpace(out) != "" {
-			t.Errorf("%s keeps routes after prune:\n%s", ns, out)
+		for _, r := range strings.Split(strings.TrimSpace(ipOut(t, "-n", ns, "route", "show", "proto", "boot")), "\n") {
+			if r != "" && !strings.Contains(r, "dev zz1") {
+				t.Errorf("%s keeps a route after prune: %q", ns, r)
+			}
 		}
 	}
 	if out := ipOut(t, "-n", a, "route", "show", "proto", "zebra"); !strings.Contains(out, "198.18.86.0/24") {
@@ -308,6 +316,10 @@ func TestUpPruneStrays(t *testing.T) {
 	if out := ipOut(t, "-n", b, "addr", "show", "dev", "lo"); !strings.Contains(out, "198.18.87.9/32") {
 		t.Errorf("prune deleted the address with a lifetime:\n%s", out)
 	}
+	if out := ipOut(t, "-n", a, "route", "show", "dev", "zz1"); !strings.Contains(out, "198.18.89.0/24") {
+		t.Errorf("prune deleted a route through an undeclared interface:\n%s", out)
+	}
+	ip(t, "-n", a, "link", "del", "zz1")
 	if st, err = Show(ctx, after, Options{}); err != nil || len(st.Drift) != 0 {
 		t.Errorf("drift after prune: %q, %v", st.Drift, err)
 	}

@@ -288,7 +288,7 @@ func compare(s *Spec, snaps map[string]*nsSnapshot) *State {
 					drift("%s: route to %s%s%s missing", name, r.To, prefixed(" via ", r.Via), prefixed(" dev ", r.Dev))
 				}
 			}
-			for _, r := range strayRoutes(sn.routes, sn.byIdx, s.Namespaces[i].Routes) {
+			for _, r := range strayRoutes(sn.routes, sn.byIdx, s.Namespaces[i].Routes, byNS[name]) {
 				drift("%s: %s not declared", name, describeRoute(sn.byIdx, r))
 			}
 
@@ -473,7 +473,7 @@ func (st *State) WriteTable(w io.Writer) error {
 		_, err := fmt.Fprintln(w, "\nDRIFT: none, the live state matches the spec")
 		return err
 	}
-	fmt.Fprintf(w, "\nDRIFT: %d differences from the spec\n", len(st.Drift))
+	fmt.Fprintf(w, "\nDRIFT: %d difference(s) from the spec\n", len(st.Drift))
 	for _, d := range st.Drift {
 		fmt.Fprintln(w, "  "+d)
 	}

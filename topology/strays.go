@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -28,11 +29,17 @@ func staticRoute(r netlink.Route) bool {
 }
 
 // strayRoutes returns the static routes of a main table that the spec
-// does not declare.
-func strayRoutes(live []netlink.Route, byIdx map[int]netlink.Link, declared []Route) []netlink.Route {
+// does not declare. A route through an interface the spec does not
+// declare goes with that interface, which nothing proves is ours: not a
+// stray (show reports the interface).
+func strayRoutes(live []netlink.Route, byIdx map[int]netlink.Link, declared []Route, ifaces []Interface) []netlink.Route {
 	var out []netlink.Route
 	for _, r := range live {
 		if !staticRoute(r) {
+			continue
+		}
+		if l, ok := byIdx[r.LinkIndex]; ok && l.Attrs().Name != "lo" &&
+			!slices.ContainsFunc(ifaces, func(i Interface) bool { return i.Name == l.Attrs().Name }) {
 			continue
 		}
 		rs := []RouteState{routeState(byIdx, r)}

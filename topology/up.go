@@ -886,7 +886,7 @@ func (b *builder) strayRoutesAndLoopback(c *nsConn, n Namespace) error {
 	if err != nil {
 		return err
 	}
-	for _, r := range strayRoutes(routes, byIdx, n.Routes) {
+	for _, r := range strayRoutes(routes, byIdx, n.Routes, b.s.NamespaceInterfaces(n.Name)) {
 		desc := fmt.Sprintf("%s in namespace %s", describeRoute(byIdx, r), n.Name)
 		if err := b.stray(desc, func() error { return c.h.RouteDel(&r) }); err != nil {
 			return err

@@ -67,7 +67,7 @@ func TestShowExitCode(t *testing.T) {
 		switch {
 		case tc.code == 0 && err != nil:
 			t.Errorf("%v: %v, want success", tc.args, err)
-		case tc.code != 0 && (!errors.As(err, &ee) || ee.code != tc.code || !strings.Contains(err.Error(), "differences from the file")):
+		case tc.code != 0 && (!errors.As(err, &ee) || ee.code != tc.code || !strings.Contains(err.Error(), "difference(s) from the file")):
 			t.Errorf("%v: %v, want exit status %d", tc.args, err, tc.code)
 		}
 		if !strings.Contains(out.String(), "missing") {

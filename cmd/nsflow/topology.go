@@ -107,7 +107,7 @@ func newTopologyUpCmd(f *topologyFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 0, "namespaces built at once (0: a default for this machine)")
-	cmd.Flags().BoolVar(&prune, "prune", false, "also delete the namespaces and host interfaces the topology owns but the file no longer declares")
+	cmd.Flags().BoolVar(&prune, "prune", false, "also delete what the topology owns but the file no longer declares: namespaces and host interfaces, static routes and permanent addresses")
 	return cmd
 }
 
@@ -150,13 +150,13 @@ func newTopologyShowCmd(f *topologyFlags) *cobra.Command {
 				return err
 			}
 			if exitCode && len(st.Drift) > 0 {
-				return &exitError{1, fmt.Errorf("topology %s: %d differences from the file", s.Name, len(st.Drift))}
+				return &exitError{1, fmt.Errorf("topology %s: %d difference(s) from the file", s.Name, len(st.Drift))}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
-	cmd.Flags().BoolVar(&exitCode, "exit-code", false, "exit with status 1 when the live state differs from the file (for scripts and CI)")
+	cmd.Flags().BoolVar(&exitCode, "exit-code", false, "exit with status 1 when the live state differs from the file, 2 when it cannot tell (for scripts and CI)")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
