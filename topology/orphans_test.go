@@ -512,6 +512,9 @@ func TestConcurrentRunsRefused(t *testing.T) {
 	if got := hostObjects(t, prefixOf(s)); len(got) != 0 {
 		t.Errorf("a refused run changed the host: %q", got)
 	}
+	if _, err := Show(ctx, s, Options{}); err == nil || !strings.Contains(err.Error(), "is running: its state is changing") {
+		t.Errorf("show while a run holds the lock: %v", err)
+	}
 	unlock()
 	if _, err := Up(ctx, s, Options{}); err != nil {
 		t.Fatal(err)

@@ -79,6 +79,9 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
+	if err := checkNoRun(s.Name); err != nil {
+		return nil, err
+	}
 	host, err := openHost()
 	if err != nil {
 		return nil, err
@@ -133,6 +136,10 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 	}
 	overlaps, err := hostOverlaps(host, s)
 	if err != nil {
+		return nil, err
+	}
+	// An up or down that began while the state was read: it may be half.
+	if err := checkNoRun(s.Name); err != nil {
 		return nil, err
 	}
 	st := compare(s, snaps)

@@ -158,3 +158,23 @@ func lockTopology(name string) (unlock func(), err error) {
 		f.Close()
 	}
 }
+
+// checkNoRun fails while an up or down of the topology runs (holds its
+// lock): what show would read is changing under it.
+func checkNoRun(name string) error {
+	f, err := os.Open(lockPath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("an nsflow up or down of topology %s is running: its state is changing", name)
+		}
+		return fmt.Errorf("lock %s: %w", lockPath(name), err)
+	}
+	return nil // closing f releases the shared lock
+}
