@@ -252,6 +252,9 @@ func TestUpPruneStrays(t *testing.T) {
 	}
 	a, b := p+"a", p+"b"
 	ip(t, "-n", a, "route", "add", "198.18.81.0/24", "via", "198.18.80.2")
+	// The declared route to 198.18.90.0/24 again, with another metric: not
+	// the declared one (whose metric is the default).
+	ip(t, "-n", a, "route", "add", "198.18.90.0/24", "via", "198.18.80.2", "metric", "10")
 	ip(t, "-n", b, "addr", "add", "198.18.82.9/32", "dev", "lo")
 	// Not strays: a routing daemon's route and an address with a lifetime
 	// (SLAAC, DHCP) are theirs.
@@ -268,6 +271,7 @@ func TestUpPruneStrays(t *testing.T) {
 		"address 198.18.82.9/32 on " + b + "/lo",
 		"route to 198.18.81.0/24 via 198.18.80.2 dev e1 in namespace " + a,
 		"route to 198.18.90.0/24 via 198.18.80.2 dev e1 in namespace " + a,
+		"route to 198.18.90.0/24 via 198.18.80.2 dev e1 metric 10 in namespace " + a,
 	}
 	res, err := Up(ctx, after, Options{})
 	if err != nil {

@@ -57,6 +57,9 @@ type RouteState struct {
 	To  string `json:"to"`
 	Via string `json:"via,omitempty"`
 	Dev string `json:"dev,omitempty"`
+	// Metric is set when it is not the family's default (IPv4 0, IPv6
+	// 1024), the metric of every route the file declares.
+	Metric int `json:"metric,omitempty"`
 }
 
 // nsSnapshot is what Show reads from one namespace.
@@ -421,6 +424,13 @@ func routeState(byIdx map[int]netlink.Link, r netlink.Route) RouteState {
 	if l, ok := byIdx[r.LinkIndex]; ok {
 		rs.Dev = l.Attrs().Name
 	}
+	def := 0
+	if r.Family == netlink.FAMILY_V6 {
+		def = 1024 // what the kernel gives an IPv6 route without one
+	}
+	if r.Priority != def {
+		rs.Metric = r.Priority
+	}
 	return rs
 }
 
@@ -431,7 +441,7 @@ func hasRoute(live []RouteState, r Route) bool {
 		to = n.String()
 	}
 	for _, l := range live {
-		if l.To == to && (r.Via == "" || net.ParseIP(r.Via).Equal(net.ParseIP(l.Via))) && (r.Dev == "" || l.Dev == r.Dev) {
+		if l.To == to && l.Metric == 0 && (r.Via == "" || net.ParseIP(r.Via).Equal(net.ParseIP(l.Via))) && (r.Dev == "" || l.Dev == r.Dev) {
 			return true
 		}
 	}

@@ -60,7 +60,11 @@ func strayRoutes(live []netlink.Route, byIdx map[int]netlink.Link, declared []Ro
 // describeRoute names a route as the file would declare it.
 func describeRoute(byIdx map[int]netlink.Link, r netlink.Route) string {
 	rs := routeState(byIdx, r)
-	return "route to " + rs.To + prefixed(" via ", rs.Via) + prefixed(" dev ", rs.Dev)
+	d := "route to " + rs.To + prefixed(" via ", rs.Via) + prefixed(" dev ", rs.Dev)
+	if rs.Metric != 0 {
+		d += fmt.Sprintf(" metric %d", rs.Metric)
+	}
+	return d
 }
 
 // loopbackOwn are the addresses every loopback has.
