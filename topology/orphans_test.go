@@ -533,3 +533,38 @@ func TestConcurrentRunsRefused(t *testing.T) {
 		t.Errorf("lock file left after down: %v", err)
 	}
 }
+
+// TestRenamedNamespaceSaysPrune renames a namespace in the file: a plain
+// up cannot rewire the veth whose far end is in the old namespace, and
+// says that up --prune (not down) is the way; up --prune then converges.
+func TestRenamedNamespaceSaysPrune(t *testing.T) {
+	ctx := context.Background()
+	const before = `
+name: ren
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.92.1/30]}, {namespace: b, interface: e1, addresses: [198.18.92.2/30]}]
+`
+	s := prefixedSpec(t, before)
+	after, err := Parse([]byte(strings.NewReplacer("name: b", "name: d", "namespace: b", "namespace: d").Replace(before)))
+	if err == nil {
+		after, err = after.WithPrefix(prefixOf(s))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Up(ctx, after, Options{})
+	want := "in namespace " + prefixOf(s) + "b, which the topology owns but no longer declares: run up --prune"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("up after the rename: %v; want it to say %q", err, want)
+	}
+	if _, err := Up(ctx, after, Options{Prune: true}); err != nil {
+		t.Fatalf("up --prune after the rename: %v", err)
+	}
+	if st, err := Show(ctx, after, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("drift after up --prune: %q, %v", st.Drift, err)
+	}
+}

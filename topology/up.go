@@ -596,7 +596,13 @@ func (b *builder) link(i int) error {
 			return lp.fail(errors.Join(lone, err))
 		}
 		if peer != "" {
+			if pns, pname, _ := strings.Cut(peer, ":"); pns == HostNamespace && slices.Contains(b.orphans.hostIfs, pname) {
+				return lp.fail(fmt.Errorf("interface %s in namespace %s is paired with %s, which the topology owns but no longer declares: run up --prune", name, ns, peer))
+			}
 			return lp.fail(fmt.Errorf("interface %s in namespace %s is paired with %s, not with the declared peer: run down first", name, ns, peer))
+		}
+		if orphan := b.orphanPeerNetns(c, l); orphan != "" {
+			return lp.fail(fmt.Errorf("interface %s in namespace %s is paired with an interface in namespace %s, which the topology owns but no longer declares: run up --prune", name, ns, orphan))
 		}
 		if b.checkOwned(ns, l, "veth") != nil || (l.Attrs().Alias != b.marker && l.Attrs().NetNsID != nsidDying) {
 			return lp.fail(lone)
@@ -677,6 +683,26 @@ func (b *builder) peerInTopology(c *nsConn, l netlink.Link) (string, error) {
 		return oc.name + ":" + p.Attrs().Name, nil
 	}
 	return "", nil
+}
+
+// orphanPeerNetns returns the orphan namespace (owned, no longer
+// declared) that the peer of the veth l, in c's namespace, is in, or "".
+func (b *builder) orphanPeerNetns(c *nsConn, l netlink.Link) string {
+	if l.Attrs().NetNsID < 0 {
+		return ""
+	}
+	for _, name := range b.orphans.namespaces {
+		oc, err := openIfPresent(name, b.s.NetnsPath(name))
+		if oc == nil || err != nil {
+			continue
+		}
+		id, err := c.h.GetNetNsIdByFd(oc.fd)
+		oc.close()
+		if err == nil && id == l.Attrs().NetNsID {
+			return name
+		}
+	}
+	return ""
 }
 
 // arePeers reports whether the veth l, in c's namespace, and p, in pc's,
