@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // hostWaitTimeout bounds how long teardown waits for the kernel to destroy
@@ -285,6 +286,11 @@ func (b *builder) rollback() error {
 		}
 		if err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete %s in namespace %s: %w", r.name, r.ns, err))
+		}
+	}
+	for _, undo := range slices.Backward(b.undo) {
+		if err := undo(); err != nil && !isNotFound(err) && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("undo a change to what existed: %w", err))
 		}
 	}
 	for _, u := range b.sysctlUndo {

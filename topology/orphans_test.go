@@ -568,3 +568,45 @@ links:
 		t.Errorf("drift after up --prune: %q, %v", st.Drift, err)
 	}
 }
+
+// TestUpRollsBackAddresses: a failed up removes the addresses it added
+// to interfaces that existed before it, not only what it created.
+func TestUpRollsBackAddresses(t *testing.T) {
+	ctx := context.Background()
+	const before = `
+name: rba
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.93.1/30]}, {namespace: b, interface: e1, addresses: [198.18.93.2/30]}]
+`
+	s := prefixedSpec(t, before)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	// The edit adds an address to a's existing e1 (link 0), then a link
+	// between two new namespaces (link 1), after which the injected
+	// failure hits; one worker keeps that order.
+	after, err := Parse([]byte(`
+name: rba
+namespaces: [{name: a}, {name: b}, {name: c}, {name: d}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.93.1/30, 198.18.94.1/24]}, {namespace: b, interface: e1, addresses: [198.18.93.2/30]}]
+  - endpoints: [{namespace: c, interface: e1}, {namespace: d, interface: e1}]
+`))
+	if err == nil {
+		after, err = after.WithPrefix(prefixOf(s))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Up(ctx, after, Options{Workers: 1, failAfter: 4})
+	if err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("up with an injected failure: %v", err)
+	}
+	if out := ipOut(t, "-n", prefixOf(s)+"a", "-4", "-o", "addr", "show", "dev", "e1"); strings.Contains(out, "198.18.94.1") {
+		t.Errorf("the address added to an existing interface survived the rollback:\n%s", out)
+	}
+	if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("drift of the old file after the rollback: %q, %v", st.Drift, err)
+	}
+}

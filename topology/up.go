@@ -165,8 +165,10 @@ type builder struct {
 	hadState   *stateRecord // the record before the run; rollback restores it
 	wroteState bool
 	// sysctlUndo are the values this run replaced in namespaces that
-	// existed before it, for rollback.
+	// existed before it, and undo removes the addresses and routes it
+	// added there, for rollback (under mu).
 	sysctlUndo []sysctlUndo
+	undo       []func() error
 	// adopted are unmarked host veth ends found to be the topology's
 	// (unmarkedEnds), to be marked.
 	adopted map[string]bool
@@ -875,13 +877,37 @@ func (b *builder) ensureAddrs(c *nsConn, l netlink.Link, addrs []string) error {
 }
 
 // addAddrs adds addresses to a link known not to have them.
+// Addresses added to an interface that existed before the run are
+// removed again by a rollback (those of interfaces it created go with
+// them).
 func (b *builder) addAddrs(c *nsConn, l netlink.Link, addrs []string) error {
 	for _, a := range addrs {
-		if err := c.h.AddrAdd(l, nlAddr(netip.MustParsePrefix(a))); err != nil {
+		addr := nlAddr(netip.MustParsePrefix(a))
+		if err := c.h.AddrAdd(l, addr); err != nil {
 			return fmt.Errorf("add address %s to %s: %w", a, l.Attrs().Name, err)
+		}
+		if !b.createdHere(c.name, l) {
+			b.onRollback(func() error { return c.h.AddrDel(l, addr) })
 		}
 	}
 	return nil
+}
+
+// createdHere reports whether this run created l (or its namespace).
+func (b *builder) createdHere(ns string, l netlink.Link) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fresh[ns] {
+		return true
+	}
+	return slices.ContainsFunc(b.createdIfs, func(r ifRef) bool { return r.ns == ns && r.index == l.Attrs().Index })
+}
+
+// onRollback records how to undo a change to what existed before the run.
+func (b *builder) onRollback(undo func() error) {
+	b.mu.Lock()
+	b.undo = append(b.undo, undo)
+	b.mu.Unlock()
 }
 
 // routes converges namespace i's routes. Only the namespaces the topology
@@ -950,6 +976,9 @@ func (b *builder) route(c *nsConn, ns string, r Route) error {
 		return err
 	}
 	err = c.h.RouteAdd(rt)
+	if err == nil && !b.fresh[ns] {
+		b.onRollback(func() error { return c.h.RouteDel(rt) })
+	}
 	if errors.Is(err, unix.EEXIST) {
 		var present bool
 		if present, err = hasLiveRoute(c, rt.Family, r); err == nil {
