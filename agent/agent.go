@@ -30,8 +30,9 @@ type Agent struct {
 	log *slog.Logger
 	dp  *bpf.Datapath
 	mon *discovery.Monitor
-	// pinLock holds the pin directory's lock (nil without pinning).
-	pinLock *os.File
+	// locks hold the pin directory and the state file (none without
+	// pinning) for as long as the agent runs.
+	locks fileLocks
 
 	linkEvents chan discovery.LinkEvent
 	jobs       chan func() func()
@@ -93,28 +94,33 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	var pinLock *os.File
+	var locks fileLocks
 	if cfg.PinPath != "" {
 		if err := checkBPFFS(cfg.PinPath); err != nil {
 			return nil, err
 		}
-		var err error
-		if pinLock, err = lockPinPath(cfg.PinPath); err != nil {
+		if err := locks.take(lockPinPath(cfg.PinPath)); err != nil {
 			return nil, err
 		}
 		if err := checkWritable(cfg.StateFile); err != nil {
-			pinLock.Close()
+			locks.release()
+			return nil, err
+		}
+		// Two agents on one state file (with pin paths of their own)
+		// would overwrite each other's totals.
+		if err := locks.take(lockStateFile(cfg.StateFile)); err != nil {
+			locks.release()
 			return nil, err
 		}
 	}
 	book, err := newFlowBook(cfg)
 	if err != nil {
-		pinLock.Close()
+		locks.release()
 		return nil, err
 	}
 	dp, err := bpf.Load(bpf.Options{PinPath: cfg.PinPath, MaxFlows: cfg.MaxFlows, ForceMode: cfg.AttachMode})
 	if err != nil {
-		pinLock.Close()
+		locks.release()
 		return nil, err
 	}
 	if dp.PinsReset {
@@ -129,7 +135,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logger.Info("flow table resized (--flows.max): every record carried over", "carried", dp.FlowsCarried, "capacity", dp.FlowCapacity())
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Logger, dp: dp, book: book, pinLock: pinLock,
+		cfg: cfg, log: cfg.Logger, dp: dp, book: book, locks: locks,
 		linkEvents: make(chan discovery.LinkEvent, 4096),
 		jobs:       make(chan func() func()),
 		results:    make(chan func(), 64),
@@ -142,7 +148,7 @@ func New(cfg Config) (*Agent, error) {
 	a.deleteFlows = dp.DeleteFlows
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
-		pinLock.Close()
+		locks.release()
 		return nil, err
 	}
 	if err := a.book.recover(dp); err != nil {
@@ -171,6 +177,40 @@ func lockPinPath(pinPath string) (*os.File, error) {
 		return nil, fmt.Errorf("pin path %s: lock: %w", pinPath, err)
 	}
 	return f, nil
+}
+
+// lockStateFile takes an exclusive lock beside the state file (FILE.lock).
+func lockStateFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state file %s: lock: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state file %s is in use by another nsflow agent: give this one its own --state.file", path)
+		}
+		return nil, fmt.Errorf("state file %s: lock: %w", path, err)
+	}
+	return f, nil
+}
+
+// fileLocks are open files holding flock locks.
+type fileLocks []*os.File
+
+// take adds the lock f, or returns err.
+func (l *fileLocks) take(f *os.File, err error) error {
+	if err != nil {
+		return err
+	}
+	*l = append(*l, f)
+	return nil
+}
+
+func (l fileLocks) release() {
+	for _, f := range l {
+		f.Close()
+	}
 }
 
 // checkWritable makes sure the state file can be written, at start: the
@@ -670,7 +710,7 @@ func (a *Agent) shutdown() error {
 	if err := a.dp.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	a.pinLock.Close() // after the maps: the next agent may take them
+	a.locks.release() // after the maps: the next agent may take them
 	a.log.Info("detached and stopped")
 	return errors.Join(errs...)
 }

@@ -33,6 +33,13 @@ func TestBadInput(t *testing.T) {
 	}
 	defer lock.Close()
 	free, _ := pins(t)
+	// A state file another agent holds (its lock taken here).
+	free2, heldState := pins(t)
+	stateLock, err := lockStateFile(heldState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stateLock.Close()
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -55,6 +62,7 @@ func TestBadInput(t *testing.T) {
 		{"listen address", []string{"--web.listen-address=256.0.0.1:1"}, "--web.listen-address"},
 		{"pin path in use", []string{"--bpf.pin-path=" + held, "--state.file=" + filepath.Join(dir, "s.json")}, "pin path " + held + " is in use by another nsflow agent"},
 		{"state file not writable", []string{"--bpf.pin-path=" + free, "--state.file=/proc/nope/state.json"}, "state file /proc/nope/state.json cannot be written"},
+		{"state file in use", []string{"--bpf.pin-path=" + free2, "--state.file=" + heldState}, "state file " + heldState + " is in use by another nsflow agent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"agent", "--web.listen-address=127.0.0.1:0", "--netns.include=^$"}, tc.args...)
