@@ -95,33 +95,40 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	var locks fileLocks
+	// A start that fails leaves no pin directory it created.
+	fail := func(err error) (*Agent, error) {
+		if locks.createdPinPath {
+			_ = bpf.RemovePins(cfg.PinPath)
+		}
+		locks.release()
+		return nil, err
+	}
 	if cfg.PinPath != "" {
 		if err := checkBPFFS(cfg.PinPath); err != nil {
 			return nil, err
 		}
+		if _, err := os.Stat(cfg.PinPath); errors.Is(err, os.ErrNotExist) {
+			locks.createdPinPath = true
+		}
 		if err := locks.take(lockPinPath(cfg.PinPath)); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if err := checkWritable(cfg.StateFile); err != nil {
-			locks.release()
-			return nil, err
+			return fail(err)
 		}
 		// Two agents on one state file (with pin paths of their own)
 		// would overwrite each other's totals.
 		if err := locks.take(lockStateFile(cfg.StateFile)); err != nil {
-			locks.release()
-			return nil, err
+			return fail(err)
 		}
 	}
 	book, err := newFlowBook(cfg)
 	if err != nil {
-		locks.release()
-		return nil, err
+		return fail(err)
 	}
 	dp, err := bpf.Load(bpf.Options{PinPath: cfg.PinPath, MaxFlows: cfg.MaxFlows, ForceMode: cfg.AttachMode})
 	if err != nil {
-		locks.release()
-		return nil, err
+		return fail(err)
 	}
 	if dp.PinsReset {
 		cfg.Logger.Warn("pinned maps of another layout (another nsflow version) were replaced; their counters restart",
@@ -148,8 +155,7 @@ func New(cfg Config) (*Agent, error) {
 	a.deleteFlows = dp.DeleteFlows
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
-		locks.release()
-		return nil, err
+		return fail(err)
 	}
 	if err := a.book.recover(dp); err != nil {
 		a.log.Warn("recovering interrupted flow eviction", "err", err)
@@ -195,22 +201,27 @@ func lockStateFile(path string) (*os.File, error) {
 	return f, nil
 }
 
-// fileLocks are open files holding flock locks.
-type fileLocks []*os.File
+// fileLocks are open files holding flock locks, and whether this start
+// created the pin directory.
+type fileLocks struct {
+	files          []*os.File
+	createdPinPath bool
+}
 
 // take adds the lock f, or returns err.
 func (l *fileLocks) take(f *os.File, err error) error {
 	if err != nil {
 		return err
 	}
-	*l = append(*l, f)
+	l.files = append(l.files, f)
 	return nil
 }
 
-func (l fileLocks) release() {
-	for _, f := range l {
+func (l *fileLocks) release() {
+	for _, f := range l.files {
 		f.Close()
 	}
+	l.files = nil
 }
 
 // checkWritable makes sure the state file can be written, at start: the

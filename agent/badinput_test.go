@@ -95,6 +95,11 @@ func TestBadInput(t *testing.T) {
 	if _, err := os.Stat(notBPF); err == nil {
 		t.Errorf("pin directory %s created on a non-bpf filesystem", notBPF)
 	}
+	for _, dir := range []string{free, free2} {
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("a refused start left the pin directory %s it created", dir)
+		}
+	}
 }
 
 // TestVanishingNamespaces deletes namespaces while the agent is still
