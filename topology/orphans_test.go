@@ -610,3 +610,30 @@ links:
 		t.Errorf("drift of the old file after the rollback: %q, %v", st.Drift, err)
 	}
 }
+
+// TestUpRollsBackIPv6Route: a failed up removes the IPv6 route it added
+// to an existing namespace by its exact metric, and keeps a route to the
+// same destination that was there before with another metric.
+func TestUpRollsBackIPv6Route(t *testing.T) {
+	ctx := context.Background()
+	const spec = `
+name: rb6
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: ["fd00:97::1/64"]}, {namespace: b, interface: e1, addresses: ["fd00:97::2/64"]}]
+`
+	s := prefixedSpec(t, spec)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a := prefixOf(s) + "a"
+	ip(t, "-n", a, "-6", "route", "add", "fd00:96::/64", "via", "fd00:97::2", "metric", "10")
+	s.Namespaces[0].Routes = []Route{{To: "fd00:96::/64", Via: "fd00:97::2"}}
+	if _, err := Up(ctx, s, Options{Workers: 1, failRoutes: true}); err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("up with a failure after the routes: %v", err)
+	}
+	out := ipOut(t, "-n", a, "-6", "route", "show", "fd00:96::/64")
+	if !strings.Contains(out, "metric 10") || strings.Contains(out, "metric 1024") {
+		t.Errorf("routes to fd00:96::/64 after the rollback, want only the one from before (metric 10):\n%s", out)
+	}
+}

@@ -29,8 +29,10 @@ type Options struct {
 	Prune bool
 
 	// failAfter, when positive, makes Up fail once that many objects have
-	// been created: the tests' way to inject a failure mid-build.
-	failAfter int64
+	// been created: the tests' way to inject a failure mid-build;
+	// failRoutes makes it fail after the routes of the first namespace.
+	failAfter  int64
+	failRoutes bool
 }
 
 func (o Options) workers() int {
@@ -920,6 +922,9 @@ func (b *builder) routes(i int) error {
 			return fmt.Errorf("namespaces[%d].routes[%d] (%s to %s): %w", i, j, n.Name, r.To, err)
 		}
 	}
+	if b.opts.failRoutes {
+		return errors.New("injected failure after the routes")
+	}
 	if b.fresh[n.Name] {
 		return nil // nothing in it predates this run
 	}
@@ -977,7 +982,14 @@ func (b *builder) route(c *nsConn, ns string, r Route) error {
 	}
 	err = c.h.RouteAdd(rt)
 	if err == nil && !b.fresh[ns] {
-		b.onRollback(func() error { return c.h.RouteDel(rt) })
+		// Deleted by its exact metric: a delete without one takes the
+		// first route to the destination, which may be another of a lower
+		// metric (IPv6 gives ours 1024).
+		del := *rt
+		if del.Family == netlink.FAMILY_V6 && del.Priority == 0 {
+			del.Priority = 1024
+		}
+		b.onRollback(func() error { return c.h.RouteDel(&del) })
 	}
 	if errors.Is(err, unix.EEXIST) {
 		var present bool
