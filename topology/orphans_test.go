@@ -3,12 +3,14 @@ package topology
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -520,8 +522,18 @@ func TestConcurrentRunsRefused(t *testing.T) {
 		t.Errorf("show while a run holds the lock: %v", err)
 	}
 	unlock()
-	if _, err := Up(ctx, s, Options{}); err != nil {
+	// A show's probe of the lock (shared, for moments) makes an up wait,
+	// not fail.
+	probe, err := os.OpenFile(lockPath(s.Name), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if err := unix.Flock(int(probe.Fd()), unix.LOCK_SH); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(50*time.Millisecond, func() { probe.Close() })
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatalf("up during a show's probe of the lock: %v", err)
 	}
 	if _, err := os.Stat(lockPath(s.Name)); err != nil {
 		t.Errorf("lock file of a topology that is up: %v", err)

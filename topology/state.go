@@ -12,8 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// StateDir holds one state record per topology that is up.
-const StateDir = "/run/nsflow"
+// StateDir holds one state record (and lock file) per topology that is
+// up. It is a directory of its own: beside the agent's files in
+// /run/nsflow, a topology could be named like one of them.
+const StateDir = "/run/nsflow/topology"
 
 // stateRecord lists what a topology may own, written before anything is
 // created so that a crash mid-build still leaves a record for down.
@@ -135,7 +137,7 @@ func lockTopology(name string) (unlock func(), err error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err := flockSoon(f); err != nil {
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return nil, fmt.Errorf("another nsflow up or down of topology %s is running (it holds %s)", name, path)
@@ -177,4 +179,18 @@ func checkNoRun(name string) error {
 		return fmt.Errorf("lock %s: %w", lockPath(name), err)
 	}
 	return nil // closing f releases the shared lock
+}
+
+// flockSoon takes an exclusive lock on f, waiting up to 200 ms: a show
+// probes the lock (checkNoRun) for microseconds, and must not make an up
+// or down fail; another up or down holds it for longer.
+func flockSoon(f *os.File) error {
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
