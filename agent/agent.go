@@ -107,12 +107,11 @@ func New(cfg Config) (*Agent, error) {
 		if err := checkBPFFS(cfg.PinPath); err != nil {
 			return nil, err
 		}
-		if _, err := os.Stat(cfg.PinPath); errors.Is(err, os.ErrNotExist) {
-			locks.createdPinPath = true
+		f, created, err := lockPinPath(cfg.PinPath)
+		if err != nil {
+			return nil, err // the directory may be another agent's now
 		}
-		if err := locks.take(lockPinPath(cfg.PinPath)); err != nil {
-			return fail(err)
-		}
+		locks.files, locks.createdPinPath = append(locks.files, f), created
 		if err := checkWritable(cfg.StateFile); err != nil {
 			return fail(err)
 		}
@@ -167,22 +166,28 @@ func New(cfg Config) (*Agent, error) {
 // the agent runs. Two agents on one pin path share the maps: each counts
 // every packet (both attach), and the second's start deletes the first
 // one's port counters.
-func lockPinPath(pinPath string) (*os.File, error) {
-	if err := os.MkdirAll(pinPath, 0o700); err != nil {
-		return nil, fmt.Errorf("pin path %s: %w", pinPath, err)
+// It reports whether it created the directory.
+func lockPinPath(pinPath string) (_ *os.File, created bool, _ error) {
+	if err := os.MkdirAll(filepath.Dir(pinPath), 0o700); err != nil {
+		return nil, false, fmt.Errorf("pin path %s: %w", pinPath, err)
+	}
+	err := os.Mkdir(pinPath, 0o700)
+	created = err == nil
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, false, fmt.Errorf("pin path %s: %w", pinPath, err)
 	}
 	f, err := os.Open(pinPath)
 	if err != nil {
-		return nil, fmt.Errorf("pin path %s: %w", pinPath, err)
+		return nil, false, fmt.Errorf("pin path %s: %w", pinPath, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("pin path %s is in use by another nsflow agent: give this one its own --bpf.pin-path (and --state.file)", pinPath)
+			return nil, false, fmt.Errorf("pin path %s is in use by another nsflow agent: give this one its own --bpf.pin-path (and --state.file)", pinPath)
 		}
-		return nil, fmt.Errorf("pin path %s: lock: %w", pinPath, err)
+		return nil, false, fmt.Errorf("pin path %s: lock: %w", pinPath, err)
 	}
-	return f, nil
+	return f, created, nil
 }
 
 // lockStateFile takes an exclusive lock beside the state file (FILE.lock).

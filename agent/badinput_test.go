@@ -27,7 +27,7 @@ func TestBadInput(t *testing.T) {
 	notBPF := filepath.Join(dir, "pins", "nsflow")
 	// A pin path another agent holds (its lock taken here), and one free.
 	held, _ := pins(t)
-	lock, err := lockPinPath(held)
+	lock, _, err := lockPinPath(held)
 	if err != nil {
 		t.Fatal(err)
 	}

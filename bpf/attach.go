@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsflow/nsflow/internal/nsenter"
 )
@@ -146,7 +147,7 @@ func (a *Attachment) attachTCX() error {
 	// A run that died in tc mode may have left filters counting into our
 	// pinned tables here.
 	if a.d.portTableID != 0 {
-		h, err := netlink.NewHandle() // this thread is in the interface's namespace
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // this thread is in the interface's namespace
 		if err == nil {
 			var l netlink.Link
 			if l, err = h.LinkByIndex(a.Ifindex); err == nil {

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -55,7 +56,7 @@ func (d *Datapath) tcHandle() (uint32, error) {
 var tcParents = [2]uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS}
 
 func (a *Attachment) attachTC() error {
-	h, err := netlink.NewHandle() // bound to the current thread's namespace
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // bound to the current thread's namespace
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
@@ -154,7 +155,11 @@ func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep 
 			if !ok || bf.Priority != tcPriority || !strings.HasPrefix(bf.Name, tcName) || slices.Contains(keep, ebpf.ProgramID(bf.Id)) {
 				continue
 			}
-			if !progUsesMap(ebpf.ProgramID(bf.Id), d.portTableID) {
+			uses, err := progUsesMap(ebpf.ProgramID(bf.Id), d.portTableID)
+			if err != nil {
+				return fmt.Errorf("tc filter %#x: %w", bf.Handle, err)
+			}
+			if !uses {
 				continue
 			}
 			if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -166,18 +171,26 @@ func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep 
 }
 
 // progUsesMap reports whether the program with id uses the map with id m.
-func progUsesMap(id ebpf.ProgramID, m ebpf.MapID) bool {
+// A program gone meanwhile uses nothing; one that cannot be inspected is
+// an error, not a filter to keep in silence.
+func progUsesMap(id ebpf.ProgramID, m ebpf.MapID) (bool, error) {
 	p, err := ebpf.NewProgramFromID(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, fmt.Errorf("open program %d: %w", id, err)
 	}
 	defer p.Close()
 	info, err := p.Info()
 	if err != nil {
-		return false
+		return false, fmt.Errorf("program %d info: %w", id, err)
 	}
-	ids, _ := info.MapIDs()
-	return slices.Contains(ids, m)
+	ids, ok := info.MapIDs()
+	if !ok {
+		return false, fmt.Errorf("program %d: the kernel reports no map IDs", id)
+	}
+	return slices.Contains(ids, m), nil
 }
 
 // ensureClsact adds a clsact qdisc unless the interface has one, and
@@ -217,7 +230,7 @@ func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.P
 
 // detach runs inside the attachment's namespace.
 func (t *tcAttachment) detach() error {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}

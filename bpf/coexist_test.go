@@ -3,6 +3,7 @@ package bpf
 import (
 	"github.com/nsflow/nsflow/internal/testenv"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -231,6 +232,12 @@ func TestTCTwoDatapaths(t *testing.T) {
 // every packet a second time. A filter of a datapath with tables of its
 // own stays.
 func TestDeadRunFiltersRemoved(t *testing.T) {
+	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) { testDeadRunFiltersRemoved(t, mode) })
+	}
+}
+
+func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode) {
 	testenv.RequireBPFFS(t)
 	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
 	t.Cleanup(func() { RemovePins(dir) })
@@ -254,7 +261,7 @@ func TestDeadRunFiltersRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	next, err := Load(Options{PinPath: dir, MaxFlows: 128})
+	next, err := Load(Options{PinPath: dir, MaxFlows: 128, ForceMode: mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,9 +270,18 @@ func TestDeadRunFiltersRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if att.Mode != ModeTCX {
-		t.Fatalf("mode %s, want tcx", att.Mode)
+	if att.Mode != mode {
+		t.Fatalf("mode %s, want %s", att.Mode, mode)
 	}
+	want := []uint32{otherHandle}
+	if mode == ModeTC {
+		h, err := next.tcHandle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, h)
+	}
+	slices.Sort(want)
 	ea.NS.do(t, func() error {
 		l, err := netlink.LinkByName(ea.Ifname)
 		if err != nil {
@@ -276,8 +292,13 @@ func TestDeadRunFiltersRemoved(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if len(fs) != 1 || fs[0].Attrs().Handle != otherHandle {
-				t.Errorf("filters on %#x after the next run attached: %+v, want only the other datapath's (handle %#x)", parent, fs, otherHandle)
+			var got []uint32
+			for _, f := range fs {
+				got = append(got, f.Attrs().Handle)
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, want) {
+				t.Errorf("filters on %#x after the next run attached: handles %#x, want %#x (the other datapath's, and the next run's own in tc mode)", parent, got, want)
 			}
 		}
 		return nil

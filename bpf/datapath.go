@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -218,18 +219,27 @@ func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replace
 	return replaced, oldFlows, nil
 }
 
-// repin moves the pin at path to m: the old one is removed first, then m
-// pinned (bpffs has no atomic replace). A kill between the two leaves no
-// flow table pinned: the next start creates an empty one.
+// repin puts m at the pin path of the map it replaces: pinned under a
+// temporary name, then renamed over the old pin, which bpffs does
+// atomically, so that at every moment one of the two tables is pinned.
 func repin(m *ebpf.Map, path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("bpf: unpin the old flow table: %w", err)
+	tmp := path + resizingSuffix
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("bpf: remove a stale pin: %w", err)
 	}
-	if err := m.Pin(path); err != nil {
+	if err := m.Pin(tmp); err != nil {
+		return fmt.Errorf("bpf: pin the resized flow table: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("bpf: pin the resized flow table: %w", err)
 	}
 	return nil
 }
+
+// resizingSuffix names the pin of a resized flow table until it replaces
+// the old one (repin); RemovePins removes it too.
+const resizingSuffix = "_resizing" // bpffs refuses dots in names
 
 // mapID is the kernel's ID of m.
 func mapID(m *ebpf.Map) (ebpf.MapID, error) {
@@ -272,7 +282,7 @@ func carryFlows(old, new *ebpf.Map) (carried, lost int, err error) {
 
 func removeOwnPins(path string) error {
 	var errs []error
-	for _, name := range mapNames {
+	for _, name := range append(slices.Clone(mapNames), nsflowMapNsflowFlows+resizingSuffix) {
 		if err := os.Remove(filepath.Join(path, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("bpf: remove pin: %w", err))
 		}
