@@ -46,7 +46,9 @@ type Settings struct {
 	Duration time.Duration   `json:"duration_ns"`
 	Protos   []traffic.Proto `json:"protos"`
 	// Size is --size: the Ethernet frame size for UDP (FCS included, so
-	// 64 means the classic 64-byte packet), the write size for TCP.
+	// 64 means the classic 64-byte packet), the write size for TCP; 0
+	// when not given, each protocol its default. Each case has its own
+	// payload and frame.
 	Size   int `json:"size"`
 	Rounds int `json:"rounds"`
 	// Slices is --slices: instrumented slices per case for SliceRatio.
