@@ -111,6 +111,16 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 // attachProgs attaches with tcx, or with tc where the kernel has no tcx
 // (unless the datapath forces one mode).
 func (a *Attachment) attachProgs() error {
+	// Where a run that died in tc mode left its filters, tc mode takes
+	// their place in one step; tcx beside them would count twice until
+	// they were removed.
+	if a.d.forceMode == "" {
+		if dead, err := a.d.hasDeadRunFilters(a.Ifindex); err != nil {
+			return err
+		} else if dead {
+			return a.attachTC()
+		}
+	}
 	if a.d.forceMode != ModeTC {
 		err := a.attachTCX()
 		if err == nil || a.d.forceMode == ModeTCX || !errors.Is(err, link.ErrNotSupported) {
@@ -164,6 +174,25 @@ func (a *Attachment) attachTCX() error {
 		}
 	}
 	return nil
+}
+
+// hasDeadRunFilters reports whether a run that died left filters on the
+// interface (in the calling thread's namespace).
+func (d *Datapath) hasDeadRunFilters(ifindex int) (bool, error) {
+	if d.portTableID == 0 {
+		return false, nil
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return false, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	l, err := h.LinkByIndex(ifindex)
+	if err != nil {
+		return false, fmt.Errorf("find interface: %w", err)
+	}
+	dead, err := d.deadRunFilters(h, l)
+	return len(dead) > 0, err
 }
 
 // Detach removes the programs from the interface. It is idempotent and

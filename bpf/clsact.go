@@ -69,6 +69,17 @@ func (a *Attachment) attachTC() error {
 	if err != nil {
 		return err
 	}
+	// A run that died left its filters here: take their handle, so that
+	// our filters replace them in one step (no packet counted twice or
+	// not at all), as when the flow table, whose ID the handle is, kept
+	// its ID.
+	dead, err := a.d.deadRunFilters(h, l)
+	if err != nil {
+		return err
+	}
+	if len(dead) > 0 {
+		handle = dead[0].Handle
+	}
 	ns, err := netns.Get() // this thread is in the interface's namespace
 	if err != nil {
 		return fmt.Errorf("open the namespace: %w", err)
@@ -135,16 +146,16 @@ func (a *Attachment) attachTC() error {
 	return nil
 }
 
-// removeDeadRunFilters deletes, on l, our tc filters (our priority and
-// name) whose program is not one of keep but uses this datapath's pinned
-// port table: those of a run that died (kill -9 in tc mode) with a flow
-// table of another size, or before a restart in tcx mode. They count into
+// deadRunFilters returns, on l, our tc filters (our priority and name)
+// whose program is not one of keep but uses this datapath's pinned port
+// table: those of a run that died (kill -9 in tc mode). They count into
 // the same port tables and would count every packet a second time. A
 // datapath without pins has tables nobody else's program uses.
-func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) error {
+func (d *Datapath) deadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) ([]*netlink.BpfFilter, error) {
 	if d.portTableID == 0 {
-		return nil
+		return nil, nil
 	}
+	var out []*netlink.BpfFilter
 	for _, parent := range tcParents {
 		fs, err := h.FilterList(l, parent)
 		if err != nil {
@@ -157,14 +168,25 @@ func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep 
 			}
 			uses, err := progUsesMap(ebpf.ProgramID(bf.Id), d.portTableID)
 			if err != nil {
-				return fmt.Errorf("tc filter %#x: %w", bf.Handle, err)
+				return nil, fmt.Errorf("tc filter %#x: %w", bf.Handle, err)
 			}
-			if !uses {
-				continue
+			if uses {
+				out = append(out, bf)
 			}
-			if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
-				return fmt.Errorf("remove the tc filter of a run that died (handle %#x): %w", bf.Handle, err)
-			}
+		}
+	}
+	return out, nil
+}
+
+// removeDeadRunFilters deletes the deadRunFilters on l.
+func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) error {
+	dead, err := d.deadRunFilters(h, l, keep...)
+	if err != nil {
+		return err
+	}
+	for _, bf := range dead {
+		if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove the tc filter of a run that died (handle %#x): %w", bf.Handle, err)
 		}
 	}
 	return nil

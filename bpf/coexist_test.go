@@ -232,8 +232,8 @@ func TestTCTwoDatapaths(t *testing.T) {
 // every packet a second time. A filter of a datapath with tables of its
 // own stays.
 func TestDeadRunFiltersRemoved(t *testing.T) {
-	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
-		t.Run(string(mode), func(t *testing.T) { testDeadRunFiltersRemoved(t, mode) })
+	for _, mode := range []AttachMode{"", ModeTC, ModeTCX} {
+		t.Run("mode="+string(mode), func(t *testing.T) { testDeadRunFiltersRemoved(t, mode) })
 	}
 }
 
@@ -250,6 +250,10 @@ func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode) {
 	}
 	t.Cleanup(func() { dead.Close() })
 	if _, err := dead.Attach(ea.NS.Path, ea.Ifname); err != nil {
+		t.Fatal(err)
+	}
+	deadHandle, err := dead.tcHandle()
+	if err != nil {
 		t.Fatal(err)
 	}
 	other := loadForTest(t, Options{ForceMode: ModeTC}) // unpinned
@@ -270,18 +274,18 @@ func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if att.Mode != mode {
-		t.Fatalf("mode %s, want %s", att.Mode, mode)
+	// Unless forced to tcx, the next run takes the dead filters' place in
+	// tc mode, in one step: their handle, its programs.
+	want, wantMode := []uint32{otherHandle, deadHandle}, ModeTC
+	if mode == ModeTCX {
+		want, wantMode = []uint32{otherHandle}, ModeTCX
 	}
-	want := []uint32{otherHandle}
-	if mode == ModeTC {
-		h, err := next.tcHandle()
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, h)
+	if att.Mode != wantMode {
+		t.Fatalf("mode %s, want %s", att.Mode, wantMode)
 	}
 	slices.Sort(want)
+	in, eg := next.Programs()
+	ours := map[uint32]ebpf.ProgramID{netlink.HANDLE_MIN_INGRESS: progID(t, in), netlink.HANDLE_MIN_EGRESS: progID(t, eg)}
 	ea.NS.do(t, func() error {
 		l, err := netlink.LinkByName(ea.Ifname)
 		if err != nil {
@@ -295,6 +299,9 @@ func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode) {
 			var got []uint32
 			for _, f := range fs {
 				got = append(got, f.Attrs().Handle)
+				if bf, ok := f.(*netlink.BpfFilter); ok && bf.Handle == deadHandle && ebpf.ProgramID(bf.Id) != ours[parent] {
+					t.Errorf("filter %#x on %#x runs program %d, not the next run's %d", deadHandle, parent, bf.Id, ours[parent])
+				}
 			}
 			slices.Sort(got)
 			if !slices.Equal(got, want) {

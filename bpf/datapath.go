@@ -111,6 +111,11 @@ func Load(opts Options) (*Datapath, error) {
 		if err := os.MkdirAll(opts.PinPath, 0o700); err != nil {
 			return nil, fmt.Errorf("bpf: pin directory: %w", err)
 		}
+		// A resize killed between pinning the new table and renaming it
+		// over the old one left it under the temporary name.
+		if err := os.Remove(filepath.Join(opts.PinPath, nsflowMapNsflowFlows+resizingSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("bpf: remove an interrupted resize's pin: %w", err)
+		}
 		copts.Maps.PinPath = opts.PinPath
 	}
 
