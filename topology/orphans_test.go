@@ -44,19 +44,26 @@ links:
 `
 )
 
+// prefixedCopy parses text (an edited version of a file under test) as a
+// copy with the given prefix, that of the spec it edits.
+func prefixedCopy(t *testing.T, text, prefix string) *Spec {
+	t.Helper()
+	s, err := Parse([]byte(text))
+	if err == nil {
+		s, err = s.WithPrefix(prefix)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // editedSpecs returns the two files as copies with one unique prefix,
 // and downs the larger one when the test ends.
 func editedSpecs(t *testing.T) (before, after *Spec) {
 	t.Helper()
 	before = prefixedSpec(t, orphanBefore)
-	after, err := Parse([]byte(orphanAfter))
-	if err == nil {
-		after, err = after.WithPrefix(prefixOf(before))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return before, after
+	return before, prefixedCopy(t, orphanAfter, prefixOf(before))
 }
 
 func TestUpPrune(t *testing.T) {
@@ -242,13 +249,7 @@ func TestUpPruneStrays(t *testing.T) {
 	ctx := context.Background()
 	before := prefixedSpec(t, strayBefore)
 	p := prefixOf(before)
-	after, err := Parse([]byte(strayAfter))
-	if err == nil {
-		after, err = after.WithPrefix(p)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	after := prefixedCopy(t, strayAfter, p)
 	if _, err := Up(ctx, before, Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -472,13 +473,7 @@ links:
   - endpoints: [{namespace: x, interface: eth0, addresses: [198.18.84.1/24]}, {bridge: br, interface: px}]
 `
 	b := prefixedSpec(t, before)
-	a, err := Parse([]byte(after))
-	if err == nil {
-		a, err = a.WithPrefix(prefixOf(b))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := prefixedCopy(t, after, prefixOf(b))
 	if _, err := Up(ctx, b, Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -558,17 +553,11 @@ links:
   - endpoints: [{namespace: a, interface: e1, addresses: [198.18.92.1/30]}, {namespace: b, interface: e1, addresses: [198.18.92.2/30]}]
 `
 	s := prefixedSpec(t, before)
-	after, err := Parse([]byte(strings.NewReplacer("name: b", "name: d", "namespace: b", "namespace: d").Replace(before)))
-	if err == nil {
-		after, err = after.WithPrefix(prefixOf(s))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	after := prefixedCopy(t, strings.NewReplacer("name: b", "name: d", "namespace: b", "namespace: d").Replace(before), prefixOf(s))
 	if _, err := Up(ctx, s, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Up(ctx, after, Options{})
+	_, err := Up(ctx, after, Options{})
 	want := "in namespace " + prefixOf(s) + "b, which the topology owns but no longer declares: run up --prune"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("up after the rename: %v; want it to say %q", err, want)
@@ -598,20 +587,14 @@ links:
 	// The edit adds an address to a's existing e1 (link 0), then a link
 	// between two new namespaces (link 1), after which the injected
 	// failure hits; one worker keeps that order.
-	after, err := Parse([]byte(`
+	after := prefixedCopy(t, `
 name: rba
 namespaces: [{name: a}, {name: b}, {name: c}, {name: d}]
 links:
   - endpoints: [{namespace: a, interface: e1, addresses: [198.18.93.1/30, 198.18.94.1/24]}, {namespace: b, interface: e1, addresses: [198.18.93.2/30]}]
   - endpoints: [{namespace: c, interface: e1}, {namespace: d, interface: e1}]
-`))
-	if err == nil {
-		after, err = after.WithPrefix(prefixOf(s))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = Up(ctx, after, Options{Workers: 1, failAfter: 4})
+`, prefixOf(s))
+	_, err := Up(ctx, after, Options{Workers: 1, failAfter: 4})
 	if err == nil || !strings.Contains(err.Error(), "rolled back") {
 		t.Fatalf("up with an injected failure: %v", err)
 	}
