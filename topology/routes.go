@@ -1,0 +1,174 @@
+package topology
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// routes converges namespace i's routes. Only the namespaces the topology
+// declares (and owns, as preflight proved) are touched, never the host.
+func (b *builder) routes(i int) error {
+	n := b.s.Namespaces[i]
+	c := b.conns[n.Name]
+	for j, r := range n.Routes {
+		if err := b.route(c, n.Name, r); err != nil {
+			return fmt.Errorf("namespaces[%d].routes[%d] (%s to %s): %w", i, j, n.Name, r.To, err)
+		}
+	}
+	if b.opts.failRoutes {
+		return errors.New("injected failure after the routes")
+	}
+	if b.fresh[n.Name] {
+		return nil // nothing in it predates this run
+	}
+	return b.strayRoutesAndLoopback(c, n)
+}
+
+// strayRoutesAndLoopback handles a namespace's undeclared routes and the
+// addresses on its loopback beyond loopback's own; its other interfaces'
+// addresses are ensureAddrs's.
+func (b *builder) strayRoutesAndLoopback(c *nsConn, n Namespace) error {
+	routes, err := mainRoutes(c, netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	byIdx, err := routeDevices(c, routes)
+	if err != nil {
+		return err
+	}
+	for _, r := range strayRoutes(routes, byIdx, n.Routes, b.s.NamespaceInterfaces(n.Name)) {
+		desc := fmt.Sprintf("%s in namespace %s", describeRoute(byIdx, r), n.Name)
+		if err := b.stray(desc, func() error { return c.h.RouteDel(&r) }); err != nil {
+			return err
+		}
+	}
+	lo, err := c.h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("namespace %s: loopback: %w", n.Name, err)
+	}
+	return b.ensureAddrs(c, lo, nil)
+}
+
+// stray deletes (Options.Prune) or reports an undeclared route or address.
+func (b *builder) stray(desc string, del func() error) error {
+	if b.opts.Prune {
+		if err := del(); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("delete %s: %w", desc, err)
+		}
+	}
+	b.mu.Lock()
+	b.strays[b.opts.Prune] = append(b.strays[b.opts.Prune], desc)
+	b.mu.Unlock()
+	return nil
+}
+
+// route adds a declared route to namespace ns. If the kernel already has
+// a route to that destination (EEXIST: one the topology added before, one
+// changed since, or the kernel's own route to an interface's subnet), the
+// live routes decide, compared as show compares them: the declared route
+// among them is kept; otherwise the one in its place, to the same
+// destination through another gateway or device, is replaced.
+func (b *builder) route(c *nsConn, ns string, r Route) error {
+	rt, err := b.nlRoute(c, ns, r)
+	if err != nil {
+		return err
+	}
+	err = c.h.RouteAdd(rt)
+	if err == nil && !b.fresh[ns] {
+		// Deleted by its exact metric: a delete without one takes the
+		// first route to the destination, which may be another of a lower
+		// metric (IPv6 gives ours 1024).
+		del := *rt
+		if del.Family == netlink.FAMILY_V6 && del.Priority == 0 {
+			del.Priority = 1024
+		}
+		b.onRollback(func() error { return c.h.RouteDel(&del) })
+	}
+	if errors.Is(err, unix.EEXIST) {
+		var present bool
+		if present, err = hasLiveRoute(c, rt.Family, r); err == nil {
+			if present {
+				return nil // already there: idempotent up
+			}
+			if err = c.h.RouteReplace(rt); err != nil {
+				err = fmt.Errorf("replace the route in its place: %w", err)
+			}
+		}
+	}
+	if err == nil && !b.fresh[ns] {
+		b.changed.Add(1)
+	}
+	return err
+}
+
+// hasLiveRoute reports whether the declared route r is among the routes
+// of family in the namespace's main table.
+func hasLiveRoute(c *nsConn, family int, r Route) (bool, error) {
+	routes, err := mainRoutes(c, family)
+	if err != nil {
+		return false, err
+	}
+	byIdx, err := routeDevices(c, routes)
+	if err != nil {
+		return false, err
+	}
+	live := make([]RouteState, len(routes))
+	for i, rt := range routes {
+		live[i] = routeState(byIdx, rt)
+	}
+	return hasRoute(live, r), nil
+}
+
+// routeDevices looks up the devices of routes by index.
+func routeDevices(c *nsConn, routes []netlink.Route) (map[int]netlink.Link, error) {
+	byIdx := map[int]netlink.Link{}
+	for _, rt := range routes {
+		if _, ok := byIdx[rt.LinkIndex]; ok || rt.LinkIndex == 0 {
+			continue
+		}
+		l, err := c.h.LinkByIndex(rt.LinkIndex)
+		if err != nil {
+			return nil, fmt.Errorf("device of a route: %w", err)
+		}
+		byIdx[rt.LinkIndex] = l
+	}
+	return byIdx, nil
+}
+
+// nlRoute translates a validated route for namespace ns.
+func (b *builder) nlRoute(c *nsConn, ns string, r Route) (*netlink.Route, error) {
+	rt := &netlink.Route{}
+	is4 := true
+	if r.To != "default" {
+		p := netip.MustParsePrefix(r.To)
+		rt.Dst, is4 = ipNet(p), p.Addr().Is4()
+	}
+	if r.Via != "" {
+		gw := netip.MustParseAddr(r.Via)
+		rt.Gw, is4 = net.IP(gw.AsSlice()), gw.Is4()
+	}
+	if r.Dev != "" {
+		l, err := c.h.LinkByName(r.Dev)
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", r.Dev, err)
+		}
+		rt.LinkIndex = l.Attrs().Index
+		if r.To == "default" && r.Via == "" {
+			for _, ifc := range b.s.NamespaceInterfaces(ns) {
+				if ifc.Name == r.Dev && len(ifc.Addresses) > 0 {
+					is4 = ifc.Addresses[0].Addr().Is4()
+				}
+			}
+		}
+	}
+	rt.Family = netlink.FAMILY_V6
+	if is4 {
+		rt.Family = netlink.FAMILY_V4
+	}
+	return rt, nil
+}
