@@ -54,19 +54,6 @@ func (b *builder) strayRoutesAndLoopback(c *nsConn, n Namespace) error {
 	return b.ensureAddrs(c, lo, nil)
 }
 
-// stray deletes (Options.Prune) or reports an undeclared route or address.
-func (b *builder) stray(desc string, del func() error) error {
-	if b.opts.Prune {
-		if err := del(); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			return fmt.Errorf("delete %s: %w", desc, err)
-		}
-	}
-	b.mu.Lock()
-	b.strays[b.opts.Prune] = append(b.strays[b.opts.Prune], desc)
-	b.mu.Unlock()
-	return nil
-}
-
 // route adds a declared route to namespace ns. If the kernel already has
 // a route to that destination (EEXIST: one the topology added before, one
 // changed since, or the kernel's own route to an interface's subnet), the

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -106,4 +107,17 @@ func hasAddr(ps []netip.Prefix, n *net.IPNet) bool {
 
 func describeAddr(ns, ifname string, a netlink.Addr) string {
 	return fmt.Sprintf("address %s on %s/%s", a.IPNet, ns, ifname)
+}
+
+// stray deletes (Options.Prune) or reports an undeclared route or address.
+func (b *builder) stray(desc string, del func() error) error {
+	if b.opts.Prune {
+		if err := del(); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("delete %s: %w", desc, err)
+		}
+	}
+	b.mu.Lock()
+	b.strays[b.opts.Prune] = append(b.strays[b.opts.Prune], desc)
+	b.mu.Unlock()
+	return nil
 }
