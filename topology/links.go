@@ -276,24 +276,41 @@ func (b *builder) primaryRank(e Endpoint) int {
 }
 
 // ensureLink fixes the admin state, MTU and bridge of an existing link.
+// What it changes on an interface that existed before the run, a rollback
+// changes back.
 func (b *builder) ensureLink(c *nsConn, l netlink.Link, mtu int, master string) error {
 	a := l.Attrs()
+	undo := func(f func() error) {
+		if !b.createdHere(c.name, l) {
+			b.onRollback(f)
+		}
+	}
 	if a.Flags&net.FlagUp == 0 {
 		if err := c.h.LinkSetUp(l); err != nil {
 			return fmt.Errorf("set %s up: %w", a.Name, err)
 		}
+		undo(func() error { return c.h.LinkSetDown(l) })
 		b.changed.Add(1)
 	}
 	if mtu != 0 && a.MTU != mtu {
 		if err := c.h.LinkSetMTU(l, mtu); err != nil {
 			return fmt.Errorf("set %s mtu %d: %w", a.Name, mtu, err)
 		}
+		old := a.MTU
+		undo(func() error { return c.h.LinkSetMTU(l, old) })
 		b.changed.Add(1)
 	}
 	if master != "" && a.MasterIndex != b.bridgeIdx[master] {
 		if err := c.h.LinkSetMasterByIndex(l, b.bridgeIdx[master]); err != nil {
 			return fmt.Errorf("attach %s to bridge %s: %w", a.Name, master, err)
 		}
+		old := a.MasterIndex
+		undo(func() error {
+			if old == 0 {
+				return c.h.LinkSetNoMaster(l)
+			}
+			return c.h.LinkSetMasterByIndex(l, old)
+		})
 		b.changed.Add(1)
 	}
 	return nil

@@ -3,7 +3,7 @@ package topology
 import (
 	"context"
 	"errors"
-	"golang.org/x/sys/unix"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The topology before and after an edit: namespace c, its link to a and
@@ -630,5 +631,75 @@ links:
 	out := ipOut(t, "-n", a, "-6", "route", "show", "fd00:96::/64")
 	if !strings.Contains(out, "metric 10") || strings.Contains(out, "metric 1024") {
 		t.Errorf("routes to fd00:96::/64 after the rollback, want only the one from before (metric 10):\n%s", out)
+	}
+}
+
+// TestUpRollsBackLinkChanges: a failed up puts back what it changed on
+// interfaces and routes that existed before it: an interface it set up
+// goes down again, an MTU and a bridge port's bridge are restored, and a
+// route it replaced (same destination and metric) comes back.
+func TestUpRollsBackLinkChanges(t *testing.T) {
+	ctx := context.Background()
+	const before = `
+name: rbl
+namespaces:
+  - {name: a, routes: [{to: 198.18.96.0/24, dev: e1}]}
+  - {name: b}
+bridges: [{name: br1, namespace: b}, {name: br2, namespace: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.95.1/30]}, {namespace: b, interface: e1, addresses: [198.18.95.2/30]}]
+  - endpoints: [{namespace: a, interface: e2}, {bridge: br1, interface: p2}]
+`
+	s := prefixedSpec(t, before)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := prefixOf(s)+"a", prefixOf(s)+"b"
+	ip(t, "-n", a, "link", "set", "e2", "down")
+	// What up sets, not what the kernel derives (a bridge's carrier and
+	// address follow its ports): name, admin state, MTU and bridge.
+	links := func(ns string) string {
+		var out strings.Builder
+		for _, line := range strings.Split(strings.TrimSpace(ipOut(t, "-n", ns, "-o", "link", "show")), "\n") {
+			f := strings.Fields(line)
+			flags := strings.Split(strings.Trim(f[2], "<>"), ",")
+			fmt.Fprintf(&out, "%s up=%v", f[1], slices.Contains(flags, "UP"))
+			for i := 3; i+1 < len(f); i++ {
+				if f[i] == "mtu" || f[i] == "master" {
+					fmt.Fprintf(&out, " %s %s", f[i], f[i+1])
+				}
+			}
+			out.WriteString("\n")
+		}
+		return out.String()
+	}
+	snapshot := func() string {
+		return links(a) + links(b) + ipOut(t, "-n", a, "route", "show", "198.18.96.0/24")
+	}
+	was := snapshot()
+
+	after := prefixedCopy(t, `
+name: rbl
+namespaces:
+  - {name: a, routes: [{to: 198.18.96.0/24, via: 198.18.95.2}]}
+  - {name: b}
+bridges: [{name: br1, namespace: b}, {name: br2, namespace: b}]
+links:
+  - mtu: 1400
+    endpoints: [{namespace: a, interface: e1, addresses: [198.18.95.1/30]}, {namespace: b, interface: e1, addresses: [198.18.95.2/30]}]
+  - endpoints: [{namespace: a, interface: e2}, {bridge: br2, interface: p2}]
+`, prefixOf(s))
+	if _, err := Up(ctx, after, Options{Workers: 1, failRoutes: true}); err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("up with a failure after the routes: %v", err)
+	}
+	if now := snapshot(); now != was {
+		t.Errorf("after the rolled back up:\n%s\nwant as before:\n%s", now, was)
+	}
+	// The edit does apply, and the comparison above is not blind to it.
+	if _, err := Up(ctx, after, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if now := snapshot(); now == was {
+		t.Errorf("the edit changed nothing:\n%s", now)
 	}
 }

@@ -69,11 +69,9 @@ func (b *builder) route(c *nsConn, ns string, r Route) error {
 	if err == nil && !b.fresh[ns] {
 		// Deleted by its exact metric: a delete without one takes the
 		// first route to the destination, which may be another of a lower
-		// metric (IPv6 gives ours 1024).
+		// metric.
 		del := *rt
-		if del.Family == netlink.FAMILY_V6 && del.Priority == 0 {
-			del.Priority = 1024
-		}
+		del.Priority = routeMetric(rt)
 		b.onRollback(func() error { return c.h.RouteDel(&del) })
 	}
 	if errors.Is(err, unix.EEXIST) {
@@ -82,15 +80,46 @@ func (b *builder) route(c *nsConn, ns string, r Route) error {
 			if present {
 				return nil // already there: idempotent up
 			}
-			if err = c.h.RouteReplace(rt); err != nil {
-				err = fmt.Errorf("replace the route in its place: %w", err)
-			}
+			err = b.replaceRoute(c, rt)
 		}
 	}
 	if err == nil && !b.fresh[ns] {
 		b.changed.Add(1)
 	}
 	return err
+}
+
+// routeMetric is the metric the kernel gives rt: IPv6 routes added
+// without one get 1024.
+func routeMetric(rt *netlink.Route) int {
+	if rt.Family == netlink.FAMILY_V6 && rt.Priority == 0 {
+		return 1024
+	}
+	return rt.Priority
+}
+
+// replaceRoute replaces the route in rt's place (same destination and
+// metric in the main table) by rt; a rollback puts the old one back.
+func (b *builder) replaceRoute(c *nsConn, rt *netlink.Route) error {
+	routes, err := mainRoutes(c, rt.Family)
+	if err != nil {
+		return err
+	}
+	var old *netlink.Route
+	to := routeState(nil, *rt).To
+	for i := range routes {
+		if routeState(nil, routes[i]).To == to && routeMetric(&routes[i]) == routeMetric(rt) {
+			old = &routes[i]
+			break
+		}
+	}
+	if err := c.h.RouteReplace(rt); err != nil {
+		return fmt.Errorf("replace the route in its place: %w", err)
+	}
+	if old != nil {
+		b.onRollback(func() error { return c.h.RouteReplace(old) })
+	}
+	return nil
 }
 
 // hasLiveRoute reports whether the declared route r is among the routes
