@@ -49,6 +49,7 @@ type Agent struct {
 	// until that pass folds them.
 	gone      map[uint64]goneNetns
 	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
+	bcasts    map[netip.Addr]int             // IPv4 subnet broadcast -> live addresses in that subnet
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
 	attachErr atomic.Uint64
@@ -149,6 +150,7 @@ func New(cfg Config) (*Agent, error) {
 		byCookie:   map[uint64]*nsState{},
 		gone:       map[uint64]goneNetns{},
 		owners:     map[netip.Addr]map[uint64]bool{},
+		bcasts:     map[netip.Addr]int{},
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
 	a.deleteFlows = dp.DeleteFlows
@@ -456,7 +458,7 @@ func (a *Agent) removeNetns(inode uint64) {
 		a.forgetPeers(s.cookie)
 	}
 	for ad := range s.addrs {
-		a.dropOwnerLocked(ad.Addr, s.cookie)
+		a.dropAddrLocked(s, ad)
 	}
 	a.mu.Unlock()
 	for idx, p := range s.links {
@@ -484,8 +486,7 @@ func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
 	a.mu.Lock()
 	for ad := range s.addrs {
 		if !addrs[ad] {
-			delete(s.addrs, ad)
-			a.dropOwnerLocked(ad.Addr, s.cookie)
+			a.dropAddrLocked(s, ad)
 		}
 	}
 	for ad := range addrs {
@@ -520,10 +521,7 @@ func (a *Agent) handleLink(e discovery.LinkEvent) {
 	case discovery.AddrDeleted:
 		a.countEvent("address", "remove")
 		a.mu.Lock()
-		if s.addrs[e.Addr] {
-			delete(s.addrs, e.Addr)
-			a.dropOwnerLocked(e.Addr.Addr, s.cookie)
-		}
+		a.dropAddrLocked(s, e.Addr)
 		a.mu.Unlock()
 	case discovery.Resync:
 		a.countEvent("netns", "resync")
@@ -538,7 +536,13 @@ func ownedAddr(ip netip.Addr) bool {
 }
 
 func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr) {
+	if s.addrs[ad] {
+		return
+	}
 	s.addrs[ad] = true
+	if b, ok := ad.SubnetBroadcast(); ok {
+		a.bcasts[b]++
+	}
 	if !ownedAddr(ad.Addr) {
 		return
 	}
@@ -550,20 +554,30 @@ func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr) {
 	set[s.cookie] = true
 }
 
-// dropOwnerLocked forgets that the namespace holds ip, unless another of
-// its interfaces still has it.
-func (a *Agent) dropOwnerLocked(ip netip.Addr, cookie uint64) {
-	if s := a.byCookie[cookie]; s != nil {
-		for ad := range s.addrs {
-			if ad.Addr == ip {
+// dropAddrLocked forgets an address of namespace s: its subnet's
+// broadcast, and that s holds it, unless another of its interfaces still
+// has it.
+func (a *Agent) dropAddrLocked(s *nsState, ad discovery.Addr) {
+	if !s.addrs[ad] {
+		return
+	}
+	delete(s.addrs, ad)
+	if b, ok := ad.SubnetBroadcast(); ok {
+		if a.bcasts[b]--; a.bcasts[b] <= 0 {
+			delete(a.bcasts, b)
+		}
+	}
+	if a.byCookie[s.cookie] == s {
+		for other := range s.addrs {
+			if other.Addr == ad.Addr {
 				return
 			}
 		}
 	}
-	if set := a.owners[ip]; set != nil {
-		delete(set, cookie)
+	if set := a.owners[ad.Addr]; set != nil {
+		delete(set, s.cookie)
 		if len(set) == 0 {
-			delete(a.owners, ip)
+			delete(a.owners, ad.Addr)
 		}
 	}
 }

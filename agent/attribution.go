@@ -61,7 +61,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 		return d
 	}
 	label, tracked := a.labelLocked(k.NetnsCookie)
-	if !tracked || nameless(k.Src) || nameless(k.Dst) {
+	if !tracked || nameless(k.Src) || nameless(k.Dst) || a.broadcastLocked(k.Dst) {
 		return b.settle(k, id, &decision{}) // counted per port only
 	}
 	d := &decision{}
@@ -123,6 +123,14 @@ func (a *Agent) labelLocked(cookie uint64) (string, bool) {
 func nameless(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	return !ownedAddr(ip) || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// broadcastLocked reports whether ip is the broadcast address of a live
+// namespace's IPv4 subnet that no namespace holds as its own: a packet to
+// it goes to every namespace on the subnet, and identifies none.
+func (a *Agent) broadcastLocked(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return a.bcasts[ip] > 0 && len(a.owners[ip]) == 0
 }
 
 // holdersLocked names the namespaces that hold ip, live ones and removed

@@ -56,10 +56,11 @@ func TestRogueLinkViolation(t *testing.T) {
 	}
 }
 
-// TestNamelessAddressesCountPerPortOnly sends from a's global address to
-// a multicast group: the destination identifies no namespace, so the
-// packets count on a's port but in no namespace pair (before, they
-// counted as traffic from a to "unknown", outside the host).
+// TestNamelessAddressesCountPerPortOnly sends from a's global addresses
+// to a multicast group and to the broadcast address of a's bridge subnet:
+// neither destination identifies a namespace, so the packets count on a's
+// ports but in no namespace pair (before, they counted as traffic from a
+// to "unknown", outside the host).
 func TestNamelessAddressesCountPerPortOnly(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("am")
@@ -71,58 +72,68 @@ func TestNamelessAddressesCountPerPortOnly(t *testing.T) {
 		t.Fatalf("multicast route: %v: %s", err, out)
 	}
 	deadline := time.Now().Add(15 * time.Second)
-	for !attached(r.a, a, "eth-d") {
+	for !attached(r.a, a, "eth-d") || !attached(r.a, a, "eth-br") {
 		if time.Now().After(deadline) {
-			t.Fatal("eth-d not attached")
+			t.Fatal("a's ports not attached")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	const n = 50
-	err := nsenter.Do(s.NetnsPath(a), func() error {
-		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for range n {
-			if _, err := c.Write([]byte("nsflow")); err != nil {
+	for _, tt := range []struct{ dst, port string }{
+		{"224.0.0.251", "eth-d"},    // multicast
+		{"198.18.41.255", "eth-br"}, // the bridge subnet's broadcast
+	} {
+		dst := netip.MustParseAddr(tt.dst)
+		const n = 50
+		err := nsenter.Do(s.NetnsPath(a), func() error {
+			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 5353)))
+			if err != nil {
 				return err
 			}
+			defer c.Close()
+			for range n {
+				if _, err := c.Write([]byte("nsflow")); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Scrape until the record's attribution is decided for good (a record
-	// whose owner is unknown waits up to 5 s), then look.
-	group := netip.MustParseAddr("224.0.0.251")
-	for end := time.Now().Add(30 * time.Second); !decided(r.a, group); time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the multicast record was never decided")
+		// Scrape until the record's attribution is decided for good (a
+		// record whose owner is unknown waits up to 5 s), then look.
+		for end := time.Now().Add(30 * time.Second); !decided(r.a, dst); time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("the record to %s was never decided", dst)
+			}
+			scrape(t, r.url)
 		}
-		scrape(t, r.url)
-	}
-	m := scrape(t, r.url)
-	if strings.Contains(m, `dst_netns="unknown"`) {
-		t.Errorf("multicast counted as a pair to unknown:\n%s", grepLines(m, `dst_netns="unknown"`))
-	}
-	if !strings.Contains(m, fmt.Sprintf(`nsflow_interface_transmit_packets_total{family="ipv4",interface="eth-d",netns=%q}`, a)) {
-		t.Error("the multicast packets were not counted on a's port")
+		m := scrape(t, r.url)
+		if strings.Contains(m, `dst_netns="unknown"`) {
+			t.Errorf("%s counted as a pair to unknown:\n%s", dst, grepLines(m, `dst_netns="unknown"`))
+		}
+		if !strings.Contains(m, fmt.Sprintf(`nsflow_interface_transmit_packets_total{family="ipv4",interface=%q,netns=%q}`, tt.port, a)) {
+			t.Errorf("the packets to %s were not counted on a's port %s", dst, tt.port)
+		}
 	}
 }
 
-// decided reports whether the agent has made its final decision on the
-// egress record of a flow to dst.
+// decided reports whether the agent has made its final decision on every
+// egress record of a flow to dst (a bridge's ports see it too), and has
+// seen one.
 func decided(a *Agent, dst netip.Addr) bool {
 	a.book.mu.Lock()
 	defer a.book.mu.Unlock()
+	seen := false
 	for k, d := range a.book.decisions {
-		if k.Dst.Unmap() == dst && k.Dir == bpf.Egress && d.pendingSince.IsZero() {
-			return true
+		if k.Dst.Unmap() == dst && k.Dir == bpf.Egress {
+			if !d.pendingSince.IsZero() {
+				return false
+			}
+			seen = true
 		}
 	}
-	return false
+	return seen
 }
 
 // attached reports whether the agent has its programs on every

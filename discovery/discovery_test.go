@@ -171,7 +171,7 @@ func TestMonitorLinksAndAddrs(t *testing.T) {
 	if va.Kind != "veth" || va.PeerIndex == 0 || va.PeerNetnsID < 0 || va.BridgePort() {
 		t.Errorf("va in snapshot = %+v", va)
 	}
-	want := Addr{Index: va.Index, Addr: netip.MustParseAddr("198.18.7.1")}
+	want := Addr{Index: va.Index, Addr: netip.MustParseAddr("198.18.7.1"), Bits: 24}
 	found := false
 	for _, ad := range snap.Addrs {
 		found = found || ad == want

@@ -30,10 +30,25 @@ type Link struct {
 // BridgePort reports whether the link is enslaved to a bridge.
 func (l Link) BridgePort() bool { return l.SlaveKind == "bridge" }
 
-// Addr is one address on a link.
+// Addr is one address on a link, with the length of its subnet's prefix.
 type Addr struct {
 	Index int
 	Addr  netip.Addr
+	Bits  int
+}
+
+// SubnetBroadcast is the all-ones address of an IPv4 address's subnet,
+// which the kernel delivers as a broadcast to every holder of the subnet
+// (prefixes shorter than /31 only: /31 and /32 have no broadcast).
+func (a Addr) SubnetBroadcast() (netip.Addr, bool) {
+	if !a.Addr.Is4() || a.Bits >= 31 || a.Bits <= 0 {
+		return netip.Addr{}, false
+	}
+	b := a.Addr.As4()
+	host := ^uint32(0) >> a.Bits
+	v := binary.BigEndian.Uint32(b[:]) | host
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b), true
 }
 
 // parseLink decodes an RTM_NEWLINK/RTM_DELLINK payload. ok is false for
@@ -88,6 +103,7 @@ func parseAddr(data []byte) (a Addr, ok bool) {
 	if len(data) < unix.SizeofIfAddrmsg {
 		return a, false
 	}
+	a.Bits = int(data[1]) // ifa_prefixlen
 	a.Index = int(binary.NativeEndian.Uint32(data[4:8]))
 	attrs, err := nl.ParseRouteAttr(data[unix.SizeofIfAddrmsg:])
 	if err != nil {
