@@ -85,6 +85,9 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Discovery.Logger == nil {
+		c.Discovery.Logger = c.Logger
+	}
 	if c.StateFile == "" {
 		c.StateFile = DefaultStateFile
 	}

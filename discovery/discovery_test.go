@@ -3,8 +3,11 @@ package discovery
 import (
 	"context"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // ip runs ip(8): the tests build their objects with an independent tool.
@@ -247,5 +251,48 @@ func TestWatchStops(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if after := runtime.NumGoroutine(); after > before {
 		t.Errorf("goroutines: %d before, %d after", before, after)
+	}
+}
+
+// TestFailedProcScanKeepsNamespaces: a scan of /proc that fails (here
+// /proc is gone; in life EMFILE or ENOMEM) reports no namespace removed,
+// and the next good scan reports no change.
+func TestFailedProcScanKeepsNamespaces(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("dps")
+	addNetns(t, name)
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
+		t.Fatal(err)
+	}
+	ino := st.Ino
+	// A process in it, as /proc shows one: ns/net reads as net:[inode].
+	proc := filepath.Join(t.TempDir(), "proc")
+	for _, err := range []error{
+		os.MkdirAll(filepath.Join(proc, "100", "ns"), 0o755),
+		os.Symlink("net:["+itoa(ino)+"]", filepath.Join(proc, "100", "ns", "net")),
+		os.Symlink("/proc/self", filepath.Join(proc, "self")),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := WatchConfig{ProcRoot: proc, NamedDir: t.TempDir()}.withDefaults()
+	w := &watcher{cache: newNamedCache(), cfg: cfg, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
+	evs, _ := w.scan(true)
+	if !slices.ContainsFunc(evs, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino }) {
+		t.Fatalf("first scan: %+v, want the namespace added", evs)
+	}
+	if err := os.Rename(proc, proc+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if evs, retry := w.scan(true); len(evs) != 0 || !retry {
+		t.Errorf("scan without /proc: events %+v, retry soon %v; want none, and a retry", evs, retry)
+	}
+	if err := os.Rename(proc+".away", proc); err != nil {
+		t.Fatal(err)
+	}
+	if evs, _ := w.scan(true); len(evs) != 0 {
+		t.Errorf("scan with /proc back: %+v, want no change", evs)
 	}
 }

@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
@@ -38,6 +39,7 @@ type WatchConfig struct {
 	NamedDir string        // bind mounts of named namespaces (/run/netns)
 	ProcRoot string        // procfs (/proc)
 	Interval time.Duration // how often /proc is rescanned (1s)
+	Logger   *slog.Logger  // for errors the watch recovers from (none: discarded)
 }
 
 func (c WatchConfig) withDefaults() WatchConfig {
@@ -49,6 +51,9 @@ func (c WatchConfig) withDefaults() WatchConfig {
 	}
 	if c.Interval <= 0 {
 		c.Interval = DefaultInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
@@ -248,7 +253,14 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 	if withProcs || w.procs == nil {
 		procs, err := procNamespaces(w.cfg.ProcRoot)
 		if err != nil {
-			procs = map[uint64][]int{}
+			// A failed scan (EMFILE, ENOMEM) says nothing about the
+			// namespaces: keep the last one rather than report every
+			// unnamed namespace removed, and try again soon.
+			w.cfg.Logger.Warn("discovery: cannot scan processes, keeping the last scan", "proc", w.cfg.ProcRoot, "err", err)
+			procs, retrySoon = w.procs, true
+			if procs == nil {
+				procs = map[uint64][]int{}
+			}
 		}
 		procsChanged = w.procs == nil || !maps.EqualFunc(procs, w.procs, slices.Equal)
 		w.procs = procs
