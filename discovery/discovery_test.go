@@ -2,6 +2,8 @@ package discovery
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -295,4 +297,106 @@ func TestFailedProcScanKeepsNamespaces(t *testing.T) {
 	if evs, _ := w.scan(true); len(evs) != 0 {
 		t.Errorf("scan with /proc back: %+v, want no change", evs)
 	}
+}
+
+// TestMonitorOverflowResyncs: a burst of link changes that overflows the
+// subscription socket while the consumer is slow is recovered from: once
+// the burst ends, the view built from the events (resyncs included)
+// matches the kernel's links, with none lost for good.
+func TestMonitorOverflowResyncs(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("dmo")
+	addNetns(t, name)
+	const pairs = 1500
+	var batch strings.Builder
+	for i := range pairs {
+		fmt.Fprintf(&batch, "link add a%d type veth peer name b%d\n", i, i)
+	}
+
+	events := make(chan LinkEvent, 16)
+	m, err := NewMonitor(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := m.Add(1, "/run/netns/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	view := map[int]bool{}
+	for _, l := range snap.Links {
+		view[l.Index] = true
+	}
+	apply := func(e LinkEvent) (resync bool) {
+		switch e.Type {
+		case LinkChanged:
+			view[e.Link.Index] = true
+		case LinkDeleted:
+			delete(view, e.Link.Index)
+		case Resync:
+			clear(view)
+			for _, l := range e.State.Links {
+				view[l.Index] = true
+			}
+			return true
+		}
+		return false
+	}
+
+	cmd := exec.Command("ip", "-n", name, "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch.String())
+	burst := make(chan error, 1)
+	go func() { burst <- cmd.Run() }()
+	// A slow consumer during the burst, so that the socket overflows.
+	resyncs := 0
+	for slow := true; slow; {
+		select {
+		case err := <-burst:
+			if err != nil {
+				t.Fatalf("ip -batch: %v", err)
+			}
+			slow = false
+		case e := <-events:
+			time.Sleep(200 * time.Microsecond)
+			if apply(e) {
+				resyncs++
+			}
+		}
+	}
+	out, err := exec.Command("ip", "-n", name, "-o", "link", "show").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := map[int]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		idx, _, _ := strings.Cut(line, ":")
+		i, err := strconv.Atoi(idx)
+		if err != nil {
+			t.Fatalf("ip -o link: %q", line)
+		}
+		kernel[i] = true
+	}
+	want := len(kernel)
+	for deadline := time.After(10 * time.Second); !maps.Equal(view, kernel); {
+		select {
+		case e := <-events:
+			if apply(e) {
+				resyncs++
+			}
+		case <-deadline:
+			t.Fatalf("the view has %d links after the burst, the kernel %d (%d resyncs)", len(view), want, resyncs)
+		}
+	}
+	if resyncs == 0 {
+		t.Errorf("the burst never overflowed the socket: the test proves nothing")
+	}
+	t.Logf("%d links, %d resyncs", want, resyncs)
 }

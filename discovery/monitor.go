@@ -45,6 +45,18 @@ type Snapshot struct {
 // dumpTimeout bounds one link or address dump.
 const dumpTimeout = 5 * time.Second
 
+// rcvBuf is each subscription socket's receive buffer: room for a burst
+// of a few thousand notifications (the default holds a few hundred) while
+// the agent is busy. It costs memory only while notifications wait.
+const rcvBuf = 1 << 20
+
+// dumpAttempts bounds the dumps a resync tries while notifications keep
+// overflowing the socket.
+const dumpAttempts = 5
+
+// errOverflow means notifications were dropped during a dump.
+var errOverflow = errors.New("notifications overflowed the socket during the dump")
+
 // Monitor holds one rtnetlink socket per namespace, subscribed to link and
 // address changes, all served by a single epoll loop: a goroutine and a
 // read buffer per namespace would cost more memory than the agent may use
@@ -65,6 +77,8 @@ type subscription struct {
 	netns uint64
 	fd    int
 	seq   uint32
+	// stale is set when a resync failed: the next read tries again.
+	stale bool
 }
 
 // NewMonitor creates a monitor sending changes on events once Run runs.
@@ -103,13 +117,18 @@ func (m *Monitor) Add(netns uint64, path string) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("netlink socket in %s: %w", path, err)
 	}
+	// FORCE passes the rmem_max cap (CAP_NET_ADMIN); without it, the
+	// default buffer still works, with resyncs after shorter bursts.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+	}
 	groups := uint32(1<<(unix.RTNLGRP_LINK-1) | 1<<(unix.RTNLGRP_IPV4_IFADDR-1) | 1<<(unix.RTNLGRP_IPV6_IFADDR-1))
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
 		unix.Close(fd)
 		return Snapshot{}, fmt.Errorf("netlink bind in %s: %w", path, err)
 	}
 	sub := &subscription{netns: netns, fd: fd}
-	snap, err := sub.dump()
+	snap, err := sub.resync()
 	if err != nil {
 		unix.Close(fd)
 		return Snapshot{}, fmt.Errorf("list links of %s: %w", path, err)
@@ -231,17 +250,18 @@ func (m *Monitor) read(id uint64, buf []byte) (netns uint64, n int, resync *Snap
 		return 0, 0, nil, false
 	}
 	n, _, err := unix.Recvfrom(sub.fd, buf, 0)
-	switch {
-	case err == nil:
+	if err == nil && !sub.stale {
 		return sub.netns, n, nil, true
-	case errors.Is(err, unix.ENOBUFS):
-		snap, derr := sub.dump()
-		if derr != nil {
-			return 0, 0, nil, false
-		}
-		return sub.netns, 0, &snap, true
 	}
-	return 0, 0, nil, false // EAGAIN: drained
+	if err != nil && !errors.Is(err, unix.ENOBUFS) && !sub.stale {
+		return 0, 0, nil, false // EAGAIN: drained
+	}
+	// Notifications were lost: only a new dump tells what changed.
+	snap, derr := sub.resync()
+	if sub.stale = derr != nil; sub.stale {
+		return 0, 0, nil, false // tried again on the next notification
+	}
+	return sub.netns, 0, &snap, true
 }
 
 func (m *Monitor) close() {
@@ -274,12 +294,34 @@ func toEvents(netns uint64, msgs []message) []LinkEvent {
 	return evs
 }
 
+// resync empties the socket, then dumps. After an overflow the kernel
+// reports no further drops until the socket's queue has been empty, so a
+// dump taken before that could miss changes silently; one taken after
+// learns of any drop during it (errOverflow), and is taken again.
+func (s *subscription) resync() (Snapshot, error) {
+	buf := make([]byte, 1<<16)
+	for range dumpAttempts {
+		for {
+			_, _, err := unix.Recvfrom(s.fd, buf, 0)
+			if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
+				break // EAGAIN: empty
+			}
+		}
+		snap, err := s.dump()
+		if !errors.Is(err, errOverflow) {
+			return snap, err
+		}
+	}
+	return Snapshot{}, fmt.Errorf("%w, %d times", errOverflow, dumpAttempts)
+}
+
 // dump lists links, then addresses (one dump at a time per socket), on
 // the subscription socket itself. Notifications interleaved with the dump
 // are folded in, so the result is at least as new as the dump.
 func (s *subscription) dump() (Snapshot, error) {
 	links := map[int]Link{}
 	addrs := map[Addr]bool{}
+	overflow := false
 	for _, req := range []uint16{unix.RTM_GETLINK, unix.RTM_GETADDR} {
 		s.seq++
 		if err := s.request(req); err != nil {
@@ -299,7 +341,11 @@ func (s *subscription) dump() (Snapshot, error) {
 				unix.Poll(pfd, int(left/time.Millisecond)+1)
 				continue
 			}
-			if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EINTR) {
+			if errors.Is(err, unix.ENOBUFS) {
+				overflow = true // read the dump to its end, then report it
+				continue
+			}
+			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			if err != nil {
@@ -323,6 +369,9 @@ func (s *subscription) dump() (Snapshot, error) {
 				}
 			}
 		}
+	}
+	if overflow {
+		return Snapshot{}, errOverflow
 	}
 	var snap Snapshot
 	for _, l := range links {
