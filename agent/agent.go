@@ -472,6 +472,17 @@ func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
 	present := map[int]bool{}
 	for _, l := range snap.Links {
 		present[l.Index] = true
+		// A snapshot follows lost notifications: a device deleted and
+		// created anew at the same index looks unchanged, but our
+		// programs went with the old one.
+		if p := s.links[l.Index]; p != nil && p.att != nil {
+			if alive, err := p.att.Alive(); err != nil {
+				a.log.Warn("cannot tell whether an attachment is alive", "netns", s.label, "interface", l.Name, "err", err)
+			} else if !alive {
+				a.log.Info("interface replaced while notifications were lost: attaching again", "netns", s.label, "interface", l.Name)
+				a.detach(s, l.Index, p)
+			}
+		}
 		a.upsertLink(s, l)
 	}
 	for idx, p := range s.links {

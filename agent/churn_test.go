@@ -9,15 +9,19 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/discovery"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/traffic"
+	"golang.org/x/sys/unix"
 )
 
 func ipCmd(args ...string) error {
@@ -257,4 +261,98 @@ func (a *Agent) describe(label string) string {
 		return fmt.Sprintf("inode %d cookie %d path %s links %v early %d", s.ns.Inode, s.cookie, s.ns.Path, links, len(s.early))
 	}
 	return "not tracked"
+}
+
+// attachment returns the agent's attachment to ifname in the namespace
+// labelled label, if any.
+func (a *Agent) attachment(label, ifname string) *bpf.Attachment {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, s := range a.byInode {
+		for _, p := range s.links {
+			if s.label == label && p.link.Name == ifname && p.att != nil {
+				return p.att
+			}
+		}
+	}
+	return nil
+}
+
+// TestResyncReattachesReplacedInterface: notifications about a namespace
+// are lost (a netlink overflow, here by dropping the subscription) while
+// its veth is deleted and created anew at the same index. The resync that
+// follows an overflow shows the same index; the agent sees that its
+// programs went with the old device, attaches again, and counts.
+func TestResyncReattachesReplacedInterface(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ar")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	a, b := p+"a", p+"b"
+	deadline := time.Now().Add(15 * time.Second)
+	for !attached(r.a, a, "eth-d") {
+		if time.Now().After(deadline) {
+			t.Fatal("eth-d not attached")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	old := r.a.attachment(a, "eth-d")
+	var st unix.Stat_t
+	if err := unix.Stat(s.NetnsPath(a), &st); err != nil {
+		t.Fatal(err)
+	}
+	r.a.mon.Remove(st.Ino) // what a's subscription would report is lost
+
+	ib := func() int {
+		out, err := exec.Command("ip", "-n", b, "-o", "link", "show", "eth-d").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		i, _ := strconv.Atoi(strings.SplitN(string(out), ":", 2)[0])
+		return i
+	}()
+	for _, args := range [][]string{
+		{"-n", a, "link", "del", "eth-d"},
+		{"-n", a, "link", "add", "eth-d", "index", strconv.Itoa(old.Ifindex), "type", "veth", "peer", "name", "eth-d", "netns", b, "index", strconv.Itoa(ib)},
+		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
+		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
+		{"-n", a, "link", "set", "eth-d", "up"},
+		{"-n", b, "link", "set", "eth-d", "up"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := discovery.NewMonitor(make(chan discovery.LinkEvent, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := m.Add(st.Ino, s.NetnsPath(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Remove(st.Ino)
+	r.a.linkEvents <- discovery.LinkEvent{Netns: st.Ino, Type: discovery.Resync, State: snap}
+
+	var att *bpf.Attachment
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if att = r.a.attachment(a, "eth-d"); att != nil && att != old {
+			if alive, err := att.Alive(); alive && err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replaced eth-d was not attached again")
+		}
+	}
+	const n = 100
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5201"), n, 64)
+	ps, ok, err := r.a.dp.Port(att.Key())
+	if err != nil || !ok {
+		t.Fatalf("port counters of the new eth-d: %v, %v", ok, err)
+	}
+	if got := ps.Get(bpf.Egress, bpf.IPv4, bpf.UDP).Packets; got != n {
+		t.Errorf("the new eth-d sent %d UDP packets by nsflow's count, want %d", got, n)
+	}
 }

@@ -195,6 +195,56 @@ func (d *Datapath) hasDeadRunFilters(ifindex int) (bool, error) {
 	return len(dead) > 0, err
 }
 
+// Alive reports whether the programs are still on the interface they were
+// attached to. They are not once it was deleted, even if another device
+// took its index since: a watcher that lost notifications (a netlink
+// overflow) learns from this that an index it knows is a new device.
+func (a *Attachment) Alive() (bool, error) {
+	if a.Mode == ModeTCX {
+		for _, l := range a.links {
+			info, err := l.Info()
+			if err != nil {
+				return false, fmt.Errorf("bpf: tcx link of %s: %w", a.Ifname, err)
+			}
+			// A link whose device went stays open, on ifindex 0.
+			if tcx := info.TCX(); tcx == nil || tcx.Ifindex == 0 {
+				return false, nil
+			}
+		}
+		return len(a.links) > 0, nil
+	}
+	if a.tc == nil {
+		return false, nil // detached
+	}
+	alive := false
+	err := nsenter.DoHandle(a.tc.ns, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer h.Close()
+		l, err := h.LinkByIndex(a.tc.ifindex)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+				return nil
+			}
+			return err
+		}
+		for i, parent := range tcParents {
+			if id, ok := ownFilter(h, l, parent, a.tc.handle); !ok || id != a.tc.progIDs[i] {
+				return nil
+			}
+		}
+		alive = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("bpf: filters of %s: %w", a.Ifname, err)
+	}
+	return alive, nil
+}
+
 // Detach removes the programs from the interface. It is idempotent and
 // succeeds when the interface or its namespace is already gone (the
 // kernel then removed the attachment with it).

@@ -342,3 +342,48 @@ func indexIn(t *testing.T, n *testNS, ifname string) (idx int) {
 	})
 	return idx
 }
+
+// TestAliveAfterIndexReused: an attachment knows when its interface was
+// deleted, even after another device took the same index in the same
+// namespace (what a watcher that lost notifications sees as "the same
+// link").
+func TestAliveAfterIndexReused(t *testing.T) {
+	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			d := loadForTest(t, Options{ForceMode: mode})
+			a, b := newTestNS(t), newTestNS(t)
+			ea, _ := vethPair(t, a, b, 6)
+			att, err := d.Attach(ea.NS.Path, ea.Ifname)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { att.Detach() })
+			if alive, err := att.Alive(); !alive || err != nil {
+				t.Fatalf("alive right after attach: %v, %v", alive, err)
+			}
+			bh, err := netns.GetFromPath(b.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bh.Close()
+			ea.NS.do(t, func() error {
+				l, err := netlink.LinkByName(ea.Ifname)
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkDel(l); err != nil {
+					return err
+				}
+				// Another pair, its end in a at the same index.
+				return netlink.LinkAdd(&netlink.Veth{
+					LinkAttrs:     netlink.LinkAttrs{Name: ea.Ifname, Index: att.Ifindex},
+					PeerName:      testenv.Name("vr"),
+					PeerNamespace: netlink.NsFd(int(bh)),
+				})
+			})
+			if alive, err := att.Alive(); alive || err != nil {
+				t.Errorf("alive after the interface was replaced at index %d: %v, %v", att.Ifindex, alive, err)
+			}
+		})
+	}
+}
