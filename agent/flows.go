@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"time"
@@ -57,10 +58,28 @@ func (a *Agent) Flows() (*collector.FlowSummary, error) {
 	return sum, nil
 }
 
+// topKey labels a series of nsflow_top_flow_bytes_total. Records that
+// share it (two records of one 5-tuple on two ports of a namespace
+// recreated under its name) are one series: Prometheus refuses two
+// series with one label set.
+type topKey struct {
+	pair             pairKey
+	src, dst         netip.Addr
+	srcPort, dstPort uint16
+	ports            bool // TCP, UDP and SCTP ports; ICMP type and code
+}
+
+func topKeyOf(k bpf.FlowKey, d *decision) topKey {
+	t := topKey{pair: d.pair, src: k.Src, dst: k.Dst}
+	if hasPorts(k.Proto) || k.Proto == unix.IPPROTO_ICMP || k.Proto == unix.IPPROTO_ICMPV6 {
+		t.srcPort, t.dstPort, t.ports = k.SrcPort, k.DstPort, true
+	}
+	return t
+}
+
 type liveFlow struct {
-	k bpf.FlowKey
-	d *decision
-	s bpf.FlowStats
+	k     topKey
+	bytes uint64
 }
 
 func (a *Agent) summarize() (*collector.FlowSummary, error) {
@@ -86,7 +105,7 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	for k, v := range b.st.Violations {
 		viol[k] = v
 	}
-	var top []liveFlow
+	topBytes := map[topKey]uint64{}
 	entries := 0
 	inflight := b.inflightLocked()
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
@@ -115,7 +134,9 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 		pc := ports[pk]
 		pc.add(s.Packets, s.Bytes)
 		ports[pk] = pc
-		top = keepTop(top, liveFlow{k, d, s}, a.cfg.TopFlows)
+		if a.cfg.TopFlows > 0 {
+			topBytes[topKeyOf(k, d)] += s.Bytes
+		}
 		return true
 	})
 	if err != nil {
@@ -142,11 +163,15 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	for k, v := range viol {
 		sum.Violations = append(sum.Violations, collector.Violation{Src: k[0], Dst: k[1], Packets: v})
 	}
+	var top []liveFlow
+	for k, b := range topBytes {
+		top = keepTop(top, liveFlow{k, b}, a.cfg.TopFlows)
+	}
 	for _, f := range top {
-		t := collector.TopFlowSample{Src: f.d.pair.Src, Dst: f.d.pair.Dst, Protocol: f.d.pair.Protocol,
-			SrcAddr: f.k.Src.String(), DstAddr: f.k.Dst.String(), Bytes: f.s.Bytes}
-		if hasPorts(f.k.Proto) {
-			t.SrcPort, t.DstPort = strconv.Itoa(int(f.k.SrcPort)), strconv.Itoa(int(f.k.DstPort))
+		t := collector.TopFlowSample{Src: f.k.pair.Src, Dst: f.k.pair.Dst, Protocol: f.k.pair.Protocol,
+			SrcAddr: f.k.src.String(), DstAddr: f.k.dst.String(), Bytes: f.bytes}
+		if f.k.ports {
+			t.SrcPort, t.DstPort = strconv.Itoa(int(f.k.srcPort)), strconv.Itoa(int(f.k.dstPort))
 		}
 		sum.Top = append(sum.Top, t)
 	}
@@ -156,10 +181,10 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 // keepTop keeps the n largest flows by bytes, sorted descending; n is
 // small (tens), so insertion into a sorted slice is cheapest.
 func keepTop(top []liveFlow, f liveFlow, n int) []liveFlow {
-	if n == 0 || (len(top) == n && f.s.Bytes <= top[n-1].s.Bytes) {
+	if n == 0 || (len(top) == n && f.bytes <= top[n-1].bytes) {
 		return top
 	}
-	i, _ := slices.BinarySearchFunc(top, f, func(x, y liveFlow) int { return cmp.Compare(y.s.Bytes, x.s.Bytes) })
+	i, _ := slices.BinarySearchFunc(top, f, func(x, y liveFlow) int { return cmp.Compare(y.bytes, x.bytes) })
 	top = slices.Insert(top, i, f)
 	if len(top) > n {
 		top = top[:n]

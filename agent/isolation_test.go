@@ -14,6 +14,8 @@ import (
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/verify"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 )
 
 // TestRogueLinkViolation wires a veth the topology does not declare
@@ -145,4 +147,59 @@ func attached(a *Agent, labelIfnames ...string) bool {
 		}
 	}
 	return true
+}
+
+// TestTopFlowsICMP: echo replies and port unreachables between the same
+// two addresses are two records that differ only in ICMP type and code.
+// Their top flow series carry those in the port labels; before, both had
+// empty ports, and the second series was refused at every scrape.
+func TestTopFlowsICMP(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("at")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	a, b := p+"a", p+"b"
+	deadline := time.Now().Add(15 * time.Second)
+	for !attached(r.a, a, "eth-d") || !attached(r.a, b, "eth-d") {
+		if time.Now().After(deadline) {
+			t.Fatal("eth-d not attached")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	err := nsenter.Do(s.NetnsPath(a), func() error {
+		ping, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		if err != nil {
+			return err
+		}
+		defer ping.Close()
+		echo, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 7, Seq: 1, Data: []byte("nsflow")}}).Marshal(nil)
+		if err != nil {
+			return err
+		}
+		if _, err := ping.WriteTo(echo, &net.IPAddr{IP: net.IPv4(198, 18, 40, 2)}); err != nil {
+			return err
+		}
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.40.2:9"))) // closed
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("nsflow"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		fmt.Sprintf(`nsflow_top_flow_bytes_total{dst="198.18.40.1",dst_netns=%q,dst_port="0",protocol="icmp",src="198.18.40.2",src_netns=%q,src_port="0"}`, a, b), // echo reply
+		fmt.Sprintf(`nsflow_top_flow_bytes_total{dst="198.18.40.1",dst_netns=%q,dst_port="3",protocol="icmp",src="198.18.40.2",src_netns=%q,src_port="3"}`, a, b), // port unreachable
+	}
+	var m string
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if m = scrape(t, r.url); strings.Contains(m, want[0]) && strings.Contains(m, want[1]) {
+			return
+		}
+	}
+	t.Errorf("top flows lack %q:\n%s", want, grepLines(m, "nsflow_top_flow"))
 }
