@@ -15,6 +15,7 @@ import (
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/collector"
 	"github.com/nsflow/nsflow/discovery"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -668,9 +669,15 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			}
 			if err != nil {
 				if p != nil {
-					a.attachErr.Add(1)
 					a.setAttaching(p, false)
-					a.log.Warn("attach failed", "netns", label, "interface", l.Name, "err", err)
+					if vanished(err) {
+						// Deleted or moved away before the attach: its
+						// removal is on its way, and nothing failed.
+						a.log.Debug("attach skipped: interface gone", "netns", label, "interface", l.Name, "err", err)
+					} else {
+						a.attachErr.Add(1)
+						a.log.Warn("attach failed", "netns", label, "interface", l.Name, "err", err)
+					}
 					if cur.ns.Path != path {
 						a.upsertLink(cur, p.link) // named by a new path meanwhile: see resume
 					}
@@ -694,6 +701,15 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			a.mu.Unlock()
 		}
 	}
+}
+
+// vanished reports whether an attach failed because its interface or
+// namespace was gone: the index names no device (deleted, or moved to
+// another namespace), the device went during the attach, or the path to
+// the namespace no longer exists.
+func vanished(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
 }
 
 func (a *Agent) worker(ctx context.Context) {

@@ -356,3 +356,39 @@ func TestResyncReattachesReplacedInterface(t *testing.T) {
 		t.Errorf("the new eth-d sent %d UDP packets by nsflow's count, want %d", got, n)
 	}
 }
+
+// TestVanished: the errors of attaching to an interface or namespace that
+// is gone are told apart from real failures, which count as attach errors.
+func TestVanished(t *testing.T) {
+	testenv.RequireRoot(t)
+	d, err := bpf.Load(bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	name := testenv.Name("av")
+	if err := ipCmd("netns", "add", name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ipCmd("netns", "del", name) })
+	_, noIndex := d.AttachIndex("/run/netns/"+name, 9999)
+	_, noNetns := d.AttachIndex("/run/netns/"+name+"-gone", 1)
+	for _, tt := range []struct {
+		what string
+		err  error
+		want bool
+	}{
+		{"no such index", noIndex, true},
+		{"no such namespace", noNetns, true},
+		{"device gone during a tcx attach", fmt.Errorf("bpf: attach: tcx TCXEgress: %w", unix.ENODEV), true},
+		{"no capability", fmt.Errorf("bpf: attach: tcx TCXEgress: %w", unix.EPERM), false},
+		{"anything else", errors.New("bpf: attach: datapath is closed"), false},
+	} {
+		if tt.err == nil {
+			t.Fatalf("%s: no error", tt.what)
+		}
+		if got := vanished(tt.err); got != tt.want {
+			t.Errorf("%s (%v): vanished %v, want %v", tt.what, tt.err, got, tt.want)
+		}
+	}
+}
