@@ -51,12 +51,15 @@ func (a *Agent) Namespaces() []collector.NetnsInfo {
 	defer a.mu.RUnlock()
 	out := make([]collector.NetnsInfo, 0, len(a.byInode))
 	for _, s := range a.byInode {
-		pids := make([]string, len(s.ns.Pids))
+		// A pid without a command exited after the scan found it.
+		var pids, comms []string
 		for i, p := range s.ns.Pids {
-			pids[i] = strconv.Itoa(p)
+			if i < len(s.ns.Comms) && s.ns.Comms[i] != "" {
+				pids, comms = append(pids, strconv.Itoa(p)), append(comms, s.ns.Comms[i])
+			}
 		}
 		out = append(out, collector.NetnsInfo{Netns: s.label, Inode: strconv.FormatUint(s.ns.Inode, 10),
-			Path: s.ns.Path, Pids: strings.Join(pids, ","), Comm: strings.Join(slices.Compact(slices.Clone(s.ns.Comms)), ",")})
+			Path: s.ns.Path, Pids: strings.Join(pids, ","), Comm: strings.Join(slices.Compact(comms), ",")})
 	}
 	return out
 }
