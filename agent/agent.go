@@ -51,6 +51,7 @@ type Agent struct {
 	gone      map[uint64]goneNetns
 	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
 	bcasts    map[netip.Addr]int             // IPv4 subnet broadcast -> live addresses in that subnet
+	gonePorts map[portLabel]*gonePort        // last counts of deleted ports (goneports.go)
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
 	attachErr atomic.Uint64
@@ -152,6 +153,7 @@ func New(cfg Config) (*Agent, error) {
 		gone:       map[uint64]goneNetns{},
 		owners:     map[netip.Addr]map[uint64]bool{},
 		bcasts:     map[netip.Addr]int{},
+		gonePorts:  map[portLabel]*gonePort{},
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
 	a.deleteFlows = dp.DeleteFlows
@@ -601,6 +603,11 @@ func (a *Agent) eligible(l discovery.Link) bool {
 }
 
 func (a *Agent) upsertLink(s *nsState, l discovery.Link) {
+	// No longer watched (renamed out of --interface.include, released
+	// from a bridge): detached under the name it was counted by.
+	if p := s.links[l.Index]; p != nil && p.att != nil && !a.eligible(l) {
+		a.detach(s, l.Index, p)
+	}
 	a.mu.Lock()
 	p := s.links[l.Index]
 	if p == nil {
@@ -609,12 +616,9 @@ func (a *Agent) upsertLink(s *nsState, l discovery.Link) {
 	}
 	p.link = l
 	a.mu.Unlock()
-	switch {
-	case a.eligible(l) && p.att == nil && !p.attaching:
+	if a.eligible(l) && p.att == nil && !p.attaching {
 		a.setAttaching(p, true)
 		a.queueJob(a.attachJob(s, l))
-	case !a.eligible(l) && p.att != nil:
-		a.detach(s, l.Index, p)
 	}
 }
 
@@ -637,9 +641,7 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 	a.mu.Lock()
 	p.att = nil
 	a.mu.Unlock()
-	if err := a.dp.DeletePort(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}); err != nil {
-		a.log.Debug("delete port counters", "netns", s.label, "interface", p.link.Name, "err", err)
-	}
+	a.deletePort(s, idx, p.link)
 }
 
 // setAttaching marks a port while its attach job runs; scrapes and

@@ -212,7 +212,11 @@ func (a *Agent) evict() {
 		delete(a.gone, c)
 	}
 	a.mu.Unlock()
-	a.retire(time.Now())
+	now := time.Now()
+	a.retire(now)
+	a.mu.Lock()
+	a.retirePortsLocked(now)
+	a.mu.Unlock()
 	// The cached summary still adds up (it predates the eviction), but
 	// the next scrape should see the smaller table. sumMu is taken only
 	// after a.mu and book.mu are released: Flows takes it first.

@@ -12,7 +12,9 @@ import (
 var _ collector.Source = (*Agent)(nil)
 
 // Ports implements collector.Source: the port table, named by the
-// namespaces and links discovered, one sample per family with traffic.
+// namespaces and links discovered, with the last counts of deleted ports
+// (goneports.go) added under their labels; one sample per family with
+// traffic.
 func (a *Agent) Ports() ([]collector.PortSample, error) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
@@ -23,7 +25,12 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]collector.PortSample, 0, len(ports))
+	byLabel := make(map[portLabel]bpf.PortStats, len(ports)+len(a.gonePorts))
+	add := func(l portLabel, st *bpf.PortStats) {
+		sum := byLabel[l]
+		sum.Add(st)
+		byLabel[l] = sum
+	}
 	for k, st := range ports {
 		s := a.byCookie[k.NetnsCookie]
 		if s == nil {
@@ -33,12 +40,19 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 		if p == nil {
 			continue
 		}
+		add(portLabel{s.label, p.link.Name}, &st)
+	}
+	for l, g := range a.gonePorts {
+		add(l, &g.stats)
+	}
+	out := make([]collector.PortSample, 0, len(byLabel))
+	for l, st := range byLabel {
 		for _, f := range bpf.Families {
 			rx, tx := st.Family(bpf.Ingress, f), st.Family(bpf.Egress, f)
 			if rx.Packets == 0 && tx.Packets == 0 {
 				continue
 			}
-			out = append(out, collector.PortSample{Netns: s.label, Interface: p.link.Name, Family: f.String(),
+			out = append(out, collector.PortSample{Netns: l.netns, Interface: l.ifname, Family: f.String(),
 				ReceiveBytes: rx.Bytes, ReceivePackets: rx.Packets, TransmitBytes: tx.Bytes, TransmitPackets: tx.Packets})
 		}
 	}

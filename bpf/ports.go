@@ -105,6 +105,17 @@ func (s *PortStats) Dir(d Direction) Counter {
 // Total returns both directions together.
 func (s *PortStats) Total() Counter { return s.Dir(Ingress).Add(s.Dir(Egress)) }
 
+// Add adds o's counters to s's.
+func (s *PortStats) Add(o *PortStats) {
+	for d := range s.C {
+		for f := range s.C[d] {
+			for p := range s.C[d][f] {
+				s.C[d][f][p] = s.C[d][f][p].Add(o.C[d][f][p])
+			}
+		}
+	}
+}
+
 func (s *PortStats) addRaw(r *nsflowPortStats) {
 	if r == nil {
 		return

@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
+)
+
+// TestGonePortKeepsLastCounts: an interface's series keeps the packets it
+// sent after the last scrape when the interface is deleted, continues
+// (instead of restarting from 0) when an interface of the same name comes
+// back, and goes once the retention has passed with none live.
+func TestGonePortKeepsLastCounts(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ag")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: 2 * time.Second, FlowIdleTimeout: 2 * time.Second})
+	a, b := p+"a", p+"b"
+	waitAttached := func(want bool) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); attached(r.a, a, "eth-d") != want; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("eth-d attached: want %v", want)
+			}
+		}
+	}
+	series := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface="eth-d",netns=%q\} (\d+)$`, a))
+	value := func() (uint64, bool) {
+		m := series.FindStringSubmatch(scrape(t, r.url))
+		if m == nil {
+			return 0, false
+		}
+		v, _ := strconv.ParseUint(m[1], 10, 64)
+		return v, true
+	}
+	want := func(what string, n uint64) {
+		t.Helper()
+		if v, ok := value(); !ok || v != n {
+			t.Fatalf("%s: a's eth-d sent %d IPv4 packets by nsflow's count (series there: %v), want %d", what, v, ok, n)
+		}
+	}
+	dst := netip.MustParseAddrPort("198.18.40.2:5401")
+	waitAttached(true)
+	sendUDP(t, s, a, b, dst, 30, 64)
+	want("after 30 datagrams", 30)
+	sendUDP(t, s, a, b, dst, 20, 64) // not scraped before the interface goes
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	waitAttached(false)
+	want("deleted", 50)
+
+	// The same name again, on a new pair.
+	for _, args := range [][]string{
+		{"-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b},
+		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
+		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
+		{"-n", a, "link", "set", "eth-d", "up"},
+		{"-n", b, "link", "set", "eth-d", "up"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAttached(true)
+	sendUDP(t, s, a, b, dst, 10, 64)
+	want("back under its name", 60)
+
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	waitAttached(false)
+	want("deleted again", 60)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, ok := value(); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the series of the deleted eth-d outlived the retention")
+		}
+	}
+}
