@@ -280,3 +280,91 @@ func TestScrapeWhileStopping(t *testing.T) {
 		t.Errorf("ports after stop: %v, want %v", err, errStopped)
 	}
 }
+
+// TestAddressMovesToNewNamespace: a namespace sends a flow from a fixed
+// port and goes; a new namespace on the same bridge takes its address and
+// sends the same 5-tuple while the receiver's record of it is still live.
+// The new traffic counts toward the new namespace, not the gone one (the
+// record decided for the old sender is folded and a new one decided).
+func TestAddressMovesToNewNamespace(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("am")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 30 * time.Second})
+	waitReady(t, r)
+	a, b, c, sw := p+"a", p+"b", p+"c", p+"sw"
+
+	// a listens, so that no port unreachable comes back.
+	var ln *net.UDPConn
+	if err := nsenter.Do(s.NetnsPath(a), func() (err error) {
+		ln, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 18, 41, 1), Port: 6001})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	send := func(ns string, n int) {
+		t.Helper()
+		err := nsenter.Do("/run/netns/"+ns, func() error {
+			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 18, 41, 2), Port: 7000}, &net.UDPAddr{IP: net.IPv4(198, 18, 41, 1), Port: 6001})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for range n {
+				if _, err := c.Write([]byte("nsflow")); err != nil {
+					return err
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pairSeries := func(src string) string {
+		return fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q}`, a, src)
+	}
+	waitSeries := func(series string, n int) {
+		t.Helper()
+		want := fmt.Sprintf("%s %d\n", series, n)
+		var text string
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if text = scrape(t, r.url); strings.Contains(text, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("want %s; have:\n%s", want, grepLines(text, "nsflow_netns_flow_packets_total{"))
+			}
+		}
+	}
+	send(b, 20)
+	waitSeries(pairSeries(b), 20)
+	if err := netns.DeleteNamed(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipCmd("netns", "add", c); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ipCmd("netns", "del", c) })
+	for _, args := range [][]string{
+		{"-n", c, "link", "add", "eth-br", "type", "veth", "peer", "name", "pc", "netns", sw},
+		{"-n", sw, "link", "set", "pc", "master", p + "br0", "up"},
+		{"-n", c, "addr", "add", "198.18.41.2/24", "dev", "eth-br"},
+		{"-n", c, "link", "set", "eth-br", "up"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(15 * time.Second); !attached(r.a, c, "eth-br"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("c's eth-br not attached")
+		}
+	}
+	send(c, 30)
+	waitSeries(pairSeries(c), 30)
+	waitSeries(pairSeries(b), 20)
+}
