@@ -22,6 +22,10 @@ type State struct {
 	// Drift lists every difference from the spec; empty when the
 	// topology is exactly up.
 	Drift []string `json:"drift"`
+	// Warnings are problems of the host rather than differences from the
+	// spec: a declared host address whose subnet another host interface
+	// has too (a second --prefix copy, say).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // NamespaceState is one namespace: each declared one, then the host with
@@ -146,7 +150,7 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 		return nil, err
 	}
 	st := compare(s, snaps)
-	st.Drift = append(st.Drift, overlaps...)
+	st.Warnings = overlaps
 	for _, d := range o.describe() {
 		st.Drift = append(st.Drift, fmt.Sprintf("%s: owned by topology %s but no longer declared", d, s.Name))
 	}
@@ -485,6 +489,9 @@ func (st *State) WriteTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, warning := range st.Warnings {
+		fmt.Fprintln(w, "\nwarning: "+warning)
 	}
 	if len(st.Drift) == 0 {
 		_, err := fmt.Fprintln(w, "\nDRIFT: none, the live state matches the spec")
