@@ -379,6 +379,7 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 		e.Type = discovery.Added
 	}
 	a.countEvent("netns", e.Type.String())
+	a.log.Debug("namespace "+e.Type.String(), "netns", n.Label(), "inode", n.Inode, "path", n.Path)
 	switch e.Type {
 	case discovery.Added:
 		a.mu.Lock()
@@ -661,6 +662,8 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 	}
 	if err := p.att.Detach(); err != nil {
 		a.log.Warn("detach failed", "netns", s.label, "interface", p.link.Name, "err", err)
+	} else {
+		a.log.Debug("detached", "netns", s.label, "interface", p.link.Name, "ifindex", idx)
 	}
 	a.mu.Lock()
 	p.att = nil
@@ -725,6 +728,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			a.mu.Lock()
 			p.attaching, p.att = false, att
 			a.mu.Unlock()
+			a.log.Debug("attached", "netns", label, "interface", p.link.Name, "ifindex", l.Index, "mode", att.Mode)
 		}
 	}
 }
