@@ -33,6 +33,9 @@ type demoFlow struct {
 	Port     uint16
 	Rate     float64 // datagrams per second
 	Size     int     // payload bytes
+	// Server, when valid, is the address the server binds; otherwise the
+	// To namespace's first address of the family.
+	Server netip.Addr
 }
 
 // seedFlows is the demo's traffic: each seed scenario gets some, at rates
@@ -62,8 +65,9 @@ type resolvedFlow struct {
 }
 
 // trafficFlows resolves the demo flows against s, whose namespace names
-// are the seed's with prefix in front. A flow whose namespaces s lacks (a
-// custom topology) is left out.
+// are the seed's with prefix in front. A flow whose namespaces s lacks, or
+// whose server has no address of its family (a custom topology), is left
+// out.
 func trafficFlows(s *topology.Spec, prefix string, flows []demoFlow) ([]resolvedFlow, error) {
 	declared := map[string]bool{}
 	for _, n := range s.Namespaces {
@@ -77,7 +81,7 @@ func trafficFlows(s *topology.Spec, prefix string, flows []demoFlow) ([]resolved
 		}
 		server, err := serverAddr(s, to, f)
 		if err != nil {
-			return nil, err
+			continue
 		}
 		out = append(out, resolvedFlow{demoFlow: f, Src: from, Dst: to, Flow: traffic.Flow{
 			Proto:       traffic.UDP,
@@ -93,6 +97,9 @@ func trafficFlows(s *topology.Spec, prefix string, flows []demoFlow) ([]resolved
 
 // serverAddr is the address the flow's server binds in namespace ns.
 func serverAddr(s *topology.Spec, ns string, f demoFlow) (netip.Addr, error) {
+	if f.Server.IsValid() {
+		return f.Server, nil
+	}
 	if f.Loopback {
 		if f.IPv6 {
 			return netip.IPv6Loopback(), nil
@@ -111,4 +118,63 @@ func serverAddr(s *topology.Spec, ns string, f demoFlow) (netip.Addr, error) {
 		family = "IPv6"
 	}
 	return netip.Addr{}, fmt.Errorf("demo flow %s→%s: namespace %s has no %s address", f.From, f.To, ns, family)
+}
+
+// maxFileFlows bounds the flows fileFlows makes of a large topology.
+const maxFileFlows = 8
+
+// fileFlows is traffic for a topology that is not the seed's: on each
+// direct link between two namespaces, from one end to the other, and on
+// each bridge, from each namespace's port to the next's; over IPv4 where
+// both ends have addresses in one subnet, else IPv6. At most maxFileFlows.
+func fileFlows(s *topology.Spec) []demoFlow {
+	ifcs := s.Interfaces()
+	type ref struct{ ns, name string }
+	byRef := map[ref]topology.Interface{}
+	for _, ifc := range ifcs {
+		byRef[ref{ifc.Namespace, ifc.Name}] = ifc
+	}
+	// The namespace ends of veths, grouped by the segment they are on: a
+	// direct link, or the bridge their peer is a port of.
+	var order []string
+	segments := map[string][]topology.Interface{}
+	for _, ifc := range ifcs {
+		if ifc.Kind != "veth" || ifc.Master != "" || ifc.Namespace == topology.HostNamespace {
+			continue
+		}
+		seg := fmt.Sprintf("link %d", ifc.Link)
+		if peer := byRef[ref{ifc.PeerNamespace, ifc.PeerName}]; peer.Master != "" {
+			seg = "bridge " + peer.Master
+		}
+		if _, ok := segments[seg]; !ok {
+			order = append(order, seg)
+		}
+		segments[seg] = append(segments[seg], ifc)
+	}
+	var out []demoFlow
+	for _, seg := range order {
+		ms := segments[seg]
+		for i := 0; i+1 < len(ms) && len(out) < maxFileFlows; i++ {
+			if server, ok := sameSubnet(ms[i].Addresses, ms[i+1].Addresses); ok {
+				out = append(out, demoFlow{From: ms[i].Namespace, To: ms[i+1].Namespace, IPv6: server.Is6(),
+					Server: server, Port: uint16(5001 + len(out)), Rate: 500, Size: 512})
+			}
+		}
+	}
+	return out
+}
+
+// sameSubnet finds an address of the server's that is in a subnet of the
+// client's, IPv4 first.
+func sameSubnet(client, server []netip.Prefix) (netip.Addr, bool) {
+	for _, v6 := range []bool{false, true} {
+		for _, c := range client {
+			for _, sv := range server {
+				if c.Addr().Is6() == v6 && sv.Addr().Is6() == v6 && c.Masked() == sv.Masked() {
+					return sv.Addr(), true
+				}
+			}
+		}
+	}
+	return netip.Addr{}, false
 }

@@ -2,7 +2,10 @@ package demo
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
+
+	"github.com/nsflow/nsflow/topology"
 )
 
 // The embedded default topology is valid.
@@ -54,5 +57,52 @@ func TestTrafficFlows(t *testing.T) {
 	other.Namespaces = nil
 	if got, err := trafficFlows(&other, "t-", seedFlows); err != nil || len(got) != 0 {
 		t.Errorf("got %d flows, %v; want none", len(got), err)
+	}
+}
+
+// A file that is not the seed gets traffic between its own neighbours:
+// each direct link's ends, and consecutive ports of each bridge, in a
+// family both ends share a subnet of. Seed flows whose family a namespace
+// lacks are left out, not an error.
+func TestFileFlows(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: custom
+namespaces: [{name: ns1}, {name: ns2}, {name: a}, {name: b}, {name: c}, {name: d}]
+bridges: [{name: br}]
+links:
+  - endpoints: [{namespace: ns1, interface: e, addresses: [198.18.9.1/30]}, {namespace: ns2, interface: e, addresses: [198.18.9.2/30]}]
+  - endpoints: [{namespace: a, interface: e, addresses: [198.18.10.1/24]}, {bridge: br, interface: pa}]
+  - endpoints: [{namespace: b, interface: e, addresses: [198.18.10.2/24, "fd00:10::2/64"]}, {bridge: br, interface: pb}]
+  - endpoints: [{namespace: c, interface: e, addresses: ["fd00:10::3/64"]}, {bridge: br, interface: pc}]
+  - endpoints: [{namespace: d, interface: e, addresses: [198.18.11.4/24]}, {bridge: br, interface: pd}]
+`))
+	if err == nil {
+		err = s.Validate()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	type flow struct {
+		from, to, server string
+	}
+	var got []flow
+	for _, f := range fileFlows(s) {
+		got = append(got, flow{f.From, f.To, f.Server.String()})
+	}
+	want := []flow{
+		{"ns1", "ns2", "198.18.9.2"},
+		{"a", "b", "198.18.10.2"},
+		{"b", "c", "fd00:10::3"},
+		// c and d share no subnet: no flow.
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("flows %v, want %v", got, want)
+	}
+
+	// The seed's flows on it: ns1 to ns2 over IPv4 resolves; the way
+	// back over IPv6 has no address to go to and is left out.
+	flows, err := trafficFlows(s, "", seedFlows)
+	if err != nil || len(flows) != 1 || flows[0].Src != "ns1" || flows[0].Flow.Server.Addr().String() != "198.18.9.2" {
+		t.Errorf("seed flows on the custom file: %+v, %v; want only ns1 to ns2", flows, err)
 	}
 }

@@ -119,6 +119,10 @@ func (r *runner) startAgent(ctx context.Context, ln net.Listener) (*agent.Agent,
 func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
 	st := r.d.step("traffic")
 	flows, err := trafficFlows(r.spec, r.o.Prefix, seedFlows)
+	if err == nil && len(flows) == 0 {
+		// Not the seed: traffic between neighbours of the file's own.
+		flows, err = trafficFlows(r.spec, "", fileFlows(r.spec))
+	}
 	if err != nil {
 		return st.fail(err)
 	}
