@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"github.com/nsflow/nsflow/bench"
-	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -17,13 +16,15 @@ func init() { subcommands = append(subcommands, newBenchCmd) }
 
 func newBenchCmd() *cobra.Command {
 	var (
-		file, path, proto, output, plot string
-		cfg                             bench.Config
+		tf                        topologyFlags
+		path, proto, output, plot string
+		cfg                       bench.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure veth and bridge throughput with and without nsflow, and reconcile the counters",
-		Long: `bench builds a topology for the run (or uses the namespaces of -f FILE),
+		Long: `bench builds a topology for the run (or uses the namespaces of -f FILE,
+or of the copy "nsflow topology up -f FILE --prefix P" built with --prefix P),
 drives traffic with the built-in generator, and runs every case uninstrumented
 and instrumented, interleaved. It reports median throughput, the overhead
 ratio, CPU used and nsflow's cost per packet, and reconciles the generator's,
@@ -57,11 +58,14 @@ Exit status 1 when any count does not reconcile.`,
 					return fmt.Errorf("--plot: %w", err)
 				}
 			}
-			if file != "" {
-				if cfg.Spec, err = topology.Load(file); err != nil {
+			switch {
+			case tf.file != "":
+				if cfg.Spec, err = tf.load(); err != nil {
 					return err
 				}
-				cfg.SpecFile = file
+				cfg.SpecFile = tf.file
+			case tf.prefix != "":
+				return usage(errors.New("--prefix: needs -f FILE (the topology bench builds has a random prefix of its own)"))
 			}
 			stderr := cmd.ErrOrStderr()
 			if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -96,7 +100,8 @@ Exit status 1 when any count does not reconcile.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&file, "file", "f", "", "topology file whose namespaces to measure (default: build one for the run)")
+	f.StringVarP(&tf.file, "file", "f", "", "topology file whose namespaces to measure (default: build one for the run)")
+	f.StringVar(&tf.prefix, "prefix", "", "with -f: "+prefixUsage)
 	f.StringVar(&path, "path", "veth", "path to measure: veth, bridge or both")
 	f.IntVar(&cfg.Pairs, "pairs", 1, "most client/server pairs at once; runs 1, 2, 4, ... up to N")
 	f.IntVar(&cfg.Streams, "streams", 1, "TCP connections or UDP sockets per pair")

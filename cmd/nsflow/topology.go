@@ -14,11 +14,16 @@ import (
 
 func init() { subcommands = append(subcommands, newTopologyCmd) }
 
-// topologyFlags are shared by every topology subcommand.
+// topologyFlags are shared by every topology subcommand, and by verify
+// and bench, which work on what `topology up` built.
 type topologyFlags struct {
 	file   string
 	prefix string
 }
+
+// prefixUsage is --prefix's help: one meaning on every command that takes
+// it, so that verify and bench find the copy `topology up --prefix` built.
+const prefixUsage = "prefix for the topology, namespace, bridge and host interface names (a copy side by side; host addresses stay the same)"
 
 // load reads and validates the file; a bad file exits with status 2.
 func (f *topologyFlags) load() (*topology.Spec, error) {
@@ -42,7 +47,7 @@ func newTopologyCmd() *cobra.Command {
 		Short: "Build, remove, inspect and draw a topology of network namespaces",
 	}
 	cmd.PersistentFlags().StringVarP(&f.file, "file", "f", "", "topology file (YAML)")
-	cmd.PersistentFlags().StringVar(&f.prefix, "prefix", "", "prefix for the topology, namespace, bridge and host interface names (a copy side by side; host addresses stay the same)")
+	cmd.PersistentFlags().StringVar(&f.prefix, "prefix", "", prefixUsage)
 	_ = cmd.MarkPersistentFlagFilename("file", "yaml", "yml")
 	cmd.AddCommand(newTopologyUpCmd(f), newTopologyDownCmd(f), newTopologyShowCmd(f), newTopologyGraphCmd(f))
 	return cmd

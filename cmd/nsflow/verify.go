@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/verify"
 	"github.com/spf13/cobra"
 )
@@ -13,19 +12,20 @@ func init() { subcommands = append(subcommands, newVerifyCmd) }
 
 func newVerifyCmd() *cobra.Command {
 	var (
-		file       string
+		tf         topologyFlags
 		output     string
 		opts       verify.Options
 		noEvidence bool
 	)
 	cmd := &cobra.Command{
-		Use:   "verify -f FILE",
+		Use:   "verify -f FILE [--prefix P]",
 		Short: "Prove that the namespaces of a running topology are isolated as declared",
 		Long: `verify probes every address of every namespace from every other one (TCP,
 UDP and ICMP on the declared ports), checks that each namespace has its own
 port space and sees only its own interfaces, addresses, routes, neighbours,
 firewall rules and sockets, and reads the eBPF datapath for packets that
-must not have arrived. The topology must be up.
+must not have arrived. The topology must be up; --prefix P verifies the copy
+that "nsflow topology up -f FILE --prefix P" built.
 
 Exit status: 0 every check passes, 1 a violation, 2 a spec or environment
 error (intent the topology contradicts, a namespace missing, no BPF), a
@@ -38,12 +38,9 @@ did not hold to the end, or an interrupted run (no report).`,
 			default:
 				return &exitError{2, fmt.Errorf("--output: unknown format %q (want table, json or junit)", output)}
 			}
-			if file == "" {
-				return &exitError{2, errors.New("--file is required")}
-			}
-			spec, err := topology.Load(file)
+			spec, err := tf.load()
 			if err != nil {
-				return &exitError{2, err}
+				return err
 			}
 			opts.NoEvidence = noEvidence
 			rep, err := verify.Run(cmd.Context(), spec, opts)
@@ -69,7 +66,8 @@ did not hold to the end, or an interrupted run (no report).`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&file, "file", "f", "", "topology file (YAML)")
+	f.StringVarP(&tf.file, "file", "f", "", "topology file (YAML)")
+	f.StringVar(&tf.prefix, "prefix", "", prefixUsage)
 	f.StringVarP(&output, "output", "o", "table", "output format: table, json or junit")
 	f.BoolVar(&opts.Load, "load", false, "saturate allowed paths with bulk TCP while verifying, and report the throughput")
 	f.DurationVar(&opts.Timeout, "timeout", verify.DefaultTimeout, "how long each probe waits for an answer")

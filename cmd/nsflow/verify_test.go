@@ -75,7 +75,8 @@ isolation:
 		want string
 	}{
 		{"no file", nil, "--file is required"},
-		{"unknown flag", []string{"--prefix", "x"}, "unknown flag: --prefix"},
+		{"unknown flag", []string{"--bogus", "x"}, "unknown flag: --bogus"},
+		{"bad prefix", []string{"-f", notUp, "--prefix", "a/"}, `with prefix "a/"`},
 		{"bad flag value", []string{"-f", notUp, "--timeout", "soon"}, "invalid argument"},
 		{"argument", []string{"-f", notUp, "extra"}, "extra"},
 		{"unknown format", []string{"-f", notUp, "-o", "xml"}, `unknown format "xml"`},
@@ -110,6 +111,34 @@ func upLab(t *testing.T) (*topology.Spec, string) {
 		t.Fatal(err)
 	}
 	return s, writeFile(t, string(b))
+}
+
+// --prefix verifies the copy that `topology up --prefix` built, from the
+// file as it is: without it, verify would look for the file's own names.
+func TestVerifyCLIPrefix(t *testing.T) {
+	testenv.RequireRoot(t)
+	data, err := os.ReadFile("../../verify/testdata/lab.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := topology.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := testenv.Name("c")
+	topotest.Up(t, s, prefix)
+	file := writeFile(t, string(data))
+	out, code := runVerify(t, "-f", file, "--prefix", prefix, "-o", "json")
+	var rep struct {
+		Topology string `json:"topology"`
+		Probes   []struct{ From string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("json: %v\n%s", err, out)
+	}
+	if code != 0 || rep.Topology != prefix+s.Name || len(rep.Probes) == 0 || !strings.HasPrefix(rep.Probes[0].From, prefix) {
+		t.Fatalf("verify --prefix %s: exit %d, topology %q, %d probes\n%s", prefix, code, rep.Topology, len(rep.Probes), out)
+	}
 }
 
 // Exit status 0 and 1 with each output format on a live lab.
