@@ -38,6 +38,12 @@ did not hold to the end, or an interrupted run (no report).`,
 			default:
 				return &exitError{2, fmt.Errorf("--output: unknown format %q (want table, json or junit)", output)}
 			}
+			// verify.Options reads a zero timeout as the default; on the
+			// command line the default is the flag's own, so a value
+			// that is not positive is a mistake, not a request for 2s.
+			if opts.Timeout <= 0 {
+				return usage(fmt.Errorf("--timeout: %v must be more than 0", opts.Timeout))
+			}
 			spec, err := tf.load()
 			if err != nil {
 				return err

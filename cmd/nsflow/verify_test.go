@@ -78,6 +78,8 @@ isolation:
 		{"unknown flag", []string{"--bogus", "x"}, "unknown flag: --bogus"},
 		{"bad prefix", []string{"-f", notUp, "--prefix", "a/"}, `with prefix "a/"`},
 		{"bad flag value", []string{"-f", notUp, "--timeout", "soon"}, "invalid argument"},
+		{"zero timeout", []string{"-f", notUp, "--timeout", "0s"}, "--timeout: 0s must be more than 0"},
+		{"negative timeout", []string{"-f", notUp, "--timeout=-5s"}, "--timeout: -5s must be more than 0"},
 		{"argument", []string{"-f", notUp, "extra"}, "extra"},
 		{"unknown format", []string{"-f", notUp, "-o", "xml"}, `unknown format "xml"`},
 		{"missing file", []string{"-f", filepath.Join(t.TempDir(), "none.yaml")}, "no such file"},
