@@ -76,6 +76,25 @@ func (p Progress) String() string {
 	return p.Phase + " " + p.Case
 }
 
+// FieldError is a value of a Config field, or of the --path that
+// ParsePaths reads, that Run refuses. Field is the field's name in lower
+// case, which is also the name of nsflow bench's flag for it.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{field, fmt.Errorf(format, args...)}
+}
+
+// Check returns what Run would refuse in c, before anything is built: the
+// errors.Join of a *FieldError per field.
+func (c Config) Check() error { return c.normalize() }
+
 func (c *Config) normalize() error {
 	var errs []error
 	if len(c.Paths) == 0 {
@@ -88,34 +107,34 @@ func (c *Config) normalize() error {
 		c.Pairs = 1
 	}
 	if c.Pairs < 0 || c.Pairs > maxPairs {
-		errs = append(errs, fmt.Errorf("pairs: %d is outside 1..%d", c.Pairs, maxPairs))
+		errs = append(errs, fieldErr("pairs", "%d is outside 1..%d", c.Pairs, maxPairs))
 	}
 	if c.Streams == 0 {
 		c.Streams = 1
 	}
 	if c.Streams < 0 || c.Streams > 128 {
-		errs = append(errs, fmt.Errorf("streams: %d is outside 1..128", c.Streams))
+		errs = append(errs, fieldErr("streams", "%d is outside 1..128", c.Streams))
 	}
 	if c.Duration == 0 {
 		c.Duration = DefaultDuration
 	}
 	if c.Duration < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("duration: %v is shorter than 100ms", c.Duration))
+		errs = append(errs, fieldErr("duration", "%v is shorter than 100ms", c.Duration))
 	}
 	if c.Rounds == 0 {
 		c.Rounds = DefaultRounds
 	}
 	if c.Rounds < 0 {
-		errs = append(errs, fmt.Errorf("rounds: %d is negative", c.Rounds))
+		errs = append(errs, fieldErr("rounds", "%d is negative", c.Rounds))
 	}
 	if c.Slices == 0 {
 		c.Slices = DefaultSlices
 	}
 	if c.Slices < 0 || c.Slices > 10000 {
-		errs = append(errs, fmt.Errorf("slices: %d is outside 1..10000", c.Slices))
+		errs = append(errs, fieldErr("slices", "%d is outside 1..10000", c.Slices))
 	}
 	if c.Size < 0 {
-		errs = append(errs, fmt.Errorf("size: %d is negative", c.Size))
+		errs = append(errs, fieldErr("size", "%d is negative", c.Size))
 	}
 	for _, p := range c.Protos {
 		if _, err := c.payload(p, false); err != nil {
@@ -135,11 +154,11 @@ func (c *Config) payload(p traffic.Proto, ipv6 bool) (int, error) {
 			frame = DefaultUDPFrame
 		}
 		if frame > 1518 {
-			return 0, fmt.Errorf("size: UDP frame %d is larger than a 1500-byte MTU allows (1518 with FCS)", frame)
+			return 0, fieldErr("size", "UDP frame %d is larger than a 1500-byte MTU allows (1518 with FCS)", frame)
 		}
 		n, err := traffic.PayloadForFrame(frame, ipv6)
 		if err != nil {
-			return 0, fmt.Errorf("size: %w", err)
+			return 0, &FieldError{"size", err}
 		}
 		return n, nil
 	case traffic.TCP:
@@ -148,7 +167,7 @@ func (c *Config) payload(p traffic.Proto, ipv6 bool) (int, error) {
 		}
 		return c.Size, nil
 	}
-	return 0, fmt.Errorf("proto: unknown %q", p)
+	return 0, fieldErr("proto", "unknown %q (want tcp or udp)", p)
 }
 
 func (c *Config) frame(p traffic.Proto) int {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -21,11 +22,19 @@ func TestConfigErrors(t *testing.T) {
 		{"small frame", Config{Protos: []traffic.Proto{traffic.UDP}, Size: 40}, "size: frame size 40 is too small"},
 		{"jumbo frame", Config{Protos: []traffic.Proto{traffic.UDP}, Size: 9000}, "size: UDP frame 9000"},
 		{"proto", Config{Protos: []traffic.Proto{"sctp"}}, `proto: unknown "sctp"`},
+		{"rounds", Config{Rounds: -3}, "rounds: -3 is negative"},
+		{"slices", Config{Slices: 10001}, "slices: 10001 is outside 1..10000"},
+		{"size", Config{Size: -1}, "size: -1 is negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.normalize()
+			err := tc.cfg.Check()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want it to mention %q", err, tc.want)
+			}
+			// nsflow bench names the flag from Field.
+			var fe *FieldError
+			if !errors.As(err, &fe) || !strings.HasPrefix(tc.want, fe.Field+": ") {
+				t.Errorf("error %v is not a FieldError of %q", err, tc.want[:strings.Index(tc.want, ":")])
 			}
 		})
 	}

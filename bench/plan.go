@@ -26,7 +26,7 @@ func ParsePaths(s string) ([]Path, error) {
 	case "both":
 		return []Path{Veth, Bridge}, nil
 	}
-	return nil, fmt.Errorf("path: unknown %q (want veth, bridge or both)", s)
+	return nil, fieldErr("path", "unknown %q (want veth, bridge or both)", s)
 }
 
 // Iface is one interface on a measured path.

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -28,8 +29,9 @@ func TestParsePaths(t *testing.T) {
 			t.Errorf("ParsePaths(%q) = %v, %v", in, got, err)
 		}
 	}
-	if _, err := ParsePaths("wifi"); err == nil {
-		t.Error("ParsePaths(wifi) succeeded")
+	var fe *FieldError
+	if _, err := ParsePaths("wifi"); !errors.As(err, &fe) || fe.Field != "path" {
+		t.Errorf("ParsePaths(wifi): %v, want a FieldError of path", err)
 	}
 }
 
