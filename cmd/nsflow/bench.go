@@ -30,32 +30,40 @@ and instrumented, interleaved. It reports median throughput, the overhead
 ratio, CPU used and nsflow's cost per packet, and reconciles the generator's,
 nsflow's and the kernel's counts. --size is the Ethernet frame size for UDP
 (FCS included: 64 is the classic 64-byte packet) and the write size for TCP.
-Exit status 1 when any count does not reconcile.`,
+
+Exit status: 0 every count reconciles, 1 a count does not reconcile (or the
+run failed), 2 a bad flag or topology file, or a run interrupted by Ctrl-C
+(what was built is removed; the cases measured so far are reported).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Bad flags are usage errors (status 2), found before
+			// anything is built: 1 means a count that does not reconcile.
 			// bench.Config reads zero as "the default"; on the command
 			// line the defaults are the flags' own, so zero is a mistake.
 			for _, name := range []string{"pairs", "streams", "duration", "rounds", "slices"} {
 				if fl := cmd.Flags().Lookup(name); fl.Changed && (fl.Value.String() == "0" || fl.Value.String() == "0s") {
-					return fmt.Errorf("--%s: must be more than 0", name)
+					return usage(fmt.Errorf("--%s: %s must be more than 0", name, fl.Value))
 				}
 			}
 			var err error
 			if cfg.Paths, err = bench.ParsePaths(path); err != nil {
-				return err
+				return benchUsage(err)
 			}
 			if cfg.Protos, err = benchProtos(proto); err != nil {
-				return err
+				return usage(err)
 			}
 			write, err := benchWriter(output)
 			if err != nil {
-				return err
+				return usage(err)
+			}
+			if err := cfg.Check(); err != nil {
+				return benchUsage(err)
 			}
 			// Checked before measuring: a chart that cannot be written
 			// must not cost the run.
 			if plot != "" {
 				if err := bench.CheckPlotPath(plot); err != nil {
-					return fmt.Errorf("--plot: %w", err)
+					return usage(fmt.Errorf("--plot: %w", err))
 				}
 			}
 			switch {
@@ -73,10 +81,12 @@ Exit status 1 when any count does not reconcile.`,
 				defer fmt.Fprint(stderr, "\r\033[K")
 			}
 			// main cancels cmd.Context() on Ctrl-C; bench.Run then removes
-			// what it built, and a second Ctrl-C kills the process.
+			// what it built, and a second Ctrl-C kills the process. An
+			// interrupted run exits 2, as verify's does: its counts were
+			// not all taken, so neither 0 nor 1 would be true.
 			rep, err := bench.Run(cmd.Context(), cfg)
 			if err != nil && cmd.Context().Err() != nil {
-				err = fmt.Errorf("interrupted, what was built is removed: %w", err)
+				err = &exitError{2, fmt.Errorf("interrupted, what was built is removed: %w", err)}
 			}
 			if rep == nil || len(rep.Cases) == 0 {
 				return err
@@ -122,7 +132,7 @@ func benchProtos(s string) ([]traffic.Proto, error) {
 	}
 	p, err := traffic.ParseProto(s)
 	if err != nil {
-		return nil, fmt.Errorf("--proto: %w", err)
+		return nil, fmt.Errorf("--proto: unknown %q (want tcp, udp or both)", s)
 	}
 	return []traffic.Proto{p}, nil
 }
@@ -137,4 +147,23 @@ func benchWriter(format string) (func(io.Writer, *bench.Report) error, error) {
 		return bench.WriteCSV, nil
 	}
 	return nil, fmt.Errorf("--output: unknown format %q (want table, json or csv)", format)
+}
+
+// benchUsage makes what bench.ParsePaths or bench.Config.Check refuse a
+// usage error, each *bench.FieldError naming its flag: the fields and the
+// flags have the same names.
+func benchUsage(err error) error {
+	all := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		all = j.Unwrap()
+	}
+	var errs []error
+	for _, e := range all {
+		var fe *bench.FieldError
+		if errors.As(e, &fe) {
+			e = fmt.Errorf("--%s: %w", fe.Field, fe.Err)
+		}
+		errs = append(errs, e)
+	}
+	return usage(errors.Join(errs...))
 }

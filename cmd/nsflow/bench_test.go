@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
@@ -14,30 +17,63 @@ import (
 )
 
 // TestBenchCLIErrors: bad flags are refused before anything is measured
-// or built, naming the flag.
+// or built, naming the flag, with exit status 2 (1 is a count that does
+// not reconcile).
 func TestBenchCLIErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--pairs", "0"}, "--pairs: must be more than 0"},
-		{[]string{"--streams", "0"}, "--streams: must be more than 0"},
-		{[]string{"--duration", "0"}, "--duration: must be more than 0"},
-		{[]string{"--rounds", "0"}, "--rounds: must be more than 0"},
-		{[]string{"--slices", "0"}, "--slices: must be more than 0"},
+		{[]string{"--pairs", "0"}, "--pairs: 0 must be more than 0"},
+		{[]string{"--streams", "0"}, "--streams: 0 must be more than 0"},
+		{[]string{"--duration", "0"}, "--duration: 0s must be more than 0"},
+		{[]string{"--rounds", "0"}, "--rounds: 0 must be more than 0"},
+		{[]string{"--slices", "0"}, "--slices: 0 must be more than 0"},
+		{[]string{"--pairs", "1000"}, "--pairs: 1000 is outside 1.."},
+		{[]string{"--streams", "-1"}, "--streams: -1 is outside 1..128"},
+		{[]string{"--duration", "1ms"}, "--duration: 1ms is shorter than 100ms"},
+		{[]string{"--rounds", "-3"}, "--rounds: -3 is negative"},
+		{[]string{"--slices", "20000"}, "--slices: 20000 is outside 1..10000"},
+		{[]string{"--size", "-1"}, "--size: -1 is negative"},
+		{[]string{"--proto", "udp", "--size", "9000"}, "--size: UDP frame 9000 is larger than a 1500-byte MTU allows"},
+		{[]string{"--proto", "both", "--size", "40"}, "--size: frame size 40 is too small"},
+		{[]string{"--path", "foo"}, `--path: unknown "foo" (want veth, bridge or both)`},
+		{[]string{"--proto", "sctp"}, `--proto: unknown "sctp" (want tcp, udp or both)`},
+		{[]string{"-o", "xml"}, `--output: unknown format "xml" (want table, json or csv)`},
 		{[]string{"--plot", filepath.Join(dir, "chart.png")}, "--plot: " + filepath.Join(dir, "chart.png") + ": the chart is SVG"},
 		{[]string{"--plot", filepath.Join(dir, "none", "chart.svg")}, "--plot: open " + filepath.Join(dir, "none")},
 		{[]string{"--prefix", "p-"}, "--prefix: needs -f FILE"},
+		{[]string{"-f", filepath.Join(dir, "none.yaml")}, "no such file"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			root := newRootCmd()
 			root.SetArgs(append([]string{"bench"}, tc.args...))
 			err := root.Execute()
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %v, want one containing %q", err, tc.want)
+			var ee *exitError
+			if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want exit status 2 and one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestBenchCLIInterrupted: Ctrl-C (main cancels the context) ends bench
+// with status 2, as it does verify: 1 would claim a count that does not
+// reconcile, 0 that all of them do.
+func TestBenchCLIInterrupted(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	time.AfterFunc(2*time.Second, cancel)
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"bench", "--duration", "1m", "--no-iperf3"})
+	err := root.ExecuteContext(ctx)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("interrupted bench: %v, want exit status 2 saying it was interrupted\n%s", err, out.String())
 	}
 }
 
