@@ -20,31 +20,69 @@ func CheckPlotPath(path string) error {
 	if ext := strings.ToLower(filepath.Ext(path)); ext != "" && ext != ".svg" {
 		return fmt.Errorf("%s: the chart is SVG; name it .svg", path)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".nsflow-plot-*")
+	tmp, err := createPlotTemp(path)
 	if err != nil {
 		return err
 	}
 	tmp.Close()
-	return os.Remove(tmp.Name())
+	if err := os.Remove(tmp.Name()); err != nil {
+		return plotErr(path, err)
+	}
+	return nil
 }
 
 // SavePlot writes the SVG chart to path through a temporary file, so a
 // failed write leaves no half-written chart behind.
 func SavePlot(path string, r *Report) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".nsflow-plot-*")
+	tmp, err := createPlotTemp(path)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	if err := WriteSVG(tmp, r); err != nil {
 		tmp.Close()
-		return err
+		return plotErr(path, err)
 	}
 	// CreateTemp makes it private; a chart is for reading.
 	if err := errors.Join(tmp.Chmod(0o644), tmp.Close()); err != nil {
-		return err
+		return plotErr(path, err)
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return plotErr(path, err)
+	}
+	return nil
+}
+
+// createPlotTemp creates the temporary file beside path. Its error names
+// the directory, which the user gave, not the temporary file, which they
+// never heard of.
+func createPlotTemp(path string) (*os.File, error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".nsflow-plot-*")
+	if err != nil {
+		return nil, fmt.Errorf("directory %s: %w", dir, unwrapPath(err))
+	}
+	return tmp, nil
+}
+
+// plotErr names path, not the temporary file, in an error from writing
+// the chart.
+func plotErr(path string, err error) error {
+	return fmt.Errorf("%s: %w", path, unwrapPath(err))
+}
+
+// unwrapPath drops the file name from an *os.PathError or *os.LinkError,
+// keeping the cause (no such file or directory, permission denied, ...).
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	var le *os.LinkError
+	switch {
+	case errors.As(err, &pe):
+		return pe.Err
+	case errors.As(err, &le):
+		return le.Err
+	}
+	return err
 }
 
 // WriteSVG draws the report as an SVG chart: per case, the median

@@ -42,7 +42,7 @@ func TestBenchCLIErrors(t *testing.T) {
 		{[]string{"--proto", "sctp"}, `--proto: unknown "sctp" (want tcp, udp or both)`},
 		{[]string{"-o", "xml"}, `--output: unknown format "xml" (want table, json or csv)`},
 		{[]string{"--plot", filepath.Join(dir, "chart.png")}, "--plot: " + filepath.Join(dir, "chart.png") + ": the chart is SVG"},
-		{[]string{"--plot", filepath.Join(dir, "none", "chart.svg")}, "--plot: open " + filepath.Join(dir, "none")},
+		{[]string{"--plot", filepath.Join(dir, "none", "chart.svg")}, "--plot: directory " + filepath.Join(dir, "none") + ": no such file or directory"},
 		{[]string{"--prefix", "p-"}, "--prefix: needs -f FILE"},
 		{[]string{"-f", filepath.Join(dir, "none.yaml")}, "no such file"},
 	} {
