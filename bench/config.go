@@ -170,6 +170,28 @@ func (c *Config) payload(p traffic.Proto, ipv6 bool) (int, error) {
 	return 0, fieldErr("proto", "unknown %q (want tcp or udp)", p)
 }
 
+// sizes is what Settings reports as Size and Sizes: the size each
+// protocol uses (frame for UDP, write for TCP, defaults applied), and that
+// size if it is the same for all of them, else 0.
+func (c *Config) sizes() (int, map[traffic.Proto]int) {
+	each := map[traffic.Proto]int{}
+	one := 0
+	for i, p := range c.Protos {
+		n := c.frame(p)
+		if p == traffic.TCP {
+			n, _ = c.payload(p, false)
+		}
+		each[p] = n
+		switch {
+		case i == 0:
+			one = n
+		case n != one:
+			one = 0
+		}
+	}
+	return one, each
+}
+
 func (c *Config) frame(p traffic.Proto) int {
 	if p != traffic.UDP {
 		return 0

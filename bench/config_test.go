@@ -50,6 +50,34 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// TestSettingsSizes: the report gives the size each protocol really used,
+// defaults included, not the --size that was or was not given.
+func TestSettingsSizes(t *testing.T) {
+	tcp, udp := traffic.TCP, traffic.UDP
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		size   int
+		tcp    int
+		udp    int
+		nProto int
+	}{
+		{"tcp default", Config{}, traffic.DefaultTCPWrite, traffic.DefaultTCPWrite, 0, 1},
+		{"udp default", Config{Protos: []traffic.Proto{udp}}, DefaultUDPFrame, 0, DefaultUDPFrame, 1},
+		{"both defaults differ", Config{Protos: []traffic.Proto{tcp, udp}}, 0, traffic.DefaultTCPWrite, DefaultUDPFrame, 2},
+		{"both given", Config{Protos: []traffic.Proto{udp, tcp}, Size: 1000}, 1000, 1000, 1000, 2},
+		{"tcp given", Config{Size: 4096}, 4096, 4096, 0, 1},
+	} {
+		if err := tc.cfg.normalize(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		size, each := tc.cfg.sizes()
+		if size != tc.size || each[tcp] != tc.tcp || each[udp] != tc.udp || len(each) != tc.nProto {
+			t.Errorf("%s: size %d, sizes %v; want %d, tcp %d, udp %d", tc.name, size, each, tc.size, tc.tcp, tc.udp)
+		}
+	}
+}
+
 func TestSpread(t *testing.T) {
 	for _, tc := range []struct {
 		in   []float64

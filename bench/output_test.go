@@ -127,7 +127,7 @@ func TestWriteTable(t *testing.T) {
 var jsonKeys = map[string][]string{
 	"report":   {"schema_version", "started", "host", "settings", "topology", "cases", "iperf3", "differences"},
 	"host":     {"kernel", "cpus", "attach_mode"},
-	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "rounds", "slices", "slice_length_ns"},
+	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "sizes", "rounds", "slices", "slice_length_ns"},
 	"case": {"name", "path", "proto", "pairs", "streams", "payload", "frame", "uninstrumented", "instrumented",
 		"ratio", "slice_ratio", "bpf", "differences", "samples"},
 	"slice_ratio": {"median", "q25", "q75", "ratios"},

@@ -45,12 +45,15 @@ type Settings struct {
 	Streams  int             `json:"streams"`
 	Duration time.Duration   `json:"duration_ns"`
 	Protos   []traffic.Proto `json:"protos"`
-	// Size is --size: the Ethernet frame size for UDP (FCS included, so
-	// 64 means the classic 64-byte packet), the write size for TCP; 0
-	// when not given, each protocol its default. Each case has its own
-	// payload and frame.
-	Size   int `json:"size"`
-	Rounds int `json:"rounds"`
+	// Size is the size the run used: the Ethernet frame size for UDP
+	// (FCS included, so 64 means the classic 64-byte packet), the write
+	// size for TCP; --size when given, else the protocol's default. 0
+	// only when two protocols ran on different defaults: Sizes has each.
+	// Each case has its own payload and frame.
+	Size int `json:"size"`
+	// Sizes is the size each protocol of the run used.
+	Sizes  map[traffic.Proto]int `json:"sizes"`
+	Rounds int                   `json:"rounds"`
 	// Slices is --slices: instrumented slices per case for SliceRatio.
 	Slices      int           `json:"slices"`
 	SliceLength time.Duration `json:"slice_length_ns"`

@@ -37,8 +37,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	rep = &Report{SchemaVersion: SchemaVersion, Started: time.Now().UTC(), Host: hostInfo(), Iperf3: []Iperf3{}}
 	rep.Settings = Settings{Topology: "built", Paths: cfg.Paths, Pairs: scaleSteps(cfg.Pairs), Streams: cfg.Streams,
-		Duration: cfg.Duration, Protos: cfg.Protos, Size: cfg.Size, Rounds: cfg.Rounds,
+		Duration: cfg.Duration, Protos: cfg.Protos, Rounds: cfg.Rounds,
 		Slices: cfg.Slices, SliceLength: SliceLength}
+	rep.Settings.Size, rep.Settings.Sizes = cfg.sizes()
 	if cfg.SpecFile != "" {
 		rep.Settings.Topology = cfg.SpecFile
 	}

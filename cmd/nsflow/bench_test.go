@@ -97,13 +97,21 @@ func TestBenchCLIPrefix(t *testing.T) {
 	}
 	var rep struct {
 		Topology string `json:"topology"`
-		Cases    []struct{ Name string }
+		Settings struct {
+			Size  int            `json:"size"`
+			Sizes map[string]int `json:"sizes"`
+		} `json:"settings"`
+		Cases []struct{ Name string }
 	}
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("json: %v\n%s", err, out.String())
 	}
 	if rep.Topology != up.Name || len(rep.Cases) != 1 {
 		t.Errorf("measured topology %q with %d cases, want %q with 1", rep.Topology, len(rep.Cases), up.Name)
+	}
+	// TCP's default write size, as used: not 0 for "not given".
+	if rep.Settings.Size != 131072 || rep.Settings.Sizes["tcp"] != 131072 {
+		t.Errorf("settings size %d, sizes %v; want 131072 for TCP", rep.Settings.Size, rep.Settings.Sizes)
 	}
 	if _, err := os.Stat(up.NetnsPath(up.Namespaces[0].Name)); err != nil {
 		t.Errorf("the copy was taken down: %v", err)
