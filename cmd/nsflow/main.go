@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -33,6 +34,13 @@ func (e *exitError) Unwrap() error { return e.err }
 
 // usage marks a bad flag value or argument: exit status 2.
 func usage(err error) error { return &exitError{2, err} }
+
+// shown marks an error whose message the command's output already gave
+// (verify's verdict line ends its table): main exits with its status but
+// does not print it again.
+type shown struct{ error }
+
+func (s shown) Unwrap() error { return s.error }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -88,12 +96,21 @@ func main() {
 	go func() { <-ctx.Done(); stop() }()
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "nsflow:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		os.Exit(1)
+	os.Exit(exitStatus(err, os.Stderr))
+}
+
+// exitStatus prints err to stderr, unless the output already showed it,
+// and returns the exit status it carries: 1 unless it says otherwise.
+func exitStatus(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
 	}
+	if !errors.As(err, new(shown)) {
+		fmt.Fprintln(stderr, "nsflow:", err)
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -43,6 +44,28 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("error %v; want exit status 2 with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// exitStatus prints an error once: not at all when the output already
+// showed it (verify's verdict line), and exits with the status it carries.
+func TestExitStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		code   int
+		stderr string
+	}{
+		{"success", nil, 0, ""},
+		{"plain error", errors.New("boom"), 1, "nsflow: boom\n"},
+		{"usage", usage(errors.New("--x: bad")), 2, "nsflow: --x: bad\n"},
+		{"shown verdict", shown{&exitError{1, errors.New("FAIL: 1 probes not as expected")}}, 1, ""},
+		{"shown, wrapped", fmt.Errorf("x: %w", shown{&exitError{2, errors.New("ERROR: ...")}}), 2, ""},
+	} {
+		var b bytes.Buffer
+		if code := exitStatus(tc.err, &b); code != tc.code || b.String() != tc.stderr {
+			t.Errorf("%s: exit %d, stderr %q; want %d, %q", tc.name, code, b.String(), tc.code, tc.stderr)
+		}
 	}
 }
 

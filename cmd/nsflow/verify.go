@@ -66,7 +66,13 @@ did not hold to the end, or an interrupted run (no report).`,
 				return &exitError{2, err}
 			}
 			if v := rep.Verdict(); v != 0 {
-				return &exitError{v, errors.New(rep.VerdictLine())}
+				err = &exitError{v, errors.New(rep.VerdictLine())}
+				if output == "table" {
+					// The table ends with the verdict line; JSON and
+					// JUnit have no such line, so stderr gives it.
+					err = shown{err}
+				}
+				return err
 			}
 			return nil
 		},

@@ -19,8 +19,8 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// runVerify runs `nsflow verify ARGS` and returns its output and exit
-// status.
+// runVerify runs `nsflow verify ARGS` and returns what it prints, stdout
+// then stderr as main writes it, and its exit status.
 func runVerify(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	return runVerifyContext(t, context.Background(), args...)
@@ -34,15 +34,12 @@ func runVerifyContext(t *testing.T, ctx context.Context, args ...string) (string
 	root.SetOut(&out)
 	root.SetArgs(append([]string{"verify"}, args...))
 	err := root.ExecuteContext(ctx)
-	var ee *exitError
-	switch {
-	case err == nil:
-		return out.String(), 0
-	case errors.As(err, &ee):
-		return out.String() + ee.Error(), ee.code
+	if ee := (*exitError)(nil); err != nil && !errors.As(err, &ee) {
+		t.Fatalf("verify %v: %v (no exit status)", args, err)
 	}
-	t.Fatalf("verify %v: %v (no exit status)", args, err)
-	return "", 0
+	var stderr bytes.Buffer
+	code := exitStatus(err, &stderr)
+	return out.String() + stderr.String(), code
 }
 
 func writeFile(t *testing.T, content string) string {
@@ -175,9 +172,16 @@ func TestVerifyCLIVerdicts(t *testing.T) {
 	if code != 1 || suites.Failures == 0 {
 		t.Fatalf("route leak: exit %d, %d junit failures; want 1 and some", code, suites.Failures)
 	}
+	// JUnit has no verdict line: stderr gives it.
+	if !strings.Contains(out, "\nnsflow: FAIL:") {
+		t.Errorf("junit: no verdict on stderr:\n%s", out)
+	}
+	// The table ends with its verdict line, and stderr does not repeat it.
 	out, code = runVerify(t, "-f", file)
-	if code != 1 || !strings.Contains(out, "FAIL:") || !strings.Contains(out, "unexpected route 198.18.2.0/24 via 198.18.1.254") {
-		t.Fatalf("table: exit %d\n%s", code, out)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if code != 1 || strings.Count(out, "FAIL:") != 1 || !strings.HasPrefix(lines[len(lines)-1], "FAIL: ") ||
+		!strings.Contains(out, "unexpected route 198.18.2.0/24 via 198.18.1.254") {
+		t.Fatalf("table: exit %d, want 1 with one verdict line, the last\n%s", code, out)
 	}
 }
 
