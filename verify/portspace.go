@@ -3,6 +3,7 @@ package verify
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/nsflow/nsflow/topology"
 )
@@ -43,7 +44,7 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 			if same := byCookie[e.cookies[ns]]; len(same) > 1 {
 				c.Problems = append(c.Problems, fmt.Sprintf("%v are one network namespace: they share one port space", same))
 			}
-			for _, b := range resp[ns].Busy {
+			for _, b := range busyOn(resp[ns], p) {
 				c.Info = append(c.Info, b+" was already bound by another process in "+ns)
 			}
 			for range loopbacks {
@@ -64,6 +65,22 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 				}
 			}
 			out = append(out, finish(c))
+		}
+	}
+	return out
+}
+
+// busyOn lists the entries of r.Busy ("udp4/8080") that are port p, of
+// either family: a port's check tells of its own port's holders, not of
+// every port's.
+func busyOn(r *Responder, p topology.Port) []string {
+	if r == nil {
+		return nil
+	}
+	var out []string
+	for _, fam := range []string{"4", "6"} {
+		if b := fmt.Sprintf("%s%s/%d", p.Proto, fam, p.Number); slices.Contains(r.Busy, b) {
+			out = append(out, b)
 		}
 	}
 	return out

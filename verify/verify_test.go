@@ -195,6 +195,10 @@ func TestForeignSilentUDPListener(t *testing.T) {
 				t.Errorf("port space of c udp/8080: %+v", c)
 			}
 		}
+		// Only UDP is held: tcp/8080's check has nothing to tell.
+		if c.Netns == l.ns("c") && c.Kind == "tcp/8080" && len(c.Info) > 0 {
+			t.Errorf("port space of c tcp/8080 tells of another port: %q", c.Info)
+		}
 	}
 	if !found {
 		t.Error("no port-space check of c udp/8080")
