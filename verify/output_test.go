@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -80,6 +81,46 @@ func TestTableFor50Namespaces(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)
 		}
+	}
+}
+
+// A port that another process holds passes port space only as far as it
+// could be checked: the table marks it 'i', not '.', and says why under
+// the matrix, as JSON's info does. Other checks' information (an empty
+// firewall table) keeps its '.'.
+func TestTablePortSpaceInfo(t *testing.T) {
+	r := &Report{Topology: "t", Namespaces: []string{"a", "b", "c"}, Ports: []string{"tcp/8080", "udp/8080"}}
+	for _, ns := range r.Namespaces {
+		for _, port := range r.Ports {
+			r.PortSpace = append(r.PortSpace, Check{Netns: ns, Kind: port, Pass: true})
+		}
+		r.Stack = append(r.Stack, Check{Netns: ns, Kind: "firewall", Pass: true, Info: []string{"iptables filter: no rules"}})
+	}
+	r.PortSpace[1].Pass, r.PortSpace[1].Problems = false, []string{"[a b] are one network namespace: they share one port space"}
+	held := []string{"udp4/8080 was already bound by another process in c", "127.0.0.1 udp/8080: not checked, udp4/8080 is another process's"}
+	r.PortSpace[5].Info = held
+	var b bytes.Buffer
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	section := out[strings.Index(out, "Port space"):strings.Index(out, "Stack")]
+	marks := map[string]string{}
+	for _, l := range strings.Split(section, "\n") {
+		if f := strings.Fields(l); len(f) == 4 && slices.Contains(r.Namespaces, f[1]) {
+			marks[f[1]] = f[2] + f[3]
+		}
+	}
+	if want := map[string]string{"a": ".X", "b": "..", "c": ".i"}; !maps.Equal(marks, want) {
+		t.Errorf("port-space marks %v, want %v:\n%s", marks, want, section)
+	}
+	for _, want := range []string{portSpaceInfo, "  udp/8080  c: " + held[0], "  udp/8080  c: " + held[1]} {
+		if !strings.Contains(section, want+"\n") {
+			t.Errorf("port space lacks %q:\n%s", want, section)
+		}
+	}
+	if stack := out[strings.Index(out, "Stack"):]; strings.Contains(stack, " i ") || strings.Contains(stack, "iptables filter") {
+		t.Errorf("the stack's information is marked:\n%s", stack)
 	}
 }
 

@@ -63,8 +63,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, port := range r.Ports {
 		r.writeMatrices(bw, port, header, colW, rowLabel, blank)
 	}
-	r.writeChecks(bw, "Port space (each namespace's own listener answers on its loopback)", r.PortSpace, r.Ports, rowLabel, blank)
-	r.writeChecks(bw, "Stack (each namespace sees only its own objects)", r.Stack, stackKinds, rowLabel, blank)
+	r.writeChecks(bw, "Port space (each namespace's own listener answers on its loopback)", r.PortSpace, r.Ports, rowLabel, blank, portSpaceInfo)
+	r.writeChecks(bw, "Stack (each namespace sees only its own objects)", r.Stack, stackKinds, rowLabel, blank, "")
 	r.writeDetails(bw)
 	r.writeEvidence(bw, header, rowLabel, blank)
 	if r.Load != nil {
@@ -141,9 +141,16 @@ func trunc(s string, n int) string {
 	return "~" + s[len(s)-n+1:]
 }
 
+// portSpaceInfo heads the information of the port-space checks: all of
+// it is about ports another process holds, which nsflow's responders could
+// not take, so the check of such a port proves less than a '.' would say.
+const portSpaceInfo = "i passed as far as it could be checked: another process holds the port there (information, not a violation):"
+
 // writeChecks prints checks as a matrix: rows namespaces, one column per
-// kind, '.' pass, 'X' fail, '!' could not check.
-func (r *Report) writeChecks(w io.Writer, title string, checks []Check, kinds []string, rowLabel func(int) string, blank string) {
+// kind, '.' pass, 'X' fail, '!' could not check. With an infoTitle, a
+// passed check that has information is 'i', and its information follows
+// the matrix under infoTitle.
+func (r *Report) writeChecks(w io.Writer, title string, checks []Check, kinds []string, rowLabel func(int) string, blank, infoTitle string) {
 	cols := []string{}
 	for _, k := range kinds {
 		for _, c := range checks {
@@ -165,6 +172,7 @@ func (r *Report) writeChecks(w io.Writer, title string, checks []Check, kinds []
 	for _, c := range checks {
 		byKey[[2]string{c.Netns, c.Kind}] = c
 	}
+	var info []string
 	for i, ns := range r.Namespaces {
 		fmt.Fprint(w, rowLabel(i))
 		for _, k := range cols {
@@ -177,10 +185,26 @@ func (r *Report) writeChecks(w io.Writer, title string, checks []Check, kinds []
 				sym = "!"
 			case !c.Pass:
 				sym = "X"
+			case infoTitle != "" && len(c.Info) > 0:
+				sym = "i"
+				for _, l := range c.Info {
+					info = append(info, fmt.Sprintf("%-9s %s: %s", k, ns, l))
+				}
 			}
 			fmt.Fprintf(w, "  %-*s", len(k), sym)
 		}
 		fmt.Fprintln(w)
+	}
+	if len(info) == 0 {
+		return
+	}
+	fmt.Fprintln(w, infoTitle)
+	for i, l := range info {
+		if i == maxListed {
+			fmt.Fprintf(w, "  ... and %d more (see -o json)\n", len(info)-maxListed)
+			break
+		}
+		fmt.Fprintln(w, "  "+l)
 	}
 }
 

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -202,6 +203,14 @@ func TestForeignSilentUDPListener(t *testing.T) {
 	}
 	if !found {
 		t.Error("no port-space check of c udp/8080")
+	}
+	// The table says so too, instead of a plain pass.
+	var b bytes.Buffer
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	if want := "udp/8080  " + l.ns("c") + ": 127.0.0.1 udp/8080: not checked, udp4/8080 is another process's"; !strings.Contains(b.String(), portSpaceInfo+"\n") || !strings.Contains(b.String(), want) {
+		t.Errorf("table does not tell %q under %q:\n%s", want, portSpaceInfo, b.String())
 	}
 }
 
