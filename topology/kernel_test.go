@@ -1014,3 +1014,38 @@ links:
 		})
 	}
 }
+
+// TestVethEndsDifferentIndexes: the two ends of a veth between two new
+// namespaces get different ifindexes, so that the kernel reports their
+// carrier at once instead of at its once-a-second link-state pass (which
+// made every such up take a second).
+func TestVethEndsDifferentIndexes(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, `
+name: idx
+namespaces: [{name: a}, {name: b}, {name: c}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.97.1/30]}, {namespace: b, interface: e1, addresses: [198.18.97.2/30]}]
+  - endpoints: [{namespace: b, interface: e2}, {namespace: c, interface: e2}]
+  - endpoints: [{namespace: c, interface: e3}, {namespace: a, interface: e3}]
+`)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Down(ctx, s, Options{}) })
+	for _, l := range s.Links {
+		var idx [2]int
+		for i, e := range l.Endpoints {
+			inNS(t, s, e.Namespace, func() error {
+				link, err := netlink.LinkByName(e.Interface)
+				if err == nil {
+					idx[i] = link.Attrs().Index
+				}
+				return err
+			})
+		}
+		if idx[0] == idx[1] {
+			t.Errorf("%s:%s and %s:%s both have ifindex %d", l.Endpoints[0].Namespace, l.Endpoints[0].Interface, l.Endpoints[1].Namespace, l.Endpoints[1].Interface, idx[0])
+		}
+	}
+}

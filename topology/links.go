@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // linkPlan is one link to build: the primary end is where the veth is
@@ -196,7 +197,13 @@ func (b *builder) createLink(lp *linkPlan) error {
 	if lp.pe.Bridge != "" {
 		master = b.bridgeIdx[lp.pe.Bridge]
 	}
-	pIdx, sIdx, err := vethAdd(lp.pc.sock, lp.pe.Interface, lp.se.Interface, lp.mtu, master, lp.sc.fd)
+	wantP, wantS := b.vethIndexes(lp.pns, lp.sns)
+	pIdx, sIdx, err := vethAdd(lp.pc.sock, lp.pe.Interface, lp.se.Interface, lp.mtu, master, lp.sc.fd, wantP, wantS)
+	if wantP != 0 && (errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)) {
+		// An index is taken after all (another tool in a namespace of
+		// ours?): let the kernel pick, and live with the wait.
+		pIdx, sIdx, err = vethAdd(lp.pc.sock, lp.pe.Interface, lp.se.Interface, lp.mtu, master, lp.sc.fd, 0, 0)
+	}
 	if err != nil {
 		return lp.fail(fmt.Errorf("create veth: %w", err))
 	}
@@ -261,6 +268,32 @@ func (b *builder) createLink(lp *linkPlan) error {
 		}
 	}
 	return b.failpoint()
+}
+
+// The kernel reports a veth's carrier change at once only when its two
+// ends have different ifindexes; otherwise the change waits for its
+// once-a-second link-state pass, and up waits for it. Two new namespaces
+// would give both ends the same index (the first after loopback), so in
+// namespaces this run created (where nothing else allocates) a pair's
+// ends get indexes from two ranges that never meet.
+const (
+	primaryIndexBase = 1 << 16
+	peerIndexBase    = 1 << 17
+)
+
+// vethIndexes are the ifindexes to create a veth with, its primary end
+// in namespace pns and its peer in sns: both from their ranges when both
+// namespaces are new, else 0 (the kernel picks; it takes a peer's index
+// only with the primary's).
+func (b *builder) vethIndexes(pns, sns string) (primary, peer int) {
+	if !b.fresh[pns] || !b.fresh[sns] {
+		return 0, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.primaryIndexes[pns]++
+	b.peerIndexes[sns]++
+	return primaryIndexBase + b.primaryIndexes[pns] - 1, peerIndexBase + b.peerIndexes[sns] - 1
 }
 
 // primaryRank orders where a veth is created from: a bridge port (the

@@ -104,13 +104,16 @@ func routeSocket(ns netns.NsHandle) (*nl.SocketHandle, error) {
 // master, if not 0) in the socket's namespace, and peer (down) born in
 // the namespace of peerFd. It returns both ends' ifindexes, which the
 // kernel echoes back (NLM_F_ECHO, Linux 6.3 or later; 0 on older ones).
+// wantIndex and wantPeerIndex, if not 0, are the ends' ifindexes (see
+// vethIndexes).
 // netlink.LinkAdd would take three requests and a lookup per end for the
 // same, which matters when other work on the host keeps rtnl busy.
-func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) (index, peerIndex int, err error) {
+func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd, wantIndex, wantPeerIndex int) (index, peerIndex int, err error) {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK|unix.NLM_F_ECHO)
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	msg.Index = int32(wantIndex) // 0: the kernel picks
 	req.AddData(msg)
 	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
 	if mtu > 0 {
@@ -125,7 +128,8 @@ func vethAdd(sock *nl.SocketHandle, name, peer string, mtu, master, peerFd int) 
 	p := data.AddRtAttr(nl.VETH_INFO_PEER, nil)
 	// The peer cannot be born up: veth refuses to open an end whose
 	// pair is not linked yet (ENOTCONN), which it is not at that point.
-	nl.NewIfInfomsgChild(p, unix.AF_UNSPEC)
+	pm := nl.NewIfInfomsgChild(p, unix.AF_UNSPEC)
+	pm.Index = int32(wantPeerIndex) // 0: the kernel picks
 	p.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(peer))
 	if mtu > 0 {
 		p.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu)))

@@ -98,15 +98,17 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 	}
 	defer unlock()
 	b := &builder{
-		s:         s,
-		opts:      opts,
-		marker:    markerFor(s.Name),
-		conns:     map[string]*nsConn{},
-		fresh:     map[string]bool{},
-		links:     map[string]map[string]netlink.Link{},
-		bridgeIdx: map[string]int{},
-		adopted:   map[string]bool{},
-		strays:    map[bool][]string{},
+		s:              s,
+		opts:           opts,
+		marker:         markerFor(s.Name),
+		conns:          map[string]*nsConn{},
+		fresh:          map[string]bool{},
+		links:          map[string]map[string]netlink.Link{},
+		bridgeIdx:      map[string]int{},
+		adopted:        map[string]bool{},
+		primaryIndexes: map[string]int{},
+		peerIndexes:    map[string]int{},
+		strays:         map[bool][]string{},
 	}
 	defer b.close()
 	if err := b.build(ctx); err != nil {
@@ -168,6 +170,9 @@ type builder struct {
 	// added there, for rollback (under mu).
 	sysctlUndo []sysctlUndo
 	undo       []func() error
+	// primaryIndexes and peerIndexes count the veth ends created in and
+	// born into each new namespace (vethIndexes).
+	primaryIndexes, peerIndexes map[string]int
 	// adopted are unmarked host veth ends found to be the topology's
 	// (unmarkedEnds), to be marked.
 	adopted map[string]bool
