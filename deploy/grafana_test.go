@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const grafanaDashboard = "grafana/nsflow.json"
@@ -231,4 +233,110 @@ func TestDashboardQueriesAreValidPromQL(t *testing.T) {
 	if !strings.Contains(out, fmt.Sprintf("SUCCESS: %d rules found", n)) {
 		t.Errorf("promtool:\n%s", out)
 	}
+}
+
+// rangeVars stand in for the dashboard's variables with a 10-minute
+// range, for panels evaluated on test series at 20m: the range is
+// [10m, 20m].
+var rangeVars = strings.NewReplacer(
+	"$__rate_interval", "1m", "$__range", "10m", "$__interval", "1m",
+	"$instance", ".*", "$netns", ".*",
+)
+
+// The stat panels that count what happened in the selected range must
+// count a series whose first sample is already non-zero, as the agent
+// exports them: a pair's violation series is created with the pair's
+// first count, and the attach errors of an agent's start-up can come
+// before its first scrape. Counts that an agent restored after a restart
+// (state file, pinned maps) are not new. promtool evaluates each panel's
+// query at 20m, the end of a 10-minute range, on such series.
+func TestDashboardCountsFirstSamples(t *testing.T) {
+	promtool := requireTool(t, "promtool", "prometheus")
+	const viol = "nsflow_isolation_violation_packets_total"
+	tests := []struct {
+		panel  string
+		series [][2]string // series, values (1m apart from 0m)
+		want   float64
+	}{
+		{"Violating packets", [][2]string{
+			{`up{job="nsflow",instance="h1:9995"}`, "1x25"},
+			// 40 packets at once, at 12m: all 40 count.
+			{viol + `{job="nsflow",instance="h1:9995",src_netns="web",dst_netns="db"}`, "_x12 40x10"},
+			// From 3 before the range to 10 in it: 7.
+			{viol + `{job="nsflow",instance="h1:9995",src_netns="web",dst_netns="cache"}`, "3x14 10x10"},
+			// Prometheus starts watching an agent with a restored count.
+			{`up{job="nsflow",instance="h2:9995"}`, "_x15 1x10"},
+			{viol + `{job="nsflow",instance="h2:9995",src_netns="web",dst_netns="db"}`, "_x15 40x10"},
+			// An agent down for 14 minutes comes back with its count.
+			{`up{job="nsflow",instance="h3:9995"}`, "1x3 0x13 1x8"},
+			{viol + `{job="nsflow",instance="h3:9995",src_netns="web",dst_netns="db"}`, "40x3 _x14 40x8"},
+		}, 47},
+		{"Violating packets", [][2]string{
+			// No agent with --topology: 0, not "no data".
+			{`up{job="nsflow",instance="h1:9995"}`, "1x25"},
+		}, 0},
+		{"Attach errors", [][2]string{
+			// An agent started at 12m whose start-up attaches failed twice.
+			{`nsflow_attach_errors_total{job="nsflow",instance="h4:9995"}`, "_x12 2x10"},
+			{`nsflow_attach_errors_total{job="nsflow",instance="h5:9995"}`, "0x25"},
+			{`nsflow_attach_errors_total{job="nsflow",instance="h6:9995"}`, "1x14 3x10"},
+		}, 4},
+		{"Flow table overflow", [][2]string{
+			{`up{job="nsflow",instance="h1:9995"}`, "1x25"},
+			{`nsflow_flow_table_overflow_packets_total{job="nsflow",instance="h1:9995"}`, "0x14 20x10"},
+			// A restart with 500 packets in the pinned map: not new.
+			{`up{job="nsflow",instance="h2:9995"}`, "_x15 1x10"},
+			{`nsflow_flow_table_overflow_packets_total{job="nsflow",instance="h2:9995"}`, "_x15 500x10"},
+			// The flows collector failed from 5m to 12m; 30 packets
+			// overflowed meanwhile.
+			{`up{job="nsflow",instance="h3:9995"}`, "1x25"},
+			{`nsflow_flow_table_overflow_packets_total{job="nsflow",instance="h3:9995"}`, "0x4 _x8 30x12"},
+		}, 50},
+	}
+	panels := map[string]panel{}
+	for _, p := range loadDashboard(t).allPanels() {
+		panels[p.Title] = p
+	}
+	type sample struct {
+		Labels string  `yaml:"labels"`
+		Value  float64 `yaml:"value"`
+	}
+	type exprTest struct {
+		Expr       string   `yaml:"expr"`
+		EvalTime   string   `yaml:"eval_time"`
+		ExpSamples []sample `yaml:"exp_samples"`
+	}
+	type series struct {
+		Series string `yaml:"series"`
+		Values string `yaml:"values"`
+	}
+	type group struct {
+		Interval    string     `yaml:"interval"`
+		InputSeries []series   `yaml:"input_series"`
+		ExprTests   []exprTest `yaml:"promql_expr_test"`
+	}
+	var groups []group
+	for _, tt := range tests {
+		p, ok := panels[tt.panel]
+		if !ok || len(p.Targets) != 1 {
+			t.Fatalf("no panel %q with one query", tt.panel)
+		}
+		g := group{Interval: "1m", ExprTests: []exprTest{{
+			Expr: rangeVars.Replace(p.Targets[0].Expr), EvalTime: "20m",
+			ExpSamples: []sample{{Labels: "{}", Value: tt.want}},
+		}}}
+		for _, s := range tt.series {
+			g.InputSeries = append(g.InputSeries, series{s[0], s[1]})
+		}
+		groups = append(groups, g)
+	}
+	out, err := yaml.Marshal(map[string]any{"rule_files": []string{}, "evaluation_interval": "1m", "tests": groups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "dashboard.test.yml")
+	if err := os.WriteFile(file, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, promtool, "test", "rules", file)
 }
