@@ -69,6 +69,9 @@ type Info struct {
 	Spec *topology.Spec
 	// MetricsURL is where /metrics is served.
 	MetricsURL string
+	// Verified is closed when the isolation check, which runs in the
+	// background, has finished: its probes send nothing more.
+	Verified <-chan struct{}
 }
 
 func (o *Options) setDefaults() error {
@@ -154,7 +157,7 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 	// Verify runs in the background: the view shows it probing.
 	r.startVerify(ctx)
 	if o.Started != nil {
-		o.Started(Info{Spec: spec, MetricsURL: r.metricsURL})
+		o.Started(Info{Spec: spec, MetricsURL: r.metricsURL, Verified: r.verified})
 	}
 	// Duration counts from here, so that a slow start-up does not eat the
 	// time to watch.

@@ -202,7 +202,16 @@ func TestDemo(t *testing.T) {
 	// namespaces (polled: the first packets take a moment).
 	var metrics string
 	var missing []string
+	verified := false
 	started := func(i Info) {
+		defer func() {
+			// Info.Verified says when verify is done.
+			select {
+			case <-i.Verified:
+				verified = true
+			case <-time.After(30 * time.Second):
+			}
+		}()
 		prefix := strings.TrimSuffix(i.Spec.Name, "seed")
 		want := []string{
 			`nsflow_netns_flow_bytes_total{dst_netns="` + prefix + `ns2",protocol="udp",src_netns="` + prefix + `ns1"}`,
@@ -229,6 +238,9 @@ func TestDemo(t *testing.T) {
 	}
 
 	// Verify ran and the seed's isolation holds.
+	if !verified {
+		t.Error("Info.Verified was not closed within 30s")
+	}
 	if sum.Verify == nil {
 		t.Fatal("verify did not report")
 	}

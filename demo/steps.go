@@ -27,6 +27,8 @@ type runner struct {
 	undo []func() error
 	// metricsURL is where the agent's metrics are served, once they are.
 	metricsURL string
+	// verified is closed when startVerify's check has finished.
+	verified chan struct{}
 }
 
 // teardown runs every undo step, newest first, each whatever the others
@@ -162,8 +164,10 @@ func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
 // view's verdict. Teardown waits for it.
 func (r *runner) startVerify(ctx context.Context) {
 	st := r.d.step("verify isolation")
+	r.verified = make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		defer close(r.verified)
 		rep, err := verify.Run(ctx, r.spec, verify.Options{})
 		r.sum.Verify, r.sum.VerifyErr = rep, err
 		v := verdictOf(rep, err)

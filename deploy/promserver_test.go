@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -44,14 +45,16 @@ func startPrometheus(t *testing.T, bin, target string) *promServer {
 	return &promServer{promtest.Start(t, bin, out)}
 }
 
-// waitAlert waits until alert name fires with the given labels.
-func (p *promServer) waitAlert(name string, labels map[string]string, timeout time.Duration) error {
+// waitAlert waits until alert name fires with the given labels, and
+// returns its value.
+func (p *promServer) waitAlert(name string, labels map[string]string, timeout time.Duration) (float64, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		var data struct {
 			Alerts []struct {
 				Labels map[string]string `json:"labels"`
 				State  string            `json:"state"`
+				Value  string            `json:"value"`
 			} `json:"alerts"`
 		}
 		err := p.API("/api/v1/alerts", nil, &data)
@@ -62,16 +65,71 @@ func (p *promServer) waitAlert(name string, labels map[string]string, timeout ti
 					match = match && a.Labels[k] == v
 				}
 				if match {
-					return nil
+					return strconv.ParseFloat(a.Value, 64)
 				}
 			}
 			err = fmt.Errorf("alerts now: %+v", data.Alerts)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s %v did not fire within %v: %v", name, labels, timeout, err)
+			return 0, fmt.Errorf("%s %v did not fire within %v: %v", name, labels, timeout, err)
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// values runs an instant query and returns the values of its samples
+// (one for a scalar).
+func (p *promServer) values(q string) ([]float64, error) {
+	var data struct {
+		ResultType string          `json:"resultType"`
+		Result     json.RawMessage `json:"result"`
+	}
+	if err := p.API("/api/v1/query", url.Values{"query": {q}}, &data); err != nil {
+		return nil, err
+	}
+	var pairs [][2]any
+	switch data.ResultType {
+	case "scalar":
+		var v [2]any
+		if err := json.Unmarshal(data.Result, &v); err != nil {
+			return nil, err
+		}
+		pairs = append(pairs, v)
+	case "vector":
+		var vec []struct {
+			Value [2]any `json:"value"`
+		}
+		if err := json.Unmarshal(data.Result, &vec); err != nil {
+			return nil, err
+		}
+		for _, s := range vec {
+			pairs = append(pairs, s.Value)
+		}
+	default:
+		return nil, fmt.Errorf("%s: result type %s, want a vector or a scalar", q, data.ResultType)
+	}
+	var out []float64
+	for _, v := range pairs {
+		str, _ := v[1].(string)
+		f, err := strconv.ParseFloat(str, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: value %v: %w", q, v[1], err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// value runs an instant query that must return exactly one sample.
+func (p *promServer) value(q string) (float64, error) {
+	vs, err := p.values(q)
+	if err != nil {
+		return 0, err
+	}
+	if len(vs) != 1 {
+		return 0, fmt.Errorf("%s: %d samples %v, want 1", q, len(vs), vs)
+	}
+	return vs[0], nil
 }
 
 // query runs an instant query and returns the number of series or
