@@ -62,3 +62,41 @@ func TestReadmeDockerImage(t *testing.T) {
 		t.Errorf("the Dockerfile's docker run line %q does not run the README's image %q", strings.Join(run, " "), tag)
 	}
 }
+
+// Every alert of the rules file has a row in the README's alert table,
+// with its severity and words for when it fires and what it means.
+func TestReadmeDocumentsEveryAlert(t *testing.T) {
+	section := readmeSection(t, "Deployment")
+	rows := map[string][]string{}
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		if strings.HasPrefix(line, "| `Nsflow") && len(cells) == 4 {
+			rows[strings.Trim(cells[0], "`")] = cells
+		}
+	}
+	seen := map[string]bool{}
+	for _, g := range loadRules(t).Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			seen[r.Alert] = true
+			cells, ok := rows[r.Alert]
+			if !ok {
+				t.Errorf("README Deployment: no row | `%s` | severity | fires when | meaning |", r.Alert)
+				continue
+			}
+			if cells[1] != r.Labels["severity"] {
+				t.Errorf("README: %s has severity %q, the rules %q", r.Alert, cells[1], r.Labels["severity"])
+			}
+			if strings.TrimSpace(cells[2]) == "" || strings.TrimSpace(cells[3]) == "" {
+				t.Errorf("README: %s: say when it fires and what it means", r.Alert)
+			}
+		}
+	}
+	for name := range rows {
+		if !seen[name] {
+			t.Errorf("README documents %s, which the rules file does not have", name)
+		}
+	}
+}
