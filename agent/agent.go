@@ -15,6 +15,7 @@ import (
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/collector"
 	"github.com/nsflow/nsflow/discovery"
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -383,9 +384,10 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 	switch e.Type {
 	case discovery.Added:
 		a.mu.Lock()
-		a.byInode[n.Inode] = &nsState{ns: n, label: n.Label(), settingUp: true, links: map[int]*portState{}, addrs: map[discovery.Addr]bool{}}
+		st := &nsState{ns: n, label: n.Label(), settingUp: true, links: map[int]*portState{}, addrs: map[discovery.Addr]bool{}}
+		a.byInode[n.Inode] = st
 		a.mu.Unlock()
-		a.queueJob(a.setupJob(n))
+		a.queueJob(a.setupJob(st))
 	case discovery.Updated:
 		a.mu.Lock()
 		s := a.byInode[n.Inode]
@@ -404,30 +406,44 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 }
 
 // setupJob subscribes to the namespace's links and reads its cookie, off
-// the event loop; the result is applied on it.
-func (a *Agent) setupJob(n discovery.Namespace) func() func() {
+// the event loop; the result is applied on it, to st only. Both check that
+// the namespace at st's path is still st's inode (not another made under
+// its name since).
+func (a *Agent) setupJob(st *nsState) func() func() {
+	n := st.ns
 	return func() func() {
-		cookie, cerr := bpf.NetnsCookie(n.Path)
+		cookie, err := bpf.NetnsCookieAt(n.Path, n.Inode)
 		var snap discovery.Snapshot
-		err := cerr
 		if err == nil {
 			snap, err = a.mon.Add(n.Inode, n.Path)
 		}
+		if err == nil {
+			// The subscription opened the path again.
+			var again uint64
+			if again, err = bpf.NetnsCookieAt(n.Path, n.Inode); err == nil && again != cookie {
+				err = nsenter.ErrReplaced
+			}
+		}
 		return func() {
 			s := a.byInode[n.Inode]
-			if s != nil {
-				s.settingUp = false
+			if s != st {
+				// Removed while the job ran. A namespace added since
+				// under the inode is the same one (inodes are unique
+				// among live namespaces), and its own setup subscribes.
+				if s == nil {
+					a.mon.Remove(n.Inode)
+				}
+				return
 			}
-			if s == nil || err != nil {
+			s.settingUp = false
+			if err != nil {
 				a.mon.Remove(n.Inode)
-				if err != nil && s != nil {
-					// Vanished mid-setup, most likely: the next scan says,
-					// or names it by another path (see resume), which it
-					// may have done while this job ran.
-					a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
-					if s.ns.Path != n.Path {
-						a.resume(s)
-					}
+				// Vanished mid-setup, most likely: the next scan says, or
+				// names it by another path (see resume), which it may
+				// have done while this job ran.
+				a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
+				if s.ns.Path != n.Path {
+					a.resume(s)
 				}
 				return
 			}
@@ -454,7 +470,7 @@ func (a *Agent) resume(s *nsState) {
 	if s.cookie == 0 {
 		if !s.settingUp {
 			s.settingUp = true
-			a.queueJob(a.setupJob(s.ns))
+			a.queueJob(a.setupJob(s))
 		}
 		return
 	}
@@ -687,14 +703,25 @@ func (a *Agent) queueJob(job func() func()) {
 }
 
 func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
-	path, label, inode := s.ns.Path, s.label, s.ns.Inode
+	path, label, inode, p0 := s.ns.Path, s.label, s.ns.Inode, s.links[l.Index]
 	return func() func() {
 		att, err := a.dp.AttachIndex(path, l.Index)
 		return func() {
+			// The result is for the port the job was made for, in the
+			// namespace it was made for: the one at the path then.
 			cur := a.byInode[inode]
 			var p *portState
-			if cur != nil {
-				p = cur.links[l.Index]
+			if cur == s && cur.links[l.Index] == p0 {
+				p = p0
+			}
+			if err == nil && att.NetnsCookie != s.cookie {
+				// Another namespace was at the path by the time of the
+				// attach: not this port, nor one the agent knows yet.
+				att.Detach()
+				if !a.portLiveLocked(att.Key()) {
+					a.dp.DeletePort(att.Key())
+				}
+				err = fmt.Errorf("%s: %w", path, nsenter.ErrReplaced)
 			}
 			if err != nil {
 				if p != nil {
@@ -717,11 +744,13 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			}
 			if p == nil || !a.eligible(p.link) {
 				// Gone or no longer watched while attaching: undo,
-				// counters too.
+				// counters too, unless a newer port has them.
 				att.Detach()
-				a.dp.DeletePort(att.Key())
 				if p != nil {
 					a.setAttaching(p, false)
+				}
+				if !a.portLiveLocked(att.Key()) {
+					a.dp.DeletePort(att.Key())
 				}
 				return
 			}
@@ -736,10 +765,11 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 // vanished reports whether an attach failed because its interface or
 // namespace was gone: the index names no device (deleted, or moved to
 // another namespace), the device went during the attach, or the path to
-// the namespace no longer exists.
+// the namespace no longer exists or leads to another one.
 func vanished(err error) bool {
 	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) ||
+		errors.Is(err, nsenter.ErrReplaced)
 }
 
 func (a *Agent) worker(ctx context.Context) {

@@ -368,3 +368,66 @@ func TestAddressMovesToNewNamespace(t *testing.T) {
 	waitSeries(pairSeries(c), 30)
 	waitSeries(pairSeries(b), 20)
 }
+
+// TestNamespaceRecreatedUnderItsName: a named namespace is deleted and at
+// once made anew under its name (a new namespace, another inode), wired
+// as before. The agent follows: the new one is watched, attached and
+// counted under the name, each packet once.
+func TestNamespaceRecreatedUnderItsName(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("an")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	dst := netip.MustParseAddrPort("198.18.40.2:5501")
+	pair := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q}`, b, a)
+	waitPair := func(n int) {
+		t.Helper()
+		want := fmt.Sprintf("%s %d\n", pair, n)
+		var text string
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if text = scrape(t, r.url); strings.Contains(text, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("want %s; have:\n%s", want, grepLines(text, "nsflow_netns_flow_packets_total{"))
+			}
+		}
+	}
+	sendUDP(t, s, a, b, dst, 40, 64)
+	waitPair(40)
+
+	if err := netns.DeleteNamed(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipCmd("netns", "add", b); err != nil {
+		t.Fatal(err)
+	}
+	// a's end goes with the old b once nothing holds that namespace.
+	for deadline := time.Now().Add(15 * time.Second); ipCmd("-n", a, "link", "show", "eth-d") == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a's eth-d outlived the deleted namespace")
+		}
+	}
+	for _, args := range [][]string{
+		{"-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b},
+		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
+		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
+		{"-n", a, "link", "set", "eth-d", "up"},
+		{"-n", b, "link", "set", "eth-d", "up"},
+		{"-n", b, "link", "set", "lo", "up"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(15 * time.Second); !attached(r.a, a, "eth-d") || !attached(r.a, b, "eth-d"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the new eth-d pair was not attached")
+		}
+	}
+	sendUDP(t, s, a, b, dst, 60, 64)
+	waitPair(100)
+}

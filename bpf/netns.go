@@ -22,6 +22,18 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 	return cookie, err
 }
 
+// NetnsCookieAt is NetnsCookie for the namespace with inode ino only; it
+// fails with nsenter.ErrReplaced if another namespace is at netnsPath now.
+func NetnsCookieAt(netnsPath string, ino uint64) (uint64, error) {
+	var cookie uint64
+	err := nsenter.DoInode(netnsPath, ino, func() error {
+		var err error
+		cookie, err = currentNetnsCookie()
+		return err
+	})
+	return cookie, err
+}
+
 // currentNetnsCookie reads the cookie through a socket, which belongs to
 // the namespace of the thread that opens it.
 func currentNetnsCookie() (uint64, error) {

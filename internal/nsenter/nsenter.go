@@ -12,10 +12,12 @@
 package nsenter
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Do runs fn with the calling thread in the network namespace at path
@@ -30,6 +32,33 @@ func Do(path string, fn func() error) error {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}
 	defer h.Close()
+	return DoHandle(h, fn)
+}
+
+// ErrReplaced means the namespace at a path is not the one expected: it
+// was deleted and another was made under its path (`ip netns del` and
+// `add` of one name), or a pid was reused.
+var ErrReplaced = errors.New("another namespace is there now")
+
+// DoInode is Do for the namespace with inode ino only: if the namespace at
+// path is another, it returns ErrReplaced without running fn. The inode
+// is read from the opened namespace, so no other can come in between.
+func DoInode(path string, ino uint64, fn func() error) error {
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer h.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
+		return fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	if st.Ino != ino {
+		return fmt.Errorf("network namespace %s: inode %d, not %d: %w", path, st.Ino, ino, ErrReplaced)
+	}
 	return DoHandle(h, fn)
 }
 

@@ -89,3 +89,52 @@ func TestDo(t *testing.T) {
 		t.Fatal(statErr)
 	}
 }
+
+// TestDoInode: DoInode runs fn in the namespace at a path only while that
+// is the namespace with the inode given; once the name is deleted and
+// made anew, the path leads to another namespace and fn does not run.
+func TestDoInode(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("nsino")
+	path := filepath.Join("/run/netns", name)
+	create := func() uint64 {
+		t.Helper()
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		home, err := netns.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer home.Close()
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+		if err := netns.Set(home); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	first := create()
+	t.Cleanup(func() { netns.DeleteNamed(name) })
+	var in uint64
+	if err := DoInode(path, first, func() error { in = inode(t); return nil }); err != nil || in != first {
+		t.Fatalf("DoInode in its own namespace: ran in %d, %v; want %d", in, err, first)
+	}
+	if err := netns.DeleteNamed(name); err != nil {
+		t.Fatal(err)
+	}
+	second := create()
+	ran := false
+	if err := DoInode(path, first, func() error { ran = true; return nil }); !errors.Is(err, ErrReplaced) || ran {
+		t.Errorf("DoInode after %s was made anew (inode %d, was %d): %v, ran %v; want ErrReplaced, not run", name, second, first, err, ran)
+	}
+	if err := DoInode("", inode(t), func() error { return nil }); err != nil {
+		t.Errorf("DoInode in the current namespace: %v", err)
+	}
+}
