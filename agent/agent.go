@@ -50,6 +50,10 @@ type Agent struct {
 	// that live records decided by the old ones are evicted soon (see
 	// staleLocked) rather than at the next periodic pass.
 	reattribute bool
+	// undetached are attachments whose detach failed (a tc filter netlink
+	// would not delete): each eviction pass tries again, and so does the
+	// datapath's Close at shutdown.
+	undetached []*bpf.Attachment
 
 	mu       sync.RWMutex
 	byInode  map[uint64]*nsState
@@ -677,7 +681,8 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 		return
 	}
 	if err := p.att.Detach(); err != nil {
-		a.log.Warn("detach failed", "netns", s.label, "interface", p.link.Name, "err", err)
+		a.log.Warn("detach failed; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
+		a.undetached = append(a.undetached, p.att)
 	} else {
 		a.log.Debug("detached", "netns", s.label, "interface", p.link.Name, "ifindex", idx)
 	}

@@ -31,11 +31,11 @@ type Attachment struct {
 	NetnsCookie uint64
 	Mode        AttachMode
 
-	d     *Datapath
-	links []link.Link // ModeTCX
-	tc    *tcAttachment
-	once  sync.Once
-	err   error
+	d        *Datapath
+	links    []link.Link // ModeTCX
+	tc       *tcAttachment
+	mu       sync.Mutex
+	detached bool
 }
 
 // Key is the PortKey under which this interface's traffic is counted.
@@ -200,6 +200,11 @@ func (d *Datapath) hasDeadRunFilters(ifindex int) (bool, error) {
 // took its index since: a watcher that lost notifications (a netlink
 // overflow) learns from this that an index it knows is a new device.
 func (a *Attachment) Alive() (bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.detached {
+		return false, nil
+	}
 	if a.Mode == ModeTCX {
 		for _, l := range a.links {
 			info, err := l.Info()
@@ -247,15 +252,23 @@ func (a *Attachment) Alive() (bool, error) {
 
 // Detach removes the programs from the interface. It is idempotent and
 // succeeds when the interface or its namespace is already gone (the
-// kernel then removed the attachment with it).
+// kernel then removed the attachment with it). What it failed to remove
+// (a tc filter netlink would not delete) it tries again when called
+// again, and the datapath's Close tries too.
 func (a *Attachment) Detach() error {
-	a.once.Do(func() {
-		a.err = a.detach()
-		a.d.mu.Lock()
-		delete(a.d.attached, a)
-		a.d.mu.Unlock()
-	})
-	return a.err
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.detached {
+		return nil
+	}
+	if err := a.detach(); err != nil {
+		return err
+	}
+	a.detached = true
+	a.d.mu.Lock()
+	delete(a.d.attached, a)
+	a.d.mu.Unlock()
+	return nil
 }
 
 func (a *Attachment) detach() error {
@@ -270,10 +283,11 @@ func (a *Attachment) detach() error {
 	a.links = nil
 	if a.tc != nil {
 		if err := nsenter.DoHandle(a.tc.ns, a.tc.detach); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, err) // kept, with its namespace, to try again
+		} else {
+			a.tc.ns.Close()
+			a.tc = nil
 		}
-		a.tc.ns.Close()
-		a.tc = nil
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bpf: detach from %s: %w", a.Ifname, err)

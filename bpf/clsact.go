@@ -250,8 +250,16 @@ func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.P
 	return 0, false
 }
 
+// failTCDetach, set by tests, makes the next tc detach fail before it
+// removes anything, as a netlink error would.
+var failTCDetach error
+
 // detach runs inside the attachment's namespace.
 func (t *tcAttachment) detach() error {
+	if err := failTCDetach; err != nil {
+		failTCDetach = nil
+		return err
+	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)

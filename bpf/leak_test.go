@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -383,6 +385,53 @@ func TestAliveAfterIndexReused(t *testing.T) {
 			})
 			if alive, err := att.Alive(); alive || err != nil {
 				t.Errorf("alive after the interface was replaced at index %d: %v, %v", att.Ifindex, alive, err)
+			}
+		})
+	}
+}
+
+// TestDetachRetried: a tc detach that fails leaves the filters, and the
+// attachment knows it: Detach again removes them, and so does the
+// datapath's Close when nobody calls it.
+func TestDetachRetried(t *testing.T) {
+	for _, retry := range []string{"detach", "close"} {
+		t.Run(retry, func(t *testing.T) {
+			d, err := Load(Options{ForceMode: ModeTC})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			a, b := newTestNS(t), newTestNS(t)
+			ea, _ := vethPair(t, a, b, 7)
+			att, err := d.Attach(ea.NS.Path, ea.Ifname)
+			if err != nil {
+				t.Fatal(err)
+			}
+			filters := func() string {
+				out, err := exec.Command("ip", "netns", "exec", a.Name, "tc", "filter", "show", "dev", ea.Ifname, "ingress").CombinedOutput()
+				if err != nil {
+					t.Fatalf("tc filter show: %v: %s", err, out)
+				}
+				return string(out)
+			}
+			failTCDetach = errors.New("injected netlink failure")
+			if err := att.Detach(); err == nil {
+				t.Fatal("detach with an injected failure succeeded")
+			}
+			if !strings.Contains(filters(), "nsflow") {
+				t.Fatalf("the failed detach removed the filter:\n%s", filters())
+			}
+			switch retry {
+			case "detach":
+				err = att.Detach()
+			case "close":
+				err = d.Close()
+			}
+			if err != nil {
+				t.Fatalf("%s after a failed detach: %v", retry, err)
+			}
+			if f := filters(); strings.Contains(f, "nsflow") {
+				t.Errorf("filter left after %s:\n%s", retry, f)
 			}
 		})
 	}
