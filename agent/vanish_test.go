@@ -405,6 +405,7 @@ func TestNamespaceRecreatedUnderItsName(t *testing.T) {
 	if err := ipCmd("netns", "add", b); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ipCmd("netns", "del", b) }) // not the topology's: down leaves it
 	// a's end goes with the old b once nothing holds that namespace.
 	for deadline := time.Now().Add(15 * time.Second); ipCmd("-n", a, "link", "show", "eth-d") == nil; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
