@@ -290,13 +290,7 @@ func TestResyncReattachesReplacedInterface(t *testing.T) {
 	pin, state := pins(t)
 	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
 	a, b := p+"a", p+"b"
-	deadline := time.Now().Add(15 * time.Second)
-	for !attached(r.a, a, "eth-d") {
-		if time.Now().After(deadline) {
-			t.Fatal("eth-d not attached")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitAttached(t, r.a, a, "eth-d")
 	old := r.a.attachment(a, "eth-d")
 	var st unix.Stat_t
 	if err := unix.Stat(s.NetnsPath(a), &st); err != nil {
@@ -315,15 +309,12 @@ func TestResyncReattachesReplacedInterface(t *testing.T) {
 	for _, args := range [][]string{
 		{"-n", a, "link", "del", "eth-d"},
 		{"-n", a, "link", "add", "eth-d", "index", strconv.Itoa(old.Ifindex), "type", "veth", "peer", "name", "eth-d", "netns", b, "index", strconv.Itoa(ib)},
-		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
-		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
-		{"-n", a, "link", "set", "eth-d", "up"},
-		{"-n", b, "link", "set", "eth-d", "up"},
 	} {
 		if err := ipCmd(args...); err != nil {
 			t.Fatal(err)
 		}
 	}
+	rewireDirect(t, a, b)
 	m, err := discovery.NewMonitor(make(chan discovery.LinkEvent, 1))
 	if err != nil {
 		t.Fatal(err)

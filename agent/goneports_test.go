@@ -58,17 +58,10 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 	want("deleted", 50)
 
 	// The same name again, on a new pair.
-	for _, args := range [][]string{
-		{"-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b},
-		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
-		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
-		{"-n", a, "link", "set", "eth-d", "up"},
-		{"-n", b, "link", "set", "eth-d", "up"},
-	} {
-		if err := ipCmd(args...); err != nil {
-			t.Fatal(err)
-		}
+	if err := ipCmd("-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b); err != nil {
+		t.Fatal(err)
 	}
+	rewireDirect(t, a, b)
 	waitAttached(true)
 	sendUDP(t, s, a, b, dst, 10, 64)
 	want("back under its name", 60)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -199,4 +200,36 @@ func testLogLevel() slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo
+}
+
+// waitLine polls the agent's metrics at url until they hold the line want
+// (a series and its value), up to 20 s; on failure it shows the lines
+// with grep in them.
+func waitLine(t *testing.T, url, want, grep string) {
+	t.Helper()
+	var text string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if text = scrape(t, url); strings.Contains(text, want+"\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want %s; have:\n%s", want, grepLines(text, grep))
+		}
+	}
+}
+
+// rewireDirect gives a new eth-d pair between a and b (made by the
+// caller) the addresses and state pairTopology gives its direct link.
+func rewireDirect(t *testing.T, a, b string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
+		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
+		{"-n", a, "link", "set", "eth-d", "up"},
+		{"-n", b, "link", "set", "eth-d", "up"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -40,18 +40,12 @@ func TestRogueLinkViolation(t *testing.T) {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for !attached(r.a, a, "rg0", sw, "rg1") {
-		if time.Now().After(deadline) {
-			t.Fatal("the rogue veth was not attached")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitAttached(t, r.a, a, "rg0", sw, "rg1")
 	const n = 200
 	sendUDP(t, s, a, sw, netip.MustParseAddrPort("198.19.85.2:5500"), n, 100)
 	series := fmt.Sprintf(`nsflow_isolation_violation_packets_total{dst_netns=%q,src_netns=%q} %d`, sw, a, n)
-	for !strings.Contains(scrape(t, r.url), series) {
-		if time.Now().After(deadline.Add(10 * time.Second)) {
+	for deadline := time.Now().Add(25 * time.Second); !strings.Contains(scrape(t, r.url), series); {
+		if time.Now().After(deadline) {
 			t.Fatalf("no %s in:\n%s", series, grepLines(scrape(t, r.url), "violation"))
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -73,13 +67,7 @@ func TestNamelessAddressesCountPerPortOnly(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", a, "route", "add", "224.0.0.0/4", "dev", "eth-d").CombinedOutput(); err != nil {
 		t.Fatalf("multicast route: %v: %s", err, out)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for !attached(r.a, a, "eth-d") || !attached(r.a, a, "eth-br") {
-		if time.Now().After(deadline) {
-			t.Fatal("a's ports not attached")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitAttached(t, r.a, a, "eth-d", a, "eth-br")
 	for _, tt := range []struct{ dst, port string }{
 		{"224.0.0.251", "eth-d"},    // multicast
 		{"198.18.41.255", "eth-br"}, // the bridge subnet's broadcast
@@ -149,6 +137,16 @@ func attached(a *Agent, labelIfnames ...string) bool {
 	return true
 }
 
+// waitAttached waits up to 15 s until attached(a, labelIfnames...).
+func waitAttached(t *testing.T, a *Agent, labelIfnames ...string) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !attached(a, labelIfnames...); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not attached within 15 s: %q", labelIfnames)
+		}
+	}
+}
+
 // TestTopFlowsICMP: echo replies and port unreachables between the same
 // two addresses are two records that differ only in ICMP type and code.
 // Their top flow series carry those in the port labels; before, both had
@@ -160,13 +158,7 @@ func TestTopFlowsICMP(t *testing.T) {
 	pin, state := pins(t)
 	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
 	a, b := p+"a", p+"b"
-	deadline := time.Now().Add(15 * time.Second)
-	for !attached(r.a, a, "eth-d") || !attached(r.a, b, "eth-d") {
-		if time.Now().After(deadline) {
-			t.Fatal("eth-d not attached")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitAttached(t, r.a, a, "eth-d", b, "eth-d")
 	err := nsenter.Do(s.NetnsPath(a), func() error {
 		ping, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		if err != nil {

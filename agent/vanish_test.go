@@ -329,16 +329,7 @@ func TestAddressMovesToNewNamespace(t *testing.T) {
 	}
 	waitSeries := func(series string, n int) {
 		t.Helper()
-		want := fmt.Sprintf("%s %d\n", series, n)
-		var text string
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			if text = scrape(t, r.url); strings.Contains(text, want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("want %s; have:\n%s", want, grepLines(text, "nsflow_netns_flow_packets_total{"))
-			}
-		}
+		waitLine(t, r.url, fmt.Sprintf("%s %d", series, n), "nsflow_netns_flow_packets_total{")
 	}
 	send(b, 20)
 	waitSeries(pairSeries(b), 20)
@@ -359,11 +350,7 @@ func TestAddressMovesToNewNamespace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(15 * time.Second); !attached(r.a, c, "eth-br"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("c's eth-br not attached")
-		}
-	}
+	waitAttached(t, r.a, c, "eth-br")
 	send(c, 30)
 	waitSeries(pairSeries(c), 30)
 	waitSeries(pairSeries(b), 20)
@@ -385,16 +372,7 @@ func TestNamespaceRecreatedUnderItsName(t *testing.T) {
 	pair := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q}`, b, a)
 	waitPair := func(n int) {
 		t.Helper()
-		want := fmt.Sprintf("%s %d\n", pair, n)
-		var text string
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			if text = scrape(t, r.url); strings.Contains(text, want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("want %s; have:\n%s", want, grepLines(text, "nsflow_netns_flow_packets_total{"))
-			}
-		}
+		waitLine(t, r.url, fmt.Sprintf("%s %d", pair, n), "nsflow_netns_flow_packets_total{")
 	}
 	sendUDP(t, s, a, b, dst, 40, 64)
 	waitPair(40)
@@ -412,23 +390,11 @@ func TestNamespaceRecreatedUnderItsName(t *testing.T) {
 			t.Fatal("a's eth-d outlived the deleted namespace")
 		}
 	}
-	for _, args := range [][]string{
-		{"-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b},
-		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-d"},
-		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
-		{"-n", a, "link", "set", "eth-d", "up"},
-		{"-n", b, "link", "set", "eth-d", "up"},
-		{"-n", b, "link", "set", "lo", "up"},
-	} {
-		if err := ipCmd(args...); err != nil {
-			t.Fatal(err)
-		}
+	if err := ipCmd("-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b); err != nil {
+		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(15 * time.Second); !attached(r.a, a, "eth-d") || !attached(r.a, b, "eth-d"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the new eth-d pair was not attached")
-		}
-	}
+	rewireDirect(t, a, b)
+	waitAttached(t, r.a, a, "eth-d", b, "eth-d")
 	sendUDP(t, s, a, b, dst, 60, 64)
 	waitPair(100)
 }
