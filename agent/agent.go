@@ -20,10 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// reattributeDelay is how soon after a change of namespaces or addresses
-// the records it makes stale are evicted; changes within it share a pass.
-const reattributeDelay = 200 * time.Millisecond
-
 // attachWorkers is how many setup and attach jobs run at once. They
 // mostly wait in the kernel: a tcx attach waits for an RCU grace period,
 // and concurrent waiters share one, so width, not CPUs, sets the pace.
@@ -46,10 +42,6 @@ type Agent struct {
 	queue      []func() func() // jobs not handed to a worker yet
 	inflight   int             // jobs queued or running, results not applied yet
 	synced     bool            // the initial namespace scan was reported
-	// reattribute is set when namespaces, labels or addresses changed, so
-	// that live records decided by the old ones are evicted soon (see
-	// staleLocked) rather than at the next periodic pass.
-	reattribute bool
 	// undetached are attachments whose detach failed (a tc filter netlink
 	// would not delete): each eviction pass tries again, and so does the
 	// datapath's Close at shutdown.
@@ -309,16 +301,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	evict := time.NewTicker(a.evictInterval())
 	defer evict.Stop()
-	soon := time.NewTimer(time.Hour)
-	soon.Stop()
-	soonArmed := false
 	var runErr error
 loop:
 	for {
-		if a.reattribute && !soonArmed && a.ready.Load() {
-			soon.Reset(reattributeDelay)
-			soonArmed = true
-		}
 		// Jobs queue here rather than block the loop, which must keep
 		// applying results for the workers to make progress.
 		var jobs chan func() func()
@@ -345,13 +330,8 @@ loop:
 			apply()
 		case <-evict.C:
 			if a.ready.Load() {
-				a.reattribute = false
 				a.evict()
 			}
-		case <-soon.C:
-			soonArmed = false
-			a.reattribute = false
-			a.evict()
 		}
 		if !a.ready.Load() && a.synced && a.inflight == 0 {
 			a.ready.Store(true)
@@ -397,7 +377,6 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 		s := a.byInode[n.Inode]
 		moved := s != nil && s.ns.Path != n.Path
 		if s != nil {
-			a.reattribute = a.reattribute || s.label != n.Label()
 			s.ns, s.label = n, n.Label()
 		}
 		a.mu.Unlock()
@@ -489,7 +468,6 @@ func (a *Agent) removeNetns(inode uint64) {
 		return
 	}
 	a.mon.Remove(inode)
-	a.reattribute = true
 	a.mu.Lock()
 	delete(a.byInode, inode)
 	if s.cookie != 0 {
@@ -597,7 +575,6 @@ func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr) {
 		return
 	}
 	s.addrs[ad] = true
-	a.reattribute = true
 	if b, ok := ad.SubnetBroadcast(); ok {
 		a.bcasts[b]++
 	}
@@ -620,7 +597,6 @@ func (a *Agent) dropAddrLocked(s *nsState, ad discovery.Addr) {
 		return
 	}
 	delete(s.addrs, ad)
-	a.reattribute = true
 	if b, ok := ad.SubnetBroadcast(); ok {
 		if a.bcasts[b]--; a.bcasts[b] <= 0 {
 			delete(a.bcasts, b)

@@ -107,33 +107,6 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 	return b.settle(k, id, d)
 }
 
-// staleLocked reports whether a live record's decision no longer holds:
-// a namespace it counts toward is gone or was renamed, or the address it
-// was attributed by is held by another namespace now (an address that
-// moved, a container recreated with its address). The pass evicts such a
-// record, folding what it counted as decided, and the flow's next packet
-// starts a record decided afresh: counts never move between series, and
-// none goes on counting toward a namespace that is not there. labels are
-// the live namespaces' labels. Callers hold a.mu and book.mu.
-func (a *Agent) staleLocked(k bpf.FlowKey, d *decision, labels map[string]bool) bool {
-	if d == nil || !d.counted || !d.pendingSince.IsZero() {
-		return false
-	}
-	for _, l := range []string{d.pair.Src, d.pair.Dst} {
-		if l != UnknownNetns && !labels[l] {
-			return true
-		}
-	}
-	switch {
-	case k.Dir == bpf.Ingress && d.pair.Src == UnknownNetns:
-		return len(a.owners[k.Src.Unmap()]) > 0
-	case k.Dir == bpf.Ingress:
-		return !a.holdsLocked(d.pair.Src, k.Src)
-	default: // counted at egress: its destination was nobody's
-		return len(a.owners[k.Dst.Unmap()]) > 0
-	}
-}
-
 // labelLocked names the namespace of a cookie, including namespaces that
 // were removed but whose flows are not folded yet.
 func (a *Agent) labelLocked(cookie uint64) (string, bool) {

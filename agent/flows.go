@@ -251,16 +251,11 @@ func (a *Agent) evictPass(decideAll bool) bool {
 		return false
 	}
 
-	labels := make(map[string]bool, len(a.byInode))
-	for _, s := range a.byInode {
-		labels[s.label] = true
-	}
 	var victims []inflightFlow
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		live := a.portLiveLocked(k.Port())
 		idleFor := mono - min(s.LastSeen, mono)
-		stale := live && a.staleLocked(k, b.decisions[k], labels)
-		if live && idleFor < min(uncountedIdle, idle) && !stale {
+		if live && idleFor < min(uncountedIdle, idle) {
 			if decideAll {
 				a.decideLocked(k, s, now, false)
 			}
@@ -270,7 +265,7 @@ func (a *Agent) evictPass(decideAll bool) bool {
 		// decided for good: there is no later pass to wait for.
 		final := !live || idleFor >= idle
 		d := a.decideLocked(k, s, now, final)
-		if d == nil || (!final && !stale && (d.counted || d.violation != nil)) {
+		if d == nil || (!final && (d.counted || d.violation != nil)) {
 			return true
 		}
 		victims = append(victims, inflightFlow{Key: k, ID: s.ID, Packets: s.Packets, Bytes: s.Bytes,
