@@ -57,9 +57,12 @@ type Agent struct {
 	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
 	bcasts    map[netip.Addr]int             // IPv4 subnet broadcast -> live addresses in that subnet
 	gonePorts map[portLabel]*gonePort        // last counts of deleted ports (goneports.go)
-	events    map[collector.DiscoveryKey]uint64
-	ready     atomic.Bool
-	attachErr atomic.Uint64
+	// gonePortsDirty is set when gonePorts changed since the state file
+	// last had them (under mu).
+	gonePortsDirty bool
+	events         map[collector.DiscoveryKey]uint64
+	ready          atomic.Bool
+	attachErr      atomic.Uint64
 
 	book  *flowBook
 	peers peers
@@ -158,7 +161,7 @@ func New(cfg Config) (*Agent, error) {
 		gone:       map[uint64]goneNetns{},
 		owners:     map[netip.Addr]map[uint64]bool{},
 		bcasts:     map[netip.Addr]int{},
-		gonePorts:  map[portLabel]*gonePort{},
+		gonePorts:  gonePortsOf(book.st.GonePorts),
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
 	a.deleteFlows = dp.DeleteFlows
@@ -468,6 +471,14 @@ func (a *Agent) removeNetns(inode uint64) {
 		return
 	}
 	a.mon.Remove(inode)
+	// Programs off first, with the ports still live for scrapes; then the
+	// namespace goes and its ports' last counts are kept in one step.
+	var detached []int
+	for idx, p := range s.links {
+		if a.detachProgs(s, idx, p) {
+			detached = append(detached, idx)
+		}
+	}
 	a.mu.Lock()
 	delete(a.byInode, inode)
 	if s.cookie != 0 {
@@ -484,10 +495,10 @@ func (a *Agent) removeNetns(inode uint64) {
 	for ad := range s.addrs {
 		a.dropAddrLocked(s, ad)
 	}
-	a.mu.Unlock()
-	for idx, p := range s.links {
-		a.detach(s, idx, p)
+	for _, idx := range detached {
+		a.retirePortLocked(s, idx, s.links[idx])
 	}
+	a.mu.Unlock()
 }
 
 // applySnapshot replaces what is known of a namespace's links and
@@ -644,17 +655,32 @@ func (a *Agent) upsertLink(s *nsState, l discovery.Link) {
 }
 
 func (a *Agent) deleteLink(s *nsState, idx int, p *portState) {
+	detached := a.detachProgs(s, idx, p)
 	a.mu.Lock()
 	delete(s.links, idx)
+	if detached {
+		a.retirePortLocked(s, idx, p)
+	}
 	a.mu.Unlock()
-	a.detach(s, idx, p)
 }
 
 // detach removes the programs and the port's counters (its pins): the
 // interface is gone or no longer watched.
 func (a *Agent) detach(s *nsState, idx int, p *portState) {
-	if p.att == nil {
+	if !a.detachProgs(s, idx, p) {
 		return
+	}
+	a.mu.Lock()
+	a.retirePortLocked(s, idx, p)
+	a.mu.Unlock()
+}
+
+// detachProgs takes the programs off an attached port, and reports
+// whether it was attached; its counters stay for retirePortLocked. A
+// detach that fails is tried again at each eviction pass.
+func (a *Agent) detachProgs(s *nsState, idx int, p *portState) bool {
+	if p.att == nil {
+		return false
 	}
 	if err := p.att.Detach(); err != nil {
 		a.log.Warn("detach failed; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
@@ -662,10 +688,7 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 	} else {
 		a.log.Debug("detached", "netns", s.label, "interface", p.link.Name, "ifindex", idx)
 	}
-	a.mu.Lock()
-	p.att = nil
-	a.mu.Unlock()
-	a.deletePort(s, idx, p.link)
+	return true
 }
 
 // setAttaching marks a port while its attach job runs; scrapes and
@@ -796,9 +819,14 @@ func (a *Agent) evictInterval() time.Duration {
 // shutdown detaches everything, saves the state and closes the datapath.
 func (a *Agent) shutdown() error {
 	var errs []error
-	if err := a.book.save(); err != nil {
+	a.mu.RLock()
+	a.book.mu.Lock()
+	a.stashGonePortsLocked()
+	if err := a.book.st.save(); err != nil {
 		errs = append(errs, err)
 	}
+	a.book.mu.Unlock()
+	a.mu.RUnlock()
 	// The write lock waits out the scrapes reading the maps; later ones
 	// see stopped. Close (a detach per port) runs without it, so that
 	// the last scrapes' other collectors are not held up.

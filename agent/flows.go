@@ -223,6 +223,14 @@ func (a *Agent) evict() {
 	a.retire(now)
 	a.mu.Lock()
 	a.retirePortsLocked(now)
+	if a.gonePortsDirty {
+		a.book.mu.Lock()
+		a.stashGonePortsLocked()
+		if err := a.book.st.save(); err != nil {
+			a.log.Error("save the last counts of deleted ports", "err", err)
+		}
+		a.book.mu.Unlock()
+	}
 	a.mu.Unlock()
 	// The cached summary still adds up (it predates the eviction), but
 	// the next scrape should see the smaller table. sumMu is taken only

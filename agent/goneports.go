@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/bpf"
-	"github.com/nsflow/nsflow/discovery"
 )
 
 // An interface's series outlive it: when its counters are deleted (the
@@ -23,6 +22,34 @@ type gonePort struct {
 	at    time.Time // when the last of them was deleted
 }
 
+// gonePortEntry is a gonePort as the state file keeps it, so that a
+// restart does not take the kept counts out of a series that continues.
+type gonePortEntry struct {
+	Netns, Interface string
+	Stats            bpf.PortStats
+	At               time.Time
+}
+
+// stashGonePortsLocked copies the kept counts into the state for its next
+// save. Callers hold a.mu and book.mu.
+func (a *Agent) stashGonePortsLocked() {
+	out := make([]gonePortEntry, 0, len(a.gonePorts))
+	for l, g := range a.gonePorts {
+		out = append(out, gonePortEntry{Netns: l.netns, Interface: l.ifname, Stats: g.stats, At: g.at})
+	}
+	a.book.st.GonePorts = out
+	a.gonePortsDirty = false
+}
+
+// gonePortsOf is the kept counts of a state file.
+func gonePortsOf(entries []gonePortEntry) map[portLabel]*gonePort {
+	out := make(map[portLabel]*gonePort, len(entries))
+	for _, e := range entries {
+		out[portLabel{e.Netns, e.Interface}] = &gonePort{stats: e.Stats, at: e.At}
+	}
+	return out
+}
+
 // retainPortLocked keeps the last counts of a port about to be deleted.
 // Callers hold a.mu.
 func (a *Agent) retainPortLocked(l portLabel, st bpf.PortStats, now time.Time) {
@@ -33,6 +60,7 @@ func (a *Agent) retainPortLocked(l portLabel, st bpf.PortStats, now time.Time) {
 	}
 	g.stats.Add(&st)
 	g.at = now
+	a.gonePortsDirty = true
 }
 
 // retirePortsLocked forgets the ports gone longer than the retention,
@@ -53,21 +81,23 @@ func (a *Agent) retirePortsLocked(now time.Time) {
 			g.at = now // its clock starts when the live one goes too
 		case now.Sub(g.at) >= a.cfg.GoneRetention:
 			delete(a.gonePorts, l)
+			a.gonePortsDirty = true
 		}
 	}
 }
 
-// deletePort keeps the port's last counts, then deletes its counters.
-func (a *Agent) deletePort(s *nsState, idx int, l discovery.Link) {
+// retirePortLocked marks a detached port so, keeps its last counts under
+// its labels and deletes its counters, all under a.mu (callers hold it):
+// a scrape sees the port either live or gone, never neither nor both.
+func (a *Agent) retirePortLocked(s *nsState, idx int, p *portState) {
+	p.att = nil
 	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
 	if st, ok, err := a.dp.Port(k); err != nil {
-		a.log.Debug("read the last counts of a port", "netns", s.label, "interface", l.Name, "err", err)
+		a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
 	} else if ok {
-		a.mu.Lock()
-		a.retainPortLocked(portLabel{s.label, l.Name}, st, time.Now())
-		a.mu.Unlock()
+		a.retainPortLocked(portLabel{s.label, p.link.Name}, st, time.Now())
 	}
 	if err := a.dp.DeletePort(k); err != nil {
-		a.log.Debug("delete port counters", "netns", s.label, "interface", l.Name, "err", err)
+		a.log.Debug("delete port counters", "netns", s.label, "interface", p.link.Name, "err", err)
 	}
 }

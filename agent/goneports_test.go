@@ -15,13 +15,15 @@ import (
 // TestGonePortKeepsLastCounts: an interface's series keeps the packets it
 // sent after the last scrape when the interface is deleted, continues
 // (instead of restarting from 0) when an interface of the same name comes
-// back, and goes once the retention has passed with none live.
+// back, and goes once the retention has passed with none live. A restart
+// in between changes nothing.
 func TestGonePortKeepsLastCounts(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ag")
 	s := topotest.Up(t, parseSpec(t, pairTopology), p)
 	pin, state := pins(t)
-	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: 2 * time.Second, FlowIdleTimeout: 2 * time.Second})
+	cfg := Config{PinPath: pin, StateFile: state, GoneRetention: 5 * time.Second, FlowIdleTimeout: 2 * time.Second}
+	r := startAgent(t, p, cfg)
 	a, b := p+"a", p+"b"
 	waitAttached := func(want bool) {
 		t.Helper()
@@ -56,6 +58,11 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 	}
 	waitAttached(false)
 	want("deleted", 50)
+	// A restart keeps them (the state file).
+	r.stop()
+	r = startAgent(t, p, cfg)
+	waitReady(t, r)
+	want("deleted, after a restart", 50)
 
 	// The same name again, on a new pair.
 	if err := ipCmd("-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b); err != nil {

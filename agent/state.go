@@ -41,6 +41,9 @@ type state struct {
 	// Inflight are records folded into Pairs but maybe still in the
 	// kernel table (the agent died between saving and deleting them).
 	Inflight []inflightFlow
+	// GonePorts are the agent's kept last counts of deleted ports
+	// (goneports.go), as of the last save.
+	GonePorts []gonePortEntry
 }
 
 type inflightFlow struct {
@@ -64,6 +67,7 @@ type stateFile struct {
 	Violations []violationCount `json:"violations,omitempty"`
 	Evictions  uint64           `json:"evictions"`
 	Inflight   []inflightFlow   `json:"inflight,omitempty"`
+	GonePorts  []gonePortEntry  `json:"gone_ports,omitempty"`
 }
 
 type pairCount struct {
@@ -121,7 +125,7 @@ func loadState(persist bool, path string) (*state, error) {
 	for _, v := range f.Violations {
 		st.Violations[[2]string{v.Src, v.Dst}] = v.Packets
 	}
-	st.Evictions, st.Inflight = f.Evictions, f.Inflight
+	st.Evictions, st.Inflight, st.GonePorts = f.Evictions, f.Inflight, f.GonePorts
 	return st, nil
 }
 
@@ -129,7 +133,7 @@ func (st *state) save() error {
 	if !st.persist {
 		return nil
 	}
-	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight}
+	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight, GonePorts: st.GonePorts}
 	for k, c := range st.Pairs {
 		f.Pairs = append(f.Pairs, pairCount{pairKey: k, counter: c})
 	}
