@@ -53,10 +53,14 @@ type Agent struct {
 	// gone are the namespaces removed since the last eviction pass, by
 	// cookie: their records are attributed as they were while they lived
 	// until that pass folds them.
-	gone      map[uint64]goneNetns
-	owners    map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
-	bcasts    map[netip.Addr]int             // IPv4 subnet broadcast -> live addresses in that subnet
-	gonePorts map[portLabel]*gonePort        // last counts of deleted ports (goneports.go)
+	gone   map[uint64]goneNetns
+	owners map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
+	bcasts map[netip.Addr]int             // IPv4 subnet broadcast -> live addresses in that subnet
+	// dropped are the addresses live namespaces let go since the last
+	// eviction pass, by address: records that began before still find
+	// who held them (as gone does for removed namespaces).
+	dropped   map[netip.Addr][]droppedAddr
+	gonePorts map[portLabel]*gonePort // last counts of deleted ports (goneports.go)
 	// gonePortsDirty is set when gonePorts changed since the state file
 	// last had them (under mu).
 	gonePortsDirty bool
@@ -161,6 +165,7 @@ func New(cfg Config) (*Agent, error) {
 		gone:       map[uint64]goneNetns{},
 		owners:     map[netip.Addr]map[uint64]bool{},
 		bcasts:     map[netip.Addr]int{},
+		dropped:    map[netip.Addr][]droppedAddr{},
 		gonePorts:  gonePortsOf(book.st.GonePorts),
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
@@ -618,6 +623,9 @@ func (a *Agent) dropAddrLocked(s *nsState, ad discovery.Addr) {
 			if other.Addr == ad.Addr {
 				return
 			}
+		}
+		if ownedAddr(ad.Addr) {
+			a.dropped[ad.Addr] = append(a.dropped[ad.Addr], droppedAddr{cookie: s.cookie, at: monotonicNow()})
 		}
 	}
 	if set := a.owners[ad.Addr]; set != nil {

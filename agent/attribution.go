@@ -42,6 +42,13 @@ type decision struct {
 	id uint64
 }
 
+// droppedAddr is an address a live namespace let go (its interface
+// deleted or moved away, the address removed), and when.
+type droppedAddr struct {
+	cookie uint64
+	at     uint64 // CLOCK_MONOTONIC ns
+}
+
 // goneNetns is a removed namespace whose records are not folded yet.
 type goneNetns struct {
 	label string
@@ -73,7 +80,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 	var missing bool
 	switch k.Dir {
 	case bpf.Ingress:
-		if !a.ownsLocked(k.NetnsCookie, k.Dst) {
+		if !a.ownsLocked(k.NetnsCookie, k.Dst, s.FirstSeen) {
 			// No namespace is known to own the destination yet: its
 			// address may still be on its way from discovery, so wait
 			// as for an unknown source before settling it uncounted.
@@ -92,7 +99,7 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 		}
 		d.counted, d.pair, missing = true, pairKey{src, label, protoName(k)}, !ok
 	case bpf.Egress:
-		if !a.ownsLocked(k.NetnsCookie, k.Src) {
+		if !a.ownsLocked(k.NetnsCookie, k.Src, s.FirstSeen) {
 			return b.settle(k, id, d)
 		}
 		if a.heldLocked(k.Dst, s.FirstSeen) {
@@ -152,17 +159,33 @@ func (a *Agent) holdersLocked(ip netip.Addr) []string {
 	return slices.Compact(out)
 }
 
-// ownsLocked reports whether the namespace with this cookie holds ip.
-func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr) bool {
-	return a.owners[ip.Unmap()][cookie] || a.gone[cookie].addrs[ip.Unmap()]
+// ownsLocked reports whether the namespace with this cookie holds ip, or
+// held it when a record first seen at firstSeen began.
+func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr, firstSeen uint64) bool {
+	ip = ip.Unmap()
+	if a.owners[ip][cookie] || a.gone[cookie].addrs[ip] {
+		return true
+	}
+	for _, d := range a.dropped[ip] {
+		if d.cookie == cookie && firstSeen < d.at {
+			return true
+		}
+	}
+	return false
 }
 
 // ownerLocked names the one namespace holding ip for a record first seen
 // at firstSeen (CLOCK_MONOTONIC ns); ok is false when none or several do.
-// Without a live holder, a namespace removed after the record began
-// counts: the record's first packets were its own.
+// A namespace that let the address go after the record began (its
+// interface deleted or moved, the address removed or taken by another)
+// held it then: the record's first packets were its own.
 func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
 	ip = ip.Unmap()
+	if label, n := a.formerHoldersLocked(ip, firstSeen); n == 1 {
+		return label, true
+	} else if n > 1 {
+		return UnknownNetns, false
+	}
 	if set := a.owners[ip]; len(set) > 0 {
 		if len(set) > 1 {
 			return UnknownNetns, false
@@ -170,9 +193,6 @@ func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
 		for c := range set {
 			return a.labelLocked(c)
 		}
-	}
-	if label, n := a.goneHoldersLocked(ip, firstSeen); n == 1 {
-		return label, true
 	}
 	return UnknownNetns, false
 }
@@ -184,16 +204,26 @@ func (a *Agent) heldLocked(ip netip.Addr, firstSeen uint64) bool {
 	if len(a.owners[ip]) > 0 {
 		return true
 	}
-	_, n := a.goneHoldersLocked(ip, firstSeen)
+	_, n := a.formerHoldersLocked(ip, firstSeen)
 	return n > 0
 }
 
-// goneHoldersLocked counts the removed namespaces that held ip (unmapped)
-// when a record first seen at firstSeen began, and names one of them.
-func (a *Agent) goneHoldersLocked(ip netip.Addr, firstSeen uint64) (label string, n int) {
+// formerHoldersLocked counts the namespaces that held ip (unmapped) when
+// a record first seen at firstSeen began and have let it go since
+// (removed namespaces, and live ones that dropped it), and names one.
+func (a *Agent) formerHoldersLocked(ip netip.Addr, firstSeen uint64) (label string, n int) {
 	for _, g := range a.gone {
 		if g.addrs[ip] && firstSeen < g.at {
 			label, n = g.label, n+1
+		}
+	}
+	seen := map[uint64]bool{}
+	for _, d := range a.dropped[ip] {
+		if firstSeen < d.at && !seen[d.cookie] {
+			if l, ok := a.labelLocked(d.cookie); ok {
+				seen[d.cookie] = true
+				label, n = l, n+1
+			}
 		}
 	}
 	return label, n

@@ -323,3 +323,44 @@ func TestNamespaceRecreatedUnderItsName(t *testing.T) {
 	sendUDP(t, s, a, b, dst, 60, 64)
 	waitPair(100)
 }
+
+// TestDroppedAddressesKeepTheirRecords: records not decided yet when an
+// address changes hands are counted toward whoever held it when they
+// began. The direct veth pair is deleted right after a flow over it, with
+// no scrape in between; then a's bridge address moves to the switch
+// namespace right after a flow from it. Before, the first flow counted
+// nowhere (its receiver no longer held the address) and the second
+// toward the switch.
+func TestDroppedAddressesKeepTheirRecords(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ad")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	waitReady(t, r)
+	a, b, sw := p+"a", p+"b", p+"sw"
+	waitAttached(t, r.a, a, "eth-d", b, "eth-d", a, "eth-br", b, "eth-br")
+	pair := func(src string) string {
+		return fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q}`, b, src)
+	}
+
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5601"), 50, 64)
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	waitLine(t, r.url, pair(a)+" 50", "nsflow_netns_flow_packets_total{")
+
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.41.2:5602"), 30, 64)
+	for _, args := range [][]string{
+		{"-n", a, "addr", "del", "198.18.41.1/24", "dev", "eth-br"},
+		{"-n", sw, "addr", "add", "198.18.41.1/24", "dev", p + "br0"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLine(t, r.url, pair(a)+" 80", "nsflow_netns_flow_packets_total{")
+	if m := scrape(t, r.url); strings.Contains(m, pair(sw)) {
+		t.Errorf("the switch namespace, which took the address after the flow, is credited with it:\n%s", grepLines(m, "nsflow_netns_flow_packets_total{"))
+	}
+}
