@@ -237,7 +237,11 @@ func (a *Attachment) Alive() (bool, error) {
 			return err
 		}
 		for i, parent := range tcParents {
-			if id, ok := ownFilter(h, l, parent, a.tc.handle); !ok || id != a.tc.progIDs[i] {
+			id, ok, err := ownFilter(h, l, parent, a.tc.handle)
+			if err != nil {
+				return err // cannot tell: not "gone"
+			}
+			if !ok || id != a.tc.progIDs[i] {
 				return nil
 			}
 		}

@@ -121,7 +121,9 @@ func (a *Attachment) attachTC() error {
 		}
 		err = h.FilterAdd(f)
 		if errors.Is(err, unix.EEXIST) {
-			switch id, ours := ownFilter(h, l, tcParents[i], handle); {
+			switch id, ours, lerr := ownFilter(h, l, tcParents[i], handle); {
+			case lerr != nil:
+				err = fmt.Errorf("%w (%w)", err, lerr)
 			case ours && id == progID:
 				err = fmt.Errorf("%w: this datapath is attached here already", err)
 			case ours:
@@ -235,19 +237,23 @@ func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
 }
 
 // ownFilter reports whether the filter at our priority and handle on
-// parent carries our name, and which program it runs.
-func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.ProgramID, bool) {
+// parent carries our name, and which program it runs. A dump the kernel
+// interrupts (the filters changed meanwhile) is taken again.
+func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.ProgramID, bool, error) {
 	fs, err := h.FilterList(l, parent)
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
+		fs, err = h.FilterList(l, parent)
+	}
 	if err != nil {
-		return 0, false
+		return 0, false, fmt.Errorf("list filters: %w", err)
 	}
 	for _, f := range fs {
 		bf, ok := f.(*netlink.BpfFilter)
 		if ok && bf.Handle == handle && bf.Priority == tcPriority && strings.HasPrefix(bf.Name, tcName) {
-			return ebpf.ProgramID(bf.Id), true
+			return ebpf.ProgramID(bf.Id), true, nil
 		}
 	}
-	return 0, false
+	return 0, false, nil
 }
 
 // failTCDetach, set by tests, makes the next tc detach fail before it
