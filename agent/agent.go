@@ -729,10 +729,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			if err == nil && att.NetnsCookie != s.cookie {
 				// Another namespace was at the path by the time of the
 				// attach: not this port, nor one the agent knows yet.
-				att.Detach()
-				if !a.portLiveLocked(att.Key()) {
-					a.dp.DeletePort(att.Key())
-				}
+				a.discard(att)
 				err = fmt.Errorf("%s: %w", path, nsenter.ErrReplaced)
 			}
 			if err != nil {
@@ -755,21 +752,35 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				return
 			}
 			if p == nil || !a.eligible(p.link) {
-				// Gone or no longer watched while attaching: undo,
-				// counters too, unless a newer port has them.
-				att.Detach()
+				// Gone or no longer watched while attaching: undo.
 				if p != nil {
 					a.setAttaching(p, false)
 				}
-				if !a.portLiveLocked(att.Key()) {
-					a.dp.DeletePort(att.Key())
-				}
+				a.discard(att)
 				return
 			}
 			a.mu.Lock()
 			p.attaching, p.att = false, att
 			a.mu.Unlock()
 			a.log.Debug("attached", "netns", label, "interface", p.link.Name, "ifindex", l.Index, "mode", att.Mode)
+		}
+	}
+}
+
+// discard undoes an attachment whose port the agent does not keep: its
+// programs (a failed detach is tried again at each pass) and its
+// counters, unless a newer port has them. On the event loop.
+func (a *Agent) discard(att *bpf.Attachment) {
+	if err := att.Detach(); err != nil {
+		a.log.Warn("detach failed; trying again at each eviction pass", "interface", att.Ifname, "err", err)
+		a.undetached = append(a.undetached, att)
+	}
+	a.mu.RLock()
+	live := a.portLiveLocked(att.Key())
+	a.mu.RUnlock()
+	if !live {
+		if err := a.dp.DeletePort(att.Key()); err != nil {
+			a.log.Debug("delete port counters", "interface", att.Ifname, "err", err)
 		}
 	}
 }
