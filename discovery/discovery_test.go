@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -288,8 +289,8 @@ func TestFailedProcScanKeepsNamespaces(t *testing.T) {
 	if err := os.Rename(proc, proc+".away"); err != nil {
 		t.Fatal(err)
 	}
-	if evs, retry := w.scan(true); len(evs) != 0 || !retry {
-		t.Errorf("scan without /proc: events %+v, retry soon %v; want none, and a retry", evs, retry)
+	if evs, _ := w.scan(true); len(evs) != 0 || !w.procsFailed {
+		t.Errorf("scan without /proc: events %+v, failed %v; want none, and a failure to retry", evs, w.procsFailed)
 	}
 	if err := os.Rename(proc+".away", proc); err != nil {
 		t.Fatal(err)
@@ -399,4 +400,44 @@ func TestMonitorOverflowResyncs(t *testing.T) {
 		t.Errorf("the burst never overflowed the socket: the test proves nothing")
 	}
 	t.Logf("%d links, %d resyncs", want, resyncs)
+}
+
+// TestSyncedWaitsForProcScan: when the first scans of /proc fail, Synced
+// (after which the agent drops the counters of ports it does not know)
+// waits until one works, and the namespaces found through /proc come
+// before it.
+func TestSyncedWaitsForProcScan(t *testing.T) {
+	testenv.RequireRoot(t)
+	fails := 3
+	scanProcs = func(root string) (map[uint64][]int, error) {
+		if fails > 0 {
+			fails--
+			return nil, syscall.EMFILE
+		}
+		return procNamespaces(root)
+	}
+	t.Cleanup(func() { scanProcs = procNamespaces })
+	cmd := exec.Command("unshare", "-n", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ino, err := nsInodeEventually(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startWatch(t, WatchConfig{Interval: time.Hour}) // only the retries rescan
+	c.wait(t, "synced", 5*time.Second, func(e NetnsEvent) bool { return e.Type == Synced })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	found := false
+	for _, e := range c.evs {
+		if e.Type == Synced {
+			break
+		}
+		found = found || (e.Type == Added && e.Namespace.Inode == ino)
+	}
+	if !found || fails != 0 {
+		t.Errorf("synced after %d failed scans left; the unnamed namespace came before it: %v", fails, found)
+	}
 }

@@ -27,6 +27,7 @@ const (
 // before it is left to the regular interval.
 const (
 	pendingRetry    = 25 * time.Millisecond
+	procRetry       = 250 * time.Millisecond // after a failed scan of /proc
 	pendingPatience = 5 * time.Second
 	notifyDebounce  = 10 * time.Millisecond
 	// revalidateEvery, every name is looked at again, in case an inotify
@@ -100,11 +101,15 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 	defer tick.Stop()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
-	procs := true
-	for first := true; ; first = false {
+	procs, synced := true, false
+	for {
 		evs, retrySoon := w.scan(procs)
-		if first {
+		// Synced waits for a scan of /proc that worked: before it, the
+		// unnamed namespaces are unknown, not absent (and the agent, once
+		// synced, drops the counters of ports it does not know).
+		if !synced && !w.procsFailed {
 			evs = append(evs, NetnsEvent{Type: Synced})
+			synced = true
 		}
 		for _, ev := range evs {
 			select {
@@ -113,14 +118,18 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 				return nil
 			}
 		}
-		if retrySoon {
+		switch {
+		case retrySoon:
 			retry.Reset(pendingRetry)
+		case w.procsFailed:
+			retry.Reset(procRetry)
 		}
 		// Only the ticker rescans /proc; inotify and the bind-mount retry
 		// concern the named directory alone. Bursts of inotify events
 		// (another tool creating hundreds of namespaces) are coalesced
-		// into one scan per debounce period.
-		procs = false
+		// into one scan per debounce period. A failed scan of /proc is
+		// retried with the bind-mount retry.
+		procs = w.procsFailed
 	wait:
 		select {
 		case <-ctx.Done():
@@ -138,11 +147,15 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 	}
 }
 
+// scanProcs is procNamespaces; tests make it fail.
+var scanProcs = procNamespaces
+
 type watcher struct {
 	mu          sync.Mutex // guards cache, which the inotify reader marks
 	cache       *namedCache
 	revalidated time.Time
 	procs       map[uint64][]int  // last /proc scan
+	procsFailed bool              // the last scan of /proc failed
 	named       map[uint64]string // last named scan
 
 	cfg          WatchConfig
@@ -251,13 +264,14 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 	}
 	procsChanged := false
 	if withProcs || w.procs == nil {
-		procs, err := procNamespaces(w.cfg.ProcRoot)
+		procs, err := scanProcs(w.cfg.ProcRoot)
+		w.procsFailed = err != nil
 		if err != nil {
 			// A failed scan (EMFILE, ENOMEM) says nothing about the
 			// namespaces: keep the last one rather than report every
 			// unnamed namespace removed, and try again soon.
 			w.cfg.Logger.Warn("discovery: cannot scan processes, keeping the last scan", "proc", w.cfg.ProcRoot, "err", err)
-			procs, retrySoon = w.procs, true
+			procs = w.procs
 			if procs == nil {
 				procs = map[uint64][]int{}
 			}
