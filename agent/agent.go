@@ -488,10 +488,13 @@ func (a *Agent) removeNetns(inode uint64) {
 	delete(a.byInode, inode)
 	if s.cookie != 0 {
 		delete(a.byCookie, s.cookie)
-		g := goneNetns{label: s.label, addrs: map[netip.Addr]bool{}, at: monotonicNow()}
+		g := goneNetns{label: s.label, addrs: map[netip.Addr]bool{}, bcasts: map[netip.Addr]bool{}, at: monotonicNow()}
 		for ad := range s.addrs {
 			if ownedAddr(ad.Addr) { // as in owners: link-local and the like identify no one
 				g.addrs[ad.Addr] = true
+			}
+			if b, ok := ad.SubnetBroadcast(); ok {
+				g.bcasts[b] = true
 			}
 		}
 		a.gone[s.cookie] = g

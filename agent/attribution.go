@@ -51,9 +51,10 @@ type droppedAddr struct {
 
 // goneNetns is a removed namespace whose records are not folded yet.
 type goneNetns struct {
-	label string
-	addrs map[netip.Addr]bool // the addresses it held
-	at    uint64              // when it was removed, CLOCK_MONOTONIC ns
+	label  string
+	addrs  map[netip.Addr]bool // the addresses it held
+	bcasts map[netip.Addr]bool // the broadcast addresses of its IPv4 subnets
+	at     uint64              // when it was removed, CLOCK_MONOTONIC ns
 }
 
 // decideLocked returns the decision for a flow record, or nil while it is
@@ -137,7 +138,18 @@ func nameless(ip netip.Addr) bool {
 // it goes to every namespace on the subnet, and identifies none.
 func (a *Agent) broadcastLocked(ip netip.Addr) bool {
 	ip = ip.Unmap()
-	return a.bcasts[ip] > 0 && len(a.owners[ip]) == 0
+	if len(a.owners[ip]) > 0 {
+		return false
+	}
+	if a.bcasts[ip] > 0 {
+		return true
+	}
+	for _, g := range a.gone { // removed, records not folded yet
+		if g.bcasts[ip] {
+			return true
+		}
+	}
+	return false
 }
 
 // holdersLocked names the namespaces that hold ip, live ones and removed

@@ -14,6 +14,7 @@ import (
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/verify"
+	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 )
@@ -194,4 +195,52 @@ func TestTopFlowsICMP(t *testing.T) {
 		}
 	}
 	t.Errorf("top flows lack %q:\n%s", want, grepLines(m, "nsflow_top_flow"))
+}
+
+// TestGoneNamespaceBroadcast: a namespace, the last one on its bridge
+// subnet, sends to the subnet's broadcast address and is removed before
+// its record is decided. The record is decided at the fold, without the
+// namespace's subnets live any more: still a broadcast, per port only.
+func TestGoneNamespaceBroadcast(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ab")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	waitAttached(t, r.a, a, "eth-br")
+	if err := ipCmd("-n", b, "link", "del", "eth-br"); err != nil { // a is alone on the subnet now
+		t.Fatal(err)
+	}
+	err := nsenter.Do(s.NetnsPath(a), func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.41.255:5353")))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 20 {
+			if _, err := c.Write([]byte("nsflow")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.DeleteNamed(a); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); r.a.tracked(a); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the removed namespace is still tracked")
+		}
+	}
+	// The next pass (one a second) folds the namespace's records, deciding
+	// them; its series stay for the retention (5 m by default).
+	time.Sleep(3 * time.Second)
+	if m := scrape(t, r.url); strings.Contains(m, `dst_netns="unknown"`) {
+		t.Errorf("a broadcast of the removed namespace counted as traffic to unknown:\n%s", grepLines(m, `dst_netns="unknown"`))
+	}
 }
