@@ -53,9 +53,12 @@ type Agent struct {
 	// gone are the namespaces removed since the last eviction pass, by
 	// cookie: their records are attributed as they were while they lived
 	// until that pass folds them.
-	gone   map[uint64]goneNetns
-	owners map[netip.Addr]map[uint64]bool // address -> cookies of namespaces holding it
-	bcasts map[netip.Addr]int             // IPv4 subnet broadcast -> live addresses in that subnet
+	gone map[uint64]goneNetns
+	// owners maps an address to the namespaces holding it (by cookie) and
+	// since when (CLOCK_MONOTONIC ns; 0 for addresses found in a
+	// namespace's listing: held since before the agent knew).
+	owners map[netip.Addr]map[uint64]uint64
+	bcasts map[netip.Addr]int // IPv4 subnet broadcast -> live addresses in that subnet
 	// dropped are the addresses live namespaces let go since the last
 	// eviction pass, by address: records that began before still find
 	// who held them (as gone does for removed namespaces).
@@ -163,7 +166,7 @@ func New(cfg Config) (*Agent, error) {
 		byInode:    map[uint64]*nsState{},
 		byCookie:   map[uint64]*nsState{},
 		gone:       map[uint64]goneNetns{},
-		owners:     map[netip.Addr]map[uint64]bool{},
+		owners:     map[netip.Addr]map[uint64]uint64{},
 		bcasts:     map[netip.Addr]int{},
 		dropped:    map[netip.Addr][]droppedAddr{},
 		gonePorts:  gonePortsOf(book.st.GonePorts),
@@ -544,7 +547,7 @@ func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
 		}
 	}
 	for ad := range addrs {
-		a.addAddrLocked(s, ad)
+		a.addAddrLocked(s, ad, 0)
 	}
 	a.mu.Unlock()
 }
@@ -570,7 +573,7 @@ func (a *Agent) handleLink(e discovery.LinkEvent) {
 	case discovery.AddrAdded:
 		a.countEvent("address", "add")
 		a.mu.Lock()
-		a.addAddrLocked(s, e.Addr)
+		a.addAddrLocked(s, e.Addr, monotonicNow())
 		a.mu.Unlock()
 	case discovery.AddrDeleted:
 		a.countEvent("address", "remove")
@@ -589,7 +592,7 @@ func ownedAddr(ip netip.Addr) bool {
 	return ip.IsValid() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !ip.IsMulticast() && !ip.IsUnspecified()
 }
 
-func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr) {
+func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr, since uint64) {
 	if s.addrs[ad] {
 		return
 	}
@@ -602,10 +605,12 @@ func (a *Agent) addAddrLocked(s *nsState, ad discovery.Addr) {
 	}
 	set := a.owners[ad.Addr]
 	if set == nil {
-		set = map[uint64]bool{}
+		set = map[uint64]uint64{}
 		a.owners[ad.Addr] = set
 	}
-	set[s.cookie] = true
+	if _, held := set[s.cookie]; !held {
+		set[s.cookie] = since
+	}
 }
 
 // dropAddrLocked forgets an address of namespace s: its subnet's
@@ -629,6 +634,11 @@ func (a *Agent) dropAddrLocked(s *nsState, ad discovery.Addr) {
 		}
 		if ownedAddr(ad.Addr) {
 			a.dropped[ad.Addr] = append(a.dropped[ad.Addr], droppedAddr{cookie: s.cookie, at: monotonicNow()})
+		}
+		if b, ok := ad.SubnetBroadcast(); ok && a.bcasts[b] == 0 {
+			// The subnet's last holder let it go: its broadcasts not yet
+			// decided are still broadcasts.
+			a.dropped[b] = append(a.dropped[b], droppedAddr{cookie: s.cookie, at: monotonicNow(), broadcast: true})
 		}
 	}
 	if set := a.owners[ad.Addr]; set != nil {
@@ -732,7 +742,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			if err == nil && att.NetnsCookie != s.cookie {
 				// Another namespace was at the path by the time of the
 				// attach: not this port, nor one the agent knows yet.
-				a.discard(att)
+				a.discard(att, portLabel{})
 				err = fmt.Errorf("%s: %w", path, nsenter.ErrReplaced)
 			}
 			if err != nil {
@@ -755,11 +765,12 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				return
 			}
 			if p == nil || !a.eligible(p.link) {
-				// Gone or no longer watched while attaching: undo.
+				// Gone or no longer watched while attaching: undo, and
+				// keep what scrapes may have shown of it meanwhile.
 				if p != nil {
 					a.setAttaching(p, false)
 				}
-				a.discard(att)
+				a.discard(att, portLabel{label, l.Name})
 				return
 			}
 			a.mu.Lock()
@@ -772,19 +783,24 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 
 // discard undoes an attachment whose port the agent does not keep: its
 // programs (a failed detach is tried again at each pass) and its
-// counters, unless a newer port has them. On the event loop.
-func (a *Agent) discard(att *bpf.Attachment) {
+// counters, unless a newer port has them; what they counted is kept
+// under label, if it has one (scrapes may have shown it). On the event
+// loop.
+func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
 	if err := att.Detach(); err != nil {
 		a.log.Warn("detach failed; trying again at each eviction pass", "interface", att.Ifname, "err", err)
 		a.undetached = append(a.undetached, att)
 	}
-	a.mu.RLock()
-	live := a.portLiveLocked(att.Key())
-	a.mu.RUnlock()
-	if !live {
-		if err := a.dp.DeletePort(att.Key()); err != nil {
-			a.log.Debug("delete port counters", "interface", att.Ifname, "err", err)
-		}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.portLiveLocked(att.Key()) {
+		return
+	}
+	if st, ok, err := a.dp.Port(att.Key()); err == nil && ok && label != (portLabel{}) {
+		a.retainPortLocked(label, st, time.Now())
+	}
+	if err := a.dp.DeletePort(att.Key()); err != nil {
+		a.log.Debug("delete port counters", "interface", att.Ifname, "err", err)
 	}
 }
 
@@ -841,14 +857,14 @@ func (a *Agent) evictInterval() time.Duration {
 // shutdown detaches everything, saves the state and closes the datapath.
 func (a *Agent) shutdown() error {
 	var errs []error
-	a.mu.RLock()
+	a.mu.Lock()
 	a.book.mu.Lock()
 	a.stashGonePortsLocked()
 	if err := a.book.st.save(); err != nil {
 		errs = append(errs, err)
 	}
 	a.book.mu.Unlock()
-	a.mu.RUnlock()
+	a.mu.Unlock()
 	// The write lock waits out the scrapes reading the maps; later ones
 	// see stopped. Close (a detach per port) runs without it, so that
 	// the last scrapes' other collectors are not held up.

@@ -45,8 +45,24 @@ type decision struct {
 // droppedAddr is an address a live namespace let go (its interface
 // deleted or moved away, the address removed), and when.
 type droppedAddr struct {
-	cookie uint64
-	at     uint64 // CLOCK_MONOTONIC ns
+	cookie    uint64
+	at        uint64 // CLOCK_MONOTONIC ns
+	broadcast bool   // the address is the broadcast of a subnet it left
+}
+
+// pruneDroppedLocked forgets the addresses dropped long enough ago that
+// every record that began before has been decided: passes decide every
+// record while some are kept, and a record waits for discovery at most
+// unresolvedGrace. Callers hold a.mu.
+func (a *Agent) pruneDroppedLocked(now uint64) {
+	keep := uint64(unresolvedGrace + 2*a.evictInterval())
+	for ip, ds := range a.dropped {
+		if ds = slices.DeleteFunc(ds, func(d droppedAddr) bool { return d.at+keep <= now }); len(ds) == 0 {
+			delete(a.dropped, ip)
+		} else {
+			a.dropped[ip] = ds
+		}
+	}
 }
 
 // goneNetns is a removed namespace whose records are not folded yet.
@@ -149,6 +165,11 @@ func (a *Agent) broadcastLocked(ip netip.Addr) bool {
 			return true
 		}
 	}
+	for _, d := range a.dropped[ip] { // left by the subnet's last live holder
+		if d.broadcast {
+			return true
+		}
+	}
 	return false
 }
 
@@ -175,11 +196,11 @@ func (a *Agent) holdersLocked(ip netip.Addr) []string {
 // held it when a record first seen at firstSeen began.
 func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr, firstSeen uint64) bool {
 	ip = ip.Unmap()
-	if a.owners[ip][cookie] || a.gone[cookie].addrs[ip] {
+	if _, live := a.owners[ip][cookie]; live || a.gone[cookie].addrs[ip] {
 		return true
 	}
 	for _, d := range a.dropped[ip] {
-		if d.cookie == cookie && firstSeen < d.at {
+		if d.cookie == cookie && !d.broadcast && firstSeen < d.at {
 			return true
 		}
 	}
@@ -188,23 +209,9 @@ func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr, firstSeen uint64) bool 
 
 // ownerLocked names the one namespace holding ip for a record first seen
 // at firstSeen (CLOCK_MONOTONIC ns); ok is false when none or several do.
-// A namespace that let the address go after the record began (its
-// interface deleted or moved, the address removed or taken by another)
-// held it then: the record's first packets were its own.
 func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
-	ip = ip.Unmap()
-	if label, n := a.formerHoldersLocked(ip, firstSeen); n == 1 {
+	if label, n := a.holdersAtLocked(ip, firstSeen); n == 1 {
 		return label, true
-	} else if n > 1 {
-		return UnknownNetns, false
-	}
-	if set := a.owners[ip]; len(set) > 0 {
-		if len(set) > 1 {
-			return UnknownNetns, false
-		}
-		for c := range set {
-			return a.labelLocked(c)
-		}
 	}
 	return UnknownNetns, false
 }
@@ -212,30 +219,42 @@ func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
 // heldLocked reports whether a namespace holds ip, or held it when a
 // record first seen at firstSeen began.
 func (a *Agent) heldLocked(ip netip.Addr, firstSeen uint64) bool {
-	ip = ip.Unmap()
-	if len(a.owners[ip]) > 0 {
+	if len(a.owners[ip.Unmap()]) > 0 {
 		return true
 	}
-	_, n := a.formerHoldersLocked(ip, firstSeen)
+	_, n := a.holdersAtLocked(ip, firstSeen)
 	return n > 0
 }
 
-// formerHoldersLocked counts the namespaces that held ip (unmapped) when
-// a record first seen at firstSeen began and have let it go since
-// (removed namespaces, and live ones that dropped it), and names one.
-func (a *Agent) formerHoldersLocked(ip netip.Addr, firstSeen uint64) (label string, n int) {
-	for _, g := range a.gone {
-		if g.addrs[ip] && firstSeen < g.at {
-			label, n = g.label, n+1
+// holdersAtLocked counts the namespaces that held ip when a record first
+// seen at firstSeen began, and names one. Those that let it go since
+// (removed, or its interface deleted or moved, the address removed or
+// given to another) held it then: the record's first packets were
+// theirs. Live holders count if the agent knew of them by then; when no
+// other did, all do (a new namespace's first packets may come before the
+// agent hears of its address).
+func (a *Agent) holdersAtLocked(ip netip.Addr, firstSeen uint64) (label string, n int) {
+	ip = ip.Unmap()
+	seen := map[uint64]bool{}
+	add := func(c uint64) {
+		if l, ok := a.labelLocked(c); ok && !seen[c] {
+			seen[c], label, n = true, l, n+1
 		}
 	}
-	seen := map[uint64]bool{}
+	for c, g := range a.gone {
+		if g.addrs[ip] && firstSeen < g.at {
+			add(c)
+		}
+	}
 	for _, d := range a.dropped[ip] {
-		if firstSeen < d.at && !seen[d.cookie] {
-			if l, ok := a.labelLocked(d.cookie); ok {
-				seen[d.cookie] = true
-				label, n = l, n+1
-			}
+		if !d.broadcast && firstSeen < d.at {
+			add(d.cookie)
+		}
+	}
+	former := n > 0
+	for c, since := range a.owners[ip] {
+		if !former || since <= firstSeen {
+			add(c)
 		}
 	}
 	return label, n

@@ -203,28 +203,22 @@ func (a *Agent) evict() {
 		}
 		return err == nil
 	})
-	a.mu.RLock()
+	a.mu.Lock()
 	gone := slices.Collect(maps.Keys(a.gone))
-	dropped, cut := len(a.dropped) > 0, monotonicNow()
-	a.mu.RUnlock()
+	a.pruneDroppedLocked(monotonicNow())
+	dropped := len(a.dropped) > 0
+	a.mu.Unlock()
 	a.evicting.Store(true)
 	ok := a.evictPass(len(gone) > 0 || dropped)
 	if !ok {
 		a.evicting.Store(false)
 		return
 	}
-	// The records of namespaces removed, and of addresses dropped, before
-	// this pass are decided now: who held them is no longer needed.
+	// The records of namespaces removed before this pass are folded now:
+	// their labels are no longer needed.
 	a.mu.Lock()
 	for _, c := range gone {
 		delete(a.gone, c)
-	}
-	for ip, ds := range a.dropped {
-		if ds = slices.DeleteFunc(ds, func(d droppedAddr) bool { return d.at <= cut }); len(ds) == 0 {
-			delete(a.dropped, ip)
-		} else {
-			a.dropped[ip] = ds
-		}
 	}
 	a.mu.Unlock()
 	now := time.Now()

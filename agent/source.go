@@ -16,6 +16,11 @@ var _ collector.Source = (*Agent)(nil)
 // (goneports.go) added under their labels; one sample per family with
 // traffic.
 func (a *Agent) Ports() ([]collector.PortSample, error) {
+	// Until every namespace is set up, a label's kept counts would show
+	// without its live port's, and the series would dip (after a restart).
+	if !a.Ready() {
+		return nil, errNotReady
+	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	if a.stopped {

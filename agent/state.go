@@ -178,12 +178,6 @@ func writeAtomic(path string, data []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-func (b *flowBook) save() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.st.save()
-}
-
 // recover finishes an eviction that a crash or a failed delete
 // interrupted: records saved as in flight and still in the table are
 // folded for what they gained since and deleted. A record with another id

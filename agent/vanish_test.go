@@ -364,3 +364,43 @@ func TestDroppedAddressesKeepTheirRecords(t *testing.T) {
 		t.Errorf("the switch namespace, which took the address after the flow, is credited with it:\n%s", grepLines(m, "nsflow_netns_flow_packets_total{"))
 	}
 }
+
+// TestDroppedAddressWhilePending: a flow to an address no namespace
+// holds waits (up to 5 s) before it counts toward "unknown". Its sender
+// drops its address meanwhile, its interface staying: the record still
+// finds who held the address when it began, however long it waited.
+func TestDroppedAddressWhilePending(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("aw")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 4 * time.Second})
+	waitReady(t, r)
+	a := p + "a"
+	waitAttached(t, r.a, a, "eth-br")
+	// A destination nobody holds, reachable at layer 2 by a static entry.
+	if err := ipCmd("-n", a, "neigh", "add", "198.18.41.99", "lladdr", "02:00:00:00:00:99", "dev", "eth-br"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 25
+	err := nsenter.Do(s.NetnsPath(a), func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.41.99:5700")))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range n {
+			if _, err := c.Write([]byte("nsflow")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ipCmd("-n", a, "addr", "del", "198.18.41.1/24", "dev", "eth-br"); err != nil {
+		t.Fatal(err)
+	}
+	waitLine(t, r.url, fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns="unknown",protocol="udp",src_netns=%q} %d`, a, n), "nsflow_netns_flow_packets_total{")
+}
