@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/promtest"
 	"github.com/nsflow/nsflow/internal/testenv"
 )
@@ -231,5 +233,27 @@ func rewireDirect(t *testing.T, a, b string) {
 		if err := ipCmd(args...); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// sendDatagrams sends n datagrams from the namespace at path to dst,
+// without a receiver (multicast, broadcast, an address nobody holds).
+func sendDatagrams(t *testing.T, path string, dst netip.AddrPort, n int) {
+	t.Helper()
+	err := nsenter.Do(path, func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range n {
+			if _, err := c.Write([]byte("nsflow")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("send to %v: %v", dst, err)
 	}
 }

@@ -75,22 +75,7 @@ func TestNamelessAddressesCountPerPortOnly(t *testing.T) {
 	} {
 		dst := netip.MustParseAddr(tt.dst)
 		const n = 50
-		err := nsenter.Do(s.NetnsPath(a), func() error {
-			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 5353)))
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for range n {
-				if _, err := c.Write([]byte("nsflow")); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		sendDatagrams(t, s.NetnsPath(a), netip.AddrPortFrom(dst, 5353), n)
 		// Scrape until the record's attribution is decided for good (a
 		// record whose owner is unknown waits up to 5 s), then look.
 		for end := time.Now().Add(30 * time.Second); !decided(r.a, dst); time.Sleep(200 * time.Millisecond) {
@@ -213,22 +198,7 @@ func TestGoneNamespaceBroadcast(t *testing.T) {
 	if err := ipCmd("-n", b, "link", "del", "eth-br"); err != nil { // a is alone on the subnet now
 		t.Fatal(err)
 	}
-	err := nsenter.Do(s.NetnsPath(a), func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.41.255:5353")))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for range 20 {
-			if _, err := c.Write([]byte("nsflow")); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sendDatagrams(t, s.NetnsPath(a), netip.MustParseAddrPort("198.18.41.255:5353"), 20)
 	if err := netns.DeleteNamed(a); err != nil {
 		t.Fatal(err)
 	}

@@ -383,22 +383,7 @@ func TestDroppedAddressWhilePending(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 25
-	err := nsenter.Do(s.NetnsPath(a), func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.41.99:5700")))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for range n {
-			if _, err := c.Write([]byte("nsflow")); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sendDatagrams(t, s.NetnsPath(a), netip.MustParseAddrPort("198.18.41.99:5700"), n)
 	if err := ipCmd("-n", a, "addr", "del", "198.18.41.1/24", "dev", "eth-br"); err != nil {
 		t.Fatal(err)
 	}
