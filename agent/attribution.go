@@ -90,7 +90,8 @@ func (a *Agent) decideLocked(k bpf.FlowKey, s bpf.FlowStats, now time.Time, fina
 	}
 	d := &decision{}
 	if a.cfg.Isolation != nil && k.Dir == bpf.Ingress {
-		if src, dst, ok := a.cfg.Isolation(k, label, a.holdersLocked); ok {
+		holders := func(ip netip.Addr) []string { return a.holdersAtLocked(ip, s.FirstSeen) }
+		if src, dst, ok := a.cfg.Isolation(k, label, holders); ok {
 			d.violation = &[2]string{src, dst}
 		}
 	}
@@ -173,25 +174,6 @@ func (a *Agent) broadcastLocked(ip netip.Addr) bool {
 	return false
 }
 
-// holdersLocked names the namespaces that hold ip, live ones and removed
-// ones whose records are not folded yet, sorted.
-func (a *Agent) holdersLocked(ip netip.Addr) []string {
-	ip = ip.Unmap()
-	var out []string
-	for c := range a.owners[ip] {
-		if l, ok := a.labelLocked(c); ok {
-			out = append(out, l)
-		}
-	}
-	for _, g := range a.gone {
-		if g.addrs[ip] {
-			out = append(out, g.label)
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
 // ownsLocked reports whether the namespace with this cookie holds ip, or
 // held it when a record first seen at firstSeen began.
 func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr, firstSeen uint64) bool {
@@ -210,8 +192,8 @@ func (a *Agent) ownsLocked(cookie uint64, ip netip.Addr, firstSeen uint64) bool 
 // ownerLocked names the one namespace holding ip for a record first seen
 // at firstSeen (CLOCK_MONOTONIC ns); ok is false when none or several do.
 func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
-	if label, n := a.holdersAtLocked(ip, firstSeen); n == 1 {
-		return label, true
+	if h := a.holdersAtLocked(ip, firstSeen); len(h) == 1 {
+		return h[0], true
 	}
 	return UnknownNetns, false
 }
@@ -219,26 +201,25 @@ func (a *Agent) ownerLocked(ip netip.Addr, firstSeen uint64) (string, bool) {
 // heldLocked reports whether a namespace holds ip, or held it when a
 // record first seen at firstSeen began.
 func (a *Agent) heldLocked(ip netip.Addr, firstSeen uint64) bool {
-	if len(a.owners[ip.Unmap()]) > 0 {
-		return true
-	}
-	_, n := a.holdersAtLocked(ip, firstSeen)
-	return n > 0
+	return len(a.owners[ip.Unmap()]) > 0 || len(a.holdersAtLocked(ip, firstSeen)) > 0
 }
 
-// holdersAtLocked counts the namespaces that held ip when a record first
-// seen at firstSeen began, and names one. Those that let it go since
+// holdersAtLocked names the namespaces that held ip when a record first
+// seen at firstSeen began, sorted; the isolation classifier judges by
+// them too. Those that let it go since
 // (removed, or its interface deleted or moved, the address removed or
 // given to another) held it then: the record's first packets were
 // theirs. Live holders count if the agent knew of them by then; when no
 // other did, all do (a new namespace's first packets may come before the
 // agent hears of its address).
-func (a *Agent) holdersAtLocked(ip netip.Addr, firstSeen uint64) (label string, n int) {
+func (a *Agent) holdersAtLocked(ip netip.Addr, firstSeen uint64) []string {
 	ip = ip.Unmap()
+	var out []string
 	seen := map[uint64]bool{}
 	add := func(c uint64) {
 		if l, ok := a.labelLocked(c); ok && !seen[c] {
-			seen[c], label, n = true, l, n+1
+			seen[c] = true
+			out = append(out, l)
 		}
 	}
 	for c, g := range a.gone {
@@ -251,13 +232,14 @@ func (a *Agent) holdersAtLocked(ip netip.Addr, firstSeen uint64) (label string, 
 			add(d.cookie)
 		}
 	}
-	former := n > 0
+	former := len(out) > 0
 	for c, since := range a.owners[ip] {
 		if !former || since <= firstSeen {
 			add(c)
 		}
 	}
-	return label, n
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // holdsLocked reports whether the namespace labelled label holds ip.
