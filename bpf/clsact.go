@@ -159,7 +159,7 @@ func (d *Datapath) deadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebp
 	}
 	var out []*netlink.BpfFilter
 	for _, parent := range tcParents {
-		fs, err := h.FilterList(l, parent)
+		fs, err := listFilters(h, l, parent)
 		if err != nil {
 			continue // no clsact qdisc: no filter
 		}
@@ -236,16 +236,25 @@ func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
 	return true, nil
 }
 
-// ownFilter reports whether the filter at our priority and handle on
-// parent carries our name, and which program it runs. A dump the kernel
+// listFilters lists the filters of a link on parent. A dump the kernel
 // interrupts (the filters changed meanwhile) is taken again.
-func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.ProgramID, bool, error) {
+func listFilters(h *netlink.Handle, l netlink.Link, parent uint32) ([]netlink.Filter, error) {
 	fs, err := h.FilterList(l, parent)
 	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
 		fs, err = h.FilterList(l, parent)
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("list filters: %w", err)
+		return nil, fmt.Errorf("list filters: %w", err)
+	}
+	return fs, nil
+}
+
+// ownFilter reports whether the filter at our priority and handle on
+// parent carries our name, and which program it runs.
+func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.ProgramID, bool, error) {
+	fs, err := listFilters(h, l, parent)
+	if err != nil {
+		return 0, false, err
 	}
 	for _, f := range fs {
 		bf, ok := f.(*netlink.BpfFilter)
@@ -290,9 +299,9 @@ func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link) error {
 	var errs []error
 	empty := true
 	for i, parent := range tcParents {
-		fs, err := h.FilterList(l, parent)
+		fs, err := listFilters(h, l, parent)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("list filters: %w", err))
+			errs = append(errs, err)
 			empty = false
 			continue
 		}
