@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,7 +46,7 @@ type Agent struct {
 	// undetached are attachments whose detach failed (a tc filter netlink
 	// would not delete): each eviction pass tries again, and so does the
 	// datapath's Close at shutdown.
-	undetached []*bpf.Attachment
+	undetached []pendingDetach
 
 	mu       sync.RWMutex
 	byInode  map[uint64]*nsState
@@ -697,19 +698,56 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 }
 
 // detachProgs takes the programs off an attached port, and reports
-// whether it was attached; its counters stay for retirePortLocked. A
-// detach that fails is tried again at each eviction pass.
+// whether it did; its counters stay for retirePortLocked. A detach that
+// fails leaves the port attached and counted: each eviction pass tries
+// again, and retires the port once it works.
 func (a *Agent) detachProgs(s *nsState, idx int, p *portState) bool {
 	if p.att == nil {
 		return false
 	}
 	if err := p.att.Detach(); err != nil {
 		a.log.Warn("detach failed; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
-		a.undetached = append(a.undetached, p.att)
-	} else {
-		a.log.Debug("detached", "netns", s.label, "interface", p.link.Name, "ifindex", idx)
+		a.pendDetach(pendingDetach{p.att, s, idx, p})
+		return false
 	}
+	a.log.Debug("detached", "netns", s.label, "interface", p.link.Name, "ifindex", idx)
 	return true
+}
+
+// pendingDetach is an attachment whose detach failed. Its port (none for
+// a discarded attachment) stays counted until the detach works.
+type pendingDetach struct {
+	att *bpf.Attachment
+	s   *nsState
+	idx int
+	p   *portState
+}
+
+func (a *Agent) pendDetach(pd pendingDetach) {
+	if !slices.ContainsFunc(a.undetached, func(o pendingDetach) bool { return o.att == pd.att }) {
+		a.undetached = append(a.undetached, pd)
+	}
+}
+
+// retryDetaches tries the failed detaches again, and retires their ports
+// when they work; a port watched again meanwhile keeps its attachment.
+func (a *Agent) retryDetaches() {
+	a.undetached = slices.DeleteFunc(a.undetached, func(pd pendingDetach) bool {
+		if pd.p != nil && (pd.p.att != pd.att ||
+			a.byInode[pd.s.ns.Inode] == pd.s && pd.s.links[pd.idx] == pd.p && a.eligible(pd.p.link)) {
+			return true
+		}
+		if err := pd.att.Detach(); err != nil {
+			a.log.Warn("detach failed again", "interface", pd.att.Ifname, "err", err)
+			return false
+		}
+		if pd.p != nil {
+			a.mu.Lock()
+			a.retirePortLocked(pd.s, pd.idx, pd.p)
+			a.mu.Unlock()
+		}
+		return true
+	})
 }
 
 // setAttaching marks a port while its attach job runs; scrapes and
@@ -789,7 +827,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
 	if err := att.Detach(); err != nil {
 		a.log.Warn("detach failed; trying again at each eviction pass", "interface", att.Ifname, "err", err)
-		a.undetached = append(a.undetached, att)
+		a.pendDetach(pendingDetach{att: att})
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

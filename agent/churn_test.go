@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -381,5 +382,58 @@ func TestVanished(t *testing.T) {
 		if got := vanished(tt.err); got != tt.want {
 			t.Errorf("%s (%v): vanished %v, want %v", tt.what, tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestFailedDetachKeepsPort: in tc mode a port is renamed out of the
+// interface filter and its detach fails (netlink); it stays attached and
+// counted. Renamed back before the retry, it is simply still attached:
+// no second attach (which would fail on the filter still there), no
+// attach error, every packet counted once.
+func TestFailedDetachKeepsPort(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("af")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, AttachMode: bpf.ModeTC,
+		Interface: Filter{Include: regexp.MustCompile(`^(eth|p)`)}, FlowIdleTimeout: 2 * time.Second})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	waitAttached(t, r.a, a, "eth-d")
+	att := r.a.attachment(a, "eth-d")
+
+	bpf.FailNextTCDetach(errors.New("injected netlink failure"))
+	if err := ipCmd("-n", a, "link", "set", "eth-d", "name", "zz-d"); err != nil {
+		t.Fatal(err)
+	}
+	// The failed detach leaves the port attached, under its new name.
+	for deadline := time.Now().Add(10 * time.Second); r.a.attachment(a, "zz-d") != att; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the port was not kept attached after its detach failed")
+		}
+	}
+	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	waitAttached(t, r.a, a, "eth-d")
+	time.Sleep(2 * r.a.evictInterval()) // the retry's passes
+	if got := r.a.attachment(a, "eth-d"); got != att {
+		t.Errorf("attachment %p after the retry passes, want the first one %p, kept", got, att)
+	}
+	if n := r.a.attachErr.Load(); n != 0 {
+		t.Errorf("%d attach errors", n)
+	}
+	const n = 40
+	before, _, err := r.a.dp.Port(att.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5801"), n, 64)
+	after, _, err := r.a.dp.Port(att.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := after.Get(bpf.Egress, bpf.IPv4, bpf.UDP).Packets - before.Get(bpf.Egress, bpf.IPv4, bpf.UDP).Packets; got != n {
+		t.Errorf("eth-d sent %d UDP packets by nsflow's count, want %d", got, n)
 	}
 }

@@ -196,13 +196,7 @@ func keepTop(top []liveFlow, f liveFlow, n int) []liveFlow {
 // port is gone, after folding their counts into the saved totals; it also
 // drops the port counters of ports that no longer exist.
 func (a *Agent) evict() {
-	a.undetached = slices.DeleteFunc(a.undetached, func(att *bpf.Attachment) bool {
-		err := att.Detach()
-		if err != nil {
-			a.log.Warn("detach failed again", "interface", att.Ifname, "err", err)
-		}
-		return err == nil
-	})
+	a.retryDetaches()
 	a.mu.Lock()
 	gone := slices.Collect(maps.Keys(a.gone))
 	a.pruneDroppedLocked(monotonicNow())

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -265,15 +266,18 @@ func ownFilter(h *netlink.Handle, l netlink.Link, parent, handle uint32) (ebpf.P
 	return 0, false, nil
 }
 
-// failTCDetach, set by tests, makes the next tc detach fail before it
-// removes anything, as a netlink error would.
-var failTCDetach error
+// failTCDetach, set by tests (FailNextTCDetach), makes the next tc detach
+// fail before it removes anything, as a netlink error would.
+var failTCDetach atomic.Pointer[error]
+
+// FailNextTCDetach makes the next tc detach fail with err. It is for the
+// tests of callers, such as the agent's, which cannot make netlink fail.
+func FailNextTCDetach(err error) { failTCDetach.Store(&err) }
 
 // detach runs inside the attachment's namespace.
 func (t *tcAttachment) detach() error {
-	if err := failTCDetach; err != nil {
-		failTCDetach = nil
-		return err
+	if err := failTCDetach.Swap(nil); err != nil {
+		return *err
 	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {

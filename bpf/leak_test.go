@@ -414,7 +414,7 @@ func TestDetachRetried(t *testing.T) {
 				}
 				return string(out)
 			}
-			failTCDetach = errors.New("injected netlink failure")
+			FailNextTCDetach(errors.New("injected netlink failure"))
 			if err := att.Detach(); err == nil {
 				t.Fatal("detach with an injected failure succeeded")
 			}
