@@ -234,6 +234,27 @@ func rewireDirect(t *testing.T, a, b string) {
 			t.Fatal(err)
 		}
 	}
+	waitOperUp(t, a, "eth-d", b, "eth-d")
+}
+
+// waitOperUp waits until each (namespace, interface) pair given is
+// operationally up. A veth made by hand whose two ends have the same
+// ifindex drops what it is given until then, for up to a second: the
+// kernel activates its queue at its once-a-second link-state pass.
+func waitOperUp(t *testing.T, nsIfnames ...string) {
+	t.Helper()
+	for i := 0; i+1 < len(nsIfnames); i += 2 {
+		ns, ifname := nsIfnames[i], nsIfnames[i+1]
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			out, err := exec.Command("ip", "netns", "exec", ns, "cat", "/sys/class/net/"+ifname+"/operstate").Output()
+			if err == nil && strings.TrimSpace(string(out)) == "up" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s in %s not operationally up: %s %v", ifname, ns, out, err)
+			}
+		}
+	}
 }
 
 // sendDatagrams sends n datagrams from the namespace at path to dst,

@@ -42,6 +42,7 @@ func TestRogueLinkViolation(t *testing.T) {
 		}
 	}
 	waitAttached(t, r.a, a, "rg0", sw, "rg1")
+	waitOperUp(t, a, "rg0", sw, "rg1")
 	const n = 200
 	sendUDP(t, s, a, sw, netip.MustParseAddrPort("198.19.85.2:5500"), n, 100)
 	series := fmt.Sprintf(`nsflow_isolation_violation_packets_total{dst_netns=%q,src_netns=%q} %d`, sw, a, n)
