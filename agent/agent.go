@@ -65,12 +65,15 @@ type Agent struct {
 	// who held them (as gone does for removed namespaces).
 	dropped   map[netip.Addr][]droppedAddr
 	gonePorts map[portLabel]*gonePort // last counts of deleted ports (goneports.go)
-	// gonePortsDirty is set when gonePorts changed since the state file
-	// last had them (under mu).
+	// gonePortsDirty is set when gonePorts or the attached ports changed
+	// since the state file last had them (under mu).
 	gonePortsDirty bool
-	events         map[collector.DiscoveryKey]uint64
-	ready          atomic.Bool
-	attachErr      atomic.Uint64
+	// startPorts are the ports attached at the last save before this
+	// start, until the first eviction pass (goneports.go).
+	startPorts map[bpf.PortKey]portLabel
+	events     map[collector.DiscoveryKey]uint64
+	ready      atomic.Bool
+	attachErr  atomic.Uint64
 
 	book  *flowBook
 	peers peers
@@ -171,6 +174,7 @@ func New(cfg Config) (*Agent, error) {
 		bcasts:     map[netip.Addr]int{},
 		dropped:    map[netip.Addr][]droppedAddr{},
 		gonePorts:  gonePortsOf(book.st.GonePorts),
+		startPorts: startPortsOf(book.st.PortLabels),
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
 	a.deleteFlows = dp.DeleteFlows
@@ -346,9 +350,11 @@ loop:
 			}
 		}
 		if !a.ready.Load() && a.synced && a.inflight == 0 {
+			// Pins of what vanished while the agent was away are cleaned
+			// up (their counts kept) before the first scrape shows them.
+			a.evict()
 			a.ready.Store(true)
 			a.log.Info("initial discovery done", "namespaces", len(a.byInode), "attached", a.attachedCount())
-			a.evict() // clean up pins of what vanished while the agent was away
 		}
 	}
 	cancel() // workers give up sending results once ctx is done
@@ -813,6 +819,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			}
 			a.mu.Lock()
 			p.attaching, p.att = false, att
+			a.gonePortsDirty = true // the attached ports' labels
 			a.mu.Unlock()
 			a.log.Debug("attached", "netns", label, "interface", p.link.Name, "ifindex", l.Index, "mode", att.Mode)
 		}

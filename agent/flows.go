@@ -218,6 +218,7 @@ func (a *Agent) evict() {
 	now := time.Now()
 	a.retire(now)
 	a.mu.Lock()
+	a.retireStartPortsLocked(now)
 	a.retirePortsLocked(now)
 	if a.gonePortsDirty {
 		a.book.mu.Lock()
@@ -384,7 +385,7 @@ func (a *Agent) dropStalePortsLocked() {
 		return
 	}
 	for k := range ports {
-		if !a.portLiveLocked(k) {
+		if _, started := a.startPorts[k]; !a.portLiveLocked(k) && !started { // those: retireStartPortsLocked
 			if err := a.dp.DeletePort(k); err != nil {
 				a.log.Debug("delete stale port", "err", err)
 			}

@@ -30,15 +30,63 @@ type gonePortEntry struct {
 	At               time.Time
 }
 
-// stashGonePortsLocked copies the kept counts into the state for its next
-// save. Callers hold a.mu and book.mu.
+// portLabelEntry is an attached port's key and labels as the state file
+// keeps them: an interface deleted while the agent is down is one it
+// never sees go, and its next start keeps its counts under these labels.
+type portLabelEntry struct {
+	Cookie           uint64
+	Ifindex          uint32
+	Netns, Interface string
+}
+
+// stashGonePortsLocked copies the kept counts, and the labels of the
+// attached ports, into the state for its next save. Callers hold a.mu
+// (write) and book.mu.
 func (a *Agent) stashGonePortsLocked() {
 	out := make([]gonePortEntry, 0, len(a.gonePorts))
 	for l, g := range a.gonePorts {
 		out = append(out, gonePortEntry{Netns: l.netns, Interface: l.ifname, Stats: g.stats, At: g.at})
 	}
 	a.book.st.GonePorts = out
+	var labels []portLabelEntry
+	for _, s := range a.byInode {
+		for idx, p := range s.links {
+			if p.att != nil {
+				labels = append(labels, portLabelEntry{Cookie: s.cookie, Ifindex: uint32(idx), Netns: s.label, Interface: p.link.Name})
+			}
+		}
+	}
+	a.book.st.PortLabels = labels
 	a.gonePortsDirty = false
+}
+
+// startPortsOf is the labels of the ports attached when the state file
+// was saved.
+func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]portLabel {
+	out := make(map[bpf.PortKey]portLabel, len(entries))
+	for _, e := range entries {
+		out[bpf.PortKey{NetnsCookie: e.Cookie, Ifindex: e.Ifindex}] = portLabel{e.Netns, e.Interface}
+	}
+	return out
+}
+
+// retireStartPortsLocked keeps, under their labels, the counts of ports
+// attached before the start that are gone now (deleted while the agent
+// was down), then deletes their counters; once, at the first pass.
+// Callers hold a.mu.
+func (a *Agent) retireStartPortsLocked(now time.Time) {
+	for k, l := range a.startPorts {
+		if a.portLiveLocked(k) {
+			continue
+		}
+		if st, ok, err := a.dp.Port(k); err == nil && ok {
+			a.retainPortLocked(l, st, now)
+		}
+		if err := a.dp.DeletePort(k); err != nil {
+			a.log.Debug("delete port counters", "netns", l.netns, "interface", l.ifname, "err", err)
+		}
+	}
+	a.startPorts = nil
 }
 
 // gonePortsOf is the kept counts of a state file.

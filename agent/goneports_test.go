@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"testing"
@@ -16,7 +17,7 @@ import (
 // sent after the last scrape when the interface is deleted, continues
 // (instead of restarting from 0) when an interface of the same name comes
 // back, and goes once the retention has passed with none live. A restart
-// in between changes nothing.
+// in between changes nothing, nor does a deletion while the agent is down.
 func TestGonePortKeepsLastCounts(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ag")
@@ -73,11 +74,18 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 	sendUDP(t, s, a, b, dst, 10, 64)
 	want("back under its name", 60)
 
+	// Deleted again, while the agent is down: the next start keeps its
+	// counts under its labels all the same.
+	r.stop()
+	if b, err := os.ReadFile(state); err == nil {
+		t.Logf("DEBUG state %s", b)
+	}
 	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
 		t.Fatal(err)
 	}
-	waitAttached(false)
-	want("deleted again", 60)
+	r = startAgent(t, p, cfg)
+	waitReady(t, r)
+	want("deleted while the agent was down", 60)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if _, ok := value(); !ok {
 			break

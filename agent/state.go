@@ -42,8 +42,10 @@ type state struct {
 	// kernel table (the agent died between saving and deleting them).
 	Inflight []inflightFlow
 	// GonePorts are the agent's kept last counts of deleted ports
-	// (goneports.go), as of the last save.
-	GonePorts []gonePortEntry
+	// (goneports.go), and PortLabels its attached ports' labels, as of the
+	// last save.
+	GonePorts  []gonePortEntry
+	PortLabels []portLabelEntry
 }
 
 type inflightFlow struct {
@@ -68,6 +70,7 @@ type stateFile struct {
 	Evictions  uint64           `json:"evictions"`
 	Inflight   []inflightFlow   `json:"inflight,omitempty"`
 	GonePorts  []gonePortEntry  `json:"gone_ports,omitempty"`
+	PortLabels []portLabelEntry `json:"port_labels,omitempty"`
 }
 
 type pairCount struct {
@@ -125,7 +128,7 @@ func loadState(persist bool, path string) (*state, error) {
 	for _, v := range f.Violations {
 		st.Violations[[2]string{v.Src, v.Dst}] = v.Packets
 	}
-	st.Evictions, st.Inflight, st.GonePorts = f.Evictions, f.Inflight, f.GonePorts
+	st.Evictions, st.Inflight, st.GonePorts, st.PortLabels = f.Evictions, f.Inflight, f.GonePorts, f.PortLabels
 	return st, nil
 }
 
@@ -133,7 +136,7 @@ func (st *state) save() error {
 	if !st.persist {
 		return nil
 	}
-	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight, GonePorts: st.GonePorts}
+	f := stateFile{Version: stateVersion, Evictions: st.Evictions, Inflight: st.Inflight, GonePorts: st.GonePorts, PortLabels: st.PortLabels}
 	for k, c := range st.Pairs {
 		f.Pairs = append(f.Pairs, pairCount{pairKey: k, counter: c})
 	}
