@@ -416,14 +416,7 @@ func (a *Agent) setupJob(st *nsState) func() func() {
 		cookie, err := bpf.NetnsCookieAt(n.Path, n.Inode)
 		var snap discovery.Snapshot
 		if err == nil {
-			snap, err = a.mon.Add(n.Inode, n.Path)
-		}
-		if err == nil {
-			// The subscription opened the path again.
-			var again uint64
-			if again, err = bpf.NetnsCookieAt(n.Path, n.Inode); err == nil && again != cookie {
-				err = nsenter.ErrReplaced
-			}
+			snap, err = a.mon.Add(n.Inode, n.Path) // checks the inode too
 		}
 		return func() {
 			s := a.byInode[n.Inode]
@@ -628,9 +621,10 @@ func (a *Agent) dropAddrLocked(s *nsState, ad discovery.Addr) {
 		return
 	}
 	delete(s.addrs, ad)
-	if b, ok := ad.SubnetBroadcast(); ok {
-		if a.bcasts[b]--; a.bcasts[b] <= 0 {
-			delete(a.bcasts, b)
+	bcast, inSubnet := ad.SubnetBroadcast()
+	if inSubnet {
+		if a.bcasts[bcast]--; a.bcasts[bcast] <= 0 {
+			delete(a.bcasts, bcast)
 		}
 	}
 	if a.byCookie[s.cookie] == s {
@@ -642,10 +636,10 @@ func (a *Agent) dropAddrLocked(s *nsState, ad discovery.Addr) {
 		if ownedAddr(ad.Addr) {
 			a.dropped[ad.Addr] = append(a.dropped[ad.Addr], droppedAddr{cookie: s.cookie, at: monotonicNow()})
 		}
-		if b, ok := ad.SubnetBroadcast(); ok && a.bcasts[b] == 0 {
+		if inSubnet && a.bcasts[bcast] == 0 {
 			// The subnet's last holder let it go: its broadcasts not yet
 			// decided are still broadcasts.
-			a.dropped[b] = append(a.dropped[b], droppedAddr{cookie: s.cookie, at: monotonicNow(), broadcast: true})
+			a.dropped[bcast] = append(a.dropped[bcast], droppedAddr{cookie: s.cookie, at: monotonicNow(), broadcast: true})
 		}
 	}
 	if set := a.owners[ad.Addr]; set != nil {

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -142,6 +144,32 @@ func nsInodeEventually(pid int) (uint64, error) {
 
 func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
 
+// inodeOf is the inode of the namespace at path ("" for the current one).
+func inodeOf(t *testing.T, path string) uint64 {
+	t.Helper()
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// startMonitor runs m until the test ends.
+func startMonitor(t *testing.T, m *Monitor) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
 func TestMonitorLinksAndAddrs(t *testing.T) {
 	testenv.RequireRoot(t)
 	a, b := testenv.Name("dma"), testenv.Name("dmb")
@@ -155,17 +183,12 @@ func TestMonitorLinksAndAddrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-
-	snap, err := m.Add(1, "/run/netns/"+a)
+	startMonitor(t, m)
+	// A subscription is for the namespace with the inode given only.
+	if _, err := m.Add(inodeOf(t, "/run/netns/"+b), "/run/netns/"+a); !errors.Is(err, nsenter.ErrReplaced) {
+		t.Errorf("subscribing to %s under %s's inode: %v, want ErrReplaced", a, b, err)
+	}
+	snap, err := m.Add(inodeOf(t, "/run/netns/"+a), "/run/netns/"+a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +221,7 @@ func TestMonitorLinksAndAddrs(t *testing.T) {
 	for !allTrue(wantSeen) {
 		select {
 		case e := <-events:
-			if e.Netns != 1 {
+			if e.Netns != inodeOf(t, "/run/netns/"+a) {
 				t.Errorf("event for netns %d", e.Netns)
 			}
 			switch {
@@ -214,7 +237,7 @@ func TestMonitorLinksAndAddrs(t *testing.T) {
 		}
 	}
 
-	m.Remove(1)
+	m.Remove(inodeOf(t, "/run/netns/"+a))
 	if m.Len() != 0 {
 		t.Errorf("Len after Remove = %d", m.Len())
 	}
@@ -244,7 +267,7 @@ func TestWatchStops(t *testing.T) {
 	}
 	mdone := make(chan error)
 	go func() { mdone <- m.Run(ctx) }()
-	if _, err := m.Add(1, ""); err != nil {
+	if _, err := m.Add(inodeOf(t, ""), ""); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
@@ -319,19 +342,11 @@ func TestMonitorOverflowResyncs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := m.Add(1, "/run/netns/"+name)
+	snap, err := m.Add(inodeOf(t, "/run/netns/"+name), "/run/netns/"+name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	startMonitor(t, m)
 	view := map[int]bool{}
 	for _, l := range snap.Links {
 		view[l.Index] = true

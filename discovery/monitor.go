@@ -103,13 +103,16 @@ func NewMonitor(events chan<- LinkEvent) (*Monitor, error) {
 		subs: map[uint64]*subscription{}, byNs: map[uint64]uint64{}, nextID: 1}, nil
 }
 
-// Add subscribes to the namespace at path ("" for the current one), keyed
-// by its inode, and returns its current links and addresses. Changes after
+// Add subscribes to the namespace at path ("" for the current one), whose
+// inode is netns (an error wrapping nsenter.ErrReplaced if the namespace
+// there now is another), and returns its current links and addresses. Changes after
 // the subscription arrive as events; a change racing the dump may arrive
 // both ways, and applying it twice is harmless.
 func (m *Monitor) Add(netns uint64, path string) (Snapshot, error) {
 	var fd int
-	err := nsenter.Do(path, func() error {
+	// The socket binds to the namespace it is opened in: the one with the
+	// inode given, not another made under its path since.
+	err := nsenter.DoInode(path, netns, func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 		return err
