@@ -41,28 +41,34 @@ func TestBadInput(t *testing.T) {
 	}
 	defer stateLock.Close()
 	for _, tc := range []struct {
-		name string
-		args []string
-		want string // in stderr
+		name   string
+		status int // 2: a bad flag value; 1: a file or address that does not work
+		args   []string
+		want   string // in stderr
 	}{
-		{"unknown flag", []string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
-		{"log level", []string{"--log.level=loud"}, "--log.level"},
-		{"log format", []string{"--log.format=xml"}, "--log.format"},
-		{"attach mode", []string{"--bpf.attach-mode=xdp"}, `--bpf.attach-mode: unknown mode "xdp"`},
-		{"netns regexp", []string{"--netns.include=("}, "--netns.include"},
-		{"interface regexp", []string{"--interface.exclude=[a-"}, "--interface.exclude"},
-		{"telemetry path", []string{"--web.telemetry-path=metrics"}, "--web.telemetry-path"},
-		{"missing web config", []string{"--web.config.file=" + filepath.Join(dir, "nope.yml")}, "nope.yml"},
-		{"garbage web config", []string{"--web.config.file=" + garbage}, "web.yml"},
-		{"bpffs not mounted", []string{"--bpf.pin-path=" + notBPF}, "mount -t bpf bpf /sys/fs/bpf"},
-		{"idle timeout", []string{"--flows.idle-timeout=10ms"}, "--flows.idle-timeout: 10ms is shorter than 1s"},
-		{"zero idle timeout", []string{"--flows.idle-timeout=0"}, "--flows.idle-timeout: 0s is shorter than 1s"},
-		{"zero flow table", []string{"--flows.max=0"}, "--flows.max: 0 is no flow table"},
-		{"top flows", []string{"--collector.top-flows=-1"}, "--collector.top-flows -1"},
-		{"listen address", []string{"--web.listen-address=256.0.0.1:1"}, "--web.listen-address"},
-		{"pin path in use", []string{"--bpf.pin-path=" + held, "--state.file=" + filepath.Join(dir, "s.json")}, "pin path " + held + " is in use by another nsflow agent"},
-		{"state file not writable", []string{"--bpf.pin-path=" + free, "--state.file=/proc/nope/state.json"}, "state file /proc/nope/state.json cannot be written"},
-		{"state file in use", []string{"--bpf.pin-path=" + free2, "--state.file=" + heldState}, "state file " + heldState + " is in use by another nsflow agent"},
+		{"unknown flag", 2, []string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
+		{"log level", 2, []string{"--log.level=loud"}, "--log.level"},
+		{"log format", 2, []string{"--log.format=xml"}, "--log.format"},
+		{"attach mode", 2, []string{"--bpf.attach-mode=xdp"}, `--bpf.attach-mode: unknown mode "xdp"`},
+		{"netns regexp", 2, []string{"--netns.include=("}, "--netns.include"},
+		{"interface regexp", 2, []string{"--interface.exclude=[a-"}, "--interface.exclude"},
+		{"telemetry path", 2, []string{"--web.telemetry-path=metrics"}, "--web.telemetry-path"},
+		{"telemetry path taken", 2, []string{"--web.telemetry-path=/-/healthy"}, `--web.telemetry-path "/-/healthy"`},
+		{"telemetry path of pprof", 2, []string{"--web.telemetry-path=/debug/pprof/profile"}, `--web.telemetry-path "/debug/pprof/profile"`},
+		{"telemetry path pattern", 2, []string{"--web.telemetry-path=/{x}"}, `--web.telemetry-path "/{x}"`},
+		{"telemetry path space", 2, []string{"--web.telemetry-path=/a b"}, `--web.telemetry-path "/a b"`},
+		{"telemetry path unclean", 2, []string{"--web.telemetry-path=/a/../metrics"}, `--web.telemetry-path "/a/../metrics"`},
+		{"missing web config", 1, []string{"--web.config.file=" + filepath.Join(dir, "nope.yml")}, "nope.yml"},
+		{"garbage web config", 1, []string{"--web.config.file=" + garbage}, "web.yml"},
+		{"bpffs not mounted", 1, []string{"--bpf.pin-path=" + notBPF}, "mount -t bpf bpf /sys/fs/bpf"},
+		{"idle timeout", 2, []string{"--flows.idle-timeout=10ms"}, "--flows.idle-timeout: 10ms is shorter than 1s"},
+		{"zero idle timeout", 2, []string{"--flows.idle-timeout=0"}, "--flows.idle-timeout: 0s is shorter than 1s"},
+		{"zero flow table", 2, []string{"--flows.max=0"}, "--flows.max: 0 is no flow table"},
+		{"top flows", 2, []string{"--collector.top-flows=-1"}, "--collector.top-flows -1"},
+		{"listen address", 1, []string{"--web.listen-address=256.0.0.1:1"}, "--web.listen-address"},
+		{"pin path in use", 1, []string{"--bpf.pin-path=" + held, "--state.file=" + filepath.Join(dir, "s.json")}, "pin path " + held + " is in use by another nsflow agent"},
+		{"state file not writable", 1, []string{"--bpf.pin-path=" + free, "--state.file=/proc/nope/state.json"}, "state file /proc/nope/state.json cannot be written"},
+		{"state file in use", 1, []string{"--bpf.pin-path=" + free2, "--state.file=" + heldState}, "state file " + heldState + " is in use by another nsflow agent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"agent", "--web.listen-address=127.0.0.1:0", "--netns.include=^$"}, tc.args...)
@@ -74,15 +80,14 @@ func TestBadInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			go func() { done <- cmd.Wait() }()
-			var err error
 			select {
-			case err = <-done:
+			case <-done:
 			case <-time.After(10 * time.Second):
 				cmd.Process.Kill()
 				t.Fatalf("still running after 10s; stderr:\n%s", stderr.String())
 			}
-			if err == nil || cmd.ProcessState.ExitCode() <= 0 {
-				t.Fatalf("exit status %v, want a failure; stderr:\n%s", err, stderr.String())
+			if got := cmd.ProcessState.ExitCode(); got != tc.status {
+				t.Fatalf("exit status %d, want %d; stderr:\n%s", got, tc.status, stderr.String())
 			}
 			if !strings.Contains(stderr.String(), tc.want) {
 				t.Errorf("stderr lacks %q:\n%s", tc.want, stderr.String())

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/nsflow/nsflow/internal/version"
@@ -23,11 +25,31 @@ type WebConfig struct {
 	ConfigFile    string // --web.config.file: TLS and basic auth (exporter-toolkit)
 }
 
+// ValidateTelemetryPath checks --web.telemetry-path before anything
+// starts. The path goes to an http.ServeMux as a pattern, so it must be a
+// plain, clean path (no wildcard, no method, nothing the mux would
+// redirect away from) that does not take one of the agent's own routes.
+func ValidateTelemetryPath(p string) error {
+	bad := func(why string) error { return fmt.Errorf("--web.telemetry-path %q: %s", p, why) }
+	switch {
+	case p == "" || p[0] != '/' || p == "/":
+		return bad("want an absolute path other than /")
+	case strings.IndexFunc(p, func(r rune) bool { return !strings.ContainsRune(pathChars, r) }) >= 0:
+		return bad("want letters, digits and " + pathChars[62:] + " only")
+	case path.Clean(p) != strings.TrimSuffix(p, "/") && path.Clean(p) != p:
+		return bad("not a clean path (want " + path.Clean(p) + ")")
+	case p == "/-" || strings.HasPrefix(p, "/-/") || p == "/debug/pprof" || strings.HasPrefix(p, "/debug/pprof/"):
+		return bad("taken by the agent's own /-/healthy, /-/ready or /debug/pprof/")
+	}
+	return nil
+}
+
+// pathChars are the characters a telemetry path may have: RFC 3986's
+// unreserved ones, / and a few sub-delimiters.
+const pathChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:@!,;="
+
 // ValidateWebConfig checks the web config file before anything starts.
 func ValidateWebConfig(cfg WebConfig) error {
-	if cfg.TelemetryPath == "" || cfg.TelemetryPath[0] != '/' || cfg.TelemetryPath == "/" {
-		return fmt.Errorf("--web.telemetry-path %q: want an absolute path other than /", cfg.TelemetryPath)
-	}
 	if cfg.ConfigFile == "" {
 		return nil
 	}

@@ -87,3 +87,35 @@ func TestWebConfigTLSBasicAuth(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateTelemetryPath(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		ok   bool
+	}{
+		{"/metrics", true},
+		{"/metrics/", true},
+		{"/nsflow/metrics", true},
+		{"/a-b_c.d~e", true},
+		{"", false},
+		{"/", false},
+		{"metrics", false},
+		{"/-/healthy", false},
+		{"/-/ready", false},
+		{"/-", false},
+		{"/debug/pprof", false},
+		{"/debug/pprof/trace", false},
+		{"/{x}", false},
+		{"/a b", false},
+		{"GET /metrics", false},
+		{"/metrics?x=1", false},
+		{"/a//b", false},
+		{"/a/./b", false},
+		{"/a/..", false},
+	} {
+		err := ValidateTelemetryPath(tc.path)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateTelemetryPath(%q) = %v, want ok %v", tc.path, err, tc.ok)
+		}
+	}
+}

@@ -159,6 +159,9 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	if f.interval <= 0 {
 		return usage(fmt.Errorf("--discovery.interval %v: must be positive", f.interval))
 	}
+	if err := agent.ValidateTelemetryPath(f.web.TelemetryPath); err != nil {
+		return usage(err)
+	}
 	if err := agent.ValidateWebConfig(f.web); err != nil {
 		return err
 	}
