@@ -21,7 +21,7 @@ type isolationCollector struct {
 func newIsolationCollector(f ViolationsFunc) Collector {
 	return &isolationCollector{violations: f, desc: prometheus.NewDesc(
 		prometheus.BuildFQName(Namespace, "isolation", "violation_packets_total"),
-		"Packets seen from one namespace to another that the topology's isolation section denies.",
+		"Packets seen from one namespace to another that the topology file's wiring cannot deliver (--topology).",
 		[]string{"src_netns", "dst_netns"}, nil)}
 }
 

@@ -19,8 +19,8 @@ func newNetnsFlowCollector(src Source) Collector {
 		src:       src,
 		bytes:     d("flow_bytes_total", "Bytes sent from one namespace to another, each packet counted once.", pair),
 		packets:   d("flow_packets_total", "Packets sent from one namespace to another, each packet counted once.", pair),
-		portBytes: d("flow_port_bytes_total", "Bytes between a namespace pair by destination port (the top ports per pair; the rest as port=\"other\").", port),
-		portPkts:  d("flow_port_packets_total", "Packets between a namespace pair by destination port (the top ports per pair; the rest as port=\"other\").", port),
+		portBytes: d("flow_port_bytes_total", "Bytes between a namespace pair by destination port (a pair's first --collector.top-ports ports below 32768; the rest as port=\"other\").", port),
+		portPkts:  d("flow_port_packets_total", "Packets between a namespace pair by destination port (a pair's first --collector.top-ports ports below 32768; the rest as port=\"other\").", port),
 	}
 }
 

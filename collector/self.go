@@ -18,7 +18,7 @@ func newSelfCollector(src Source) Collector {
 		attached: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "attached_programs"),
 			"Interfaces with the nsflow programs attached, by attach mode (tcx or tc).", []string{"mode"}, nil),
 		attachErrors: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "attach_errors_total"),
-			"Attach attempts that failed (the interface or namespace vanished, or the kernel refused).", nil, nil),
+			"Attach attempts that failed (an interface or namespace that vanished meanwhile is not a failure).", nil, nil),
 		discovery: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "discovery_events_total"),
 			"Discovery events by object (netns, link, address) and event.", []string{"object", "event"}, nil),
 	}
