@@ -488,7 +488,13 @@ namespaces:
       - {to: 198.18.30.0/24, dev: eth0}
       - {to: "fd00:39::/64", via: "fe80::1", dev: eth0}
   - name: b
+    routes:
+      - {to: 0.0.0.0/0, via: 198.18.30.1}
+      - {to: "::/0", via: "fd00:30::1"}
   - name: c
+    routes:
+      - {to: default, dev: eth0}
+      - {to: 198.18.41.0/24, dev: eth0}
 links:
   - endpoints:
       - {namespace: a, interface: eth0, addresses: [198.18.30.1/24, "fd00:30::1/64"]}
@@ -518,6 +524,11 @@ func TestRoutesConverge(t *testing.T) {
 	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
 		t.Fatalf("second up: %+v, %v", res, err)
 	}
+	// 0.0.0.0/0 and ::/0 are the default routes the kernel has: prune
+	// leaves them.
+	if res, err := Up(ctx, s, Options{Prune: true}); err != nil || !res.Unchanged() || len(res.Pruned) != 0 {
+		t.Fatalf("up --prune: %+v, %v", res, err)
+	}
 
 	a := prefixOf(s) + "a"
 	c, err := openNetns(a, s.NetnsPath(a))
@@ -539,6 +550,20 @@ func TestRoutesConverge(t *testing.T) {
 			t.Fatalf("replace %v: %v", rt, err)
 		}
 	}
+	// An on-link route turned into one through a gateway is not the
+	// declared one.
+	cc, err := openNetns(prefixOf(s)+"c", s.NetnsPath(prefixOf(s)+"c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.close()
+	if l, err = cc.h.LinkByName("eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cc.h.RouteReplace(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("198.18.41.0/24")),
+		Gw: netip.MustParseAddr("198.18.31.1").AsSlice(), LinkIndex: l.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
 	st, err := Show(ctx, s, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -547,6 +572,7 @@ func TestRoutesConverge(t *testing.T) {
 		a + ": route to default via 198.18.30.2 missing",
 		a + ": route to default via fd00:30::2 missing",
 		a + ": route to 198.18.40.0/24 dev eth1 missing",
+		prefixOf(s) + "c: route to 198.18.41.0/24 dev eth0 missing",
 	} {
 		if !slices.Contains(st.Drift, want) {
 			t.Errorf("drift %q not reported; got %q", want, st.Drift)
@@ -556,8 +582,8 @@ func TestRoutesConverge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Changed != 3 || res.Unchanged() {
-		t.Errorf("repairing up: %v; want 3 changes (two gateways, one device)", res)
+	if res.Changed != 4 || res.Unchanged() {
+		t.Errorf("repairing up: %v; want 4 changes (two gateways, a device, an on-link route)", res)
 	}
 	noDrift("after the repairing up")
 	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {

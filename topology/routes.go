@@ -180,6 +180,11 @@ func (b *builder) nlRoute(c *nsConn, ns string, r Route) (*netlink.Route, error)
 					is4 = ifc.Addresses[0].Addr().Is4()
 				}
 			}
+			// The kernel wants a destination, a source or a gateway.
+			rt.Dst = ipNet(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+			if is4 {
+				rt.Dst = ipNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0))
+			}
 		}
 	}
 	rt.Family = netlink.FAMILY_V6

@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -438,18 +439,30 @@ func routeState(byIdx map[int]netlink.Link, r netlink.Route) RouteState {
 	return rs
 }
 
-// hasRoute reports whether a declared route is among the live ones.
+// hasRoute reports whether a declared route is among the live ones. A
+// route declared without via is on-link: a live route through a gateway
+// is not it.
 func hasRoute(live []RouteState, r Route) bool {
-	to := r.To
-	if _, n, err := net.ParseCIDR(to); err == nil {
-		to = n.String()
-	}
+	to := canonicalTo(r.To)
 	for _, l := range live {
-		if l.To == to && l.Metric == 0 && (r.Via == "" || net.ParseIP(r.Via).Equal(net.ParseIP(l.Via))) && (r.Dev == "" || l.Dev == r.Dev) {
+		if l.To == to && l.Metric == 0 && (r.Via == "" && l.Via == "" || r.Via != "" && net.ParseIP(r.Via).Equal(net.ParseIP(l.Via))) && (r.Dev == "" || l.Dev == r.Dev) {
 			return true
 		}
 	}
 	return false
+}
+
+// canonicalTo writes a declared destination as routeState does a live
+// one: a /0 prefix is "default", others masked.
+func canonicalTo(to string) string {
+	p, err := netip.ParsePrefix(to)
+	switch {
+	case err != nil:
+		return to // "default"
+	case p.Bits() == 0:
+		return "default"
+	}
+	return p.Masked().String()
 }
 
 // WriteTable writes the state for people: interfaces, routes, drift.

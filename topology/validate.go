@@ -378,6 +378,9 @@ func (v *validator) routes() {
 			if !to.IsValid() { // default: the family follows via or dev
 				is4 = v.routeFamily4(n.Name, r, via)
 			}
+			if to.Bits() == 0 {
+				to = netip.Prefix{} // 0.0.0.0/0 and ::/0 are default routes
+			}
 			k := key{to, is4}
 			if prev, dup := seen[k]; dup {
 				v.add(path+".to", "duplicate route to %s (also routes[%d])", r.To, prev)

@@ -304,6 +304,14 @@ namespaces:
   - name: b
 links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
 			[]string{"namespaces[0].routes[1].to: duplicate route to default (also routes[0])"}},
+		{"default route written as /0", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: default, via: 198.18.0.2}, {to: 0.0.0.0/0, via: 198.18.0.2}, {to: "::/0", via: "fd00:9::2"}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30, "fd00:9::1/64"]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30, "fd00:9::2/64"]}]}]`,
+			[]string{"namespaces[0].routes[1].to: duplicate route to 0.0.0.0/0 (also routes[0])"}},
 		{"cycle of bridges", `
 name: t
 bridges: [{name: b1}, {name: b2}, {name: b3}]
