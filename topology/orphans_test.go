@@ -705,3 +705,52 @@ links:
 		t.Errorf("the edit changed nothing:\n%s", now)
 	}
 }
+
+// TestInterfaceSysctls: sysctls of interfaces the file creates (eth0's
+// arp_ignore, a bridge's accept_ra) are written once those exist, in a new
+// namespace and for a link added to an existing one, and show agrees.
+func TestInterfaceSysctls(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, `
+name: ifsys
+namespaces:
+  - name: a
+    sysctls: {net.ipv4.conf.eth0.arp_ignore: "1", net.ipv6.conf.br0.accept_ra: "0", net.ipv4.conf.default.arp_announce: "2"}
+  - name: b
+bridges: [{name: br0, namespace: a}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.86.1/30]}, {namespace: b, interface: eth0, addresses: [198.18.86.2/30]}]
+`)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := prefixOf(s)+"a", prefixOf(s)+"b"
+	read := func(ns, file string) string {
+		t.Helper()
+		return strings.TrimSpace(ipOut(t, "netns", "exec", ns, "cat", "/proc/sys/net/"+file))
+	}
+	// The bridge's name, and so its key, carries the test's prefix.
+	for file, want := range map[string]string{"ipv4/conf/eth0/arp_ignore": "1", "ipv6/conf/" + prefixOf(s) + "br0/accept_ra": "0",
+		"ipv4/conf/default/arp_announce": "2", "ipv4/conf/eth0/arp_announce": "2"} {
+		if got := read(a, file); got != want {
+			t.Errorf("%s: %s is %q, want %q", a, file, got, want)
+		}
+	}
+	// A link added to the existing namespace b, with a sysctl of its own.
+	s.Namespaces[1].Sysctls = map[string]string{"net.ipv4.conf.eth1.arp_ignore": "2"}
+	s.Links = append(s.Links, Link{Endpoints: []Endpoint{
+		{Namespace: a, Interface: "eth1", Addresses: []string{"198.18.86.5/30"}},
+		{Namespace: b, Interface: "eth1", Addresses: []string{"198.18.86.6/30"}}}})
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(b, "ipv4/conf/eth1/arp_ignore"); got != "2" {
+		t.Errorf("%s: eth1 arp_ignore %q, want 2", b, got)
+	}
+	if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("show: drift %q, %v", st.Drift, err)
+	}
+	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
+		t.Errorf("up again: %+v, %v", res, err)
+	}
+}

@@ -3,6 +3,7 @@ package topology
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 )
 
 // WithPrefix returns a validated copy of s whose topology name, namespace
@@ -54,6 +55,15 @@ func (s *Spec) WithPrefix(p string) (*Spec, error) {
 			// A route's dev may name a bridge placed in this namespace.
 			if s.BridgeNamespace(n.Routes[j].Dev) == n.Name {
 				n.Routes[j].Dev = rename(brNames, n.Routes[j].Dev)
+			}
+		}
+		// So may a sysctl key (net.ipv4.conf.BRIDGE.forwarding).
+		for k, v := range n.Sysctls {
+			if ifc := sysctlInterface(k); ifc != "" && s.BridgeNamespace(ifc) == n.Name {
+				parts := strings.Split(k, ".")
+				parts[3] = rename(brNames, ifc)
+				delete(n.Sysctls, k)
+				n.Sysctls[strings.Join(parts, ".")] = v
 			}
 		}
 		n.Name = rename(nsNames, n.Name)

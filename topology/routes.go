@@ -15,6 +15,12 @@ import (
 func (b *builder) routes(i int) error {
 	n := b.s.Namespaces[i]
 	c := b.conns[n.Name]
+	// The sysctls of the namespace's own interfaces: they exist now.
+	if _, late := b.s.splitSysctls(n.Name, n.Sysctls); len(late) > 0 {
+		if err := b.ensureSysctls(n.Name, late); err != nil {
+			return err
+		}
+	}
 	for j, r := range n.Routes {
 		if err := b.route(c, n.Name, r); err != nil {
 			return fmt.Errorf("namespaces[%d].routes[%d] (%s to %s): %w", i, j, n.Name, r.To, err)

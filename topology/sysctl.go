@@ -91,3 +91,33 @@ func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]strin
 	}
 	return old, nil
 }
+
+// sysctlInterface is the interface a per-interface key names
+// (net.ipv4.conf.IF.KEY, net.ipv6.conf.IF.KEY, net.ipv4.neigh.IF.KEY,
+// net.ipv6.neigh.IF.KEY), or "" for other keys.
+func sysctlInterface(key string) string {
+	p := strings.Split(key, ".")
+	if len(p) >= 5 && p[0] == "net" && (p[1] == "ipv4" || p[1] == "ipv6") && (p[2] == "conf" || p[2] == "neigh") {
+		return p[3]
+	}
+	return ""
+}
+
+// splitSysctls parts namespace ns's sysctls into those written with the
+// namespace and those of the interfaces the topology makes there, which
+// exist only once the links and bridges do.
+func (s *Spec) splitSysctls(ns string, sysctls map[string]string) (early, late map[string]string) {
+	declared := map[string]bool{}
+	for _, ifc := range s.NamespaceInterfaces(ns) {
+		declared[ifc.Name] = true
+	}
+	early, late = map[string]string{}, map[string]string{}
+	for k, v := range sysctls {
+		if declared[sysctlInterface(k)] {
+			late[k] = v
+		} else {
+			early[k] = v
+		}
+	}
+	return early, late
+}

@@ -408,21 +408,16 @@ func (b *builder) namespaces(ctx context.Context) error {
 			missing = append(missing, n)
 			continue
 		}
-		if len(n.Sysctls) > 0 {
-			old, err := ensureSysctls(n.Name, b.s.NetnsPath(n.Name), n.Sysctls)
-			if err != nil {
-				return err
-			}
-			if len(old) > 0 {
-				b.sysctlUndo = append(b.sysctlUndo, sysctlUndo{n.Name, old})
-			}
-			b.changed.Add(int64(len(old)))
+		early, _ := b.s.splitSysctls(n.Name, n.Sysctls)
+		if err := b.ensureSysctls(n.Name, early); err != nil {
+			return err
 		}
 	}
 	return parallel(ctx, len(missing), b.opts.workers(), "namespaces", b.opts.Progress, func(i int) error {
 		n := missing[i]
 		path := b.s.NetnsPath(n.Name)
-		c, err := createNetns(n.Name, path, b.marker, n.Sysctls)
+		early, _ := b.s.splitSysctls(n.Name, n.Sysctls)
+		c, err := createNetns(n.Name, path, b.marker, early)
 		if err != nil {
 			return err
 		}
@@ -433,6 +428,25 @@ func (b *builder) namespaces(ctx context.Context) error {
 		b.nsCreated.Add(1)
 		return b.failpoint()
 	})
+}
+
+// ensureSysctls writes the sysctls of namespace ns that differ, keeping
+// what they replaced for rollback unless this run created ns.
+func (b *builder) ensureSysctls(ns string, sysctls map[string]string) error {
+	if len(sysctls) == 0 {
+		return nil
+	}
+	old, err := ensureSysctls(ns, b.s.NetnsPath(ns), sysctls)
+	if err != nil || b.fresh[ns] {
+		return err
+	}
+	if len(old) > 0 {
+		b.mu.Lock()
+		b.sysctlUndo = append(b.sysctlUndo, sysctlUndo{ns, old})
+		b.mu.Unlock()
+	}
+	b.changed.Add(int64(len(old)))
+	return nil
 }
 
 // failpoint injects the tests' failure once enough objects exist.

@@ -523,6 +523,13 @@ func (v *validator) sysctls() {
 			if val := n.Sysctls[k]; val == "" || strings.ContainsAny(val, "\n\x00") {
 				v.add(path, "value must be a non-empty single line")
 			}
+			switch ifc := sysctlInterface(k); ifc {
+			case "", "all", "default", "lo":
+			default:
+				if _, known := v.ifaces[n.Name+"/"+ifc]; !known {
+					v.add(path, "no interface %q in namespace %q (want all, default, lo or one the file puts there)", ifc, n.Name)
+				}
+			}
 		}
 	}
 }
