@@ -144,6 +144,10 @@ func (v *validator) checkIfName(path, name string) {
 		v.add(path, "invalid interface name %q: not \".\" or \"..\", and no '/', ':', '%%' or white space", name)
 	case name == "lo":
 		v.add(path, "%q is the loopback interface every namespace already has", name)
+	case name == "all" || name == "default":
+		// Their /proc/sys/net/*/conf directories are the namespace-wide
+		// settings: the kernel refuses an interface of that name.
+		v.add(path, "%q is reserved by the kernel (net.*.conf.%s are the namespace-wide settings)", name, name)
 	}
 }
 

@@ -329,6 +329,8 @@ links: [{endpoints: [{bridge: b1, interface: p1}, {bridge: b1, interface: p2}]}]
 		{"sysctl key escaping", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4../x: \"1\"}}]", []string{"namespaces[0].sysctls.net.ipv4../x: want a key under net."}},
 		{"sysctl of an unknown interface", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.conf.eth9.rp_filter: \"0\", net.ipv6.conf.lo.disable_ipv6: \"0\", net.ipv4.neigh.default.gc_thresh1: \"64\"}}]",
 			[]string{`namespaces[0].sysctls.net.ipv4.conf.eth9.rp_filter: no interface "eth9" in namespace "a"`}},
+		{"interface named all", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: all}, {namespace: b, interface: default}]}]",
+			[]string{`links[0].endpoints[0].interface: "all" is reserved by the kernel`, `links[0].endpoints[1].interface: "default" is reserved by the kernel`}},
 		{"empty sysctl value", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.ip_forward: \"\"}}]", []string{"namespaces[0].sysctls.net.ipv4.ip_forward: value must be a non-empty single line"}},
 		{"isolation names undeclared namespace", "name: t\nnamespaces: [{name: a}]\nisolation: {allow: [{from: [a], to: [zz]}]}", []string{`isolation.allow[0].to[0]: undeclared namespace or group "zz"`}},
 		{"several problems at once", `
