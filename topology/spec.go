@@ -85,6 +85,13 @@ func Parse(data []byte) (*Spec, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("more than one YAML document: a topology file holds exactly one")
 	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, err
+	}
+	if errs := nullEntries(&root, ""); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	return &s, nil
 }
 

@@ -366,6 +366,12 @@ func TestParseRejectsUnknownFields(t *testing.T) {
 		{"name: t\nnamespaces:\n  - name: a\n  - name: b\n    routez: []", "namespaces[1].routez: unknown field (line 5)"},
 		{"name: t\nlinks:\n  - mtu: big", "links[0].mtu: cannot unmarshal !!str `big` into int (line 3)"},
 		{"name: t\nlinks:\n  - {endpoints: [{namespace: a, interface: e0}], mtu: xyz}", "links[0].mtu: cannot unmarshal !!str `xyz` into int (line 3)"},
+		{"name: t\nlinks: [{endpoints: [{namespace: a, interface: e1, addresses: 198.19.100.1/24}]}]", "links[0].endpoints[0].addresses: cannot unmarshal !!str `198.19....` into a list of strings (line 2)"},
+		{"name: t\nnamespaces: {}", "namespaces: cannot unmarshal !!map into a list of Namespace (line 2)"},
+		{"name: t\nnamespaces: [{name: a, routes: {to: x}}]", "namespaces[0].routes: cannot unmarshal !!map into a list of Route (line 2)"},
+		{"name: t\nnamespaces: [{name: a, sysctls: [x]}]", "namespaces[0].sysctls: cannot unmarshal !!seq into a mapping of strings (line 2)"},
+		{"name: t\nnamespaces: [null, {name: a}, {name: a}]", "namespaces[0]: empty entry (line 2)"},
+		{"name: t\nlinks:\n  -\n  - endpoints: []", "links[0]: empty entry (line 3)"},
 		{"name: t\n---\nname: u", "more than one YAML document: a topology file holds exactly one"},
 		{"", "empty topology file"},
 	} {
