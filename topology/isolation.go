@@ -112,10 +112,18 @@ func (iso *Isolation) validate(namespaces map[string]bool) []error {
 			}
 		}
 	}
+	seen := map[Port]int{}
 	for i, p := range iso.Ports {
-		if _, err := ParsePort(p); err != nil {
+		port, err := ParsePort(p)
+		if err != nil {
 			add(fmt.Sprintf("isolation.ports[%d]", i), "%v", err)
+			continue
 		}
+		if prev, dup := seen[port]; dup {
+			add(fmt.Sprintf("isolation.ports[%d]", i), "%s listed twice (also ports[%d])", port, prev)
+			continue
+		}
+		seen[port] = i
 	}
 	checkRules := func(kind string, rules []Rule) {
 		for i, r := range rules {

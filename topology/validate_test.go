@@ -332,6 +332,7 @@ links: [{endpoints: [{bridge: b1, interface: p1}, {bridge: b1, interface: p2}]}]
 		{"interface named all", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: all}, {namespace: b, interface: default}]}]",
 			[]string{`links[0].endpoints[0].interface: "all" is reserved by the kernel`, `links[0].endpoints[1].interface: "default" is reserved by the kernel`}},
 		{"empty sysctl value", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.ip_forward: \"\"}}]", []string{"namespaces[0].sysctls.net.ipv4.ip_forward: value must be a non-empty single line"}},
+		{"isolation port twice", "name: t\nnamespaces: [{name: a}]\nisolation: {ports: [udp/8080, icmp, udp/8080]}", []string{`isolation.ports[2]: udp/8080 listed twice (also ports[0])`}},
 		{"isolation names undeclared namespace", "name: t\nnamespaces: [{name: a}]\nisolation: {allow: [{from: [a], to: [zz]}]}", []string{`isolation.allow[0].to[0]: undeclared namespace or group "zz"`}},
 		{"several problems at once", `
 name: t
