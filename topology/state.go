@@ -128,10 +128,32 @@ func lockPath(name string) string { return filepath.Join(StateDir, name+".lock")
 // of one topology cannot interleave; a second one fails at once. Its
 // holder removes the lock file when it leaves the topology down.
 func lockTopology(name string) (unlock func(), err error) {
-	if err := os.MkdirAll(StateDir, 0o755); err != nil {
+	return lockFile(lockPath(name), func() bool {
+		// A topology with no record is down (or was never up): its lock
+		// file goes too.
+		_, err := os.Stat(statePath(name))
+		return errors.Is(err, os.ErrNotExist)
+	}, fmt.Sprintf("another nsflow up or down of topology %s is running", name))
+}
+
+// VerifyLockDir holds the locks of running verifies.
+const VerifyLockDir = "/run/nsflow/verify"
+
+// LockVerify takes the lock of a verify of topology name: two verifies of
+// one topology would bind each other's probe ports and see each other's
+// probes. A second one fails at once.
+func LockVerify(name string) (unlock func(), err error) {
+	return lockFile(filepath.Join(VerifyLockDir, name+".lock"), func() bool { return true },
+		fmt.Sprintf("another nsflow verify of topology %s is running", name))
+}
+
+// lockFile takes an exclusive lock on the file at path (made with its
+// directory if absent); busy is the error when another process holds it.
+// unlock removes the file if remove says so, still holding the lock.
+func lockFile(path string, remove func() bool, busy string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	path := lockPath(name)
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
@@ -140,7 +162,7 @@ func lockTopology(name string) (unlock func(), err error) {
 		if err := flockSoon(f); err != nil {
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("another nsflow up or down of topology %s is running (it holds %s)", name, path)
+				return nil, fmt.Errorf("%s (it holds %s)", busy, path)
 			}
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
@@ -149,9 +171,7 @@ func lockTopology(name string) (unlock func(), err error) {
 		var held, now unix.Stat_t
 		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &now) == nil && held.Ino == now.Ino {
 			return func() {
-				// A topology with no record is down (or was never up):
-				// its lock file goes too.
-				if _, err := os.Stat(statePath(name)); errors.Is(err, os.ErrNotExist) {
+				if remove() {
 					os.Remove(path)
 				}
 				f.Close()

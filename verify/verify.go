@@ -16,12 +16,18 @@ import (
 // DefaultTimeout is how long a probe waits for its answer.
 const DefaultTimeout = 2 * time.Second
 
+// MinTimeout is the shortest probe timeout: below it a probe's own
+// scheduling (a goroutine woken late on a busy host) reads as a lost
+// packet, and a lost packet as isolation.
+const MinTimeout = 100 * time.Millisecond
+
 // Options tune Run.
 type Options struct {
 	// Paths maps namespace names to netns paths; a namespace missing here
 	// uses Spec.NetnsPath (/run/netns/NAME).
 	Paths map[string]string
-	// Timeout bounds each probe (DefaultTimeout when 0).
+	// Timeout bounds each probe (DefaultTimeout when 0; at least
+	// MinTimeout).
 	Timeout time.Duration
 	// NoEvidence skips the eBPF datapath (for hosts without BPF).
 	NoEvidence bool
@@ -71,9 +77,17 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	if err := m.CheckIntent(); err != nil {
 		return nil, err
 	}
-	if opts.Timeout <= 0 {
+	if opts.Timeout == 0 {
 		opts.Timeout = DefaultTimeout
 	}
+	if opts.Timeout < MinTimeout {
+		return nil, fmt.Errorf("probe timeout %v is below %v", opts.Timeout, MinTimeout)
+	}
+	unlock, err := topology.LockVerify(s.Name)
+	if err != nil {
+		return nil, &EnvError{err}
+	}
+	defer unlock()
 	e, err := openEnv(m, s, opts.Paths)
 	if err != nil {
 		return nil, err

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -248,5 +250,29 @@ func TestFirewallDropPolicies(t *testing.T) {
 	c := checkFirewall(l.ns("b"), &snapshot{firewall: tables})
 	if c.Pass || len(c.Problems) != 3 {
 		t.Errorf("firewall check: %+v, want the three tables as problems", c)
+	}
+}
+
+// Two verifies of one topology at once would bind each other's probe
+// ports: the second fails at once, naming the first, and leaves no lock
+// file once the first is done.
+func TestConcurrentVerifyRefused(t *testing.T) {
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte("name: " + testenv.Name("vl") + "\nnamespaces: [{name: a}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := topology.LockVerify(s.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), s, Options{})
+	var env *EnvError
+	if !errors.As(err, &env) || !strings.Contains(err.Error(), "another nsflow verify of topology "+s.Name+" is running") {
+		t.Errorf("second verify: %v, want an environment error naming the running one", err)
+	}
+	unlock()
+	if _, err := os.Stat(filepath.Join(topology.VerifyLockDir, s.Name+".lock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file left: %v", err)
 	}
 }

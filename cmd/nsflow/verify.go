@@ -41,8 +41,8 @@ did not hold to the end, or an interrupted run (no report).`,
 			// verify.Options reads a zero timeout as the default; on the
 			// command line the default is the flag's own, so a value
 			// that is not positive is a mistake, not a request for 2s.
-			if opts.Timeout <= 0 {
-				return usage(fmt.Errorf("--timeout: %v must be more than 0", opts.Timeout))
+			if opts.Timeout < verify.MinTimeout {
+				return usage(fmt.Errorf("--timeout: %v is below %v: a probe's own scheduling would read as a lost packet", opts.Timeout, verify.MinTimeout))
 			}
 			spec, err := tf.load()
 			if err != nil {
