@@ -51,9 +51,14 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 				pb := probes[i]
 				i++
 				b, silent := resp[ns].silent(p, pb.Addr)
+				_, held := resp[ns].held(p, pb.Addr)
 				switch {
 				case pb.Outcome == Blocked && silent:
 					c.Info = append(c.Info, fmt.Sprintf("%s %s: not checked, %s is another process's", pb.Addr, p, b))
+				case pb.Outcome != Replied && pb.Outcome != Failed && held:
+					// Its holder closed it since the responder started:
+					// nobody of ours listens there to be checked.
+					c.Info = append(c.Info, fmt.Sprintf("%s %s: not checked, another process held it and no longer answers (%s)", pb.Addr, p, pb.Outcome))
 				case pb.Outcome == Failed:
 					c.Error = pb.Detail
 				case pb.Outcome != Replied:

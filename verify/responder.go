@@ -92,14 +92,23 @@ func StartResponder(path, claimed string, ports []topology.Port) (*Responder, er
 // when the responder started. That process need not answer, so silence
 // there does not mean the packet was blocked.
 func (r *Responder) silent(p topology.Port, addr netip.Addr) (string, bool) {
-	if r == nil || p.Proto != "udp" {
+	if p.Proto != "udp" {
+		return "", false
+	}
+	return r.held(p, addr)
+}
+
+// held reports whether another process held port p of addr's family when
+// the responder started, so that the responder is not what answers there.
+func (r *Responder) held(p topology.Port, addr netip.Addr) (string, bool) {
+	if r == nil || p.Proto == "icmp" {
 		return "", false
 	}
 	fam := "6"
 	if addr.Unmap().Is4() {
 		fam = "4"
 	}
-	b := fmt.Sprintf("udp%s/%d", fam, p.Number)
+	b := fmt.Sprintf("%s%s/%d", p.Proto, fam, p.Number)
 	return b, slices.Contains(r.Busy, b)
 }
 

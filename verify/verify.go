@@ -38,6 +38,10 @@ type Options struct {
 	LoadDuration time.Duration
 }
 
+// beforePortSpace, when set (by tests), runs between the probes and the
+// port-space check.
+var beforePortSpace func()
+
 // ErrInterrupted is returned, wrapped with the context's cause, when the
 // context of Run ends before the run does: what ran proves nothing, so
 // there is no report.
@@ -153,6 +157,9 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 		return nil, interrupted(ctx)
 	}
 	t = time.Now()
+	if beforePortSpace != nil {
+		beforePortSpace()
+	}
 	rep.PortSpace = e.portSpace(ports, resp)
 	rep.phase("port_space", t)
 	t = time.Now()

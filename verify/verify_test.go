@@ -276,3 +276,44 @@ func TestConcurrentVerifyRefused(t *testing.T) {
 		t.Errorf("lock file left: %v", err)
 	}
 }
+
+// A TCP port another process held when the responders started, and that
+// has closed it since, cannot be checked for port space: that is
+// information, not a violation.
+func TestForeignTCPListenerGone(t *testing.T) {
+	l := upLab(t, nil)
+	var lns []net.Listener
+	err := nsenter.Do(l.path("c"), func() error {
+		for _, network := range []string{"tcp4", "tcp6"} {
+			ln, err := net.Listen(network, ":8080")
+			if err != nil {
+				return err
+			}
+			lns = append(lns, ln)
+			t.Cleanup(func() { ln.Close() })
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	beforePortSpace = func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	defer func() { beforePortSpace = nil }()
+	rep := l.run(t, Options{})
+	for _, c := range rep.PortSpace {
+		if c.Netns == l.ns("c") && c.Kind == "tcp/8080" {
+			if !c.Pass || !strings.Contains(strings.Join(c.Info, "; "), "another process held it and no longer answers") {
+				logTable(t, rep)
+				t.Errorf("port space of c tcp/8080: %+v", c)
+			}
+		}
+	}
+	if s := rep.Summary(); s.CheckFailed != 0 {
+		logTable(t, rep)
+		t.Errorf("%d checks failed, want none", s.CheckFailed)
+	}
+}
