@@ -6,6 +6,7 @@
 package verify
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -27,8 +28,9 @@ type Model struct {
 	Namespaces []string
 	ifaces     map[string][]l3iface // namespace -> interfaces that carry IP
 	routes     map[string][]route
-	forward4   map[string]bool
-	forward6   map[string]bool
+	// forward4 and forward6 are forwarding by namespace and receiving
+	// interface (forwarding4, forwarding6).
+	forward4, forward6 map[string]map[string]bool
 	// owners maps each declared address to the namespaces holding it
 	// (more than one when isolated tenants reuse a subnet).
 	owners map[netip.Addr][]string
@@ -55,17 +57,22 @@ func NewModel(s *topology.Spec) *Model {
 		spec:     s,
 		ifaces:   map[string][]l3iface{},
 		routes:   map[string][]route{},
-		forward4: map[string]bool{},
-		forward6: map[string]bool{},
+		forward4: map[string]map[string]bool{},
+		forward6: map[string]map[string]bool{},
 		owners:   map[netip.Addr][]string{},
 		addrs:    map[string][]netip.Addr{},
 	}
 	for _, ns := range s.Namespaces {
 		m.Namespaces = append(m.Namespaces, ns.Name)
-		m.forward4[ns.Name] = sysctlOn(ns.Sysctls, "net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding")
-		m.forward6[ns.Name] = sysctlOn(ns.Sysctls, "net.ipv6.conf.all.forwarding")
 	}
 	m.segments(s.Interfaces())
+	for _, ns := range s.Namespaces {
+		m.forward4[ns.Name], m.forward6[ns.Name] = map[string]bool{}, map[string]bool{}
+		for _, ifc := range m.ifaces[ns.Name] {
+			m.forward4[ns.Name][ifc.name] = forwarding4(ns.Sysctls, ifc.name)
+			m.forward6[ns.Name][ifc.name] = forwarding6(ns.Sysctls, ifc.name)
+		}
+	}
 	for _, ns := range s.Namespaces {
 		for _, r := range ns.Routes {
 			if rt, ok := m.parseRoute(ns.Name, r); ok {
@@ -165,13 +172,42 @@ func (m *Model) parseRoute(ns string, r topology.Route) (route, bool) {
 	return rt, true
 }
 
-func sysctlOn(sysctls map[string]string, keys ...string) bool {
-	for _, k := range keys {
-		if strings.TrimSpace(sysctls[k]) == "1" {
-			return true
+// forwarding4 is whether IPv4 packets received on interface ifc of a
+// namespace with these sysctls are forwarded. The namespace-wide keys are
+// written, in key order, when the namespace is made, before its
+// interfaces: ip_forward and conf.all.forwarding set conf.default too, and
+// each new interface starts with conf.default's value; then the
+// interface's own key, written once it exists, has the last word.
+func forwarding4(sysctls map[string]string, ifc string) bool {
+	if v, ok := sysctls["net.ipv4.conf."+ifc+".forwarding"]; ok {
+		return strings.TrimSpace(v) == "1"
+	}
+	on := false
+	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
+		switch k {
+		case "net.ipv4.conf.all.forwarding", "net.ipv4.conf.default.forwarding", "net.ipv4.ip_forward":
+			on = strings.TrimSpace(sysctls[k]) == "1"
 		}
 	}
-	return false
+	return on
+}
+
+// forwarding6 is whether IPv6 packets received on interface ifc are
+// forwarded: conf.all.forwarding decides for every interface, and an
+// interface's force_forwarding (kernel 6.17 and later) for itself.
+func forwarding6(sysctls map[string]string, ifc string) bool {
+	return strings.TrimSpace(sysctls["net.ipv6.conf.all.forwarding"]) == "1" ||
+		strings.TrimSpace(sysctls["net.ipv6.conf."+ifc+".force_forwarding"]) == "1"
+}
+
+// sysctl is the value the file gives key in namespace ns ("" if none).
+func (m *Model) sysctl(ns, key string) string {
+	for _, n := range m.spec.Namespaces {
+		if n.Name == ns {
+			return n.Sysctls[key]
+		}
+	}
+	return ""
 }
 
 // Addresses returns the declared addresses of namespace ns.
@@ -184,11 +220,13 @@ func (m *Model) owns(ns string, a netip.Addr) bool {
 	return slices.Contains(m.owners[a], ns)
 }
 
-func (m *Model) forwards(ns string, a netip.Addr) bool {
+// forwards reports whether ns forwards a packet to a that it received on
+// interface in.
+func (m *Model) forwards(ns, in string, a netip.Addr) bool {
 	if a.Is4() {
-		return m.forward4[ns]
+		return m.forward4[ns][in]
 	}
-	return m.forward6[ns]
+	return m.forward6[ns][in]
 }
 
 // lookup is the routing decision in ns for dst: the egress interface and the
@@ -240,16 +278,22 @@ func (m *Model) egress(ns, dev string, gw netip.Addr) (l3iface, bool) {
 	return l3iface{}, false
 }
 
-// source is the address ns sends from when it leaves by ifc: the first one
-// of dst's family on that interface, else any of the namespace's.
-func (m *Model) source(ns string, ifc l3iface, dst netip.Addr) (netip.Addr, bool) {
+// source is the address ns sends from when it leaves by ifc towards next
+// hop nh, as the kernel picks it: the interface's address on nh's subnet,
+// else its first one of the family, else any of the namespace's.
+func (m *Model) source(ns string, ifc l3iface, nh netip.Addr) (netip.Addr, bool) {
 	for _, p := range ifc.prefixes {
-		if p.Addr().Is4() == dst.Is4() {
+		if p.Masked().Contains(nh) {
+			return p.Addr(), true
+		}
+	}
+	for _, p := range ifc.prefixes {
+		if p.Addr().Is4() == nh.Is4() {
 			return p.Addr(), true
 		}
 	}
 	for _, a := range m.addrs[ns] {
-		if a.Is4() == dst.Is4() {
+		if a.Is4() == nh.Is4() {
 			return a, true
 		}
 	}
@@ -277,6 +321,16 @@ func (m *Model) neighbour(seg int, nh netip.Addr) (string, bool) {
 		}
 	}
 	return fallback, fallback != ""
+}
+
+// ifaceOn names the interface of ns on segment seg.
+func (m *Model) ifaceOn(ns string, seg int) string {
+	for _, ifc := range m.ifaces[ns] {
+		if ifc.segment == seg {
+			return ifc.name
+		}
+	}
+	return ""
 }
 
 func (m *Model) onSegment(seg int) []string {
@@ -315,7 +369,7 @@ func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr)
 			return "", from
 		}
 		if cur == src {
-			if from, ok = m.source(src, ifc, dst); !ok {
+			if from, ok = m.source(src, ifc, nh); !ok {
 				return "", from
 			}
 		}
@@ -326,7 +380,7 @@ func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr)
 		if m.owns(next, dst) {
 			return next, from
 		}
-		if !m.forwards(next, dst) {
+		if !m.forwards(next, m.ifaceOn(next, ifc.segment), dst) {
 			return "", from
 		}
 		cur = next

@@ -181,3 +181,68 @@ func TestClassifier(t *testing.T) {
 		}
 	}
 }
+
+// IPv4 forwarding is decided by the receiving interface, with the
+// namespace-wide keys written in key order before the interfaces exist.
+func TestForwarding4(t *testing.T) {
+	for _, tc := range []struct {
+		sysctls map[string]string
+		ifc     string
+		want    bool
+	}{
+		{nil, "eth0", false},
+		{map[string]string{"net.ipv4.ip_forward": "1"}, "eth0", true},
+		{map[string]string{"net.ipv4.conf.all.forwarding": "1"}, "eth0", true},
+		{map[string]string{"net.ipv4.conf.default.forwarding": "1"}, "eth0", true},
+		// ip_forward comes after conf.default in key order and sets it.
+		{map[string]string{"net.ipv4.conf.default.forwarding": "1", "net.ipv4.ip_forward": "0"}, "eth0", false},
+		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth1.forwarding": "0"}, "eth1", false},
+		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth1.forwarding": "0"}, "eth0", true},
+		{map[string]string{"net.ipv4.conf.eth1.forwarding": "1"}, "eth1", true},
+		{map[string]string{"net.ipv6.conf.all.forwarding": "1"}, "eth0", false},
+	} {
+		if got := forwarding4(tc.sysctls, tc.ifc); got != tc.want {
+			t.Errorf("forwarding4(%v, %s) = %v, want %v", tc.sysctls, tc.ifc, got, tc.want)
+		}
+	}
+}
+
+// The model sends from the address the kernel picks (the one on the next
+// hop's subnet) and forwards as the receiving interface's sysctl says.
+func TestModelSourceAndForwarding(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: t
+namespaces:
+  - name: m
+  - name: n
+  - name: r
+    sysctls: {net.ipv4.conf.default.forwarding: "1", net.ipv4.conf.in1.forwarding: "0"}
+links:
+  - endpoints:
+      - {namespace: m, interface: eth0, addresses: [198.18.5.11/24, 198.18.6.130/30]}
+      - {namespace: n, interface: eth0, addresses: [198.18.6.129/30]}
+  - endpoints:
+      - {namespace: m, interface: eth1, addresses: [198.18.8.1/24]}
+      - {namespace: r, interface: in1, addresses: [198.18.8.254/24]}
+  - endpoints:
+      - {namespace: n, interface: eth1, addresses: [198.18.9.1/24]}
+      - {namespace: r, interface: in2, addresses: [198.18.9.254/24]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m := NewModel(s)
+	if to, from := m.Deliver("m", netip.MustParseAddr("198.18.6.129")); to != "n" || from != netip.MustParseAddr("198.18.6.130") {
+		t.Errorf("Deliver(m, 198.18.6.129) = %s from %s, want n from 198.18.6.130", to, from)
+	}
+	if got := m.Answerer("m", netip.MustParseAddr("198.18.6.129")); got != "n" {
+		t.Errorf("Answerer(m, 198.18.6.129) = %q, want n", got)
+	}
+	a := netip.MustParseAddr("198.18.1.1")
+	if m.forwards("r", "in1", a) || !m.forwards("r", "in2", a) {
+		t.Errorf("r forwards from in1 %v, from in2 %v; want false, true", m.forwards("r", "in1", a), m.forwards("r", "in2", a))
+	}
+}

@@ -1,8 +1,11 @@
 package verify
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
@@ -19,6 +22,14 @@ type snapshot struct {
 	neighs    []netlink.Neigh
 	listeners []listener
 	firewall  []firewallTable
+	// rules are the policy routing rules; others the routes of tables
+	// other than main and local (which rules could point to).
+	rules  []netlink.Rule
+	others []netlink.Route
+	// forwarding has the forwarding sysctls, by key under net.: IPv4 per
+	// interface, IPv6 conf.all and each interface's force_forwarding
+	// (kernels that have it).
+	forwarding map[string]string
 }
 
 type listener struct {
@@ -101,6 +112,18 @@ func takeSnapshot(path string) (*snapshot, error) {
 		if s.neighs, err = h.NeighList(0, netlink.FAMILY_ALL); err != nil {
 			return fmt.Errorf("neighbours: %w", err)
 		}
+		if s.rules, err = h.RuleList(netlink.FAMILY_ALL); err != nil {
+			return fmt.Errorf("routing rules: %w", err)
+		}
+		all, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("routes: %w", err)
+		}
+		for _, r := range all {
+			if r.Table != unix.RT_TABLE_MAIN && r.Table != unix.RT_TABLE_LOCAL {
+				s.others = append(s.others, r)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -114,10 +137,46 @@ func takeSnapshot(path string) (*snapshot, error) {
 		if s.listeners, err = listListeners(); err != nil {
 			return err
 		}
+		if s.forwarding, err = readForwarding(s.links); err != nil {
+			return err
+		}
 		s.firewall, err = readFirewall()
 		return err
 	})
 	return s, err
+}
+
+// readForwarding reads the forwarding sysctls of the calling thread's
+// namespace: /proc/sys/net shows the namespace of the thread reading it.
+func readForwarding(links []netlink.Link) (map[string]string, error) {
+	out := map[string]string{}
+	read := func(key string, optional bool) error {
+		b, err := os.ReadFile("/proc/sys/net/" + strings.ReplaceAll(key, ".", "/"))
+		switch {
+		case err == nil:
+			out[key] = strings.TrimSpace(string(b))
+		case optional && errors.Is(err, os.ErrNotExist):
+		default:
+			return fmt.Errorf("sysctl net.%s: %w", key, err)
+		}
+		return nil
+	}
+	if err := read("ipv6.conf.all.forwarding", true); err != nil {
+		return nil, err
+	}
+	for _, l := range links {
+		name := l.Attrs().Name
+		if name == "lo" || strings.Contains(name, ".") {
+			continue // loopback receives nothing to forward; a dot would be a path separator
+		}
+		if err := read("ipv4.conf."+name+".forwarding", true); err != nil {
+			return nil, err
+		}
+		if err := read("ipv6.conf."+name+".force_forwarding", true); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func listListeners() ([]listener, error) {

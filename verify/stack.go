@@ -2,6 +2,7 @@ package verify
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -190,7 +191,111 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 			c.Problems = append(c.Problems, "declared route "+k+" is missing")
 		}
 	}
+	c.Problems = append(c.Problems, e.policyRouting(s, ifnames)...)
+	c.Problems = append(c.Problems, e.forwarding(ns, s)...)
 	return finish(c)
+}
+
+// policyRouting reports what routes besides the main table: rules other
+// than the kernel's own (a port or mark sent to another table is a route
+// leak the main table does not show), and routes in other tables.
+func (e *env) policyRouting(s *snapshot, ifnames map[int]string) []string {
+	var out []string
+	for _, r := range s.rules {
+		if (r.Family == unix.AF_INET || r.Family == unix.AF_INET6) && r.Protocol != unix.RTPROT_KERNEL {
+			out = append(out, fmt.Sprintf("policy routing rule %s (the topology declares none)", describeRule(r)))
+		}
+	}
+	for _, r := range s.others {
+		dst := defaultRoute(r.Family)
+		if r.Dst != nil {
+			ip, _ := netip.AddrFromSlice(r.Dst.IP)
+			ones, _ := r.Dst.Mask.Size()
+			dst = netip.PrefixFrom(ip.Unmap(), ones)
+		}
+		gw := ""
+		if r.Gw != nil {
+			g, _ := netip.AddrFromSlice(r.Gw)
+			gw = g.Unmap().String()
+		}
+		out = append(out, fmt.Sprintf("unexpected route %s in table %d", describeRoute(dst, gw, ifnames[r.LinkIndex]), r.Table))
+	}
+	return out
+}
+
+// describeRule writes a rule roughly as ip rule shows it.
+func describeRule(r netlink.Rule) string {
+	d := fmt.Sprintf("%d:", r.Priority)
+	if r.Invert {
+		d += " not"
+	}
+	d += " from " + ipNetOr(r.Src, "all")
+	if r.Dst != nil {
+		d += " to " + r.Dst.String()
+	}
+	if r.IPProto != 0 {
+		d += fmt.Sprintf(" ipproto %d", r.IPProto)
+	}
+	if r.Sport != nil {
+		d += fmt.Sprintf(" sport %d-%d", r.Sport.Start, r.Sport.End)
+	}
+	if r.Dport != nil {
+		d += fmt.Sprintf(" dport %d-%d", r.Dport.Start, r.Dport.End)
+	}
+	if r.Mark != 0 {
+		d += fmt.Sprintf(" fwmark %#x", r.Mark)
+	}
+	if r.IifName != "" {
+		d += " iif " + r.IifName
+	}
+	if r.OifName != "" {
+		d += " oif " + r.OifName
+	}
+	switch r.Type {
+	case 0, unix.FR_ACT_TO_TBL:
+		d += fmt.Sprintf(" lookup %d", r.Table)
+	default:
+		d += fmt.Sprintf(" action %d", r.Type)
+	}
+	return d
+}
+
+func ipNetOr(n *net.IPNet, none string) string {
+	if n == nil {
+		return none
+	}
+	return n.String()
+}
+
+// forwarding compares the live forwarding sysctls with what the file's
+// sysctls make them, for the interfaces that carry IP: forwarding turned
+// on by hand joins the namespace's segments.
+func (e *env) forwarding(ns string, s *snapshot) []string {
+	var out []string
+	on := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
+	}
+	for _, ifc := range e.model.ifaces[ns] {
+		for _, k := range []struct {
+			key  string
+			want bool
+		}{
+			{"ipv4.conf." + ifc.name + ".forwarding", e.model.forward4[ns][ifc.name]},
+			{"ipv6.conf." + ifc.name + ".force_forwarding", strings.TrimSpace(e.model.sysctl(ns, "net.ipv6.conf."+ifc.name+".force_forwarding")) == "1"},
+		} {
+			if live, ok := s.forwarding[k.key]; ok && live != on(k.want) {
+				out = append(out, fmt.Sprintf("net.%s is %s, the file's sysctls make it %s", k.key, live, on(k.want)))
+			}
+		}
+	}
+	want := strings.TrimSpace(e.model.sysctl(ns, "net.ipv6.conf.all.forwarding")) == "1"
+	if live, ok := s.forwarding["ipv6.conf.all.forwarding"]; ok && live != on(want) {
+		out = append(out, fmt.Sprintf("net.ipv6.conf.all.forwarding is %s, the file's sysctls make it %s", live, on(want)))
+	}
+	return out
 }
 
 func defaultRoute(family int) netip.Prefix {

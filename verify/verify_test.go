@@ -317,3 +317,23 @@ func TestForeignTCPListenerGone(t *testing.T) {
 		t.Errorf("%d checks failed, want none", s.CheckFailed)
 	}
 }
+
+// A router that forwards through conf.default.forwarding (its interfaces
+// take it when they are made) verifies green: the model forwards per
+// receiving interface as the kernel does.
+func TestDefaultForwardingIsGreen(t *testing.T) {
+	l := upLab(t, func(s *topology.Spec) {
+		for i := range s.Namespaces {
+			if s.Namespaces[i].Name == "r" {
+				s.Namespaces[i].Sysctls = map[string]string{
+					"net.ipv4.conf.default.forwarding": "1",
+					"net.ipv6.conf.all.forwarding":     "1",
+				}
+			}
+		}
+	})
+	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict %d, want 0", rep.Verdict())
+	}
+}
