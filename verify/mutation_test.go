@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/topology"
 	"golang.org/x/sys/unix"
 )
@@ -276,4 +277,82 @@ func TestMutationAddressOfAnyScope(t *testing.T) {
 			"ebpf b>a", "ebpf r>a", "ebpf c>a",
 		})
 	l.expectRed(t, rep, want...)
+}
+
+// The veth between r and c replaced by two, each to the host and joined
+// there by a bridge of nobody's: same names, same addresses, the same
+// reachability, but the wire goes through the host, where anything can
+// join it. The interfaces checks of r and c say so.
+func TestMutationRewiredVeth(t *testing.T) {
+	l := upLab(t, nil)
+	br, x1, x2 := l.prefix+"rb", l.prefix+"x1", l.prefix+"x2"
+	t.Cleanup(func() {
+		for _, n := range []string{x1, x2, br} {
+			exec.Command("ip", "link", "del", n).Run()
+		}
+	})
+	ip(t, "-n", l.ns("r"), "link", "del", "eth1")
+	ip(t, "link", "add", br, "type", "bridge")
+	ip(t, "link", "set", br, "up")
+	for _, end := range []struct{ ns, name, host, addr4, addr6 string }{
+		{l.ns("r"), "eth1", x1, "198.18.2.254/24", "fd00:0:0:2::fe/64"},
+		{l.ns("c"), "eth0", x2, "198.18.2.1/24", "fd00:0:0:2::1/64"},
+	} {
+		ip(t, "link", "add", end.host, "master", br, "type", "veth", "peer", "name", end.name, "netns", end.ns)
+		ip(t, "link", "set", end.host, "up")
+		ip(t, "-n", end.ns, "addr", "add", end.addr4, "dev", end.name)
+		ip(t, "-n", end.ns, "addr", "add", end.addr6, "dev", end.name, "nodad")
+		ip(t, "-n", end.ns, "link", "set", end.name, "up")
+	}
+	ip(t, "-n", l.ns("c"), "route", "add", "default", "via", "198.18.2.254")
+	ip(t, "-n", l.ns("c"), "-6", "route", "add", "default", "via", "fd00:0:0:2::fe")
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack r interfaces", "stack c interfaces")
+	for _, c := range rep.Stack {
+		if c.Kind == "interfaces" && (c.Netns == l.ns("r") || c.Netns == l.ns("c")) {
+			if !slices.ContainsFunc(c.Problems, func(p string) bool { return strings.Contains(p, "is not the peer of") }) {
+				t.Errorf("%s interfaces: %q, want a wrong peer", c.Netns, c.Problems)
+			}
+		}
+	}
+}
+
+// A namespace of nobody's joined to a host bridge the file declares: the
+// namespaces on that bridge are told of the port.
+func TestMutationHostBridgePort(t *testing.T) {
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte(`
+name: hb
+namespaces: [{name: a}, {name: b}]
+bridges: [{name: br, addresses: [198.18.3.254/24]}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.3.1/24]}, {bridge: br, interface: pa}]
+  - endpoints: [{namespace: b, interface: eth0, addresses: [198.18.3.2/24]}, {bridge: br, interface: pb}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upSpec(t, s)
+	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("before the mutation: verdict %d", rep.Verdict())
+	}
+	rogue, port := l.prefix+"rg", l.prefix+"rp"
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", port).Run()
+		exec.Command("ip", "netns", "del", rogue).Run()
+	})
+	ip(t, "netns", "add", rogue)
+	ip(t, "link", "add", port, "master", l.prefix+"br", "type", "veth", "peer", "name", "eth0", "netns", rogue)
+	ip(t, "link", "set", port, "up")
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack a interfaces", "stack b interfaces")
+	for _, c := range rep.Stack {
+		if c.Kind == "interfaces" && !c.Pass {
+			want := "bridge host:" + l.prefix + "br has a port the file does not declare: " + port
+			if !slices.Contains(c.Problems, want) {
+				t.Errorf("%s interfaces: %q, want %q", c.Netns, c.Problems, want)
+			}
+		}
+	}
 }

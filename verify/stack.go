@@ -52,6 +52,10 @@ func (e *env) stack() []Check {
 		}
 		snaps[ns] = s
 	}
+	var wiring map[string][]string
+	if hostErr == nil {
+		wiring = e.wiring(snaps, host)
+	}
 	for _, ns := range e.model.Namespaces {
 		s := snaps[ns]
 		if s == nil {
@@ -61,8 +65,13 @@ func (e *env) stack() []Check {
 		for _, l := range s.links {
 			ifnames[l.Attrs().Index] = l.Attrs().Name
 		}
+		links := e.checkLinks(ns, s, wiring[ns])
+		if hostErr != nil {
+			links.Error = "reading the host's interfaces to check the wiring: " + hostErr.Error()
+			links = finish(links)
+		}
 		out = append(out,
-			e.checkLinks(ns, s),
+			links,
 			e.checkAddrs(ns, s, ifnames),
 			e.checkRoutes(ns, s, ifnames),
 			e.checkNeighs(ns, s, ifnames),
@@ -79,8 +88,10 @@ func finish(c Check) Check {
 	return c
 }
 
-func (e *env) checkLinks(ns string, s *snapshot) Check {
-	c := Check{Netns: ns, Kind: "interfaces"}
+// checkLinks compares the namespace's interfaces with the declared ones,
+// by name, and adds the wiring problems found for it.
+func (e *env) checkLinks(ns string, s *snapshot, wiring []string) Check {
+	c := Check{Netns: ns, Kind: "interfaces", Problems: slices.Clone(wiring)}
 	want := map[string]string{"lo": "loopback"}
 	for _, ifc := range e.model.spec.NamespaceInterfaces(ns) {
 		want[ifc.Name] = ifc.Kind

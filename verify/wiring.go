@@ -1,0 +1,155 @@
+package verify
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nsflow/nsflow/topology"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// wiring checks that the declared interfaces are wired as declared: each
+// veth end's peer is the declared one, and each bridge has exactly its
+// declared ports. Names alone do not tell: a veth of the declared name
+// can lead somewhere else, and a port added to a host bridge puts a
+// stranger on the segment. It returns the problems by the namespace
+// whose interfaces check reports them: a host interface's go to the
+// declared namespaces on its segment.
+func (e *env) wiring(snaps map[string]*snapshot, host *snapshot) map[string][]string {
+	out := map[string][]string{}
+	s := e.model.spec
+	snap := func(ns string) *snapshot {
+		if ns == topology.HostNamespace {
+			return host
+		}
+		return snaps[ns]
+	}
+	link := func(ns, name string) netlink.Link {
+		if sn := snap(ns); sn != nil {
+			for _, l := range sn.links {
+				if l.Attrs().Name == name {
+					return l
+				}
+			}
+		}
+		return nil
+	}
+	report := func(ifc topology.Interface, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		for _, ns := range e.reporters(ifc) {
+			if !slices.Contains(out[ns], msg) {
+				out[ns] = append(out[ns], msg)
+			}
+		}
+	}
+	where := func(ns, name string) string { return ns + ":" + name }
+
+	for _, ifc := range s.Interfaces() {
+		l := link(ifc.Namespace, ifc.Name)
+		if l == nil {
+			if ifc.Namespace == topology.HostNamespace {
+				report(ifc, "declared %s %s is missing", ifc.Kind, where(ifc.Namespace, ifc.Name))
+			}
+			continue // a declared namespace's check reports it missing
+		}
+		switch ifc.Kind {
+		case "veth":
+			peer := link(ifc.PeerNamespace, ifc.PeerName)
+			if l.Type() != "veth" || peer == nil || !e.peers(ifc.Namespace, l, ifc.PeerNamespace, peer) {
+				report(ifc, "%s is not the peer of %s", where(ifc.Namespace, ifc.Name), where(ifc.PeerNamespace, ifc.PeerName))
+			}
+			if ifc.Master != "" {
+				if br := link(ifc.Namespace, ifc.Master); br == nil || l.Attrs().MasterIndex != br.Attrs().Index {
+					report(ifc, "%s is not a port of bridge %s", where(ifc.Namespace, ifc.Name), ifc.Master)
+				}
+			}
+		case "bridge":
+			var declared []string
+			for _, p := range s.NamespaceInterfaces(ifc.Namespace) {
+				if p.Master == ifc.Name {
+					declared = append(declared, p.Name)
+				}
+			}
+			for _, p := range snap(ifc.Namespace).links {
+				if p.Attrs().MasterIndex == l.Attrs().Index && !slices.Contains(declared, p.Attrs().Name) {
+					report(ifc, "bridge %s has a port the file does not declare: %s", where(ifc.Namespace, ifc.Name), p.Attrs().Name)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// reporters are the declared namespaces whose interfaces check tells of
+// a problem with ifc: its own namespace, or for a host interface the
+// namespaces with an interface on its segment.
+func (e *env) reporters(ifc topology.Interface) []string {
+	if ifc.Namespace != topology.HostNamespace {
+		return []string{ifc.Namespace}
+	}
+	seg := -1
+	root := ifc
+	if ifc.Master != "" {
+		root = topology.Interface{Namespace: ifc.Namespace, Name: ifc.Master}
+	}
+	for _, f := range e.model.ifaces[topology.HostNamespace] {
+		if f.name == root.Name {
+			seg = f.segment
+		}
+	}
+	if seg < 0 && ifc.Kind == "veth" {
+		// A host veth end that is not a bridge port: its peer's side.
+		return []string{ifc.PeerNamespace}
+	}
+	var out []string
+	for _, ns := range e.model.onSegment(seg) {
+		if ns != topology.HostNamespace {
+			out = append(out, ns)
+		}
+	}
+	return out
+}
+
+// peers reports whether l (in namespace ns) and peer (in namespace pns)
+// are the two ends of one veth pair: each names the other's ifindex, and
+// l's link-netns id, as ns sees it, is that of pns.
+func (e *env) peers(ns string, l netlink.Link, pns string, peer netlink.Link) bool {
+	a, b := l.Attrs(), peer.Attrs()
+	if a.ParentIndex != b.Index || b.ParentIndex != a.Index {
+		return false
+	}
+	if ns == pns {
+		return a.NetNsID < 0
+	}
+	if a.NetNsID < 0 {
+		return false
+	}
+	id := -1
+	err := withHandle(e.pathOf(ns), func(h *netlink.Handle) error {
+		target, err := e.openNetns(pns)
+		if err != nil {
+			return err
+		}
+		defer target.Close()
+		id, err = h.GetNetNsIdByFd(int(target))
+		return err
+	})
+	return err == nil && id == a.NetNsID
+}
+
+// pathOf is the netns path of a declared namespace, "" for the host (the
+// namespace of the calling thread, as withHandle reads it).
+func (e *env) pathOf(ns string) string {
+	if ns == topology.HostNamespace {
+		return ""
+	}
+	return e.paths[ns]
+}
+
+func (e *env) openNetns(ns string) (netns.NsHandle, error) {
+	if ns == topology.HostNamespace {
+		return netns.Get()
+	}
+	return netns.GetFromPath(e.paths[ns])
+}
