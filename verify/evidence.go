@@ -257,15 +257,27 @@ func (ev *evidence) collect() (*Evidence, error) {
 	return &Evidence{Ports: len(ev.atts), Flows: len(flows), Violations: ev.e.model.violations(flows, ev.e.owners), Overflow: over}, nil
 }
 
-// owners attributes an address to namespaces by what they declare and,
-// for addresses nobody declares, by who really holds it.
+// owners attributes an address to namespaces, the likeliest sender first:
+// those that declare it and hold it, then those that hold it without
+// declaring it, then those that declare it but no longer hold it. So a
+// packet from an address that moved is the new holder's, and a packet
+// delivered to a namespace that took another's address counts as
+// delivered there.
 func (e *env) owners(a netip.Addr) []string {
-	if o := e.model.Owners(a); len(o) > 0 {
-		return o
-	}
-	var out []string
+	declared := e.model.Owners(a)
+	var held, taken []string
 	for _, ns := range e.model.Namespaces {
 		if slices.Contains(e.observed[ns], a) {
+			if slices.Contains(declared, ns) {
+				held = append(held, ns)
+			} else {
+				taken = append(taken, ns)
+			}
+		}
+	}
+	out := append(held, taken...)
+	for _, ns := range declared {
+		if !slices.Contains(out, ns) {
 			out = append(out, ns)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"github.com/nsflow/nsflow/bpf"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -244,5 +245,30 @@ links:
 	a := netip.MustParseAddr("198.18.1.1")
 	if m.forwards("r", "in1", a) || !m.forwards("r", "in2", a) {
 		t.Errorf("r forwards from in1 %v, from in2 %v; want false, true", m.forwards("r", "in1", a), m.forwards("r", "in2", a))
+	}
+}
+
+// The evidence names the likeliest sender of an address: a declared
+// holder, then a namespace that took it, then a declared owner that no
+// longer holds it.
+func TestEnvOwners(t *testing.T) {
+	m := NewModel(labSpec(t, nil))
+	c1, a1 := netip.MustParseAddr("198.18.2.1"), netip.MustParseAddr("198.18.1.1")
+	for _, tc := range []struct {
+		name     string
+		observed map[string][]netip.Addr
+		addr     netip.Addr
+		want     []string
+	}{
+		{"declared and held", map[string][]netip.Addr{"c": {c1}}, c1, []string{"c"}},
+		{"moved to r", map[string][]netip.Addr{"r": {c1}}, c1, []string{"r", "c"}},
+		{"copied to b", map[string][]netip.Addr{"b": {c1}, "c": {c1}}, c1, []string{"c", "b"}},
+		{"held by nobody", nil, a1, []string{"a"}},
+		{"undeclared", map[string][]netip.Addr{"b": {netip.MustParseAddr("198.19.0.1")}}, netip.MustParseAddr("198.19.0.1"), []string{"b"}},
+	} {
+		e := &env{model: m, observed: tc.observed}
+		if got := e.owners(tc.addr); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: owners(%s) = %q, want %q", tc.name, tc.addr, got, tc.want)
+		}
 	}
 }

@@ -157,7 +157,8 @@ func TestMutationPolicyRouting(t *testing.T) {
 }
 
 // c's address added in r: a's probes of c are answered by r, and c's
-// traffic to a is answered to r instead of c.
+// traffic to a is answered to r instead of c. The evidence records the
+// packets a sent to c's address that r took.
 func TestMutationAddressInWrongNamespace(t *testing.T) {
 	l := upLab(t, nil)
 	ip(t, "-n", l.ns("r"), "addr", "add", "198.18.2.1/32", "dev", "eth0")
@@ -173,7 +174,7 @@ func TestMutationAddressInWrongNamespace(t *testing.T) {
 		t.Errorf("a's TCP probe of c's address is not reported as answered by r")
 	}
 	want := slices.Concat(cells("a>c", "tcp/8080", "udp/8080"), cells("a>r", all3...), cells("c>r", all3...),
-		cells("r>c", "tcp/8080", "udp/8080"), cells("c>a", all3...), []string{"stack r addresses"})
+		cells("r>c", "tcp/8080", "udp/8080"), cells("c>a", all3...), []string{"stack r addresses", "ebpf a>r"})
 	l.expectRed(t, rep, want...)
 }
 
