@@ -29,8 +29,9 @@ type Model struct {
 	ifaces     map[string][]l3iface // namespace -> interfaces that carry IP
 	routes     map[string][]route
 	// forward4 and forward6 are forwarding by namespace and receiving
-	// interface (forwarding4, forwarding6).
-	forward4, forward6 map[string]map[string]bool
+	// interface (forwarding4, forwarding6); linkLocal tells the
+	// interfaces with an IPv6 link-local address (linkLocal6).
+	forward4, forward6, linkLocal map[string]map[string]bool
 	// owners maps each declared address to the namespaces holding it
 	// (more than one when isolated tenants reuse a subnet).
 	owners map[netip.Addr][]string
@@ -54,23 +55,25 @@ type route struct {
 // NewModel derives the reachability model of a validated spec.
 func NewModel(s *topology.Spec) *Model {
 	m := &Model{
-		spec:     s,
-		ifaces:   map[string][]l3iface{},
-		routes:   map[string][]route{},
-		forward4: map[string]map[string]bool{},
-		forward6: map[string]map[string]bool{},
-		owners:   map[netip.Addr][]string{},
-		addrs:    map[string][]netip.Addr{},
+		spec:      s,
+		ifaces:    map[string][]l3iface{},
+		routes:    map[string][]route{},
+		forward4:  map[string]map[string]bool{},
+		forward6:  map[string]map[string]bool{},
+		linkLocal: map[string]map[string]bool{},
+		owners:    map[netip.Addr][]string{},
+		addrs:     map[string][]netip.Addr{},
 	}
 	for _, ns := range s.Namespaces {
 		m.Namespaces = append(m.Namespaces, ns.Name)
 	}
 	m.segments(s.Interfaces())
 	for _, ns := range s.Namespaces {
-		m.forward4[ns.Name], m.forward6[ns.Name] = map[string]bool{}, map[string]bool{}
+		m.forward4[ns.Name], m.forward6[ns.Name], m.linkLocal[ns.Name] = map[string]bool{}, map[string]bool{}, map[string]bool{}
 		for _, ifc := range m.ifaces[ns.Name] {
 			m.forward4[ns.Name][ifc.name] = forwarding4(ns.Sysctls, ifc.name)
 			m.forward6[ns.Name][ifc.name] = forwarding6(ns.Sysctls, ifc.name)
+			m.linkLocal[ns.Name][ifc.name] = linkLocal6(ns.Sysctls, ifc.name)
 		}
 	}
 	for _, ns := range s.Namespaces {
@@ -173,23 +176,37 @@ func (m *Model) parseRoute(ns string, r topology.Route) (route, bool) {
 }
 
 // forwarding4 is whether IPv4 packets received on interface ifc of a
-// namespace with these sysctls are forwarded. The namespace-wide keys are
-// written, in key order, when the namespace is made, before its
-// interfaces: ip_forward and conf.all.forwarding set conf.default too, and
-// each new interface starts with conf.default's value; then the
-// interface's own key, written once it exists, has the last word.
+// namespace with these sysctls are forwarded.
 func forwarding4(sysctls map[string]string, ifc string) bool {
-	if v, ok := sysctls["net.ipv4.conf."+ifc+".forwarding"]; ok {
-		return strings.TrimSpace(v) == "1"
+	return ifaceSysctl(sysctls, "net.ipv4.conf.", ".forwarding", ifc, "net.ipv4.ip_forward") == "1"
+}
+
+// linkLocal6 is whether interface ifc gets an IPv6 link-local address:
+// unless IPv6 is disabled on it or it generates no addresses
+// (addr_gen_mode 1).
+func linkLocal6(sysctls map[string]string, ifc string) bool {
+	return ifaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) != "1" &&
+		ifaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode", ifc) != "1"
+}
+
+// ifaceSysctl is the value the file's sysctls give the per-interface key
+// pre+ifc+post on interface ifc ("" for the kernel's default). The
+// namespace-wide keys are written, in key order, when the namespace is
+// made, before its interfaces: conf.all (and an alias such as
+// ip_forward) sets conf.default too, and each new interface starts with
+// conf.default's value; then the interface's own key, written once it
+// exists, has the last word.
+func ifaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...string) string {
+	if v, ok := sysctls[pre+ifc+post]; ok {
+		return strings.TrimSpace(v)
 	}
-	on := false
+	v := ""
 	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
-		switch k {
-		case "net.ipv4.conf.all.forwarding", "net.ipv4.conf.default.forwarding", "net.ipv4.ip_forward":
-			on = strings.TrimSpace(sysctls[k]) == "1"
+		if k == pre+"all"+post || k == pre+"default"+post || slices.Contains(aliases, k) {
+			v = strings.TrimSpace(sysctls[k])
 		}
 	}
-	return on
+	return v
 }
 
 // forwarding6 is whether IPv6 packets received on interface ifc are
@@ -359,6 +376,9 @@ func (m *Model) allNamespaces() []string {
 // dst, and the source address src uses; "" when the packet is lost on the
 // way (no route, no neighbour, a namespace that does not forward).
 func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr) {
+	if dst.IsLinkLocalUnicast() {
+		return m.deliverLinkLocal(src, dst), from
+	}
 	cur := src
 	for range maxHops {
 		if m.owns(cur, dst) {
@@ -386,6 +406,39 @@ func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr)
 		cur = next
 	}
 	return "", from
+}
+
+// deliverLinkLocal is who receives a packet from src to a declared
+// link-local address: its holder on a segment src is on (link-local
+// addresses are never routed), "" if none.
+func (m *Model) deliverLinkLocal(src string, dst netip.Addr) string {
+	for _, own := range m.ifaces[src] {
+		for _, ns := range m.onSegment(own.segment) {
+			for _, ifc := range m.ifaces[ns] {
+				if ifc.segment == own.segment && slices.ContainsFunc(ifc.prefixes, func(p netip.Prefix) bool { return p.Addr() == dst }) {
+					return ns
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// sharedLinkLocal names an interface of to on an L2 segment that from is
+// on too, where both have IPv6 link-local addresses, which reach each
+// other whatever else the file declares.
+func (m *Model) sharedLinkLocal(from, to string) (string, bool) {
+	for _, a := range m.ifaces[from] {
+		if !m.linkLocal[from][a.name] {
+			continue
+		}
+		for _, b := range m.ifaces[to] {
+			if b.segment == a.segment && m.linkLocal[to][b.name] {
+				return b.name, true
+			}
+		}
+	}
+	return "", false
 }
 
 // Answerer returns the namespace expected to answer a probe from src to

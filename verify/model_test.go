@@ -77,6 +77,21 @@ func TestCheckIntent(t *testing.T) {
 			s.Isolation.Groups = map[string][]string{"lan": {"a", "b"}}
 			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"lan"}, To: []string{"r"}})
 		}, []string{"isolation.deny[1]: a must not reach r", "isolation.deny[1]: b must not reach r"}},
+		{"deny on a shared segment without a common subnet", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24", "fd00:0:0:9::2/64")
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment of b's eth0, where IPv6 link-local addresses reach each other"}},
+		{"deny on a shared segment without IPv6 there", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24")
+			setSysctl(s, "b", "net.ipv6.conf.eth0.disable_ipv6", "1")
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+		}, nil},
+		{"deny on a shared segment without IPv6 in the sender", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24")
+			setSysctl(s, "a", "net.ipv6.conf.all.disable_ipv6", "1")
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+			s.Isolation.Allow = nil // a's IPv6 path to c is gone too
+		}, nil},
 		{"allow when forwarding is off", func(s *topology.Spec) {
 			noForwarding(s, "r")
 			s.Isolation.Allow = []topology.Rule{{From: []string{"a"}, To: []string{"c"}}}
@@ -100,6 +115,28 @@ func TestCheckIntent(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// moveToSubnet gives namespace ns's eth0 these addresses instead.
+func moveToSubnet(s *topology.Spec, ns string, addrs ...string) {
+	for i, l := range s.Links {
+		for j, e := range l.Endpoints {
+			if e.Namespace == ns && e.Interface == "eth0" {
+				s.Links[i].Endpoints[j].Addresses = addrs
+			}
+		}
+	}
+}
+
+func setSysctl(s *topology.Spec, ns, key, value string) {
+	for i := range s.Namespaces {
+		if s.Namespaces[i].Name == ns {
+			if s.Namespaces[i].Sysctls == nil {
+				s.Namespaces[i].Sysctls = map[string]string{}
+			}
+			s.Namespaces[i].Sysctls[key] = value
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/topology"
@@ -356,4 +357,42 @@ links:
 			}
 		}
 	}
+}
+
+// a and b share the bridge but no subnet, and b has no IPv6 there: the
+// deny between them holds. IPv6 turned back on by hand gives b a
+// link-local address that a reaches: the addresses check tells.
+func TestMutationLinkLocalOnSharedSegment(t *testing.T) {
+	l := upLab(t, func(s *topology.Spec) {
+		moveToSubnet(s, "b", "198.18.9.2/24")
+		setSysctl(s, "b", "net.ipv6.conf.eth0.disable_ipv6", "1")
+		s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+	})
+	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("before the mutation: verdict %d", rep.Verdict())
+	}
+	if out, err := exec.Command("ip", "netns", "exec", l.ns("b"), "sysctl", "-w", "net.ipv6.conf.eth0.disable_ipv6=0").CombinedOutput(); err != nil {
+		t.Fatalf("sysctl: %v: %s", err, out)
+	}
+	// The link-local address appears once duplicate address detection
+	// is done.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(ipOutput(t, "-n", l.ns("b"), "-6", "addr", "show", "dev", "eth0", "scope", "link"), "fe80") || strings.Contains(ipOutput(t, "-n", l.ns("b"), "-6", "addr", "show", "dev", "eth0"), "tentative") {
+		if time.Now().After(deadline) {
+			t.Fatal("no link-local address on b's eth0 after 5s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack b addresses")
+}
+
+func ipOutput(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }

@@ -123,11 +123,19 @@ func (e *env) checkAddrs(ns string, s *snapshot, ifnames map[int]string) Check {
 	seen := map[string]bool{}
 	for _, a := range s.addrs {
 		ip, ok := heldAddr(a)
-		if !ok {
-			continue
-		}
 		ones, _ := a.Mask.Size()
 		k := ifnames[a.LinkIndex] + " " + netip.PrefixFrom(ip, ones).String()
+		if !ok {
+			// Loopback and link-local are every namespace's own; a
+			// declared link-local one must be there all the same, and
+			// none where the file's sysctls leave an interface without.
+			seen[k] = want[k]
+			dev := ifnames[a.LinkIndex]
+			if ll, known := e.model.linkLocal[ns][dev]; known && !ll && ip.IsLinkLocalUnicast() && !want[k] {
+				c.Problems = append(c.Problems, fmt.Sprintf("IPv6 link-local address %s on %s, where the file's sysctls leave none (disable_ipv6 or addr_gen_mode)", ip, dev))
+			}
+			continue
+		}
 		seen[k] = true
 		if !want[k] {
 			p := "unexpected address " + swap(k)
@@ -163,7 +171,8 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 	want := map[string]bool{}
 	for _, ifc := range e.model.ifaces[ns] {
 		for _, p := range ifc.prefixes {
-			if p.Bits() < p.Addr().BitLen() {
+			// Link-local subnet routes are the kernel's, skipped below.
+			if p.Bits() < p.Addr().BitLen() && !p.Addr().IsLinkLocalUnicast() {
 				want[p.Masked().String()+" "] = true
 			}
 		}

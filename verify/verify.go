@@ -274,9 +274,16 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 
 // targets are the addresses probed in ns: the declared ones, whether
 // present or not, and any other address it holds (heldAddr), which nothing
-// may reach since the topology does not know it.
+// may reach since the topology does not know it. Link-local addresses,
+// declared ones too, are left out: a probe of one needs the interface to
+// send it from, and the model judges link-local reach from the segments
+// (CheckIntent).
 func (e *env) targets(ns string) (declared, extra []netip.Addr) {
-	declared = e.model.Addresses(ns)
+	for _, a := range e.model.Addresses(ns) {
+		if !a.IsLinkLocalUnicast() {
+			declared = append(declared, a)
+		}
+	}
 	for _, a := range e.observed[ns] {
 		if !slices.Contains(declared, a) {
 			extra = append(extra, a)

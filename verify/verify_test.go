@@ -337,3 +337,46 @@ func TestDefaultForwardingIsGreen(t *testing.T) {
 		t.Fatalf("verdict %d, want 0", rep.Verdict())
 	}
 }
+
+// A router declared with a link-local address, the gateway of its
+// neighbour's default route: verify is green. (The declared link-local
+// address must be there, its subnet route is the kernel's, and it is not
+// probed: it is reachable only on its own segment.)
+func TestLinkLocalGatewayIsGreen(t *testing.T) {
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte(`
+name: llgw
+namespaces:
+  - name: lr
+    sysctls: {net.ipv6.conf.all.forwarding: "1"}
+  - name: l1
+    routes: [{to: default, via: "fe80::1", dev: eth0}]
+  - name: l2
+    routes: [{to: default, via: "fd00:0:0:32::1"}]
+links:
+  - endpoints:
+      - {namespace: lr, interface: eth0, addresses: ["fe80::1/64", "fd00:0:0:31::1/64"]}
+      - {namespace: l1, interface: eth0, addresses: ["fd00:0:0:31::2/64"]}
+  - endpoints:
+      - {namespace: lr, interface: eth1, addresses: ["fd00:0:0:32::1/64"]}
+      - {namespace: l2, interface: eth0, addresses: ["fd00:0:0:32::2/64"]}
+isolation:
+  allow:
+    - {from: [l1], to: [l2]}
+    - {from: [l2], to: [l1]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upSpec(t, s)
+	rep := l.run(t, Options{})
+	if rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict %d, want 0", rep.Verdict())
+	}
+	for _, p := range rep.Probes {
+		if p.Addr.IsLinkLocalUnicast() {
+			t.Errorf("probed a link-local address: %s -> %s %s", p.From, p.To, p.Addr)
+		}
+	}
+}
