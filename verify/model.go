@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nsflow/nsflow/topology"
@@ -181,6 +182,25 @@ func forwarding4(sysctls map[string]string, ifc string) bool {
 	return ifaceSysctl(sysctls, "net.ipv4.conf.", ".forwarding", ifc, "net.ipv4.ip_forward") == "1"
 }
 
+// arpIgnore is the arp_ignore that applies on interface ifc of ns: the
+// larger of conf.all's and the interface's own (which starts as
+// conf.default's).
+func (m *Model) arpIgnore(ns, ifc string) int {
+	var sysctls map[string]string
+	for _, n := range m.spec.Namespaces {
+		if n.Name == ns {
+			sysctls = n.Sysctls
+		}
+	}
+	all, _ := strconv.Atoi(strings.TrimSpace(sysctls["net.ipv4.conf.all.arp_ignore"]))
+	own, ok := sysctls["net.ipv4.conf."+ifc+".arp_ignore"]
+	if !ok {
+		own = sysctls["net.ipv4.conf.default.arp_ignore"]
+	}
+	dev, _ := strconv.Atoi(strings.TrimSpace(own))
+	return max(all, dev)
+}
+
 // linkLocal6 is whether interface ifc gets an IPv6 link-local address:
 // unless IPv6 is disabled on it or it generates no addresses
 // (addr_gen_mode 1).
@@ -319,7 +339,9 @@ func (m *Model) source(ns string, ifc l3iface, nh netip.Addr) (netip.Addr, bool)
 
 // neighbour finds who answers ARP/NDP for nh on segment seg: a namespace
 // with an interface on the segment that holds nh, preferring the one that
-// holds it on that very interface (Linux answers for any local address).
+// holds it on that very interface. Only ARP answers for an address held
+// on another interface, and only with arp_ignore 0 (the default); NDP
+// answers for the receiving interface's addresses alone.
 func (m *Model) neighbour(seg int, nh netip.Addr) (string, bool) {
 	fallback := ""
 	for _, ns := range m.onSegment(seg) {
@@ -333,7 +355,7 @@ func (m *Model) neighbour(seg int, nh netip.Addr) (string, bool) {
 				}
 			}
 		}
-		if fallback == "" && m.owns(ns, nh) {
+		if fallback == "" && nh.Is4() && m.owns(ns, nh) && m.arpIgnore(ns, m.ifaceOn(ns, seg)) == 0 {
 			fallback = ns
 		}
 	}

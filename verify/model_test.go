@@ -309,3 +309,46 @@ func TestEnvOwners(t *testing.T) {
 		}
 	}
 }
+
+// onLinkSpec has on-link routes in x to an address y holds on its other
+// interface.
+const onLinkSpec = `
+name: t
+namespaces:
+  - name: x
+    routes: [{to: 198.18.5.0/24, dev: eth0}, {to: "fd00:0:0:5::/64", dev: eth0}]
+  - name: y
+  - name: z
+links:
+  - endpoints:
+      - {namespace: x, interface: eth0, addresses: [198.18.4.1/30, "fd00:0:0:4::1/64"]}
+      - {namespace: y, interface: eth0, addresses: [198.18.4.2/30, "fd00:0:0:4::2/64"]}
+  - endpoints:
+      - {namespace: y, interface: eth1, addresses: [198.18.5.1/24, "fd00:0:0:5::1/64"]}
+      - {namespace: z, interface: eth0, addresses: [198.18.5.2/24, "fd00:0:0:5::2/64"]}
+`
+
+// An on-link route to an address held on the neighbour's other interface:
+// ARP answers for it (unless arp_ignore says not to), NDP does not.
+func TestModelNeighbourFallback(t *testing.T) {
+	for _, tc := range []struct {
+		arpIgnore string
+		addr      string
+		want      string
+	}{
+		{"", "198.18.5.1", "y"},
+		{"", "fd00:0:0:5::1", ""},
+		{"1", "198.18.5.1", ""},
+	} {
+		s, err := topology.Parse([]byte(onLinkSpec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.arpIgnore != "" {
+			setSysctl(s, "y", "net.ipv4.conf.all.arp_ignore", tc.arpIgnore)
+		}
+		if got, _ := NewModel(s).Deliver("x", netip.MustParseAddr(tc.addr)); got != tc.want {
+			t.Errorf("arp_ignore %q: Deliver(x, %s) = %q, want %q", tc.arpIgnore, tc.addr, got, tc.want)
+		}
+	}
+}

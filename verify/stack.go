@@ -364,15 +364,10 @@ func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
 	if i < 0 {
 		return false
 	}
-	seg := e.model.ifaces[ns][i].segment
-	for _, other := range e.model.onSegment(seg) {
-		for _, f := range e.model.ifaces[other] {
-			if f.segment == seg && slices.ContainsFunc(f.prefixes, func(p netip.Prefix) bool { return p.Addr() == ip }) {
-				return true
-			}
-		}
-	}
-	return false
+	// Whoever the model has answer for ip on the segment: the same rule
+	// the reachability it expects relies on.
+	_, ok := e.model.neighbour(e.model.ifaces[ns][i].segment, ip)
+	return ok
 }
 
 func checkFirewall(ns string, s *snapshot) Check {

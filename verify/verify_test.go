@@ -380,3 +380,19 @@ isolation:
 		}
 	}
 }
+
+// On-link routes to addresses the neighbour holds on its other interface
+// verify green: ARP answers for them and NDP does not, as the model says,
+// and the neighbour entry ARP leaves is the one the model expects.
+func TestOnLinkNeighbourIsGreen(t *testing.T) {
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte(onLinkSpec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upSpec(t, s)
+	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict %d, want 0", rep.Verdict())
+	}
+}
