@@ -320,3 +320,31 @@ func renderAll(t *testing.T, r *Report) rendered {
 	}
 	return out
 }
+
+// Cell symbols: a blocked probe whose packets still arrive is '>' in the
+// expected matrix, and a probe answered only by another namespace is 'w'
+// in the observed one.
+func TestCellSymbols(t *testing.T) {
+	a := netip.MustParseAddr("198.18.0.1")
+	for _, tc := range []struct {
+		name          string
+		probes        []*Probe
+		exp, obs, dif byte
+	}{
+		{"reachable", []*Probe{{Expect: "b", Outcome: Replied, By: "b", Claimed: "b"}}, '.', '.', '.'},
+		{"blocked", []*Probe{{Outcome: Blocked}}, 'X', 'X', '.'},
+		{"one way", []*Probe{{OneWay: true, Outcome: Blocked}}, '>', 'X', '.'},
+		{"one way, one not", []*Probe{{OneWay: true, Outcome: Blocked}, {Outcome: Blocked}}, 'X', 'X', '.'},
+		{"wrong answerer", []*Probe{{Expect: "b", Outcome: Replied, By: "r", Claimed: "r"}}, '.', 'w', 'X'},
+		{"refused", []*Probe{{Expect: "b", Outcome: Refused, By: "b", Claimed: "b"}}, '.', 'r', '.'},
+	} {
+		for _, p := range tc.probes {
+			p.From, p.To, p.Addr = "a", "b", a
+		}
+		c := Cell{Probes: tc.probes}
+		c.fill("b")
+		if c.Expected != tc.exp || c.Observed != tc.obs || c.Diff != tc.dif {
+			t.Errorf("%s: %c %c %c, want %c %c %c", tc.name, c.Expected, c.Observed, c.Diff, tc.exp, tc.obs, tc.dif)
+		}
+	}
+}

@@ -19,7 +19,10 @@ type Probe struct {
 	Addr netip.Addr `json:"addr"`
 	Port string     `json:"port"`
 	// Expect is the namespace that must answer; "" means blocked.
-	Expect  string  `json:"expect"`
+	Expect string `json:"expect"`
+	// OneWay marks a blocked probe whose packets the wiring still
+	// delivers to To: only the answer cannot come back.
+	OneWay  bool    `json:"one_way,omitempty"`
 	Outcome Outcome `json:"outcome"`
 	// By is the namespace whose stack answered, from the cookie in the
 	// reply; Claimed is the namespace the responder was started for.

@@ -152,18 +152,23 @@ func (r *Report) Matrix(port string) [][]Cell {
 }
 
 // fill sets the cell's symbols: '.' reachable, 'r' reachable (refused by
-// the target), 'X' blocked, '~' some addresses reachable and some not,
-// '!' a probe error; in Diff '.' agrees, 'X' disagrees, '!' error; ' '
-// for a namespace without addresses.
+// the target), 'X' blocked, '>' blocked one way (the packets arrive, no
+// answer can come back), 'w' answered by another namespace only, '~' some
+// addresses reachable and some not, '!' a probe error; in Diff '.'
+// agrees, 'X' disagrees, '!' error; ' ' for a namespace without
+// addresses.
 func (c *Cell) fill(to string) {
 	if len(c.Probes) == 0 {
 		c.Expected, c.Observed, c.Diff = ' ', ' ', ' '
 		return
 	}
-	var exp, obs, errs, bad, refused int
+	var exp, oneWay, obs, wrong, errs, bad, refused int
 	for _, p := range c.Probes {
-		if p.Expect == to {
+		switch {
+		case p.Expect == to:
 			exp++
+		case p.OneWay:
+			oneWay++
 		}
 		switch {
 		case p.Outcome == Failed:
@@ -173,6 +178,8 @@ func (c *Cell) fill(to string) {
 			if p.Outcome == Refused {
 				refused++
 			}
+		case p.Outcome.Reachable():
+			wrong++
 		}
 		if !p.Match() && p.Outcome != Failed {
 			bad++
@@ -189,8 +196,14 @@ func (c *Cell) fill(to string) {
 		return '~'
 	}
 	c.Expected, c.Observed = agg(exp), agg(obs)
-	if c.Observed == '.' && refused > 0 {
+	if c.Expected == 'X' && oneWay == n {
+		c.Expected = '>'
+	}
+	switch {
+	case c.Observed == '.' && refused > 0:
 		c.Observed = 'r'
+	case c.Observed == 'X' && wrong > 0:
+		c.Observed = 'w'
 	}
 	switch {
 	case bad > 0:

@@ -41,7 +41,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		width = max(width, min(len(ns), 16))
 	}
 	fmt.Fprintln(bw, "Cells: . reachable   r reachable (refused by the target: the packet arrived)   X blocked")
-	fmt.Fprintln(bw, "       ~ some addresses of the namespace reachable   ! probe error   - self")
+	fmt.Fprintln(bw, "       > blocked one way (the wiring delivers the packets, no answer can come back)")
+	fmt.Fprintln(bw, "       w answered by another namespace only   ~ some addresses of the namespace reachable")
+	fmt.Fprintln(bw, "       ! probe error   - self")
 	fmt.Fprintln(bw, "Difference: . as expected   X not as expected   ! could not probe")
 	fmt.Fprintln(bw, "Rows probe from, columns are probed; column keys:")
 	// The legend keeps full names, as many to a line as fit.

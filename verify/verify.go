@@ -303,12 +303,14 @@ func (e *env) probes(ports []topology.Port) []*Probe {
 			}
 			declared, extra := e.targets(to)
 			for _, a := range slices.Concat(declared, extra) {
-				expect := ""
+				expect, oneWay := "", false
 				if slices.Contains(declared, a) {
 					expect = e.model.Answerer(from, a)
+					got, _ := e.model.Deliver(from, a)
+					oneWay = expect == "" && got == to
 				}
 				for _, p := range ports {
-					out = append(out, &Probe{From: from, To: to, Addr: a, Port: p.String(), Expect: expect, port: p, Try: 1})
+					out = append(out, &Probe{From: from, To: to, Addr: a, Port: p.String(), Expect: expect, OneWay: oneWay, port: p, Try: 1})
 				}
 			}
 		}
