@@ -247,6 +247,27 @@ func TestMutationFirewallRule(t *testing.T) {
 	l.expectRed(t, rep, "stack a firewall")
 }
 
+// A REJECT rule in b's own output sends b a TCP reset as if a had: the
+// refusal proves nothing, so b's TCP probes of a could not be judged
+// (not "reachable"), and the firewall check names the rule.
+func TestMutationLocalReject(t *testing.T) {
+	l := upLab(t, nil)
+	out, err := exec.Command("ip", "netns", "exec", l.ns("b"), "nft",
+		"add table inet nsfv; add chain inet nsfv out { type filter hook output priority 0; }; add rule inet nsfv out ip daddr 198.18.1.1 tcp dport 8080 reject with tcp reset").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack b firewall", "b>a tcp/8080")
+	for _, p := range rep.Probes {
+		if p.From == l.ns("b") && p.Addr.String() == "198.18.1.1" && p.Port == "tcp/8080" {
+			if p.Outcome != Failed || !strings.Contains(p.Detail, "firewall rules") {
+				t.Errorf("b -> a tcp/8080: %s (%s), want an error naming the firewall", p.Outcome, p.Detail)
+			}
+		}
+	}
+}
+
 // Addresses that are not global scope count as much as global ones: c's
 // address on b's loopback with scope link, and an undeclared one on a's
 // eth0 with scope link. Both are probed like any address a namespace

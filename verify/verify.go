@@ -164,6 +164,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	rep.phase("port_space", t)
 	t = time.Now()
 	rep.Stack = e.stack()
+	forgeable(rep.Probes, rep.Stack)
 	rep.phase("stack", t)
 	if ld != nil {
 		rep.Load = ld.stop()
@@ -196,7 +197,7 @@ func retry(run func([]*Probe), probes []*Probe) ([]*Probe, int) {
 	var at []int
 	for i, p := range probes {
 		if retriable(p) {
-			again = append(again, &Probe{From: p.From, To: p.To, Addr: p.Addr, Port: p.Port, Expect: p.Expect, port: p.port, Try: 2})
+			again = append(again, &Probe{From: p.From, To: p.To, Addr: p.Addr, Port: p.Port, Expect: p.Expect, OneWay: p.OneWay, port: p.port, Try: 2})
 			at = append(at, i)
 		}
 	}
@@ -223,6 +224,26 @@ func unjudgeable(probes []*Probe, resp map[string]*Responder) {
 		if b, ok := resp[p.To].silent(p.port, p.Addr); ok {
 			p.Outcome = Failed
 			p.Detail = fmt.Sprintf("%s is held by another process in %s, which need not answer: a timeout proves nothing (probe other ports with isolation.ports)", b, p.To)
+		}
+	}
+}
+
+// forgeable turns a refused probe from a namespace with firewall rules
+// into one that could not be judged: a REJECT rule there answers with the
+// same TCP reset or port unreachable the target would, so the refusal no
+// longer proves that the packet arrived. (The firewall check fails the
+// run on those rules anyway.)
+func forgeable(probes []*Probe, stack []Check) {
+	firewalled := map[string]bool{}
+	for _, c := range stack {
+		if c.Kind == "firewall" && (len(c.Problems) > 0 || c.Error != "") {
+			firewalled[c.Netns] = true
+		}
+	}
+	for _, p := range probes {
+		if p.Outcome == Refused && firewalled[p.From] {
+			p.Outcome = Failed
+			p.Detail = fmt.Sprintf("refused, but %s has firewall rules, which can send that refusal themselves: it does not prove the packet reached %s", p.From, p.To)
 		}
 	}
 }
