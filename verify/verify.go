@@ -144,13 +144,14 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	t = time.Now()
 	probes := e.probes(ports)
 	pr := newProber(e.paths, e.names, opts.Timeout)
-	pr.runChecked(probes)
-	rep.phase("probes", t)
-	if ctx.Err() != nil {
+	if !finished(ctx, func() { pr.runChecked(probes) }) {
 		return nil, interrupted(ctx)
 	}
+	rep.phase("probes", t)
 	t = time.Now()
-	rep.Probes, rep.Retried = retry(pr.runChecked, probes)
+	if !finished(ctx, func() { rep.Probes, rep.Retried = retry(pr.runChecked, probes) }) {
+		return nil, interrupted(ctx)
+	}
 	unjudgeable(rep.Probes, resp)
 	rep.phase("retry", t)
 	if ctx.Err() != nil {
@@ -225,6 +226,23 @@ func unjudgeable(probes []*Probe, resp map[string]*Responder) {
 			p.Outcome = Failed
 			p.Detail = fmt.Sprintf("%s is held by another process in %s, which need not answer: a timeout proves nothing (probe other ports with isolation.ports)", b, p.To)
 		}
+	}
+}
+
+// finished runs fn and reports whether it returned before ctx ended. An
+// interrupted run does not wait for its probes' timeouts: they end in the
+// background, and their results are not read.
+func finished(ctx context.Context, fn func()) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -85,6 +85,8 @@ func TestInterruptedRunReportsNothing(t *testing.T) {
 		// load, the 5 s minimum is not waited out.
 		{"probes only", Options{}, time.Second, 4 * time.Second},
 		{"under load", Options{Load: true, LoadDuration: 5 * time.Second}, time.Second, 4 * time.Second},
+		// Blocked probes would wait 10 s: they are not waited for.
+		{"long probe timeout", Options{Timeout: 10 * time.Second}, time.Second, 4 * time.Second},
 		// Ended before it started: no probe is sent.
 		{"before the probes", Options{}, 0, DefaultTimeout},
 	} {
