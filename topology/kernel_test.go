@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/vishvananda/netlink"
@@ -1073,5 +1075,53 @@ links:
 		if idx[0] == idx[1] {
 			t.Errorf("%s:%s and %s:%s both have ifindex %d", l.Endpoints[0].Namespace, l.Endpoints[0].Interface, l.Endpoints[1].Namespace, l.Endpoints[1].Interface, idx[0])
 		}
+	}
+}
+
+// TestLeftoverRemovalWaitsForCreation: another run's preflight, removing
+// what looks like a leftover namespace file, must not remove one that a
+// run is between creating and mounting (the same name in two topologies
+// run at once): it waits, then finds the namespace mounted.
+func TestLeftoverRemovalWaitsForCreation(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("tl")
+	path := filepath.Join("/run/netns", name)
+	created, proceed := make(chan struct{}), make(chan struct{})
+	crashHook = func(at string) {
+		if at == "created" {
+			close(created)
+			<-proceed
+		}
+	}
+	defer func() { crashHook = func(string) {} }()
+	made := make(chan error, 1)
+	go func() {
+		c, err := createNetns(name, path, "nsflow:test", nil)
+		if err == nil {
+			c.close()
+		}
+		made <- err
+	}()
+	<-created
+	removed := make(chan error, 1)
+	go func() { removed <- removeLeftoverNetns(path) }()
+	select {
+	case err := <-removed:
+		t.Errorf("the removal did not wait for the creation in progress (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(proceed)
+	if err := <-made; err != nil {
+		t.Fatal(err)
+	}
+	defer unmountNetns(path)
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if leftover, err := leftoverNetnsFile(path); err != nil || leftover {
+		t.Errorf("after both: leftover %v, %v", leftover, err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("the namespace's file is gone: %v", err)
 	}
 }

@@ -163,7 +163,17 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return c, err
 	}
+	// Between the file's creation and the mount it looks like a leftover:
+	// the shared lock keeps another run from removing it meanwhile.
+	release, err := lockNetnsFiles(unix.LOCK_SH)
+	if err != nil {
+		return c, err
+	}
+	defer release()
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if errors.Is(err, os.ErrExist) {
+		return c, fmt.Errorf("namespace %s: %s appeared while this run made it (another run of a topology with that namespace?)", name, path)
+	}
 	if err != nil {
 		return c, fmt.Errorf("namespace %s: %w", path, err)
 	}
@@ -175,6 +185,27 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	}
 	crashHook("mounted")
 	return c, nil
+}
+
+// netnsFilesLock is taken shared by every namespace being created, from
+// its file's creation to its mount, and exclusively by the removal of a
+// leftover file, which so never takes a namespace another run is making.
+// A run that dies releases it.
+const netnsFilesLock = "/run/nsflow/netns-files.lock"
+
+func lockNetnsFiles(how int) (release func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(netnsFilesLock), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(netnsFilesLock, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", netnsFilesLock, err)
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", netnsFilesLock, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // leftoverNetnsFile reports whether path is what a run killed between
@@ -210,6 +241,11 @@ func leftoverNetnsFile(path string) (bool, error) {
 // removeLeftoverNetns removes path if it is a leftover empty file (see
 // leftoverNetnsFile), so that the namespace counts as missing.
 func removeLeftoverNetns(path string) error {
+	release, err := lockNetnsFiles(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer release()
 	leftover, err := leftoverNetnsFile(path)
 	if err != nil || !leftover {
 		return err
