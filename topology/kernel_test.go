@@ -1125,3 +1125,27 @@ func TestLeftoverRemovalWaitsForCreation(t *testing.T) {
 		t.Errorf("the namespace's file is gone: %v", err)
 	}
 }
+
+// TestUpRightAfterNetnsDel: up recreates a namespace deleted with ip netns
+// del at once, although the kernel may not have begun to destroy the old
+// one (its veth end still in the other namespace, its id still alive).
+func TestUpRightAfterNetnsDel(t *testing.T) {
+	s := prefixedSpec(t, `
+name: nsdel
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e0, addresses: [198.18.87.1/30]}, {namespace: b, interface: e0, addresses: [198.18.87.2/30]}]
+`)
+	ctx := context.Background()
+	for i := range 10 {
+		if _, err := Up(ctx, s, Options{}); err != nil {
+			t.Fatalf("up %d: %v", i, err)
+		}
+		if out, err := exec.Command("ip", "netns", "del", prefixOf(s)+"b").CombinedOutput(); err != nil {
+			t.Fatalf("ip netns del: %v: %s", err, out)
+		}
+	}
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatalf("last up: %v", err)
+	}
+}

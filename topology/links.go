@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -66,6 +67,22 @@ func (b *builder) link(i int) error {
 		if orphan := b.orphanPeerNetns(c, l); orphan != "" {
 			return lp.fail(fmt.Errorf("interface %s in namespace %s is paired with an interface in namespace %s, which the topology owns but no longer declares: run up --prune", name, ns, orphan))
 		}
+		missing := lp.sns // the namespace of the end that is not there
+		if pl == nil {
+			missing = lp.pns
+		}
+		if b.checkOwned(ns, l, "veth") == nil && l.Attrs().Alias != b.marker && l.Attrs().NetNsID != nsidDying && b.fresh[missing] {
+			// The declared peer's namespace was missing and is new: the
+			// old one was just deleted (ip netns del), and the kernel
+			// has not yet begun to destroy it, so its id still looks
+			// alive. Wait for it to die.
+			if l, err = waitPeerDying(c, l); err != nil {
+				return lp.fail(err)
+			}
+			if l == nil {
+				return b.createLink(lp) // gone with its peer
+			}
+		}
 		if b.checkOwned(ns, l, "veth") != nil || (l.Attrs().Alias != b.marker && l.Attrs().NetNsID != nsidDying) {
 			return lp.fail(lone)
 		}
@@ -109,6 +126,32 @@ func (b *builder) link(i int) error {
 		}
 	}
 	return nil
+}
+
+// peerDyingWait bounds waitPeerDying: the kernel starts destroying a
+// namespace nothing holds within milliseconds.
+const peerDyingWait = 2 * time.Second
+
+// waitPeerDying waits until the peer namespace of veth l (in c's
+// namespace) is dying, or l is gone (nil), and returns l as it is then.
+// After peerDyingWait it returns l unchanged: its peer lives on.
+func waitPeerDying(c *nsConn, l netlink.Link) (netlink.Link, error) {
+	deadline := time.Now().Add(peerDyingWait)
+	for time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		now, err := c.h.LinkByIndex(l.Attrs().Index)
+		switch {
+		case isNotFound(err):
+			return nil, nil
+		case err != nil:
+			return nil, err
+		case now.Attrs().Name != l.Attrs().Name:
+			return nil, nil // another interface took the index
+		case now.Attrs().NetNsID == nsidDying:
+			return now, nil
+		}
+	}
+	return l, nil
 }
 
 // nsidDying is a veth's peer namespace id when that namespace is dying:
