@@ -264,6 +264,12 @@ func (v *validator) addresses(uf *unionFind) {
 			case p.Addr().IsUnspecified() || p.Addr().IsMulticast() || p.Addr().IsLoopback():
 				v.add(ap, "%q is not a unicast interface address", a)
 				continue
+			case p.Addr().Is4() && p.Bits() < 31 && p.Addr() == p.Masked().Addr():
+				v.add(ap, "%q is the network address of %s, not a host's", a, p.Masked())
+				continue
+			case p.Addr().Is4() && p.Bits() < 31 && p.Addr() == lastAddr(p):
+				v.add(ap, "%q is the broadcast address of %s, not a host's", a, p.Masked())
+				continue
 			}
 			v.addrs = append(v.addrs, addrRef{prefix: p, ns: ns, dev: dev, segment: uf.find(node), path: ap})
 		}
@@ -331,7 +337,8 @@ func (v *validator) ipv6MTU() {
 		}
 		return ""
 	}
-	tooSmall := func(mtu int) bool { return mtu != 0 && mtu < minMTU6 }
+	// An MTU out of range is reported once, as such (mtu).
+	tooSmall := func(mtu int) bool { return mtu >= minMTU && mtu < minMTU6 }
 	for i, b := range s.Bridges {
 		if p := firstV6(s.BridgeNamespace(b.Name), b.Name); p != "" && tooSmall(b.MTU) {
 			v.add(fmt.Sprintf("bridges[%d].mtu", i), "%d is below %d, the minimum for IPv6, and %s is IPv6", b.MTU, minMTU6, p)
@@ -447,6 +454,9 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 				v.add(path+".dev", "a link-local gateway (%s) needs dev, the interface to reach it on", a)
 				ok = false
 			}
+		} else if own := v.ownAddr(ns, a); ok && own != "" {
+			v.add(path+".via", "gateway %s is this namespace's own address (%s): a gateway is a neighbour", a, own)
+			ok = false
 		} else if ok && !v.onLink(ns, r.Dev, a) {
 			where := fmt.Sprintf("any interface in namespace %q", ns)
 			if r.Dev != "" {
@@ -489,6 +499,24 @@ func (v *validator) connected(ns string, to netip.Prefix, dev string) *addrRef {
 
 // onLink reports whether gw is inside a subnet of an interface (dev, or
 // any) in namespace ns and is not that interface's own address.
+// ownAddr returns the field path of address a in namespace ns, or "".
+func (v *validator) ownAddr(ns string, a netip.Addr) string {
+	for _, r := range v.addrs {
+		if r.ns == ns && r.prefix.Addr() == a {
+			return r.path
+		}
+	}
+	return ""
+}
+
+// lastAddr is the last address of IPv4 prefix p: its broadcast address.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
 func (v *validator) onLink(ns, dev string, gw netip.Addr) bool {
 	for _, a := range v.addrs {
 		if a.ns == ns && (dev == "" || a.dev == dev) && a.prefix.Contains(gw) && a.prefix.Addr() != gw {

@@ -268,7 +268,13 @@ namespaces:
     routes: [{to: 198.18.4.0/24, via: 198.18.0.1}]
   - name: b
 links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
-			[]string{"namespaces[0].routes[0].via: gateway 198.18.0.1 is not on a subnet"}},
+			[]string{"namespaces[0].routes[0].via: gateway 198.18.0.1 is this namespace's own address (links[0].endpoints[0].addresses[0])"}},
+		{"network and broadcast addresses", `
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.0/24]}, {namespace: b, interface: e0, addresses: [198.18.0.255/24]}]}]`,
+			[]string{`links[0].endpoints[0].addresses[0]: "198.18.0.0/24" is the network address of 198.18.0.0/24`,
+				`links[0].endpoints[1].addresses[0]: "198.18.0.255/24" is the broadcast address of 198.18.0.0/24`}},
 		{"route via wrong dev", `
 name: t
 namespaces:
@@ -399,5 +405,20 @@ func TestLoadErrorsNameFileAndField(t *testing.T) {
 	}
 	if !slices.Equal(lines, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// An MTU out of range is one error, not also one about IPv6's minimum.
+func TestNegativeMTUReportedOnce(t *testing.T) {
+	s, err := Parse([]byte(`
+name: t
+namespaces: [{name: a}, {name: b}]
+links: [{mtu: -5, endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1/64"]}, {namespace: b, interface: e0}]}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Validate()
+	if err == nil || strings.Count(err.Error(), "links[0].mtu") != 1 || !strings.Contains(err.Error(), "links[0].mtu: -5 out of range 68-65535") {
+		t.Errorf("Validate: %v, want one error: -5 out of range", err)
 	}
 }
