@@ -125,7 +125,8 @@ func (g *graph) mermaid(w io.Writer) error {
 
 // mermaidText escapes a label for a quoted mermaid string.
 func mermaidText(s string) string {
-	r := strings.NewReplacer(`"`, "#quot;", "\n", "<br/>", "<", "#lt;", ">", "#gt;")
+	// '#' starts mermaid's entity codes, so it is one itself.
+	r := strings.NewReplacer("#", "#35;", `"`, "#quot;", "\n", "<br/>", "<", "#lt;", ">", "#gt;")
 	return r.Replace(s)
 }
 
@@ -140,6 +141,10 @@ func (g *graph) dot(w io.Writer) error {
 				shape = ", shape=hexagon"
 			}
 			fmt.Fprintf(&b, "    %s [label=%s%s];\n", n.id, dotText(n.label), shape)
+		}
+		if len(box.nodes) == 0 {
+			// Graphviz draws no empty cluster: the namespace would vanish.
+			fmt.Fprintf(&b, "    %s [label=\"(no interfaces)\", shape=plaintext];\n", box.id)
 		}
 		b.WriteString("  }\n")
 	}

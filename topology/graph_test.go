@@ -59,13 +59,13 @@ func TestWriteGraph(t *testing.T) {
 
 func TestGraphEscapesLabels(t *testing.T) {
 	s := &Spec{Name: `a"b`, Namespaces: []Namespace{{Name: "x"}}, Links: []Link{{Endpoints: []Endpoint{
-		{Namespace: "x", Interface: `q"1`}, {Namespace: "x", Interface: "q<2>"},
+		{Namespace: "x", Interface: `q"1`}, {Namespace: "x", Interface: "q<2>#3;"},
 	}}}}
 	var m, d strings.Builder
 	if err := WriteGraph(&m, s, GraphMermaid); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(m.String(), `"q#quot;1"`) || !strings.Contains(m.String(), `"q#lt;2#gt;"`) {
+	if !strings.Contains(m.String(), `"q#quot;1"`) || !strings.Contains(m.String(), `"q#lt;2#gt;#35;3;"`) {
 		t.Errorf("mermaid labels not escaped:\n%s", m.String())
 	}
 	if err := WriteGraph(&d, s, GraphDot); err != nil {
@@ -73,5 +73,18 @@ func TestGraphEscapesLabels(t *testing.T) {
 	}
 	if !strings.Contains(d.String(), `graph "a\"b"`) || !strings.Contains(d.String(), `label="q\"1"`) {
 		t.Errorf("dot labels not escaped:\n%s", d.String())
+	}
+}
+
+// A namespace without interfaces still shows: Graphviz draws no empty
+// cluster.
+func TestGraphLonelyNamespace(t *testing.T) {
+	s := &Spec{Name: "t", Namespaces: []Namespace{{Name: "lonely"}}}
+	var d strings.Builder
+	if err := WriteGraph(&d, s, GraphDot); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(d.String(), `label="lonely"`) || !strings.Contains(d.String(), `ns0 [label="(no interfaces)", shape=plaintext];`) {
+		t.Errorf("the lonely namespace has no node:\n%s", d.String())
 	}
 }

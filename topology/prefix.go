@@ -88,7 +88,7 @@ func (s *Spec) WithPrefix(p string) (*Spec, error) {
 	}
 	c.Name = p + c.Name
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("with prefix %q: %w", p, err)
+		return nil, prefixErrors(fmt.Sprintf("with prefix %q", p), err)
 	}
 	return c, nil
 }

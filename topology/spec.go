@@ -111,6 +111,19 @@ func Load(path string) (*Spec, error) {
 	return s, nil
 }
 
+// LoadWithPrefix is Load, then WithPrefix(prefix) unless prefix is "";
+// every error names the file.
+func LoadWithPrefix(path, prefix string) (*Spec, error) {
+	s, err := Load(path)
+	if err != nil || prefix == "" {
+		return s, err
+	}
+	if s, err = s.WithPrefix(prefix); err != nil {
+		return nil, prefixErrors(path, err)
+	}
+	return s, nil
+}
+
 // prefixErrors puts prefix (the file) before each of err's joined
 // errors, so that every line of a multi-problem report names the file.
 func prefixErrors(prefix string, err error) error {

@@ -30,10 +30,7 @@ func (f *topologyFlags) load() (*topology.Spec, error) {
 	if f.file == "" {
 		return nil, &exitError{2, fmt.Errorf("--file is required")}
 	}
-	s, err := topology.Load(f.file)
-	if err == nil && f.prefix != "" {
-		s, err = s.WithPrefix(f.prefix)
-	}
+	s, err := topology.LoadWithPrefix(f.file, f.prefix)
 	if err != nil {
 		return nil, &exitError{2, err}
 	}

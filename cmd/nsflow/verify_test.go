@@ -73,7 +73,7 @@ isolation:
 	}{
 		{"no file", nil, "--file is required"},
 		{"unknown flag", []string{"--bogus", "x"}, "unknown flag: --bogus"},
-		{"bad prefix", []string{"-f", notUp, "--prefix", "a/"}, `with prefix "a/"`},
+		{"bad prefix", []string{"-f", notUp, "--prefix", "a/"}, notUp + `: with prefix "a/": `},
 		{"bad flag value", []string{"-f", notUp, "--timeout", "soon"}, "invalid argument"},
 		{"zero timeout", []string{"-f", notUp, "--timeout", "0s"}, "--timeout: 0s is below 100ms"},
 		{"negative timeout", []string{"-f", notUp, "--timeout=-5s"}, "--timeout: -5s is below 100ms"},
