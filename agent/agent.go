@@ -372,6 +372,9 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 	if !a.cfg.Netns.Match(n.Label()) {
 		// A namespace renamed out of the filter goes away as if removed.
 		if _, known := a.byInode[n.Inode]; !known {
+			if e.Type == discovery.Added && !a.ready.Load() {
+				a.queueJob(a.sweepJob(n, nil))
+			}
 			return
 		}
 		e.Type = discovery.Removed
@@ -516,8 +519,12 @@ func (a *Agent) removeNetns(inode uint64) {
 // addresses, queueing attach jobs for new ports.
 func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
 	present := map[int]bool{}
+	var unwatched []int
 	for _, l := range snap.Links {
 		present[l.Index] = true
+		if !a.eligible(l) {
+			unwatched = append(unwatched, l.Index)
+		}
 		// A snapshot follows lost notifications: a device deleted and
 		// created anew at the same index looks unchanged, but our
 		// programs went with the old one.
@@ -535,6 +542,9 @@ func (a *Agent) applySnapshot(s *nsState, snap discovery.Snapshot) {
 		if !present[idx] {
 			a.deleteLink(s, idx, p)
 		}
+	}
+	if len(unwatched) > 0 && !a.ready.Load() {
+		a.queueJob(a.sweepJob(s.ns, unwatched))
 	}
 	addrs := map[discovery.Addr]bool{}
 	for _, ad := range snap.Addrs {
@@ -760,6 +770,25 @@ func (a *Agent) setAttaching(p *portState, on bool) {
 
 // queueJob hands slow work (setns, netlink, attach) to the workers; the
 // closure it returns is applied on the event loop.
+// sweepJob removes the tc filters that a run that died left, counting
+// into the pinned tables, on interfaces of n this agent does not watch
+// (the ifindexes given; all for nil): an agent restarted with narrower
+// filters would leave them counting for good. Only at start: a later
+// interface cannot carry them.
+func (a *Agent) sweepJob(n discovery.Namespace, ifindexes []int) func() func() {
+	return func() func() {
+		removed, err := a.dp.RemoveDeadRunFilters(n.Path, n.Inode, ifindexes)
+		return func() {
+			if removed > 0 {
+				a.log.Info("removed tc filters a run that died left on interfaces not watched now", "netns", n.Label(), "filters", removed)
+			}
+			if err != nil && !vanished(err) {
+				a.log.Warn("cannot remove the tc filters a run that died left", "netns", n.Label(), "err", err)
+			}
+		}
+	}
+}
+
 func (a *Agent) queueJob(job func() func()) {
 	a.inflight++
 	a.queue = append(a.queue, job)

@@ -295,3 +295,50 @@ func TestRestartNamespaceGoneWhileDown(t *testing.T) {
 		t.Errorf("%s %s: the sender's records counted a second time", unknown, u)
 	}
 }
+
+// TestRestartNarrowerRemovesDeadFilters: an agent in tc mode killed with
+// SIGKILL leaves its filters, counting into the pinned tables. Restarted
+// to watch fewer namespaces and interfaces, it removes them from what it
+// no longer watches (they would count for good, and twice once watched
+// again), and leaves nothing after SIGTERM.
+func TestRestartNarrowerRemovesDeadFilters(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ag")
+	topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	common := []string{"--bpf.attach-mode=tc", "--bpf.pin-path=" + pin, "--state.file=" + state, "--log.level=warn"}
+	filters := func(ns, dev string) string {
+		var out strings.Builder
+		for _, dir := range []string{"ingress", "egress"} {
+			b, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", dev, dir).CombinedOutput()
+			out.Write(b)
+		}
+		return out.String()
+	}
+	ag := startProc(t, append(common, "--netns.include=^"+p)...)
+	for _, w := range [][2]string{{p + "b", "eth-d"}, {p + "a", "eth-br"}} {
+		if !strings.Contains(filters(w[0], w[1]), "nsflow") {
+			t.Fatalf("%s %s: no nsflow filter while the first agent runs:\n%s", w[0], w[1], filters(w[0], w[1]))
+		}
+	}
+	ag.cmd.Process.Signal(syscall.SIGKILL)
+	ag.cmd.Wait()
+
+	// Now only a, and there only eth-d.
+	ag = startProc(t, append(common, "--netns.include=^"+p+"a$", "--interface.include=^eth-d$")...)
+	for _, w := range [][2]string{{p + "b", "eth-d"}, {p + "a", "eth-br"}, {p + "sw", "pa"}} {
+		if f := filters(w[0], w[1]); strings.Contains(f, "nsflow") {
+			t.Errorf("%s %s: the dead run's filter is still there:\n%s", w[0], w[1], f)
+		}
+	}
+	if !strings.Contains(filters(p+"a", "eth-d"), "nsflow") {
+		t.Errorf("%s eth-d: not attached", p+"a")
+	}
+	ag.cmd.Process.Signal(syscall.SIGTERM)
+	ag.cmd.Wait()
+	for _, w := range [][2]string{{p + "a", "eth-d"}, {p + "a", "eth-br"}, {p + "b", "eth-d"}} {
+		if f := filters(w[0], w[1]); strings.Contains(f, "nsflow") {
+			t.Errorf("%s %s: a filter left after SIGTERM:\n%s", w[0], w[1], f)
+		}
+	}
+}

@@ -161,7 +161,7 @@ func (a *Attachment) attachTCX() error {
 		if err == nil {
 			var l netlink.Link
 			if l, err = h.LinkByIndex(a.Ifindex); err == nil {
-				err = a.d.removeDeadRunFilters(h, l)
+				_, err = a.d.removeDeadRunFilters(h, l)
 			}
 			h.Close()
 		}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -140,7 +141,7 @@ func (a *Attachment) attachTC() error {
 		}
 		t.progIDs[i] = progID
 	}
-	if err := a.d.removeDeadRunFilters(h, l, t.progIDs[:]...); err != nil {
+	if _, err := a.d.removeDeadRunFilters(h, l, t.progIDs[:]...); err != nil {
 		_ = t.remove(h, l)
 		return err
 	}
@@ -181,18 +182,58 @@ func (d *Datapath) deadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebp
 	return out, nil
 }
 
-// removeDeadRunFilters deletes the deadRunFilters on l.
-func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) error {
+// removeDeadRunFilters deletes the deadRunFilters on l and returns how
+// many.
+func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) (int, error) {
 	dead, err := d.deadRunFilters(h, l, keep...)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	for _, bf := range dead {
+	for i, bf := range dead {
 		if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("remove the tc filter of a run that died (handle %#x): %w", bf.Handle, err)
+			return i, fmt.Errorf("remove the tc filter of a run that died (handle %#x): %w", bf.Handle, err)
 		}
 	}
-	return nil
+	return len(dead), nil
+}
+
+// RemoveDeadRunFilters removes the tc filters that a run that died left
+// counting into this datapath's pinned tables (see deadRunFilters) from
+// the interfaces with the given indexes (all, for nil) of the namespace
+// at netnsPath, which must still be the one with inode ino. It returns
+// how many it removed. Attach replaces such filters in one step on the
+// interfaces it attaches to; this is for the others (an agent restarted
+// with narrower filters), where they would go on counting, and count
+// every packet twice once the interface is watched again.
+func (d *Datapath) RemoveDeadRunFilters(netnsPath string, ino uint64, ifindexes []int) (int, error) {
+	if d.portTableID == 0 {
+		return 0, nil
+	}
+	removed := 0
+	err := nsenter.DoInode(netnsPath, ino, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer h.Close()
+		links, err := h.LinkList()
+		if err != nil {
+			return fmt.Errorf("list interfaces: %w", err)
+		}
+		var errs []error
+		for _, l := range links {
+			if ifindexes != nil && !slices.Contains(ifindexes, l.Attrs().Index) {
+				continue
+			}
+			n, err := d.removeDeadRunFilters(h, l)
+			removed += n
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", l.Attrs().Name, err))
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return removed, err
 }
 
 // progUsesMap reports whether the program with id uses the map with id m.
