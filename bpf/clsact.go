@@ -220,12 +220,18 @@ func (d *Datapath) RemoveDeadRunFilters(netnsPath string, ino uint64, ifindexes 
 		if err != nil {
 			return fmt.Errorf("list interfaces: %w", err)
 		}
+		// This datapath's own filters are live, not a dead run's: an
+		// interface attached meanwhile keeps them.
+		own, err := d.progIDs()
+		if err != nil {
+			return err
+		}
 		var errs []error
 		for _, l := range links {
 			if ifindexes != nil && !slices.Contains(ifindexes, l.Attrs().Index) {
 				continue
 			}
-			n, err := d.removeDeadRunFilters(h, l)
+			n, err := d.removeDeadRunFilters(h, l, own...)
 			removed += n
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", l.Attrs().Name, err))
@@ -234,6 +240,23 @@ func (d *Datapath) RemoveDeadRunFilters(netnsPath string, ino uint64, ifindexes 
 		return errors.Join(errs...)
 	})
 	return removed, err
+}
+
+// progIDs are the IDs of this datapath's programs.
+func (d *Datapath) progIDs() ([]ebpf.ProgramID, error) {
+	var ids []ebpf.ProgramID
+	for _, p := range []*ebpf.Program{d.objs.NsflowIngress, d.objs.NsflowEgress} {
+		info, err := p.Info()
+		if err != nil {
+			return nil, fmt.Errorf("program info: %w", err)
+		}
+		id, ok := info.ID()
+		if !ok {
+			return nil, errors.New("program info: the kernel reports no program ID")
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 // progUsesMap reports whether the program with id uses the map with id m.

@@ -340,3 +340,73 @@ func addOwnFilters(t *testing.T, e *end, handles ...uint32) {
 		return nil
 	})
 }
+
+// TestRemoveDeadRunFilters: the sweep for interfaces a restarted run does
+// not attach to removes a dead run's filters and leaves the live run's own
+// (an interface it attached to meanwhile).
+func TestRemoveDeadRunFilters(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
+	t.Cleanup(func() { RemovePins(dir) })
+	a, b := newTestNS(t), newTestNS(t)
+	ea, eb := vethPair(t, a, b, 7)
+	dead, err := Load(Options{PinPath: dir, MaxFlows: 64, ForceMode: ModeTC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dead.Close() })
+	for _, e := range []*end{ea, eb} {
+		if _, err := dead.Attach(e.NS.Path, e.Ifname); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next, err := Load(Options{PinPath: dir, MaxFlows: 64, ForceMode: ModeTC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close() })
+	if _, err := next.Attach(eb.NS.Path, eb.Ifname); err != nil { // takes the dead filters' place
+		t.Fatal(err)
+	}
+	inode := func(path string) uint64 {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	for _, tc := range []struct {
+		ns   *testNS
+		want int
+	}{{a, 2}, {b, 0}, {a, 0}} {
+		if n, err := next.RemoveDeadRunFilters(tc.ns.Path, inode(tc.ns.Path), nil); err != nil || n != tc.want {
+			t.Errorf("sweep of %s: %d removed, %v; want %d", tc.ns.Name, n, err, tc.want)
+		}
+	}
+	in, eg := next.Programs()
+	eb.NS.do(t, func() error {
+		l, err := netlink.LinkByName(eb.Ifname)
+		if err != nil {
+			return err
+		}
+		for i, parent := range tcParents {
+			id, ours, err := ownFilter(netlinkHandle(t), l, parent, mustHandle(t, next))
+			if err != nil {
+				return err
+			}
+			if want := []ebpf.ProgramID{progID(t, in), progID(t, eg)}[i]; !ours || id != want {
+				t.Errorf("%s on %#x: filter of program %d (ours %v), want the live run's %d", eb.Ifname, parent, id, ours, want)
+			}
+		}
+		return nil
+	})
+}
+
+func mustHandle(t *testing.T, d *Datapath) uint32 {
+	t.Helper()
+	h, err := d.tcHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
