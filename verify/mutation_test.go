@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/topology"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -416,4 +418,32 @@ func ipOutput(t *testing.T, args ...string) string {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// readForwarding reads an interface whose name has a dot (a VLAN's, say)
+// from its own /proc/sys directory.
+func TestReadForwardingDottedName(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.Name("vd")
+	ip(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ip(t, "-n", ns, "link", "add", "e.1", "type", "veth", "peer", "name", "e2")
+	if out, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/e.1/forwarding").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var got map[string]string
+	err := nsenter.Do("/run/netns/"+ns, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		got, err = readForwarding(links)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["ipv4.conf.e.1.forwarding"] != "1" {
+		t.Errorf("forwarding of e.1: %q (all: %v)", got["ipv4.conf.e.1.forwarding"], got)
+	}
 }

@@ -150,8 +150,12 @@ func takeSnapshot(path string) (*snapshot, error) {
 // namespace: /proc/sys/net shows the namespace of the thread reading it.
 func readForwarding(links []netlink.Link) (map[string]string, error) {
 	out := map[string]string{}
+	// key is FAMILY.conf.IF.NAME; IF is a directory of its own, dots and
+	// all (the dots of sysctl(8)'s notation are slashes only between).
 	read := func(key string, optional bool) error {
-		b, err := os.ReadFile("/proc/sys/net/" + strings.ReplaceAll(key, ".", "/"))
+		fam, rest, _ := strings.Cut(key, ".conf.")
+		dir, name := rest[:strings.LastIndexByte(rest, '.')], rest[strings.LastIndexByte(rest, '.')+1:]
+		b, err := os.ReadFile("/proc/sys/net/" + fam + "/conf/" + dir + "/" + name)
 		switch {
 		case err == nil:
 			out[key] = strings.TrimSpace(string(b))
@@ -166,8 +170,8 @@ func readForwarding(links []netlink.Link) (map[string]string, error) {
 	}
 	for _, l := range links {
 		name := l.Attrs().Name
-		if name == "lo" || strings.Contains(name, ".") {
-			continue // loopback receives nothing to forward; a dot would be a path separator
+		if name == "lo" {
+			continue // loopback receives nothing to forward
 		}
 		if err := read("ipv4.conf."+name+".forwarding", true); err != nil {
 			return nil, err
