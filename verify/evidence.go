@@ -105,7 +105,7 @@ func (m *Model) Classifier() func(k bpf.FlowKey, netns string, holders func(neti
 func (m *Model) violations(flows []Flow, owners func(netip.Addr) []string) []Violation {
 	byPair := map[[2]string]*Violation{}
 	for _, f := range flows {
-		if !slices.Contains(owners(f.Dst), f.Netns) || f.Src.IsLinkLocalUnicast() || !f.Src.IsValid() || f.Src.IsUnspecified() {
+		if !slices.Contains(owners(f.Dst), f.Netns) || isLinkLocal6(f.Src) || !f.Src.IsValid() || f.Src.IsUnspecified() {
 			continue
 		}
 		srcs := owners(f.Src)

@@ -7,6 +7,7 @@ package verify
 
 import (
 	"maps"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -74,7 +75,7 @@ func NewModel(s *topology.Spec) *Model {
 		for _, ifc := range m.ifaces[ns.Name] {
 			m.forward4[ns.Name][ifc.name] = forwarding4(ns.Sysctls, ifc.name)
 			m.forward6[ns.Name][ifc.name] = forwarding6(ns.Sysctls, ifc.name)
-			m.linkLocal[ns.Name][ifc.name] = linkLocal6(ns.Sysctls, ifc.name)
+			m.linkLocal[ns.Name][ifc.name] = hasLinkLocal6(ns.Sysctls, ifc.name, ifc.prefixes)
 		}
 	}
 	for _, ns := range s.Namespaces {
@@ -186,12 +187,7 @@ func forwarding4(sysctls map[string]string, ifc string) bool {
 // larger of conf.all's and the interface's own (which starts as
 // conf.default's).
 func (m *Model) arpIgnore(ns, ifc string) int {
-	var sysctls map[string]string
-	for _, n := range m.spec.Namespaces {
-		if n.Name == ns {
-			sysctls = n.Sysctls
-		}
-	}
+	sysctls := m.sysctls(ns)
 	all, _ := strconv.Atoi(strings.TrimSpace(sysctls["net.ipv4.conf.all.arp_ignore"]))
 	own, ok := sysctls["net.ipv4.conf."+ifc+".arp_ignore"]
 	if !ok {
@@ -201,25 +197,41 @@ func (m *Model) arpIgnore(ns, ifc string) int {
 	return max(all, dev)
 }
 
-// linkLocal6 is whether interface ifc gets an IPv6 link-local address:
-// unless IPv6 is disabled on it or it generates no addresses
-// (addr_gen_mode 1).
-func linkLocal6(sysctls map[string]string, ifc string) bool {
-	return ifaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) != "1" &&
-		ifaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode", ifc) != "1"
+// hasLinkLocal6 is whether interface ifc, with the declared prefixes, has
+// an IPv6 link-local address: not if IPv6 is disabled on it; else if the
+// file declares one, or the kernel makes one, unless addr_gen_mode is 1
+// (none) as conf.default gave it when it was made (the interface's own
+// key is written once it has its address, which stays).
+func hasLinkLocal6(sysctls map[string]string, ifc string, prefixes []netip.Prefix) bool {
+	if ifaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) == "1" {
+		return false
+	}
+	return slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return isLinkLocal6(p.Addr()) }) ||
+		namespaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode") != "1"
 }
 
+// isLinkLocal6 reports an IPv6 link-local address (fe80::/10), which is
+// never routed. (IPv4's 169.254.0.0/16 is routed like any subnet.)
+func isLinkLocal6(a netip.Addr) bool { return a.Is6() && a.IsLinkLocalUnicast() }
+
 // ifaceSysctl is the value the file's sysctls give the per-interface key
-// pre+ifc+post on interface ifc ("" for the kernel's default). The
-// namespace-wide keys are written, in key order, when the namespace is
-// made, before its interfaces: conf.all (and an alias such as
-// ip_forward) sets conf.default too, and each new interface starts with
-// conf.default's value; then the interface's own key, written once it
-// exists, has the last word.
+// pre+ifc+post on interface ifc ("" for the kernel's default): the
+// interface's own key, written once it exists, else what it started
+// with (namespaceSysctl).
 func ifaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...string) string {
 	if v, ok := sysctls[pre+ifc+post]; ok {
 		return strings.TrimSpace(v)
 	}
+	return namespaceSysctl(sysctls, pre, post, aliases...)
+}
+
+// namespaceSysctl is the value a new interface starts with. The
+// namespace-wide keys are written, in key order, when the namespace is
+// made, before its interfaces: conf.all (and an alias such as ip_forward)
+// sets conf.default too, and each new interface starts with
+// conf.default's value. (nsflow sets the keys the model reads to the
+// kernel's defaults first, so nothing comes from the host.)
+func namespaceSysctl(sysctls map[string]string, pre, post string, aliases ...string) string {
 	v := ""
 	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
 		if k == pre+"all"+post || k == pre+"default"+post || slices.Contains(aliases, k) {
@@ -230,22 +242,33 @@ func ifaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...st
 }
 
 // forwarding6 is whether IPv6 packets received on interface ifc are
-// forwarded: conf.all.forwarding decides for every interface, and an
-// interface's force_forwarding (kernel 6.17 and later) for itself.
+// forwarded: conf.all.forwarding decides for every interface, and the
+// interface's force_forwarding (kernel 6.17 and later; from
+// conf.default, which conf.all does not set) for itself.
 func forwarding6(sysctls map[string]string, ifc string) bool {
-	return strings.TrimSpace(sysctls["net.ipv6.conf.all.forwarding"]) == "1" ||
-		strings.TrimSpace(sysctls["net.ipv6.conf."+ifc+".force_forwarding"]) == "1"
+	return strings.TrimSpace(sysctls["net.ipv6.conf.all.forwarding"]) == "1" || forceForwarding6(sysctls, ifc)
+}
+
+func forceForwarding6(sysctls map[string]string, ifc string) bool {
+	v, ok := sysctls["net.ipv6.conf."+ifc+".force_forwarding"]
+	if !ok {
+		v = sysctls["net.ipv6.conf.default.force_forwarding"]
+	}
+	return strings.TrimSpace(v) == "1"
+}
+
+// sysctls are the file's sysctls of namespace ns.
+func (m *Model) sysctls(ns string) map[string]string {
+	for _, n := range m.spec.Namespaces {
+		if n.Name == ns {
+			return n.Sysctls
+		}
+	}
+	return nil
 }
 
 // sysctl is the value the file gives key in namespace ns ("" if none).
-func (m *Model) sysctl(ns, key string) string {
-	for _, n := range m.spec.Namespaces {
-		if n.Name == ns {
-			return n.Sysctls[key]
-		}
-	}
-	return ""
-}
+func (m *Model) sysctl(ns, key string) string { return m.sysctls(ns)[key] }
 
 // Addresses returns the declared addresses of namespace ns.
 func (m *Model) Addresses(ns string) []netip.Addr { return m.addrs[ns] }
@@ -318,48 +341,94 @@ func (m *Model) egress(ns, dev string, gw netip.Addr) (l3iface, bool) {
 // source is the address ns sends from when it leaves by ifc towards next
 // hop nh, as the kernel picks it: the interface's address on nh's subnet,
 // else its first one of the family, else any of the namespace's.
-func (m *Model) source(ns string, ifc l3iface, nh netip.Addr) (netip.Addr, bool) {
-	for _, p := range ifc.prefixes {
-		if p.Masked().Contains(nh) {
-			return p.Addr(), true
+func (m *Model) source(ns string, ifc l3iface, dst, nh netip.Addr) (netip.Addr, bool) {
+	if nh.Is4() {
+		for _, p := range ifc.prefixes {
+			if p.Masked().Contains(nh) {
+				return p.Addr(), true
+			}
 		}
 	}
+	// IPv6 (RFC 6724 as Linux applies it): the scope of the destination
+	// (no link-local source for a global one), the outgoing interface,
+	// then the longest match with the destination, up to the candidate's
+	// prefix length.
+	best, bestLen := netip.Addr{}, -1
 	for _, p := range ifc.prefixes {
-		if p.Addr().Is4() == nh.Is4() {
-			return p.Addr(), true
+		a := p.Addr()
+		if a.Is4() != nh.Is4() || (!nh.Is4() && isLinkLocal6(a) != isLinkLocal6(dst)) {
+			continue
 		}
+		n := 0
+		if !nh.Is4() {
+			n = min(commonPrefixLen(a, dst), p.Bits())
+		}
+		if n > bestLen {
+			best, bestLen = a, n
+		}
+	}
+	if best.IsValid() {
+		return best, true
 	}
 	for _, a := range m.addrs[ns] {
-		if a.Is4() == nh.Is4() {
+		if a.Is4() == nh.Is4() && !isLinkLocal6(a) {
 			return a, true
 		}
 	}
 	return netip.Addr{}, false
 }
 
-// neighbour finds who answers ARP/NDP for nh on segment seg: a namespace
-// with an interface on the segment that holds nh, preferring the one that
-// holds it on that very interface. Only ARP answers for an address held
-// on another interface, and only with arp_ignore 0 (the default); NDP
-// answers for the receiving interface's addresses alone.
-func (m *Model) neighbour(seg int, nh netip.Addr) (string, bool) {
+// commonPrefixLen is the number of leading bits a and b share.
+func commonPrefixLen(a, b netip.Addr) int {
+	x, y := a.As16(), b.As16()
+	for i := range x {
+		if d := x[i] ^ y[i]; d != 0 {
+			return i*8 + bits.LeadingZeros8(d)
+		}
+	}
+	return 128
+}
+
+// neighbour finds who answers ARP/NDP from asker for nh on segment seg: a
+// namespace with an interface on the segment that holds nh, preferring
+// the one that holds it on that very interface. NDP answers for the
+// receiving interface's addresses alone; ARP as arp_ignore says: 0 (the
+// default) and 3 for any of the namespace's addresses, 1 for the
+// receiving interface's, 2 also only to a sender on that address's
+// subnet, 8 never.
+func (m *Model) neighbour(asker string, seg int, nh netip.Addr) (string, bool) {
 	fallback := ""
 	for _, ns := range m.onSegment(seg) {
+		ignore := 0
+		if nh.Is4() {
+			ignore = m.arpIgnore(ns, m.ifaceOn(ns, seg))
+		}
 		for _, ifc := range m.ifaces[ns] {
-			if ifc.segment != seg {
+			if ifc.segment != seg || ignore == 8 {
 				continue
 			}
 			for _, p := range ifc.prefixes {
-				if p.Addr() == nh {
+				if p.Addr() == nh && (ignore != 2 || m.askerOnSubnet(asker, seg, p)) {
 					return ns, true
 				}
 			}
 		}
-		if fallback == "" && nh.Is4() && m.owns(ns, nh) && m.arpIgnore(ns, m.ifaceOn(ns, seg)) == 0 {
+		if fallback == "" && nh.Is4() && m.owns(ns, nh) && (ignore == 0 || ignore == 3) {
 			fallback = ns
 		}
 	}
 	return fallback, fallback != ""
+}
+
+// askerOnSubnet reports whether asker has an address in p's subnet on its
+// interface on segment seg: arp_ignore 2 answers only such a sender.
+func (m *Model) askerOnSubnet(asker string, seg int, p netip.Prefix) bool {
+	for _, ifc := range m.ifaces[asker] {
+		if ifc.segment == seg && slices.ContainsFunc(ifc.prefixes, func(q netip.Prefix) bool { return p.Masked().Contains(q.Addr()) }) {
+			return true
+		}
+	}
+	return false
 }
 
 // ifaceOn names the interface of ns on segment seg.
@@ -398,7 +467,7 @@ func (m *Model) allNamespaces() []string {
 // dst, and the source address src uses; "" when the packet is lost on the
 // way (no route, no neighbour, a namespace that does not forward).
 func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr) {
-	if dst.IsLinkLocalUnicast() {
+	if isLinkLocal6(dst) {
 		return m.deliverLinkLocal(src, dst), from
 	}
 	cur := src
@@ -411,11 +480,11 @@ func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr)
 			return "", from
 		}
 		if cur == src {
-			if from, ok = m.source(src, ifc, nh); !ok {
+			if from, ok = m.source(src, ifc, dst, nh); !ok {
 				return "", from
 			}
 		}
-		next, ok := m.neighbour(ifc.segment, nh)
+		next, ok := m.neighbour(cur, ifc.segment, nh)
 		if !ok || next == cur {
 			return "", from
 		}
@@ -435,6 +504,9 @@ func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr)
 // addresses are never routed), "" if none.
 func (m *Model) deliverLinkLocal(src string, dst netip.Addr) string {
 	for _, own := range m.ifaces[src] {
+		if !m.linkLocal[src][own.name] {
+			continue // no link-local address, no fe80::/64 route there
+		}
 		for _, ns := range m.onSegment(own.segment) {
 			for _, ifc := range m.ifaces[ns] {
 				if ifc.segment == own.segment && slices.ContainsFunc(ifc.prefixes, func(p netip.Prefix) bool { return p.Addr() == dst }) {

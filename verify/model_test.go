@@ -86,6 +86,21 @@ func TestCheckIntent(t *testing.T) {
 			setSysctl(s, "b", "net.ipv6.conf.eth0.disable_ipv6", "1")
 			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
 		}, nil},
+		{"deny on a shared segment, addr_gen_mode set too late", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24")
+			setSysctl(s, "b", "net.ipv6.conf.eth0.addr_gen_mode", "1") // the address is made before it is written
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment"}},
+		{"deny on a shared segment, no addresses generated", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24")
+			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+		}, nil},
+		{"deny on a shared segment, a declared link-local address", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24", "fe80::b/64")
+			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment"}},
 		{"deny on a shared segment without IPv6 in the sender", func(s *topology.Spec) {
 			moveToSubnet(s, "b", "198.18.9.2/24")
 			setSysctl(s, "a", "net.ipv6.conf.all.disable_ipv6", "1")
@@ -245,6 +260,64 @@ func TestForwarding4(t *testing.T) {
 	}
 }
 
+// IPv6 forwards on conf.all.forwarding, or on the receiving interface's
+// force_forwarding, which it takes from conf.default.
+func TestForwarding6(t *testing.T) {
+	for _, tc := range []struct {
+		sysctls map[string]string
+		want    bool
+	}{
+		{nil, false},
+		{map[string]string{"net.ipv6.conf.all.forwarding": "1"}, true},
+		{map[string]string{"net.ipv6.conf.default.forwarding": "1"}, false},
+		{map[string]string{"net.ipv6.conf.eth0.forwarding": "1"}, false},
+		{map[string]string{"net.ipv6.conf.default.force_forwarding": "1"}, true},
+		{map[string]string{"net.ipv6.conf.default.force_forwarding": "1", "net.ipv6.conf.eth0.force_forwarding": "0"}, false},
+		{map[string]string{"net.ipv6.conf.eth0.force_forwarding": "1"}, true},
+		{map[string]string{"net.ipv6.conf.eth1.force_forwarding": "1"}, false},
+	} {
+		if got := forwarding6(tc.sysctls, "eth0"); got != tc.want {
+			t.Errorf("forwarding6(%v, eth0) = %v, want %v", tc.sysctls, got, tc.want)
+		}
+	}
+}
+
+// IPv6 sends from an address of the destination's scope, the longest
+// match with it; IPv4's 169.254.0.0/16 is a subnet like any other.
+func TestModelSourceScopes(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: t
+namespaces:
+  - name: a
+  - name: b
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: ["fe80::2/64", "fd00:0:0:7::2/64", "fd00:0:0:8::2/64", 169.254.10.1/24]}
+      - {namespace: b, interface: eth0, addresses: ["fd00:0:0:7::1/64", "fd00:0:0:8::1/64", 169.254.10.2/24]}
+isolation:
+  allow: [{from: [a], to: [b]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m := NewModel(s)
+	if err := m.CheckIntent(); err != nil {
+		t.Errorf("CheckIntent: %v", err)
+	}
+	for dst, want := range map[string]string{"fd00:0:0:8::1": "fd00:0:0:8::2", "fd00:0:0:7::1": "fd00:0:0:7::2", "169.254.10.2": "169.254.10.1"} {
+		to, from := m.Deliver("a", netip.MustParseAddr(dst))
+		if to != "b" || from.String() != want {
+			t.Errorf("Deliver(a, %s) = %s from %s, want b from %s", dst, to, from, want)
+		}
+		if got := m.Answerer("a", netip.MustParseAddr(dst)); got != "b" {
+			t.Errorf("Answerer(a, %s) = %q, want b", dst, got)
+		}
+	}
+}
+
 // The model sends from the address the kernel picks (the one on the next
 // hop's subnet) and forwards as the receiving interface's sysctl says.
 func TestModelSourceAndForwarding(t *testing.T) {
@@ -339,6 +412,11 @@ func TestModelNeighbourFallback(t *testing.T) {
 		{"", "198.18.5.1", "y"},
 		{"", "fd00:0:0:5::1", ""},
 		{"1", "198.18.5.1", ""},
+		{"3", "198.18.5.1", "y"},
+		{"8", "198.18.5.1", ""},
+		{"8", "198.18.4.2", ""},  // not even for the receiving interface's
+		{"2", "198.18.4.2", "y"}, // x is on 198.18.4.0/30
+		{"2", "198.18.5.1", ""},
 	} {
 		s, err := topology.Parse([]byte(onLinkSpec))
 		if err != nil {

@@ -131,7 +131,7 @@ func (e *env) checkAddrs(ns string, s *snapshot, ifnames map[int]string) Check {
 			// none where the file's sysctls leave an interface without.
 			seen[k] = want[k]
 			dev := ifnames[a.LinkIndex]
-			if ll, known := e.model.linkLocal[ns][dev]; known && !ll && ip.IsLinkLocalUnicast() && !want[k] {
+			if ll, known := e.model.linkLocal[ns][dev]; known && !ll && isLinkLocal6(ip) && !want[k] {
 				c.Problems = append(c.Problems, fmt.Sprintf("IPv6 link-local address %s on %s, where the file's sysctls leave none (disable_ipv6 or addr_gen_mode)", ip, dev))
 			}
 			continue
@@ -172,7 +172,7 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 	for _, ifc := range e.model.ifaces[ns] {
 		for _, p := range ifc.prefixes {
 			// Link-local subnet routes are the kernel's, skipped below.
-			if p.Bits() < p.Addr().BitLen() && !p.Addr().IsLinkLocalUnicast() {
+			if p.Bits() < p.Addr().BitLen() && !isLinkLocal6(p.Addr()) {
 				want[p.Masked().String()+" "] = true
 			}
 		}
@@ -192,7 +192,7 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 			ones, _ := r.Dst.Mask.Size()
 			dst = netip.PrefixFrom(ip.Unmap(), ones)
 		}
-		if dst.Addr().IsLinkLocalUnicast() || dst.Addr().IsMulticast() {
+		if isLinkLocal6(dst.Addr()) || dst.Addr().IsMulticast() {
 			continue
 		}
 		gw := ""
@@ -304,7 +304,7 @@ func (e *env) forwarding(ns string, s *snapshot) []string {
 			want bool
 		}{
 			{"ipv4.conf." + ifc.name + ".forwarding", e.model.forward4[ns][ifc.name]},
-			{"ipv6.conf." + ifc.name + ".force_forwarding", strings.TrimSpace(e.model.sysctl(ns, "net.ipv6.conf."+ifc.name+".force_forwarding")) == "1"},
+			{"ipv6.conf." + ifc.name + ".force_forwarding", forceForwarding6(e.model.sysctls(ns), ifc.name)},
 		} {
 			if live, ok := s.forwarding[k.key]; ok && live != on(k.want) {
 				out = append(out, fmt.Sprintf("net.%s is %s, the file's sysctls make it %s", k.key, live, on(k.want)))
@@ -348,7 +348,7 @@ func (e *env) checkNeighs(ns string, s *snapshot, ifnames map[int]string) Check 
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsLoopback() {
+		if isLinkLocal6(ip) || ip.IsMulticast() || ip.IsLoopback() {
 			continue
 		}
 		dev := ifnames[n.LinkIndex]
@@ -366,7 +366,7 @@ func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
 	}
 	// Whoever the model has answer for ip on the segment: the same rule
 	// the reachability it expects relies on.
-	_, ok := e.model.neighbour(e.model.ifaces[ns][i].segment, ip)
+	_, ok := e.model.neighbour(ns, e.model.ifaces[ns][i].segment, ip)
 	return ok
 }
 

@@ -319,7 +319,7 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 // (CheckIntent).
 func (e *env) targets(ns string) (declared, extra []netip.Addr) {
 	for _, a := range e.model.Addresses(ns) {
-		if !a.IsLinkLocalUnicast() {
+		if !isLinkLocal6(a) {
 			declared = append(declared, a)
 		}
 	}
