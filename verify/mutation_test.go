@@ -342,6 +342,36 @@ func TestMutationRewiredVeth(t *testing.T) {
 	}
 }
 
+// A host veth end the file declares without a bridge, put on a bridge of
+// nobody's: what else joins that bridge reaches the namespace behind it.
+func TestMutationHostEndOnForeignBridge(t *testing.T) {
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte(`
+name: he
+namespaces: [{name: a}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.3.1/30]}, {namespace: host, interface: h0, addresses: [198.18.3.2/30]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upSpec(t, s)
+	br := l.prefix + "fb"
+	t.Cleanup(func() { exec.Command("ip", "link", "del", br).Run() })
+	ip(t, "link", "add", br, "type", "bridge")
+	ip(t, "link", "set", l.prefix+"h0", "master", br)
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack a interfaces")
+	for _, c := range rep.Stack {
+		if c.Kind == "interfaces" && !c.Pass {
+			want := "host:" + l.prefix + "h0 is a port of " + br + ", which the file does not make it"
+			if !slices.Contains(c.Problems, want) {
+				t.Errorf("%s interfaces: %q, want %q", c.Netns, c.Problems, want)
+			}
+		}
+	}
+}
+
 // A namespace of nobody's joined to a host bridge the file declares: the
 // namespaces on that bridge are told of the port.
 func TestMutationHostBridgePort(t *testing.T) {

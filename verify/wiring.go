@@ -59,10 +59,21 @@ func (e *env) wiring(snaps map[string]*snapshot, host *snapshot) map[string][]st
 			if l.Type() != "veth" || peer == nil || !e.peers(ifc.Namespace, l, ifc.PeerNamespace, peer) {
 				report(ifc, "%s is not the peer of %s", where(ifc.Namespace, ifc.Name), where(ifc.PeerNamespace, ifc.PeerName))
 			}
-			if ifc.Master != "" {
+			switch {
+			case ifc.Master != "":
 				if br := link(ifc.Namespace, ifc.Master); br == nil || l.Attrs().MasterIndex != br.Attrs().Index {
 					report(ifc, "%s is not a port of bridge %s", where(ifc.Namespace, ifc.Name), ifc.Master)
 				}
+			case l.Attrs().MasterIndex != 0:
+				// Enslaved to a bridge (docker0, say) the file does not
+				// give it: whatever else is on that bridge reaches it.
+				master := fmt.Sprintf("index %d", l.Attrs().MasterIndex)
+				for _, m := range snap(ifc.Namespace).links {
+					if m.Attrs().Index == l.Attrs().MasterIndex {
+						master = m.Attrs().Name
+					}
+				}
+				report(ifc, "%s is a port of %s, which the file does not make it", where(ifc.Namespace, ifc.Name), master)
 			}
 		case "bridge":
 			var declared []string
