@@ -159,6 +159,30 @@ func TestMutationPolicyRouting(t *testing.T) {
 	}
 }
 
+// The route leak of TestMutationRouteLeak put in the local table, which
+// the kernel looks up first, and a rule that claims to be the kernel's:
+// the routes check names both.
+func TestMutationLocalTableRoute(t *testing.T) {
+	l := upLab(t, nil)
+	ip(t, "-n", l.ns("b"), "route", "add", "198.18.2.0/24", "via", "198.18.1.254", "table", "local")
+	ip(t, "-n", l.ns("b"), "-6", "route", "add", "fd00:0:0:2::/64", "via", "fd00:0:0:1::fe", "table", "local")
+	ip(t, "-n", l.ns("b"), "rule", "add", "pref", "200", "ipproto", "tcp", "dport", "9", "lookup", "main", "protocol", "kernel")
+	rep := l.run(t, Options{})
+	want := slices.Concat(cells("b>c", all3...), cells("b>r", all3...), cells("c>b", all3...), []string{
+		"stack b routes", "ebpf b>c", "ebpf b>r",
+	})
+	l.expectRed(t, rep, want...)
+	for _, c := range rep.Stack {
+		if c.Netns == l.ns("b") && c.Kind == "routes" {
+			for _, w := range []string{"unexpected route 198.18.2.0/24 via 198.18.1.254 dev eth0 in table 255", "policy routing rule 200:"} {
+				if !slices.ContainsFunc(c.Problems, func(p string) bool { return strings.HasPrefix(p, w) }) {
+					t.Errorf("routes check of b lacks %q: %q", w, c.Problems)
+				}
+			}
+		}
+	}
+}
+
 // c's address added in r: a's probes of c are answered by r, and c's
 // traffic to a is answered to r instead of c. The evidence records the
 // packets a sent to c's address that r took.

@@ -120,7 +120,7 @@ func takeSnapshot(path string) (*snapshot, error) {
 			return fmt.Errorf("routes: %w", err)
 		}
 		for _, r := range all {
-			if r.Table != unix.RT_TABLE_MAIN && r.Table != unix.RT_TABLE_LOCAL {
+			if r.Table != unix.RT_TABLE_MAIN && !kernelLocal(r) {
 				s.others = append(s.others, r)
 			}
 		}
@@ -144,6 +144,17 @@ func takeSnapshot(path string) (*snapshot, error) {
 		return err
 	})
 	return s, err
+}
+
+// kernelLocal reports a route of the local table that the kernel makes
+// for an address (local, broadcast, anycast, multicast). Any other route
+// there routes like one of the main table, and is looked up first.
+func kernelLocal(r netlink.Route) bool {
+	switch r.Type {
+	case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_ANYCAST, unix.RTN_MULTICAST:
+		return r.Table == unix.RT_TABLE_LOCAL && r.Protocol == unix.RTPROT_KERNEL
+	}
+	return false
 }
 
 // readForwarding reads the forwarding sysctls of the calling thread's

@@ -222,7 +222,7 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 func (e *env) policyRouting(s *snapshot, ifnames map[int]string) []string {
 	var out []string
 	for _, r := range s.rules {
-		if (r.Family == unix.AF_INET || r.Family == unix.AF_INET6) && r.Protocol != unix.RTPROT_KERNEL {
+		if (r.Family == unix.AF_INET || r.Family == unix.AF_INET6) && !defaultRule(r) {
 			out = append(out, fmt.Sprintf("policy routing rule %s (the topology declares none)", describeRule(r)))
 		}
 	}
@@ -241,6 +241,22 @@ func (e *env) policyRouting(s *snapshot, ifnames map[int]string) []string {
 		out = append(out, fmt.Sprintf("unexpected route %s in table %d", describeRoute(dst, gw, ifnames[r.LinkIndex]), r.Table))
 	}
 	return out
+}
+
+// defaultRule reports one of the rules a new namespace has: from all,
+// lookup local at 0, main at 32766 and (IPv4) default at 32767, with no
+// other selector or action.
+func defaultRule(r netlink.Rule) bool {
+	type rule struct{ prio, table int }
+	defaults := []rule{{0, unix.RT_TABLE_LOCAL}, {32766, unix.RT_TABLE_MAIN}}
+	if r.Family == unix.AF_INET {
+		defaults = append(defaults, rule{32767, unix.RT_TABLE_DEFAULT})
+	}
+	plain := r.Src == nil && r.Dst == nil && r.Mark == 0 && r.Mask == nil && r.Tos == 0 && r.TunID == 0 &&
+		r.Goto <= 0 && r.Flow <= 0 && r.IifName == "" && r.OifName == "" && r.SuppressIfgroup < 0 &&
+		r.SuppressPrefixlen < 0 && !r.Invert && r.Dport == nil && r.Sport == nil && r.IPProto == 0 &&
+		r.UIDRange == nil && (r.Type == 0 || r.Type == unix.FR_ACT_TO_TBL)
+	return plain && slices.Contains(defaults, rule{r.Priority, r.Table})
 }
 
 // describeRule writes a rule roughly as ip rule shows it.
