@@ -157,6 +157,10 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 		return c, fmt.Errorf("namespace %s: loopback up and marked: %w", name, err)
 	}
 	// This thread is in the new namespace: its /proc/sys/net is the new one.
+	// The kernel's defaults first, then the file's.
+	if err := writeSysctls(name, baselineSysctls); err != nil {
+		return c, err
+	}
 	if err := writeSysctls(name, sysctls); err != nil {
 		return c, err
 	}
@@ -185,6 +189,22 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	}
 	crashHook("mounted")
 	return c, nil
+}
+
+// baselineSysctls are written into every namespace up creates, before the
+// file's sysctls: a new namespace copies the host's IPv4 conf.all and
+// conf.default (net.core.devconf_inherit_init_net 0), so on a host that
+// forwards (a Docker or Kubernetes node) every namespace would forward
+// too, and answer ARP as the host does, whatever the file says. These are
+// the kernel's own defaults for what decides where packets go.
+var baselineSysctls = map[string]string{
+	"net.ipv4.conf.all.forwarding":     "0", // also conf.default and ip_forward
+	"net.ipv4.conf.all.arp_ignore":     "0",
+	"net.ipv4.conf.default.arp_ignore": "0",
+	"net.ipv4.conf.all.arp_filter":     "0",
+	"net.ipv4.conf.default.arp_filter": "0",
+	"net.ipv4.conf.all.proxy_arp":      "0",
+	"net.ipv4.conf.default.proxy_arp":  "0",
 }
 
 // netnsFilesLock is taken shared by every namespace being created, from

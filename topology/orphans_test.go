@@ -715,7 +715,7 @@ func TestInterfaceSysctls(t *testing.T) {
 name: ifsys
 namespaces:
   - name: a
-    sysctls: {net.ipv4.conf.eth0.arp_ignore: "1", net.ipv6.conf.br0.accept_ra: "0", net.ipv4.conf.default.arp_announce: "2"}
+    sysctls: {net.ipv4.conf.eth0.arp_ignore: "1", net.ipv6.conf.br0.accept_ra: "0", net.ipv4.conf.default.arp_announce: "2", net.ipv4.ip_forward: "1", net.ipv4.conf.default.proxy_arp: "1"}
   - name: b
 bridges: [{name: br0, namespace: a}]
 links:
@@ -731,7 +731,9 @@ links:
 	}
 	// The bridge's name, and so its key, carries the test's prefix.
 	for file, want := range map[string]string{"ipv4/conf/eth0/arp_ignore": "1", "ipv6/conf/" + prefixOf(s) + "br0/accept_ra": "0",
-		"ipv4/conf/default/arp_announce": "2", "ipv4/conf/eth0/arp_announce": "2"} {
+		"ipv4/conf/default/arp_announce": "2", "ipv4/conf/eth0/arp_announce": "2",
+		// The file's values win over the kernel defaults up writes first.
+		"ipv4/conf/eth0/forwarding": "1", "ipv4/conf/eth0/proxy_arp": "1"} {
 		if got := read(a, file); got != want {
 			t.Errorf("%s: %s is %q, want %q", a, file, got, want)
 		}
