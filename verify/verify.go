@@ -74,7 +74,9 @@ type env struct {
 // probes expected to reach that did not, and those that could not run),
 // checks port-space and stack isolation and reads the eBPF evidence. A
 // *SpecError or *EnvError means nothing was verified, and so does
-// ErrInterrupted: ctx ended before the run did.
+// ErrInterrupted: ctx ended before the run did. An interrupted run returns
+// at once; probes still in flight end within the timeout in the
+// background, after the run's lock is released.
 func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	start := time.Now()
 	m := NewModel(s)
