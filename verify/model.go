@@ -199,15 +199,18 @@ func (m *Model) arpIgnore(ns, ifc string) int {
 
 // hasLinkLocal6 is whether interface ifc, with the declared prefixes, has
 // an IPv6 link-local address: not if IPv6 is disabled on it; else if the
-// file declares one, or the kernel makes one, unless addr_gen_mode is 1
-// (none) as conf.default gave it when it was made (the interface's own
-// key is written once it has its address, which stays).
+// file declares one, or the kernel makes one: unless addr_gen_mode is 1
+// (none) as conf.default gave it when it was made. The interface's own
+// key is written once it is up: 1 then removes nothing, another mode
+// makes the address.
 func hasLinkLocal6(sysctls map[string]string, ifc string, prefixes []netip.Prefix) bool {
 	if ifaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) == "1" {
 		return false
 	}
+	own, set := sysctls["net.ipv6.conf."+ifc+".addr_gen_mode"]
 	return slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return isLinkLocal6(p.Addr()) }) ||
-		namespaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode") != "1"
+		namespaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode") != "1" ||
+		set && strings.TrimSpace(own) != "1" // switching to a generating mode makes one at once
 }
 
 // isLinkLocal6 reports an IPv6 link-local address (fe80::/10), which is
@@ -232,13 +235,19 @@ func ifaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...st
 // conf.default's value. (nsflow sets the keys the model reads to the
 // kernel's defaults first, so nothing comes from the host.)
 func namespaceSysctl(sysctls map[string]string, pre, post string, aliases ...string) string {
-	v := ""
+	all, def := "0", "0" // the kernel's defaults, which up writes first
 	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
-		if k == pre+"all"+post || k == pre+"default"+post || slices.Contains(aliases, k) {
-			v = strings.TrimSpace(sysctls[k])
+		v := strings.TrimSpace(sysctls[k])
+		switch {
+		case k == pre+"all"+post || slices.Contains(aliases, k):
+			if v != all { // conf.all passes a change on to conf.default
+				all, def = v, v
+			}
+		case k == pre+"default"+post:
+			def = v
 		}
 	}
-	return v
+	return def
 }
 
 // forwarding6 is whether IPv6 packets received on interface ifc are
@@ -348,34 +357,45 @@ func (m *Model) source(ns string, ifc l3iface, dst, nh netip.Addr) (netip.Addr, 
 				return p.Addr(), true
 			}
 		}
+		for _, p := range ifc.prefixes {
+			if p.Addr().Is4() {
+				return p.Addr(), true
+			}
+		}
+		for _, a := range m.addrs[ns] {
+			if a.Is4() {
+				return a, true
+			}
+		}
+		return netip.Addr{}, false
 	}
 	// IPv6 (RFC 6724 as Linux applies it): the scope of the destination
 	// (no link-local source for a global one), the outgoing interface,
 	// then the longest match with the destination, up to the candidate's
-	// prefix length.
-	best, bestLen := netip.Addr{}, -1
-	for _, p := range ifc.prefixes {
-		a := p.Addr()
-		if a.Is4() != nh.Is4() || (!nh.Is4() && isLinkLocal6(a) != isLinkLocal6(dst)) {
-			continue
+	// prefix length; on a tie, the address added last (the kernel lists
+	// the newest first and keeps the first of equals), which is the last
+	// declared.
+	pick := func(prefixes []netip.Prefix) (netip.Addr, bool) {
+		best, bestLen := netip.Addr{}, -1
+		for _, p := range prefixes {
+			a := p.Addr()
+			if a.Is4() || isLinkLocal6(a) != isLinkLocal6(dst) {
+				continue
+			}
+			if n := min(commonPrefixLen(a, dst), p.Bits()); n >= bestLen {
+				best, bestLen = a, n
+			}
 		}
-		n := 0
-		if !nh.Is4() {
-			n = min(commonPrefixLen(a, dst), p.Bits())
-		}
-		if n > bestLen {
-			best, bestLen = a, n
-		}
+		return best, best.IsValid()
 	}
-	if best.IsValid() {
-		return best, true
+	if a, ok := pick(ifc.prefixes); ok {
+		return a, true
 	}
-	for _, a := range m.addrs[ns] {
-		if a.Is4() == nh.Is4() && !isLinkLocal6(a) {
-			return a, true
-		}
+	var all []netip.Prefix
+	for _, f := range m.ifaces[ns] {
+		all = append(all, f.prefixes...)
 	}
-	return netip.Addr{}, false
+	return pick(all)
 }
 
 // commonPrefixLen is the number of leading bits a and b share.
@@ -392,15 +412,17 @@ func commonPrefixLen(a, b netip.Addr) int {
 // neighbour finds who answers ARP/NDP from asker for nh on segment seg: a
 // namespace with an interface on the segment that holds nh, preferring
 // the one that holds it on that very interface. NDP answers for the
-// receiving interface's addresses alone; ARP as arp_ignore says: 0 (the
-// default) and 3 for any of the namespace's addresses, 1 for the
-// receiving interface's, 2 also only to a sender on that address's
-// subnet, 8 never.
-func (m *Model) neighbour(asker string, seg int, nh netip.Addr) (string, bool) {
+// receiving interface's addresses alone; ARP as arp_ignore says: 1 for the
+// receiving interface's addresses, 2 also only to a sender on that
+// address's subnet, 8 never, any other value (0, the default) for any of
+// the namespace's addresses. learned is a namespace whose address the
+// asker needs no answer for: it learned it from that namespace's own
+// request, which the packet being answered came with.
+func (m *Model) neighbour(asker string, seg int, nh netip.Addr, learned string) (string, bool) {
 	fallback := ""
 	for _, ns := range m.onSegment(seg) {
 		ignore := 0
-		if nh.Is4() {
+		if nh.Is4() && ns != learned {
 			ignore = m.arpIgnore(ns, m.ifaceOn(ns, seg))
 		}
 		for _, ifc := range m.ifaces[ns] {
@@ -413,11 +435,24 @@ func (m *Model) neighbour(asker string, seg int, nh netip.Addr) (string, bool) {
 				}
 			}
 		}
-		if fallback == "" && nh.Is4() && m.owns(ns, nh) && (ignore == 0 || ignore == 3) {
+		if fallback == "" && nh.Is4() && m.owns(ns, nh) && ignore != 1 && ignore != 2 && ignore != 8 {
 			fallback = ns
 		}
 	}
 	return fallback, fallback != ""
+}
+
+// heldOnSegment reports whether a namespace holds ip on its interface on
+// segment seg.
+func (m *Model) heldOnSegment(seg int, ip netip.Addr) bool {
+	for _, ns := range m.onSegment(seg) {
+		for _, ifc := range m.ifaces[ns] {
+			if ifc.segment == seg && slices.ContainsFunc(ifc.prefixes, func(p netip.Prefix) bool { return p.Addr() == ip }) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // askerOnSubnet reports whether asker has an address in p's subnet on its
@@ -467,6 +502,12 @@ func (m *Model) allNamespaces() []string {
 // dst, and the source address src uses; "" when the packet is lost on the
 // way (no route, no neighbour, a namespace that does not forward).
 func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr) {
+	return m.deliver(src, dst, "")
+}
+
+// deliver is Deliver; learned is the namespace whose request is being
+// answered (see neighbour), "" for a request.
+func (m *Model) deliver(src string, dst netip.Addr, learned string) (to string, from netip.Addr) {
 	if isLinkLocal6(dst) {
 		return m.deliverLinkLocal(src, dst), from
 	}
@@ -484,7 +525,7 @@ func (m *Model) Deliver(src string, dst netip.Addr) (to string, from netip.Addr)
 				return "", from
 			}
 		}
-		next, ok := m.neighbour(cur, ifc.segment, nh)
+		next, ok := m.neighbour(cur, ifc.segment, nh, learned)
 		if !ok || next == cur {
 			return "", from
 		}
@@ -543,7 +584,7 @@ func (m *Model) Answerer(src string, dst netip.Addr) string {
 	if to == "" || to == src {
 		return ""
 	}
-	if back, _ := m.Deliver(to, from); back != src {
+	if back, _ := m.deliver(to, from, src); back != src {
 		return ""
 	}
 	return to

@@ -96,6 +96,12 @@ func TestCheckIntent(t *testing.T) {
 			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
 			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
 		}, nil},
+		{"deny on a shared segment, an interface's own mode makes one", func(s *topology.Spec) {
+			moveToSubnet(s, "b", "198.18.9.2/24")
+			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
+			setSysctl(s, "b", "net.ipv6.conf.eth0.addr_gen_mode", "0")
+			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
+		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment"}},
 		{"deny on a shared segment, a declared link-local address", func(s *topology.Spec) {
 			moveToSubnet(s, "b", "198.18.9.2/24", "fe80::b/64")
 			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
@@ -247,8 +253,10 @@ func TestForwarding4(t *testing.T) {
 		{map[string]string{"net.ipv4.ip_forward": "1"}, "eth0", true},
 		{map[string]string{"net.ipv4.conf.all.forwarding": "1"}, "eth0", true},
 		{map[string]string{"net.ipv4.conf.default.forwarding": "1"}, "eth0", true},
-		// ip_forward comes after conf.default in key order and sets it.
-		{map[string]string{"net.ipv4.conf.default.forwarding": "1", "net.ipv4.ip_forward": "0"}, "eth0", false},
+		// ip_forward comes after conf.default in key order, but passes
+		// only a change on to it: 0 changes nothing.
+		{map[string]string{"net.ipv4.conf.default.forwarding": "1", "net.ipv4.ip_forward": "0"}, "eth0", true},
+		{map[string]string{"net.ipv4.conf.all.forwarding": "1", "net.ipv4.conf.default.forwarding": "0"}, "eth0", false},
 		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth1.forwarding": "0"}, "eth1", false},
 		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth1.forwarding": "0"}, "eth0", true},
 		{map[string]string{"net.ipv4.conf.eth1.forwarding": "1"}, "eth1", true},
@@ -413,6 +421,8 @@ func TestModelNeighbourFallback(t *testing.T) {
 		{"", "fd00:0:0:5::1", ""},
 		{"1", "198.18.5.1", ""},
 		{"3", "198.18.5.1", "y"},
+		{"5", "198.18.5.1", "y"}, // 4-7 and above 8 answer as 0 does
+		{"9", "198.18.5.1", "y"},
 		{"8", "198.18.5.1", ""},
 		{"8", "198.18.4.2", ""},  // not even for the receiving interface's
 		{"2", "198.18.4.2", "y"}, // x is on 198.18.4.0/30
@@ -428,5 +438,37 @@ func TestModelNeighbourFallback(t *testing.T) {
 		if got, _ := NewModel(s).Deliver("x", netip.MustParseAddr(tc.addr)); got != tc.want {
 			t.Errorf("arp_ignore %q: Deliver(x, %s) = %q, want %q", tc.arpIgnore, tc.addr, got, tc.want)
 		}
+	}
+}
+
+// A namespace that answers no ARP (arp_ignore 8) still gets answers: the
+// peer learned its address from its own request.
+func TestModelArpIgnoreOfTheAsker(t *testing.T) {
+	s, err := topology.Parse([]byte(onLinkSpec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	setSysctl(s, "x", "net.ipv4.conf.all.arp_ignore", "8")
+	if got := NewModel(s).Answerer("x", netip.MustParseAddr("198.18.4.2")); got != "y" {
+		t.Errorf("Answerer(x, y) = %q, want y", got)
+	}
+}
+
+// IPv6 source: on a tie the last declared address, and with only
+// link-local addresses on the way out, the best of the namespace's others.
+func TestModelSourceV6Ties(t *testing.T) {
+	m := NewModel(&topology.Spec{})
+	ifc := l3iface{prefixes: []netip.Prefix{netip.MustParsePrefix("fd00:e0:1::1/64"), netip.MustParsePrefix("fd00:e0:3::1/64")}}
+	dst := netip.MustParseAddr("fd00:e0:a::5")
+	if got, _ := m.source("n", ifc, dst, netip.MustParseAddr("fd00:e0:1::2")); got.String() != "fd00:e0:3::1" {
+		t.Errorf("tie: source %s, want the last declared fd00:e0:3::1", got)
+	}
+	m.ifaces = map[string][]l3iface{"n": {
+		{name: "u", prefixes: []netip.Prefix{netip.MustParsePrefix("fe80::1/64")}},
+		{name: "a", prefixes: []netip.Prefix{netip.MustParsePrefix("fd00:e0:1::1/64")}},
+		{name: "b", prefixes: []netip.Prefix{netip.MustParsePrefix("fd00:e0:9:ff::1/64")}},
+	}}
+	if got, _ := m.source("n", m.ifaces["n"][0], netip.MustParseAddr("fd00:e0:9::5"), netip.MustParseAddr("fe80::2")); got.String() != "fd00:e0:9:ff::1" {
+		t.Errorf("unnumbered way out: source %s, want fd00:e0:9:ff::1", got)
 	}
 }

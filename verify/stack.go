@@ -221,10 +221,19 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 // leak the main table does not show), and routes in other tables.
 func (e *env) policyRouting(s *snapshot, ifnames map[int]string) []string {
 	var out []string
+	// The netlink package does not report a rule's action (blackhole,
+	// prohibit): a rule shaped like a default one is taken for it once per
+	// family, and a second one is reported.
+	seen := map[[3]int]bool{}
 	for _, r := range s.rules {
-		if (r.Family == unix.AF_INET || r.Family == unix.AF_INET6) && !defaultRule(r) {
+		if r.Family != unix.AF_INET && r.Family != unix.AF_INET6 {
+			continue
+		}
+		k := [3]int{r.Family, r.Priority, r.Table}
+		if !defaultRule(r) || seen[k] {
 			out = append(out, fmt.Sprintf("policy routing rule %s (the topology declares none)", describeRule(r)))
 		}
+		seen[k] = true
 	}
 	for _, r := range s.others {
 		dst := defaultRoute(r.Family)
@@ -255,7 +264,7 @@ func defaultRule(r netlink.Rule) bool {
 	plain := r.Src == nil && r.Dst == nil && r.Mark == 0 && r.Mask == nil && r.Tos == 0 && r.TunID == 0 &&
 		r.Goto <= 0 && r.Flow <= 0 && r.IifName == "" && r.OifName == "" && r.SuppressIfgroup < 0 &&
 		r.SuppressPrefixlen < 0 && !r.Invert && r.Dport == nil && r.Sport == nil && r.IPProto == 0 &&
-		r.UIDRange == nil && (r.Type == 0 || r.Type == unix.FR_ACT_TO_TBL)
+		r.UIDRange == nil
 	return plain && slices.Contains(defaults, rule{r.Priority, r.Table})
 }
 
@@ -287,13 +296,7 @@ func describeRule(r netlink.Rule) string {
 	if r.OifName != "" {
 		d += " oif " + r.OifName
 	}
-	switch r.Type {
-	case 0, unix.FR_ACT_TO_TBL:
-		d += fmt.Sprintf(" lookup %d", r.Table)
-	default:
-		d += fmt.Sprintf(" action %d", r.Type)
-	}
-	return d
+	return d + fmt.Sprintf(" table %d", r.Table)
 }
 
 func ipNetOr(n *net.IPNet, none string) string {
@@ -380,10 +383,13 @@ func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
 	if i < 0 {
 		return false
 	}
-	// Whoever the model has answer for ip on the segment: the same rule
-	// the reachability it expects relies on.
-	_, ok := e.model.neighbour(ns, e.model.ifaces[ns][i].segment, ip)
-	return ok
+	// Whoever the model has answer for ip on the segment, the rule the
+	// reachability it expects relies on, or holds it there.
+	seg := e.model.ifaces[ns][i].segment
+	_, ok := e.model.neighbour(ns, seg, ip, "")
+	// A holder on the segment that does not answer ARP (arp_ignore 8)
+	// still gets an entry: from its own request.
+	return ok || e.model.heldOnSegment(seg, ip)
 }
 
 func checkFirewall(ns string, s *snapshot) Check {
