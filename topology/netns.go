@@ -158,7 +158,7 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	}
 	// This thread is in the new namespace: its /proc/sys/net is the new one.
 	// The kernel's defaults first, then the file's.
-	if err := writeSysctls(name, baselineSysctls); err != nil {
+	if err := writeBaseline(name); err != nil {
 		return c, err
 	}
 	if err := writeSysctls(name, sysctls); err != nil {
@@ -191,20 +191,59 @@ func setupNetns(name, path, marker string, sysctls map[string]string) (c *nsConn
 	return c, nil
 }
 
-// baselineSysctls are written into every namespace up creates, before the
-// file's sysctls: a new namespace copies the host's IPv4 conf.all and
-// conf.default (net.core.devconf_inherit_init_net 0), so on a host that
-// forwards (a Docker or Kubernetes node) every namespace would forward
-// too, and answer ARP as the host does, whatever the file says. These are
-// the kernel's own defaults for what decides where packets go.
-var baselineSysctls = map[string]string{
-	"net.ipv4.conf.all.forwarding":     "0", // also conf.default and ip_forward
-	"net.ipv4.conf.all.arp_ignore":     "0",
-	"net.ipv4.conf.default.arp_ignore": "0",
-	"net.ipv4.conf.all.arp_filter":     "0",
-	"net.ipv4.conf.default.arp_filter": "0",
-	"net.ipv4.conf.all.proxy_arp":      "0",
-	"net.ipv4.conf.default.proxy_arp":  "0",
+// baselineSysctls are the kernel's own defaults of what decides where a
+// namespace's packets go. A new namespace copies the host's IPv4 conf.all
+// and conf.default (and with net.core.devconf_inherit_init_net 1 its IPv6
+// ones), so on a host that forwards (a Docker or Kubernetes node), or
+// filters by reverse path, every namespace would do so too, whatever the
+// file says. up sets them in each namespace it creates, before the file's
+// sysctls (writeBaseline).
+var baselineSysctls = [][2]string{
+	{"net.ipv4.conf.all.forwarding", "0"}, // also ip_forward, and conf.default if it changes
+	{"net.ipv4.conf.default.forwarding", "0"},
+	{"net.ipv4.conf.all.rp_filter", "0"},
+	{"net.ipv4.conf.default.rp_filter", "0"},
+	{"net.ipv4.conf.all.arp_ignore", "0"},
+	{"net.ipv4.conf.default.arp_ignore", "0"},
+	{"net.ipv4.conf.all.arp_announce", "0"},
+	{"net.ipv4.conf.default.arp_announce", "0"},
+	{"net.ipv4.conf.all.arp_filter", "0"},
+	{"net.ipv4.conf.default.arp_filter", "0"},
+	{"net.ipv4.conf.all.proxy_arp", "0"},
+	{"net.ipv4.conf.default.proxy_arp", "0"},
+	{"net.ipv4.conf.all.accept_local", "0"},
+	{"net.ipv4.conf.default.accept_local", "0"},
+	{"net.ipv4.conf.all.route_localnet", "0"},
+	{"net.ipv4.conf.default.route_localnet", "0"},
+	{"net.ipv6.conf.all.forwarding", "0"},
+	{"net.ipv6.conf.default.forwarding", "0"},
+	{"net.ipv6.conf.all.disable_ipv6", "0"},
+	{"net.ipv6.conf.default.disable_ipv6", "0"},
+	{"net.ipv6.conf.default.addr_gen_mode", "0"},
+	{"net.ipv6.conf.default.force_forwarding", "0"}, // kernel 6.17 and later
+}
+
+// writeBaseline sets baselineSysctls in the calling thread's namespace.
+// Only values that differ are written, so a read-only /proc/sys (some
+// containers) fails only where it must; a key the kernel lacks (no IPv6,
+// an older kernel) is skipped.
+func writeBaseline(ns string) error {
+	for _, kv := range baselineSysctls {
+		b, err := os.ReadFile(sysctlFile(kv[0]))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("namespace %s: sysctl %s: %w", ns, kv[0], err)
+		}
+		if sysctlEqual(string(b), kv[1]) {
+			continue
+		}
+		if err := os.WriteFile(sysctlFile(kv[0]), []byte(kv[1]), 0); err != nil {
+			return fmt.Errorf("namespace %s: sysctl %s=%q (the kernel's default; the host's differs): %w", ns, kv[0], kv[1], err)
+		}
+	}
+	return nil
 }
 
 // netnsFilesLock is taken shared by every namespace being created, from

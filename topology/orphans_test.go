@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/internal/nsenter"
+	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -754,5 +756,31 @@ links:
 	}
 	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
 		t.Errorf("up again: %+v, %v", res, err)
+	}
+}
+
+// TestWriteBaseline: what a namespace copies from the host (here set by
+// hand) goes back to the kernel's defaults, and keys already at their
+// default are not written.
+func TestWriteBaseline(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("tb")
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.arp_ignore=2"} {
+		if out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-qw", kv).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", kv, err, out)
+		}
+	}
+	if err := nsenter.Do("/run/netns/"+name, func() error { return writeBaseline(name) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv4.conf.default.forwarding", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.arp_ignore"} {
+		out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-n", k).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "0" {
+			t.Errorf("%s = %q (%v), want 0", k, out, err)
+		}
 	}
 }
