@@ -161,7 +161,9 @@ func (a *Attachment) attachTCX() error {
 		if err == nil {
 			var l netlink.Link
 			if l, err = h.LinkByIndex(a.Ifindex); err == nil {
+				a.d.deadMu.Lock()
 				_, err = a.d.removeDeadRunFilters(h, l)
+				a.d.deadMu.Unlock()
 			}
 			h.Close()
 		}

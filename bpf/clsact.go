@@ -58,6 +58,8 @@ func (d *Datapath) tcHandle() (uint32, error) {
 var tcParents = [2]uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS}
 
 func (a *Attachment) attachTC() error {
+	a.d.deadMu.Lock()
+	defer a.d.deadMu.Unlock()
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // bound to the current thread's namespace
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
@@ -231,7 +233,9 @@ func (d *Datapath) RemoveDeadRunFilters(netnsPath string, ino uint64, ifindexes 
 			if ifindexes != nil && !slices.Contains(ifindexes, l.Attrs().Index) {
 				continue
 			}
+			d.deadMu.Lock()
 			n, err := d.removeDeadRunFilters(h, l, own...)
+			d.deadMu.Unlock()
 			removed += n
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", l.Attrs().Name, err))

@@ -59,6 +59,10 @@ type Datapath struct {
 	// uses it counts into our tables (deadRunFilters). 0 unpinned.
 	portTableID ebpf.MapID
 
+	// deadMu serializes finding and removing a dead run's tc filters with
+	// attaching, which may put our filter in their place (same handle)
+	// between a sweep's listing and its delete.
+	deadMu   sync.Mutex
 	slotMu   sync.Mutex // serializes claiming and freeing port slots
 	genMu    sync.Mutex // serializes bumping the deletion generation
 	genOwed  bool       // a bump failed (under genMu)
