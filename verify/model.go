@@ -276,9 +276,6 @@ func (m *Model) sysctls(ns string) map[string]string {
 	return nil
 }
 
-// sysctl is the value the file gives key in namespace ns ("" if none).
-func (m *Model) sysctl(ns, key string) string { return m.sysctls(ns)[key] }
-
 // Addresses returns the declared addresses of namespace ns.
 func (m *Model) Addresses(ns string) []netip.Addr { return m.addrs[ns] }
 

@@ -330,7 +330,7 @@ func (e *env) forwarding(ns string, s *snapshot) []string {
 			}
 		}
 	}
-	want := strings.TrimSpace(e.model.sysctl(ns, "net.ipv6.conf.all.forwarding")) == "1"
+	want := strings.TrimSpace(e.model.sysctls(ns)["net.ipv6.conf.all.forwarding"]) == "1"
 	if live, ok := s.forwarding["ipv6.conf.all.forwarding"]; ok && live != on(want) {
 		out = append(out, fmt.Sprintf("net.ipv6.conf.all.forwarding is %s, the file's sysctls make it %s", live, on(want)))
 	}
