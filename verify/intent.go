@@ -48,8 +48,8 @@ func (m *Model) CheckIntent() error {
 	}
 	for i, r := range iso.Deny {
 		pairs(r, func(from, to string) {
-			if ifc, ok := m.sharedLinkLocal(from, to); ok {
-				errs = append(errs, fmt.Errorf("isolation.deny[%d]: %s must not reach %s, but they share the L2 segment of %s's %s, where IPv6 link-local addresses reach each other: put them on separate segments or disable IPv6 there (net.ipv6.conf.%s.disable_ipv6: \"1\")", i, from, to, to, ifc, ifc))
+			if ifc, ok := m.sharedSegment(from, to); ok {
+				errs = append(errs, fmt.Errorf("isolation.deny[%d]: %s must not reach %s, but they share the L2 segment of %s's %s, where broadcast, multicast and IPv6 link-local packets reach every stack whatever the subnets: put them on separate segments", i, from, to, to, ifc))
 				return
 			}
 			for _, a := range m.addrs[to] {

@@ -556,16 +556,13 @@ func (m *Model) deliverLinkLocal(src string, dst netip.Addr) string {
 	return ""
 }
 
-// sharedLinkLocal names an interface of to on an L2 segment that from is
-// on too, where both have IPv6 link-local addresses, which reach each
-// other whatever else the file declares.
-func (m *Model) sharedLinkLocal(from, to string) (string, bool) {
+// sharedSegment names an interface of to on an L2 segment that from has
+// an interface on too: the two are not isolated, whatever their subnets
+// (a limited broadcast, a multicast, a link-local packet gets through).
+func (m *Model) sharedSegment(from, to string) (string, bool) {
 	for _, a := range m.ifaces[from] {
-		if !m.linkLocal[from][a.name] {
-			continue
-		}
 		for _, b := range m.ifaces[to] {
-			if b.segment == a.segment && m.linkLocal[to][b.name] {
+			if b.segment == a.segment {
 				return b.name, true
 			}
 		}

@@ -77,42 +77,17 @@ func TestCheckIntent(t *testing.T) {
 			s.Isolation.Groups = map[string][]string{"lan": {"a", "b"}}
 			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"lan"}, To: []string{"r"}})
 		}, []string{"isolation.deny[1]: a must not reach r", "isolation.deny[1]: b must not reach r"}},
+		// Whatever the subnets and IPv6 settings: limited broadcast and
+		// multicast reach every stack on the segment.
 		{"deny on a shared segment without a common subnet", func(s *topology.Spec) {
 			moveToSubnet(s, "b", "198.18.9.2/24", "fd00:0:0:9::2/64")
 			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
-		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment of b's eth0, where IPv6 link-local addresses reach each other"}},
+		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment of b's eth0, where broadcast, multicast and IPv6 link-local packets reach every stack"}},
 		{"deny on a shared segment without IPv6 there", func(s *topology.Spec) {
 			moveToSubnet(s, "b", "198.18.9.2/24")
 			setSysctl(s, "b", "net.ipv6.conf.eth0.disable_ipv6", "1")
 			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
-		}, nil},
-		{"deny on a shared segment, addr_gen_mode set too late", func(s *topology.Spec) {
-			moveToSubnet(s, "b", "198.18.9.2/24")
-			setSysctl(s, "b", "net.ipv6.conf.eth0.addr_gen_mode", "1") // the address is made before it is written
-			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
 		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment"}},
-		{"deny on a shared segment, no addresses generated", func(s *topology.Spec) {
-			moveToSubnet(s, "b", "198.18.9.2/24")
-			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
-			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
-		}, nil},
-		{"deny on a shared segment, an interface's own mode makes one", func(s *topology.Spec) {
-			moveToSubnet(s, "b", "198.18.9.2/24")
-			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
-			setSysctl(s, "b", "net.ipv6.conf.eth0.addr_gen_mode", "0")
-			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
-		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment"}},
-		{"deny on a shared segment, a declared link-local address", func(s *topology.Spec) {
-			moveToSubnet(s, "b", "198.18.9.2/24", "fe80::b/64")
-			setSysctl(s, "b", "net.ipv6.conf.default.addr_gen_mode", "1")
-			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
-		}, []string{"isolation.deny[1]: a must not reach b, but they share the L2 segment"}},
-		{"deny on a shared segment without IPv6 in the sender", func(s *topology.Spec) {
-			moveToSubnet(s, "b", "198.18.9.2/24")
-			setSysctl(s, "a", "net.ipv6.conf.all.disable_ipv6", "1")
-			s.Isolation.Deny = append(s.Isolation.Deny, topology.Rule{From: []string{"a"}, To: []string{"b"}})
-			s.Isolation.Allow = nil // a's IPv6 path to c is gone too
-		}, nil},
 		{"allow when forwarding is off", func(s *topology.Spec) {
 			noForwarding(s, "r")
 			s.Isolation.Allow = []topology.Rule{{From: []string{"a"}, To: []string{"c"}}}
@@ -470,5 +445,30 @@ func TestModelSourceV6Ties(t *testing.T) {
 	}}
 	if got, _ := m.source("n", m.ifaces["n"][0], netip.MustParseAddr("fd00:e0:9::5"), netip.MustParseAddr("fe80::2")); got.String() != "fd00:e0:9:ff::1" {
 		t.Errorf("unnumbered way out: source %s, want fd00:e0:9:ff::1", got)
+	}
+}
+
+// Which interfaces have an IPv6 link-local address, from the sysctls in
+// the order up writes them and the declared addresses.
+func TestHasLinkLocal6(t *testing.T) {
+	ll := []netip.Prefix{netip.MustParsePrefix("fe80::b/64")}
+	for _, tc := range []struct {
+		sysctls  map[string]string
+		declared []netip.Prefix
+		want     bool
+	}{
+		{nil, nil, true},
+		{map[string]string{"net.ipv6.conf.eth0.disable_ipv6": "1"}, ll, false},
+		{map[string]string{"net.ipv6.conf.all.disable_ipv6": "1"}, nil, false},
+		{map[string]string{"net.ipv6.conf.default.addr_gen_mode": "1"}, nil, false},
+		{map[string]string{"net.ipv6.conf.default.addr_gen_mode": "1"}, ll, true},
+		// The interface's own key comes once it is up: 1 removes nothing,
+		{map[string]string{"net.ipv6.conf.eth0.addr_gen_mode": "1"}, nil, true},
+		// another mode makes one.
+		{map[string]string{"net.ipv6.conf.default.addr_gen_mode": "1", "net.ipv6.conf.eth0.addr_gen_mode": "0"}, nil, true},
+	} {
+		if got := hasLinkLocal6(tc.sysctls, "eth0", tc.declared); got != tc.want {
+			t.Errorf("hasLinkLocal6(%v, %v) = %v, want %v", tc.sysctls, tc.declared, got, tc.want)
+		}
 	}
 }
