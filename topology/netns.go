@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -356,3 +357,13 @@ func netnsOwner(c *nsConn) (string, error) {
 // markerFor is the alias nsflow puts on every interface (and namespace
 // loopback) that topology name creates: the proof of ownership for down.
 func markerFor(name string) string { return "nsflow:" + name }
+
+// OwnerOf names the topology that made the namespace whose loopback alias
+// is alias: "" when nsflow did not make it.
+func OwnerOf(alias string) string {
+	owner, _ := strings.CutPrefix(alias, "nsflow:")
+	if owner == alias {
+		return ""
+	}
+	return owner
+}

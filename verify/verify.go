@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/topology"
+	"github.com/vishvananda/netlink"
 )
 
 // DefaultTimeout is how long a probe waits for its answer.
@@ -291,6 +292,19 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 			errs = append(errs, fmt.Errorf("namespace %s: %w (is the topology up?)", ns, err))
 			continue
 		}
+		// Judge only this topology's namespaces: another topology (or
+		// none) may use the name, and its wiring is not this file's.
+		if owner, err := netnsOwner(p); err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
+			continue
+		} else if owner != s.Name {
+			by := "was not made by nsflow topology up"
+			if owner != "" {
+				by = "belongs to topology " + owner
+			}
+			errs = append(errs, fmt.Errorf("namespace %s %s, not to %s (is %s up?)", ns, by, s.Name, s.Name))
+			continue
+		}
 		c, err := bpf.NetnsCookie(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
@@ -311,6 +325,21 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 		return nil, &EnvError{errors.Join(errs...)}
 	}
 	return e, nil
+}
+
+// netnsOwner names the topology that made the namespace at path, from
+// its loopback's alias.
+func netnsOwner(path string) (string, error) {
+	var owner string
+	err := withHandle(path, func(h *netlink.Handle) error {
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("loopback: %w", err)
+		}
+		owner = topology.OwnerOf(lo.Attrs().Alias)
+		return nil
+	})
+	return owner, err
 }
 
 // targets are the addresses probed in ns: the declared ones, whether

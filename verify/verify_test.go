@@ -398,3 +398,29 @@ func TestOnLinkNeighbourIsGreen(t *testing.T) {
 		t.Fatalf("verdict %d, want 0", rep.Verdict())
 	}
 }
+
+// verify judges only its own topology's namespaces: a file whose names
+// lead to another topology's namespaces, or to namespaces nsflow did not
+// make, is an environment error, not a verdict on someone else's wiring.
+func TestVerifyRefusesOtherNamespaces(t *testing.T) {
+	l := upLab(t, nil)
+	other := *l.spec
+	other.Name = l.prefix + "other"
+	_, err := Run(context.Background(), &other, Options{})
+	var env *EnvError
+	if !errors.As(err, &env) || !strings.Contains(err.Error(), "belongs to topology "+l.spec.Name+", not to "+other.Name) {
+		t.Errorf("verify of another file over the lab: %v", err)
+	}
+	plain := testenv.Name("vp")
+	if out, err := exec.Command("ip", "netns", "add", plain).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", plain).Run() })
+	s, err := topology.Parse([]byte("name: " + plain + "\nnamespaces: [{name: " + plain + "}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = Run(context.Background(), s, Options{}); !errors.As(err, &env) || !strings.Contains(err.Error(), "was not made by nsflow topology up") {
+		t.Errorf("verify of a plain namespace: %v", err)
+	}
+}
