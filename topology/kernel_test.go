@@ -1149,3 +1149,32 @@ links:
 		t.Fatalf("last up: %v", err)
 	}
 }
+
+// TestUpRepairsFlushedRoutes: a route without via is on-link (scope link),
+// so after the table is flushed one up puts back both it and the route
+// whose gateway it reaches.
+func TestUpRepairsFlushedRoutes(t *testing.T) {
+	s := prefixedSpec(t, `
+name: flush
+namespaces:
+  - name: a
+    routes: [{to: 198.18.88.0/24, dev: eth0}, {to: default, via: 198.18.88.2}]
+  - name: b
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.88.1/24]}, {namespace: b, interface: eth0, addresses: [198.18.88.2/24]}]
+`)
+	ctx := context.Background()
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a := prefixOf(s) + "a"
+	if out, err := exec.Command("ip", "-n", a, "route", "flush", "table", "main").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatalf("up after the flush: %v", err)
+	}
+	if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
+		t.Errorf("show after the repair: %q, %v", st.Drift, err)
+	}
+}

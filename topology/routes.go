@@ -197,5 +197,10 @@ func (b *builder) nlRoute(c *nsConn, ns string, r Route) (*netlink.Route, error)
 	if is4 {
 		rt.Family = netlink.FAMILY_V4
 	}
+	if r.Via == "" {
+		// On-link, as ip route add ... dev gives it: a gateway behind a
+		// route of global scope is refused ("invalid gateway").
+		rt.Scope = netlink.SCOPE_LINK
+	}
 	return rt, nil
 }
