@@ -1178,3 +1178,28 @@ links:
 		t.Errorf("show after the repair: %q, %v", st.Drift, err)
 	}
 }
+
+// TestUpRightAfterNetnsDelMany: several namespaces on a host bridge
+// deleted at once, then up: the host ends' peers' namespace ids, read
+// before the old namespaces died, may have gone to the new ones.
+func TestUpRightAfterNetnsDelMany(t *testing.T) {
+	spec := "name: nsdelm\nnamespaces: [{name: q0}, {name: q1}, {name: q2}, {name: q3}, {name: q4}, {name: q5}]\nbridges: [{name: hb}]\nlinks:\n"
+	for i := range 6 {
+		spec += fmt.Sprintf("  - endpoints: [{namespace: q%d, interface: eth0, addresses: [198.18.89.%d/24]}, {bridge: hb, interface: h%d}]\n", i, i+1, i)
+	}
+	s := prefixedSpec(t, spec)
+	ctx := context.Background()
+	for i := range 15 {
+		if _, err := Up(ctx, s, Options{}); err != nil {
+			t.Fatalf("up %d: %v", i, err)
+		}
+		for j := range 6 {
+			if out, err := exec.Command("ip", "netns", "del", fmt.Sprintf("%sq%d", prefixOf(s), j)).CombinedOutput(); err != nil {
+				t.Fatalf("ip netns del: %v: %s", err, out)
+			}
+		}
+	}
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatalf("last up: %v", err)
+	}
+}

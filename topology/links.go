@@ -47,6 +47,16 @@ func (b *builder) link(i int) error {
 			ns, c, name, l = lp.sns, lp.sc, lp.se.Interface, sl
 		}
 		lone := fmt.Errorf("interface %s exists in namespace %s but its peer does not: run down first", name, ns)
+		// What preflight read may be stale: the peer's namespace may have
+		// died since, and its id gone to one this run made.
+		switch now, err := c.h.LinkByIndex(l.Attrs().Index); {
+		case isNotFound(err) || err == nil && now.Attrs().Name != name:
+			return b.createLink(lp) // gone with its peer
+		case err != nil:
+			return lp.fail(fmt.Errorf("%w (%w)", lone, err))
+		default:
+			l = now
+		}
 		// A lone end of this topology's own, typically the host end of a
 		// veth whose namespace was just deleted (ip netns del), which the
 		// kernel destroys in the background, is deleted so that the pair
