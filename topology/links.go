@@ -68,6 +68,20 @@ func (b *builder) link(i int) error {
 		if err != nil {
 			return lp.fail(errors.Join(lone, err))
 		}
+		if pns, _, _ := strings.Cut(peer, ":"); peer != "" && b.fresh[pns] {
+			// A namespace this run made holds no end of an older pair:
+			// the id the kernel gave is a dead namespace's, reused. The
+			// lone end goes when that namespace is destroyed.
+			if l, err = waitPeerDying(c, l); err != nil {
+				return lp.fail(err)
+			}
+			if l == nil {
+				return b.createLink(lp)
+			}
+			if peer, err = b.peerInTopology(c, l); err != nil {
+				return lp.fail(errors.Join(lone, err))
+			}
+		}
 		if peer != "" {
 			if pns, pname, _ := strings.Cut(peer, ":"); pns == HostNamespace && slices.Contains(b.orphans.hostIfs, pname) {
 				return lp.fail(fmt.Errorf("interface %s in namespace %s is paired with %s, which the topology owns but no longer declares: run up --prune", name, ns, peer))
