@@ -298,13 +298,15 @@ func (m *Model) forwards(ns, in string, a netip.Addr) bool {
 // lookup is the routing decision in ns for dst: the egress interface and the
 // next hop (dst itself when directly connected). Longest prefix wins, as in
 // the kernel's main table.
-func (m *Model) lookup(ns string, dst netip.Addr) (l3iface, netip.Addr, bool) {
-	best, bestBits := l3iface{}, -1
-	var nh netip.Addr
-	for _, ifc := range m.ifaces[ns] {
-		for _, p := range ifc.prefixes {
+// devRoute tells that the route is a declared one without via: the kernel
+// then sends IPv4 from the interface's first address, not from the one on
+// the destination's subnet.
+func (m *Model) lookup(ns string, dst netip.Addr) (ifc l3iface, nh netip.Addr, devRoute, ok bool) {
+	bestBits := -1
+	for _, f := range m.ifaces[ns] {
+		for _, p := range f.prefixes {
 			if p.Addr().Is4() == dst.Is4() && p.Masked().Contains(dst) && p.Bits() > bestBits {
-				best, bestBits, nh = ifc, p.Bits(), dst
+				ifc, bestBits, nh = f, p.Bits(), dst
 			}
 		}
 	}
@@ -316,13 +318,13 @@ func (m *Model) lookup(ns string, dst netip.Addr) (l3iface, netip.Addr, bool) {
 		if r.via.IsValid() {
 			gw = r.via
 		}
-		ifc, ok := m.egress(ns, r.dev, gw)
-		if !ok {
+		f, found := m.egress(ns, r.dev, gw)
+		if !found {
 			continue
 		}
-		best, bestBits, nh = ifc, r.to.Bits(), gw
+		ifc, bestBits, nh, devRoute = f, r.to.Bits(), gw, !r.via.IsValid()
 	}
-	return best, nh, bestBits >= 0
+	return ifc, nh, devRoute, bestBits >= 0
 }
 
 // egress finds the interface a route leaves by: the named device, or the
@@ -513,12 +515,16 @@ func (m *Model) deliver(src string, dst netip.Addr, learned string) (to string, 
 		if m.owns(cur, dst) {
 			return cur, from
 		}
-		ifc, nh, ok := m.lookup(cur, dst)
+		ifc, nh, devRoute, ok := m.lookup(cur, dst)
 		if !ok {
 			return "", from
 		}
 		if cur == src {
-			if from, ok = m.source(src, ifc, dst, nh); !ok {
+			via := nh
+			if devRoute && dst.Is4() {
+				via = netip.IPv4Unspecified() // no gateway: the first address
+			}
+			if from, ok = m.source(src, ifc, dst, via); !ok {
 				return "", from
 			}
 		}

@@ -472,3 +472,33 @@ func TestHasLinkLocal6(t *testing.T) {
 		}
 	}
 }
+
+// A declared route without via sends IPv4 from the interface's first
+// address, whatever subnet the destination is in: s2, which knows only
+// the second's subnet, cannot answer.
+func TestModelSourceOfDevRoute(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: t
+namespaces:
+  - name: s1
+    routes: [{to: 198.18.171.42/32, dev: eth0}]
+  - name: s2
+links:
+  - endpoints:
+      - {namespace: s1, interface: eth0, addresses: [198.18.171.49/29, 198.18.171.41/29]}
+      - {namespace: s2, interface: eth0, addresses: [198.18.171.42/29]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m := NewModel(s)
+	if to, from := m.Deliver("s1", netip.MustParseAddr("198.18.171.42")); to != "s2" || from.String() != "198.18.171.49" {
+		t.Errorf("Deliver(s1, s2) = %s from %s, want s2 from 198.18.171.49", to, from)
+	}
+	if got := m.Answerer("s1", netip.MustParseAddr("198.18.171.42")); got != "" {
+		t.Errorf("Answerer(s1, s2) = %q, want none: s2 has no way back to 198.18.171.49", got)
+	}
+}
