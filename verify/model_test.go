@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nsflow/nsflow/topology"
+	"golang.org/x/sys/unix"
 )
 
 func TestModelAnswerer(t *testing.T) {
@@ -500,5 +501,20 @@ links:
 	}
 	if got := m.Answerer("s1", netip.MustParseAddr("198.18.171.42")); got != "" {
 		t.Errorf("Answerer(s1, s2) = %q, want none: s2 has no way back to 198.18.171.49", got)
+	}
+}
+
+// A probe that found no source address is blocked when its namespace has
+// no address of the family, and stays an error otherwise.
+func TestNoSource(t *testing.T) {
+	e := &env{observed: map[string][]netip.Addr{"v4only": {netip.MustParseAddr("198.18.0.1")}, "dual": {netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("fd00::2")}}}
+	detail := "connect: " + unix.EADDRNOTAVAIL.Error()
+	probes := []*Probe{
+		{From: "v4only", Addr: netip.MustParseAddr("fd00::9"), Outcome: Failed, Detail: detail},
+		{From: "dual", Addr: netip.MustParseAddr("fd00::9"), Outcome: Failed, Detail: detail},
+	}
+	e.noSource(probes)
+	if probes[0].Outcome != Unreachable || probes[1].Outcome != Failed {
+		t.Errorf("outcomes %s, %s; want unreachable (no IPv6 address), failed", probes[0].Outcome, probes[1].Outcome)
 	}
 }

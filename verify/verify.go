@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultTimeout is how long a probe waits for its answer.
@@ -156,6 +158,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 		return nil, interrupted(ctx)
 	}
 	unjudgeable(rep.Probes, resp)
+	e.noSource(rep.Probes)
 	rep.phase("retry", t)
 	if ctx.Err() != nil {
 		return nil, interrupted(ctx)
@@ -228,6 +231,22 @@ func unjudgeable(probes []*Probe, resp map[string]*Responder) {
 		if b, ok := resp[p.To].silent(p.port, p.Addr); ok {
 			p.Outcome = Failed
 			p.Detail = fmt.Sprintf("%s is held by another process in %s, which need not answer: a timeout proves nothing (probe other ports with isolation.ports)", b, p.To)
+		}
+	}
+}
+
+// noSource reads a probe that could not be sent for want of a source
+// address (EADDRNOTAVAIL) as blocked when its namespace holds no address
+// of the target's family (IPv6 disabled there, say): no packet can leave
+// it. With such an address, the error (ephemeral ports run out, say)
+// stays one.
+func (e *env) noSource(probes []*Probe) {
+	for _, p := range probes {
+		if p.Outcome != Failed || !strings.Contains(p.Detail, unix.EADDRNOTAVAIL.Error()) {
+			continue
+		}
+		if !slices.ContainsFunc(e.observed[p.From], func(a netip.Addr) bool { return a.Is4() == p.Addr.Is4() }) {
+			p.Outcome, p.Detail = Unreachable, fmt.Sprintf("%s has no address of the family to send from", p.From)
 		}
 	}
 }
