@@ -208,8 +208,8 @@ func TestUpRollsBackInjectedFailure(t *testing.T) {
 
 // TestUpRollsBackKernelFailure uses failures the kernel itself reports
 // mid-build: a sysctl that does not exist (while creating namespaces) and
-// an IPv6 address on an interface whose namespace disables IPv6 (while
-// creating links, after host-side veths exist).
+// a value the kernel refuses for the sysctl of an interface (written after the
+// links, host-side veths included, exist).
 func TestUpRollsBackKernelFailure(t *testing.T) {
 	tests := []struct{ name, yaml, want string }{
 		{"unknown sysctl", `
@@ -222,16 +222,16 @@ bridges: [{name: br}]
 links:
   - endpoints: [{namespace: a, interface: eth0}, {bridge: br, interface: pa}]
 `, "sysctl net.ipv4.no_such_sysctl"},
-		{"ipv6 disabled", `
+		{"sysctl value refused", `
 name: rb
 namespaces:
   - {name: a}
-  - {name: b, sysctls: {net.ipv6.conf.default.disable_ipv6: "1"}}
+  - {name: b, sysctls: {net.ipv4.conf.eth0.rp_filter: "strict"}}
 bridges: [{name: br, addresses: ["fd00:77::1/64"]}]
 links:
   - endpoints: [{namespace: a, interface: eth0, addresses: ["fd00:77::10/64"]}, {bridge: br, interface: pa}]
   - endpoints: [{namespace: b, interface: eth0, addresses: ["fd00:77::11/64"]}, {bridge: br, interface: pb}]
-`, "add address fd00:77::11/64"},
+`, "sysctl net.ipv4.conf.eth0.rp_filter"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

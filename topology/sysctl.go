@@ -121,3 +121,36 @@ func (s *Spec) splitSysctls(ns string, sysctls map[string]string) (early, late m
 	}
 	return early, late
 }
+
+// IfaceSysctl is the value the file's sysctls give the per-interface key
+// pre+ifc+post on interface ifc ("" for the kernel's default): the
+// interface's own key, written once it exists, else what it started
+// with (NamespaceSysctl).
+func IfaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...string) string {
+	if v, ok := sysctls[pre+ifc+post]; ok {
+		return strings.TrimSpace(v)
+	}
+	return NamespaceSysctl(sysctls, pre, post, aliases...)
+}
+
+// NamespaceSysctl is the value a new interface starts with. The
+// namespace-wide keys are written, in key order, when up makes the
+// namespace, before its interfaces, after the kernel's defaults
+// (baselineSysctls): conf.all (and an alias such as ip_forward) passes a
+// change on to conf.default, and each new interface starts with
+// conf.default's value.
+func NamespaceSysctl(sysctls map[string]string, pre, post string, aliases ...string) string {
+	all, def := "0", "0" // the kernel's defaults, which up writes first
+	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
+		v := strings.TrimSpace(sysctls[k])
+		switch {
+		case k == pre+"all"+post || slices.Contains(aliases, k):
+			if v != all { // conf.all passes a change on to conf.default
+				all, def = v, v
+			}
+		case k == pre+"default"+post:
+			def = v
+		}
+	}
+	return def
+}

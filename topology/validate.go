@@ -77,6 +77,7 @@ func (v *validator) run() {
 	v.ipv6MTU()
 	v.routes()
 	v.sysctls()
+	v.ipv6Disabled()
 	ns := make(map[string]bool, len(v.namespaces))
 	for n := range v.namespaces {
 		ns[n] = true
@@ -289,13 +290,23 @@ func (v *validator) addresses(uf *unionFind) {
 				len(s.Bridges)+2*i+j, e.Addresses)
 		}
 	}
-	seen := map[netip.Addr]string{}
+	// A link-local address is unique on its link only: fe80::1 may be a
+	// router's on each of its links.
+	type addrKey struct {
+		addr    netip.Addr
+		segment int
+	}
+	seen := map[addrKey]string{}
 	for _, a := range v.addrs {
-		if prev, dup := seen[a.prefix.Addr()]; dup {
+		k := addrKey{a.prefix.Addr(), -1}
+		if a.prefix.Addr().Is6() && a.prefix.Addr().IsLinkLocalUnicast() {
+			k.segment = a.segment
+		}
+		if prev, dup := seen[k]; dup {
 			v.add(a.path, "address %s is already used at %s", a.prefix.Addr(), prev)
 			continue
 		}
-		seen[a.prefix.Addr()] = a.path
+		seen[k] = a.path
 	}
 	// One subnet per segment is enough to find overlaps; comparing the
 	// distinct (segment, subnet) pairs keeps a 1000-namespace star cheap.
@@ -313,9 +324,27 @@ func (v *validator) addresses(uf *unionFind) {
 		}
 	}
 	for i, x := range nets {
+		if x.net.Addr().Is6() && x.net.Addr().IsLinkLocalUnicast() {
+			continue // every link has fe80::/64
+		}
 		for _, y := range nets[:i] {
 			if x.segment != y.segment && x.net.Overlaps(y.net) {
 				v.add(first[x], "subnet %s overlaps %s at %s, which is on a different link or bridge", x.net, y.net, first[y])
+			}
+		}
+	}
+}
+
+// ipv6Disabled rejects IPv6 addresses on an interface where the file's
+// sysctls disable IPv6: the kernel refuses them.
+func (v *validator) ipv6Disabled() {
+	for _, a := range v.addrs {
+		if !a.prefix.Addr().Is6() {
+			continue
+		}
+		for i, n := range v.s.Namespaces {
+			if n.Name == a.ns && IfaceSysctl(n.Sysctls, "net.ipv6.conf.", ".disable_ipv6", a.dev) == "1" {
+				v.add(a.path, "%s is IPv6, and namespaces[%d].sysctls disable IPv6 on %s", a.prefix, i, a.dev)
 			}
 		}
 	}
@@ -454,6 +483,9 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 				v.add(path+".dev", "a link-local gateway (%s) needs dev, the interface to reach it on", a)
 				ok = false
 			}
+		} else if edge := v.subnetEdge(ns, a); ok && edge != "" {
+			v.add(path+".via", "gateway %s is %s, not a host", a, edge)
+			ok = false
 		} else if own := v.ownAddr(ns, a); ok && own != "" {
 			v.add(path+".via", "gateway %s is this namespace's own address (%s): a gateway is a neighbour", a, own)
 			ok = false
@@ -499,6 +531,24 @@ func (v *validator) connected(ns string, to netip.Prefix, dev string) *addrRef {
 
 // onLink reports whether gw is inside a subnet of an interface (dev, or
 // any) in namespace ns and is not that interface's own address.
+// subnetEdge says whether a is the network or broadcast address of an
+// IPv4 subnet of namespace ns ("" if neither).
+func (v *validator) subnetEdge(ns string, a netip.Addr) string {
+	for _, r := range v.addrs {
+		p := r.prefix
+		if r.ns != ns || !p.Addr().Is4() || !a.Is4() || p.Bits() >= 31 || !p.Masked().Contains(a) {
+			continue
+		}
+		switch a {
+		case p.Masked().Addr():
+			return "the network address of " + p.Masked().String()
+		case lastAddr(p):
+			return "the broadcast address of " + p.Masked().String()
+		}
+	}
+	return ""
+}
+
 // ownAddr returns the field path of address a in namespace ns, or "".
 func (v *validator) ownAddr(ns string, a netip.Addr) string {
 	for _, r := range v.addrs {

@@ -269,6 +269,25 @@ namespaces:
   - name: b
 links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/30]}, {namespace: b, interface: e0, addresses: [198.18.0.2/30]}]}]`,
 			[]string{"namespaces[0].routes[0].via: gateway 198.18.0.1 is this namespace's own address (links[0].endpoints[0].addresses[0])"}},
+		{"gateway at a subnet's edge", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: 198.18.4.0/24, via: 198.18.0.255}, {to: 198.18.5.0/24, via: 198.18.0.0}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.0.1/24]}, {namespace: b, interface: e0, addresses: [198.18.0.2/24]}]}]`,
+			[]string{"namespaces[0].routes[0].via: gateway 198.18.0.255 is the broadcast address of 198.18.0.0/24",
+				"namespaces[0].routes[1].via: gateway 198.18.0.0 is the network address of 198.18.0.0/24"}},
+		{"IPv6 address where IPv6 is disabled", `
+name: t
+namespaces:
+  - name: a
+    sysctls: {net.ipv6.conf.e0.disable_ipv6: "1"}
+  - name: b
+    sysctls: {net.ipv6.conf.all.disable_ipv6: "1"}
+links: [{endpoints: [{namespace: a, interface: e0, addresses: ["fd00:1::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00:1::2/64"]}]}]`,
+			[]string{"links[0].endpoints[0].addresses[0]: fd00:1::1/64 is IPv6, and namespaces[0].sysctls disable IPv6 on e0",
+				"links[0].endpoints[1].addresses[0]: fd00:1::2/64 is IPv6, and namespaces[1].sysctls disable IPv6 on e0"}},
 		{"network and broadcast addresses", `
 name: t
 namespaces: [{name: a}, {name: b}]
@@ -420,5 +439,27 @@ links: [{mtu: -5, endpoints: [{namespace: a, interface: e0, addresses: ["fd00::1
 	err = s.Validate()
 	if err == nil || strings.Count(err.Error(), "links[0].mtu") != 1 || !strings.Contains(err.Error(), "links[0].mtu: -5 out of range 68-65535") {
 		t.Errorf("Validate: %v, want one error: -5 out of range", err)
+	}
+}
+
+// A router may have fe80::1 on each of its links, and every link has
+// fe80::/64.
+func TestLinkLocalOnSeveralLinks(t *testing.T) {
+	s, err := Parse([]byte(`
+name: t
+namespaces: [{name: r}, {name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: r, interface: e1, addresses: ["fe80::1/64"]}, {namespace: a, interface: e0, addresses: ["fe80::2/64"]}]
+  - endpoints: [{namespace: r, interface: e2, addresses: ["fe80::1/64"]}, {namespace: b, interface: e0, addresses: ["fe80::2/64"]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	s.Links[0].Endpoints[1].Addresses = []string{"fe80::1/64"} // twice on one link
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "address fe80::1 is already used") {
+		t.Errorf("Validate with fe80::1 twice on a link: %v", err)
 	}
 }

@@ -6,7 +6,6 @@
 package verify
 
 import (
-	"maps"
 	"math/bits"
 	"net/netip"
 	"slices"
@@ -180,7 +179,7 @@ func (m *Model) parseRoute(ns string, r topology.Route) (route, bool) {
 // forwarding4 is whether IPv4 packets received on interface ifc of a
 // namespace with these sysctls are forwarded.
 func forwarding4(sysctls map[string]string, ifc string) bool {
-	return ifaceSysctl(sysctls, "net.ipv4.conf.", ".forwarding", ifc, "net.ipv4.ip_forward") == "1"
+	return topology.IfaceSysctl(sysctls, "net.ipv4.conf.", ".forwarding", ifc, "net.ipv4.ip_forward") == "1"
 }
 
 // arpIgnore is the arp_ignore that applies on interface ifc of ns: the
@@ -204,51 +203,18 @@ func (m *Model) arpIgnore(ns, ifc string) int {
 // key is written once it is up: 1 then removes nothing, another mode
 // makes the address.
 func hasLinkLocal6(sysctls map[string]string, ifc string, prefixes []netip.Prefix) bool {
-	if ifaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) == "1" {
+	if topology.IfaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) == "1" {
 		return false
 	}
 	own, set := sysctls["net.ipv6.conf."+ifc+".addr_gen_mode"]
 	return slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return isLinkLocal6(p.Addr()) }) ||
-		namespaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode") != "1" ||
+		topology.NamespaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode") != "1" ||
 		set && strings.TrimSpace(own) != "1" // switching to a generating mode makes one at once
 }
 
 // isLinkLocal6 reports an IPv6 link-local address (fe80::/10), which is
 // never routed. (IPv4's 169.254.0.0/16 is routed like any subnet.)
 func isLinkLocal6(a netip.Addr) bool { return a.Is6() && a.IsLinkLocalUnicast() }
-
-// ifaceSysctl is the value the file's sysctls give the per-interface key
-// pre+ifc+post on interface ifc ("" for the kernel's default): the
-// interface's own key, written once it exists, else what it started
-// with (namespaceSysctl).
-func ifaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...string) string {
-	if v, ok := sysctls[pre+ifc+post]; ok {
-		return strings.TrimSpace(v)
-	}
-	return namespaceSysctl(sysctls, pre, post, aliases...)
-}
-
-// namespaceSysctl is the value a new interface starts with. The
-// namespace-wide keys are written, in key order, when the namespace is
-// made, before its interfaces: conf.all (and an alias such as ip_forward)
-// sets conf.default too, and each new interface starts with
-// conf.default's value. (nsflow sets the keys the model reads to the
-// kernel's defaults first, so nothing comes from the host.)
-func namespaceSysctl(sysctls map[string]string, pre, post string, aliases ...string) string {
-	all, def := "0", "0" // the kernel's defaults, which up writes first
-	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
-		v := strings.TrimSpace(sysctls[k])
-		switch {
-		case k == pre+"all"+post || slices.Contains(aliases, k):
-			if v != all { // conf.all passes a change on to conf.default
-				all, def = v, v
-			}
-		case k == pre+"default"+post:
-			def = v
-		}
-	}
-	return def
-}
 
 // forwarding6 is whether IPv6 packets received on interface ifc are
 // forwarded: conf.all.forwarding decides for every interface, and the
