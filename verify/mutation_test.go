@@ -276,6 +276,30 @@ func TestMutationFirewallRule(t *testing.T) {
 	l.expectRed(t, rep, "stack a firewall")
 }
 
+// A tc filter in b that redirects what comes in for port 22 (a port the
+// probes do not cover): an undeclared packet filter, which the firewall
+// check names.
+func TestMutationTCFilter(t *testing.T) {
+	l := upLab(t, nil)
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", l.ns("b"), "tc"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("tc %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("qdisc", "add", "dev", "eth0", "clsact")
+	ip("filter", "add", "dev", "eth0", "ingress", "protocol", "ip", "u32", "match", "ip", "dport", "22", "0xffff", "action", "mirred", "egress", "redirect", "dev", "eth0")
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack b firewall")
+	for _, c := range rep.Stack {
+		if c.Netns == l.ns("b") && c.Kind == "firewall" {
+			if !slices.ContainsFunc(c.Problems, func(p string) bool { return strings.HasPrefix(p, "eth0: tc clsact filter u32") }) {
+				t.Errorf("firewall check of b: %q, want the u32 filter", c.Problems)
+			}
+		}
+	}
+}
+
 // A REJECT rule in b's own output sends b a TCP reset as if a had: the
 // refusal proves nothing, so b's TCP probes of a could not be judged
 // (not "reachable"), and the firewall check names the rule.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -26,6 +27,9 @@ type snapshot struct {
 	// other than main and local (which rules could point to).
 	rules  []netlink.Rule
 	others []netlink.Route
+	// foreign are tc, tcx and XDP objects on the interfaces that are not
+	// nsflow's (bpf.Foreign), as "IF: what".
+	foreign []string
 	// forwarding has the forwarding sysctls, by key under net.: IPv4 per
 	// interface, IPv6 conf.all and each interface's force_forwarding
 	// (kernels that have it).
@@ -139,6 +143,15 @@ func takeSnapshot(path string) (*snapshot, error) {
 		}
 		if s.forwarding, err = readForwarding(s.links); err != nil {
 			return err
+		}
+		for _, l := range s.links {
+			fs, err := bpf.Foreign(l.Attrs().Index)
+			if err != nil {
+				return fmt.Errorf("%s: %w", l.Attrs().Name, err)
+			}
+			for _, f := range fs {
+				s.foreign = append(s.foreign, l.Attrs().Name+": "+f)
+			}
 		}
 		s.firewall, err = readFirewall()
 		return err

@@ -392,8 +392,13 @@ func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
 	return ok || e.model.heldOnSegment(seg, ip)
 }
 
+// checkFirewall reports packet filters: netfilter rules and drop
+// policies, and tc, tcx and XDP objects that are not nsflow's.
 func checkFirewall(ns string, s *snapshot) Check {
 	c := Check{Netns: ns, Kind: "firewall"}
+	for _, f := range s.foreign {
+		c.Problems = append(c.Problems, f+" (the topology declares none)")
+	}
 	for _, t := range s.firewall {
 		if t.rules > 0 || len(t.drops) > 0 {
 			c.Problems = append(c.Problems, t.String()+" (the topology declares none)")
