@@ -488,6 +488,7 @@ namespaces:
       - {to: default, via: "fd00:30::2"}
       - {to: 198.18.40.0/24, dev: eth1}
       - {to: 198.18.30.0/24, dev: eth0}
+      - {to: "fd00:30::/64", dev: eth0}
       - {to: "fd00:39::/64", via: "fe80::1", dev: eth0}
   - name: b
     routes:
@@ -525,6 +526,10 @@ func TestRoutesConverge(t *testing.T) {
 	noDrift("after up")
 	if res, err := Up(ctx, s, Options{}); err != nil || !res.Unchanged() {
 		t.Fatalf("second up: %+v, %v", res, err)
+	}
+	// The declared IPv6 subnet route is the kernel's own, not a copy.
+	if out := strings.TrimSpace(ipOut(t, "-n", prefixOf(s)+"a", "-6", "route", "show", "fd00:30::/64")); strings.Count(out, "\n") != 0 {
+		t.Errorf("routes to fd00:30::/64:\n%s\nwant the kernel's only", out)
 	}
 	// 0.0.0.0/0 and ::/0 are the default routes the kernel has: prune
 	// leaves them.

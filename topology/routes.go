@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -201,6 +202,27 @@ func (b *builder) nlRoute(c *nsConn, ns string, r Route) (*netlink.Route, error)
 		// On-link, as ip route add ... dev gives it: a gateway behind a
 		// route of global scope is refused ("invalid gateway").
 		rt.Scope = netlink.SCOPE_LINK
+		// The subnet of one of the device's IPv6 addresses is the
+		// kernel's route already, at metric 256: the same metric makes
+		// the add find it (EEXIST) rather than add a second copy.
+		if !is4 && r.To != "default" && b.connected(ns, r.Dev, netip.MustParsePrefix(r.To)) {
+			rt.Priority = kernelMetric6
+		}
 	}
 	return rt, nil
+}
+
+// kernelMetric6 is the metric of the route the kernel adds for an IPv6
+// address's subnet.
+const kernelMetric6 = 256
+
+// connected reports whether p is the subnet of an address the file gives
+// interface dev of namespace ns.
+func (b *builder) connected(ns, dev string, p netip.Prefix) bool {
+	for _, ifc := range b.s.NamespaceInterfaces(ns) {
+		if ifc.Name == dev && slices.ContainsFunc(ifc.Addresses, func(a netip.Prefix) bool { return a.Masked() == p.Masked() }) {
+			return true
+		}
+	}
+	return false
 }

@@ -445,7 +445,10 @@ func routeState(byIdx map[int]netlink.Link, r netlink.Route) RouteState {
 func hasRoute(live []RouteState, r Route) bool {
 	to := canonicalTo(r.To)
 	for _, l := range live {
-		if l.To == to && l.Metric == 0 && (r.Via == "" && l.Via == "" || r.Via != "" && net.ParseIP(r.Via).Equal(net.ParseIP(l.Via))) && (r.Dev == "" || l.Dev == r.Dev) {
+		// An on-link IPv6 route to an address's subnet is the kernel's,
+		// at its metric.
+		metric := l.Metric == 0 || r.Via == "" && l.Metric == kernelMetric6 && strings.Contains(to, ":")
+		if l.To == to && metric && (r.Via == "" && l.Via == "" || r.Via != "" && net.ParseIP(r.Via).Equal(net.ParseIP(l.Via))) && (r.Dev == "" || l.Dev == r.Dev) {
 			return true
 		}
 	}
