@@ -21,7 +21,7 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 			if p.Proto == "icmp" {
 				continue
 			}
-			for _, lo := range loopbacks {
+			for _, lo := range e.loopbacks(ns) {
 				probes = append(probes, &Probe{From: ns, To: ns, Addr: lo, Port: p.String(), Expect: ns, port: p, Try: 1})
 			}
 		}
@@ -47,7 +47,7 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 			for _, b := range busyOn(resp[ns], p) {
 				c.Info = append(c.Info, b+" was already bound by another process in "+ns)
 			}
-			for range loopbacks {
+			for range e.loopbacks(ns) {
 				pb := probes[i]
 				i++
 				b, silent := resp[ns].silent(p, pb.Addr)
@@ -73,6 +73,15 @@ func (e *env) portSpace(ports []topology.Port, resp map[string]*Responder) []Che
 		}
 	}
 	return out
+}
+
+// loopbacks are the loopback addresses of ns to check its port space on:
+// ::1 only where IPv6 is on.
+func (e *env) loopbacks(ns string) []netip.Addr {
+	if e.noLoopback6[ns] {
+		return loopbacks[:1]
+	}
+	return loopbacks
 }
 
 // busyOn lists the entries of r.Busy ("udp4/8080") that are port p, of

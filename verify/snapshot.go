@@ -67,21 +67,23 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 // heldAddrs lists the addresses of the namespace that are its own to
 // compare and probe: every address, whatever its scope, except loopback
 // and IPv6 link-local ones (see heldAddr).
-func heldAddrs(path string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	err := withHandle(path, func(h *netlink.Handle) error {
+// It also tells whether the namespace has ::1 (not where IPv6 is off).
+func heldAddrs(path string) (held []netip.Addr, loopback6 bool, err error) {
+	err = withHandle(path, func(h *netlink.Handle) error {
 		addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err
 		}
 		for _, a := range addrs {
 			if ip, ok := heldAddr(a); ok {
-				out = append(out, ip)
+				held = append(held, ip)
+			} else if ip == netip.IPv6Loopback() {
+				loopback6 = true
 			}
 		}
 		return nil
 	})
-	return out, err
+	return held, loopback6, err
 }
 
 // heldAddr is the address a holds, and whether the topology must declare

@@ -70,6 +70,8 @@ type env struct {
 	names   map[uint64]string // cookie -> first namespace with it
 	// observed are the addresses each namespace really holds (heldAddr).
 	observed map[string][]netip.Addr
+	// noLoopback6 marks namespaces without ::1 (IPv6 off on lo).
+	noLoopback6 map[string]bool
 }
 
 // Run verifies a topology that is up: it checks intent against the
@@ -299,7 +301,7 @@ func retriable(p *Probe) bool {
 }
 
 func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) {
-	e := &env{model: m, paths: map[string]string{}, cookies: map[string]uint64{}, names: map[uint64]string{}, observed: map[string][]netip.Addr{}}
+	e := &env{model: m, paths: map[string]string{}, cookies: map[string]uint64{}, names: map[uint64]string{}, observed: map[string][]netip.Addr{}, noLoopback6: map[string]bool{}}
 	var errs []error
 	for _, ns := range m.Namespaces {
 		p, ok := paths[ns]
@@ -333,12 +335,15 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 		if _, dup := e.names[c]; !dup {
 			e.names[c] = ns
 		}
-		addrs, err := heldAddrs(p)
+		addrs, lo6, err := heldAddrs(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 			continue
 		}
 		e.observed[ns] = addrs
+		if !lo6 {
+			e.noLoopback6[ns] = true
+		}
 	}
 	if len(errs) > 0 {
 		return nil, &EnvError{errors.Join(errs...)}

@@ -424,3 +424,28 @@ func TestVerifyRefusesOtherNamespaces(t *testing.T) {
 		t.Errorf("verify of a plain namespace: %v", err)
 	}
 }
+
+// A namespace with IPv6 off verifies green: it cannot send IPv6 (blocked,
+// not a probe error) and has no ::1 to check its port space on.
+func TestNamespaceWithoutIPv6IsGreen(t *testing.T) {
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte(`
+name: no6
+namespaces:
+  - name: x
+    sysctls: {net.ipv6.conf.all.disable_ipv6: "1"}
+  - name: y
+links:
+  - endpoints:
+      - {namespace: x, interface: eth0, addresses: [198.18.90.1/24]}
+      - {namespace: y, interface: eth0, addresses: [198.18.90.2/24, "fd00:0:0:90::2/64"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upSpec(t, s)
+	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict %d, want 0", rep.Verdict())
+	}
+}
