@@ -398,6 +398,11 @@ func TestParseRejectsUnknownFields(t *testing.T) {
 		{"name: t\nnamespaces: [{name: a, sysctls: [x]}]", "namespaces[0].sysctls: cannot unmarshal !!seq into a mapping of strings (line 2)"},
 		{"name: t\nnamespaces: [null, {name: a}, {name: a}]", "namespaces[0]: empty entry (line 2)"},
 		{"name: t\nlinks:\n  -\n  - endpoints: []", "links[0]: empty entry (line 3)"},
+		{"name: t\nlinks: [{mtu: [1], endpoints: [{namespace: a, interface: e1, addresses: [198.19.172.1/24]}]}]", "links[0].mtu: cannot unmarshal !!seq into int (line 2)"},
+		{"name: t\nbridges: [{name: b1, mtu: abc}, {name: b2, mtu: abc}]", "bridges[0].mtu: cannot unmarshal !!str `abc` into int (line 2)\nbridges[1].mtu: cannot unmarshal !!str `abc` into int (line 2)"},
+		{"name: t\nnamespaces: [{name: a, routes: [{to: [x], via: 1.2.3.4, dev: [y]}]}]", "namespaces[0].routes[0].to: cannot unmarshal !!seq into string (line 2)\nnamespaces[0].routes[0].dev: cannot unmarshal !!seq into string (line 2)"},
+		{"name: t\nbridges: [{name: a, mtuu: 1}, {name: b, mtuu: 2}]", "bridges[0].mtuu: unknown field (line 2)\nbridges[1].mtuu: unknown field (line 2)"},
+		{"- name: x", "line 1: cannot unmarshal !!seq into a topology file (a mapping of name, namespaces, bridges, links, isolation)"},
 		{"name: t\n---\nname: u", "more than one YAML document: a topology file holds exactly one"},
 		{"", "empty topology file"},
 	} {

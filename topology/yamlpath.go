@@ -3,7 +3,9 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -33,6 +35,7 @@ func namedYAMLErrors(data []byte, err error) error {
 		return err
 	}
 	var out []error
+	used := map[string]bool{} // paths already named: each error gets its own node
 	for _, msg := range te.Errors {
 		m := yamlErrLine.FindStringSubmatch(msg)
 		if m == nil {
@@ -46,18 +49,86 @@ func namedYAMLErrors(data []byte, err error) error {
 			what = goTypeNames.Replace(m[3])
 			match = valueOn(line, m[3])
 		}
-		path, ok := nodePath(&root, line, field, match, "")
+		path, ok := pickNode(nodesOn(&root, line, field, match), typeOf(m[3]), used)
 		if !ok {
-			out = append(out, errors.New(msg))
+			out = append(out, errors.New(goTypeNames.Replace(msg)))
 			continue
 		}
+		used[path] = true
 		out = append(out, fmt.Errorf("%s: %s (line %d)", path, what, line))
 	}
 	return errors.Join(out...)
 }
 
+// yamlErrInto is the Go type a "cannot unmarshal ... into T" names.
+var yamlErrInto = regexp.MustCompile(`into (\S+)$`)
+
+func typeOf(what string) string {
+	if m := yamlErrInto.FindStringSubmatch(what); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// pickNode chooses, of the nodes an error may be about (in document
+// order), the first not named by an earlier error whose field has the Go
+// type the error names; failing that, the deepest not named yet: the
+// decoder reports the innermost node it could not decode, and a flow-style
+// line ({a: 1, b: [x]}) holds several.
+func pickNode(nodes []yamlNode, goType string, used map[string]bool) (string, bool) {
+	keys := fieldsOfType[goType]
+	for _, n := range nodes {
+		if !used[n.path] && slices.Contains(keys, n.key) {
+			return n.path, true
+		}
+	}
+	best, depth := "", -1
+	for _, n := range nodes {
+		if !used[n.path] && n.depth > depth {
+			best, depth = n.path, n.depth
+		}
+	}
+	return best, depth >= 0
+}
+
+// fieldsOfType maps the Go types of the spec's fields, as the decoder
+// names them ("[]string", "topology.Route" for an element), to their keys.
+var fieldsOfType = func() map[string][]string {
+	out := map[string][]string{}
+	seen := map[reflect.Type]bool{}
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || seen[t] {
+			return
+		}
+		seen[t] = true
+		for i := range t.NumField() {
+			f := t.Field(i)
+			key, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if key == "" || key == "-" {
+				continue
+			}
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			out[ft.String()] = append(out[ft.String()], key)
+			if ft.Kind() == reflect.Slice {
+				out[ft.Elem().String()] = append(out[ft.Elem().String()], key)
+			}
+			walk(ft)
+		}
+	}
+	walk(reflect.TypeOf(Spec{}))
+	return out
+}()
+
 // goTypeNames says what the decoder's Go types stand for in the file.
 var goTypeNames = strings.NewReplacer(
+	"into topology.Spec", "into a topology file (a mapping of name, namespaces, bridges, links, isolation)",
 	"into []topology.", "into a list of ", "into topology.", "into a ",
 	"into []string", "into a list of strings", "into map[string]string", "into a mapping of strings",
 	"into map[string][]string", "into a mapping of lists")
@@ -90,47 +161,46 @@ func valueOn(line int, what string) func(*yaml.Node) bool {
 	}
 }
 
-// nodePath finds, under n, the mapping key named field on line, or with
-// field "" the value that match accepts, and returns its path. A line in
-// flow style ({a: 1, b: [x]}) holds several nodes; of those that match,
-// the deepest is the one the decoder means, as it reports the innermost
-// node it could not decode.
-func nodePath(n *yaml.Node, line int, field string, match func(*yaml.Node) bool, path string) (string, bool) {
-	best, depth := "", -1
-	var walk func(n *yaml.Node, path string, d int)
-	found := func(p string, d int) {
-		if d > depth {
-			best, depth = p, d
-		}
-	}
+// yamlNode is a node an error on its line may be about: its path, the
+// key it is under (a list's for its elements) and its depth.
+type yamlNode struct {
+	path, key string
+	depth     int
+}
+
+// nodesOn lists, under n in document order, the mapping keys named field
+// on line, or with field "" the values that match accepts.
+func nodesOn(n *yaml.Node, line int, field string, match func(*yaml.Node) bool) []yamlNode {
+	var out []yamlNode
 	value := func(v *yaml.Node) bool { return field == "" && match(v) }
-	walk = func(n *yaml.Node, path string, d int) {
+	var walk func(n *yaml.Node, path, key string, d int)
+	walk = func(n *yaml.Node, path, key string, d int) {
 		switch n.Kind {
 		case yaml.DocumentNode:
 			for _, c := range n.Content {
-				walk(c, path, d)
+				walk(c, path, key, d)
 			}
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				k, v := n.Content[i], n.Content[i+1]
 				p := strings.TrimPrefix(path+"."+k.Value, ".")
 				if field != "" && k.Line == line && k.Value == field || value(v) {
-					found(p, d+1)
+					out = append(out, yamlNode{p, k.Value, d + 1})
 				}
-				walk(v, p, d+1)
+				walk(v, p, k.Value, d+1)
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
 				p := fmt.Sprintf("%s[%d]", path, i)
 				if value(c) {
-					found(p, d+1)
+					out = append(out, yamlNode{p, key, d + 1})
 				}
-				walk(c, p, d+1)
+				walk(c, p, key, d+1)
 			}
 		}
 	}
-	walk(n, path, 0)
-	return best, depth >= 0
+	walk(n, "", "", 0)
+	return out
 }
 
 // nullEntries reports the empty entries of lists ("- " with nothing, or
