@@ -66,3 +66,20 @@ func logTable(t testing.TB, rep *Report) {
 	rep.WriteTable(&b)
 	t.Log("\n" + b.String())
 }
+
+// upGreen brings the spec up under a unique prefix and verifies it green.
+func upGreen(t *testing.T, spec string) (*lab, *Report) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	s, err := topology.Parse([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upSpec(t, s)
+	rep := l.run(t, Options{})
+	if rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("verdict %d, want 0", rep.Verdict())
+	}
+	return l, rep
+}

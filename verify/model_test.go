@@ -269,7 +269,7 @@ func TestForwarding6(t *testing.T) {
 // IPv6 sends from an address of the destination's scope, the longest
 // match with it; IPv4's 169.254.0.0/16 is a subnet like any other.
 func TestModelSourceScopes(t *testing.T) {
-	s, err := topology.Parse([]byte(`
+	m := modelOf(t, `
 name: t
 namespaces:
   - name: a
@@ -280,14 +280,7 @@ links:
       - {namespace: b, interface: eth0, addresses: ["fd00:0:0:7::1/64", "fd00:0:0:8::1/64", 169.254.10.2/24]}
 isolation:
   allow: [{from: [a], to: [b]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	m := NewModel(s)
+`)
 	if err := m.CheckIntent(); err != nil {
 		t.Errorf("CheckIntent: %v", err)
 	}
@@ -305,7 +298,7 @@ isolation:
 // The model sends from the address the kernel picks (the one on the next
 // hop's subnet) and forwards as the receiving interface's sysctl says.
 func TestModelSourceAndForwarding(t *testing.T) {
-	s, err := topology.Parse([]byte(`
+	m := modelOf(t, `
 name: t
 namespaces:
   - name: m
@@ -322,14 +315,7 @@ links:
   - endpoints:
       - {namespace: n, interface: eth1, addresses: [198.18.9.1/24]}
       - {namespace: r, interface: in2, addresses: [198.18.9.254/24]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	m := NewModel(s)
+`)
 	if to, from := m.Deliver("m", netip.MustParseAddr("198.18.6.129")); to != "n" || from != netip.MustParseAddr("198.18.6.130") {
 		t.Errorf("Deliver(m, 198.18.6.129) = %s from %s, want n from 198.18.6.130", to, from)
 	}
@@ -478,7 +464,7 @@ func TestHasLinkLocal6(t *testing.T) {
 // address, whatever subnet the destination is in: s2, which knows only
 // the second's subnet, cannot answer.
 func TestModelSourceOfDevRoute(t *testing.T) {
-	s, err := topology.Parse([]byte(`
+	m := modelOf(t, `
 name: t
 namespaces:
   - name: s1
@@ -488,14 +474,7 @@ links:
   - endpoints:
       - {namespace: s1, interface: eth0, addresses: [198.18.171.49/29, 198.18.171.41/29]}
       - {namespace: s2, interface: eth0, addresses: [198.18.171.42/29]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	m := NewModel(s)
+`)
 	if to, from := m.Deliver("s1", netip.MustParseAddr("198.18.171.42")); to != "s2" || from.String() != "198.18.171.49" {
 		t.Errorf("Deliver(s1, s2) = %s from %s, want s2 from 198.18.171.49", to, from)
 	}
@@ -517,4 +496,17 @@ func TestNoSource(t *testing.T) {
 	if probes[0].Outcome != Unreachable || probes[1].Outcome != Failed {
 		t.Errorf("outcomes %s, %s; want unreachable (no IPv6 address), failed", probes[0].Outcome, probes[1].Outcome)
 	}
+}
+
+// modelOf parses and validates a spec and returns its model.
+func modelOf(t *testing.T, spec string) *Model {
+	t.Helper()
+	s, err := topology.Parse([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return NewModel(s)
 }

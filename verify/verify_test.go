@@ -345,8 +345,7 @@ func TestDefaultForwardingIsGreen(t *testing.T) {
 // address must be there, its subnet route is the kernel's, and it is not
 // probed: it is reachable only on its own segment.)
 func TestLinkLocalGatewayIsGreen(t *testing.T) {
-	testenv.RequireRoot(t)
-	s, err := topology.Parse([]byte(`
+	_, rep := upGreen(t, `
 name: llgw
 namespaces:
   - name: lr
@@ -366,16 +365,7 @@ isolation:
   allow:
     - {from: [l1], to: [l2]}
     - {from: [l2], to: [l1]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := upSpec(t, s)
-	rep := l.run(t, Options{})
-	if rep.Verdict() != 0 {
-		logTable(t, rep)
-		t.Fatalf("verdict %d, want 0", rep.Verdict())
-	}
+`)
 	for _, p := range rep.Probes {
 		if p.Addr.IsLinkLocalUnicast() {
 			t.Errorf("probed a link-local address: %s -> %s %s", p.From, p.To, p.Addr)
@@ -387,16 +377,7 @@ isolation:
 // verify green: ARP answers for them and NDP does not, as the model says,
 // and the neighbour entry ARP leaves is the one the model expects.
 func TestOnLinkNeighbourIsGreen(t *testing.T) {
-	testenv.RequireRoot(t)
-	s, err := topology.Parse([]byte(onLinkSpec))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := upSpec(t, s)
-	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
-		logTable(t, rep)
-		t.Fatalf("verdict %d, want 0", rep.Verdict())
-	}
+	upGreen(t, onLinkSpec)
 }
 
 // verify judges only its own topology's namespaces: a file whose names
@@ -428,8 +409,7 @@ func TestVerifyRefusesOtherNamespaces(t *testing.T) {
 // A namespace with IPv6 off verifies green: it cannot send IPv6 (blocked,
 // not a probe error) and has no ::1 to check its port space on.
 func TestNamespaceWithoutIPv6IsGreen(t *testing.T) {
-	testenv.RequireRoot(t)
-	s, err := topology.Parse([]byte(`
+	upGreen(t, `
 name: no6
 namespaces:
   - name: x
@@ -439,13 +419,5 @@ links:
   - endpoints:
       - {namespace: x, interface: eth0, addresses: [198.18.90.1/24]}
       - {namespace: y, interface: eth0, addresses: [198.18.90.2/24, "fd00:0:0:90::2/64"]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := upSpec(t, s)
-	if rep := l.run(t, Options{}); rep.Verdict() != 0 {
-		logTable(t, rep)
-		t.Fatalf("verdict %d, want 0", rep.Verdict())
-	}
+`)
 }
