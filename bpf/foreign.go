@@ -4,7 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
+	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -17,7 +18,15 @@ import (
 // programs, tc filters, and qdiscs other than noqueue (a veth's and a
 // bridge's own), clsact and ingress. Any of them can drop, redirect or
 // mirror packets: verify reports them, since a topology declares none.
+// nsflow's are told by the kernel's tag of their instructions (the same
+// for every load of this build), not by name: a filter or program named
+// like ours may do anything, and a tc filter of ours must be
+// direct-action, so that no action of its own runs.
 func Foreign(ifindex int) ([]string, error) {
+	own, err := ownTags()
+	if err != nil {
+		return nil, err
+	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
@@ -40,7 +49,7 @@ func Foreign(ifindex int) ([]string, error) {
 			return nil, fmt.Errorf("tcx programs: %w", err)
 		}
 		for _, p := range res.Programs {
-			if name, ours := ownProgram(p.ID); !ours {
+			if name, ours := ownProgram(p.ID, own); !ours {
 				out = append(out, fmt.Sprintf("%s program %s (id %d)", at, name, p.ID))
 			}
 		}
@@ -63,7 +72,7 @@ func Foreign(ifindex int) ([]string, error) {
 					return nil, err
 				}
 				for _, f := range fs {
-					if bf, ok := f.(*netlink.BpfFilter); ok && bf.Priority == tcPriority && strings.HasPrefix(bf.Name, tcName) {
+					if bf, ok := f.(*netlink.BpfFilter); ok && bf.DirectAction && slices.Contains(own, bf.Tag) {
 						continue
 					}
 					out = append(out, fmt.Sprintf("tc %s filter %s (prio %d, handle %#x)", q.Type(), f.Type(), f.Attrs().Priority, f.Attrs().Handle))
@@ -77,8 +86,8 @@ func Foreign(ifindex int) ([]string, error) {
 }
 
 // ownProgram names the program with id and tells whether it is one of
-// nsflow's (an agent's or a verify run's), by its name.
-func ownProgram(id ebpf.ProgramID) (string, bool) {
+// nsflow's (an agent's or a verify run's): its tag is one of own.
+func ownProgram(id ebpf.ProgramID, own []string) (string, bool) {
 	p, err := ebpf.NewProgramFromID(id)
 	if errors.Is(err, os.ErrNotExist) {
 		return "(gone)", true // detached meanwhile
@@ -91,5 +100,24 @@ func ownProgram(id ebpf.ProgramID) (string, bool) {
 	if err != nil {
 		return fmt.Sprintf("%d", id), false
 	}
-	return info.Name, strings.HasPrefix(info.Name, "nsflow_")
+	return info.Name, slices.Contains(own, info.Tag)
 }
+
+// ownTags are the kernel's tags of this build's programs, from a load of
+// them that is closed at once.
+var ownTags = sync.OnceValues(func() ([]string, error) {
+	d, err := Load(Options{MaxFlows: 64, MaxPorts: 64})
+	if err != nil {
+		return nil, fmt.Errorf("load nsflow's programs to know them: %w", err)
+	}
+	defer d.Close()
+	var tags []string
+	for _, p := range []*ebpf.Program{d.objs.NsflowIngress, d.objs.NsflowEgress} {
+		info, err := p.Info()
+		if err != nil {
+			return nil, fmt.Errorf("program info: %w", err)
+		}
+		tags = append(tags, info.Tag)
+	}
+	return tags, nil
+})

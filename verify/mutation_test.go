@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -296,6 +297,57 @@ func TestMutationTCFilter(t *testing.T) {
 			if !slices.ContainsFunc(c.Problems, func(p string) bool { return strings.HasPrefix(p, "eth0: tc clsact filter u32") }) {
 				t.Errorf("firewall check of b: %q, want the u32 filter", c.Problems)
 			}
+		}
+	}
+}
+
+// A filter running nsflow's own program, without direct-action, with a
+// mirror action: the name and the program say nsflow, what it does does
+// not. And a tc filter on a host bridge port the file declares.
+func TestMutationLookalikeAndHostFilters(t *testing.T) {
+	testenv.RequireRoot(t)
+	l, _ := upGreen(t, `
+name: hf
+namespaces: [{name: a}, {name: b}]
+bridges: [{name: br, addresses: [198.18.3.254/24]}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.3.1/24]}, {bridge: br, interface: pa}]
+  - endpoints: [{namespace: b, interface: eth0, addresses: [198.18.3.2/24]}, {bridge: br, interface: pb}]
+`)
+	obj, err := filepath.Abs("../bpf/nsflow_bpfel.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := func(ns string, args ...string) {
+		t.Helper()
+		cmd := append([]string{"tc"}, args...)
+		if ns != "" {
+			cmd = append([]string{"ip", "netns", "exec", ns}, cmd...)
+		}
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	tc(l.ns("a"), "qdisc", "add", "dev", "eth0", "clsact")
+	// Mirrored to loopback, where they do no harm: only the checks must
+	// turn red, not the probes.
+	tc(l.ns("a"), "filter", "add", "dev", "eth0", "ingress", "prio", "1", "bpf", "obj", obj, "sec", "tc", "action", "mirred", "egress", "mirror", "dev", "lo")
+	port := l.prefix + "pb"
+	t.Cleanup(func() { exec.Command("tc", "qdisc", "del", "dev", port, "clsact").Run() })
+	tc("", "qdisc", "add", "dev", port, "clsact")
+	tc("", "filter", "add", "dev", port, "ingress", "prio", "5", "protocol", "arp", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "lo")
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack a firewall", "stack b firewall")
+	for _, c := range rep.Stack {
+		if c.Kind != "firewall" || c.Pass {
+			continue
+		}
+		want := "host:" + port + ": tc clsact filter u32"
+		if c.Netns == l.ns("a") {
+			want = "eth0: tc clsact filter bpf"
+		}
+		if !slices.ContainsFunc(c.Problems, func(p string) bool { return strings.HasPrefix(p, want) }) {
+			t.Errorf("%s firewall: %q, want %q", c.Netns, c.Problems, want)
 		}
 	}
 }

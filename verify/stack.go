@@ -52,9 +52,10 @@ func (e *env) stack() []Check {
 		}
 		snaps[ns] = s
 	}
-	var wiring map[string][]string
+	var wiring, hostForeign map[string][]string
 	if hostErr == nil {
 		wiring = e.wiring(snaps, host)
+		hostForeign, hostErr = e.hostForeign(host)
 	}
 	for _, ns := range e.model.Namespaces {
 		s := snaps[ns]
@@ -75,7 +76,7 @@ func (e *env) stack() []Check {
 			e.checkAddrs(ns, s, ifnames),
 			e.checkRoutes(ns, s, ifnames),
 			e.checkNeighs(ns, s, ifnames),
-			checkFirewall(ns, s),
+			checkFirewall(ns, s, hostForeign[ns]),
 			checkSockets(ns, s, inodes),
 		)
 	}
@@ -393,11 +394,15 @@ func (e *env) onSegmentOf(ns, dev string, ip netip.Addr) bool {
 }
 
 // checkFirewall reports packet filters: netfilter rules and drop
-// policies, and tc, tcx and XDP objects that are not nsflow's.
-func checkFirewall(ns string, s *snapshot) Check {
+// policies, and tc, tcx and XDP objects that are not nsflow's, its own
+// and those on the host's declared interfaces of its segments.
+func checkFirewall(ns string, s *snapshot, host []string) Check {
 	c := Check{Netns: ns, Kind: "firewall"}
 	for _, f := range s.foreign {
 		c.Problems = append(c.Problems, f+" (the topology declares none)")
+	}
+	for _, f := range host {
+		c.Problems = append(c.Problems, "host:"+f+" (the topology declares none)")
 	}
 	for _, t := range s.firewall {
 		if t.rules > 0 || len(t.drops) > 0 {

@@ -249,7 +249,7 @@ func TestFirewallDropPolicies(t *testing.T) {
 			t.Errorf("%s: drop policies %q, want %q (all tables: %+v)", table, got[table], drops, tables)
 		}
 	}
-	c := checkFirewall(l.ns("b"), &snapshot{firewall: tables})
+	c := checkFirewall(l.ns("b"), &snapshot{firewall: tables}, nil)
 	if c.Pass || len(c.Problems) != 3 {
 		t.Errorf("firewall check: %+v, want the three tables as problems", c)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -163,4 +164,29 @@ func (e *env) openNetns(ns string) (netns.NsHandle, error) {
 		return netns.Get()
 	}
 	return netns.GetFromPath(e.paths[ns])
+}
+
+// hostForeign runs bpf.Foreign on the host interfaces the topology
+// declares (its host bridges and veth ends), the host being the calling
+// thread's namespace, and returns what it finds by the declared
+// namespaces on their segments.
+func (e *env) hostForeign(host *snapshot) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, ifc := range e.model.spec.NamespaceInterfaces(topology.HostNamespace) {
+		for _, l := range host.links {
+			if l.Attrs().Name != ifc.Name {
+				continue
+			}
+			fs, err := bpf.Foreign(l.Attrs().Index)
+			if err != nil {
+				return nil, fmt.Errorf("host:%s: %w", ifc.Name, err)
+			}
+			for _, ns := range e.reporters(ifc) {
+				for _, f := range fs {
+					out[ns] = append(out[ns], ifc.Name+": "+f)
+				}
+			}
+		}
+	}
+	return out, nil
 }
