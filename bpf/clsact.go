@@ -99,18 +99,14 @@ func (a *Attachment) attachTC() error {
 	}
 	// On an error, t.remove takes back what this call added: it matches
 	// only the program IDs in t.progIDs, set once a filter is in place.
+	ids, err := a.d.progIDs()
+	if err != nil {
+		_ = t.remove(h, l)
+		return err
+	}
 	progs := [2]*ebpf.Program{a.d.objs.NsflowIngress, a.d.objs.NsflowEgress}
 	for i, p := range progs {
-		info, err := p.Info()
-		if err != nil {
-			_ = t.remove(h, l)
-			return err
-		}
-		progID, ok := info.ID()
-		if !ok {
-			_ = t.remove(h, l)
-			return errors.New("program info: the kernel reports no program ID")
-		}
+		progID := ids[i]
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{
 				LinkIndex: a.Ifindex,

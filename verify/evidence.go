@@ -10,6 +10,7 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/topology"
+	"github.com/vishvananda/netlink"
 )
 
 // Flow is traffic the datapath saw delivered into a namespace: received
@@ -183,12 +184,16 @@ func startEvidence(e *env) (*evidence, error) {
 			continue
 		}
 		done[e.cookies[ns]] = true
-		s, err := takeSnapshot(e.paths[ns])
+		var links []netlink.Link
+		err := withHandle(e.paths[ns], func(h *netlink.Handle) (err error) {
+			links, err = h.LinkList()
+			return err
+		})
 		if err != nil {
 			ev.close()
-			return nil, err
+			return nil, fmt.Errorf("namespace %s: links: %w", ns, err)
 		}
-		for _, l := range s.links {
+		for _, l := range links {
 			// A bridge port hands what is for the namespace to its
 			// bridge, where it is seen: counting it on the port too
 			// would count it twice.

@@ -112,11 +112,13 @@ func takeSnapshot(path string) (*snapshot, error) {
 		if s.addrs, err = h.AddrList(nil, netlink.FAMILY_ALL); err != nil {
 			return fmt.Errorf("addresses: %w", err)
 		}
-		if s.routes, err = h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE); err != nil {
-			return fmt.Errorf("routes: %w", err)
-		}
 		if s.neighs, err = h.NeighList(0, netlink.FAMILY_ALL); err != nil {
 			return fmt.Errorf("neighbours: %w", err)
+		}
+		if path == "" {
+			// The host: only its links, addresses and listeners are
+			// read (wiring, sockets); its tables are none of ours.
+			return nil
 		}
 		if s.rules, err = h.RuleList(netlink.FAMILY_ALL); err != nil {
 			return fmt.Errorf("routing rules: %w", err)
@@ -126,7 +128,10 @@ func takeSnapshot(path string) (*snapshot, error) {
 			return fmt.Errorf("routes: %w", err)
 		}
 		for _, r := range all {
-			if r.Table != unix.RT_TABLE_MAIN && !kernelLocal(r) {
+			switch {
+			case r.Table == unix.RT_TABLE_MAIN:
+				s.routes = append(s.routes, r)
+			case !kernelLocal(r):
 				s.others = append(s.others, r)
 			}
 		}
@@ -143,15 +148,14 @@ func takeSnapshot(path string) (*snapshot, error) {
 		if s.listeners, err = listListeners(); err != nil {
 			return err
 		}
+		if path == "" {
+			// The host's declared interfaces are checked by hostForeign.
+			return nil
+		}
 		if s.forwarding, err = readForwarding(s.links); err != nil {
 			return err
 		}
-		// The host's own interfaces are none of the topology's business;
-		// its declared ones are checked by hostForeign.
 		for _, l := range s.links {
-			if path == "" {
-				break
-			}
 			fs, err := bpf.Foreign(l.Attrs().Index)
 			if err != nil {
 				return fmt.Errorf("%s: %w", l.Attrs().Name, err)
@@ -181,22 +185,21 @@ func kernelLocal(r netlink.Route) bool {
 // namespace: /proc/sys/net shows the namespace of the thread reading it.
 func readForwarding(links []netlink.Link) (map[string]string, error) {
 	out := map[string]string{}
-	// key is FAMILY.conf.IF.NAME; IF is a directory of its own, dots and
-	// all (the dots of sysctl(8)'s notation are slashes only between).
-	read := func(key string, optional bool) error {
-		fam, rest, _ := strings.Cut(key, ".conf.")
-		dir, name := rest[:strings.LastIndexByte(rest, '.')], rest[strings.LastIndexByte(rest, '.')+1:]
-		b, err := os.ReadFile("/proc/sys/net/" + fam + "/conf/" + dir + "/" + name)
+	// The key is FAMILY.conf.IF.NAME; in /proc/sys IF is one directory,
+	// dots and all. A key the kernel lacks (no IPv6, an older kernel, an
+	// interface gone meanwhile) is left out.
+	read := func(fam, ifc, name string) error {
+		key := fam + ".conf." + ifc + "." + name
+		b, err := os.ReadFile("/proc/sys/net/" + fam + "/conf/" + ifc + "/" + name)
 		switch {
 		case err == nil:
 			out[key] = strings.TrimSpace(string(b))
-		case optional && errors.Is(err, os.ErrNotExist):
-		default:
+		case !errors.Is(err, os.ErrNotExist):
 			return fmt.Errorf("sysctl net.%s: %w", key, err)
 		}
 		return nil
 	}
-	if err := read("ipv6.conf.all.forwarding", true); err != nil {
+	if err := read("ipv6", "all", "forwarding"); err != nil {
 		return nil, err
 	}
 	for _, l := range links {
@@ -204,10 +207,10 @@ func readForwarding(links []netlink.Link) (map[string]string, error) {
 		if name == "lo" {
 			continue // loopback receives nothing to forward
 		}
-		if err := read("ipv4.conf."+name+".forwarding", true); err != nil {
+		if err := read("ipv4", name, "forwarding"); err != nil {
 			return nil, err
 		}
-		if err := read("ipv6.conf."+name+".force_forwarding", true); err != nil {
+		if err := read("ipv6", name, "force_forwarding"); err != nil {
 			return nil, err
 		}
 	}
