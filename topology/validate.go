@@ -342,10 +342,9 @@ func (v *validator) ipv6Disabled() {
 		if !a.prefix.Addr().Is6() {
 			continue
 		}
-		for i, n := range v.s.Namespaces {
-			if n.Name == a.ns && IfaceSysctl(n.Sysctls, "net.ipv6.conf.", ".disable_ipv6", a.dev) == "1" {
-				v.add(a.path, "%s is IPv6, and namespaces[%d].sysctls disable IPv6 on %s", a.prefix, i, a.dev)
-			}
+		i, declared := v.namespaces[a.ns] // not the host's
+		if declared && IfaceSysctl(v.s.Namespaces[i].Sysctls, "net.ipv6.conf.", ".disable_ipv6", a.dev) == "1" {
+			v.add(a.path, "%s is IPv6, and namespaces[%d].sysctls disable IPv6 on %s", a.prefix, i, a.dev)
 		}
 	}
 }
