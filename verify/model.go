@@ -87,6 +87,46 @@ func NewModel(s *topology.Spec) *Model {
 	return m
 }
 
+// FollowLiveOrder orders the addresses of each of ns's interfaces as the
+// kernel holds them (live, in the order an address dump lists them): the
+// order decides the source the kernel picks (see source), and the file's
+// order is the kernel's only until an address is deleted and added again
+// (by hand, or by up repairing it). IPv4 lists primaries first and the
+// model takes the first; IPv6 lists the newest first and the model takes
+// the last declared of equals, so it reverses. Addresses ns does not hold
+// keep their places after the held ones: the stack check reports them.
+func (m *Model) FollowLiveOrder(ns string, live []netip.Addr) {
+	pos := func(a netip.Addr) int {
+		if i := slices.Index(live, a); i >= 0 {
+			return i
+		}
+		return len(live)
+	}
+	for i, ifc := range m.ifaces[ns] {
+		var v4, v6 []netip.Prefix
+		for _, p := range ifc.prefixes {
+			if p.Addr().Is4() {
+				v4 = append(v4, p)
+			} else {
+				v6 = append(v6, p)
+			}
+		}
+		slices.SortStableFunc(v4, func(x, y netip.Prefix) int { return pos(x.Addr()) - pos(y.Addr()) })
+		slices.SortStableFunc(v6, func(x, y netip.Prefix) int { return pos(y.Addr()) - pos(x.Addr()) })
+		// v6 sorted newest last; a missing one (len(live)) went first,
+		// where it loses ties, as the kernel cannot pick it.
+		ordered := make([]netip.Prefix, 0, len(ifc.prefixes))
+		for _, p := range ifc.prefixes {
+			if p.Addr().Is4() {
+				ordered, v4 = append(ordered, v4[0]), v4[1:]
+			} else {
+				ordered, v6 = append(ordered, v6[0]), v6[1:]
+			}
+		}
+		m.ifaces[ns][i].prefixes = ordered
+	}
+}
+
 // segments groups interfaces into L2 domains: the two ends of a veth pair
 // share one, and a bridge shares one with all its ports.
 func (m *Model) segments(ifs []topology.Interface) {

@@ -464,7 +464,18 @@ func TestHasLinkLocal6(t *testing.T) {
 // address, whatever subnet the destination is in: s2, which knows only
 // the second's subnet, cannot answer.
 func TestModelSourceOfDevRoute(t *testing.T) {
-	m := modelOf(t, `
+	m := modelOf(t, devRouteSpec)
+	if to, from := m.Deliver("s1", netip.MustParseAddr("198.18.171.42")); to != "s2" || from.String() != "198.18.171.49" {
+		t.Errorf("Deliver(s1, s2) = %s from %s, want s2 from 198.18.171.49", to, from)
+	}
+	if got := m.Answerer("s1", netip.MustParseAddr("198.18.171.42")); got != "" {
+		t.Errorf("Answerer(s1, s2) = %q, want none: s2 has no way back to 198.18.171.49", got)
+	}
+}
+
+// devRouteSpec: s1 reaches s2 by a dev route, so from its interface's
+// first address, which s2 can answer only if it is .41.
+const devRouteSpec = `
 name: t
 namespaces:
   - name: s1
@@ -474,12 +485,33 @@ links:
   - endpoints:
       - {namespace: s1, interface: eth0, addresses: [198.18.171.49/29, 198.18.171.41/29]}
       - {namespace: s2, interface: eth0, addresses: [198.18.171.42/29]}
+`
+
+// FollowLiveOrder takes the kernel's order of each interface's addresses:
+// IPv4 first-listed first, IPv6 newest (first listed) last, where the
+// model's tie-break looks for it; addresses not held keep their places
+// behind the held ones of their family.
+func TestFollowLiveOrder(t *testing.T) {
+	m := modelOf(t, `
+name: t
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.1.1/24, "fd00:1::1/64", 198.18.2.1/24, "fd00:2::1/64", 198.18.3.1/24, "fd00:3::1/64"]}
+      - {namespace: b, interface: eth0, addresses: [198.18.1.2/24]}
 `)
-	if to, from := m.Deliver("s1", netip.MustParseAddr("198.18.171.42")); to != "s2" || from.String() != "198.18.171.49" {
-		t.Errorf("Deliver(s1, s2) = %s from %s, want s2 from 198.18.171.49", to, from)
+	live := []netip.Addr{
+		netip.MustParseAddr("198.18.2.1"), netip.MustParseAddr("198.18.1.1"), // .3.1 deleted
+		netip.MustParseAddr("fd00:1::1"), netip.MustParseAddr("fd00:3::1"), // newest first; fd00:2::1 deleted
 	}
-	if got := m.Answerer("s1", netip.MustParseAddr("198.18.171.42")); got != "" {
-		t.Errorf("Answerer(s1, s2) = %q, want none: s2 has no way back to 198.18.171.49", got)
+	m.FollowLiveOrder("a", live)
+	var got []string
+	for _, p := range m.ifaces["a"][0].prefixes {
+		got = append(got, p.Addr().String())
+	}
+	want := []string{"198.18.2.1", "fd00:2::1", "198.18.1.1", "fd00:3::1", "198.18.3.1", "fd00:1::1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("order %v, want %v", got, want)
 	}
 }
 

@@ -341,6 +341,7 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 			continue
 		}
 		e.observed[ns] = addrs
+		m.FollowLiveOrder(ns, addrs)
 		if !lo6 {
 			e.noLoopback6[ns] = true
 		}

@@ -421,3 +421,39 @@ links:
       - {namespace: y, interface: eth0, addresses: [198.18.90.2/24, "fd00:0:0:90::2/64"]}
 `)
 }
+
+// After up repairs an address deleted by hand, the kernel holds the
+// addresses in another order than the file's, and sends from another one:
+// verify follows the kernel's order. s1 reaches s2 by a dev route, from
+// its interface's first address: .49 as declared (s2 cannot answer it),
+// .41 once .49 was deleted and added again (s2 answers).
+func TestAddressOrderAfterRepair(t *testing.T) {
+	l, rep := upGreen(t, devRouteSpec)
+	dst := "198.18.171.42"
+	expect := func(rep *Report) (n int, want string) {
+		for _, p := range rep.Probes {
+			if p.From == l.ns("s1") && p.Addr.String() == dst {
+				if n > 0 && p.Expect != want {
+					t.Fatalf("probes to %s disagree: expect %q and %q", dst, want, p.Expect)
+				}
+				n, want = n+1, p.Expect
+			}
+		}
+		return n, want
+	}
+	if n, want := expect(rep); n == 0 || want != "" {
+		t.Fatalf("as declared: %d probes s1 -> %s expect %q, want blocked", n, dst, want)
+	}
+	ip(t, "-n", l.ns("s1"), "addr", "del", "198.18.171.49/29", "dev", "eth0")
+	if _, err := topology.Up(context.Background(), l.spec, topology.Options{}); err != nil {
+		t.Fatalf("up (repair): %v", err)
+	}
+	rep = l.run(t, Options{})
+	if rep.Verdict() != 0 {
+		logTable(t, rep)
+		t.Fatalf("after the repair: verdict %d, want 0", rep.Verdict())
+	}
+	if n, want := expect(rep); n == 0 || want != l.ns("s2") {
+		t.Fatalf("after the repair: %d probes s1 -> %s expect %q, want %s", n, dst, want, l.ns("s2"))
+	}
+}
