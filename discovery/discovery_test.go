@@ -456,3 +456,38 @@ func TestSyncedWaitsForProcScan(t *testing.T) {
 		t.Errorf("synced after %d failed scans left; the unnamed namespace came before it: %v", fails, found)
 	}
 }
+
+// List finds, at once, the host first, a named namespace by its name and
+// an unnamed one by a process inside.
+func TestList(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("dsl")
+	addNetns(t, name)
+	cmd := exec.Command("unshare", "-n", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ino, err := nsInodeEventually(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := List(WatchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) == 0 || !got[0].Host || got[0].Inode != inodeOf(t, "") {
+		t.Fatalf("first namespace %+v, want the host", got[0])
+	}
+	var named, unnamed bool
+	for _, n := range got {
+		named = named || (n.Name == name && n.Path == "/run/netns/"+name && n.Inode == inodeOf(t, n.Path))
+		unnamed = unnamed || (n.Inode == ino && n.Path == "/proc/"+itoa(uint64(cmd.Process.Pid))+"/ns/net")
+	}
+	if !named || !unnamed {
+		t.Errorf("named %s found: %v, unnamed netns-%d found: %v, in %d namespaces", name, named, ino, unnamed, len(got))
+	}
+	if _, err := List(WatchConfig{ProcRoot: t.TempDir() + "/none"}); err == nil {
+		t.Error("List with no procfs: no error")
+	}
+}

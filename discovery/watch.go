@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"os"
@@ -145,6 +146,36 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 		case <-retry.C:
 		}
 	}
+}
+
+// List returns the namespaces present now, the host's first, once: what
+// WatchNetns reports as Added before Synced, for a one-off look.
+func List(cfg WatchConfig) ([]Namespace, error) {
+	cfg = cfg.withDefaults()
+	host, err := nsInode(cfg.ProcRoot + "/self/ns/net")
+	if err != nil {
+		return nil, err
+	}
+	w := &watcher{cache: newNamedCache(), cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
+	w.cache.all = true
+	evs, _ := w.scan(true)
+	if w.procsFailed {
+		return nil, fmt.Errorf("scan %s: cannot list the processes' namespaces", cfg.ProcRoot)
+	}
+	out := make([]Namespace, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, ev.Namespace)
+	}
+	slices.SortStableFunc(out, func(a, b Namespace) int {
+		if a.Host != b.Host {
+			if a.Host {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	return out, nil
 }
 
 // scanProcs is procNamespaces; tests make it fail.

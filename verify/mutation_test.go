@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -502,6 +503,39 @@ links:
 			if !slices.Contains(c.Problems, want) {
 				t.Errorf("%s interfaces: %q, want %q", c.Netns, c.Problems, want)
 			}
+		}
+	}
+}
+
+// Silent devices stacked on declared interfaces from namespaces of
+// nobody's and from the host: macvlans on c's and b's veth ends and a
+// macvtap on a's, without addresses, so no probe meets them. They see
+// their segments' traffic, and each segment's namespace is told.
+func TestMutationStackedStranger(t *testing.T) {
+	l := upLab(t, nil)
+	rogue := l.prefix + "rg"
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", rogue).Run() })
+	ip(t, "netns", "add", rogue)
+	for _, d := range []struct{ ns, name, kind string }{{"c", "mv0", "macvlan"}, {"a", "tap0", "macvtap"}} {
+		ip(t, "-n", l.ns(d.ns), "link", "add", d.name, "link", "eth0", "type", d.kind)
+		ip(t, "-n", l.ns(d.ns), "link", "set", d.name, "netns", rogue)
+		ip(t, "-n", rogue, "link", "set", d.name, "up")
+	}
+	// One in the host, which a host snapshot lists like the host's own.
+	hostDev := l.prefix + "mv"
+	t.Cleanup(func() { exec.Command("ip", "link", "del", hostDev).Run() })
+	ip(t, "-n", l.ns("b"), "link", "add", hostDev, "link", "eth0", "type", "macvlan")
+	ip(t, "-n", l.ns("b"), "link", "set", hostDev, "netns", strconv.Itoa(os.Getpid()))
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack a interfaces", "stack b interfaces", "stack c interfaces")
+	want := map[string]string{
+		l.ns("b"): "macvlan " + hostDev + " in namespace host is stacked on " + l.ns("b") + ":eth0 and sees its segment",
+		l.ns("a"): "macvtap tap0 in namespace " + rogue + " is stacked on " + l.ns("a") + ":eth0 and sees its segment",
+		l.ns("c"): "macvlan mv0 in namespace " + rogue + " is stacked on " + l.ns("c") + ":eth0 and sees its segment",
+	}
+	for _, c := range rep.Stack {
+		if c.Kind == "interfaces" && !c.Pass && !slices.Equal(c.Problems, []string{want[c.Netns]}) {
+			t.Errorf("%s interfaces: %q, want %q", c.Netns, c.Problems, want[c.Netns])
 		}
 	}
 }

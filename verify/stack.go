@@ -57,6 +57,14 @@ func (e *env) stack() []Check {
 		wiring = e.wiring(snaps, host)
 		hostForeign, hostErr = e.hostForeign(host)
 	}
+	if hostErr == nil {
+		var riders map[string][]string
+		if riders, hostErr = e.riders(snaps, host); hostErr == nil {
+			for ns, msgs := range riders {
+				wiring[ns] = append(wiring[ns], msgs...)
+			}
+		}
+	}
 	for _, ns := range e.model.Namespaces {
 		s := snaps[ns]
 		if s == nil {

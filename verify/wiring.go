@@ -1,13 +1,17 @@
 package verify
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 
 	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/discovery"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // wiring checks that the declared interfaces are wired as declared: each
@@ -189,4 +193,127 @@ func (e *env) hostForeign(host *snapshot) (map[string][]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// riders finds devices stacked on a declared interface from outside the
+// topology: a macvlan, ipvlan or VLAN device whose lower device is a
+// declared veth end or bridge, in the host or any other namespace (one
+// made in a declared namespace and moved out, say). Such a device sees
+// the segment's flooded and broadcast traffic, and may answer for it,
+// without ever showing in a declared namespace; a silent one is found
+// by no probe. Devices inside declared namespaces are left to their
+// interfaces check (any undeclared one is reported there).
+func (e *env) riders(snaps map[string]*snapshot, host *snapshot) (map[string][]string, error) {
+	type port struct {
+		ns    string
+		index int
+	}
+	declared := map[port]topology.Interface{}
+	own := map[uint64]bool{}
+	targets := []string{} // namespaces a foreign device could stack on
+	for _, ifc := range e.model.spec.Interfaces() {
+		sn := host
+		if ifc.Namespace != topology.HostNamespace {
+			if sn = snaps[ifc.Namespace]; sn == nil {
+				continue // unreadable: its own checks say so
+			}
+		}
+		for _, l := range sn.links {
+			if l.Attrs().Name == ifc.Name {
+				declared[port{ifc.Namespace, l.Attrs().Index}] = ifc
+				if !slices.Contains(targets, ifc.Namespace) {
+					targets = append(targets, ifc.Namespace)
+				}
+			}
+		}
+	}
+	for _, ns := range e.model.Namespaces {
+		var st unix.Stat_t
+		if err := unix.Stat(e.paths[ns], &st); err != nil {
+			return nil, fmt.Errorf("namespace %s: %w", ns, err)
+		}
+		own[st.Ino] = true
+	}
+	all, err := discovery.List(discovery.WatchConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the host's namespaces: %w", err)
+	}
+	out := map[string][]string{}
+	for _, n := range all {
+		if own[n.Inode] {
+			continue
+		}
+		links := host.links
+		if !n.Host {
+			if links, err = takeLinks(n.Path); err != nil {
+				if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+					continue // gone since the listing
+				}
+				return nil, fmt.Errorf("namespace %s: %w", n.Label(), err)
+			}
+		}
+		var ids map[int]string // link-netns id, as n sees it -> declared namespace
+		for _, l := range links {
+			a := l.Attrs()
+			if a.ParentIndex <= 0 || l.Type() == "veth" {
+				continue // veth peers are proven by the wiring check
+			}
+			lower := port{topology.HostNamespace, a.ParentIndex}
+			switch {
+			case a.NetNsID < 0 && !n.Host:
+				continue // on a device of its own namespace
+			case a.NetNsID >= 0:
+				if ids == nil {
+					if ids, err = e.netnsIDs(n.Path, targets); err != nil {
+						return nil, fmt.Errorf("namespace %s: %w", n.Label(), err)
+					}
+				}
+				ns, ok := ids[a.NetNsID]
+				if !ok {
+					continue
+				}
+				lower.ns = ns
+			}
+			if ifc, ok := declared[lower]; ok {
+				msg := fmt.Sprintf("%s %s in namespace %s is stacked on %s:%s and sees its segment", l.Type(), a.Name, n.Label(), ifc.Namespace, ifc.Name)
+				for _, ns := range e.reporters(ifc) {
+					out[ns] = append(out[ns], msg)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// netnsIDs maps the ids that the namespace at path ("" for the host) has
+// for the given declared namespaces to their names.
+func (e *env) netnsIDs(path string, targets []string) (map[int]string, error) {
+	ids := map[int]string{}
+	err := withHandle(path, func(h *netlink.Handle) error {
+		for _, ns := range targets {
+			t, err := e.openNetns(ns)
+			if err != nil {
+				return err
+			}
+			id, err := h.GetNetNsIdByFd(int(t))
+			t.Close()
+			if err != nil {
+				return err
+			}
+			if id >= 0 {
+				ids[id] = ns
+			}
+		}
+		return nil
+	})
+	return ids, err
+}
+
+// takeLinks lists the links of the namespace at path.
+func takeLinks(path string) (links []netlink.Link, err error) {
+	err = withHandle(path, func(h *netlink.Handle) error {
+		links, err = h.LinkList()
+		return err
+	})
+	return links, err
 }
