@@ -468,3 +468,21 @@ links:
 		t.Errorf("Validate with fe80::1 twice on a link: %v", err)
 	}
 }
+
+// Syntax errors name the line where the problem is, counted from 1: the
+// decoder counts its parser's errors from 0 (its scanner's from 1).
+func TestParseSyntaxErrorLines(t *testing.T) {
+	for _, tt := range []struct{ yaml, want string }{
+		{"name: t\nnamespaces: [{name: a}, {name: b}}\n", "yaml: line 2: did not find expected ',' or ']'"},
+		{"name: t\nlinks:\n  - endpoints:\n      - {namespace: a, interface: eth0\n      - {namespace: b}\n", "yaml: line 4: did not find expected ',' or '}'"},
+		{"name: t\nnamespaces:\n  - name: a\n routes: []\n", "yaml: line 4: did not find expected key"},
+		{"name: t\n- x\n", "yaml: line 2: did not find expected key"},
+		// Scanner errors were right already.
+		{"name: t\nnamespaces: @x\n", "yaml: line 2: found character that cannot start any token"},
+		{"name: t\nnamespaces: a: b\n", "yaml: line 2: mapping values are not allowed in this context"},
+	} {
+		if _, err := Parse([]byte(tt.yaml)); err == nil || err.Error() != tt.want {
+			t.Errorf("Parse(%q): %v, want %q", tt.yaml, err, tt.want)
+		}
+	}
+}

@@ -22,13 +22,29 @@ var yamlErrValue = regexp.MustCompile("`([^`]*)`")
 // yamlErrKind is the node kind a "cannot unmarshal !!map into ..." names.
 var yamlErrKind = regexp.MustCompile(`^cannot unmarshal !!(map|seq|str|int|bool|float|null) `)
 
+// yamlParserErr matches the parser's syntax errors (not the scanner's),
+// which the decoder numbers from 0: "yaml: line 6: did not find expected
+// ',' or ']'" is about line 7. yaml.v3 adds 1 for scanner errors only.
+var yamlParserErr = regexp.MustCompile(`^yaml: line (\d+): (did not find expected (?:',' or '\]'|',' or '\}'|'-' indicator|<document start>|<stream-start>|key|node content)|found (?:duplicate %TAG directive|duplicate %YAML directive|incompatible YAML document|undefined tag handle))$`)
+
+// syntaxError numbers a parser error's line from 1, as the scanner's and
+// editors do.
+func syntaxError(err error) error {
+	m := yamlParserErr.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	line, _ := strconv.Atoi(m[1])
+	return fmt.Errorf("yaml: line %d: %s", line+1, m[2])
+}
+
 // namedYAMLErrors rewrites the decoder's "line N: ..." errors to name the
 // field path, as validation errors do: "namespaces[0].routez: unknown
 // field (line 4)". data is the document the errors are about.
 func namedYAMLErrors(data []byte, err error) error {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
-		return err
+		return syntaxError(err)
 	}
 	var root yaml.Node
 	if yaml.Unmarshal(data, &root) != nil {
