@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -78,6 +79,18 @@ var mapNames = []string{
 	nsflowMapNsflowLoss,
 }
 
+// variantObject, when set (by benchmarks only), is an object built from
+// a changed nsflow.c that Load uses instead of the embedded one, so that
+// a variant runs with the same tables and attach path as nsflow.
+var variantObject []byte
+
+func loadSpec() (*ebpf.CollectionSpec, error) {
+	if variantObject == nil {
+		return loadNsflow()
+	}
+	return ebpf.LoadCollectionSpecFromReader(bytes.NewReader(variantObject))
+}
+
 // Load loads the programs and maps into the kernel once.
 func Load(opts Options) (*Datapath, error) {
 	switch opts.ForceMode {
@@ -85,7 +98,7 @@ func Load(opts Options) (*Datapath, error) {
 	default:
 		return nil, fmt.Errorf("bpf: unknown attach mode %q (want %q or %q)", opts.ForceMode, ModeTCX, ModeTC)
 	}
-	spec, err := loadNsflow()
+	spec, err := loadSpec()
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -31,6 +32,11 @@ import (
 // statistics cost every run, and would bias the ratios.
 //
 //	go test -run '^$' -bench BenchmarkVethThroughput -benchtime 1x -v ./bpf/
+//
+// With NSFLOW_BENCH_VARIANT=FILE.o, a variant of nsflow.c (compiled as
+// `make generate` does) takes the no-op's slices, loaded and attached as
+// nsflow is: "noop-ratio" is then the variant's. This is how the cost of
+// each part of the programs was split (README, Datapath).
 func BenchmarkVethThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Fatal("iperf3 is needed (Debian package iperf3)")
@@ -42,9 +48,10 @@ func BenchmarkVethThroughput(b *testing.B) {
 	for _, proto := range []string{"tcp", "udp64"} {
 		b.Run(proto, func(b *testing.B) {
 			d := loadForTest(b, Options{})
+			variant := loadVariant(b)
 			a, bns := newTestNS(b), newTestNS(b)
 			ea, eb := vethPair(b, a, bns, 6)
-			attachNsflow := func() func() {
+			attach := func(d *Datapath) func() {
 				var atts []*Attachment
 				for _, e := range []*end{ea, eb} {
 					att, err := d.Attach(e.NS.Path, e.Ifname)
@@ -61,10 +68,14 @@ func BenchmarkVethThroughput(b *testing.B) {
 					}
 				}
 			}
+			attachNsflow := func() func() { return attach(d) }
 			// What any tc program on the path costs, so that the ratio
 			// splits into the hook's cost and nsflow's own.
 			noop := noopProg(b)
 			attachNoop := func() func() {
+				if variant != nil {
+					return attach(variant)
+				}
 				var ls []link.Link
 				for _, e := range []*end{ea, eb} {
 					for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
@@ -147,6 +158,23 @@ func BenchmarkVethThroughput(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// loadVariant loads the object NSFLOW_BENCH_VARIANT names, if any, as a
+// second datapath.
+func loadVariant(b *testing.B) *Datapath {
+	path := os.Getenv("NSFLOW_BENCH_VARIANT")
+	if path == "" {
+		return nil
+	}
+	obj, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	variantObject = obj
+	defer func() { variantObject = nil }()
+	b.Logf("no-op slices run the variant %s", path)
+	return loadForTest(b, Options{})
 }
 
 // iperfStream is an iperf3 client and its one-off server.
