@@ -88,21 +88,25 @@ func NewModel(s *topology.Spec) *Model {
 }
 
 // FollowLiveOrder orders the addresses of each of ns's interfaces as the
-// kernel holds them (live, in the order an address dump lists them): the
-// order decides the source the kernel picks (see source), and the file's
-// order is the kernel's only until an address is deleted and added again
-// (by hand, or by up repairing it). IPv4 lists primaries first and the
+// kernel holds them (live, by interface, in the order an address dump
+// lists them), and returns the interfaces whose order differs from the
+// file's. The order decides the source the kernel picks (see source),
+// and it is not the file's once an address was deleted and added again,
+// by hand or by up repairing it. IPv4 lists primaries first and the
 // model takes the first; IPv6 lists the newest first and the model takes
-// the last declared of equals, so it reverses. Addresses ns does not hold
-// keep their places after the held ones: the stack check reports them.
-func (m *Model) FollowLiveOrder(ns string, live []netip.Addr) {
-	pos := func(a netip.Addr) int {
-		if i := slices.Index(live, a); i >= 0 {
-			return i
-		}
-		return len(live)
-	}
+// the last of equals, so it reverses. Addresses not held go where the
+// model never prefers them: after the held ones for IPv4, before them for
+// IPv6 (the stack check reports them missing). Declared link-local ones
+// are not in live (heldAddr) and keep their places.
+func (m *Model) FollowLiveOrder(ns string, live map[string][]netip.Addr) (changed []string) {
 	for i, ifc := range m.ifaces[ns] {
+		held := live[ifc.name]
+		pos := func(a netip.Addr) int {
+			if i := slices.Index(held, a); i >= 0 {
+				return i
+			}
+			return len(held)
+		}
 		var v4, v6 []netip.Prefix
 		for _, p := range ifc.prefixes {
 			if p.Addr().Is4() {
@@ -113,8 +117,6 @@ func (m *Model) FollowLiveOrder(ns string, live []netip.Addr) {
 		}
 		slices.SortStableFunc(v4, func(x, y netip.Prefix) int { return pos(x.Addr()) - pos(y.Addr()) })
 		slices.SortStableFunc(v6, func(x, y netip.Prefix) int { return pos(y.Addr()) - pos(x.Addr()) })
-		// v6 sorted newest last; a missing one (len(live)) went first,
-		// where it loses ties, as the kernel cannot pick it.
 		ordered := make([]netip.Prefix, 0, len(ifc.prefixes))
 		for _, p := range ifc.prefixes {
 			if p.Addr().Is4() {
@@ -123,8 +125,12 @@ func (m *Model) FollowLiveOrder(ns string, live []netip.Addr) {
 				ordered, v6 = append(ordered, v6[0]), v6[1:]
 			}
 		}
+		if !slices.Equal(ordered, ifc.prefixes) {
+			changed = append(changed, ifc.name)
+		}
 		m.ifaces[ns][i].prefixes = ordered
 	}
+	return changed
 }
 
 // segments groups interfaces into L2 domains: the two ends of a veth pair

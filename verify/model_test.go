@@ -500,11 +500,13 @@ links:
       - {namespace: a, interface: eth0, addresses: [198.18.1.1/24, "fd00:1::1/64", 198.18.2.1/24, "fd00:2::1/64", 198.18.3.1/24, "fd00:3::1/64"]}
       - {namespace: b, interface: eth0, addresses: [198.18.1.2/24]}
 `)
-	live := []netip.Addr{
+	live := map[string][]netip.Addr{"eth0": {
 		netip.MustParseAddr("198.18.2.1"), netip.MustParseAddr("198.18.1.1"), // .3.1 deleted
 		netip.MustParseAddr("fd00:1::1"), netip.MustParseAddr("fd00:3::1"), // newest first; fd00:2::1 deleted
+	}}
+	if changed := m.FollowLiveOrder("a", live); !slices.Equal(changed, []string{"eth0"}) {
+		t.Errorf("changed %v, want [eth0]", changed)
 	}
-	m.FollowLiveOrder("a", live)
 	var got []string
 	for _, p := range m.ifaces["a"][0].prefixes {
 		got = append(got, p.Addr().String())
@@ -512,6 +514,22 @@ links:
 	want := []string{"198.18.2.1", "fd00:2::1", "198.18.1.1", "fd00:3::1", "198.18.3.1", "fd00:1::1"}
 	if !slices.Equal(got, want) {
 		t.Errorf("order %v, want %v", got, want)
+	}
+	// The file's order, as a dump lists it: nothing changes.
+	m = modelOf(t, `
+name: t
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints:
+      - {namespace: a, interface: eth0, addresses: [198.18.1.1/24, "fd00:1::1/64", 198.18.2.1/24, "fd00:2::1/64"]}
+      - {namespace: b, interface: eth0, addresses: [198.18.1.2/24]}
+`)
+	live = map[string][]netip.Addr{"eth0": {
+		netip.MustParseAddr("198.18.1.1"), netip.MustParseAddr("198.18.2.1"),
+		netip.MustParseAddr("fd00:2::1"), netip.MustParseAddr("fd00:1::1"),
+	}, "lo": {netip.MustParseAddr("198.18.2.1")}} // another interface's copy does not count
+	if changed := m.FollowLiveOrder("a", live); changed != nil {
+		t.Errorf("as declared: changed %v", changed)
 	}
 }
 

@@ -66,10 +66,20 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 
 // heldAddrs lists the addresses of the namespace that are its own to
 // compare and probe: every address, whatever its scope, except loopback
-// and IPv6 link-local ones (see heldAddr).
+// and IPv6 link-local ones (see heldAddr). byIface has them by interface
+// name, in the kernel's order (see Model.FollowLiveOrder).
 // It also tells whether the namespace has ::1 (not where IPv6 is off).
-func heldAddrs(path string) (held []netip.Addr, loopback6 bool, err error) {
+func heldAddrs(path string) (held []netip.Addr, byIface map[string][]netip.Addr, loopback6 bool, err error) {
+	byIface = map[string][]netip.Addr{}
 	err = withHandle(path, func(h *netlink.Handle) error {
+		links, err := h.LinkList()
+		if err != nil {
+			return err
+		}
+		names := map[int]string{}
+		for _, l := range links {
+			names[l.Attrs().Index] = l.Attrs().Name
+		}
 		addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err
@@ -77,13 +87,15 @@ func heldAddrs(path string) (held []netip.Addr, loopback6 bool, err error) {
 		for _, a := range addrs {
 			if ip, ok := heldAddr(a); ok {
 				held = append(held, ip)
+				dev := names[a.LinkIndex]
+				byIface[dev] = append(byIface[dev], ip)
 			} else if ip == netip.IPv6Loopback() {
 				loopback6 = true
 			}
 		}
 		return nil
 	})
-	return held, loopback6, err
+	return held, byIface, loopback6, err
 }
 
 // heldAddr is the address a holds, and whether the topology must declare

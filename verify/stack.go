@@ -123,6 +123,11 @@ func (e *env) checkLinks(ns string, s *snapshot, wiring []string) Check {
 
 func (e *env) checkAddrs(ns string, s *snapshot, ifnames map[int]string) Check {
 	c := Check{Netns: ns, Kind: "addresses"}
+	if devs := e.reordered[ns]; len(devs) > 0 && e.liveIntent != nil {
+		for _, msg := range strings.Split(e.liveIntent.Error(), "\n") {
+			c.Problems = append(c.Problems, fmt.Sprintf("the kernel holds the addresses of %s in another order than the file, and picks other source addresses: %s", strings.Join(devs, ", "), msg))
+		}
+	}
 	want := map[string]bool{}
 	for _, ifc := range e.model.spec.NamespaceInterfaces(ns) {
 		for _, p := range ifc.Addresses {

@@ -72,6 +72,11 @@ type env struct {
 	observed map[string][]netip.Addr
 	// noLoopback6 marks namespaces without ::1 (IPv6 off on lo).
 	noLoopback6 map[string]bool
+	// reordered are the interfaces, by namespace, whose addresses the
+	// kernel holds in another order than the file's; liveIntent is what
+	// CheckIntent says with the kernel's order.
+	reordered  map[string][]string
+	liveIntent error
 }
 
 // Run verifies a topology that is up: it checks intent against the
@@ -301,7 +306,7 @@ func retriable(p *Probe) bool {
 }
 
 func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) {
-	e := &env{model: m, paths: map[string]string{}, cookies: map[string]uint64{}, names: map[uint64]string{}, observed: map[string][]netip.Addr{}, noLoopback6: map[string]bool{}}
+	e := &env{model: m, paths: map[string]string{}, cookies: map[string]uint64{}, names: map[uint64]string{}, observed: map[string][]netip.Addr{}, noLoopback6: map[string]bool{}, reordered: map[string][]string{}}
 	var errs []error
 	for _, ns := range m.Namespaces {
 		p, ok := paths[ns]
@@ -335,19 +340,28 @@ func openEnv(m *Model, s *topology.Spec, paths map[string]string) (*env, error) 
 		if _, dup := e.names[c]; !dup {
 			e.names[c] = ns
 		}
-		addrs, lo6, err := heldAddrs(p)
+		addrs, byIface, lo6, err := heldAddrs(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 			continue
 		}
 		e.observed[ns] = addrs
-		m.FollowLiveOrder(ns, addrs)
+		if changed := m.FollowLiveOrder(ns, byIface); len(changed) > 0 {
+			e.reordered[ns] = changed
+		}
 		if !lo6 {
 			e.noLoopback6[ns] = true
 		}
 	}
 	if len(errs) > 0 {
 		return nil, &EnvError{errors.Join(errs...)}
+	}
+	if len(e.reordered) > 0 {
+		// The file's intent held with the file's order (CheckIntent);
+		// the kernel's may break it, which no probe would then show.
+		if err := m.CheckIntent(); err != nil {
+			e.liveIntent = errors.Unwrap(err)
+		}
 	}
 	return e, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -455,5 +456,28 @@ func TestAddressOrderAfterRepair(t *testing.T) {
 	}
 	if n, want := expect(rep); n == 0 || want != l.ns("s2") {
 		t.Fatalf("after the repair: %d probes s1 -> %s expect %q, want %s", n, dst, want, l.ns("s2"))
+	}
+}
+
+// The same repair the other way round, under an allow rule: declared
+// .41 first, s1 reaches s2 as the rule says; repaired, the kernel sends
+// from .49 and s2 cannot answer. The probes agree with the kernel's
+// order, so the addresses check tells that it breaks the rule.
+func TestAddressOrderBreaksIntent(t *testing.T) {
+	spec := strings.Replace(devRouteSpec, "[198.18.171.49/29, 198.18.171.41/29]", "[198.18.171.41/29, 198.18.171.49/29]", 1) +
+		"isolation:\n  allow: [{from: [s1], to: [s2]}]\n"
+	l, _ := upGreen(t, spec)
+	ip(t, "-n", l.ns("s1"), "addr", "del", "198.18.171.41/29", "dev", "eth0")
+	if _, err := topology.Up(context.Background(), l.spec, topology.Options{}); err != nil {
+		t.Fatalf("up (repair): %v", err)
+	}
+	rep := l.run(t, Options{})
+	l.expectRed(t, rep, "stack s1 addresses")
+	want := "the kernel holds the addresses of eth0 in another order than the file, and picks other source addresses: isolation.allow[0]: " +
+		l.ns("s1") + " must reach " + l.ns("s2") + ", but the topology gives it no path to any address of " + l.ns("s2")
+	for _, c := range rep.Stack {
+		if c.Netns == l.ns("s1") && c.Kind == "addresses" && !slices.Equal(c.Problems, []string{want}) {
+			t.Errorf("s1 addresses: %q, want %q", c.Problems, want)
+		}
 	}
 }
