@@ -457,8 +457,10 @@ func TestSyncedWaitsForProcScan(t *testing.T) {
 	}
 }
 
-// List finds, at once, the host first, a named namespace by its name and
-// an unnamed one by a process inside.
+// List finds, at once, the host first, a named namespace by its name, an
+// unnamed one by a process inside, and those the watch does not see: one
+// held only by an open file descriptor, by a thread, or by a bind mount
+// elsewhere.
 func TestList(t *testing.T) {
 	testenv.RequireRoot(t)
 	name := testenv.Name("dsl")
@@ -472,22 +474,114 @@ func TestList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// Held by a descriptor: named, opened, then the name removed.
+	held := testenv.Name("dsh")
+	addNetns(t, held)
+	f, err := os.Open("/run/netns/" + held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	heldIno := inodeOf(t, "/run/netns/"+held)
+	ip(t, "netns", "del", held)
+
+	// Bind-mounted outside the named directory.
+	mounted := testenv.Name("dsm")
+	addNetns(t, mounted)
+	mountedIno := inodeOf(t, "/run/netns/"+mounted)
+	target := filepath.Join(t.TempDir(), "net ns") // a space, escaped in mountinfo
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("/run/netns/"+mounted, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	ip(t, "netns", "del", mounted)
+
+	// Held by a thread only: a child whose one other thread unshared.
+	thread := exec.Command(os.Args[0])
+	thread.Env = append(os.Environ(), "NSFLOW_THREAD_HOLDER=1")
+	out, err := thread.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := thread.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { thread.Process.Kill(); thread.Wait() })
+	var tIno uint64
+	if _, err := fmt.Fscan(out, &tIno); err != nil || tIno == 0 {
+		t.Fatalf("thread holder: %v", err)
+	}
+
 	got, err := List(WatchConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) == 0 || !got[0].Host || got[0].Inode != inodeOf(t, "") {
-		t.Fatalf("first namespace %+v, want the host", got[0])
+		t.Fatalf("first of %d namespaces is not the host: %+v", len(got), got)
 	}
-	var named, unnamed bool
-	for _, n := range got {
-		named = named || (n.Name == name && n.Path == "/run/netns/"+name && n.Inode == inodeOf(t, n.Path))
-		unnamed = unnamed || (n.Inode == ino && n.Path == "/proc/"+itoa(uint64(cmd.Process.Pid))+"/ns/net")
+	find := func(ino uint64) *Namespace {
+		for i := range got {
+			if got[i].Inode == ino {
+				return &got[i]
+			}
+		}
+		return nil
 	}
-	if !named || !unnamed {
-		t.Errorf("named %s found: %v, unnamed netns-%d found: %v, in %d namespaces", name, named, ino, unnamed, len(got))
+	if n := find(inodeOf(t, "/run/netns/"+name)); n == nil || n.Name != name || n.Path != "/run/netns/"+name {
+		t.Errorf("named %s: %+v", name, n)
+	}
+	if n := find(ino); n == nil || n.Path != "/proc/"+itoa(uint64(cmd.Process.Pid))+"/ns/net" {
+		t.Errorf("unnamed netns-%d: %+v", ino, n)
+	}
+	if n := find(heldIno); n == nil || inodeOf(t, n.Path) != heldIno {
+		t.Errorf("held by a descriptor, netns-%d: %+v", heldIno, n)
+	}
+	if n := find(tIno); n == nil || !strings.Contains(n.Path, "/task/") {
+		t.Errorf("held by a thread, netns-%d: %+v", tIno, n)
+	}
+	if n := find(mountedIno); n == nil || n.Path != target {
+		t.Errorf("bind-mounted at %q, netns-%d: %+v", target, mountedIno, n)
 	}
 	if _, err := List(WatchConfig{ProcRoot: t.TempDir() + "/none"}); err == nil {
 		t.Error("List with no procfs: no error")
 	}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("NSFLOW_THREAD_HOLDER") != "" {
+		threadHolder()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// threadHolder is TestList's child: its main thread stays in the
+// namespace it started in, another thread enters a new one and holds it,
+// and the child prints that namespace's inode.
+func threadHolder() {
+	ino := make(chan uint64)
+	var hold func()
+	hold = func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its namespace
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread: keep it, so that the next goroutine
+			// gets another.
+			go hold()
+			select {}
+		}
+		var st unix.Stat_t
+		if unix.Unshare(unix.CLONE_NEWNET) != nil || unix.Stat("/proc/thread-self/ns/net", &st) != nil {
+			ino <- 0
+			return
+		}
+		ino <- st.Ino
+		select {}
+	}
+	go hold()
+	fmt.Println(<-ino)
+	time.Sleep(time.Minute)
 }

@@ -181,17 +181,10 @@ func (c *namedCache) named() map[uint64]string {
 }
 
 // statNamed returns the namespace inode behind a bind mount; ok is false
-// while the file is not (yet) a mounted namespace.
+// while the file is not (yet) a mounted network namespace (another kind
+// of namespace mounted there is none of ours).
 func statNamed(path string) (uint64, bool) {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
-		return 0, false
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, false
-	}
-	return st.Ino, true
+	return netnsFile(path)
 }
 
 // procNamespaces maps the namespace inode of every process under procRoot
@@ -233,4 +226,122 @@ func comm(procRoot string, pid int) string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// otherHolders finds namespaces that no process has as its own: held by
+// another thread of a process, by an open file descriptor (a runtime
+// keeping a namespace for later) or by a bind mount outside the named
+// directory (/run/docker/netns, say). It maps each inode to a path that
+// opens it. A one-off look (List) can afford what the watch cannot.
+func otherHolders(procRoot string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	found := func(ino uint64, path string) {
+		if _, ok := out[ino]; !ok {
+			out[ino] = path
+		}
+	}
+	d, err := os.Open(procRoot)
+	if err != nil {
+		return nil, err
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, err
+	}
+	for _, pid := range names {
+		if _, err := strconv.Atoi(pid); err != nil {
+			continue
+		}
+		base := procRoot + "/" + pid
+		tids, _ := readDirNames(base + "/task") // gone: nothing to find
+		for _, tid := range tids {
+			if tid == pid {
+				continue
+			}
+			p := base + "/task/" + tid + "/ns/net"
+			if ino, err := nsInode(p); err == nil {
+				found(ino, p)
+			}
+		}
+		fds, _ := readDirNames(base + "/fd")
+		for _, fd := range fds {
+			p := base + "/fd/" + fd
+			if ino, ok := netnsFile(p); ok {
+				found(ino, p)
+			}
+		}
+	}
+	mounts, err := os.ReadFile(procRoot + "/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		// id parent dev root mountpoint options... - fstype source ...
+		pre, post, ok := strings.Cut(line, " - ")
+		f := strings.Fields(pre)
+		if !ok || len(f) < 5 || !strings.HasPrefix(post, "nsfs ") {
+			continue
+		}
+		s, ok := strings.CutPrefix(f[3], "net:[")
+		if !ok {
+			continue
+		}
+		if ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64); err == nil {
+			found(ino, unescapeMount(f[4]))
+		}
+	}
+	return out, nil
+}
+
+// netnsFile reports the inode of the network namespace the file at path
+// (an open descriptor's link) is, if it is one. A descriptor opened
+// through a path links to that path, not to "net:[INODE]", so the file
+// itself is asked.
+func netnsFile(path string) (uint64, bool) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return 0, false
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, false
+	}
+	defer unix.Close(fd)
+	if t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE); err != nil || t != unix.CLONE_NEWNET {
+		return 0, false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, false
+	}
+	return st.Ino, true
+}
+
+func readDirNames(path string) ([]string, error) {
+	d, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -88,17 +88,15 @@ type NetnsEvent struct {
 // are seen within milliseconds (inotify); unnamed ones within one Interval.
 // It returns nil on cancellation and an error only if it cannot start.
 func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) error {
-	cfg = cfg.withDefaults()
-	host, err := nsInode(cfg.ProcRoot + "/self/ns/net")
+	w, err := newWatcher(cfg)
 	if err != nil {
 		return err
 	}
-	w := &watcher{cache: newNamedCache(), cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
 
 	notify, stopNotify := w.inotify()
 	defer stopNotify()
 
-	tick := time.NewTicker(cfg.Interval)
+	tick := time.NewTicker(w.cfg.Interval)
 	defer tick.Stop()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
@@ -149,33 +147,56 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 }
 
 // List returns the namespaces present now, the host's first, once: what
-// WatchNetns reports as Added before Synced, for a one-off look.
+// WatchNetns reports as Added before Synced, and those it does not see
+// (otherHolders), for a one-off look.
 func List(cfg WatchConfig) ([]Namespace, error) {
-	cfg = cfg.withDefaults()
-	host, err := nsInode(cfg.ProcRoot + "/self/ns/net")
+	w, err := newWatcher(cfg)
 	if err != nil {
 		return nil, err
 	}
-	w := &watcher{cache: newNamedCache(), cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}
+	// The watch retries what it cannot read; a one-off look must say so.
+	if _, err := os.ReadDir(w.cfg.NamedDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
 	w.cache.all = true
 	evs, _ := w.scan(true)
 	if w.procsFailed {
-		return nil, fmt.Errorf("scan %s: cannot list the processes' namespaces", cfg.ProcRoot)
+		return nil, fmt.Errorf("scan %s: cannot list the processes' namespaces", w.cfg.ProcRoot)
 	}
 	out := make([]Namespace, 0, len(evs))
+	seen := map[uint64]bool{}
 	for _, ev := range evs {
 		out = append(out, ev.Namespace)
+		seen[ev.Namespace.Inode] = true
 	}
-	slices.SortStableFunc(out, func(a, b Namespace) int {
+	others, err := otherHolders(w.cfg.ProcRoot)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", w.cfg.ProcRoot, err)
+	}
+	for ino, path := range others {
+		if !seen[ino] {
+			out = append(out, Namespace{Inode: ino, Path: path})
+		}
+	}
+	slices.SortFunc(out, func(a, b Namespace) int {
 		if a.Host != b.Host {
 			if a.Host {
 				return -1
 			}
 			return 1
 		}
-		return 0
+		return cmpUint(a.Inode, b.Inode)
 	})
 	return out, nil
+}
+
+func newWatcher(cfg WatchConfig) (*watcher, error) {
+	cfg = cfg.withDefaults()
+	host, err := nsInode(cfg.ProcRoot + "/self/ns/net")
+	if err != nil {
+		return nil, err
+	}
+	return &watcher{cache: newNamedCache(), cfg: cfg, host: host, known: map[uint64]Namespace{}, pendingSince: map[string]time.Time{}}, nil
 }
 
 // scanProcs is procNamespaces; tests make it fail.

@@ -508,8 +508,9 @@ links:
 }
 
 // Silent devices stacked on declared interfaces from namespaces of
-// nobody's and from the host: macvlans on c's and b's veth ends and a
-// macvtap on a's, without addresses, so no probe meets them. They see
+// nobody's and from the host: macvlans on c's and b's veth ends and on
+// sw's bridge (in a namespace only a descriptor holds) and a macvtap on
+// a's, without addresses, so no probe meets them. They see
 // their segments' traffic, and each segment's namespace is told.
 func TestMutationStackedStranger(t *testing.T) {
 	l := upLab(t, nil)
@@ -521,14 +522,38 @@ func TestMutationStackedStranger(t *testing.T) {
 		ip(t, "-n", l.ns(d.ns), "link", "set", d.name, "netns", rogue)
 		ip(t, "-n", rogue, "link", "set", d.name, "up")
 	}
+	// One in a namespace only an open descriptor holds (no name, no
+	// process inside), stacked on sw's bridge.
+	hidden := l.prefix + "hd"
+	ip(t, "netns", "add", hidden)
+	ip(t, "-n", l.ns("sw"), "link", "add", "mv1", "link", l.prefix+"br1", "type", "macvlan")
+	ip(t, "-n", l.ns("sw"), "link", "set", "mv1", "netns", hidden)
+	holder := exec.Command("sleep", "600")
+	f, err := os.Open("/run/netns/" + hidden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	hiddenLabel := "netns-" + strconv.FormatUint(st.Ino, 10)
+	holder.ExtraFiles = []*os.File{f}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	ip(t, "netns", "del", hidden)
 	// One in the host, which a host snapshot lists like the host's own.
 	hostDev := l.prefix + "mv"
 	t.Cleanup(func() { exec.Command("ip", "link", "del", hostDev).Run() })
 	ip(t, "-n", l.ns("b"), "link", "add", hostDev, "link", "eth0", "type", "macvlan")
 	ip(t, "-n", l.ns("b"), "link", "set", hostDev, "netns", strconv.Itoa(os.Getpid()))
 	rep := l.run(t, Options{})
-	l.expectRed(t, rep, "stack a interfaces", "stack b interfaces", "stack c interfaces")
+	l.expectRed(t, rep, "stack a interfaces", "stack b interfaces", "stack c interfaces", "stack sw interfaces")
 	want := map[string]string{
+		l.ns("sw"): "macvlan mv1 in namespace " + hiddenLabel + " is stacked on " + l.ns("sw") + ":" + l.prefix + "br1 and sees its segment",
 		l.ns("b"): "macvlan " + hostDev + " in namespace host is stacked on " + l.ns("b") + ":eth0 and sees its segment",
 		l.ns("a"): "macvtap tap0 in namespace " + rogue + " is stacked on " + l.ns("a") + ":eth0 and sees its segment",
 		l.ns("c"): "macvlan mv0 in namespace " + rogue + " is stacked on " + l.ns("c") + ":eth0 and sees its segment",

@@ -57,9 +57,10 @@ func (e *env) stack() []Check {
 		wiring = e.wiring(snaps, host)
 		hostForeign, hostErr = e.hostForeign(host)
 	}
+	var ridersErr error
 	if hostErr == nil {
 		var riders map[string][]string
-		if riders, hostErr = e.riders(snaps, host); hostErr == nil {
+		if riders, ridersErr = e.riders(snaps, host); ridersErr == nil {
 			for ns, msgs := range riders {
 				wiring[ns] = append(wiring[ns], msgs...)
 			}
@@ -77,6 +78,9 @@ func (e *env) stack() []Check {
 		links := e.checkLinks(ns, s, wiring[ns])
 		if hostErr != nil {
 			links.Error = "reading the host's interfaces to check the wiring: " + hostErr.Error()
+			links = finish(links)
+		} else if ridersErr != nil {
+			links.Error = "looking for devices stacked on declared interfaces: " + ridersErr.Error()
 			links = finish(links)
 		}
 		out = append(out,

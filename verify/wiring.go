@@ -1,9 +1,7 @@
 package verify
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"slices"
 
 	"github.com/nsflow/nsflow/bpf"
@@ -195,22 +193,31 @@ func (e *env) hostForeign(host *snapshot) (map[string][]string, error) {
 	return out, nil
 }
 
+// stackedKinds are the device kinds that ride on a lower device: they
+// receive what reaches it (its flooded and broadcast traffic at least)
+// and send onto its segment.
+var stackedKinds = []string{"macvlan", "macvtap", "ipvlan", "ipvtap", "vlan", "macsec"}
+
 // riders finds devices stacked on a declared interface from outside the
-// topology: a macvlan, ipvlan or VLAN device whose lower device is a
-// declared veth end or bridge, in the host or any other namespace (one
-// made in a declared namespace and moved out, say). Such a device sees
-// the segment's flooded and broadcast traffic, and may answer for it,
-// without ever showing in a declared namespace; a silent one is found
-// by no probe. Devices inside declared namespaces are left to their
-// interfaces check (any undeclared one is reported there).
+// topology: a macvlan, ipvlan or VLAN device (stackedKinds) whose lower
+// device is a declared veth end or bridge, in the host or any other
+// namespace (one made in a declared namespace and moved out, say). Such a
+// device sees the segment's traffic without ever showing in a declared
+// namespace; a silent one is found by no probe. Devices inside declared
+// namespaces are left to their interfaces check (any undeclared one is
+// reported there). A namespace that goes away during the look is skipped.
 func (e *env) riders(snaps map[string]*snapshot, host *snapshot) (map[string][]string, error) {
 	type port struct {
 		ns    string
 		index int
 	}
 	declared := map[port]topology.Interface{}
-	own := map[uint64]bool{}
-	targets := []string{} // namespaces a foreign device could stack on
+	targets := map[string]netns.NsHandle{} // namespaces a stacked device's lower may be in
+	defer func() {
+		for _, h := range targets {
+			h.Close()
+		}
+	}()
 	for _, ifc := range e.model.spec.Interfaces() {
 		sn := host
 		if ifc.Namespace != topology.HostNamespace {
@@ -219,14 +226,20 @@ func (e *env) riders(snaps map[string]*snapshot, host *snapshot) (map[string][]s
 			}
 		}
 		for _, l := range sn.links {
-			if l.Attrs().Name == ifc.Name {
-				declared[port{ifc.Namespace, l.Attrs().Index}] = ifc
-				if !slices.Contains(targets, ifc.Namespace) {
-					targets = append(targets, ifc.Namespace)
+			if l.Attrs().Name != ifc.Name {
+				continue
+			}
+			declared[port{ifc.Namespace, l.Attrs().Index}] = ifc
+			if _, ok := targets[ifc.Namespace]; !ok {
+				h, err := e.openNetns(ifc.Namespace)
+				if err != nil {
+					return nil, fmt.Errorf("namespace %s: %w", ifc.Namespace, err)
 				}
+				targets[ifc.Namespace] = h
 			}
 		}
 	}
+	own := map[uint64]bool{}
 	for _, ns := range e.model.Namespaces {
 		var st unix.Stat_t
 		if err := unix.Stat(e.paths[ns], &st); err != nil {
@@ -243,36 +256,24 @@ func (e *env) riders(snaps map[string]*snapshot, host *snapshot) (map[string][]s
 		if own[n.Inode] {
 			continue
 		}
-		links := host.links
-		if !n.Host {
-			if links, err = takeLinks(n.Path); err != nil {
-				if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-					continue // gone since the listing
-				}
-				return nil, fmt.Errorf("namespace %s: %w", n.Label(), err)
-			}
-		}
-		var ids map[int]string // link-netns id, as n sees it -> declared namespace
-		for _, l := range links {
+		var ids map[int]string // link-netns ids as n sees them -> declared namespace
+		err := onStacked(n, func(h *netlink.Handle, l netlink.Link) error {
 			a := l.Attrs()
-			if a.ParentIndex <= 0 || l.Type() == "veth" {
-				continue // veth peers are proven by the wiring check
-			}
 			lower := port{topology.HostNamespace, a.ParentIndex}
-			switch {
-			case a.NetNsID < 0 && !n.Host:
-				continue // on a device of its own namespace
-			case a.NetNsID >= 0:
+			if a.NetNsID >= 0 {
 				if ids == nil {
-					if ids, err = e.netnsIDs(n.Path, targets); err != nil {
-						return nil, fmt.Errorf("namespace %s: %w", n.Label(), err)
+					ids = map[int]string{}
+					for ns, t := range targets {
+						id, err := h.GetNetNsIdByFd(int(t))
+						if err != nil {
+							return err
+						}
+						ids[id] = ns // -1: n has no id for it, and no link there
 					}
 				}
-				ns, ok := ids[a.NetNsID]
-				if !ok {
-					continue
-				}
-				lower.ns = ns
+				lower.ns = ids[a.NetNsID]
+			} else if !n.Host {
+				return nil // on a device of its own namespace
 			}
 			if ifc, ok := declared[lower]; ok {
 				msg := fmt.Sprintf("%s %s in namespace %s is stacked on %s:%s and sees its segment", l.Type(), a.Name, n.Label(), ifc.Namespace, ifc.Name)
@@ -280,40 +281,67 @@ func (e *env) riders(snaps map[string]*snapshot, host *snapshot) (map[string][]s
 					out[ns] = append(out[ns], msg)
 				}
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("namespace %s: %w", n.Label(), err)
 		}
 	}
 	return out, nil
 }
 
-// netnsIDs maps the ids that the namespace at path ("" for the host) has
-// for the given declared namespaces to their names.
-func (e *env) netnsIDs(path string, targets []string) (map[int]string, error) {
-	ids := map[int]string{}
-	err := withHandle(path, func(h *netlink.Handle) error {
-		for _, ns := range targets {
-			t, err := e.openNetns(ns)
-			if err != nil {
+// onStacked calls fn, with a netlink handle in n, for each device of n
+// that is stacked on another (stackedKinds). A namespace that is gone, or
+// whose path now leads elsewhere (a pid reused), has none.
+func onStacked(n discovery.Namespace, fn func(*netlink.Handle, netlink.Link) error) error {
+	var ns netns.NsHandle
+	var err error
+	if n.Host {
+		ns, err = netns.Get()
+	} else {
+		ns, err = netns.GetFromPath(n.Path)
+	}
+	if err != nil {
+		if gone(n) {
+			return nil
+		}
+		return err
+	}
+	defer ns.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns), &st); err != nil {
+		return err
+	}
+	if st.Ino != n.Inode {
+		return nil
+	}
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		if gone(n) {
+			return nil
+		}
+		return err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if l.Attrs().ParentIndex > 0 && slices.Contains(stackedKinds, l.Type()) {
+			if err := fn(h, l); err != nil {
 				return err
-			}
-			id, err := h.GetNetNsIdByFd(int(t))
-			t.Close()
-			if err != nil {
-				return err
-			}
-			if id >= 0 {
-				ids[id] = ns
 			}
 		}
-		return nil
-	})
-	return ids, err
+	}
+	return nil
 }
 
-// takeLinks lists the links of the namespace at path.
-func takeLinks(path string) (links []netlink.Link, err error) {
-	err = withHandle(path, func(h *netlink.Handle) error {
-		links, err = h.LinkList()
-		return err
-	})
-	return links, err
+// gone reports whether n's path no longer opens n: removed, being
+// unmounted (a plain file, which setns refuses), or its process exited.
+func gone(n discovery.Namespace) bool {
+	var fs unix.Statfs_t
+	var st unix.Stat_t
+	return unix.Statfs(n.Path, &fs) != nil || fs.Type != unix.NSFS_MAGIC ||
+		unix.Stat(n.Path, &st) != nil || st.Ino != n.Inode
 }
