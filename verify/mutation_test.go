@@ -554,9 +554,9 @@ func TestMutationStackedStranger(t *testing.T) {
 	l.expectRed(t, rep, "stack a interfaces", "stack b interfaces", "stack c interfaces", "stack sw interfaces")
 	want := map[string]string{
 		l.ns("sw"): "macvlan mv1 in namespace " + hiddenLabel + " is stacked on " + l.ns("sw") + ":" + l.prefix + "br1 and sees its segment",
-		l.ns("b"): "macvlan " + hostDev + " in namespace host is stacked on " + l.ns("b") + ":eth0 and sees its segment",
-		l.ns("a"): "macvtap tap0 in namespace " + rogue + " is stacked on " + l.ns("a") + ":eth0 and sees its segment",
-		l.ns("c"): "macvlan mv0 in namespace " + rogue + " is stacked on " + l.ns("c") + ":eth0 and sees its segment",
+		l.ns("b"):  "macvlan " + hostDev + " in namespace host is stacked on " + l.ns("b") + ":eth0 and sees its segment",
+		l.ns("a"):  "macvtap tap0 in namespace " + rogue + " is stacked on " + l.ns("a") + ":eth0 and sees its segment",
+		l.ns("c"):  "macvlan mv0 in namespace " + rogue + " is stacked on " + l.ns("c") + ":eth0 and sees its segment",
 	}
 	for _, c := range rep.Stack {
 		if c.Kind == "interfaces" && !c.Pass && !slices.Equal(c.Problems, []string{want[c.Netns]}) {
