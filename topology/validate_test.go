@@ -469,14 +469,20 @@ links:
 	}
 }
 
-// Syntax errors name the line where the problem is, counted from 1: the
-// decoder counts its parser's errors from 0 (its scanner's from 1).
+// Syntax errors name the line where the problem is found, counted from
+// 1: the decoder counts its parser's errors from 0 and from where the
+// enclosing block starts (line 2 for a problem on line 8 below its
+// comments), its scanner's right.
 func TestParseSyntaxErrorLines(t *testing.T) {
 	for _, tt := range []struct{ yaml, want string }{
 		{"name: t\nnamespaces: [{name: a}, {name: b}}\n", "yaml: line 2: did not find expected ',' or ']'"},
-		{"name: t\nlinks:\n  - endpoints:\n      - {namespace: a, interface: eth0\n      - {namespace: b}\n", "yaml: line 4: did not find expected ',' or '}'"},
+		{"name: t\nlinks:\n  - endpoints:\n      - {namespace: a, interface: eth0\n      - {namespace: b}\n", "yaml: line 5: did not find expected ',' or '}'"},
 		{"name: t\nnamespaces:\n  - name: a\n routes: []\n", "yaml: line 4: did not find expected key"},
 		{"name: t\n- x\n", "yaml: line 2: did not find expected key"},
+		{"# a comment\n# another\nname: t\nnamespaces:\n  - name: a\n    routes: []\n  - name: b\n routes: []\n", "yaml: line 8: did not find expected key"},
+		// Found at the end: the last line, not one past it.
+		{"name: t\nnamespaces: [a,\n", "yaml: line 2: did not find expected node content"},
+		{"name: t\nnamespaces: [a, b", "yaml: line 2: did not find expected ',' or ']'"},
 		// Scanner errors were right already.
 		{"name: t\nnamespaces: @x\n", "yaml: line 2: found character that cannot start any token"},
 		{"name: t\nnamespaces: a: b\n", "yaml: line 2: mapping values are not allowed in this context"},

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	yaml2 "go.yaml.in/yaml/v2"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -22,20 +24,32 @@ var yamlErrValue = regexp.MustCompile("`([^`]*)`")
 // yamlErrKind is the node kind a "cannot unmarshal !!map into ..." names.
 var yamlErrKind = regexp.MustCompile(`^cannot unmarshal !!(map|seq|str|int|bool|float|null) `)
 
-// yamlParserErr matches the parser's syntax errors (not the scanner's),
-// which the decoder numbers from 0: "yaml: line 6: did not find expected
-// ',' or ']'" is about line 7. yaml.v3 adds 1 for scanner errors only.
-var yamlParserErr = regexp.MustCompile(`^yaml: line (\d+): (did not find expected (?:',' or '\]'|',' or '\}'|'-' indicator|<document start>|<stream-start>|key|node content)|found (?:duplicate %TAG directive|duplicate %YAML directive|incompatible YAML document|undefined tag handle))$`)
+// yamlParserErr matches the parser's syntax errors (not the scanner's,
+// whose lines are right). yaml.v3 numbers them from 0, and from where the
+// enclosing block starts: "yaml: line 2: did not find expected key" may
+// be about line 12.
+var yamlParserErr = regexp.MustCompile(`^yaml: (?:line (\d+): )?(did not find expected (?:',' or '\]'|',' or '\}'|'-' indicator|<document start>|<stream-start>|key|node content)|found (?:duplicate %TAG directive|duplicate %YAML directive|incompatible YAML document|undefined tag handle))$`)
 
-// syntaxError numbers a parser error's line from 1, as the scanner's and
-// editors do.
-func syntaxError(err error) error {
+// syntaxError names the line of a parser error in data, counted from 1.
+// yaml.v2, the same parser, reports the line where the problem is found
+// (also from 0), so it is asked; the block's start is the fallback. A
+// problem found at the end names the last line.
+func syntaxError(data []byte, err error) error {
 	m := yamlParserErr.FindStringSubmatch(err.Error())
 	if m == nil {
 		return err
 	}
 	line, _ := strconv.Atoi(m[1])
-	return fmt.Errorf("yaml: line %d: %s", line+1, m[2])
+	if m2 := yamlParserErr.FindStringSubmatch(fmt.Sprint(yaml2.Unmarshal(data, new(any)))); m2 != nil && m2[2] == m[2] {
+		line, _ = strconv.Atoi(m2[1])
+	}
+	line++
+	if n := bytes.Count(data, []byte("\n")); !bytes.HasSuffix(data, []byte("\n")) {
+		line = min(line, n+1)
+	} else {
+		line = min(line, max(n, 1))
+	}
+	return fmt.Errorf("yaml: line %d: %s", line, m[2])
 }
 
 // namedYAMLErrors rewrites the decoder's "line N: ..." errors to name the
@@ -44,7 +58,7 @@ func syntaxError(err error) error {
 func namedYAMLErrors(data []byte, err error) error {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
-		return syntaxError(err)
+		return syntaxError(data, err)
 	}
 	var root yaml.Node
 	if yaml.Unmarshal(data, &root) != nil {
