@@ -15,10 +15,15 @@ import (
 
 // CheckPlotPath tells, before a run, whether SavePlot could write path:
 // the chart is SVG (a name with another extension, such as .png, would
-// mislabel it) and its directory must take a new file.
+// mislabel it), what is there already must be a regular file (through a
+// symbolic link, which stays), and its directory must take a new file.
 func CheckPlotPath(path string) error {
 	if ext := strings.ToLower(filepath.Ext(path)); ext != "" && ext != ".svg" {
 		return fmt.Errorf("%s: the chart is SVG; name it .svg", path)
+	}
+	path, err := plotTarget(path)
+	if err != nil {
+		return err
 	}
 	tmp, err := createPlotTemp(path)
 	if err != nil {
@@ -34,6 +39,10 @@ func CheckPlotPath(path string) error {
 // SavePlot writes the SVG chart to path through a temporary file, so a
 // failed write leaves no half-written chart behind.
 func SavePlot(path string, r *Report) error {
+	path, err := plotTarget(path)
+	if err != nil {
+		return err
+	}
 	tmp, err := createPlotTemp(path)
 	if err != nil {
 		return err
@@ -51,6 +60,46 @@ func SavePlot(path string, r *Report) error {
 		return plotErr(path, err)
 	}
 	return nil
+}
+
+// plotTarget is the file the chart replaces: path, or what the symbolic
+// link at path leads to. Only a regular file is replaced: the rename
+// would put the chart in place of a device (/dev/null), a directory's
+// entry or the link itself.
+func plotTarget(path string) (string, error) {
+	target, err := filepath.EvalSymlinks(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if _, lerr := os.Lstat(path); lerr == nil {
+			// A dangling link: the chart would replace the link.
+			return "", fmt.Errorf("%s: a symbolic link to nothing; give the file's own name", path)
+		}
+		return path, nil // a new file
+	case err != nil:
+		return "", plotErr(path, err)
+	}
+	st, err := os.Stat(target)
+	if err != nil {
+		return "", plotErr(path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: not a regular file (%s); the chart is written to a file", path, fileKind(st.Mode()))
+	}
+	return target, nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
 }
 
 // createPlotTemp creates the temporary file beside path. Its error names

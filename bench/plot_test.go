@@ -37,3 +37,50 @@ func TestPlotPathErrors(t *testing.T) {
 		t.Errorf("temporary files left behind: %v", left)
 	}
 }
+
+// The chart replaces only a regular file: a device, a directory or a
+// dangling link is refused before the run, untouched; a link to a file
+// stays a link, and the file it leads to gets the chart.
+func TestPlotPathKinds(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ path, want string }{
+		{"/dev/null", "/dev/null: not a regular file (a device)"},
+		{dir, dir + ": not a regular file (a directory)"},
+	} {
+		if err := CheckPlotPath(tc.path); err == nil || err.Error() != tc.want+"; the chart is written to a file" {
+			t.Errorf("CheckPlotPath(%s): %v, want %q", tc.path, err, tc.want)
+		}
+		if err := SavePlot(tc.path, &Report{}); err == nil {
+			t.Errorf("SavePlot(%s) wrote over it", tc.path)
+		}
+	}
+	if st, err := os.Stat("/dev/null"); err != nil || st.Mode()&os.ModeDevice == 0 {
+		t.Fatalf("/dev/null is no longer a device: %v %v", st.Mode(), err)
+	}
+	dangling := filepath.Join(dir, "dangling.svg")
+	if err := os.Symlink(filepath.Join(dir, "none.svg"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPlotPath(dangling); err == nil || !strings.Contains(err.Error(), "a symbolic link to nothing") {
+		t.Errorf("dangling link: %v", err)
+	}
+	target, link := filepath.Join(dir, "target.svg"), filepath.Join(dir, "link.svg")
+	if err := os.WriteFile(target, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPlotPath(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := SavePlot(link, &Report{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Lstat(link); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the link was replaced: %v %v", st.Mode(), err)
+	}
+	if b, err := os.ReadFile(target); err != nil || !strings.HasPrefix(string(b), "<svg") && !strings.HasPrefix(string(b), "<?xml") {
+		t.Errorf("the link's target has no chart: %.40q %v", b, err)
+	}
+}
