@@ -7,6 +7,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nsflow/nsflow/topology"
@@ -144,6 +145,49 @@ func (c *Config) normalize() error {
 	return errors.Join(errs...)
 }
 
+// maxTCPWrite bounds a TCP write: one larger than the socket buffers
+// moves in bursts that a short sample quantizes, or not at all.
+const maxTCPWrite = 16 << 20
+
+// CheckSpec tells, before anything is built, whether the topology of -f
+// (c.Spec; nil passes) can be measured as configured: a pair for every
+// path, and UDP frames that fit the MTU of the pairs to be used (a larger
+// one is fragmented, and its counts cannot reconcile).
+func (c Config) CheckSpec() error {
+	if c.Spec == nil {
+		return nil
+	}
+	if err := c.normalize(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, path := range c.Paths {
+		pairs := findPairs(c.Spec, path)
+		if len(pairs) == 0 {
+			errs = append(errs, noPairs(c.Spec.Name, path))
+			continue
+		}
+		if !slices.Contains(c.Protos, traffic.UDP) {
+			continue
+		}
+		frame := c.frame(traffic.UDP)
+		for _, p := range pairs[:min(len(pairs), c.Pairs)] {
+			if ip := frame - 18; ip > p.mtu {
+				errs = append(errs, fieldErr("size", "a %d-byte frame carries %d bytes of IP, more than the %d-byte MTU between %s:%s and %s:%s", frame, ip, p.mtu, p.client.Namespace, p.client.Name, p.server.Namespace, p.server.Name))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func noPairs(topo string, path Path) error {
+	what := "a veth link between two declared namespaces"
+	if path == Bridge {
+		what = "two declared namespaces on one bridge"
+	}
+	return fmt.Errorf("topology %s has no %s pair to measure: that needs %s, with addresses of one family on both ends, and each namespace in one pair only", topo, path, what)
+}
+
 // payload is the traffic.Flow Size for a protocol: UDP payload from the
 // frame size, or the TCP write size.
 func (c *Config) payload(p traffic.Proto, ipv6 bool) (int, error) {
@@ -164,6 +208,9 @@ func (c *Config) payload(p traffic.Proto, ipv6 bool) (int, error) {
 	case traffic.TCP:
 		if c.Size == 0 {
 			return traffic.DefaultTCPWrite, nil
+		}
+		if c.Size > maxTCPWrite {
+			return 0, fieldErr("size", "TCP write %d is larger than %d", c.Size, maxTCPWrite)
 		}
 		return c.Size, nil
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 )
 
@@ -156,5 +157,38 @@ func TestCheck(t *testing.T) {
 	c = newCheck("x", "a", "b", traffic.Counts{Packets: 4}, traffic.Counts{Packets: 5}, true, true)
 	if c.OK || c.PacketsDiff != -1 {
 		t.Errorf("difference hidden: %+v", c)
+	}
+}
+
+// CheckSpec refuses, before anything is built, a file with no pair for a
+// path and UDP frames larger than a pair's MTU; a frame that fits passes.
+func TestCheckSpec(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: t
+namespaces: [{name: a}, {name: b}]
+links:
+  - mtu: 1280
+    endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: ["fd00:9::2/64"]}]
+  - mtu: 1280
+    endpoints: [{namespace: a, interface: e1, addresses: [198.18.9.5/30]}, {namespace: b, interface: e1, addresses: [198.18.9.6/30]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Protos: []traffic.Proto{traffic.UDP}, Size: 1518}, "size: a 1518-byte frame carries 1500 bytes of IP, more than the 1280-byte MTU between a:e1 and b:e1"},
+		{Config{Protos: []traffic.Proto{traffic.UDP}, Size: 1298}, ""},
+		{Config{Protos: []traffic.Proto{traffic.TCP}, Size: 1518}, ""}, // TCP segments to the MTU itself
+		{Config{Paths: []Path{Bridge}}, "topology t has no bridge pair to measure: that needs two declared namespaces on one bridge"},
+		{Config{Protos: []traffic.Proto{traffic.TCP}, Size: 64 << 20}, "size: TCP write 67108864 is larger than 16777216"},
+	} {
+		tc.cfg.Spec = s
+		err := tc.cfg.CheckSpec()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.want)) {
+			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)
+		}
 	}
 }

@@ -50,6 +50,7 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 		for _, proto := range r.cfg.Protos {
 			res := Iperf3{Path: path, Proto: proto}
 			payload, err := r.cfg.payload(proto, p.serverAddr.Is6())
+			p.size = payload
 			if err != nil {
 				res.Error = err.Error()
 				r.report.Iperf3 = append(r.report.Iperf3, res)
@@ -59,7 +60,7 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 			for round := 1; round <= r.cfg.Rounds && err == nil; round++ {
 				r.progress(Progress{Phase: "iperf3", Case: fmt.Sprintf("%s/%s/1 round %d", path, proto, round)})
 				var gen []traffic.Result
-				gen, err = r.flows(ctx, proto, pairs[:1], payload, time.Duration(secs)*time.Second)
+				gen, err = r.flows(ctx, proto, []pair{p}, time.Duration(secs)*time.Second)
 				if err != nil {
 					break
 				}

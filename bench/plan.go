@@ -47,6 +47,10 @@ type pair struct {
 	client, server Iface
 	serverAddr     netip.Addr
 	ifaces         []Iface
+	// size is the flow's Size (traffic.Flow): the UDP payload that makes
+	// the run's frame size in the pair's address family, or the TCP write.
+	size int
+	mtu  int // the smallest on the path, as the file declares it
 }
 
 // forward returns the interfaces that transmit toward the server.
@@ -112,15 +116,32 @@ func runSpec(paths []Path, pairs int) *topology.Spec {
 	return s
 }
 
-// findPairs picks disjoint client/server pairs from a spec: for veth, the
-// links whose both ends are in declared namespaces; for bridge, the
-// namespaces attached to one bridge, taken two by two in file order. The
-// server address is the first address of the server's interface in the
-// family of the client's first address.
+// findPairs picks disjoint client/server pairs from a spec: no namespace
+// is in two, as each pair's counts are checked against its namespaces'
+// own. For veth, the links whose both ends are in declared namespaces;
+// for bridge, the namespaces attached to one bridge, taken two by two in
+// file order. The server address is the first of the server's interface
+// in the family of the client's first address that has one.
 func findPairs(s *topology.Spec, path Path) []pair {
 	declared := map[string]bool{}
 	for _, n := range s.Namespaces {
 		declared[n.Name] = true
+	}
+	bridgeMTU := map[string]int{}
+	for _, b := range s.Bridges {
+		bridgeMTU[b.Name] = b.MTU
+	}
+	used := map[string]bool{}
+	free := func(ns ...string) bool {
+		for _, n := range ns {
+			if used[n] {
+				return false
+			}
+		}
+		for _, n := range ns {
+			used[n] = true
+		}
+		return true
 	}
 	iface := func(ns, name string) Iface { return Iface{Namespace: ns, Name: name, netns: s.NetnsPath(ns)} }
 	var out []pair
@@ -135,16 +156,17 @@ func findPairs(s *topology.Spec, path Path) []pair {
 				continue
 			}
 			addr, ok := serverAddr(a.Addresses, b.Addresses)
-			if !ok {
+			if !ok || !free(a.Namespace, b.Namespace) {
 				continue
 			}
 			c, sv := iface(a.Namespace, a.Interface), iface(b.Namespace, b.Interface)
-			out = append(out, pair{path: Veth, client: c, server: sv, serverAddr: addr, ifaces: []Iface{c, sv}})
+			out = append(out, pair{path: Veth, client: c, server: sv, serverAddr: addr, ifaces: []Iface{c, sv}, mtu: mtuOr(l.MTU)})
 		}
 	case Bridge:
 		type member struct {
 			own, port Iface
 			addrs     []string
+			mtu       int
 		}
 		byBridge := map[string][]member{}
 		var order []string
@@ -160,40 +182,62 @@ func findPairs(s *topology.Spec, path Path) []pair {
 				if _, seen := byBridge[e.Bridge]; !seen {
 					order = append(order, e.Bridge)
 				}
+				mtu := mtuOr(l.MTU)
+				if m := bridgeMTU[e.Bridge]; m > 0 {
+					mtu = min(mtu, m)
+				}
 				byBridge[e.Bridge] = append(byBridge[e.Bridge], member{
 					own:   iface(peer.Namespace, peer.Interface),
 					port:  iface(s.BridgeNamespace(e.Bridge), e.Interface),
 					addrs: peer.Addresses,
+					mtu:   mtu,
 				})
 			}
 		}
 		for _, br := range order {
-			ms := byBridge[br]
-			for i := 0; i+1 < len(ms); i += 2 {
-				c, sv := ms[i], ms[i+1]
-				addr, ok := serverAddr(c.addrs, sv.addrs)
-				if !ok {
+			var waiting *member // a client without its server yet
+			for _, m := range byBridge[br] {
+				if used[m.own.Namespace] {
 					continue
 				}
+				if waiting == nil {
+					waiting = &m
+					continue
+				}
+				addr, ok := serverAddr(waiting.addrs, m.addrs)
+				if !ok || waiting.own.Namespace == m.own.Namespace {
+					waiting = &m // no pair: try this one as the next client
+					continue
+				}
+				c, sv := *waiting, m
+				free(c.own.Namespace, sv.own.Namespace)
+				waiting = nil
 				out = append(out, pair{path: Bridge, client: c.own, server: sv.own, serverAddr: addr,
-					ifaces: []Iface{c.own, c.port, sv.port, sv.own}})
+					ifaces: []Iface{c.own, c.port, sv.port, sv.own}, mtu: min(c.mtu, sv.mtu)})
 			}
 		}
 	}
 	return out
 }
 
+// mtuOr is a declared MTU, or the kernel's default for a veth.
+func mtuOr(mtu int) int {
+	if mtu > 0 {
+		return mtu
+	}
+	return 1500
+}
+
 func serverAddr(client, server []string) (netip.Addr, bool) {
-	if len(client) == 0 {
-		return netip.Addr{}, false
-	}
-	cp, err := netip.ParsePrefix(client[0])
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	for _, a := range server {
-		if p, err := netip.ParsePrefix(a); err == nil && p.Addr().Is4() == cp.Addr().Is4() {
-			return p.Addr(), true
+	for _, ca := range client {
+		cp, err := netip.ParsePrefix(ca)
+		if err != nil {
+			continue
+		}
+		for _, a := range server {
+			if p, err := netip.ParsePrefix(a); err == nil && p.Addr().Is4() == cp.Addr().Is4() {
+				return p.Addr(), true
+			}
 		}
 	}
 	return netip.Addr{}, false

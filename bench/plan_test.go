@@ -86,3 +86,39 @@ func TestFindPairsSeed(t *testing.T) {
 		t.Errorf("pairs %q, want %q", got, want)
 	}
 }
+
+// Pairs never share a namespace (each pair's counts are checked against
+// its namespaces' own), and a pair is found in whichever family both
+// ends have, not only the client's first address's.
+func TestFindPairsDisjoint(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: t
+namespaces: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}, {name: g}]
+bridges: [{name: br, mtu: 1400}]
+links:
+  - endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: [198.18.9.2/30]}]
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.9.5/30]}, {namespace: b, interface: e1, addresses: [198.18.9.6/30]}]
+  - mtu: 1280
+    endpoints: [{namespace: c, interface: e0, addresses: ["fd00:9::1/64", 198.18.9.9/30]}, {namespace: d, interface: e0, addresses: [198.18.9.10/30]}]
+  - endpoints: [{namespace: e, interface: e0, addresses: [198.18.10.1/24]}, {bridge: br, interface: pe}]
+  - endpoints: [{namespace: e, interface: e1, addresses: [198.18.10.2/24]}, {bridge: br, interface: pe1}]
+  - endpoints: [{namespace: f, interface: e0, addresses: [198.18.10.3/24]}, {bridge: br, interface: pf}]
+  - endpoints: [{namespace: g, interface: e0, addresses: [198.18.10.4/24]}, {bridge: br, interface: pg}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, path := range []Path{Veth, Bridge} {
+		for _, p := range findPairs(s, path) {
+			got = append(got, fmt.Sprintf("%s:%s mtu %d", path, p, p.mtu))
+		}
+	}
+	want := []string{
+		"veth:a -> b (198.18.9.2) mtu 1500", "veth:c -> d (198.18.9.10) mtu 1280",
+		"bridge:e -> f (198.18.10.3) mtu 1400",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("pairs %q, want %q", got, want)
+	}
+}

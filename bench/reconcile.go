@@ -18,7 +18,7 @@ import (
 //   - TCP: bytes the generator wrote against bytes it read. The generator
 //     sees a byte stream, not segments, so TCP packets are held to
 //     account by the nsflow-against-kernel checks only.
-func reconcile(proto traffic.Proto, pairs []pair, payload int, res []traffic.Result, before, after snapshot, on bool) []Check {
+func reconcile(proto traffic.Proto, pairs []pair, res []traffic.Result, before, after snapshot, on bool) []Check {
 	var out []Check
 	if on {
 		for _, p := range pairs {
@@ -47,7 +47,7 @@ func reconcile(proto traffic.Proto, pairs []pair, payload int, res []traffic.Res
 		switch proto {
 		case traffic.UDP:
 			v6 := p.serverAddr.Is6()
-			wb := uint64(traffic.WireBytes(payload, v6))
+			wb := uint64(traffic.WireBytes(p.size, v6))
 			wire := func(n uint64) traffic.Counts { return traffic.Counts{Packets: n, Bytes: n * wb} }
 			u := after.udp[p.server.netns].Sub(before.udp[p.server.netns])
 			if on {

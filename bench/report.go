@@ -67,7 +67,8 @@ type Case struct {
 	Proto traffic.Proto `json:"proto"`
 	Pairs int           `json:"pairs"`
 	// Streams per pair; Payload is the UDP payload or the TCP write size
-	// in bytes; Frame the UDP frame size with FCS (0 for TCP).
+	// in bytes (UDP: the first pair's; an IPv6 pair's is 20 bytes less,
+	// for the same frame); Frame the UDP frame size with FCS (0 for TCP).
 	Streams int `json:"streams"`
 	Payload int `json:"payload"`
 	Frame   int `json:"frame"`

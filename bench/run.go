@@ -35,6 +35,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
+	if err := cfg.CheckSpec(); err != nil {
+		return nil, err
+	}
 	rep = &Report{SchemaVersion: SchemaVersion, Started: time.Now().UTC(), Host: hostInfo(), Iperf3: []Iperf3{}}
 	rep.Settings = Settings{Topology: "built", Paths: cfg.Paths, Pairs: scaleSteps(cfg.Pairs), Streams: cfg.Streams,
 		Duration: cfg.Duration, Protos: cfg.Protos, Rounds: cfg.Rounds,
@@ -73,7 +76,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	for _, path := range cfg.Paths {
 		avail := findPairs(env.spec, path)
 		if len(avail) == 0 {
-			return nil, fmt.Errorf("topology %s has no %s pair to measure", env.spec.Name, path)
+			return nil, noPairs(env.spec.Name, path)
 		}
 		for _, proto := range cfg.Protos {
 			for _, k := range scaleSteps(min(cfg.Pairs, len(avail))) {
@@ -109,11 +112,16 @@ func (r *runner) progress(p Progress) {
 }
 
 func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pairs []pair) (*Case, error) {
-	v6 := pairs[0].serverAddr.Is6()
-	payload, err := r.cfg.payload(proto, v6)
-	if err != nil {
-		return nil, err
+	// Each pair's payload fills the frame in its own family: an IPv6
+	// header is 20 bytes longer.
+	pairs = slices.Clone(pairs)
+	var err error
+	for i := range pairs {
+		if pairs[i].size, err = r.cfg.payload(proto, pairs[i].serverAddr.Is6()); err != nil {
+			return nil, err
+		}
 	}
+	payload := pairs[0].size
 	c := &Case{Name: fmt.Sprintf("%s/%s/%d", path, proto, len(pairs)), Path: path, Proto: proto, Pairs: len(pairs),
 		Streams: r.cfg.Streams, Payload: payload, Frame: r.cfg.frame(proto)}
 
@@ -124,7 +132,7 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 	if err := r.in.detach(); err != nil {
 		return nil, err
 	}
-	if _, err := r.flows(ctx, proto, pairs, payload, min(r.cfg.Duration, 500*time.Millisecond)); err != nil {
+	if _, err := r.flows(ctx, proto, pairs, min(r.cfg.Duration, 500*time.Millisecond)); err != nil {
 		return nil, fmt.Errorf("%s warm-up: %w", c.Name, err)
 	}
 
@@ -139,7 +147,7 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 		for _, on := range order {
 			r.step++
 			r.progress(Progress{Step: r.step, Case: c.Name, Round: round, Instrumented: on, Phase: "sample"})
-			s, _, err := r.sample(ctx, proto, pairs, payload, on, r.cfg.Duration)
+			s, _, err := r.sample(ctx, proto, pairs, on, r.cfg.Duration)
 			if err != nil {
 				return nil, fmt.Errorf("%s round %d: %w", c.Name, round, err)
 			}
@@ -151,7 +159,7 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 
 	r.step++
 	r.progress(Progress{Step: r.step, Case: c.Name, Phase: "slices"})
-	if c.SliceRatio, err = r.sliceRatio(ctx, proto, pairs, payload); err != nil {
+	if c.SliceRatio, err = r.sliceRatio(ctx, proto, pairs); err != nil {
 		return nil, fmt.Errorf("%s slices: %w", c.Name, err)
 	}
 
@@ -163,7 +171,7 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 	var rs runStats
 	err = r.in.withRunStats(func() error {
 		var err error
-		s, rs, err = r.sample(ctx, proto, pairs, payload, true, min(r.cfg.Duration, costDuration))
+		s, rs, err = r.sample(ctx, proto, pairs, true, min(r.cfg.Duration, costDuration))
 		return err
 	})
 	if err != nil {
@@ -228,13 +236,13 @@ func summarize(ss []Sample, on bool) Summary {
 }
 
 // flows runs one flow per pair at once and returns their results.
-func (r *runner) flows(ctx context.Context, proto traffic.Proto, pairs []pair, payload int, d time.Duration) ([]traffic.Result, error) {
+func (r *runner) flows(ctx context.Context, proto traffic.Proto, pairs []pair, d time.Duration) ([]traffic.Result, error) {
 	runs := make([]*traffic.Run, len(pairs))
 	var err error
 	for i, p := range pairs {
 		runs[i], err = traffic.Start(ctx, traffic.Flow{
 			Proto: proto, ClientNetns: p.client.netns, ServerNetns: p.server.netns,
-			Server: netip.AddrPortFrom(p.serverAddr, 0), Streams: r.cfg.Streams, Size: payload, Duration: d,
+			Server: netip.AddrPortFrom(p.serverAddr, 0), Streams: r.cfg.Streams, Size: p.size, Duration: d,
 		})
 		if err != nil {
 			for _, run := range runs[:i] {
@@ -348,7 +356,7 @@ func pathIfaces(pairs []pair) []Iface {
 }
 
 // sample measures the pairs once, with nsflow attached or not.
-func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, payload int, on bool, d time.Duration) (Sample, runStats, error) {
+func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, on bool, d time.Duration) (Sample, runStats, error) {
 	ifs := pathIfaces(pairs)
 	var err error
 	if on {
@@ -366,7 +374,7 @@ func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, 
 	if err != nil {
 		return Sample{}, runStats{}, err
 	}
-	res, err := r.flows(ctx, proto, pairs, payload, d)
+	res, err := r.flows(ctx, proto, pairs, d)
 	if err != nil {
 		return Sample{}, runStats{}, err
 	}
@@ -397,7 +405,7 @@ func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, 
 		s.Kernel = append(s.Kernel, KernelDelta{Iface: i, Rx: traffic.Counts{Packets: d.RxPackets, Bytes: d.RxBytes},
 			Tx: traffic.Counts{Packets: d.TxPackets, Bytes: d.TxBytes}, RxDropped: d.RxDropped, TxDropped: d.TxDropped})
 	}
-	s.Checks = reconcile(proto, pairs, payload, res, before, after, on)
+	s.Checks = reconcile(proto, pairs, res, before, after, on)
 	rs := runStats{after.run.count - before.run.count, after.run.ns - before.run.ns}
 	return s, rs, nil
 }

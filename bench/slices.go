@@ -23,7 +23,7 @@ const SliceLength = 333 * time.Millisecond
 // of the machine's speed that separate samples seconds apart would keep.
 // Throughput is what the servers' interfaces received, from the kernel's
 // statistics; attaching and detaching happen between slices.
-func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pair, payload int) (sr SliceRatio, err error) {
+func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pair) (sr SliceRatio, err error) {
 	if err := r.in.detach(); err != nil {
 		return SliceRatio{}, err
 	}
@@ -39,7 +39,7 @@ func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pa
 	for _, p := range pairs {
 		run, err := traffic.Start(ctx, traffic.Flow{
 			Proto: proto, ClientNetns: p.client.netns, ServerNetns: p.server.netns,
-			Server: netip.AddrPortFrom(p.serverAddr, 0), Streams: r.cfg.Streams, Size: payload,
+			Server: netip.AddrPortFrom(p.serverAddr, 0), Streams: r.cfg.Streams, Size: p.size,
 		})
 		if err != nil {
 			return SliceRatio{}, fmt.Errorf("%s: %w", p, err)

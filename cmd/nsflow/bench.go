@@ -72,19 +72,26 @@ run failed), 2 a bad flag or topology file, or a run interrupted by Ctrl-C
 					return err
 				}
 				cfg.SpecFile = tf.file
+				if err := cfg.CheckSpec(); err != nil {
+					return benchUsage(err)
+				}
 			case tf.prefix != "":
 				return usage(errors.New("--prefix: needs -f FILE (the topology bench builds has a random prefix of its own)"))
 			}
 			stderr := cmd.ErrOrStderr()
+			clearProgress := func() {}
 			if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 				cfg.Progress = func(p bench.Progress) { fmt.Fprintf(stderr, "\r\033[K%s", p) }
-				defer fmt.Fprint(stderr, "\r\033[K")
+				// Cleared before the report: stdout and stderr are often
+				// the one terminal.
+				clearProgress = func() { fmt.Fprint(stderr, "\r\033[K") }
 			}
 			// main cancels cmd.Context() on Ctrl-C; bench.Run then removes
 			// what it built, and a second Ctrl-C kills the process. An
 			// interrupted run exits 2, as verify's does: its counts were
 			// not all taken, so neither 0 nor 1 would be true.
 			rep, err := bench.Run(cmd.Context(), cfg)
+			clearProgress()
 			if err != nil && cmd.Context().Err() != nil {
 				err = &exitError{2, fmt.Errorf("interrupted, what was built is removed: %w", err)}
 			}
