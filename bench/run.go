@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"golang.org/x/sys/unix"
 )
@@ -37,6 +38,15 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	if err := cfg.CheckSpec(); err != nil {
 		return nil, err
+	}
+	if cfg.Spec != nil {
+		// The run's own topology has a name of its own; a file's may be
+		// measured or verified by another run, whose traffic would mix.
+		unlock, err := topology.LockRun(cfg.Spec.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 	}
 	rep = &Report{SchemaVersion: SchemaVersion, Started: time.Now().UTC(), Host: hostInfo(), Iperf3: []Iperf3{}}
 	rep.Settings = Settings{Topology: "built", Paths: cfg.Paths, Pairs: scaleSteps(cfg.Pairs), Streams: cfg.Streams,

@@ -178,6 +178,17 @@ func TestRunFile(t *testing.T) {
 	if !slices.Equal(rep.Settings.Pairs, []int{1}) {
 		t.Errorf("settings.pairs %v, want [1]: the file has one veth pair", rep.Settings.Pairs)
 	}
+	// While another bench or a verify runs on the file: refused at once.
+	unlock, err := topology.LockRun(s.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), Config{Spec: s, Duration: 200 * time.Millisecond, Rounds: 1, Slices: 1, NoIperf3: true})
+	var busy *topology.BusyError
+	if !errors.As(err, &busy) || !strings.Contains(err.Error(), "another nsflow verify or bench of topology "+s.Name+" is running") {
+		t.Errorf("run while the topology is locked: %v", err)
+	}
+	unlock()
 	for _, n := range s.Namespaces {
 		if _, err := os.Stat(s.NetnsPath(n.Name)); err != nil {
 			t.Errorf("bench removed namespace %s of a topology it did not build: %v", n.Name, err)

@@ -136,16 +136,21 @@ func lockTopology(name string) (unlock func(), err error) {
 	}, fmt.Sprintf("another nsflow up or down of topology %s is running", name))
 }
 
-// VerifyLockDir holds the locks of running verifies.
-const VerifyLockDir = "/run/nsflow/verify"
+// RunLockDir holds the locks of running verifies and benches.
+const RunLockDir = "/run/nsflow/run"
 
-// LockVerify takes the lock of a verify of topology name: two verifies of
-// one topology would bind each other's probe ports and see each other's
-// probes. A second one fails at once.
-func LockVerify(name string) (unlock func(), err error) {
-	return lockFile(filepath.Join(VerifyLockDir, name+".lock"), func() bool { return true },
-		fmt.Sprintf("another nsflow verify of topology %s is running", name))
+// LockRun takes the lock of a verify or bench of topology name: two of
+// them on one topology would bind each other's ports and count each
+// other's traffic. A second one fails at once.
+func LockRun(name string) (unlock func(), err error) {
+	return lockFile(filepath.Join(RunLockDir, name+".lock"), func() bool { return true },
+		fmt.Sprintf("another nsflow verify or bench of topology %s is running", name))
 }
+
+// BusyError says that another nsflow process holds a topology's lock.
+type BusyError struct{ msg string }
+
+func (e *BusyError) Error() string { return e.msg }
 
 // lockFile takes an exclusive lock on the file at path (made with its
 // directory if absent); busy is the error when another process holds it.
@@ -162,7 +167,7 @@ func lockFile(path string, remove func() bool, busy string) (unlock func(), err 
 		if err := flockSoon(f); err != nil {
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("%s (it holds %s)", busy, path)
+				return nil, &BusyError{fmt.Sprintf("%s (it holds %s)", busy, path)}
 			}
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}

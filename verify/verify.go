@@ -99,7 +99,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	if opts.Timeout < MinTimeout {
 		return nil, fmt.Errorf("probe timeout %v is below %v", opts.Timeout, MinTimeout)
 	}
-	unlock, err := topology.LockVerify(s.Name)
+	unlock, err := topology.LockRun(s.Name)
 	if err != nil {
 		return nil, &EnvError{err}
 	}

@@ -265,17 +265,17 @@ func TestConcurrentVerifyRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unlock, err := topology.LockVerify(s.Name)
+	unlock, err := topology.LockRun(s.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = Run(context.Background(), s, Options{})
 	var env *EnvError
-	if !errors.As(err, &env) || !strings.Contains(err.Error(), "another nsflow verify of topology "+s.Name+" is running") {
+	if !errors.As(err, &env) || !strings.Contains(err.Error(), "another nsflow verify or bench of topology "+s.Name+" is running") {
 		t.Errorf("second verify: %v, want an environment error naming the running one", err)
 	}
 	unlock()
-	if _, err := os.Stat(filepath.Join(topology.VerifyLockDir, s.Name+".lock")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(topology.RunLockDir, s.Name+".lock")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("lock file left: %v", err)
 	}
 }

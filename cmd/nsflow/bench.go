@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/nsflow/nsflow/bench"
+	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -92,8 +93,12 @@ run failed), 2 a bad flag or topology file, or a run interrupted by Ctrl-C
 			// not all taken, so neither 0 nor 1 would be true.
 			rep, err := bench.Run(cmd.Context(), cfg)
 			clearProgress()
-			if err != nil && cmd.Context().Err() != nil {
+			var busy *topology.BusyError
+			switch {
+			case err != nil && cmd.Context().Err() != nil:
 				err = &exitError{2, fmt.Errorf("interrupted, what was built is removed: %w", err)}
+			case errors.As(err, &busy):
+				err = &exitError{2, err} // nothing measured: not a count that failed
 			}
 			if rep == nil || len(rep.Cases) == 0 {
 				return err
