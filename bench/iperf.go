@@ -83,22 +83,37 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 	}
 }
 
-// iperf3Port is the fixed port of the one-off iperf3 server; the server
-// namespace is the run's own, so nothing else listens there.
-const iperf3Port = 5201
+// iperf3Ports are where the one-off iperf3 server may listen: the first
+// one free in the server's namespace (a -f topology's namespace may run
+// an iperf3 of its own, which must not be measured in its place).
+const iperf3FirstPort, iperf3LastPort = 5201, 5299
 
 func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffic.Proto, payload, secs int) (gbps, mpps float64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+15*time.Second)
 	defer cancel()
-	srv := exec.CommandContext(ctx, bin, "-s", "-B", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port))
+	busy, err := listeningPorts(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	port := iperf3FirstPort
+	for busy[port] {
+		if port++; port > iperf3LastPort {
+			return 0, 0, fmt.Errorf("no free port for an iperf3 server in %d..%d", iperf3FirstPort, iperf3LastPort)
+		}
+	}
+	var stderr strings.Builder
+	srv := exec.CommandContext(ctx, bin, "-s", "-1", "-B", p.serverAddr.String(), "-p", strconv.Itoa(port))
+	srv.Stderr = &stderr
 	if err := nsenter.Do(p.server.netns, srv.Start); err != nil {
 		return 0, 0, fmt.Errorf("start iperf3 server: %w", err)
 	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	if err := waitListening(p, ctx); err != nil {
-		return 0, 0, err
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	defer func() { _ = srv.Process.Kill(); <-exited }()
+	if err := waitListening(ctx, p, port, exited); err != nil {
+		return 0, 0, fmt.Errorf("%w %s", err, strings.TrimSpace(stderr.String()))
 	}
-	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(iperf3Port), "-J",
+	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(port), "-J",
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(r.cfg.Streams)}
 	if proto == traffic.UDP {
 		args = append(args, "-u", "-b", "0", "-l", strconv.Itoa(payload))
@@ -142,41 +157,53 @@ func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffi
 	return j.End.SumReceived.BitsPerSecond / 1e9, 0, nil
 }
 
-// waitListening polls the server namespace's socket table until iperf3
-// listens. A probe connection would not do: iperf3 takes any connection
-// as its control channel and fails the real test when the probe closes.
-func waitListening(p pair, ctx context.Context) error {
-	want := fmt.Sprintf(":%04X ", iperf3Port)
+// waitListening polls the server namespace's socket table until our
+// iperf3 listens on port, or has exited. A probe connection would not do:
+// iperf3 takes any connection as its control channel and fails the real
+// test when the probe closes.
+func waitListening(ctx context.Context, p pair, port int, exited <-chan error) error {
 	for {
-		var listening bool
-		err := nsenter.Do(p.server.netns, func() error {
-			for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-				b, err := os.ReadFile(f)
-				if err != nil && !os.IsNotExist(err) {
-					return err
-				}
-				for _, line := range strings.Split(string(b), "\n") {
-					// sl local_address rem_address st ...; st 0A is LISTEN.
-					fields := strings.Fields(line)
-					if len(fields) > 3 && strings.Contains(fields[1]+" ", want) && fields[3] == "0A" {
-						listening = true
-					}
-				}
-			}
-			return nil
-		})
+		ports, err := listeningPorts(p)
 		if err != nil {
 			return err
 		}
-		if listening {
+		if ports[port] {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("iperf3 server did not start: %w", ctx.Err())
+		case err := <-exited:
+			return fmt.Errorf("iperf3 server exited before it listened (%v):", err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// listeningPorts are the TCP ports listened on in the server's namespace.
+func listeningPorts(p pair) (map[int]bool, error) {
+	ports := map[int]bool{}
+	err := nsenter.Do(p.server.netns, func() error {
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+			b, err := os.ReadFile(f)
+			if err != nil && !os.IsNotExist(err) {
+				return err
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				// sl local_address rem_address st ...; st 0A is LISTEN.
+				fields := strings.Fields(line)
+				if len(fields) <= 3 || fields[3] != "0A" {
+					continue
+				}
+				_, hexPort, ok := strings.Cut(fields[1], ":")
+				if n, err := strconv.ParseUint(hexPort, 16, 16); ok && err == nil {
+					ports[int(n)] = true
+				}
+			}
+		}
+		return nil
+	})
+	return ports, err
 }
 
 // iperf3Seconds is the run's duration in whole seconds, at least one:

@@ -288,3 +288,43 @@ links:
 		t.Errorf("%d differences, want 0", rep.Differences)
 	}
 }
+
+// The iperf3 sanity line measures bench's own iperf3 server: with the
+// user's iperf3 server on the default port in the server's namespace,
+// bench's listens on the next, and the user's sees no client.
+func TestIperf3BesideAnother(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Fatal("iperf3 is needed (Debian package iperf3)")
+	}
+	s := topotest.Up(t, runSpec([]Path{Veth}, 1), testenv.Name("nbi")+"-")
+	pairs := findPairs(s, Veth)
+	if len(pairs) != 1 {
+		t.Fatalf("%d pairs", len(pairs))
+	}
+	var out bytes.Buffer
+	other := exec.Command("ip", "netns", "exec", pairs[0].server.Namespace, "iperf3", "-s", "-p", "5201")
+	other.Stdout, other.Stderr = &out, &out
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	for try := 0; ; try++ {
+		if ports, err := listeningPorts(pairs[0]); err == nil && ports[5201] {
+			break
+		} else if try == 100 {
+			t.Fatalf("the other iperf3 server does not listen: %v %s", err, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rep, err := Run(context.Background(), Config{Spec: s, Duration: time.Second, Rounds: 1, Slices: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Iperf3) != 1 || rep.Iperf3[0].Error != "" || rep.Iperf3[0].Gbps <= 0 {
+		t.Errorf("iperf3 line %+v, want a measurement", rep.Iperf3)
+	}
+	if strings.Contains(out.String(), "Accepted connection") {
+		t.Errorf("bench's iperf3 client measured the other server:\n%s", out.String())
+	}
+}
