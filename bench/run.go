@@ -388,6 +388,13 @@ func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, 
 	if err != nil {
 		return Sample{}, runStats{}, err
 	}
+	for i, x := range res {
+		// A sample without traffic would read as a throughput of 0 and a
+		// ratio of 0 or infinity: a failed measurement, not a figure.
+		if x.Received.Bytes == 0 && ctx.Err() == nil {
+			return Sample{}, runStats{}, fmt.Errorf("%s: no traffic arrived in %v (%d bytes sent)", pairs[i], d, x.Sent.Bytes)
+		}
+	}
 	if err := r.quiesce(pairs); err != nil {
 		return Sample{}, runStats{}, err
 	}

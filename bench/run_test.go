@@ -328,3 +328,20 @@ func TestIperf3BesideAnother(t *testing.T) {
 		t.Errorf("bench's iperf3 client measured the other server:\n%s", out.String())
 	}
 }
+
+// A sample in which no traffic arrives (here a firewall in the server's
+// namespace drops it all) fails the run: it is not a throughput of 0.
+func TestRunNoTraffic(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	s := topotest.Up(t, runSpec([]Path{Veth}, 1), testenv.Name("nbz")+"-")
+	server := findPairs(s, Veth)[0].server.Namespace
+	if out, err := exec.Command("ip", "netns", "exec", server, "nft",
+		"add table inet t; add chain inet t in { type filter hook input priority 0; policy accept; }; add rule inet t in udp dport != 0 drop").CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	_, err := Run(context.Background(), Config{Spec: s, Protos: []traffic.Proto{traffic.UDP}, Duration: 200 * time.Millisecond,
+		Rounds: 1, Slices: 1, NoIperf3: true})
+	if err == nil || !strings.Contains(err.Error(), "no traffic arrived") {
+		t.Errorf("run without traffic: %v, want an error saying no traffic arrived", err)
+	}
+}
