@@ -125,7 +125,7 @@ func TestWriteTable(t *testing.T) {
 // jsonKeys are the documented fields of -o json, per object; the README
 // promises them to scripts.
 var jsonKeys = map[string][]string{
-	"report":   {"schema_version", "started", "host", "settings", "topology", "cases", "iperf3", "differences"},
+	"report":   {"schema_version", "started", "host", "settings", "topology", "cases", "iperf3", "differences", "complete"},
 	"host":     {"kernel", "cpus", "attach_mode"},
 	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "sizes", "rounds", "slices", "slice_length_ns"},
 	"case": {"name", "path", "proto", "pairs", "streams", "payload", "frame", "uninstrumented", "instrumented",

@@ -27,6 +27,9 @@ type Report struct {
 	// Differences counts reconciliation checks, over all cases, whose two
 	// sides did not match.
 	Differences int `json:"differences"`
+	// Complete is false in the report of a run that stopped early
+	// (Ctrl-C, an error): it holds the cases finished by then.
+	Complete bool `json:"complete"`
 }
 
 // Host describes where the run happened.

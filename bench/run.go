@@ -111,6 +111,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if !cfg.NoIperf3 {
 		r.iperf3(ctx, env)
 	}
+	rep.Complete = ctx.Err() == nil
 	return rep, ctx.Err()
 }
 

@@ -84,6 +84,9 @@ func TestRun(t *testing.T) {
 			t.Errorf("%s: slice ratio %+v, want two slices measured", c.Name, sr)
 		}
 	}
+	if !rep.Complete {
+		t.Error("the report of a whole run says it is not complete")
+	}
 	if rep.Differences != 0 {
 		t.Errorf("%d differences", rep.Differences)
 	}
@@ -141,6 +144,9 @@ func TestRunCancel(t *testing.T) {
 	}
 	if rep == nil {
 		t.Fatal("no partial report")
+	}
+	if rep.Complete {
+		t.Error("the partial report says it is complete")
 	}
 	assertGone(t, rep.Topology)
 }
