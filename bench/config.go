@@ -172,6 +172,11 @@ func (c Config) CheckSpec() error {
 		}
 		frame := c.frame(traffic.UDP)
 		for _, p := range pairs[:min(len(pairs), c.Pairs)] {
+			// normalize checked the frame over IPv4; IPv6 needs 20 more.
+			if _, err := c.payload(traffic.UDP, p.serverAddr.Is6()); err != nil {
+				errs = append(errs, err)
+				break
+			}
 			if ip := frame - 18; ip > p.mtu {
 				errs = append(errs, fieldErr("size", "a %d-byte frame carries %d bytes of IP, more than the %d-byte MTU between %s:%s and %s:%s", frame, ip, p.mtu, p.client.Namespace, p.client.Name, p.server.Namespace, p.server.Name))
 			}

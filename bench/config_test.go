@@ -175,17 +175,30 @@ links:
 	if err != nil {
 		t.Fatal(err)
 	}
+	v6, err := topology.Parse([]byte(`
+name: t
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e0, addresses: ["fd00:9::1/64"]}, {namespace: b, interface: e0, addresses: ["fd00:9::2/64"]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		cfg  Config
 		want string
 	}{
 		{Config{Protos: []traffic.Proto{traffic.UDP}, Size: 1518}, "size: a 1518-byte frame carries 1500 bytes of IP, more than the 1280-byte MTU between a:e1 and b:e1"},
 		{Config{Protos: []traffic.Proto{traffic.UDP}, Size: 1298}, ""},
+		{Config{Protos: []traffic.Proto{traffic.UDP}, Size: 1299}, "size: a 1299-byte frame carries 1281 bytes of IP, more than the 1280-byte MTU"},
 		{Config{Protos: []traffic.Proto{traffic.TCP}, Size: 1518}, ""}, // TCP segments to the MTU itself
 		{Config{Paths: []Path{Bridge}}, "topology t has no bridge pair to measure: that needs two declared namespaces on one bridge"},
+		{Config{Spec: v6, Protos: []traffic.Proto{traffic.UDP}}, "size: frame size 64 is too small"}, // IPv6 needs 82
 		{Config{Protos: []traffic.Proto{traffic.TCP}, Size: 64 << 20}, "size: TCP write 67108864 is larger than 16777216"},
 	} {
-		tc.cfg.Spec = s
+		if tc.cfg.Spec == nil {
+			tc.cfg.Spec = s
+		}
 		err := tc.cfg.CheckSpec()
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.want)) {
 			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)

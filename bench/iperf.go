@@ -111,7 +111,10 @@ func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffi
 	go func() { exited <- srv.Wait() }()
 	defer func() { _ = srv.Process.Kill(); <-exited }()
 	if err := waitListening(ctx, p, port, exited); err != nil {
-		return 0, 0, fmt.Errorf("%w %s", err, strings.TrimSpace(stderr.String()))
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = fmt.Errorf("%w; it said: %s", err, msg)
+		}
+		return 0, 0, err
 	}
 	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(port), "-J",
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(r.cfg.Streams)}
@@ -174,7 +177,7 @@ func waitListening(ctx context.Context, p pair, port int, exited <-chan error) e
 		case <-ctx.Done():
 			return fmt.Errorf("iperf3 server did not start: %w", ctx.Err())
 		case err := <-exited:
-			return fmt.Errorf("iperf3 server exited before it listened (%v):", err)
+			return fmt.Errorf("iperf3 server exited before it listened (%v)", err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

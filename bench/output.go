@@ -63,7 +63,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	}
 	fmt.Fprintf(w, "median of %d rounds each (min..max); off = uninstrumented, on = nsflow attached; CPU in cores: this process, and host softirq\n",
 		r.Settings.Rounds)
-	fmt.Fprintf(w, "ratio = median (25th..75th percentile) of %d on slices of %v of one uninterrupted flow, each over the mean of the off slices around it; "+
+	fmt.Fprintf(w, "ratio = median (25th..75th percentile) of %d on slices of %v of one continuous run of the generator, each over the mean of the off slices around it; "+
 		"rounds ratio = median of each round's on/off (noisier: its samples are seconds apart)\n", r.Settings.Slices, r.Settings.SliceLength)
 	for _, p := range r.Iperf3 {
 		if p.Error != "" {

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/nsflow/nsflow/topology"
 )
@@ -127,10 +128,6 @@ func findPairs(s *topology.Spec, path Path) []pair {
 	for _, n := range s.Namespaces {
 		declared[n.Name] = true
 	}
-	bridgeMTU := map[string]int{}
-	for _, b := range s.Bridges {
-		bridgeMTU[b.Name] = b.MTU
-	}
 	used := map[string]bool{}
 	free := func(ns ...string) bool {
 		for _, n := range ns {
@@ -153,6 +150,10 @@ func findPairs(s *topology.Spec, path Path) []pair {
 			}
 			a, b := l.Endpoints[0], l.Endpoints[1]
 			if a.Bridge != "" || b.Bridge != "" || !declared[a.Namespace] || !declared[b.Namespace] {
+				continue
+			}
+			// Both ends in one namespace: its traffic to itself takes lo.
+			if a.Namespace == b.Namespace {
 				continue
 			}
 			addr, ok := serverAddr(a.Addresses, b.Addresses)
@@ -182,38 +183,37 @@ func findPairs(s *topology.Spec, path Path) []pair {
 				if _, seen := byBridge[e.Bridge]; !seen {
 					order = append(order, e.Bridge)
 				}
-				mtu := mtuOr(l.MTU)
-				if m := bridgeMTU[e.Bridge]; m > 0 {
-					mtu = min(mtu, m)
+				// A namespace's first port on the bridge only: with two
+				// on one subnet, the kernel sends by the first.
+				if slices.ContainsFunc(byBridge[e.Bridge], func(m member) bool { return m.own.Namespace == peer.Namespace }) {
+					continue
 				}
+				// The bridge forwards by its ports' MTUs, not its own.
 				byBridge[e.Bridge] = append(byBridge[e.Bridge], member{
 					own:   iface(peer.Namespace, peer.Interface),
 					port:  iface(s.BridgeNamespace(e.Bridge), e.Interface),
 					addrs: peer.Addresses,
-					mtu:   mtu,
+					mtu:   mtuOr(l.MTU),
 				})
 			}
 		}
 		for _, br := range order {
-			var waiting *member // a client without its server yet
-			for _, m := range byBridge[br] {
-				if used[m.own.Namespace] {
+			ms := byBridge[br]
+			for i, c := range ms {
+				if used[c.own.Namespace] {
 					continue
 				}
-				if waiting == nil {
-					waiting = &m
-					continue
+				// The first later member it shares a family with.
+				for _, sv := range ms[i+1:] {
+					addr, ok := serverAddr(c.addrs, sv.addrs)
+					if used[sv.own.Namespace] || !ok {
+						continue
+					}
+					free(c.own.Namespace, sv.own.Namespace)
+					out = append(out, pair{path: Bridge, client: c.own, server: sv.own, serverAddr: addr,
+						ifaces: []Iface{c.own, c.port, sv.port, sv.own}, mtu: min(c.mtu, sv.mtu)})
+					break
 				}
-				addr, ok := serverAddr(waiting.addrs, m.addrs)
-				if !ok || waiting.own.Namespace == m.own.Namespace {
-					waiting = &m // no pair: try this one as the next client
-					continue
-				}
-				c, sv := *waiting, m
-				free(c.own.Namespace, sv.own.Namespace)
-				waiting = nil
-				out = append(out, pair{path: Bridge, client: c.own, server: sv.own, serverAddr: addr,
-					ifaces: []Iface{c.own, c.port, sv.port, sv.own}, mtu: min(c.mtu, sv.mtu)})
 			}
 		}
 	}

@@ -88,22 +88,28 @@ func TestFindPairsSeed(t *testing.T) {
 }
 
 // Pairs never share a namespace (each pair's counts are checked against
-// its namespaces' own), and a pair is found in whichever family both
-// ends have, not only the client's first address's.
+// its namespaces' own), a veth with both ends in one namespace is none
+// (that traffic takes lo), and a pair is found in whichever family both
+// ends have. On a bridge, a namespace counts by its first port (the
+// kernel sends by it), a member pairs with the first later one it shares
+// a family with, and the MTU is the ports' (the bridge forwards by them).
 func TestFindPairsDisjoint(t *testing.T) {
 	s, err := topology.Parse([]byte(`
 name: t
-namespaces: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}, {name: g}]
-bridges: [{name: br, mtu: 1400}]
+namespaces: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}, {name: g}, {name: h}, {name: i}, {name: j}]
+bridges: [{name: br, mtu: 1400}, {name: br2}]
 links:
   - endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: [198.18.9.2/30]}]
   - endpoints: [{namespace: a, interface: e1, addresses: [198.18.9.5/30]}, {namespace: b, interface: e1, addresses: [198.18.9.6/30]}]
   - mtu: 1280
     endpoints: [{namespace: c, interface: e0, addresses: ["fd00:9::1/64", 198.18.9.9/30]}, {namespace: d, interface: e0, addresses: [198.18.9.10/30]}]
+  - endpoints: [{namespace: j, interface: e0, addresses: [198.18.9.13/30]}, {namespace: j, interface: e1, addresses: [198.18.9.14/30]}]
   - endpoints: [{namespace: e, interface: e0, addresses: [198.18.10.1/24]}, {bridge: br, interface: pe}]
   - endpoints: [{namespace: e, interface: e1, addresses: [198.18.10.2/24]}, {bridge: br, interface: pe1}]
   - endpoints: [{namespace: f, interface: e0, addresses: [198.18.10.3/24]}, {bridge: br, interface: pf}]
-  - endpoints: [{namespace: g, interface: e0, addresses: [198.18.10.4/24]}, {bridge: br, interface: pg}]
+  - endpoints: [{namespace: g, interface: e0, addresses: [198.18.11.1/24]}, {bridge: br2, interface: pg}]
+  - endpoints: [{namespace: h, interface: e0, addresses: ["fd00:11::2/64"]}, {bridge: br2, interface: ph}]
+  - endpoints: [{namespace: i, interface: e0, addresses: [198.18.11.3/24]}, {bridge: br2, interface: pi}]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -111,14 +117,19 @@ links:
 	var got []string
 	for _, path := range []Path{Veth, Bridge} {
 		for _, p := range findPairs(s, path) {
-			got = append(got, fmt.Sprintf("%s:%s mtu %d", path, p, p.mtu))
+			var ifs []string
+			for _, i := range p.ifaces {
+				ifs = append(ifs, i.Namespace+":"+i.Name)
+			}
+			got = append(got, fmt.Sprintf("%s:%s %v mtu %d", path, p, ifs, p.mtu))
 		}
 	}
 	want := []string{
-		"veth:a -> b (198.18.9.2) mtu 1500", "veth:c -> d (198.18.9.10) mtu 1280",
-		"bridge:e -> f (198.18.10.3) mtu 1400",
+		"veth:a -> b (198.18.9.2) [a:e0 b:e0] mtu 1500", "veth:c -> d (198.18.9.10) [c:e0 d:e0] mtu 1280",
+		"bridge:e -> f (198.18.10.3) [e:e0 host:pe host:pf f:e0] mtu 1500",
+		"bridge:g -> i (198.18.11.3) [g:e0 host:pg host:pi i:e0] mtu 1500",
 	}
 	if !slices.Equal(got, want) {
-		t.Errorf("pairs %q, want %q", got, want)
+		t.Errorf("pairs\n  %q\nwant\n  %q", got, want)
 	}
 }

@@ -72,7 +72,7 @@ func plotTarget(path string) (string, error) {
 	case errors.Is(err, os.ErrNotExist):
 		if _, lerr := os.Lstat(path); lerr == nil {
 			// A dangling link: the chart would replace the link.
-			return "", fmt.Errorf("%s: a symbolic link to nothing; give the file's own name", path)
+			return "", fmt.Errorf("%s: a symbolic link that leads to no file; give a file's name", path)
 		}
 		return path, nil // a new file
 	case err != nil:

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestPlotPathErrors: an error writing the chart names what the user gave
@@ -38,13 +40,18 @@ func TestPlotPathErrors(t *testing.T) {
 	}
 }
 
-// The chart replaces only a regular file: a device, a directory or a
-// dangling link is refused before the run, untouched; a link to a file
-// stays a link, and the file it leads to gets the chart.
+// The chart replaces only a regular file: a device (here a named pipe,
+// so that a regression cannot replace the host's /dev/null), a directory
+// or a dangling link is refused before the run, untouched; a link to a
+// file stays a link, and the file it leads to gets the chart.
 func TestPlotPathKinds(t *testing.T) {
 	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.svg")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ path, want string }{
-		{"/dev/null", "/dev/null: not a regular file (a device)"},
+		{fifo, fifo + ": not a regular file (a named pipe)"},
 		{dir, dir + ": not a regular file (a directory)"},
 	} {
 		if err := CheckPlotPath(tc.path); err == nil || err.Error() != tc.want+"; the chart is written to a file" {
@@ -54,14 +61,16 @@ func TestPlotPathKinds(t *testing.T) {
 			t.Errorf("SavePlot(%s) wrote over it", tc.path)
 		}
 	}
-	if st, err := os.Stat("/dev/null"); err != nil || st.Mode()&os.ModeDevice == 0 {
-		t.Fatalf("/dev/null is no longer a device: %v %v", st.Mode(), err)
+	if st, err := os.Lstat(fifo); err != nil {
+		t.Fatal(err)
+	} else if st.Mode()&os.ModeNamedPipe == 0 {
+		t.Fatalf("the named pipe was replaced: %v", st.Mode())
 	}
 	dangling := filepath.Join(dir, "dangling.svg")
 	if err := os.Symlink(filepath.Join(dir, "none.svg"), dangling); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckPlotPath(dangling); err == nil || !strings.Contains(err.Error(), "a symbolic link to nothing") {
+	if err := CheckPlotPath(dangling); err == nil || !strings.Contains(err.Error(), "a symbolic link that leads to no file") {
 		t.Errorf("dangling link: %v", err)
 	}
 	target, link := filepath.Join(dir, "target.svg"), filepath.Join(dir, "link.svg")
@@ -77,8 +86,10 @@ func TestPlotPathKinds(t *testing.T) {
 	if err := SavePlot(link, &Report{}); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := os.Lstat(link); err != nil || st.Mode()&os.ModeSymlink == 0 {
-		t.Errorf("the link was replaced: %v %v", st.Mode(), err)
+	if st, err := os.Lstat(link); err != nil {
+		t.Fatal(err)
+	} else if st.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the link was replaced: %v", st.Mode())
 	}
 	if b, err := os.ReadFile(target); err != nil || !strings.HasPrefix(string(b), "<svg") && !strings.HasPrefix(string(b), "<?xml") {
 		t.Errorf("the link's target has no chart: %.40q %v", b, err)

@@ -308,18 +308,24 @@ func TestIperf3BesideAnother(t *testing.T) {
 	if len(pairs) != 1 {
 		t.Fatalf("%d pairs", len(pairs))
 	}
-	var out bytes.Buffer
+	// A file, not a buffer: the test reads it while iperf3 writes.
+	out, err := os.Create(filepath.Join(t.TempDir(), "iperf3.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
 	other := exec.Command("ip", "netns", "exec", pairs[0].server.Namespace, "iperf3", "-s", "-p", "5201")
-	other.Stdout, other.Stderr = &out, &out
+	other.Stdout, other.Stderr = out, out
 	if err := other.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	said := func() string { b, _ := os.ReadFile(out.Name()); return string(b) }
 	for try := 0; ; try++ {
 		if ports, err := listeningPorts(pairs[0]); err == nil && ports[5201] {
 			break
 		} else if try == 100 {
-			t.Fatalf("the other iperf3 server does not listen: %v %s", err, out.String())
+			t.Fatalf("the other iperf3 server does not listen: %v %s", err, said())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -330,8 +336,8 @@ func TestIperf3BesideAnother(t *testing.T) {
 	if len(rep.Iperf3) != 1 || rep.Iperf3[0].Error != "" || rep.Iperf3[0].Gbps <= 0 {
 		t.Errorf("iperf3 line %+v, want a measurement", rep.Iperf3)
 	}
-	if strings.Contains(out.String(), "Accepted connection") {
-		t.Errorf("bench's iperf3 client measured the other server:\n%s", out.String())
+	if s := said(); strings.Contains(s, "Accepted connection") {
+		t.Errorf("bench's iperf3 client measured the other server:\n%s", s)
 	}
 }
 
