@@ -33,8 +33,10 @@ nsflow's and the kernel's counts. --size is the Ethernet frame size for UDP
 (FCS included: 64 is the classic 64-byte packet) and the write size for TCP.
 
 Exit status: 0 every count reconciles, 1 a count does not reconcile (or the
-run failed), 2 a bad flag or topology file, or a run interrupted by Ctrl-C
-(what was built is removed; the cases measured so far are reported).`,
+run failed), 2 a bad flag or topology file (also: no pair to measure, UDP
+frames larger than a link's MTU), another bench or verify of the topology
+running, or a run interrupted by Ctrl-C (what was built is removed; the
+cases measured so far are reported).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// Bad flags are usage errors (status 2), found before
@@ -97,7 +99,7 @@ run failed), 2 a bad flag or topology file, or a run interrupted by Ctrl-C
 			switch {
 			case err != nil && cmd.Context().Err() != nil:
 				err = &exitError{2, fmt.Errorf("interrupted, what was built is removed: %w", err)}
-			case errors.As(err, &busy):
+			case errors.As(err, &busy) && rep == nil:
 				err = &exitError{2, err} // nothing measured: not a count that failed
 			}
 			if rep == nil || len(rep.Cases) == 0 {
@@ -129,7 +131,7 @@ run failed), 2 a bad flag or topology file, or a run interrupted by Ctrl-C
 	f.IntVar(&cfg.Streams, "streams", 1, "TCP connections or UDP sockets per pair")
 	f.DurationVar(&cfg.Duration, "duration", bench.DefaultDuration, "length of each sample")
 	f.StringVar(&proto, "proto", "tcp", "traffic: tcp, udp or both")
-	f.IntVar(&cfg.Size, "size", 0, "UDP: Ethernet frame bytes with FCS (default 64); TCP: bytes per write (default 131072)")
+	f.IntVar(&cfg.Size, "size", 0, "UDP: Ethernet frame bytes with FCS (default 64); TCP: bytes per write (default 131072, at most 16 MiB)")
 	f.IntVar(&cfg.Rounds, "rounds", bench.DefaultRounds, "uninstrumented/instrumented sample pairs per case")
 	f.IntVar(&cfg.Slices, "slices", bench.DefaultSlices, "instrumented slices per case for the overhead ratio, each "+bench.SliceLength.String()+" and between two uninstrumented ones")
 	f.BoolVar(&cfg.NoIperf3, "no-iperf3", false, "skip the iperf3 sanity measurement")

@@ -21,6 +21,20 @@ import (
 // not reconcile).
 func TestBenchCLIErrors(t *testing.T) {
 	dir := t.TempDir()
+	file := func(name, yaml string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	busy := testenv.Name("bcb")
+	unlock, err := topology.LockRun(busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	pair := "\nnamespaces: [{name: a}, {name: b}]\nlinks: [{mtu: 1280, endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: [198.18.9.2/30]}]}]\n"
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -45,6 +59,10 @@ func TestBenchCLIErrors(t *testing.T) {
 		{[]string{"--plot", filepath.Join(dir, "none", "chart.svg")}, "--plot: directory " + filepath.Join(dir, "none") + ": no such file or directory"},
 		{[]string{"--prefix", "p-"}, "--prefix: needs -f FILE"},
 		{[]string{"-f", filepath.Join(dir, "none.yaml")}, "no such file"},
+		{[]string{"--plot", dir}, "--plot: " + dir + ": not a regular file (a directory)"},
+		{[]string{"-f", file("nopair.yaml", "name: np\nnamespaces: [{name: a}]\n")}, "topology np has no veth pair to measure"},
+		{[]string{"-f", file("mtu.yaml", "name: mtu"+pair), "--proto", "udp", "--size", "1518"}, "--size: a 1518-byte frame carries 1500 bytes of IP, more than the 1280-byte MTU between a:e0 and b:e0"},
+		{[]string{"-f", file("busy.yaml", "name: "+busy+pair)}, "another nsflow verify or bench of topology " + busy + " is running"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			root := newRootCmd()
