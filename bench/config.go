@@ -61,6 +61,10 @@ type Progress struct {
 	Round        int
 	Instrumented bool
 	Phase        string // "topology", "warm-up", "sample", "slices", "bpf cost", "iperf3", "cleanup"
+	// Built names the topology bench built for the run, once it is up
+	// ("" before, and for a -f file's): what a run killed before its
+	// cleanup leaves behind.
+	Built string
 }
 
 func (p Progress) String() string {

@@ -27,6 +27,7 @@ type runner struct {
 	step   int
 	steps  int
 	report *Report
+	built  string // the topology built for the run, once up
 }
 
 // Run measures every case of cfg and returns the report. It builds (or
@@ -65,6 +66,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	rep.Topology = env.spec.Name
+	if env.built {
+		r.built = env.spec.Name
+	}
 	defer func() {
 		r.progress(Progress{Phase: "cleanup"})
 		err = errors.Join(err, env.release())
@@ -117,7 +121,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 
 func (r *runner) progress(p Progress) {
 	if r.cfg.Progress != nil {
-		p.Steps = r.steps
+		p.Steps, p.Built = r.steps, r.built
 		r.cfg.Progress(p)
 	}
 }

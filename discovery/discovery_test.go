@@ -103,15 +103,7 @@ func TestWatchNamedAndUnnamed(t *testing.T) {
 
 	// Unnamed: a process in a fresh namespace (unshare -n) that nobody
 	// bind-mounted, found through /proc and labelled by inode.
-	cmd := exec.Command("unshare", "-n", "sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ino, err := nsInodeEventually(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cmd, ino := startUnshared(t)
 	un := c.wait(t, "unnamed add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
 	if un.Namespace.Name != "" || un.Namespace.Label() != "netns-"+itoa(ino) ||
 		len(un.Namespace.Pids) == 0 || un.Namespace.Pids[0] != cmd.Process.Pid || un.Namespace.Comms[0] != "sleep" {
@@ -124,6 +116,23 @@ func TestWatchNamedAndUnnamed(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	c.wait(t, "unnamed remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
+}
+
+// startUnshared starts a process in a fresh namespace (unshare -n) that
+// nobody bind-mounted, killed when the test ends, and returns it with its
+// namespace's inode.
+func startUnshared(t *testing.T) (*exec.Cmd, uint64) {
+	t.Helper()
+	cmd := exec.Command("unshare", "-n", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ino, err := nsInodeEventually(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd, ino
 }
 
 // nsInodeEventually waits until unshare has switched namespaces.
@@ -432,15 +441,7 @@ func TestSyncedWaitsForProcScan(t *testing.T) {
 		return procNamespaces(root)
 	}
 	t.Cleanup(func() { scanProcs = procNamespaces })
-	cmd := exec.Command("unshare", "-n", "sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ino, err := nsInodeEventually(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ino := startUnshared(t)
 	c := startWatch(t, WatchConfig{Interval: time.Hour}) // only the retries rescan
 	c.wait(t, "synced", 5*time.Second, func(e NetnsEvent) bool { return e.Type == Synced })
 	c.mu.Lock()
@@ -465,15 +466,7 @@ func TestList(t *testing.T) {
 	testenv.RequireRoot(t)
 	name := testenv.Name("dsl")
 	addNetns(t, name)
-	cmd := exec.Command("unshare", "-n", "sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ino, err := nsInodeEventually(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cmd, ino := startUnshared(t)
 
 	// Held by a descriptor: named, opened, then the name removed.
 	held := testenv.Name("dsh")

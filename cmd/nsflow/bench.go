@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"github.com/nsflow/nsflow/bench"
 	"github.com/nsflow/nsflow/topology"
@@ -82,13 +83,34 @@ cases measured so far are reported).`,
 				return usage(errors.New("--prefix: needs -f FILE (the topology bench builds has a random prefix of its own)"))
 			}
 			stderr := cmd.ErrOrStderr()
-			clearProgress := func() {}
+			clearProgress, show := func() {}, func(bench.Progress) {}
 			if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-				cfg.Progress = func(p bench.Progress) { fmt.Fprintf(stderr, "\r\033[K%s", p) }
+				show = func(p bench.Progress) { fmt.Fprintf(stderr, "\r\033[K%s", p) }
 				// Cleared before the report: stdout and stderr are often
 				// the one terminal.
 				clearProgress = func() { fmt.Fprint(stderr, "\r\033[K") }
 			}
+			// On Ctrl-C, say what is being removed: a second one kills
+			// bench and leaves it, and its name was never shown.
+			var built atomic.Value
+			cfg.Progress = func(p bench.Progress) {
+				if p.Built != "" {
+					built.Store(p.Built)
+				}
+				show(p)
+			}
+			done := make(chan struct{})
+			defer close(done)
+			go func() {
+				select {
+				case <-cmd.Context().Done():
+					if name, _ := built.Load().(string); name != "" {
+						clearProgress()
+						fmt.Fprintf(stderr, "stopping: removing topology %s; a second Ctrl-C leaves it, to be removed with: printf 'name: %s\\n' > t.yaml && nsflow topology down -f t.yaml\n", name, name)
+					}
+				case <-done:
+				}
+			}()
 			// main cancels cmd.Context() on Ctrl-C; bench.Run then removes
 			// what it built, and a second Ctrl-C kills the process. An
 			// interrupted run exits 2, as verify's does: its counts were

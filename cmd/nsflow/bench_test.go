@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -87,11 +88,23 @@ func TestBenchCLIInterrupted(t *testing.T) {
 	root := newRootCmd()
 	var out bytes.Buffer
 	root.SetOut(&out)
+	// A file: bench writes to it from two goroutines.
+	errOut, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errOut.Close()
+	root.SetErr(errOut)
 	root.SetArgs([]string{"bench", "--duration", "1m", "--no-iperf3"})
-	err := root.ExecuteContext(ctx)
+	err = root.ExecuteContext(ctx)
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "interrupted") {
 		t.Fatalf("interrupted bench: %v, want exit status 2 saying it was interrupted\n%s", err, out.String())
+	}
+	// It said what it was removing, and how to remove it if killed.
+	said, _ := os.ReadFile(errOut.Name())
+	if !regexp.MustCompile(`stopping: removing topology (nb[0-9a-f]{6}-bench); .* printf 'name: nb[0-9a-f]{6}-bench\\n' > t.yaml && nsflow topology down -f t.yaml`).Match(said) {
+		t.Errorf("stderr does not name the topology being removed:\n%s", said)
 	}
 }
 
