@@ -61,6 +61,9 @@ func up(ctx context.Context, s *topology.Spec) (*env, error) {
 		if _, err = topology.Up(ctx, s, topology.Options{}); err == nil {
 			return e, nil
 		}
+		if errors.Is(err, os.ErrPermission) {
+			break // nothing was built, and Down could not run either
+		}
 		// Up rolls back on failure; Down makes sure, so that nothing
 		// half-built is left even if the rollback failed too.
 		if rerr := e.release(); rerr != nil {

@@ -147,6 +147,15 @@ func LockRun(name string) (unlock func(), err error) {
 		fmt.Sprintf("another nsflow verify or bench of topology %s is running", name))
 }
 
+// needsRoot says what a permission error means here: the lock is the
+// first thing a command touches, and everything after it needs root.
+func needsRoot(err error) error {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w: run nsflow as root (it needs CAP_NET_ADMIN, CAP_SYS_ADMIN and, for eBPF, CAP_BPF and CAP_PERFMON)", err)
+	}
+	return err
+}
+
 // BusyError says that another nsflow process holds a topology's lock.
 type BusyError struct{ msg string }
 
@@ -157,12 +166,12 @@ func (e *BusyError) Error() string { return e.msg }
 // unlock removes the file if remove says so, still holding the lock.
 func lockFile(path string, remove func() bool, busy string) (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
+		return nil, needsRoot(err)
 	}
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
-			return nil, err
+			return nil, needsRoot(err)
 		}
 		if err := flockSoon(f); err != nil {
 			f.Close()

@@ -1,9 +1,11 @@
 package topology
 
 import (
+	"errors"
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -490,5 +492,18 @@ func TestParseSyntaxErrorLines(t *testing.T) {
 		if _, err := Parse([]byte(tt.yaml)); err == nil || err.Error() != tt.want {
 			t.Errorf("Parse(%q): %v, want %q", tt.yaml, err, tt.want)
 		}
+	}
+}
+
+// A permission error on the lock says that nsflow needs root; others
+// pass unchanged.
+func TestNeedsRoot(t *testing.T) {
+	denied := &os.PathError{Op: "open", Path: "/run/nsflow/topology/x.lock", Err: syscall.EACCES}
+	if err := needsRoot(denied); !errors.Is(err, os.ErrPermission) || !strings.HasSuffix(err.Error(), "permission denied: run nsflow as root (it needs CAP_NET_ADMIN, CAP_SYS_ADMIN and, for eBPF, CAP_BPF and CAP_PERFMON)") {
+		t.Errorf("needsRoot(EACCES) = %v", err)
+	}
+	other := &os.PathError{Op: "open", Path: "x", Err: syscall.ENOSPC}
+	if err := needsRoot(other); err != error(other) {
+		t.Errorf("needsRoot(ENOSPC) = %v, want it unchanged", err)
 	}
 }
