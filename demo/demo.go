@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/nsflow/nsflow/topology"
@@ -120,6 +121,13 @@ type Summary struct {
 	Down *topology.DownResult
 }
 
+// SetupError is a demo refused before anything was built: a bad prefix,
+// file or listen address, or a topology that is up or busy already.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }
+
 // Run runs the demo until ctx ends or Duration passes, then tears down.
 // Teardown undoes whatever was done, in reverse, even after a failure, and
 // its own failures are returned too.
@@ -129,13 +137,31 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 	}
 	spec, err := o.Spec.WithPrefix(o.Prefix)
 	if err != nil {
-		return nil, err
+		return nil, &SetupError{err}
 	}
-	// Bind the metrics port first: a port in use is found before anything
-	// is built.
+	// Refused before anything is built: what verify would reject, a
+	// topology that is up already (another demo's, or one brought up by
+	// hand, which the teardown would remove), a port in use.
+	if len(spec.Namespaces) == 0 {
+		return nil, &SetupError{fmt.Errorf("topology %s declares no namespaces: nothing to show", spec.Name)}
+	}
+	if err := verify.NewModel(spec).CheckIntent(); err != nil {
+		return nil, &SetupError{err}
+	}
+	unlock, err := topology.LockDemo(spec.Name)
+	if err != nil {
+		return nil, &SetupError{err}
+	}
+	defer unlock()
+	for _, n := range spec.Namespaces {
+		if _, err := os.Stat(spec.NetnsPath(n.Name)); err == nil {
+			return nil, &SetupError{fmt.Errorf("topology %s is up already (namespace %s exists: left by a demo that was killed, or brought up by hand), and the demo's teardown would remove it: take it down first (printf 'name: %s\\n' > t.yaml && nsflow topology down -f t.yaml), or use another --prefix",
+				spec.Name, n.Name, spec.Name)}
+		}
+	}
 	ln, err := net.Listen("tcp", o.ListenAddress)
 	if err != nil {
-		return nil, fmt.Errorf("metrics listener: %w", err)
+		return nil, &SetupError{fmt.Errorf("metrics listener: %w", err)}
 	}
 	r := &runner{o: o, spec: spec, d: newDisplay(o, spec), sum: &Summary{Topology: spec.Name}}
 	defer func() {

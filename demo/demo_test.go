@@ -303,16 +303,65 @@ func TestDemoInterrupted(t *testing.T) {
 // TestDemoFails checks that a demo that cannot start says why and builds
 // nothing, or removes what it built.
 func TestDemoFails(t *testing.T) {
+	refused := func(t *testing.T, o Options, want string) {
+		t.Helper()
+		_, err := Run(context.Background(), o)
+		var setup *SetupError
+		if !errors.As(err, &setup) || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want a SetupError containing %q", err, want)
+		}
+	}
 	t.Run("port in use", func(t *testing.T) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()
-		_, err = Run(context.Background(), Options{Prefix: testenv.Name("dm") + "-", ListenAddress: l.Addr().String()})
-		if err == nil || !strings.Contains(err.Error(), "metrics listener") {
-			t.Errorf("got %v, want a metrics listener error", err)
+		refused(t, Options{Prefix: testenv.Name("dm") + "-", ListenAddress: l.Addr().String()}, "metrics listener")
+	})
+	t.Run("no namespaces", func(t *testing.T) {
+		s, err := topology.Parse([]byte("name: none\nnamespaces: []\n"))
+		if err != nil {
+			t.Fatal(err)
 		}
+		refused(t, Options{Spec: s, Prefix: testenv.Name("dm") + "-"}, "declares no namespaces")
+	})
+	t.Run("intent the wiring contradicts", func(t *testing.T) {
+		s, err := topology.Parse([]byte(`
+name: deny
+namespaces: [{name: a}, {name: b}]
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: [198.18.9.2/30]}]}]
+isolation: {deny: [{from: [a], to: [b]}]}
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused(t, Options{Spec: s, Prefix: testenv.Name("dm") + "-"}, "isolation.deny[0]")
+	})
+	t.Run("up already", func(t *testing.T) {
+		// Another demo's topology, or one brought up by hand under the
+		// demo's prefix: the demo would take it over and remove it.
+		seed, err := DefaultSpec()
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix := testenv.Name("dm") + "-"
+		up := topotest.Up(t, seed, prefix)
+		refused(t, Options{Prefix: prefix}, "is up already")
+		for _, n := range up.Namespaces {
+			if _, err := os.Stat(up.NetnsPath(n.Name)); err != nil {
+				t.Errorf("namespace %s of the topology that was up is gone: %v", n.Name, err)
+			}
+		}
+	})
+	t.Run("another demo running", func(t *testing.T) {
+		prefix := testenv.Name("dm") + "-"
+		unlock, err := topology.LockDemo(prefix + "seed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unlock()
+		refused(t, Options{Prefix: prefix}, "another nsflow demo of topology "+prefix+"seed is running")
 	})
 	t.Run("name taken", func(t *testing.T) {
 		// A host interface of a name the demo wants, not the demo's own:

@@ -54,8 +54,9 @@ func (r *runner) topologyUp(ctx context.Context) error {
 		cctx, cancel := cleanupCtx(ctx)
 		defer cancel()
 		res, err := topology.Down(cctx, r.spec, topology.Options{Progress: down.progress})
-		r.sum.Down = res
 		if err == nil {
+			// Only then: the summary says nothing of the demo is left.
+			r.sum.Down = res
 			down.done("%d namespaces and %d host interfaces removed", res.NamespacesRemoved, res.InterfacesRemoved)
 		}
 		return down.fail(err)

@@ -156,6 +156,14 @@ func needsRoot(err error) error {
 	return err
 }
 
+// LockDemo takes the lock of a demo of topology name for its whole run: a
+// second demo under the same prefix would take over the first one's
+// namespaces and remove them under it. (The demo's verify takes LockRun.)
+func LockDemo(name string) (unlock func(), err error) {
+	return lockFile(filepath.Join(RunLockDir, name+".demo.lock"), func() bool { return true },
+		fmt.Sprintf("another nsflow demo of topology %s is running", name))
+}
+
 // BusyError says that another nsflow process holds a topology's lock.
 type BusyError struct{ msg string }
 

@@ -89,6 +89,9 @@ type env struct {
 // background, after the run's lock is released.
 func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	start := time.Now()
+	if len(s.Namespaces) == 0 {
+		return nil, &SpecError{fmt.Errorf("topology %s declares no namespaces: nothing to verify", s.Name)}
+	}
 	m := NewModel(s)
 	if err := m.CheckIntent(); err != nil {
 		return nil, err

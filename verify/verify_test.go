@@ -481,3 +481,17 @@ func TestAddressOrderBreaksIntent(t *testing.T) {
 		}
 	}
 }
+
+// A topology without namespaces has nothing to verify: a spec error, not
+// a report (whose tables have no rows) and not a pass.
+func TestNoNamespacesIsSpecError(t *testing.T) {
+	s, err := topology.Parse([]byte("name: empty\nnamespaces: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), s, Options{})
+	var spec *SpecError
+	if !errors.As(err, &spec) || !strings.Contains(err.Error(), "declares no namespaces") {
+		t.Errorf("verify of no namespaces: %v, want a spec error", err)
+	}
+}

@@ -36,7 +36,11 @@ and leaves the host as it was. Needs root.
 
 Exit status, as verify's: 0 isolation holds, 1 a violation, 2 verify could
 not check (or did not finish: stopped before it did); 1 also when the demo
-itself fails.`,
+itself fails. 2 too when the demo is refused before anything is built: a
+bad flag or file (intent its wiring contradicts, no namespaces, a prefix
+that makes names too long), the metrics address in use, another demo of
+the topology running, or the topology up already (the demo would remove
+it at the end).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Duration < 0 {
@@ -67,7 +71,16 @@ itself fails.`,
 			}
 			ctx, stop := interruptContext(cmd.Context(), cmd.ErrOrStderr())
 			defer stop()
-			return demoExit(demo.Run(ctx, o))
+			sum, err := demo.Run(ctx, o)
+			var setup *demo.SetupError
+			switch {
+			case errors.As(err, &setup):
+				return &exitError{2, err}
+			case err != nil && ctx.Err() != nil:
+				// Stopped before verify finished: it could not check.
+				return &exitError{2, fmt.Errorf("interrupted: %w", err)}
+			}
+			return demoExit(sum, err)
 		},
 	}
 	fl := cmd.Flags()
