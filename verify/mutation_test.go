@@ -526,6 +526,7 @@ func TestMutationStackedStranger(t *testing.T) {
 	// process inside), stacked on sw's bridge.
 	hidden := l.prefix + "hd"
 	ip(t, "netns", "add", hidden)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", hidden).Run() }) // if the test fails before it does
 	ip(t, "-n", l.ns("sw"), "link", "add", "mv1", "link", l.prefix+"br1", "type", "macvlan")
 	ip(t, "-n", l.ns("sw"), "link", "set", "mv1", "netns", hidden)
 	holder := exec.Command("sleep", "600")
