@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -144,13 +145,32 @@ func (d *display) redraw() {
 	d.scr.render(&b)
 	lines := strings.SplitAfter(b.String(), "\n")
 	if d.height != nil {
-		// A frame taller than the terminal would scroll and smear.
-		if h := d.height(); h > 1 && len(lines) > h-1 {
-			lines = lines[:h-1]
-		}
+		lines = fitHeight(lines, d.height())
 	}
 	frame := strings.ReplaceAll(strings.Join(lines, ""), "\n", "\x1b[K\n")
 	fmt.Fprint(d.out, "\x1b[H"+frame+"\x1b[J")
+}
+
+// fitHeight cuts a frame to a terminal of h lines (one stays free): a
+// taller frame would scroll and smear. The last block, the verdict, is
+// what the demo is for, so the cut is made above it.
+func fitHeight(lines []string, h int) []string {
+	if n := len(lines); n > 0 && lines[n-1] == "" {
+		lines = lines[:n-1] // what SplitAfter leaves after the last newline
+	}
+	if h <= 1 || len(lines) <= h-1 {
+		return lines
+	}
+	tail := 0 // lines of the last block, after the last empty line
+	for i := len(lines) - 1; i >= 0 && strings.TrimSpace(lines[i]) != ""; i-- {
+		tail++
+	}
+	keep := h - 1 - tail - 1 // and a line saying what was cut
+	if keep < 1 {
+		return lines[:h-1]
+	}
+	cut := fmt.Sprintf("… %d lines not shown: enlarge the terminal\n", len(lines)-keep-tail)
+	return append(append(slices.Clip(lines[:keep]), cut), lines[len(lines)-tail:]...)
 }
 
 // snapshot prints the view once, for non-interactive output.

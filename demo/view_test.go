@@ -132,3 +132,20 @@ func TestDisplayModes(t *testing.T) {
 		t.Errorf("plain output %q", got)
 	}
 }
+
+// On a terminal too small for the frame, the verdict (the last block)
+// stays and the cut is said, above it.
+func TestFitHeight(t *testing.T) {
+	frame := strings.SplitAfter("title\n\n step 1\n step 2\n\nrates 1\nrates 2\nrates 3\n\nverdict: HOLDS\ndatapath: ok\n", "\n")
+	got := strings.Join(fitHeight(frame, 8), "")
+	want := "title\n\n step 1\n step 2\n… 5 lines not shown: enlarge the terminal\nverdict: HOLDS\ndatapath: ok\n"
+	if got != want {
+		t.Errorf("fitHeight(8):\n%q\nwant\n%q", got, want)
+	}
+	if got := strings.Join(fitHeight(frame, 40), ""); got != strings.Join(frame, "") {
+		t.Errorf("a frame that fits changed:\n%q", got)
+	}
+	if got := fitHeight(frame, 3); len(got) != 2 {
+		t.Errorf("no room for the verdict: %d lines, want the first 2", len(got))
+	}
+}
