@@ -152,8 +152,8 @@ func (d *display) redraw() {
 }
 
 // fitHeight cuts a frame to a terminal of h lines (one stays free): a
-// taller frame would scroll and smear. The last block, the verdict, is
-// what the demo is for, so the cut is made above it.
+// taller frame would scroll and smear. Once the last block is the
+// verdict, which the demo is for, the cut is made above it.
 func fitHeight(lines []string, h int) []string {
 	if n := len(lines); n > 0 && lines[n-1] == "" {
 		lines = lines[:n-1] // what SplitAfter leaves after the last newline
@@ -165,8 +165,9 @@ func fitHeight(lines []string, h int) []string {
 	for i := len(lines) - 1; i >= 0 && strings.TrimSpace(lines[i]) != ""; i-- {
 		tail++
 	}
+	verdict := slices.ContainsFunc(lines[len(lines)-tail:], func(l string) bool { return strings.HasPrefix(l, "isolation:") })
 	keep := h - 1 - tail - 1 // and a line saying what was cut
-	if keep < 1 {
+	if !verdict || keep < 1 {
 		return lines[:h-1]
 	}
 	cut := fmt.Sprintf("… %d lines not shown: enlarge the terminal\n", len(lines)-keep-tail)

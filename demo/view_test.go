@@ -134,11 +134,12 @@ func TestDisplayModes(t *testing.T) {
 }
 
 // On a terminal too small for the frame, the verdict (the last block)
-// stays and the cut is said, above it.
+// stays and the cut is said, above it; before there is a verdict, the
+// frame is cut from the bottom.
 func TestFitHeight(t *testing.T) {
-	frame := strings.SplitAfter("title\n\n step 1\n step 2\n\nrates 1\nrates 2\nrates 3\n\nverdict: HOLDS\ndatapath: ok\n", "\n")
+	frame := strings.SplitAfter("title\n\n step 1\n step 2\n\nrates 1\nrates 2\nrates 3\n\ndatapath: ok\nisolation: HOLDS\n", "\n")
 	got := strings.Join(fitHeight(frame, 8), "")
-	want := "title\n\n step 1\n step 2\n… 5 lines not shown: enlarge the terminal\nverdict: HOLDS\ndatapath: ok\n"
+	want := "title\n\n step 1\n step 2\n… 5 lines not shown: enlarge the terminal\ndatapath: ok\nisolation: HOLDS\n"
 	if got != want {
 		t.Errorf("fitHeight(8):\n%q\nwant\n%q", got, want)
 	}
