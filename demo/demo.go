@@ -137,7 +137,8 @@ func Run(ctx context.Context, o Options) (sum *Summary, err error) {
 	}
 	spec, err := o.Spec.WithPrefix(o.Prefix)
 	if err != nil {
-		return nil, &SetupError{err}
+		// Names too long with the prefix: a shorter one helps.
+		return nil, &SetupError{fmt.Errorf("prefix %q: %w", o.Prefix, err)}
 	}
 	// Refused before anything is built: what verify would reject, a
 	// topology that is up already (another demo's, or one brought up by
