@@ -7,6 +7,7 @@ import (
 	"github.com/nsflow/nsflow/examples"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
+	"github.com/nsflow/nsflow/verify"
 )
 
 // DefaultSpec returns the embedded default topology, examples/seed.yaml
@@ -65,14 +66,16 @@ type resolvedFlow struct {
 }
 
 // trafficFlows resolves the demo flows against s, whose namespace names
-// are the seed's with prefix in front. A flow whose namespaces s lacks, or
-// whose server has no address of its family (a custom topology), is left
-// out.
+// are the seed's with prefix in front. A flow whose namespaces s lacks,
+// whose server has no address of its family, or whose packets the wiring
+// does not deliver there (a custom topology that reuses the seed's names)
+// is left out.
 func trafficFlows(s *topology.Spec, prefix string, flows []demoFlow) ([]resolvedFlow, error) {
 	declared := map[string]bool{}
 	for _, n := range s.Namespaces {
 		declared[n.Name] = true
 	}
+	m := verify.NewModel(s)
 	var out []resolvedFlow
 	for _, f := range flows {
 		from, to := prefix+f.From, prefix+f.To
@@ -81,6 +84,9 @@ func trafficFlows(s *topology.Spec, prefix string, flows []demoFlow) ([]resolved
 		}
 		server, err := serverAddr(s, to, f)
 		if err != nil {
+			continue
+		}
+		if got, _ := m.Deliver(from, server); !f.Loopback && got != to {
 			continue
 		}
 		out = append(out, resolvedFlow{demoFlow: f, Src: from, Dst: to, Flow: traffic.Flow{

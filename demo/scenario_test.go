@@ -106,3 +106,27 @@ links:
 		t.Errorf("seed flows on the custom file: %+v, %v; want only ns1 to ns2", flows, err)
 	}
 }
+
+// A file that reuses the seed's names but not its wiring gets no seed
+// flow that cannot arrive: ns1 and ns2 each reach only r here, which does
+// not forward, so their flow is left out (and the file's own neighbours
+// get traffic instead).
+func TestTrafficFlowsUnreachable(t *testing.T) {
+	s, err := topology.Parse([]byte(`
+name: seedish
+namespaces: [{name: ns1}, {name: ns2}, {name: r}]
+links:
+  - endpoints: [{namespace: ns1, interface: e0, addresses: [198.18.55.1/30]}, {namespace: r, interface: e0, addresses: [198.18.55.2/30]}]
+  - endpoints: [{namespace: ns2, interface: e0, addresses: [198.18.56.1/30]}, {namespace: r, interface: e1, addresses: [198.18.56.2/30]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows, err := trafficFlows(s, "", seedFlows)
+	if err != nil || len(flows) != 0 {
+		t.Errorf("got %d seed flows (%v), want none: ns1 cannot reach ns2", len(flows), err)
+	}
+	if own, err := trafficFlows(s, "", fileFlows(s)); err != nil || len(own) == 0 {
+		t.Errorf("got %d flows of the file's own (%v), want some", len(own), err)
+	}
+}

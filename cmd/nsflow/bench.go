@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync/atomic"
 
 	"github.com/nsflow/nsflow/bench"
@@ -130,6 +131,9 @@ cases measured so far are reported).`,
 			// Cases measured before an interruption or a failed cleanup
 			// are still reported; the error follows them. The report goes
 			// first: it is what a failed chart must not take with it.
+			if most := slices.Max(append([]int{0}, rep.Settings.Pairs...)); most > 0 && most < cfg.Pairs {
+				fmt.Fprintf(stderr, "note: --pairs %d: the topology allows %d at once\n", cfg.Pairs, most)
+			}
 			werr := write(cmd.OutOrStdout(), rep)
 			if plot != "" {
 				if perr := bench.SavePlot(plot, rep); perr != nil {

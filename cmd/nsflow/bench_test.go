@@ -120,11 +120,16 @@ func TestBenchCLIPrefix(t *testing.T) {
 	up := topotest.Up(t, s, prefix)
 	file := writeFile(t, strings.Replace(twoNamespaces, "%s", "bench", 1))
 	root := newRootCmd()
-	var out bytes.Buffer
+	var out, errOut bytes.Buffer
 	root.SetOut(&out)
-	root.SetArgs([]string{"bench", "-f", file, "--prefix", prefix, "--duration", "200ms", "--rounds", "1", "--slices", "1", "--no-iperf3", "-o", "json"})
+	root.SetErr(&errOut) // not a terminal: written from the command's goroutine only
+	root.SetArgs([]string{"bench", "-f", file, "--prefix", prefix, "--pairs", "3", "--duration", "200ms", "--rounds", "1", "--slices", "1", "--no-iperf3", "-o", "json"})
 	if err := root.Execute(); err != nil {
 		t.Fatalf("bench -f --prefix: %v\n%s", err, out.String())
+	}
+	// Asked for more pairs than the file has: said, not silent.
+	if !strings.Contains(errOut.String(), "note: --pairs 3: the topology allows 1 at once") {
+		t.Errorf("stderr %q, want a note that the file has 1 pair", errOut.String())
 	}
 	var rep struct {
 		Topology string `json:"topology"`
