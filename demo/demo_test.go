@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -297,6 +298,29 @@ func TestDemoInterrupted(t *testing.T) {
 	}
 	if sum.Down == nil || sum.Down.NamespacesRemoved != 8 {
 		t.Errorf("teardown %+v: want the 8 namespaces removed", sum.Down)
+	}
+}
+
+// A host address the demo's topology shares with another topology's (two
+// seeds under different prefixes put one subnet on two host bridges) is
+// shown as a warning of topology up, not dropped.
+func TestDemoWarnsOfHostOverlap(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	other := func(string) []string {
+		seed, err := DefaultSpec()
+		if err != nil {
+			t.Fatal(err)
+		}
+		topotest.Up(t, seed, testenv.Name("dw")+"-")
+		return nil
+	}
+	_, obs, err := runDemo(t, ctx, Options{Started: func(Info) { cancel() }}, other)
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	if !regexp.MustCompile(`! topology up: .*198\.18\.1\.`).MatchString(obs.out.String()) {
+		t.Errorf("no warning of the shared host subnet in the output")
 	}
 }
 

@@ -100,6 +100,15 @@ func (h *stepHandle) done(format string, args ...any) {
 	h.d.changed(h.i)
 }
 
+// warn marks the step done, with a warning as its detail.
+func (h *stepHandle) warn(format string, args ...any) {
+	h.d.mu.Lock()
+	h.d.scr.Steps[h.i].State = stepWarning
+	h.d.scr.Steps[h.i].Detail = fmt.Sprintf(format, args...)
+	h.d.mu.Unlock()
+	h.d.changed(h.i)
+}
+
 // fail marks the step failed when err is not nil, and returns err.
 func (h *stepHandle) fail(err error) error {
 	if err == nil {

@@ -66,6 +66,11 @@ func (r *runner) topologyUp(ctx context.Context) error {
 		return up.fail(err)
 	}
 	up.done("%d namespaces, %d interfaces", res.NamespacesCreated, res.InterfacesCreated)
+	// What works against the topology from outside it (a host address
+	// that another host interface has too) is the user's to know.
+	for _, w := range res.Warnings {
+		r.d.step("topology up").warn("%s", w)
+	}
 	return nil
 }
 

@@ -16,9 +16,10 @@ const (
 	stepRunning
 	stepDone
 	stepFailed
+	stepWarning // done, with something to know about
 )
 
-var stepMarks = map[stepState]string{stepPending: " ", stepRunning: "…", stepDone: "✓", stepFailed: "✗"}
+var stepMarks = map[stepState]string{stepPending: " ", stepRunning: "…", stepDone: "✓", stepFailed: "✗", stepWarning: "!"}
 
 // step is one line of the progress list.
 type step struct {
