@@ -93,33 +93,29 @@ func (h *stepHandle) progress(p topology.Progress) {
 }
 
 func (h *stepHandle) done(format string, args ...any) {
-	h.d.mu.Lock()
-	h.d.scr.Steps[h.i].State = stepDone
-	h.d.scr.Steps[h.i].Detail = fmt.Sprintf(format, args...)
-	h.d.mu.Unlock()
-	h.d.changed(h.i)
+	h.end(stepDone, fmt.Sprintf(format, args...))
 }
 
 // warn marks the step done, with a warning as its detail.
 func (h *stepHandle) warn(format string, args ...any) {
-	h.d.mu.Lock()
-	h.d.scr.Steps[h.i].State = stepWarning
-	h.d.scr.Steps[h.i].Detail = fmt.Sprintf(format, args...)
-	h.d.mu.Unlock()
-	h.d.changed(h.i)
+	h.end(stepWarning, fmt.Sprintf(format, args...))
 }
 
 // fail marks the step failed when err is not nil, and returns err.
 func (h *stepHandle) fail(err error) error {
-	if err == nil {
-		return nil
+	if err != nil {
+		h.end(stepFailed, err.Error())
 	}
+	return err
+}
+
+// end gives the step its final state and detail, and shows it.
+func (h *stepHandle) end(state stepState, detail string) {
 	h.d.mu.Lock()
-	h.d.scr.Steps[h.i].State = stepFailed
-	h.d.scr.Steps[h.i].Detail = err.Error()
+	h.d.scr.Steps[h.i].State = state
+	h.d.scr.Steps[h.i].Detail = detail
 	h.d.mu.Unlock()
 	h.d.changed(h.i)
-	return err
 }
 
 // changed shows a step's new state: a redraw, or one line.
