@@ -276,7 +276,28 @@ func (r *runner) flows(ctx context.Context, proto traffic.Proto, pairs []pair, d
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	for i := range errs {
+		errs[i] = withoutShortStream(errs[i])
+	}
 	return res, errors.Join(errs...)
+}
+
+// withoutShortStream drops traffic.ErrShortStream from err: a TCP stream
+// whose bytes read and written differ is a difference the reconciliation
+// lists (its "tcp stream" check), not a failure of the run. Any other
+// error in err stays.
+func withoutShortStream(err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var keep []error
+		for _, e := range j.Unwrap() {
+			keep = append(keep, withoutShortStream(e))
+		}
+		return errors.Join(keep...)
+	}
+	if errors.Is(err, traffic.ErrShortStream) {
+		return nil
+	}
+	return err
 }
 
 // snapshot is every counter bench compares, read at one moment.

@@ -128,10 +128,15 @@ func (t *tcpFlow) run(ctx context.Context, stop <-chan struct{}) (Result, error)
 		res.Elapsed = last.Sub(start)
 	}
 	if res.Received.Bytes != res.Sent.Bytes {
-		errs = append(errs, fmt.Errorf("tcp: sent %d bytes but the server read %d", res.Sent.Bytes, res.Received.Bytes))
+		errs = append(errs, fmt.Errorf("tcp: sent %d bytes but the server read %d: %w", res.Sent.Bytes, res.Received.Bytes, ErrShortStream))
 	}
 	return res, errors.Join(errs...)
 }
+
+// ErrShortStream is in a TCP run's error when the server read another
+// number of bytes than the client wrote, the counts being in the Result;
+// a caller that reports the difference itself can tell it from a failure.
+var ErrShortStream = errors.New("stream bytes differ")
 
 // ioTimeout bounds each blocking read or write so the loops notice a
 // stop request; it is not a deadline for the data.
