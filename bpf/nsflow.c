@@ -62,10 +62,17 @@ struct port_stats {
 
 #define COUNTERS (DIR_MAX * FAM_MAX * L4_MAX)
 
-// counter_index is a counter's index in port_stats.c, flattened.
+// counter_index is a counter's index in port_stats.c, flattened. The
+// classes come from the stack, where the verifier knows them only as
+// bytes: the bound is checked where it can see it (barrier_var keeps
+// clang from dropping the check it proves redundant), and an index out
+// of range, which cannot happen, is COUNTERS.
 static __always_inline __u32 counter_index(__u8 dir, __u8 family, __u8 l4)
 {
-	return ((dir & 1) * FAM_MAX + family % FAM_MAX) * L4_MAX + l4 % L4_MAX;
+	__u32 i = ((dir & 1) * FAM_MAX + family) * L4_MAX + l4;
+
+	barrier_var(i);
+	return i < COUNTERS ? i : COUNTERS;
 }
 
 // A port slot: the fast path for attached ports. The slot of a port is
@@ -418,7 +425,103 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 	return PARSE_OK;
 }
 
-static __always_inline void count_loss(int port)
+// parse_slow is parse for every frame parse_fast leaves: VLAN tags, IPv4
+// options and fragments, IPv6 extension headers, other protocols, and
+// headers beyond the linear part (rare: GRO may leave them in frags),
+// which it pulls in and parses again, once. Pulling moves no packet data
+// the stack could see, so the packet is unchanged. Not inlined, so that
+// its code stays out of the way of the common case's.
+static __noinline void parse_slow(struct __sk_buff *skb, struct pkt *p)
+{
+#pragma clang loop unroll(disable)
+	for (int try = 0; try < 2; try++) {
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+
+		int res = parse(data, end, p);
+		if (res != PARSE_TRUNCATED || try || skb->len <= (__u32)(end - data))
+			break;
+		if (bpf_skb_pull_data(skb, skb->len < PARSE_MAX ? skb->len : PARSE_MAX))
+			break;
+	}
+}
+
+// ports_host turns the 4 bytes of source and destination port, loaded as
+// one little-endian word, into sport | dport << 16 in host order.
+static __always_inline __u32 ports_host(__u32 w)
+{
+	return ((w & 0x00ff00ff) << 8) | ((w >> 8) & 0x00ff00ff);
+}
+
+// parse_fast classifies the common frame in a few loads: untagged, IPv4
+// without options and not a later fragment, or IPv6 without extension
+// headers, carrying TCP or UDP, all in the linear part. It gives the same
+// result as parse; on any other frame it returns 0 and fills in nothing.
+static __always_inline int parse_fast(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 proto, l4, flags = 0;
+
+	if (data + ETH_HLEN + sizeof(struct iphdr) + 4 > end)
+		return 0;
+	__u16 ethertype = *(__u16 *)(data + 12);
+	if (ethertype == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+
+		if (*(__u8 *)ip != 0x45 || (ip->frag_off & bpf_htons(0x1fff)))
+			return 0;
+		proto = ip->protocol;
+		void *l4h = ip + 1;
+		if (proto == IPPROTO_UDP) {
+			l4 = L4_UDP;
+		} else if (proto == IPPROTO_TCP) {
+			if (l4h + 14 > end)
+				return 0;
+			l4 = L4_TCP;
+			flags = *(__u8 *)(l4h + 13);
+		} else {
+			return 0;
+		}
+		p->src[0] = ip->saddr;
+		p->src[1] = 0;
+		p->dst[0] = ip->daddr;
+		p->dst[1] = 0;
+		p->ports = ports_host(*(__u32 *)l4h);
+		p->family = FAM_IPV4;
+	} else if (ethertype == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		void *l4h = ip6 + 1;
+
+		if (l4h + 4 > end || (*(__u8 *)ip6 >> 4) != 6)
+			return 0;
+		proto = ip6->nexthdr;
+		if (proto == IPPROTO_UDP) {
+			l4 = L4_UDP;
+		} else if (proto == IPPROTO_TCP) {
+			if (l4h + 14 > end)
+				return 0;
+			l4 = L4_TCP;
+			flags = *(__u8 *)(l4h + 13);
+		} else {
+			return 0;
+		}
+		p->src[0] = *(__u64 *)((void *)ip6 + 8);
+		p->src[1] = *(__u64 *)((void *)ip6 + 16);
+		p->dst[0] = *(__u64 *)((void *)ip6 + 24);
+		p->dst[1] = *(__u64 *)((void *)ip6 + 32);
+		p->ports = ports_host(*(__u32 *)l4h);
+		p->family = FAM_IPV6;
+	} else {
+		return 0;
+	}
+	p->l4 = l4;
+	p->proto = proto;
+	p->tcp_flags = flags;
+	return 1;
+}
+
+static __noinline void count_loss(int port)
 {
 	__u32 zero = 0;
 	struct loss *l = bpf_map_lookup_elem(&nsflow_loss, &zero);
@@ -481,10 +584,14 @@ static __always_inline void flush(struct flow_cache_entry *e)
 }
 
 // flow_slow is the slow path: the packet's flow is not in this CPU's
-// cache, or the cache entry must check that its record still exists.
-static __always_inline void flow_slow(struct flow_cache_entry *e, union flow_key_words *k,
-				 __u32 gen, __u64 segs, __u64 len, __u32 tcp_flags, __u64 now)
+// cache, or the cache entry must check that its record still exists. d
+// is the packet's own count. Not inlined, like every rare path, so that
+// the common case's code stays short and together.
+static __noinline void flow_slow(struct flow_cache_entry *e, union flow_key_words *k,
+				 struct flow_delta *d, __u32 gen)
 {
+	__u64 now = d->last_seen;
+
 	flush(e);
 	e->id = 0;
 
@@ -510,11 +617,7 @@ static __always_inline void flow_slow(struct flow_cache_entry *e, union flow_key
 	__builtin_memcpy(&e->key, &k->k, sizeof(k->k));
 	e->id = r->id;
 	e->gen = gen;
-	e->d.packets = 1;
-	e->d.segments = segs;
-	e->d.bytes = len;
-	e->d.last_seen = now;
-	e->d.tcp_flags = tcp_flags;
+	e->d = *d;
 }
 
 static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
@@ -538,7 +641,10 @@ static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
 		e->d.tcp_flags |= tcp_flags;
 		return;
 	}
-	flow_slow(e, k, *gen, segs, len, tcp_flags, now);
+	struct flow_delta d = {
+		.packets = 1, .segments = segs, .bytes = len, .last_seen = now, .tcp_flags = tcp_flags,
+	};
+	flow_slow(e, k, &d, *gen);
 }
 
 // port_slot_index mixes cookie and ifindex (Fibonacci hashing); the Go
@@ -550,30 +656,49 @@ static __always_inline __u32 port_slot_index(__u64 cookie, __u32 ifindex)
 	return (__u32)(h >> 54) & (PORT_SLOTS - 1);
 }
 
-// port_counter returns where to count a packet of this port: counter i
-// in its slot, or in its entry in the hash map (inserted on first use).
-static __always_inline struct counter *port_counter(__u64 cookie, __u32 ifindex,
-						    __u32 i, __u32 cpu)
+static __always_inline void add(struct counter *c, __u64 segs, __u64 len)
+{
+	c->packets++;
+	c->segments += segs;
+	c->bytes += len;
+}
+
+// count_port_slow counts a packet of a port without a slot of its own
+// (not attached by this datapath, or its slot taken) in the port's entry
+// in the hash map, inserted on first use.
+static __noinline void count_port_slow(__u64 cookie, __u32 ifindex, __u32 i, __u64 segs, __u64 len)
+{
+	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
+	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+
+	if (!ps) {
+		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
+		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	}
+	if (!ps || i >= COUNTERS) {
+		count_loss(1);
+		return;
+	}
+	add(&((struct counter *)ps->c)[i], segs, len);
+}
+
+// count_port counts the packet in counter i of its port: in the port's
+// slot, or else in the hash map.
+static __always_inline void count_port(__u64 cookie, __u32 ifindex, __u32 i, __u32 cpu,
+				       __u64 segs, __u64 len)
 {
 	__u32 idx = cpu * PORT_SLOTS + port_slot_index(cookie, ifindex);
 	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
 
-	if (slot) {
-		struct port_line *l = &slot->l[(i / 2) % (COUNTERS / 2)];
+	if (slot && i < COUNTERS) {
+		struct port_line *l = &slot->l[i / 2];
 
-		if (l->netns_cookie == cookie && l->ifindex == ifindex)
-			return &l->c[i & 1];
+		if (l->netns_cookie == cookie && l->ifindex == ifindex) {
+			add(&l->c[i & 1], segs, len);
+			return;
+		}
 	}
-
-	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
-	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
-	if (!ps) {
-		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
-		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
-		if (!ps)
-			return 0;
-	}
-	return &((struct counter *)ps->c)[i % COUNTERS];
+	count_port_slow(cookie, ifindex, i, segs, len);
 }
 
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
@@ -588,22 +713,9 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 	__u64 cookie = netns_cookie(skb);
 	__u32 ifindex = skb->ifindex;
 	struct pkt p;
-	int res;
 
-	// Headers beyond the linear part (rare: GRO may leave them in frags):
-	// pull them in and parse again, once. This moves no packet data the
-	// stack could see, so the packet is unchanged.
-#pragma clang loop unroll(disable)
-	for (int try = 0; try < 2; try++) {
-		void *data = (void *)(long)skb->data;
-		void *end = (void *)(long)skb->data_end;
-
-		res = parse(data, end, &p);
-		if (res != PARSE_TRUNCATED || try || skb->len <= (__u32)(end - data))
-			break;
-		if (bpf_skb_pull_data(skb, skb->len < PARSE_MAX ? skb->len : PARSE_MAX))
-			break;
-	}
+	if (!parse_fast(skb, &p))
+		parse_slow(skb, &p);
 
 	__u64 segs = skb->gso_segs;
 	if (segs == 0)
@@ -611,14 +723,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 	__u64 len = skb->len;
 
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct counter *c = port_counter(cookie, ifindex, counter_index(dir, p.family, p.l4), cpu);
-	if (c) {
-		c->packets++;
-		c->segments += segs;
-		c->bytes += len;
-	} else {
-		count_loss(1);
-	}
+	count_port(cookie, ifindex, counter_index(dir, p.family, p.l4), cpu, segs, len);
 
 	if (p.family != FAM_OTHER) {
 		union flow_key_words k = {

@@ -112,6 +112,15 @@ func TestParse(t *testing.T) {
 			IPv6, OtherL4, &flow{pHop, v6A, v6B, 0, 0, 0}},
 		{"truncated: after an ipv6 extension header's next-header field", cat(eth(etherIPv6), ipv6(pHop, v6A, v6B, 8), ext6(pUDP, 1)[:4]),
 			IPv6, UDP, &flow{pUDP, v6A, v6B, 0, 0, 0}},
+		// The common frames take a shorter path (parse_fast); its edges
+		// must agree with the general parser's.
+		{"ipv4 udp ending after the ports", cat(eth(etherIPv4), ipv4(pUDP, v4A, v4B, 8, 0, 0, false), udp(3, 4, 0)[:4]),
+			IPv4, UDP, &flow{pUDP, v4A, v4B, 3, 4, 0}},
+		{"ipv6 udp ending after the ports", cat(eth(etherIPv6), ipv6(pUDP, v6A, v6B, 8), udp(5, 6, 0)[:4]),
+			IPv6, UDP, &flow{pUDP, v6A, v6B, 5, 6, 0}},
+		{"truncated: ipv6 tcp header cut", cat(eth(etherIPv6), ipv6(pTCP, v6A, v6B, 20), tcp(1, 2, 0x02)[:8]),
+			IPv6, TCP, &flow{pTCP, v6A, v6B, 0, 0, 0}},
+		{"ethertype ipv6, version 4", cat(eth(etherIPv6), ipv4(pUDP, v4A, v4B, 8, 0, 0, false), udp(1, 2, 0), zeros(20)), OtherFamily, OtherL4, nil},
 		{"ethertype ipv4, version 6", cat(eth(etherIPv4), ipv6(pUDP, v6A, v6B, 8), udp(1, 2, 0)), OtherFamily, OtherL4, nil},
 		{"ipv4 bad ihl", func() []byte {
 			h := ipv4(pUDP, v4A, v4B, 8, 0, 0, false)
