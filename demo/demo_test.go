@@ -285,6 +285,11 @@ func TestDemo(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+	// The last snapshot comes after the server stopped and must say so.
+	last := out[strings.LastIndex(out, "nsflow demo: topology"):]
+	if title, _, _ := strings.Cut(last, "\n"); !strings.HasSuffix(title, "metrics: (stopped)") {
+		t.Errorf("last snapshot's title %q: want the metrics shown as stopped", title)
+	}
 }
 
 // TestDemoInterrupted ends the demo as Ctrl-C does, right after start-up:

@@ -67,6 +67,14 @@ func (d *display) metricsURL(addr net.Addr) string {
 	return url
 }
 
+// metricsStopped says, from now on, that /metrics is no longer served:
+// the final view outlives the server.
+func (d *display) metricsStopped() {
+	d.mu.Lock()
+	d.scr.MetricsURL = "(stopped)"
+	d.mu.Unlock()
+}
+
 // stepHandle reports on one step of the progress list.
 type stepHandle struct {
 	d *display

@@ -57,7 +57,7 @@ func (r *runner) topologyUp(ctx context.Context) error {
 		if err == nil {
 			// Only then: the summary says nothing of the demo is left.
 			r.sum.Down = res
-			down.done("%d namespaces and %d host interfaces removed", res.NamespacesRemoved, res.InterfacesRemoved)
+			down.done("%s and %s removed", count(res.NamespacesRemoved, "namespace"), count(res.InterfacesRemoved, "host interface"))
 		}
 		return down.fail(err)
 	})
@@ -65,7 +65,7 @@ func (r *runner) topologyUp(ctx context.Context) error {
 	if err != nil {
 		return up.fail(err)
 	}
-	up.done("%d namespaces, %d interfaces", res.NamespacesCreated, res.InterfacesCreated)
+	up.done("%s, %s", count(res.NamespacesCreated, "namespace"), count(res.InterfacesCreated, "interface"))
 	// What works against the topology from outside it (a host address
 	// that another host interface has too) is the user's to know.
 	for _, w := range res.Warnings {
@@ -111,7 +111,9 @@ func (r *runner) startAgent(ctx context.Context, ln net.Listener) (*agent.Agent,
 	go func() { served <- agent.Serve(sctx, r.o.Logger, ln, h, web) }()
 	r.undo = append(r.undo, func() error {
 		stopServing()
-		return <-served
+		err := <-served
+		r.d.metricsStopped()
+		return err
 	})
 	if err := waitReady(ctx, a, agentDone, &agentErr); err != nil {
 		return nil, nil, st.fail(err)
@@ -152,7 +154,7 @@ func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
 		if err := errors.Join(errs...); err != nil {
 			return stop.fail(err)
 		}
-		stop.done("%d flows stopped", len(runs))
+		stop.done("%s stopped", count(len(runs), "flow"))
 		return nil
 	})
 	for _, f := range flows {
@@ -162,7 +164,7 @@ func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
 		}
 		runs = append(runs, run)
 	}
-	st.done("%d flows", len(runs))
+	st.done("%s", count(len(runs), "flow"))
 	return nil
 }
 
@@ -182,7 +184,7 @@ func (r *runner) startVerify(ctx context.Context) {
 			st.fail(err)
 			return
 		}
-		st.done("%d probes, %d finding(s)", v.Probes, len(v.Mismatches))
+		st.done("%s, %s", count(v.Probes, "probe"), count(len(v.Mismatches), "finding"))
 	})
 	r.undo = append(r.undo, func() error { wg.Wait(); return nil })
 }

@@ -94,10 +94,10 @@ func verdictOf(rep *verify.Report, err error) verdict {
 	}
 	if ev := rep.Evidence; ev != nil {
 		for _, x := range ev.Violations {
-			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence %s → %s: %d packets delivered where none may arrive", x.Src, x.Dst, x.Packets))
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence %s → %s: %s delivered where none may arrive", x.Src, x.Dst, count(x.Packets, "packet")))
 		}
 		if ev.Overflow > 0 {
-			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence incomplete: %d flows not recorded (flow table full)", ev.Overflow))
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence incomplete: %s not recorded (flow table full)", count(ev.Overflow, "flow")))
 		}
 	}
 	if rep.Load != nil {
@@ -130,12 +130,12 @@ func (s *Summary) lines() []string {
 	if s.Verify != nil {
 		sum := s.Verify.Summary()
 		verdicts := map[int]string{0: "isolation holds", 1: "isolation VIOLATED", 2: "isolation could not be checked"}
-		out = append(out, fmt.Sprintf("verify: %s: %d probes, %d disagree with intent, %d could not run, %d checks failed, %d evidence violations",
-			verdicts[s.Verify.Verdict()], sum.Probes, sum.Mismatches, sum.ProbeErrors, sum.CheckFailed, sum.Violations))
+		out = append(out, fmt.Sprintf("verify: %s: %s, %d disagree with intent, %d could not run, %s failed, %s",
+			verdicts[s.Verify.Verdict()], count(sum.Probes, "probe"), sum.Mismatches, sum.ProbeErrors, count(sum.CheckFailed, "check"), count(sum.Violations, "evidence violation")))
 	}
 	if s.Down != nil {
-		out = append(out, fmt.Sprintf("teardown: %d namespaces and %d host interfaces removed; nothing of the demo is left on the host",
-			s.Down.NamespacesRemoved, s.Down.InterfacesRemoved))
+		out = append(out, fmt.Sprintf("teardown: %s and %s removed; nothing of the demo is left on the host",
+			count(s.Down.NamespacesRemoved, "namespace"), count(s.Down.InterfacesRemoved, "host interface")))
 		for _, f := range s.Down.Foreign {
 			out = append(out, "teardown: left alone, not the demo's: "+f)
 		}

@@ -36,16 +36,16 @@ func TestVerdictOf(t *testing.T) {
 		want    string
 		finding string
 	}{
-		{"holds", report(nil), nil, "isolation: HOLDS: all 2 probes agree", ""},
+		{"holds", report(nil), nil, "isolation: HOLDS: 2 probes and 2 stack checks, all as declared", ""},
 		{"probe disagrees", report(func(r *verify.Report) { r.Probes[0].Expect = "" }), nil,
-			"isolation: VIOLATED: 1 finding(s)", "ns1 → ns2 tcp/8080 (198.18.5.1): reachable, expected blocked"},
+			"isolation: VIOLATED: 1 finding", "ns1 → ns2 tcp/8080 (198.18.5.1): reachable, expected blocked"},
 		{"evidence violation only", report(func(r *verify.Report) {
 			r.Evidence.Violations = []verify.Violation{{Src: "ns1", Dst: "ns2", Packets: 3, Bytes: 180}}
-		}), nil, "isolation: VIOLATED: 1 finding(s)", "eBPF evidence ns1 → ns2: 3 packets delivered where none may arrive"},
+		}), nil, "isolation: VIOLATED: 1 finding", "eBPF evidence ns1 → ns2: 3 packets delivered where none may arrive"},
 		{"evidence incomplete", report(func(r *verify.Report) { r.Evidence.Overflow = 9 }), nil,
-			"isolation: COULD NOT CHECK: 1 finding(s)", "eBPF evidence incomplete: 9 flows not recorded (flow table full)"},
+			"isolation: COULD NOT CHECK: 1 finding", "eBPF evidence incomplete: 9 flows not recorded (flow table full)"},
 		{"check could not run", report(func(r *verify.Report) { r.Stack[1].Error = "netlink: boom" }), nil,
-			"isolation: COULD NOT CHECK: 1 finding(s)", "ns2 routes: check could not run: netlink: boom"},
+			"isolation: COULD NOT CHECK: 1 finding", "ns2 routes: check could not run: netlink: boom"},
 		{"verify failed", nil, errors.New("boom"), "isolation: verify failed: boom", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -68,7 +68,7 @@ func TestSummaryLines(t *testing.T) {
 	sum := &Summary{Verify: report(func(r *verify.Report) {
 		r.Evidence.Violations = []verify.Violation{{Src: "ns1", Dst: "ns2", Packets: 3}}
 	})}
-	want := "verify: isolation VIOLATED: 2 probes, 0 disagree with intent, 0 could not run, 0 checks failed, 1 evidence violations"
+	want := "verify: isolation VIOLATED: 2 probes, 0 disagree with intent, 0 could not run, 0 checks failed, 1 evidence violation"
 	if got := sum.lines(); len(got) != 1 || got[0] != want {
 		t.Errorf("lines %q, want %q", got, want)
 	}

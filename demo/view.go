@@ -165,8 +165,8 @@ func (s *screen) renderVerdict(w io.Writer) {
 		}
 	}
 	slices.Sort(pairs)
-	fmt.Fprintf(w, "datapath: %.0f programs attached, %.0f attach errors, flow table %.0f/%.0f\n",
-		s.Cur.attached, s.Cur.attachErrors, s.Cur.flowEntries, s.Cur.flowCapacity)
+	fmt.Fprintf(w, "datapath: %s attached, %s, flow table %.0f/%.0f\n",
+		count(s.Cur.attached, "program"), count(s.Cur.attachErrors, "attach error"), s.Cur.flowEntries, s.Cur.flowCapacity)
 	v := s.Verdict
 	switch {
 	case v.Err != nil:
@@ -174,19 +174,19 @@ func (s *screen) renderVerdict(w io.Writer) {
 	case !v.Ran:
 		fmt.Fprintln(w, "isolation: probing…")
 	case v.Status == 0:
-		fmt.Fprintf(w, "isolation: HOLDS: all %d probes agree with the declared intent, all %d stack checks pass\n", v.Probes, v.Checks)
+		fmt.Fprintf(w, "isolation: HOLDS: %s and %s, all as declared\n", count(v.Probes, "probe"), count(v.Checks, "stack check"))
 	default:
 		what := "VIOLATED"
 		if v.Status != 1 {
 			what = "COULD NOT CHECK"
 		}
-		fmt.Fprintf(w, "isolation: %s: %d finding(s) from %d probes and %d stack checks\n", what, len(v.Mismatches), v.Probes, v.Checks)
+		fmt.Fprintf(w, "isolation: %s: %s from %s and %s\n", what, count(len(v.Mismatches), "finding"), count(v.Probes, "probe"), count(v.Checks, "stack check"))
 		for _, m := range v.Mismatches {
 			fmt.Fprintln(w, "  "+m)
 		}
 	}
 	if seen > 0 {
-		fmt.Fprintf(w, "datapath saw %.0f packets between denied pairs: %s\n", seen, strings.Join(pairs, ", "))
+		fmt.Fprintf(w, "datapath saw %s between denied pairs: %s\n", count(seen, "packet"), strings.Join(pairs, ", "))
 	} else {
 		fmt.Fprintln(w, "datapath saw no packet between denied pairs")
 	}

@@ -82,7 +82,7 @@ func TestScreenRender(t *testing.T) {
 		// The matrix: ns1 → ns2 at 2000 B/s, nothing else.
 		"ns1           .   2.0k      .",
 		"datapath: 12 programs attached",
-		"isolation: VIOLATED: 1 finding(s) from 10 probes",
+		"isolation: VIOLATED: 1 finding from 10 probes",
 		"datapath saw 2 packets between denied pairs: ns1→c1 2",
 	} {
 		if !strings.Contains(out, want) {

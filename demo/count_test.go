@@ -1,0 +1,22 @@
+package demo
+
+import "testing"
+
+func TestCount(t *testing.T) {
+	tests := []struct {
+		got, want string
+	}{
+		{count(0, "flow"), "0 flows"},
+		{count(1, "flow"), "1 flow"},
+		{count(2, "flow"), "2 flows"},
+		{count(uint64(1), "packet"), "1 packet"},
+		{count(uint64(1<<40), "packet"), "1099511627776 packets"},
+		{count(1.0, "program"), "1 program"},
+		{count(3.0, "attach error"), "3 attach errors"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("got %q, want %q", tt.got, tt.want)
+		}
+	}
+}
