@@ -118,6 +118,58 @@ func TestWatchNamedAndUnnamed(t *testing.T) {
 	c.wait(t, "unnamed remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
 }
 
+// A namespace that only a bind mount outside the named directory holds
+// (a runtime's own directory, `unshare --net=FILE`) is watched like any
+// other: seen as soon as the mount is there, under the mount's path, and
+// removed with the mount. With a scan interval of a minute, only the mount
+// table's notification can make it seen in time.
+func TestWatchBindMountedElsewhere(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := startWatch(t, WatchConfig{Interval: time.Minute})
+	c.wait(t, "synced", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Synced })
+
+	name := testenv.Name("dsb")
+	addNetns(t, name)
+	ino := inodeOf(t, "/run/netns/"+name)
+	c.wait(t, "named add", time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
+
+	target := filepath.Join(t.TempDir(), "held")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("/run/netns/"+name, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			unix.Unmount(target, unix.MNT_DETACH)
+		}
+	})
+	// The name goes; the mount elsewhere keeps the namespace, which stays
+	// known, now under the mount's path.
+	ip(t, "netns", "del", name)
+	held := c.wait(t, "update to the mount's path", 2*time.Second, func(e NetnsEvent) bool {
+		return e.Type == Updated && e.Namespace.Inode == ino && e.Namespace.Name == ""
+	})
+	if held.Namespace.Path != target || held.Namespace.Label() != "netns-"+itoa(ino) || inodeOf(t, held.Namespace.Path) != ino {
+		t.Errorf("held by a mount at %s: %+v", target, held.Namespace)
+	}
+
+	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.evs {
+		if e.Namespace.Inode == ino && e.Type == Removed && e.Namespace.Path != target {
+			t.Errorf("removed while still held: %+v", e)
+		}
+	}
+}
+
 // startUnshared starts a process in a fresh namespace (unshare -n) that
 // nobody bind-mounted, killed when the test ends, and returns it with its
 // namespace's inode.

@@ -1,6 +1,7 @@
 // Package discovery finds the network namespaces of a host and the links
 // and addresses inside them, live: named namespaces under /run/netns
-// (inotify), unnamed ones held by processes (/proc/*/ns/net), and one
+// (inotify), those bind-mounted elsewhere (the mount table, polled for
+// changes), unnamed ones held by processes (/proc/*/ns/net), and one
 // rtnetlink subscription per namespace for links and addresses.
 package discovery
 
@@ -35,8 +36,10 @@ type Namespace struct {
 	Name string
 	// Host marks the agent's own namespace.
 	Host bool
-	// Path opens the namespace: the bind mount for named ones, otherwise
-	// /proc/PID/ns/net of an owning process; empty for the host.
+	// Path opens the namespace: the bind mount for named ones, else a
+	// bind mount elsewhere (a runtime's own directory, first in sort
+	// order), else /proc/PID/ns/net of an owning process; empty for the
+	// host.
 	Path string
 	// Pids and Comms are a few processes inside (sorted by pid).
 	Pids  []int
@@ -272,10 +275,25 @@ func otherHolders(procRoot string) (map[uint64]string, error) {
 			}
 		}
 	}
+	mounts, err := netnsMounts(procRoot, "")
+	if err != nil {
+		return nil, err
+	}
+	for ino, path := range mounts {
+		found(ino, path)
+	}
+	return out, nil
+}
+
+// netnsMounts reads the bind mounts of network namespaces in this
+// process's mount namespace, anywhere but under skipDir (when set), and
+// maps each namespace's inode to its first mount point in sort order.
+func netnsMounts(procRoot, skipDir string) (map[uint64]string, error) {
 	mounts, err := os.ReadFile(procRoot + "/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
+	out := map[uint64]string{}
 	for _, line := range strings.Split(string(mounts), "\n") {
 		// id parent dev root mountpoint options... - fstype source ...
 		pre, post, ok := strings.Cut(line, " - ")
@@ -287,8 +305,16 @@ func otherHolders(procRoot string) (map[uint64]string, error) {
 		if !ok {
 			continue
 		}
-		if ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64); err == nil {
-			found(ino, unescapeMount(f[4]))
+		ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+		if err != nil {
+			continue
+		}
+		path := unescapeMount(f[4])
+		if skipDir != "" && strings.HasPrefix(path, skipDir+"/") {
+			continue
+		}
+		if old, ok := out[ino]; !ok || path < old {
+			out[ino] = path
 		}
 	}
 	return out, nil

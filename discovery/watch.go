@@ -84,8 +84,10 @@ type NetnsEvent struct {
 }
 
 // WatchNetns reports every namespace present at start as Added, then
-// Synced, then every change until ctx is cancelled, sending on events. Named namespaces
-// are seen within milliseconds (inotify); unnamed ones within one Interval.
+// Synced, then every change until ctx is cancelled, sending on events.
+// Named namespaces, and those bind-mounted elsewhere in the agent's mount
+// namespace, are seen within milliseconds (inotify, and a poll of the
+// mount table); those only processes hold, within one Interval.
 // It returns nil on cancellation and an error only if it cannot start.
 func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) error {
 	w, err := newWatcher(cfg)
@@ -95,6 +97,8 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 
 	notify, stopNotify := w.inotify()
 	defer stopNotify()
+	mounted, stopMounted := w.mountNotify()
+	defer stopMounted()
 
 	tick := time.NewTicker(w.cfg.Interval)
 	defer tick.Stop()
@@ -136,6 +140,12 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 		case <-tick.C:
 			procs = true
 		case <-notify:
+			if !retrySoon {
+				retry.Reset(notifyDebounce)
+				retrySoon = true
+			}
+			goto wait
+		case <-mounted:
 			if !retrySoon {
 				retry.Reset(notifyDebounce)
 				retrySoon = true
@@ -203,12 +213,19 @@ func newWatcher(cfg WatchConfig) (*watcher, error) {
 var scanProcs = procNamespaces
 
 type watcher struct {
-	mu          sync.Mutex // guards cache, which the inotify reader marks
+	mu          sync.Mutex // guards cache, mountsDirty and mountsPolled, which the notifiers set
 	cache       *namedCache
 	revalidated time.Time
 	procs       map[uint64][]int  // last /proc scan
 	procsFailed bool              // the last scan of /proc failed
 	named       map[uint64]string // last named scan
+	// mounts is the last read of the bind mounts outside the named
+	// directory; it is read again when the mount table changed
+	// (mountsDirty), or at every scan of /proc when that is not watched
+	// (mountsPolled false).
+	mounts       map[uint64]string
+	mountsDirty  bool
+	mountsPolled bool
 
 	cfg          WatchConfig
 	host         uint64
@@ -257,6 +274,62 @@ func (w *watcher) inotify() (<-chan struct{}, func()) {
 		}
 	}()
 	return sig, func() { f.Close(); <-done }
+}
+
+// mountNotify signals when the mount table changes, so that a namespace
+// bind-mounted outside the named directory is seen as soon as it is (the
+// kernel flags an open mountinfo with POLLPRI on every mount and
+// unmount). Without it, the mounts are read again at every scan of /proc.
+func (w *watcher) mountNotify() (<-chan struct{}, func()) {
+	sig := make(chan struct{}, 1)
+	noop := func() {}
+	f, err := os.Open(w.cfg.ProcRoot + "/self/mountinfo")
+	if err != nil {
+		return sig, noop
+	}
+	var wake [2]int
+	if err := unix.Pipe2(wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		f.Close()
+		return sig, noop
+	}
+	w.mu.Lock()
+	w.mountsPolled = true
+	w.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// poll(2) blocks this goroutine's thread; the pipe wakes it to stop.
+		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}, {Fd: int32(wake[0]), Events: unix.POLLIN}}
+		for {
+			fds[0].Revents, fds[1].Revents = 0, 0
+			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+				w.cfg.Logger.Warn("discovery: cannot watch the mount table, reading it at every scan", "err", err)
+				w.mu.Lock()
+				w.mountsPolled = false
+				w.mu.Unlock()
+				return
+			}
+			if fds[1].Revents != 0 {
+				return
+			}
+			if fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
+				w.mu.Lock()
+				w.mountsDirty = true
+				w.mu.Unlock()
+				select {
+				case sig <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return sig, func() {
+		unix.Write(wake[1], []byte{0})
+		<-done
+		unix.Close(wake[0])
+		unix.Close(wake[1])
+		f.Close()
+	}
 }
 
 // markDirty records the names in a buffer of inotify events.
@@ -331,14 +404,31 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 		procsChanged = w.procs == nil || !maps.EqualFunc(procs, w.procs, slices.Equal)
 		w.procs = procs
 	}
-	if !namedChanged && !procsChanged && w.named != nil {
+	mountsChanged := false
+	w.mu.Lock()
+	readMounts := w.mounts == nil || w.mountsDirty || (withProcs && !w.mountsPolled)
+	w.mountsDirty = false
+	w.mu.Unlock()
+	if readMounts {
+		mounts, err := netnsMounts(w.cfg.ProcRoot, w.cfg.NamedDir)
+		if err != nil {
+			w.cfg.Logger.Warn("discovery: cannot read the mount table, keeping the last read", "proc", w.cfg.ProcRoot, "err", err)
+			mounts = w.mounts
+			if mounts == nil {
+				mounts = map[uint64]string{}
+			}
+		}
+		mountsChanged = w.mounts == nil || !maps.Equal(mounts, w.mounts)
+		w.mounts = mounts
+	}
+	if !namedChanged && !procsChanged && !mountsChanged && w.named != nil {
 		// Nothing moved: skip rebuilding a thousand namespaces.
 		return nil, retrySoon
 	}
 	w.named = named
-	procs := w.procs
+	procs, mounts := w.procs, w.mounts
 
-	current := make(map[uint64]Namespace, len(named)+len(procs))
+	current := make(map[uint64]Namespace, len(named)+len(procs)+len(mounts))
 	add := func(ino uint64) {
 		if _, ok := current[ino]; ok {
 			return
@@ -348,6 +438,9 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 		case n.Host:
 		case n.Name != "":
 			n.Path = w.cfg.NamedDir + "/" + n.Name
+		case mounts[ino] != "":
+			// Outlives any process inside (a runtime's own directory).
+			n.Path = mounts[ino]
 		default:
 			n.Path = w.cfg.ProcRoot + "/" + strconv.Itoa(n.Pids[0]) + "/ns/net"
 		}
@@ -359,6 +452,9 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 		add(ino)
 	}
 	for ino := range procs {
+		add(ino)
+	}
+	for ino := range mounts {
 		add(ino)
 	}
 
