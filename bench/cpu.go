@@ -16,6 +16,8 @@ import (
 // user plus system, which includes softirq work the kernel charged to
 // it). Softirq and HostBusy come from /proc/stat and cover the whole
 // host, other processes included: veth delivery runs in softirq context.
+// /proc/stat is sampled at the timer tick, so HostBusy can read a little
+// below Process, which the kernel accounts exactly.
 type CPU struct {
 	Process  float64 `json:"process_cores"`
 	Softirq  float64 `json:"host_softirq_cores"`
