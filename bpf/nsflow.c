@@ -63,16 +63,17 @@ struct port_stats {
 #define COUNTERS (DIR_MAX * FAM_MAX * L4_MAX)
 
 // counter_index is a counter's index in port_stats.c, flattened. The
-// classes come from the stack, where the verifier knows them only as
-// bytes: the bound is checked where it can see it (barrier_var keeps
-// clang from dropping the check it proves redundant), and an index out
-// of range, which cannot happen, is COUNTERS.
+// classes come back from the stack, where the verifier knows them only as
+// bytes, so the bound is checked in assembly, on the register the index
+// is then used from: clang would drop a C check it proves redundant, or
+// check a copy, which kernels before 6.4 do not relate to the original.
+// An index out of range cannot happen; it would count as counter 0.
 static __always_inline __u32 counter_index(__u8 dir, __u8 family, __u8 l4)
 {
 	__u32 i = ((dir & 1) * FAM_MAX + family) * L4_MAX + l4;
 
-	barrier_var(i);
-	return i < COUNTERS ? i : COUNTERS;
+	asm volatile("if %[i] < %[n] goto +1; %[i] = 0" : [i] "+r"(i) : [n] "i"(COUNTERS));
+	return i;
 }
 
 // A port slot: the fast path for attached ports. The slot of a port is
@@ -669,13 +670,18 @@ static __always_inline void add(struct counter *c, __u64 segs, __u64 len)
 static __noinline void count_port_slow(__u64 cookie, __u32 ifindex, __u32 i, __u64 segs, __u64 len)
 {
 	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
-	struct port_stats *ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	struct port_stats *ps;
 
+	if (i >= COUNTERS) { // cannot happen (counter_index); the verifier must see it
+		count_loss(1);
+		return;
+	}
+	ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
 	if (!ps) {
 		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
 		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
 	}
-	if (!ps || i >= COUNTERS) {
+	if (!ps) {
 		count_loss(1);
 		return;
 	}
@@ -690,7 +696,7 @@ static __always_inline void count_port(__u64 cookie, __u32 ifindex, __u32 i, __u
 	__u32 idx = cpu * PORT_SLOTS + port_slot_index(cookie, ifindex);
 	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
 
-	if (slot && i < COUNTERS) {
+	if (slot) {
 		struct port_line *l = &slot->l[i / 2];
 
 		if (l->netns_cookie == cookie && l->ifindex == ifindex) {
