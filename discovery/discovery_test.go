@@ -120,54 +120,88 @@ func TestWatchNamedAndUnnamed(t *testing.T) {
 
 // A namespace that only a bind mount outside the named directory holds
 // (a runtime's own directory, `unshare --net=FILE`) is watched like any
-// other: seen as soon as the mount is there, under the mount's path, and
-// removed with the mount. With a scan interval of a minute, only the mount
-// table's notification can make it seen in time.
+// other: seen as soon as the mount is there, under the mount's path, kept
+// while the mount holds it, and removed with the mount. With a scan
+// interval of a minute, only the mount table's notification can make
+// these changes seen in time.
 func TestWatchBindMountedElsewhere(t *testing.T) {
 	testenv.RequireRoot(t)
 	c := startWatch(t, WatchConfig{Interval: time.Minute})
 	c.wait(t, "synced", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Synced })
-
-	name := testenv.Name("dsb")
-	addNetns(t, name)
-	ino := inodeOf(t, "/run/netns/"+name)
-	c.wait(t, "named add", time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
-
-	target := filepath.Join(t.TempDir(), "held")
-	if err := os.WriteFile(target, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("/run/netns/"+name, target, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	mounted := true
-	t.Cleanup(func() {
-		if mounted {
-			unix.Unmount(target, unix.MNT_DETACH)
+	dir := t.TempDir()
+	mount := func(t *testing.T, from, file string) {
+		t.Helper()
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
 		}
-	})
-	// The name goes; the mount elsewhere keeps the namespace, which stays
-	// known, now under the mount's path.
-	ip(t, "netns", "del", name)
-	held := c.wait(t, "update to the mount's path", 2*time.Second, func(e NetnsEvent) bool {
-		return e.Type == Updated && e.Namespace.Inode == ino && e.Namespace.Name == ""
-	})
-	if held.Namespace.Path != target || held.Namespace.Label() != "netns-"+itoa(ino) || inodeOf(t, held.Namespace.Path) != ino {
-		t.Errorf("held by a mount at %s: %+v", target, held.Namespace)
+		if err := unix.Mount(from, file, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(file, unix.MNT_DETACH) })
 	}
-
-	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil {
-		t.Fatal(err)
-	}
-	mounted = false
-	c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, e := range c.evs {
-		if e.Namespace.Inode == ino && e.Type == Removed && e.Namespace.Path != target {
-			t.Errorf("removed while still held: %+v", e)
+	unmount := func(t *testing.T, file string) {
+		t.Helper()
+		if err := unix.Unmount(file, unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
 		}
 	}
+	removedBefore := func(t *testing.T, ino uint64, n int) {
+		t.Helper()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, e := range c.evs[:n] {
+			if e.Namespace.Inode == ino && e.Type == Removed {
+				t.Errorf("removed while a mount held it: %+v", e)
+			}
+		}
+	}
+
+	t.Run("held by a mount from the start", func(t *testing.T) {
+		// A namespace made by a process that exits, leaving only the mount.
+		file := filepath.Join(dir, "only")
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("unshare", "--net="+file, "true").CombinedOutput(); err != nil {
+			t.Fatalf("unshare --net=%s: %v: %s", file, err, out)
+		}
+		t.Cleanup(func() { unix.Unmount(file, unix.MNT_DETACH) })
+		ino := inodeOf(t, file)
+		added := c.wait(t, "add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
+		if added.Namespace.Path != file || added.Namespace.Name != "" || added.Namespace.Label() != "netns-"+itoa(ino) {
+			t.Errorf("held by a mount at %s: %+v", file, added.Namespace)
+		}
+		c.mu.Lock()
+		n := len(c.evs)
+		c.mu.Unlock()
+		unmount(t, file)
+		c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
+		removedBefore(t, ino, n)
+	})
+
+	t.Run("named, then held by a mount elsewhere", func(t *testing.T) {
+		name := testenv.Name("dsb")
+		addNetns(t, name)
+		ino := inodeOf(t, "/run/netns/"+name)
+		c.wait(t, "named add", time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
+		file := filepath.Join(dir, "held")
+		mount(t, "/run/netns/"+name, file)
+		// The name goes; the mount elsewhere keeps the namespace, which
+		// stays known, now under the mount's path.
+		ip(t, "netns", "del", name)
+		held := c.wait(t, "update to the mount's path", 2*time.Second, func(e NetnsEvent) bool {
+			return e.Type == Updated && e.Namespace.Inode == ino && e.Namespace.Name == ""
+		})
+		if held.Namespace.Path != file || inodeOf(t, held.Namespace.Path) != ino {
+			t.Errorf("held by a mount at %s: %+v", file, held.Namespace)
+		}
+		c.mu.Lock()
+		n := len(c.evs)
+		c.mu.Unlock()
+		unmount(t, file)
+		c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
+		removedBefore(t, ino, n)
+	})
 }
 
 // startUnshared starts a process in a fresh namespace (unshare -n) that

@@ -221,11 +221,12 @@ type watcher struct {
 	named       map[uint64]string // last named scan
 	// mounts is the last read of the bind mounts outside the named
 	// directory; it is read again when the mount table changed
-	// (mountsDirty), or at every scan of /proc when that is not watched
-	// (mountsPolled false).
+	// (mountsDirty), at every scan of /proc when that is not watched
+	// (mountsPolled false), and every revalidateEvery in any case.
 	mounts       map[uint64]string
 	mountsDirty  bool
 	mountsPolled bool
+	mountsRead   time.Time
 
 	cfg          WatchConfig
 	host         uint64
@@ -283,13 +284,16 @@ func (w *watcher) inotify() (<-chan struct{}, func()) {
 func (w *watcher) mountNotify() (<-chan struct{}, func()) {
 	sig := make(chan struct{}, 1)
 	noop := func() {}
-	f, err := os.Open(w.cfg.ProcRoot + "/self/mountinfo")
+	// A plain descriptor: os.Open would add it to the Go runtime's epoll
+	// set, whose wake-ups would take (and so clear) the change flag the
+	// kernel keeps per open file, before poll(2) here could see it.
+	fd, err := unix.Open(w.cfg.ProcRoot+"/self/mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return sig, noop
 	}
 	var wake [2]int
 	if err := unix.Pipe2(wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		f.Close()
+		unix.Close(fd)
 		return sig, noop
 	}
 	w.mu.Lock()
@@ -299,7 +303,7 @@ func (w *watcher) mountNotify() (<-chan struct{}, func()) {
 	go func() {
 		defer close(done)
 		// poll(2) blocks this goroutine's thread; the pipe wakes it to stop.
-		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}, {Fd: int32(wake[0]), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLPRI}, {Fd: int32(wake[0]), Events: unix.POLLIN}}
 		for {
 			fds[0].Revents, fds[1].Revents = 0, 0
 			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
@@ -328,7 +332,7 @@ func (w *watcher) mountNotify() (<-chan struct{}, func()) {
 		<-done
 		unix.Close(wake[0])
 		unix.Close(wake[1])
-		f.Close()
+		unix.Close(fd)
 	}
 }
 
@@ -406,10 +410,12 @@ func (w *watcher) scan(withProcs bool) (events []NetnsEvent, retrySoon bool) {
 	}
 	mountsChanged := false
 	w.mu.Lock()
-	readMounts := w.mounts == nil || w.mountsDirty || (withProcs && !w.mountsPolled)
+	readMounts := w.mounts == nil || w.mountsDirty ||
+		(withProcs && (!w.mountsPolled || time.Since(w.mountsRead) > revalidateEvery))
 	w.mountsDirty = false
 	w.mu.Unlock()
 	if readMounts {
+		w.mountsRead = time.Now()
 		mounts, err := netnsMounts(w.cfg.ProcRoot, w.cfg.NamedDir)
 		if err != nil {
 			w.cfg.Logger.Warn("discovery: cannot read the mount table, keeping the last read", "proc", w.cfg.ProcRoot, "err", err)
