@@ -276,16 +276,14 @@ func (r *runner) flows(ctx context.Context, proto traffic.Proto, pairs []pair, d
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	for i := range errs {
-		errs[i] = withoutShortStream(errs[i])
-	}
 	return res, errors.Join(errs...)
 }
 
-// withoutShortStream drops traffic.ErrShortStream from err: a TCP stream
-// whose bytes read and written differ is a difference the reconciliation
-// lists (its "tcp stream" check), not a failure of the run. Any other
-// error in err stays.
+// withoutShortStream drops traffic.ErrShortStream from err: in a sample,
+// a TCP stream whose bytes read and written differ is a difference the
+// reconciliation lists (its "tcp stream" check), not a failure of the run.
+// Any other error in err stays. Elsewhere (warm-up, the iperf3 line),
+// where nothing reconciles, the error stands.
 func withoutShortStream(err error) error {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		var keep []error
@@ -411,6 +409,7 @@ func (r *runner) sample(ctx context.Context, proto traffic.Proto, pairs []pair, 
 		return Sample{}, runStats{}, err
 	}
 	res, err := r.flows(ctx, proto, pairs, d)
+	err = withoutShortStream(err)
 	if err != nil {
 		return Sample{}, runStats{}, err
 	}

@@ -3,9 +3,18 @@ package demo
 import "strconv"
 
 // count says n of a thing in English: "1 flow", "2 flows", "0 flows".
-// noun is the singular; every noun the demo counts takes an s.
+// noun is the singular; every noun the demo counts takes an s. Floats
+// (gathered metrics) are whole counts, printed without decimals.
 func count[N int | uint64 | float64](n N, noun string) string {
-	s := strconv.FormatFloat(float64(n), 'f', 0, 64)
+	var s string
+	switch v := any(n).(type) {
+	case int:
+		s = strconv.Itoa(v)
+	case uint64:
+		s = strconv.FormatUint(v, 10)
+	case float64:
+		s = strconv.FormatFloat(v, 'f', 0, 64)
+	}
 	if n != 1 {
 		noun += "s"
 	}

@@ -11,6 +11,7 @@ func TestCount(t *testing.T) {
 		{count(2, "flow"), "2 flows"},
 		{count(uint64(1), "packet"), "1 packet"},
 		{count(uint64(1<<40), "packet"), "1099511627776 packets"},
+		{count(uint64(1<<63+1), "packet"), "9223372036854775809 packets"}, // past float64's 2^53
 		{count(1.0, "program"), "1 program"},
 		{count(3.0, "attach error"), "3 attach errors"},
 	}

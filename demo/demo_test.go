@@ -286,8 +286,9 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	// The last snapshot comes after the server stopped and must say so.
-	last := out[strings.LastIndex(out, "nsflow demo: topology"):]
-	if title, _, _ := strings.Cut(last, "\n"); !strings.HasSuffix(title, "metrics: (stopped)") {
+	if i := strings.LastIndex(out, "nsflow demo: topology"); i < 0 {
+		t.Error("no snapshot in the output")
+	} else if title, _, _ := strings.Cut(out[i:], "\n"); !strings.HasSuffix(title, "metrics: (stopped)") {
 		t.Errorf("last snapshot's title %q: want the metrics shown as stopped", title)
 	}
 }
