@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsflow/nsflow/agent"
 	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/internal/english"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/nsflow/nsflow/verify"
@@ -57,7 +58,7 @@ func (r *runner) topologyUp(ctx context.Context) error {
 		if err == nil {
 			// Only then: the summary says nothing of the demo is left.
 			r.sum.Down = res
-			down.done("%s and %s removed", count(res.NamespacesRemoved, "namespace"), count(res.InterfacesRemoved, "host interface"))
+			down.done("%s and %s removed", english.Count(res.NamespacesRemoved, "namespace"), english.Count(res.InterfacesRemoved, "host interface"))
 		}
 		return down.fail(err)
 	})
@@ -65,7 +66,7 @@ func (r *runner) topologyUp(ctx context.Context) error {
 	if err != nil {
 		return up.fail(err)
 	}
-	up.done("%s, %s", count(res.NamespacesCreated, "namespace"), count(res.InterfacesCreated, "interface"))
+	up.done("%s, %s", english.Count(res.NamespacesCreated, "namespace"), english.Count(res.InterfacesCreated, "interface"))
 	// What works against the topology from outside it (a host address
 	// that another host interface has too) is the user's to know.
 	for _, w := range res.Warnings {
@@ -154,7 +155,7 @@ func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
 		if err := errors.Join(errs...); err != nil {
 			return stop.fail(err)
 		}
-		stop.done("%s stopped", count(len(runs), "flow"))
+		stop.done("%s stopped", english.Count(len(runs), "flow"))
 		return nil
 	})
 	for _, f := range flows {
@@ -164,7 +165,7 @@ func (r *runner) startTraffic(ctx context.Context, a *agent.Agent) error {
 		}
 		runs = append(runs, run)
 	}
-	st.done("%s", count(len(runs), "flow"))
+	st.done("%s", english.Count(len(runs), "flow"))
 	return nil
 }
 
@@ -184,7 +185,7 @@ func (r *runner) startVerify(ctx context.Context) {
 			st.fail(err)
 			return
 		}
-		st.done("%s, %s", count(v.Probes, "probe"), count(len(v.Mismatches), "finding"))
+		st.done("%s, %s", english.Count(v.Probes, "probe"), english.Count(len(v.Mismatches), "finding"))
 	})
 	r.undo = append(r.undo, func() error { wg.Wait(); return nil })
 }

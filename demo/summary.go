@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nsflow/nsflow/collector"
+	"github.com/nsflow/nsflow/internal/english"
 	"github.com/nsflow/nsflow/traffic"
 	"github.com/nsflow/nsflow/verify"
 )
@@ -94,10 +95,10 @@ func verdictOf(rep *verify.Report, err error) verdict {
 	}
 	if ev := rep.Evidence; ev != nil {
 		for _, x := range ev.Violations {
-			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence %s → %s: %s delivered where none may arrive", x.Src, x.Dst, count(x.Packets, "packet")))
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence %s → %s: %s delivered where none may arrive", x.Src, x.Dst, english.Count(x.Packets, "packet")))
 		}
 		if ev.Overflow > 0 {
-			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence incomplete: %s not recorded (flow table full)", count(ev.Overflow, "flow")))
+			v.Mismatches = append(v.Mismatches, fmt.Sprintf("eBPF evidence incomplete: %s not recorded (flow table full)", english.Count(ev.Overflow, "flow")))
 		}
 	}
 	if rep.Load != nil {
@@ -131,11 +132,11 @@ func (s *Summary) lines() []string {
 		sum := s.Verify.Summary()
 		verdicts := map[int]string{0: "isolation holds", 1: "isolation VIOLATED", 2: "isolation could not be checked"}
 		out = append(out, fmt.Sprintf("verify: %s: %s, %d disagree with intent, %d could not run, %s failed, %s",
-			verdicts[s.Verify.Verdict()], count(sum.Probes, "probe"), sum.Mismatches, sum.ProbeErrors, count(sum.CheckFailed, "check"), count(sum.Violations, "evidence violation")))
+			verdicts[s.Verify.Verdict()], english.Count(sum.Probes, "probe"), sum.Mismatches, sum.ProbeErrors, english.Count(sum.CheckFailed, "check"), english.Count(sum.Violations, "evidence violation")))
 	}
 	if s.Down != nil {
 		out = append(out, fmt.Sprintf("teardown: %s and %s removed; nothing of the demo is left on the host",
-			count(s.Down.NamespacesRemoved, "namespace"), count(s.Down.InterfacesRemoved, "host interface")))
+			english.Count(s.Down.NamespacesRemoved, "namespace"), english.Count(s.Down.InterfacesRemoved, "host interface")))
 		for _, f := range s.Down.Foreign {
 			out = append(out, "teardown: left alone, not the demo's: "+f)
 		}

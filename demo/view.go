@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nsflow/nsflow/internal/english"
 )
 
 // stepState is where one start-up or teardown step is.
@@ -166,7 +168,7 @@ func (s *screen) renderVerdict(w io.Writer) {
 	}
 	slices.Sort(pairs)
 	fmt.Fprintf(w, "datapath: %s attached, %s, flow table %.0f/%.0f\n",
-		count(s.Cur.attached, "program"), count(s.Cur.attachErrors, "attach error"), s.Cur.flowEntries, s.Cur.flowCapacity)
+		english.Count(s.Cur.attached, "program"), english.Count(s.Cur.attachErrors, "attach error"), s.Cur.flowEntries, s.Cur.flowCapacity)
 	v := s.Verdict
 	switch {
 	case v.Err != nil:
@@ -174,19 +176,19 @@ func (s *screen) renderVerdict(w io.Writer) {
 	case !v.Ran:
 		fmt.Fprintln(w, "isolation: probing…")
 	case v.Status == 0:
-		fmt.Fprintf(w, "isolation: HOLDS: %s and %s, all as declared\n", count(v.Probes, "probe"), count(v.Checks, "stack check"))
+		fmt.Fprintf(w, "isolation: HOLDS: %s and %s, all as declared\n", english.Count(v.Probes, "probe"), english.Count(v.Checks, "stack check"))
 	default:
 		what := "VIOLATED"
 		if v.Status != 1 {
 			what = "COULD NOT CHECK"
 		}
-		fmt.Fprintf(w, "isolation: %s: %s from %s and %s\n", what, count(len(v.Mismatches), "finding"), count(v.Probes, "probe"), count(v.Checks, "stack check"))
+		fmt.Fprintf(w, "isolation: %s: %s from %s and %s\n", what, english.Count(len(v.Mismatches), "finding"), english.Count(v.Probes, "probe"), english.Count(v.Checks, "stack check"))
 		for _, m := range v.Mismatches {
 			fmt.Fprintln(w, "  "+m)
 		}
 	}
 	if seen > 0 {
-		fmt.Fprintf(w, "datapath saw %s between denied pairs: %s\n", count(seen, "packet"), strings.Join(pairs, ", "))
+		fmt.Fprintf(w, "datapath saw %s between denied pairs: %s\n", english.Count(seen, "packet"), strings.Join(pairs, ", "))
 	} else {
 		fmt.Fprintln(w, "datapath saw no packet between denied pairs")
 	}

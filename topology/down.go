@@ -12,6 +12,8 @@ import (
 	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsflow/nsflow/internal/english"
 )
 
 // hostWaitTimeout bounds how long teardown waits for the kernel to destroy
@@ -31,8 +33,8 @@ type DownResult struct {
 }
 
 func (r *DownResult) String() string {
-	msg := fmt.Sprintf("topology %s is down: %d namespaces and %d host interfaces removed (%.2fs)",
-		r.Name, r.NamespacesRemoved, r.InterfacesRemoved, r.Elapsed.Seconds())
+	msg := fmt.Sprintf("topology %s is down: %s and %s removed (%.2fs)",
+		r.Name, english.Count(r.NamespacesRemoved, "namespace"), english.Count(r.InterfacesRemoved, "host interface"), r.Elapsed.Seconds())
 	if r.NamespacesRemoved == 0 && r.InterfacesRemoved == 0 {
 		msg = fmt.Sprintf("topology %s was already down (%.2fs)", r.Name, r.Elapsed.Seconds())
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/nsflow/nsflow/internal/english"
 )
 
 // Options tune Up and Down.
@@ -65,8 +67,9 @@ func (r *Result) Unchanged() bool {
 }
 
 func (r *Result) String() string {
-	msg := fmt.Sprintf("topology %s is up: %d namespaces and %d interfaces created, %d other changes, %d removed (%.2fs)",
-		r.Name, r.NamespacesCreated, r.InterfacesCreated, r.Changed, len(r.Pruned), r.Elapsed.Seconds())
+	msg := fmt.Sprintf("topology %s is up: %s and %s created, %s, %d removed (%.2fs)",
+		r.Name, english.Count(r.NamespacesCreated, "namespace"), english.Count(r.InterfacesCreated, "interface"),
+		english.Count(r.Changed, "other change"), len(r.Pruned), r.Elapsed.Seconds())
 	if r.Unchanged() {
 		msg = fmt.Sprintf("topology %s is already up: nothing changed (%.2fs)", r.Name, r.Elapsed.Seconds())
 	}

@@ -75,7 +75,7 @@ func TestTableFor50Namespaces(t *testing.T) {
 		t.Errorf("difference marks %v, want %v", marked, want)
 	}
 	for _, want := range []string{"G tenant-namespace-42", "tcp/8080  tenant-namespace-07 -> tenant-namespace-42 198.18.0.43: reachable, expected blocked",
-		"routes    tenant-namespace-03: unexpected route", "FAIL: 1 probes not as expected, 1 checks failed, 1 evidence violations (3 packets)",
+		"routes    tenant-namespace-03: unexpected route", "FAIL: 1 probe not as expected, 1 check failed, 1 evidence violation (3 packets)",
 		"tenant-namespace-07 -> tenant-namespace-42: 3 packets, 180 bytes in 0 flows",
 		"7 " + trunc("tenant-namespace-07", 16) + "  " + strings.Repeat(".", 7) + "-" + strings.Repeat(".", 34) + "X" + strings.Repeat(".", 7)} {
 		if !strings.Contains(out, want) {
@@ -210,7 +210,7 @@ func TestVerdictEvidence(t *testing.T) {
 		{"flow table overflow", &Evidence{Ports: 2, Flows: 4, Overflow: 7}, 2,
 			"ERROR: eBPF evidence incomplete: 7 flows not recorded (flow table full)", "PASS", 1},
 		{"violation and overflow", &Evidence{Ports: 2, Flows: 4, Overflow: 7, Violations: violation}, 1,
-			"FAIL: 0 probes not as expected, 0 checks failed, 1 evidence violations (2 packets); 0 probe errors; eBPF evidence incomplete: 7 flows not recorded", "", 0},
+			"FAIL: 0 probes not as expected, 0 checks failed, 1 evidence violation (2 packets); 0 probe errors; eBPF evidence incomplete: 7 flows not recorded", "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := cleanReport(tc.ev)
@@ -253,8 +253,8 @@ func TestVerdictLoad(t *testing.T) {
 		junitErr int
 	}{
 		{"held", []LoadFlow{ok}, false, 0, "PASS: isolation holds", 0},
-		{"a flow ended early", []LoadFlow{ok, ended}, false, 2, "ERROR: 1 load flows failed or ended before the checks did", 1},
-		{"violation under a failed load", []LoadFlow{ended}, true, 1, "FAIL: 1 probes not as expected", 1},
+		{"a flow ended early", []LoadFlow{ok, ended}, false, 2, "ERROR: 1 load flow failed or ended before the checks did", 1},
+		{"violation under a failed load", []LoadFlow{ended}, true, 1, "FAIL: 1 probe not as expected", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := cleanReport(&Evidence{Ports: 2})

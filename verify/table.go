@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/nsflow/nsflow/internal/english"
 )
 
 // keyChars name the columns, one character each up to 62 namespaces, so
@@ -33,8 +35,8 @@ const maxListed = 40
 func (r *Report) WriteTable(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	s := r.Summary()
-	fmt.Fprintf(bw, "nsflow verify: topology %s, %d namespaces, ports %s: %d probes in %.1fs (%d probed again)\n\n",
-		r.Topology, len(r.Namespaces), strings.Join(r.Ports, " "), s.Probes, r.Elapsed.Seconds(), r.Retried)
+	fmt.Fprintf(bw, "nsflow verify: topology %s, %s, ports %s: %s in %.1fs (%d probed again)\n\n",
+		r.Topology, english.Count(len(r.Namespaces), "namespace"), strings.Join(r.Ports, " "), english.Count(s.Probes, "probe"), r.Elapsed.Seconds(), r.Retried)
 	keys := columnKeys(len(r.Namespaces))
 	width := 0
 	for _, ns := range r.Namespaces {
@@ -247,12 +249,13 @@ func (r *Report) writeEvidence(w io.Writer, header string, rowLabel func(int) st
 		fmt.Fprintln(w, "\neBPF evidence: not collected")
 		return
 	}
-	fmt.Fprintf(w, "\neBPF evidence: %d ports observed, %d delivered flows, %d pairs with packets that must not arrive\n", ev.Ports, ev.Flows, len(ev.Violations))
+	fmt.Fprintf(w, "\neBPF evidence: %s observed, %s, %d pairs with packets that must not arrive\n",
+		english.Count(ev.Ports, "port"), english.Count(ev.Flows, "delivered flow"), len(ev.Violations))
 	if ev.Overflow > 0 {
-		fmt.Fprintf(w, "  incomplete: %d flows not recorded (flow table full); a violation among them would go unseen\n", ev.Overflow)
+		fmt.Fprintf(w, "  incomplete: %s not recorded (flow table full); a violation among them would go unseen\n", english.Count(ev.Overflow, "flow"))
 	}
 	for _, v := range ev.Violations {
-		fmt.Fprintf(w, "  %s -> %s: %d packets, %d bytes in %d flows\n", v.Src, v.Dst, v.Packets, v.Bytes, len(v.Flows))
+		fmt.Fprintf(w, "  %s -> %s: %s, %s in %s\n", v.Src, v.Dst, english.Count(v.Packets, "packet"), english.Count(v.Bytes, "byte"), english.Count(len(v.Flows), "flow"))
 	}
 	idx := map[string]int{}
 	for i, ns := range r.Namespaces {
@@ -291,17 +294,18 @@ func (r *Report) VerdictLine() string {
 	s := r.Summary()
 	var incomplete string
 	if s.EvidenceOverflow > 0 {
-		incomplete = fmt.Sprintf("eBPF evidence incomplete: %d flows not recorded (flow table full)", s.EvidenceOverflow)
+		incomplete = fmt.Sprintf("eBPF evidence incomplete: %s not recorded (flow table full)", english.Count(s.EvidenceOverflow, "flow"))
 	}
 	switch r.Verdict() {
 	case 0:
 		if r.Evidence == nil {
-			return fmt.Sprintf("PASS: isolation holds (%d probes, %d checks; no eBPF evidence collected)", s.Probes, len(r.PortSpace)+len(r.Stack))
+			return fmt.Sprintf("PASS: isolation holds (%s, %s; no eBPF evidence collected)", english.Count(s.Probes, "probe"), english.Count(len(r.PortSpace)+len(r.Stack), "check"))
 		}
-		return fmt.Sprintf("PASS: isolation holds (%d probes, %d checks, no packet where none may arrive)", s.Probes, len(r.PortSpace)+len(r.Stack))
+		return fmt.Sprintf("PASS: isolation holds (%s, %s, no packet where none may arrive)", english.Count(s.Probes, "probe"), english.Count(len(r.PortSpace)+len(r.Stack), "check"))
 	case 1:
-		line := fmt.Sprintf("FAIL: %d probes not as expected, %d checks failed, %d evidence violations (%d packets); %d probe errors",
-			s.Mismatches, s.CheckFailed, s.Violations, s.ViolationPkt, s.ProbeErrors)
+		line := fmt.Sprintf("FAIL: %s not as expected, %s failed, %s (%s); %s",
+			english.Count(s.Mismatches, "probe"), english.Count(s.CheckFailed, "check"), english.Count(s.Violations, "evidence violation"),
+			english.Count(s.ViolationPkt, "packet"), english.Count(s.ProbeErrors, "probe error"))
 		if incomplete != "" {
 			line += "; " + incomplete
 		}
@@ -309,13 +313,13 @@ func (r *Report) VerdictLine() string {
 	}
 	var why []string
 	if s.ProbeErrors > 0 || s.CheckErrors > 0 {
-		why = append(why, fmt.Sprintf("%d probes and %d checks could not run", s.ProbeErrors, s.CheckErrors))
+		why = append(why, fmt.Sprintf("%s and %s could not run", english.Count(s.ProbeErrors, "probe"), english.Count(s.CheckErrors, "check")))
 	}
 	if incomplete != "" {
 		why = append(why, incomplete)
 	}
 	if s.LoadErrors > 0 {
-		why = append(why, fmt.Sprintf("%d load flows failed or ended before the checks did", s.LoadErrors))
+		why = append(why, fmt.Sprintf("%s failed or ended before the checks did", english.Count(s.LoadErrors, "load flow")))
 	}
 	return "ERROR: " + strings.Join(why, "; ")
 }

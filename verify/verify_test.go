@@ -153,7 +153,7 @@ func TestLoadEndedEarly(t *testing.T) {
 	}
 	t.Logf("load %+v", *lr)
 	rep := &Report{Load: lr}
-	if v := rep.Verdict(); v != 2 || !strings.Contains(rep.VerdictLine(), "load flows failed or ended before the checks did") {
+	if v := rep.Verdict(); v != 2 || !strings.Contains(rep.VerdictLine(), "failed or ended before the checks did") {
 		t.Errorf("verdict %d, %q; want 2, naming the load", v, rep.VerdictLine())
 	}
 }

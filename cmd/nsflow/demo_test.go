@@ -40,11 +40,11 @@ func TestDemoExit(t *testing.T) {
 		want string
 	}{
 		{"holds", &demo.Summary{Verify: demoReport(nil)}, nil, 0, ""},
-		{"probe violation", &demo.Summary{Verify: demoReport(func(r *verify.Report) { r.Probes[0].Expect = "" })}, nil, 1, "FAIL: 1 probes not as expected"},
+		{"probe violation", &demo.Summary{Verify: demoReport(func(r *verify.Report) { r.Probes[0].Expect = "" })}, nil, 1, "FAIL: 1 probe not as expected"},
 		{"evidence violation", &demo.Summary{Verify: demoReport(func(r *verify.Report) {
 			r.Evidence.Violations = []verify.Violation{{Src: "x", Dst: "y", Packets: 2}}
-		})}, nil, 1, "1 evidence violations (2 packets)"},
-		{"could not check", &demo.Summary{Verify: demoReport(func(r *verify.Report) { r.Probes[1].Outcome = verify.Failed })}, nil, 2, "ERROR: 1 probes"},
+		})}, nil, 1, "1 evidence violation (2 packets)"},
+		{"could not check", &demo.Summary{Verify: demoReport(func(r *verify.Report) { r.Probes[1].Outcome = verify.Failed })}, nil, 2, "ERROR: 1 probe and 0 checks could not run"},
 		{"verify did not report", &demo.Summary{VerifyErr: verify.ErrInterrupted}, nil, 2, "isolation not verified: " + verify.ErrInterrupted.Error()},
 		{"the demo failed", &demo.Summary{}, boom, -1, "topology up: boom"},
 	} {

@@ -59,7 +59,7 @@ func TestExitStatus(t *testing.T) {
 		{"success", nil, 0, ""},
 		{"plain error", errors.New("boom"), 1, "nsflow: boom\n"},
 		{"usage", usage(errors.New("--x: bad")), 2, "nsflow: --x: bad\n"},
-		{"shown verdict", shown{&exitError{1, errors.New("FAIL: 1 probes not as expected")}}, 1, ""},
+		{"shown verdict", shown{&exitError{1, errors.New("FAIL: 1 probe not as expected")}}, 1, ""},
 		{"shown, wrapped", fmt.Errorf("x: %w", shown{&exitError{2, errors.New("ERROR: ...")}}), 2, ""},
 	} {
 		var b bytes.Buffer
