@@ -72,7 +72,7 @@ static __always_inline __u32 counter_index(__u8 dir, __u8 family, __u8 l4)
 {
 	__u32 i = ((dir & 1) * FAM_MAX + family) * L4_MAX + l4;
 
-	asm volatile("if %[i] < %[n] goto +1; %[i] = 0" : [i] "+r"(i) : [n] "i"(COUNTERS));
+	asm volatile("if %[i] < %[n] goto +1; %[i] = 0" : [i] "+w"(i) : [n] "i"(COUNTERS));
 	return i;
 }
 

@@ -171,6 +171,18 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 		if added.Namespace.Path != file || added.Namespace.Name != "" || added.Namespace.Label() != "netns-"+itoa(ino) {
 			t.Errorf("held by a mount at %s: %+v", file, added.Namespace)
 		}
+		// Another such namespace: once it is seen, the mount table was
+		// read again, and the first must still be there.
+		other := filepath.Join(dir, "other")
+		if err := os.WriteFile(other, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("unshare", "--net="+other, "true").CombinedOutput(); err != nil {
+			t.Fatalf("unshare --net=%s: %v: %s", other, err, out)
+		}
+		t.Cleanup(func() { unix.Unmount(other, unix.MNT_DETACH) })
+		otherIno := inodeOf(t, other)
+		c.wait(t, "second add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == otherIno })
 		c.mu.Lock()
 		n := len(c.evs)
 		c.mu.Unlock()

@@ -118,7 +118,7 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 		// What --prune deleted cannot come back: say so.
 		pruned := ""
 		if n := len(b.pruned.describe()) + len(b.strays[true]); n > 0 {
-			pruned = fmt.Sprintf("; the %d objects pruned stay deleted", n)
+			pruned = fmt.Sprintf("; the %s pruned stay deleted", english.Count(n, "object"))
 		}
 		if len(b.createdNS) == 0 && len(b.createdIfs) == 0 && !b.wroteState {
 			return nil, fmt.Errorf("topology %s: %w (nothing was created%s)", s.Name, err, pruned)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/nsflow/nsflow/internal/english"
 )
 
 type junitSuites struct {
@@ -107,7 +109,7 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			summary.Failure = &junitMessage{Message: "packets delivered where none may arrive"}
 		case r.Evidence.Overflow > 0:
 			summary.Error = &junitMessage{Message: "evidence incomplete",
-				Text: fmt.Sprintf("%d flows not recorded (flow table full)", r.Evidence.Overflow)}
+				Text: english.Count(r.Evidence.Overflow, "flow") + " not recorded (flow table full)"}
 		}
 		s.add(summary)
 		for _, v := range r.Evidence.Violations {

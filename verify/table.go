@@ -72,7 +72,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.writeDetails(bw)
 	r.writeEvidence(bw, header, rowLabel, blank)
 	if r.Load != nil {
-		fmt.Fprintf(bw, "\nLoad: %d bulk TCP flows on allowed paths, %.2f Gbit/s in total over %.1fs\n", len(r.Load.Flows), r.Load.TotalGbps, r.Load.Elapsed.Seconds())
+		fmt.Fprintf(bw, "\nLoad: %s on allowed paths, %.2f Gbit/s in total over %.1fs\n", english.Count(len(r.Load.Flows), "bulk TCP flow"), r.Load.TotalGbps, r.Load.Elapsed.Seconds())
 		for _, f := range r.Load.Flows {
 			fmt.Fprintf(bw, "  %s -> %s (%s): %.2f Gbit/s over %.1fs%s\n", f.From, f.To, f.Addr, f.Gbps, f.Elapsed.Seconds(), errSuffix(f.Error))
 		}
@@ -249,8 +249,8 @@ func (r *Report) writeEvidence(w io.Writer, header string, rowLabel func(int) st
 		fmt.Fprintln(w, "\neBPF evidence: not collected")
 		return
 	}
-	fmt.Fprintf(w, "\neBPF evidence: %s observed, %s, %d pairs with packets that must not arrive\n",
-		english.Count(ev.Ports, "port"), english.Count(ev.Flows, "delivered flow"), len(ev.Violations))
+	fmt.Fprintf(w, "\neBPF evidence: %s observed, %s, %s with packets that must not arrive\n",
+		english.Count(ev.Ports, "port"), english.Count(ev.Flows, "delivered flow"), english.Count(len(ev.Violations), "pair"))
 	if ev.Overflow > 0 {
 		fmt.Fprintf(w, "  incomplete: %s not recorded (flow table full); a violation among them would go unseen\n", english.Count(ev.Overflow, "flow"))
 	}
