@@ -156,9 +156,10 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 		}
 	}
 
-	t.Run("held by a mount from the start", func(t *testing.T) {
-		// A namespace made by a process that exits, leaving only the mount.
-		file := filepath.Join(dir, "only")
+	// mountedOnly makes a namespace that a process creates and leaves
+	// bind-mounted at file when it exits, and returns its inode.
+	mountedOnly := func(t *testing.T, file string) uint64 {
+		t.Helper()
 		if err := os.WriteFile(file, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -166,22 +167,19 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 			t.Fatalf("unshare --net=%s: %v: %s", file, err, out)
 		}
 		t.Cleanup(func() { unix.Unmount(file, unix.MNT_DETACH) })
-		ino := inodeOf(t, file)
+		return inodeOf(t, file)
+	}
+
+	t.Run("held by a mount from the start", func(t *testing.T) {
+		file := filepath.Join(dir, "only")
+		ino := mountedOnly(t, file)
 		added := c.wait(t, "add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
 		if added.Namespace.Path != file || added.Namespace.Name != "" || added.Namespace.Label() != "netns-"+itoa(ino) {
 			t.Errorf("held by a mount at %s: %+v", file, added.Namespace)
 		}
 		// Another such namespace: once it is seen, the mount table was
 		// read again, and the first must still be there.
-		other := filepath.Join(dir, "other")
-		if err := os.WriteFile(other, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command("unshare", "--net="+other, "true").CombinedOutput(); err != nil {
-			t.Fatalf("unshare --net=%s: %v: %s", other, err, out)
-		}
-		t.Cleanup(func() { unix.Unmount(other, unix.MNT_DETACH) })
-		otherIno := inodeOf(t, other)
+		otherIno := mountedOnly(t, filepath.Join(dir, "other"))
 		c.wait(t, "second add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == otherIno })
 		c.mu.Lock()
 		n := len(c.evs)
