@@ -145,8 +145,15 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	removedBefore := func(t *testing.T, ino uint64, n int) {
+	// release unmounts file, which alone holds namespace ino, and checks
+	// that the namespace is removed then and not before.
+	release := func(t *testing.T, file string, ino uint64) {
 		t.Helper()
+		c.mu.Lock()
+		n := len(c.evs)
+		c.mu.Unlock()
+		unmount(t, file)
+		c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, e := range c.evs[:n] {
@@ -181,12 +188,7 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 		// read again, and the first must still be there.
 		otherIno := mountedOnly(t, filepath.Join(dir, "other"))
 		c.wait(t, "second add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == otherIno })
-		c.mu.Lock()
-		n := len(c.evs)
-		c.mu.Unlock()
-		unmount(t, file)
-		c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
-		removedBefore(t, ino, n)
+		release(t, file, ino)
 	})
 
 	t.Run("named, then held by a mount elsewhere", func(t *testing.T) {
@@ -205,12 +207,7 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 		if held.Namespace.Path != file || inodeOf(t, held.Namespace.Path) != ino {
 			t.Errorf("held by a mount at %s: %+v", file, held.Namespace)
 		}
-		c.mu.Lock()
-		n := len(c.evs)
-		c.mu.Unlock()
-		unmount(t, file)
-		c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
-		removedBefore(t, ino, n)
+		release(t, file, ino)
 	})
 }
 
