@@ -139,12 +139,6 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 		}
 		t.Cleanup(func() { unix.Unmount(file, unix.MNT_DETACH) })
 	}
-	unmount := func(t *testing.T, file string) {
-		t.Helper()
-		if err := unix.Unmount(file, unix.MNT_DETACH); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// release unmounts file, which alone holds namespace ino, and checks
 	// that the namespace is removed then and not before.
 	release := func(t *testing.T, file string, ino uint64) {
@@ -152,7 +146,9 @@ func TestWatchBindMountedElsewhere(t *testing.T) {
 		c.mu.Lock()
 		n := len(c.evs)
 		c.mu.Unlock()
-		unmount(t, file)
+		if err := unix.Unmount(file, unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
 		c.wait(t, "remove", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
 		c.mu.Lock()
 		defer c.mu.Unlock()
