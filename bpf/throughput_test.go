@@ -1,15 +1,11 @@
 package bpf
 
 import (
-	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 )
 
 // BenchmarkVethThroughput measures a veth pair with nsflow attached on
@@ -35,8 +31,8 @@ import (
 //
 // With NSFLOW_BENCH_VARIANT=FILE.o, a variant of nsflow.c (compiled with
 // the flags of `make generate`) takes the no-op's slices, loaded and
-// attached as nsflow is, and is reported as "variant-ratio". This is how
-// the cost of each part of the programs was split (README, Datapath).
+// attached as nsflow is, and is reported as "variant-ratio".
+// BenchmarkRunCost splits the programs' cost by part more precisely.
 func BenchmarkVethThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Fatal("iperf3 is needed (Debian package iperf3)")
@@ -48,58 +44,17 @@ func BenchmarkVethThroughput(b *testing.B) {
 	for _, proto := range []string{"tcp", "udp64"} {
 		b.Run(proto, func(b *testing.B) {
 			d := loadForTest(b, Options{})
-			variant := loadVariant(b)
 			a, bns := newTestNS(b), newTestNS(b)
 			ea, eb := vethPair(b, a, bns, 6)
-			attach := func(d *Datapath) func() {
-				var atts []*Attachment
-				for _, e := range []*end{ea, eb} {
-					att, err := d.Attach(e.NS.Path, e.Ifname)
-					if err != nil {
-						b.Fatal(err)
-					}
-					atts = append(atts, att)
-				}
-				return func() {
-					for _, att := range atts {
-						if err := att.Detach(); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
-			}
-			attachNsflow := func() func() { return attach(d) }
-			// What any tc program on the path costs, so that the ratio
-			// splits into the hook's cost and nsflow's own; or a variant's.
-			other := "noop"
-			var attachOther func() func()
-			if variant != nil {
-				other = "variant"
-				attachOther = func() func() { return attach(variant) }
-			} else {
-				noop := noopProg(b)
-				attachOther = func() func() {
-					var ls []link.Link
-					for _, e := range []*end{ea, eb} {
-						for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-							e.NS.do(b, func() error {
-								l, err := link.AttachTCX(link.TCXOptions{Interface: mustIndex(e.Ifname), Program: noop, Attach: at})
-								if err != nil {
-									return err
-								}
-								ls = append(ls, l)
-								return nil
-							})
-						}
-					}
-					return func() {
-						for _, l := range ls {
-							if err := l.Close(); err != nil {
-								b.Fatal(err)
-							}
-						}
-					}
-				}
+			ns := datapathContender(b, "nsflow", d, ea, eb)
+			other := noopContender(b, ea, eb)
+			switch vs := variantContenders(b, ea, eb); len(vs) {
+			case 0:
+			case 1:
+				other = vs[0]
+				other.name = "variant"
+			default:
+				b.Fatal("NSFLOW_BENCH_VARIANT: one variant at a time here")
 			}
 
 			stream := startIperf(b, proto, ea, eb, time.Duration(b.N)*nSlices*slice+30*time.Second)
@@ -112,10 +67,7 @@ func BenchmarkVethThroughput(b *testing.B) {
 			}
 			var bare []float64
 			on := map[string][]float64{}
-			modes := []struct {
-				name   string
-				attach func() func()
-			}{{other, attachOther}, {"nsflow", attachNsflow}}
+			modes := []contender{other, ns}
 			for i := range b.N * nSlices / 2 {
 				bare = append(bare, rate())
 				m := modes[i%2]
@@ -133,7 +85,7 @@ func BenchmarkVethThroughput(b *testing.B) {
 				}
 			}
 
-			detach := attachNsflow()
+			detach := ns.attach()
 			stats, err := d.EnableRunStats()
 			if err != nil {
 				b.Fatal(err)
@@ -149,36 +101,19 @@ func BenchmarkVethThroughput(b *testing.B) {
 			if proto == "udp64" {
 				unit, scale = "kpps", 1/1e3
 			}
-			nsRatio, noopRatio := ratios["nsflow"], ratios[other]
+			nsRatio, noopRatio := ratios["nsflow"], ratios[other.name]
 			b.Logf("%d slices a mode; nsflow/bare quartiles %.3f; %s/bare %.3f; bare %s %.3f",
-				len(nsRatio), quartiles(nsRatio), other, quartiles(noopRatio), unit, quartiles(scaled(bare, scale)))
+				len(nsRatio), quartiles(nsRatio), other.name, quartiles(noopRatio), unit, quartiles(scaled(bare, scale)))
 			b.ReportMetric(median(bare)*scale, "bare-"+unit)
 			b.ReportMetric(median(on["nsflow"])*scale, "nsflow-"+unit)
 			b.ReportMetric(median(nsRatio), "ratio")
-			b.ReportMetric(median(noopRatio), other+"-ratio")
+			b.ReportMetric(median(noopRatio), other.name+"-ratio")
 			if runs := c1 - c0; runs > 0 {
 				b.ReportMetric(float64(t1-t0)/float64(runs), "ns/run")
 			}
 			b.ReportMetric(0, "ns/op")
 		})
 	}
-}
-
-// loadVariant loads the object NSFLOW_BENCH_VARIANT names, if any, as a
-// second datapath.
-func loadVariant(b *testing.B) *Datapath {
-	path := os.Getenv("NSFLOW_BENCH_VARIANT")
-	if path == "" {
-		return nil
-	}
-	obj, err := os.ReadFile(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	variantObject = obj
-	defer func() { variantObject = nil }()
-	b.Logf("the variant %s runs instead of the no-op", path)
-	return loadForTest(b, Options{})
 }
 
 // iperfStream is an iperf3 client and its one-off server.
