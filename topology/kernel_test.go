@@ -380,13 +380,14 @@ func hostLinkIndex(t *testing.T, name string) int {
 }
 
 // routerSpec exercises what the seed does not: a bridge inside a
-// namespace, a bridge-to-bridge link, a host endpoint, MTU, and a router
-// namespace forwarding between two others.
+// namespace, a bridge-to-bridge link, a host endpoint, MTU, a router
+// namespace forwarding between two others, and an interface with a dot in
+// its name (wan.0, written wan/0 in a sysctl key as sysctl(8) does).
 const routerSpec = `
 name: rt
 namespaces:
   - name: r
-    sysctls: {net.ipv4.ip_forward: "1"}
+    sysctls: {net.ipv4.ip_forward: "1", net.ipv4.conf.wan/0.rp_filter: "2"}
   - name: a
     routes: [{to: default, via: 198.18.20.1}]
   - name: b
@@ -401,7 +402,7 @@ links:
       - {bridge: lan, interface: pa}
   - endpoints: [{bridge: lan, interface: l1}, {bridge: lan2, interface: l2}]
   - endpoints:
-      - {namespace: r, interface: wan, addresses: [198.18.21.1/30]}
+      - {namespace: r, interface: wan.0, addresses: [198.18.21.1/30]}
       - {namespace: b, interface: eth0, addresses: [198.18.21.2/30]}
   - endpoints:
       - {namespace: host, interface: h, addresses: [198.18.22.1/30]}
@@ -445,6 +446,10 @@ func TestRouterTopology(t *testing.T) {
 	}
 	if i := find(HostNamespace, p+"h"); i.Peer != p+"r:up0" || !i.Owned {
 		t.Errorf("host/h: %+v", i)
+	}
+	// The kernel's own view, read by another tool.
+	if out, err := exec.Command("ip", "netns", "exec", p+"r", "cat", "/proc/sys/net/ipv4/conf/wan.0/rp_filter").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "2" {
+		t.Errorf("r: rp_filter of wan.0 is %q (%v), want 2", out, err)
 	}
 	t.Run("reachability", func(t *testing.T) {
 		// a reaches b only through the router.

@@ -61,9 +61,8 @@ func (s *Spec) WithPrefix(p string) (*Spec, error) {
 		for k, v := range n.Sysctls {
 			if ifc := sysctlInterface(k); ifc != "" && s.BridgeNamespace(ifc) == n.Name {
 				parts := strings.Split(k, ".")
-				parts[3] = rename(brNames, ifc)
 				delete(n.Sysctls, k)
-				n.Sysctls[strings.Join(parts, ".")] = v
+				n.Sysctls[IfaceKey(strings.Join(parts[:3], ".")+".", rename(brNames, ifc), "."+strings.Join(parts[4:], "."))] = v
 			}
 		}
 		n.Name = rename(nsNames, n.Name)

@@ -11,9 +11,30 @@ import (
 	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
-// sysctlFile is where a dotted net.* key lives under /proc/sys. It shows
-// the network namespace of the thread that opens it.
-func sysctlFile(key string) string { return "/proc/sys/" + strings.ReplaceAll(key, ".", "/") }
+// A key is written as sysctl(8) writes it: its parts separated by dots,
+// and a dot inside a part, as in the name of a VLAN interface, written as
+// a slash: net.ipv4.conf.eth0/100.rp_filter. An interface's name has no
+// slash, so the two cannot be confused.
+
+// sysctlFile is where key lives under /proc/sys. It shows the network
+// namespace of the thread that opens it.
+func sysctlFile(key string) string {
+	return "/proc/sys/" + strings.Map(func(r rune) rune {
+		switch r {
+		case '.':
+			return '/'
+		case '/':
+			return '.'
+		}
+		return r
+	}, key)
+}
+
+// IfaceKey is the per-interface key pre+IF+post of interface ifc, e.g.
+// IfaceKey("net.ipv4.conf.", "eth0.100", ".forwarding").
+func IfaceKey(pre, ifc, post string) string {
+	return pre + strings.ReplaceAll(ifc, ".", "/") + post
+}
 
 // sysctlEqual compares a value read back from /proc/sys with a declared
 // one; the kernel separates multi-field values with tabs.
@@ -98,7 +119,7 @@ func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]strin
 func sysctlInterface(key string) string {
 	p := strings.Split(key, ".")
 	if len(p) >= 5 && p[0] == "net" && (p[1] == "ipv4" || p[1] == "ipv6") && (p[2] == "conf" || p[2] == "neigh") {
-		return p[3]
+		return strings.ReplaceAll(p[3], "/", ".")
 	}
 	return ""
 }
@@ -127,7 +148,7 @@ func (s *Spec) splitSysctls(ns string, sysctls map[string]string) (early, late m
 // interface's own key, written once it exists, else what it started
 // with (NamespaceSysctl).
 func IfaceSysctl(sysctls map[string]string, pre, post, ifc string, aliases ...string) string {
-	if v, ok := sysctls[pre+ifc+post]; ok {
+	if v, ok := sysctls[IfaceKey(pre, ifc, post)]; ok {
 		return strings.TrimSpace(v)
 	}
 	return NamespaceSysctl(sysctls, pre, post, aliases...)

@@ -25,8 +25,9 @@ const (
 // name under /run/netns and /run/nsflow.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
 
-// sysctlRE restricts sysctl keys to the net tree, written as dotted names.
-var sysctlRE = regexp.MustCompile(`^net(\.[A-Za-z0-9_-]+)+$`)
+// sysctlRE restricts sysctl keys to the net tree, written as dotted names
+// (a slash for a dot inside an interface's name, see sysctlFile).
+var sysctlRE = regexp.MustCompile(`^net(\.[A-Za-z0-9_/-]+)+$`)
 
 // Validate checks the whole spec and returns every problem found (joined),
 // each naming its field path, e.g. `links[2].endpoints[0].namespace:
@@ -598,8 +599,11 @@ func (v *validator) sysctls() {
 	for i, n := range v.s.Namespaces {
 		for _, k := range slices.Sorted(maps.Keys(n.Sysctls)) {
 			path := fmt.Sprintf("namespaces[%d].sysctls.%s", i, k)
-			if !sysctlRE.MatchString(k) {
+			switch {
+			case !sysctlRE.MatchString(k):
 				v.add(path, "want a key under net., e.g. net.ipv4.ip_forward")
+			case strings.Count(k, "/") > strings.Count(IfaceKey("", sysctlInterface(k), ""), "/"):
+				v.add(path, "a '/' stands for a '.' in an interface's name (net.ipv4.conf.eth0/100.rp_filter for eth0.100); only that part of a key may have one")
 			}
 			if val := n.Sysctls[k]; val == "" || strings.ContainsAny(val, "\n\x00") {
 				v.add(path, "value must be a non-empty single line")
@@ -608,11 +612,24 @@ func (v *validator) sysctls() {
 			case "", "all", "default", "lo":
 			default:
 				if _, known := v.ifaces[n.Name+"/"+ifc]; !known {
-					v.add(path, "no interface %q in namespace %q (want all, default, lo or one the file puts there)", ifc, n.Name)
+					v.add(path, "no interface %q in namespace %q (want all, default, lo or one the file puts there%s)", ifc, n.Name, v.dottedHint(n.Name, k))
 				}
 			}
 		}
 	}
+}
+
+// dottedHint points at the spelling of key for an interface of namespace
+// ns whose name has a dot, when key names it with the dot as is.
+func (v *validator) dottedHint(ns, key string) string {
+	p := strings.Split(key, ".")
+	for _, ifc := range v.s.NamespaceInterfaces(ns) {
+		n := strings.Count(ifc.Name, ".") + 1
+		if n > 1 && len(p) > 4+n-1 && strings.Join(p[3:3+n], ".") == ifc.Name {
+			return fmt.Sprintf("; for %q write %s", ifc.Name, strings.Join(p[:3], ".")+"."+IfaceKey("", ifc.Name, "")+"."+strings.Join(p[3+n:], "."))
+		}
+	}
+	return ""
 }
 
 // unionFind is a disjoint-set forest over 0..n-1.

@@ -65,6 +65,13 @@ name: t
 namespaces: [{name: a}]
 bridges: [{name: br0, mtu: 1500, addresses: ["fd00::1/64"]}]
 links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: p0}]}]`},
+		{"sysctl of an interface with a dot in its name", `
+name: t
+namespaces:
+  - name: a
+    sysctls: {net.ipv4.conf.e0/1.rp_filter: "2", net.ipv6.neigh.e0/1.retrans_time_ms: "500"}
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]}]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,6 +363,12 @@ links: [{endpoints: [{bridge: b1, interface: p1}, {bridge: b1, interface: p2}]}]
 		{"sysctl key escaping", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4../x: \"1\"}}]", []string{"namespaces[0].sysctls.net.ipv4../x: want a key under net."}},
 		{"sysctl of an unknown interface", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.conf.eth9.rp_filter: \"0\", net.ipv6.conf.lo.disable_ipv6: \"0\", net.ipv4.neigh.default.gc_thresh1: \"64\"}}]",
 			[]string{`namespaces[0].sysctls.net.ipv4.conf.eth9.rp_filter: no interface "eth9" in namespace "a"`}},
+		{"sysctl of an interface written with its dot", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.conf.e0.1.rp_filter: \"2\"}}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]}]",
+			[]string{`namespaces[0].sysctls.net.ipv4.conf.e0.1.rp_filter: no interface "e0" in namespace "a" (want all, default, lo or one the file puts there; for "e0.1" write net.ipv4.conf.e0/1.rp_filter)`}},
+		{"slash outside an interface's name", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4/ip_forward: \"1\", net.ipv4.conf.eth9/1.rp_filter: \"0\", net.ipv4.conf.//.rp_filter: \"0\"}}]",
+			[]string{"namespaces[0].sysctls.net.ipv4/ip_forward: a '/' stands for a '.' in an interface's name",
+				`namespaces[0].sysctls.net.ipv4.conf.//.rp_filter: no interface ".." in namespace "a"`,
+				`namespaces[0].sysctls.net.ipv4.conf.eth9/1.rp_filter: no interface "eth9.1" in namespace "a"`}},
 		{"interface named all", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: all}, {namespace: b, interface: default}]}]",
 			[]string{`links[0].endpoints[0].interface: "all" is reserved by the kernel`, `links[0].endpoints[1].interface: "default" is reserved by the kernel`}},
 		{"empty sysctl value", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.ip_forward: \"\"}}]", []string{"namespaces[0].sysctls.net.ipv4.ip_forward: value must be a non-empty single line"}},

@@ -234,7 +234,7 @@ func forwarding4(sysctls map[string]string, ifc string) bool {
 func (m *Model) arpIgnore(ns, ifc string) int {
 	sysctls := m.sysctls(ns)
 	all, _ := strconv.Atoi(strings.TrimSpace(sysctls["net.ipv4.conf.all.arp_ignore"]))
-	own, ok := sysctls["net.ipv4.conf."+ifc+".arp_ignore"]
+	own, ok := sysctls[topology.IfaceKey("net.ipv4.conf.", ifc, ".arp_ignore")]
 	if !ok {
 		own = sysctls["net.ipv4.conf.default.arp_ignore"]
 	}
@@ -252,7 +252,7 @@ func hasLinkLocal6(sysctls map[string]string, ifc string, prefixes []netip.Prefi
 	if topology.IfaceSysctl(sysctls, "net.ipv6.conf.", ".disable_ipv6", ifc) == "1" {
 		return false
 	}
-	own, set := sysctls["net.ipv6.conf."+ifc+".addr_gen_mode"]
+	own, set := sysctls[topology.IfaceKey("net.ipv6.conf.", ifc, ".addr_gen_mode")]
 	return slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return isLinkLocal6(p.Addr()) }) ||
 		topology.NamespaceSysctl(sysctls, "net.ipv6.conf.", ".addr_gen_mode") != "1" ||
 		set && strings.TrimSpace(own) != "1" // switching to a generating mode makes one at once
@@ -271,7 +271,7 @@ func forwarding6(sysctls map[string]string, ifc string) bool {
 }
 
 func forceForwarding6(sysctls map[string]string, ifc string) bool {
-	v, ok := sysctls["net.ipv6.conf."+ifc+".force_forwarding"]
+	v, ok := sysctls[topology.IfaceKey("net.ipv6.conf.", ifc, ".force_forwarding")]
 	if !ok {
 		v = sysctls["net.ipv6.conf.default.force_forwarding"]
 	}

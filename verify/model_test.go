@@ -236,6 +236,9 @@ func TestForwarding4(t *testing.T) {
 		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth1.forwarding": "0"}, "eth1", false},
 		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth1.forwarding": "0"}, "eth0", true},
 		{map[string]string{"net.ipv4.conf.eth1.forwarding": "1"}, "eth1", true},
+		{map[string]string{"net.ipv4.conf.eth0/100.forwarding": "1"}, "eth0.100", true}, // a dot in the name is a slash in the key
+		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth0/100.forwarding": "0"}, "eth0.100", false},
+		{map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.eth0/100.forwarding": "0"}, "eth0", true},
 		{map[string]string{"net.ipv6.conf.all.forwarding": "1"}, "eth0", false},
 	} {
 		if got := forwarding4(tc.sysctls, tc.ifc); got != tc.want {

@@ -603,7 +603,7 @@ func ipOutput(t *testing.T, args ...string) string {
 }
 
 // readForwarding reads an interface whose name has a dot (a VLAN's, say)
-// from its own /proc/sys directory.
+// from its own /proc/sys directory, under the key the file would use.
 func TestReadForwardingDottedName(t *testing.T) {
 	testenv.RequireRoot(t)
 	ns := testenv.Name("vd")
@@ -625,7 +625,7 @@ func TestReadForwardingDottedName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got["ipv4.conf.e.1.forwarding"] != "1" {
-		t.Errorf("forwarding of e.1: %q (all: %v)", got["ipv4.conf.e.1.forwarding"], got)
+	if got["ipv4.conf.e/1.forwarding"] != "1" {
+		t.Errorf("forwarding of e.1: %q (all: %v)", got["ipv4.conf.e/1.forwarding"], got)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/nsenter"
+	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -197,11 +198,12 @@ func kernelLocal(r netlink.Route) bool {
 // namespace: /proc/sys/net shows the namespace of the thread reading it.
 func readForwarding(links []netlink.Link) (map[string]string, error) {
 	out := map[string]string{}
-	// The key is FAMILY.conf.IF.NAME; in /proc/sys IF is one directory,
-	// dots and all. A key the kernel lacks (no IPv6, an older kernel, an
-	// interface gone meanwhile) is left out.
+	// The key is FAMILY.conf.IF.NAME, a dot in IF written as a slash (as
+	// in the file's sysctls); in /proc/sys IF is one directory, dots and
+	// all. A key the kernel lacks (no IPv6, an older kernel, an interface
+	// gone meanwhile) is left out.
 	read := func(fam, ifc, name string) error {
-		key := fam + ".conf." + ifc + "." + name
+		key := topology.IfaceKey(fam+".conf.", ifc, "."+name)
 		b, err := os.ReadFile("/proc/sys/net/" + fam + "/conf/" + ifc + "/" + name)
 		switch {
 		case err == nil:

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -340,8 +341,8 @@ func (e *env) forwarding(ns string, s *snapshot) []string {
 			key  string
 			want bool
 		}{
-			{"ipv4.conf." + ifc.name + ".forwarding", e.model.forward4[ns][ifc.name]},
-			{"ipv6.conf." + ifc.name + ".force_forwarding", forceForwarding6(e.model.sysctls(ns), ifc.name)},
+			{topology.IfaceKey("ipv4.conf.", ifc.name, ".forwarding"), e.model.forward4[ns][ifc.name]},
+			{topology.IfaceKey("ipv6.conf.", ifc.name, ".force_forwarding"), forceForwarding6(e.model.sysctls(ns), ifc.name)},
 		} {
 			if live, ok := s.forwarding[k.key]; ok && live != on(k.want) {
 				out = append(out, fmt.Sprintf("net.%s is %s, the file's sysctls make it %s", k.key, live, on(k.want)))
