@@ -602,7 +602,7 @@ func (v *validator) sysctls() {
 			switch {
 			case !sysctlRE.MatchString(k):
 				v.add(path, "want a key under net., e.g. net.ipv4.ip_forward")
-			case strings.Count(k, "/") > strings.Count(IfaceKey("", sysctlInterface(k), ""), "/"):
+			case slashOutsideInterface(k):
 				v.add(path, "a '/' stands for a '.' in an interface's name (net.ipv4.conf.eth0/100.rp_filter for eth0.100); only that part of a key may have one")
 			}
 			if val := n.Sysctls[k]; val == "" || strings.ContainsAny(val, "\n\x00") {
@@ -619,14 +619,26 @@ func (v *validator) sysctls() {
 	}
 }
 
+// slashOutsideInterface is whether key has a slash (which stands for a
+// dot in an interface's name) in a part other than the interface's.
+func slashOutsideInterface(key string) bool {
+	for i, part := range strings.Split(key, ".") {
+		if strings.Contains(part, "/") && (i != 3 || sysctlInterface(key) == "") {
+			return true
+		}
+	}
+	return false
+}
+
 // dottedHint points at the spelling of key for an interface of namespace
 // ns whose name has a dot, when key names it with the dot as is.
 func (v *validator) dottedHint(ns, key string) string {
 	p := strings.Split(key, ".")
 	for _, ifc := range v.s.NamespaceInterfaces(ns) {
 		n := strings.Count(ifc.Name, ".") + 1
-		if n > 1 && len(p) > 4+n-1 && strings.Join(p[3:3+n], ".") == ifc.Name {
-			return fmt.Sprintf("; for %q write %s", ifc.Name, strings.Join(p[:3], ".")+"."+IfaceKey("", ifc.Name, "")+"."+strings.Join(p[3+n:], "."))
+		if n > 1 && len(p) > 3+n && strings.Join(p[3:3+n], ".") == ifc.Name {
+			return fmt.Sprintf("; for %q write %s", ifc.Name,
+				IfaceKey(strings.Join(p[:3], ".")+".", ifc.Name, "."+strings.Join(p[3+n:], ".")))
 		}
 	}
 	return ""
