@@ -19,6 +19,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(validBase))
 	f.Add([]byte("name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.ip_forward: \"1\"}, routes: [{to: default, dev: e0}]}]"))
 	f.Add([]byte("name: t\nbridges: [{name: b1, namespace: x, mtu: 9000}]\nlinks: [{endpoints: [{bridge: b1, interface: p}, {bridge: b1, interface: q}]}]"))
+	f.Add([]byte("name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.conf.e0/1.rp_filter: \"2\", net.ipv4.conf.e0.1.x: \"1\"}}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]}]"))
 	f.Add([]byte("name: [1, 2]"))
 	f.Add([]byte("{}"))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -57,13 +57,18 @@ func (s *Spec) WithPrefix(p string) (*Spec, error) {
 				n.Routes[j].Dev = rename(brNames, n.Routes[j].Dev)
 			}
 		}
-		// So may a sysctl key (net.ipv4.conf.BRIDGE.forwarding).
-		for k, v := range n.Sysctls {
-			if ifc := sysctlInterface(k); ifc != "" && s.BridgeNamespace(ifc) == n.Name {
-				parts := strings.Split(k, ".")
-				delete(n.Sysctls, k)
-				n.Sysctls[IfaceKey(strings.Join(parts[:3], ".")+".", rename(brNames, ifc), "."+strings.Join(parts[4:], "."))] = v
+		// So may a sysctl key (net.ipv4.conf.BRIDGE.forwarding). Into a
+		// new map: a renamed key may be another key of the old one.
+		if len(n.Sysctls) > 0 {
+			sysctls := make(map[string]string, len(n.Sysctls))
+			for k, v := range n.Sysctls {
+				if ifc := sysctlInterface(k); ifc != "" && s.BridgeNamespace(ifc) == n.Name {
+					parts := strings.Split(k, ".")
+					k = IfaceKey(strings.Join(parts[:3], ".")+".", rename(brNames, ifc), "."+parts[4])
+				}
+				sysctls[k] = v
 			}
+			n.Sysctls = sysctls
 		}
 		n.Name = rename(nsNames, n.Name)
 	}

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -66,5 +67,33 @@ bridges: [{name: br1, namespace: router, addresses: [198.18.7.1/24]}]
 	}
 	if p.Namespaces[0].Routes[0].Dev != "x-br1" || p.Bridges[0].Namespace != "x-router" {
 		t.Errorf("got dev %q, bridge namespace %q", p.Namespaces[0].Routes[0].Dev, p.Bridges[0].Namespace)
+	}
+}
+
+// A bridge's sysctl keys follow its new name, also where that name is
+// another bridge's old one, and the original keeps its keys.
+func TestWithPrefixRenamesSysctlBridge(t *testing.T) {
+	s, err := Parse([]byte(`
+name: r
+namespaces:
+  - name: router
+    sysctls: {net.ipv4.conf.b.forwarding: "1", net.ipv4.conf.tb.forwarding: "0", net.ipv4.conf.lo.forwarding: "1"}
+bridges: [{name: b, namespace: router}, {name: tb, namespace: router}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"net.ipv4.conf.tb.forwarding": "1", "net.ipv4.conf.ttb.forwarding": "0", "net.ipv4.conf.lo.forwarding": "1"}
+	for range 20 { // map order varies from run to run
+		p, err := s.WithPrefix("t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Namespaces[0].Sysctls; !maps.Equal(got, want) {
+			t.Fatalf("sysctls %v, want %v", got, want)
+		}
+	}
+	if got := s.Namespaces[0].Sysctls["net.ipv4.conf.b.forwarding"]; got != "1" || len(s.Namespaces[0].Sysctls) != 3 {
+		t.Errorf("WithPrefix changed the original's sysctls: %v", s.Namespaces[0].Sysctls)
 	}
 }

@@ -117,11 +117,16 @@ func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]strin
 // (net.ipv4.conf.IF.KEY, net.ipv6.conf.IF.KEY, net.ipv4.neigh.IF.KEY,
 // net.ipv6.neigh.IF.KEY), or "" for other keys.
 func sysctlInterface(key string) string {
-	p := strings.Split(key, ".")
-	if len(p) >= 5 && p[0] == "net" && (p[1] == "ipv4" || p[1] == "ipv6") && (p[2] == "conf" || p[2] == "neigh") {
+	if p := strings.Split(key, "."); len(p) == 5 && isIfaceKey(p) {
 		return strings.ReplaceAll(p[3], "/", ".")
 	}
 	return ""
+}
+
+// isIfaceKey is whether the parts of a key start as those of a
+// per-interface key do: net, ipv4 or ipv6, conf or neigh, then the name.
+func isIfaceKey(p []string) bool {
+	return len(p) >= 4 && p[0] == "net" && (p[1] == "ipv4" || p[1] == "ipv6") && (p[2] == "conf" || p[2] == "neigh")
 }
 
 // splitSysctls parts namespace ns's sysctls into those written with the

@@ -25,9 +25,9 @@ const (
 // name under /run/netns and /run/nsflow.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
 
-// sysctlRE restricts sysctl keys to the net tree, written as dotted names
-// (a slash for a dot inside an interface's name, see sysctlFile).
-var sysctlRE = regexp.MustCompile(`^net(\.[A-Za-z0-9_/-]+)+$`)
+// sysctlPartRE is one part of a dotted sysctl key, other than an
+// interface's name.
+var sysctlPartRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 // Validate checks the whole spec and returns every problem found (joined),
 // each naming its field path, e.g. `links[2].endpoints[0].namespace:
@@ -599,11 +599,8 @@ func (v *validator) sysctls() {
 	for i, n := range v.s.Namespaces {
 		for _, k := range slices.Sorted(maps.Keys(n.Sysctls)) {
 			path := fmt.Sprintf("namespaces[%d].sysctls.%s", i, k)
-			switch {
-			case !sysctlRE.MatchString(k):
-				v.add(path, "want a key under net., e.g. net.ipv4.ip_forward")
-			case slashOutsideInterface(k):
-				v.add(path, "a '/' stands for a '.' in an interface's name (net.ipv4.conf.eth0/100.rp_filter for eth0.100); only that part of a key may have one")
+			if problem := sysctlKeyProblem(k); problem != "" {
+				v.add(path, "%s%s", problem, v.dottedHint(n.Name, k))
 			}
 			if val := n.Sysctls[k]; val == "" || strings.ContainsAny(val, "\n\x00") {
 				v.add(path, "value must be a non-empty single line")
@@ -612,22 +609,33 @@ func (v *validator) sysctls() {
 			case "", "all", "default", "lo":
 			default:
 				if _, known := v.ifaces[n.Name+"/"+ifc]; !known {
-					v.add(path, "no interface %q in namespace %q (want all, default, lo or one the file puts there%s)", ifc, n.Name, v.dottedHint(n.Name, k))
+					v.add(path, "no interface %q in namespace %q (want all, default, lo or one the file puts there)", ifc, n.Name)
 				}
 			}
 		}
 	}
 }
 
-// slashOutsideInterface is whether key has a slash (which stands for a
-// dot in an interface's name) in a part other than the interface's.
-func slashOutsideInterface(key string) bool {
-	for i, part := range strings.Split(key, ".") {
-		if strings.Contains(part, "/") && (i != 3 || sysctlInterface(key) == "") {
-			return true
+// sysctlKeyProblem says what is wrong with the form of a sysctl key, or
+// "". The interface part of a per-interface key is left to the check that
+// the file puts such an interface there.
+func sysctlKeyProblem(key string) string {
+	p := strings.Split(key, ".")
+	iface := isIfaceKey(p)
+	for i, part := range p {
+		switch {
+		case iface && i == 3 && part != "":
+		case strings.Contains(part, "/"):
+			return "a '/' stands for a '.' in an interface's name (net.ipv4.conf.eth0/100.rp_filter for eth0.100); only that part of a key may have one"
+		case p[0] != "net" || len(p) < 2 || !sysctlPartRE.MatchString(part):
+			return "want a key under net., e.g. net.ipv4.ip_forward"
 		}
 	}
-	return false
+	if iface && len(p) != 5 {
+		pre := strings.Join(p[:3], ".")
+		return fmt.Sprintf("want %s.IF.SETTING, e.g. %s.eth0.rp_filter: an interface's directory there has no subdirectories", pre, pre)
+	}
+	return ""
 }
 
 // dottedHint points at the spelling of key for an interface of namespace

@@ -69,9 +69,11 @@ links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0}, {bridge: br0, int
 name: t
 namespaces:
   - name: a
-    sysctls: {net.ipv4.conf.e0/1.rp_filter: "2", net.ipv6.neigh.e0/1.retrans_time_ms: "500"}
+    sysctls: {net.ipv4.conf.e0/1.rp_filter: "2", net.ipv6.neigh.e0/1.retrans_time_ms: "500", net.ipv4.conf.e+1.rp_filter: "1"}
   - name: b
-links: [{endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]}]`},
+links:
+  - endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]
+  - endpoints: [{namespace: a, interface: e+1}, {namespace: b, interface: e1}]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -363,8 +365,18 @@ links: [{endpoints: [{bridge: b1, interface: p1}, {bridge: b1, interface: p2}]}]
 		{"sysctl key escaping", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4../x: \"1\"}}]", []string{"namespaces[0].sysctls.net.ipv4../x: want a key under net."}},
 		{"sysctl of an unknown interface", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.conf.eth9.rp_filter: \"0\", net.ipv6.conf.lo.disable_ipv6: \"0\", net.ipv4.neigh.default.gc_thresh1: \"64\"}}]",
 			[]string{`namespaces[0].sysctls.net.ipv4.conf.eth9.rp_filter: no interface "eth9" in namespace "a"`}},
-		{"sysctl of an interface written with its dot", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4.conf.e0.1.rp_filter: \"2\"}}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]}]",
-			[]string{`namespaces[0].sysctls.net.ipv4.conf.e0.1.rp_filter: no interface "e0" in namespace "a" (want all, default, lo or one the file puts there; for "e0.1" write net.ipv4.conf.e0/1.rp_filter)`}},
+		{"sysctl of an interface written with its dot", `
+name: t
+namespaces:
+  - name: a
+    sysctls: {net.ipv4.conf.e0.1.rp_filter: "2", net.ipv6.neigh.e0/1: "1", net.ipv4.conf..rp_filter: "0"}
+  - name: b
+links:
+  - endpoints: [{namespace: a, interface: e0.1}, {namespace: b, interface: e0}]
+  - endpoints: [{namespace: a, interface: e0}, {namespace: b, interface: e1}]`,
+			[]string{`namespaces[0].sysctls.net.ipv4.conf.e0.1.rp_filter: want net.ipv4.conf.IF.SETTING, e.g. net.ipv4.conf.eth0.rp_filter: an interface's directory there has no subdirectories; for "e0.1" write net.ipv4.conf.e0/1.rp_filter`,
+				`namespaces[0].sysctls.net.ipv6.neigh.e0/1: want net.ipv6.neigh.IF.SETTING`,
+				`namespaces[0].sysctls.net.ipv4.conf..rp_filter: want a key under net.`}},
 		{"slash outside an interface's name", "name: t\nnamespaces: [{name: a, sysctls: {net.ipv4/ip_forward: \"1\", net.ipv4.conf.eth9/1.rp_filter: \"0\", net.ipv4.conf.//.rp_filter: \"0\"}}]",
 			[]string{"namespaces[0].sysctls.net.ipv4/ip_forward: a '/' stands for a '.' in an interface's name",
 				`namespaces[0].sysctls.net.ipv4.conf.//.rp_filter: no interface ".." in namespace "a"`,
