@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"os/exec"
 	"testing"
 	"time"
 )
@@ -14,19 +13,16 @@ import (
 // run time. Variants (NSFLOW_BENCH_VARIANT, comma separated) take turns
 // with them.
 //
-// Statistics time every run with two clock reads, the second after the
-// run's loads complete. The no-op's figure is that overhead plus the
-// hook's call and return, so the difference to it is what the programs
-// themselves cost, cache misses included. What it cannot see is what the
+// Statistics time every run with two clock reads. The no-op's figure is
+// that overhead plus the hook's call and return, so the difference to it
+// is what the programs themselves cost, the cache misses they wait on
+// included. What it cannot see is what the
 // programs cost the kernel after they return (cache lines and branch
 // history they displace): the throughput ratio of BenchmarkVethThroughput
 // includes that.
 //
 //	go test -run '^$' -bench BenchmarkRunCost -benchtime 1x -v ./bpf/
 func BenchmarkRunCost(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Fatal("iperf3 is needed (Debian package iperf3)")
-	}
 	const (
 		rounds = 8 // per b.N
 		warm   = 200 * time.Millisecond
@@ -35,6 +31,7 @@ func BenchmarkRunCost(b *testing.B) {
 	d := loadForTest(b, Options{})
 	a, bns := newTestNS(b), newTestNS(b)
 	ea, eb := vethPair(b, a, bns, 6)
+	const noop = 1 // cs[noop], what the others are compared with
 	cs := append([]contender{datapathContender(b, "nsflow", d, ea, eb), noopContender(b, ea, eb)},
 		variantContenders(b, ea, eb)...)
 
@@ -67,12 +64,12 @@ func BenchmarkRunCost(b *testing.B) {
 	for i, c := range cs {
 		b.Logf("%-12s ns/run median %.1f, rounds %.1f", c.name, median(nsPerRun[i]), nsPerRun[i])
 		b.ReportMetric(median(nsPerRun[i]), c.name+"-ns/run")
-		if i == 1 { // the no-op
+		if i == noop {
 			continue
 		}
 		diff := make([]float64, len(nsPerRun[i]))
 		for r := range diff {
-			diff[r] = nsPerRun[i][r] - nsPerRun[1][r]
+			diff[r] = nsPerRun[i][r] - nsPerRun[noop][r]
 		}
 		b.ReportMetric(median(diff), c.name+"-own-ns/run")
 	}

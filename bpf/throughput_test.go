@@ -34,9 +34,6 @@ import (
 // attached as nsflow is, and is reported as "variant-ratio".
 // BenchmarkRunCost splits the programs' cost by part more precisely.
 func BenchmarkVethThroughput(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Fatal("iperf3 is needed (Debian package iperf3)")
-	}
 	const (
 		slice   = 333 * time.Millisecond
 		nSlices = 120 // per b.N: 40 s, 30 slices of each instrumented mode
@@ -125,6 +122,9 @@ type iperfStream struct {
 // or UDP with 22-byte payloads (64-byte frames) at full speed.
 func startIperf(b *testing.B, proto string, ea, eb *end, d time.Duration) *iperfStream {
 	b.Helper()
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Fatal("iperf3 is needed (Debian package iperf3)")
+	}
 	s := &iperfStream{srv: exec.Command("ip", "netns", "exec", eb.NS.Name, "iperf3", "-s", "-1", "-B", eb.IP.String(), "-p", "5201")}
 	if err := s.srv.Start(); err != nil {
 		b.Fatal(err)
