@@ -48,6 +48,11 @@ type Config struct {
 	// ratio of a case is measured over, each between two uninstrumented
 	// ones, under one continuous run of the generator.
 	Slices int
+	// HookCost also measures a no-op tc program on the same hooks, in as
+	// many slices of its own: what any tc program costs there, which
+	// splits the overhead into the hook's share and nsflow's own. It
+	// doubles the slices' time and needs tcx (Linux 6.6).
+	HookCost bool
 	// NoIperf3 skips the iperf3 sanity measurement.
 	NoIperf3 bool
 	// Progress, if set, is told what runs next.

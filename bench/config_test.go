@@ -120,23 +120,30 @@ func TestPairedRatio(t *testing.T) {
 
 func TestBracketed(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		off, on []float64
-		want    SliceRatio
+		name        string
+		off, on     []float64
+		mode, modes int
+		want        SliceRatio
 	}{
-		{"none", []float64{10}, nil, SliceRatio{}},
-		{"one slice", []float64{10, 10}, []float64{9}, SliceRatio{Median: 0.9, Q25: 0.9, Q75: 0.9, Ratios: []float64{0.9}}},
+		{"none", []float64{10}, nil, 0, 1, SliceRatio{}},
+		{"one slice", []float64{10, 10}, []float64{9}, 0, 1, SliceRatio{Median: 0.9, Q25: 0.9, Q75: 0.9, Ratios: []float64{0.9}}},
 		// The machine speeds up steadily: each on slice is compared with
 		// its neighbours' mean, so the drift cancels (against the off
 		// slice before it alone, they would read 0.99, 0.975, 0.964).
-		{"drift", []float64{10, 12, 14, 16}, []float64{9.9, 11.7, 13.5},
+		{"drift", []float64{10, 12, 14, 16}, []float64{9.9, 11.7, 13.5}, 0, 1,
 			SliceRatio{Median: 0.9, Q25: 0.9, Q75: 0.9, Ratios: []float64{0.9, 0.9, 0.9}}},
-		{"quartiles", []float64{10, 10, 10, 10, 10}, []float64{8, 10, 9, 7},
+		{"quartiles", []float64{10, 10, 10, 10, 10}, []float64{8, 10, 9, 7}, 0, 1,
 			SliceRatio{Median: 0.85, Q25: 0.8, Q75: 1, Ratios: []float64{0.8, 1, 0.9, 0.7}}},
 		// Nothing arrived around a slice (the generator stalled): left out.
-		{"empty neighbours", []float64{0, 0, 10}, []float64{5, 9}, SliceRatio{Median: 1.8, Q25: 1.8, Q75: 1.8, Ratios: []float64{1.8}}},
+		{"empty neighbours", []float64{0, 0, 10}, []float64{5, 9}, 0, 1, SliceRatio{Median: 1.8, Q25: 1.8, Q75: 1.8, Ratios: []float64{1.8}}},
+		// --hook-cost: nsflow's slices (mode 0) and the no-op's (mode 1)
+		// alternate; each is bracketed by the off slices around it.
+		{"first of two modes", []float64{10, 10, 20, 20, 10}, []float64{9, 14.25, 18, 14.25}, 0, 2,
+			SliceRatio{Median: 0.9, Q25: 0.9, Q75: 0.9, Ratios: []float64{0.9, 0.9}}},
+		{"second of two modes", []float64{10, 10, 20, 20, 10}, []float64{9, 14.25, 18, 14.25}, 1, 2,
+			SliceRatio{Median: 0.95, Q25: 0.95, Q75: 0.95, Ratios: []float64{0.95, 0.95}}},
 	} {
-		got := bracketed(tc.off, tc.on)
+		got := bracketed(tc.off, tc.on, tc.mode, tc.modes)
 		near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 		ok := near(got.Median, tc.want.Median) && near(got.Q25, tc.want.Q25) && near(got.Q75, tc.want.Q75) &&
 			len(got.Ratios) == len(tc.want.Ratios)

@@ -16,6 +16,11 @@ type instrument struct {
 	atts map[Iface]*bpf.Attachment
 	keys map[Iface]bpf.PortKey
 	mode bpf.AttachMode // of the last attachment: tcx, or tc on older kernels
+
+	// noop, loaded for --hook-cost, goes on the same hooks as the
+	// datapath in slices of its own; noopAtts detach it.
+	noop     *bpf.Noop
+	noopAtts map[Iface]func() error
 }
 
 func loadInstrument() (*instrument, error) {
@@ -42,6 +47,29 @@ func (in *instrument) attach(ifs []Iface) error {
 	return nil
 }
 
+// attachNoop attaches the no-op program where attach puts the datapath.
+func (in *instrument) attachNoop(ifs []Iface) error {
+	if in.noop == nil {
+		n, err := bpf.LoadNoop()
+		if err != nil {
+			return err
+		}
+		in.noop, in.noopAtts = n, map[Iface]func() error{}
+	}
+	for _, i := range ifs {
+		if _, ok := in.noopAtts[i]; ok {
+			continue
+		}
+		detach, err := in.noop.Attach(i.netns, i.Name)
+		if err != nil {
+			return fmt.Errorf("attach the no-op to %s/%s: %w", i.Namespace, i.Name, err)
+		}
+		in.noopAtts[i] = detach
+	}
+	return nil
+}
+
+// detach removes the datapath and the no-op from every interface.
 func (in *instrument) detach() error {
 	var errs []error
 	for i, a := range in.atts {
@@ -49,6 +77,12 @@ func (in *instrument) detach() error {
 			errs = append(errs, fmt.Errorf("detach from %s/%s: %w", i.Namespace, i.Name, err))
 		}
 		delete(in.atts, i)
+	}
+	for i, detach := range in.noopAtts {
+		if err := detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach the no-op from %s/%s: %w", i.Namespace, i.Name, err))
+		}
+		delete(in.noopAtts, i)
 	}
 	return errors.Join(errs...)
 }
@@ -89,5 +123,8 @@ func (in *instrument) runStats() (runStats, error) {
 
 func (in *instrument) close() error {
 	err := in.detach()
+	if in.noop != nil {
+		err = errors.Join(err, in.noop.Close())
+	}
 	return errors.Join(err, in.dp.Close())
 }

@@ -21,7 +21,7 @@ var csvHeader = []string{"case", "path", "proto", "pairs", "streams", "payload",
 	"gbps_off", "gbps_off_min", "gbps_off_max", "gbps_on", "gbps_on_min", "gbps_on_max",
 	"mpps_off", "mpps_on", "ratio", "bpf_ns_per_run", "bpf_ns_per_packet",
 	"process_cores_off", "process_cores_on", "softirq_cores_off", "softirq_cores_on", "differences",
-	"slice_ratio", "slice_ratio_q25", "slice_ratio_q75"}
+	"slice_ratio", "slice_ratio_q25", "slice_ratio_q75", "hook_ratio", "hook_ratio_q25", "hook_ratio_q75"}
 
 // WriteCSV writes one row per case.
 func WriteCSV(w io.Writer, r *Report) error {
@@ -32,13 +32,17 @@ func WriteCSV(w io.Writer, r *Report) error {
 	f := func(x float64) string { return strconv.FormatFloat(x, 'f', 4, 64) }
 	for _, c := range r.Cases {
 		u, i := c.Uninstrumented, c.Instrumented
-		if err := cw.Write([]string{c.Name, string(c.Path), string(c.Proto), strconv.Itoa(c.Pairs),
+		hook := []string{"", "", ""} // not measured
+		if h := c.HookRatio; h != nil {
+			hook = []string{f(h.Median), f(h.Q25), f(h.Q75)}
+		}
+		if err := cw.Write(append([]string{c.Name, string(c.Path), string(c.Proto), strconv.Itoa(c.Pairs),
 			strconv.Itoa(c.Streams), strconv.Itoa(c.Payload), strconv.Itoa(c.Frame),
 			f(u.Gbps.Median), f(u.Gbps.Min), f(u.Gbps.Max), f(i.Gbps.Median), f(i.Gbps.Min), f(i.Gbps.Max),
 			f(u.Mpps.Median), f(i.Mpps.Median), f(c.Ratio), f(c.BPF.NsPerRun), f(c.BPF.NsPerPacket),
 			f(u.CPU.Process), f(i.CPU.Process), f(u.CPU.Softirq), f(i.CPU.Softirq), strconv.Itoa(c.Differences),
 			f(c.SliceRatio.Median), f(c.SliceRatio.Q25), f(c.SliceRatio.Q75),
-		}); err != nil {
+		}, hook...)); err != nil {
 			return err
 		}
 	}
@@ -51,11 +55,22 @@ func WriteCSV(w io.Writer, r *Report) error {
 // listed.
 func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "case\tGbit/s off\tGbit/s on\tMpps off\tMpps on\tratio (IQR)\trounds ratio\tBPF ns/pkt\tCPU off\tCPU on\tsoftirq on\t\n")
+	hookCol := ""
+	if r.Settings.HookCost {
+		hookCol = "no-op ratio (IQR)\t"
+	}
+	fmt.Fprintf(tw, "case\tGbit/s off\tGbit/s on\tMpps off\tMpps on\tratio (IQR)\t%srounds ratio\tBPF ns/pkt\tCPU off\tCPU on\tsoftirq on\t\n", hookCol)
 	for _, c := range r.Cases {
 		u, i, sr := c.Uninstrumented, c.Instrumented, c.SliceRatio
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%.3f\t%.3f (%.2f..%.2f)\t%.3f\t%.0f\t%.2f\t%.2f\t%.2f\t\n", c.Name,
-			spreadStr(u.Gbps), spreadStr(i.Gbps), u.Mpps.Median, i.Mpps.Median, sr.Median, sr.Q25, sr.Q75, c.Ratio,
+		hook := ""
+		if r.Settings.HookCost {
+			hook = "-\t"
+			if h := c.HookRatio; h != nil {
+				hook = fmt.Sprintf("%.3f (%.2f..%.2f)\t", h.Median, h.Q25, h.Q75)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%.3f\t%.3f (%.2f..%.2f)\t%s%.3f\t%.0f\t%.2f\t%.2f\t%.2f\t\n", c.Name,
+			spreadStr(u.Gbps), spreadStr(i.Gbps), u.Mpps.Median, i.Mpps.Median, sr.Median, sr.Q25, sr.Q75, hook, c.Ratio,
 			c.BPF.NsPerPacket, u.CPU.Process, i.CPU.Process, i.CPU.Softirq)
 	}
 	if err := tw.Flush(); err != nil {
@@ -65,6 +80,9 @@ func WriteTable(w io.Writer, r *Report) error {
 		r.Settings.Rounds)
 	fmt.Fprintf(w, "ratio = median (25th..75th percentile) of %d on slices of %v of one continuous run of the generator, each over the mean of the off slices around it; "+
 		"rounds ratio = median of each round's on/off (noisier: its samples are seconds apart)\n", r.Settings.Slices, r.Settings.SliceLength)
+	if r.Settings.HookCost {
+		fmt.Fprintf(w, "no-op ratio = the same for a no-op tc program on the same hooks, in as many slices between nsflow's: what any tc program costs there\n")
+	}
 	for _, p := range r.Iperf3 {
 		if p.Error != "" {
 			fmt.Fprintf(w, "iperf3 %s/%s: %s\n", p.Path, p.Proto, p.Error)

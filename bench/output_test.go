@@ -37,6 +37,7 @@ func sampleReport() *Report {
 	cost2 := cost
 	cost2.Checks = slices.Clone(cost.Checks)
 	c2.BPF.Sample = &cost2
+	c2.HookRatio = &SliceRatio{Median: 0.99, Q25: 0.985, Q75: 0.995, Ratios: []float64{0.985, 0.99, 0.995}}
 	return &Report{SchemaVersion: SchemaVersion, Cases: []Case{c, c2}, Iperf3: []Iperf3{{Path: Veth, Proto: traffic.UDP, Gbps: 0.3}}, Differences: 1}
 }
 
@@ -98,7 +99,12 @@ func TestWriteCSV(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(rows) != 3 || len(rows[1]) != len(csvHeader) || rows[2][0] != "bridge/tcp/2 <&>" {
-		t.Errorf("csv rows %q", rows)
+		t.Fatalf("csv rows %q", rows)
+	}
+	// The hook ratio's columns are empty where it was not measured.
+	col := slices.Index(csvHeader, "hook_ratio")
+	if col < 0 || rows[1][col] != "" || rows[2][col] != "0.9900" || rows[2][col+1] != "0.9850" || rows[2][col+2] != "0.9950" {
+		t.Errorf("hook ratio columns: %q and %q", rows[1], rows[2])
 	}
 }
 
@@ -113,7 +119,16 @@ func TestWriteTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"veth/udp/1", "0.980", "iperf3 veth/udp/1: 0.30 Gbit/s",
+	if strings.Contains(out, "no-op ratio") {
+		t.Errorf("table has a no-op column without --hook-cost:\n%s", out)
+	}
+	r.Settings.HookCost = true
+	b.Reset()
+	if err := WriteTable(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	out = b.String()
+	for _, want := range []string{"no-op ratio", "0.990 (0.98..0.99)", "veth/udp/1", "0.980", "iperf3 veth/udp/1: 0.30 Gbit/s",
 		"DIFFERENCE bridge/tcp/2 <&> round 1 instrumented: b/eth0 tx", "DIFFERENCE bridge/tcp/2 <&> BPF cost sample: b/eth0 tx",
 		"4 checks, 2 differences"} {
 		if !strings.Contains(out, want) {
@@ -127,9 +142,9 @@ func TestWriteTable(t *testing.T) {
 var jsonKeys = map[string][]string{
 	"report":   {"schema_version", "started", "host", "settings", "topology", "cases", "iperf3", "differences", "complete"},
 	"host":     {"kernel", "cpus", "attach_mode"},
-	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "sizes", "rounds", "slices", "slice_length_ns"},
+	"settings": {"topology", "paths", "pairs", "streams", "duration_ns", "protos", "size", "sizes", "rounds", "slices", "slice_length_ns", "hook_cost"},
 	"case": {"name", "path", "proto", "pairs", "streams", "payload", "frame", "uninstrumented", "instrumented",
-		"ratio", "slice_ratio", "bpf", "differences", "samples"},
+		"ratio", "slice_ratio", "hook_ratio", "bpf", "differences", "samples"},
 	"slice_ratio": {"median", "q25", "q75", "ratios"},
 	"summary":     {"gbps", "mpps", "cpu"},
 	"spread":      {"median", "min", "max"},
@@ -176,6 +191,9 @@ func checkJSON(t *testing.T, data []byte) {
 	for _, c := range list(rep["cases"]) {
 		cm := has("case", c)
 		has("slice_ratio", cm["slice_ratio"])
+		if cm["hook_ratio"] != nil { // null without --hook-cost
+			has("slice_ratio", cm["hook_ratio"])
+		}
 		has("sample", has("bpf", cm["bpf"])["sample"])
 		for _, s := range []string{"uninstrumented", "instrumented"} {
 			sm := has("summary", cm[s])

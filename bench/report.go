@@ -60,6 +60,8 @@ type Settings struct {
 	// Slices is --slices: instrumented slices per case for SliceRatio.
 	Slices      int           `json:"slices"`
 	SliceLength time.Duration `json:"slice_length_ns"`
+	// HookCost is --hook-cost: cases have a HookRatio.
+	HookCost bool `json:"hook_cost"`
 }
 
 // Case is one path, protocol and number of pairs, measured Rounds times
@@ -90,7 +92,11 @@ type Case struct {
 	// cancels the drift within a run that Ratio keeps; between runs it
 	// still moves with how the generator's threads share the CPUs.
 	SliceRatio SliceRatio `json:"slice_ratio"`
-	BPF        BPFCost    `json:"bpf"`
+	// HookRatio, with --hook-cost, is SliceRatio of a no-op tc program on
+	// the same hooks, measured in slices between nsflow's: the share of
+	// the overhead that any tc program pays there (null without it).
+	HookRatio *SliceRatio `json:"hook_ratio"`
+	BPF       BPFCost     `json:"bpf"`
 	// Differences counts this case's checks that did not match.
 	Differences int      `json:"differences"`
 	Samples     []Sample `json:"samples"`

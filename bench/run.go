@@ -52,7 +52,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	rep = &Report{SchemaVersion: SchemaVersion, Started: time.Now().UTC(), Host: hostInfo(), Iperf3: []Iperf3{}}
 	rep.Settings = Settings{Topology: "built", Paths: cfg.Paths, Pairs: scaleSteps(cfg.Pairs), Streams: cfg.Streams,
 		Duration: cfg.Duration, Protos: cfg.Protos, Rounds: cfg.Rounds,
-		Slices: cfg.Slices, SliceLength: SliceLength}
+		Slices: cfg.Slices, SliceLength: SliceLength, HookCost: cfg.HookCost}
 	rep.Settings.Size, rep.Settings.Sizes = cfg.sizes()
 	if cfg.SpecFile != "" {
 		rep.Settings.Topology = cfg.SpecFile
@@ -174,7 +174,7 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 
 	r.step++
 	r.progress(Progress{Step: r.step, Case: c.Name, Phase: "slices"})
-	if c.SliceRatio, err = r.sliceRatio(ctx, proto, pairs); err != nil {
+	if c.SliceRatio, c.HookRatio, err = r.sliceRatio(ctx, proto, pairs); err != nil {
 		return nil, fmt.Errorf("%s slices: %w", c.Name, err)
 	}
 

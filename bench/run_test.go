@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 	"github.com/nsflow/nsflow/topology"
@@ -355,5 +357,67 @@ func TestRunNoTraffic(t *testing.T) {
 		Rounds: 1, Slices: 1, NoIperf3: true})
 	if err == nil || !strings.Contains(err.Error(), "no traffic arrived") {
 		t.Errorf("run without traffic: %v, want an error saying no traffic arrived", err)
+	}
+}
+
+// TestRunHookCost: with HookCost, every case also has the no-op's slice
+// ratio, from as many slices as nsflow's, and the no-op program is gone
+// after the run.
+func TestRunHookCost(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	before := noopProgs(t)
+	rep, err := Run(context.Background(), Config{Protos: []traffic.Proto{traffic.UDP}, Duration: 200 * time.Millisecond,
+		Rounds: 1, Slices: 3, HookCost: true, NoIperf3: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, rep.Topology)
+	if !rep.Settings.HookCost || len(rep.Cases) != 1 {
+		t.Fatalf("settings.hook_cost %v, %d cases", rep.Settings.HookCost, len(rep.Cases))
+	}
+	c := rep.Cases[0]
+	if h := c.HookRatio; h == nil || len(h.Ratios) != 3 || h.Median <= 0 || len(c.SliceRatio.Ratios) != 3 {
+		t.Errorf("hook ratio %+v and slice ratio %+v, want 3 slices each", h, c.SliceRatio)
+	}
+	if rep.Differences != 0 {
+		t.Errorf("%d differences", rep.Differences)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for left := noopProgs(t); len(left) > len(before); left = noopProgs(t) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no-op programs left: %v (before the run: %v)", left, before)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// noopProgs lists the loaded programs named as bpf.LoadNoop names its.
+func noopProgs(t *testing.T) (ids []ebpf.ProgramID) {
+	t.Helper()
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return ids
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // gone meanwhile
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := p.Info()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Name == "nsflow_noop" {
+			ids = append(ids, id)
+		}
 	}
 }

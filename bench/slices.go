@@ -23,9 +23,13 @@ const SliceLength = 333 * time.Millisecond
 // of the machine's speed that separate samples seconds apart would keep.
 // Throughput is what the servers' interfaces received, from the kernel's
 // statistics; attaching and detaching happen between slices.
-func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pair) (sr SliceRatio, err error) {
+//
+// With --hook-cost the instrumented slices alternate with as many of a
+// no-op program on the same hooks (off, on, off, no-op, off, on, ...),
+// and hook is their ratio: what any tc program costs there.
+func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pair) (sr SliceRatio, hook *SliceRatio, err error) {
 	if err := r.in.detach(); err != nil {
-		return SliceRatio{}, err
+		return SliceRatio{}, nil, err
 	}
 	var runs []*traffic.Run
 	defer func() {
@@ -42,7 +46,7 @@ func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pa
 			Server: netip.AddrPortFrom(p.serverAddr, 0), Streams: r.cfg.Streams, Size: p.size,
 		})
 		if err != nil {
-			return SliceRatio{}, fmt.Errorf("%s: %w", p, err)
+			return SliceRatio{}, nil, fmt.Errorf("%s: %w", p, err)
 		}
 		runs = append(runs, run)
 	}
@@ -80,43 +84,54 @@ func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pa
 
 	// Past the generator's start: connections, TCP's slow start.
 	if err := sleep(ctx, SliceLength); err != nil {
-		return SliceRatio{}, err
+		return SliceRatio{}, nil, err
 	}
 	ifs := pathIfaces(pairs)
-	off := make([]float64, 0, r.cfg.Slices+1)
-	on := make([]float64, 0, r.cfg.Slices)
-	for range r.cfg.Slices {
+	modes := []func([]Iface) error{r.in.attach}
+	if r.cfg.HookCost {
+		modes = append(modes, r.in.attachNoop)
+	}
+	n := r.cfg.Slices * len(modes)
+	off := make([]float64, 0, n+1)
+	on := make([]float64, 0, n) // slice i in mode i % len(modes)
+	for i := range n {
 		x, err := rate()
 		if err != nil {
-			return SliceRatio{}, err
+			return SliceRatio{}, nil, err
 		}
 		off = append(off, x)
-		if err := r.in.attach(ifs); err != nil {
-			return SliceRatio{}, err
+		if err := modes[i%len(modes)](ifs); err != nil {
+			return SliceRatio{}, nil, err
 		}
 		if x, err = rate(); err != nil {
-			return SliceRatio{}, err
+			return SliceRatio{}, nil, err
 		}
 		on = append(on, x)
 		if err := r.in.detach(); err != nil {
-			return SliceRatio{}, err
+			return SliceRatio{}, nil, err
 		}
 	}
 	x, err := rate()
 	if err != nil {
-		return SliceRatio{}, err
+		return SliceRatio{}, nil, err
 	}
 	off = append(off, x)
-	return bracketed(off, on), nil
+	sr = bracketed(off, on, 0, len(modes))
+	if r.cfg.HookCost {
+		h := bracketed(off, on, 1, len(modes))
+		hook = &h
+	}
+	return sr, hook, nil
 }
 
-// bracketed summarizes on[i] / mean(off[i], off[i+1]); off has one more
-// slice than on. Slices in which nothing arrived are left out.
-func bracketed(off, on []float64) SliceRatio {
+// bracketed summarizes on[i] / mean(off[i], off[i+1]) for the slices i of
+// one mode (i % modes == mode); off has one more slice than on. Slices in
+// which nothing arrived are left out.
+func bracketed(off, on []float64, mode, modes int) SliceRatio {
 	var sr SliceRatio
-	for i, x := range on {
+	for i := mode; i < len(on); i += modes {
 		if base := (off[i] + off[i+1]) / 2; base > 0 {
-			sr.Ratios = append(sr.Ratios, x/base)
+			sr.Ratios = append(sr.Ratios, on[i]/base)
 		}
 	}
 	if len(sr.Ratios) == 0 {

@@ -55,20 +55,16 @@ func (o *otherProg) count(t testing.TB) uint64 {
 	return n
 }
 
-// noopProg returns the pass-on verdict and does nothing else: the floor
-// the benchmarks compare with.
+// noopProg is the no-op program (LoadNoop): the floor the benchmarks
+// compare with.
 func noopProg(t testing.TB) *ebpf.Program {
 	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
-	})
+	n, err := LoadNoop()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { prog.Close() })
-	return prog
+	t.Cleanup(func() { n.Close() })
+	return n.prog
 }
 
 // sendUDP sends count datagrams from src to dst without waiting for

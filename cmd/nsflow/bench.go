@@ -160,6 +160,7 @@ cases measured so far are reported).`,
 	f.IntVar(&cfg.Size, "size", 0, "UDP: Ethernet frame bytes with FCS (default 64); TCP: bytes per write (default 131072, at most 16 MiB)")
 	f.IntVar(&cfg.Rounds, "rounds", bench.DefaultRounds, "uninstrumented/instrumented sample pairs per case")
 	f.IntVar(&cfg.Slices, "slices", bench.DefaultSlices, "instrumented slices per case for the overhead ratio, each "+bench.SliceLength.String()+" and between two uninstrumented ones")
+	f.BoolVar(&cfg.HookCost, "hook-cost", false, "also measure a no-op tc program on the same hooks, in as many slices: the hook's share of the overhead (needs tcx)")
 	f.BoolVar(&cfg.NoIperf3, "no-iperf3", false, "skip the iperf3 sanity measurement")
 	f.StringVarP(&output, "output", "o", "table", "output format: table, json or csv")
 	f.StringVar(&plot, "plot", "", "write an SVG chart of throughput and overhead per case to this file")
