@@ -124,7 +124,7 @@ func (a *Attachment) attachTC() error {
 			switch id, ours, lerr := ownFilter(h, l, tcParents[i], handle); {
 			case lerr != nil:
 				err = fmt.Errorf("%w (%w)", err, lerr)
-			case ours && id == progID:
+			case ours && slices.Contains(ids, id):
 				err = fmt.Errorf("%w: this datapath is attached here already", err)
 			case ours:
 				// A filter of a run that died, counting into the same
@@ -287,18 +287,30 @@ func progUsesMap(id ebpf.ProgramID, m ebpf.MapID) (bool, error) {
 // kernel answers a qdisc dump by walking every device of the namespace,
 // which made each attach cost time in proportion to the number of
 // interfaces (2.4 ms per port among 2000, 0.6 ms in a small namespace).
-// An exclusive create answers EEXIST when a clsact is there already; if
-// what is there is another ingress-type qdisc, the filter add that follows
-// fails and says so.
+// An exclusive create answers EEXIST when a clsact is there already, or
+// a legacy ingress qdisc: only then are the qdiscs listed, to tell them
+// apart. An ingress qdisc has one hook, which takes filters for either of
+// clsact's: both programs would run on received packets, and sent ones
+// would go uncounted.
 func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
 	err := h.QdiscAdd(clsactQdisc(l))
-	if errors.Is(err, unix.EEXIST) {
-		return false, nil
+	if err == nil {
+		return true, nil
 	}
-	if err != nil {
+	if !errors.Is(err, unix.EEXIST) {
 		return false, fmt.Errorf("add clsact qdisc: %w", err)
 	}
-	return true, nil
+	qs, err := h.QdiscList(l)
+	if err != nil {
+		return false, fmt.Errorf("list qdiscs: %w", err)
+	}
+	for _, q := range qs {
+		if a := q.Attrs(); a.Handle == netlink.MakeHandle(0xffff, 0) && q.Type() != "clsact" {
+			return false, fmt.Errorf("the interface has an %s qdisc, not clsact: nsflow's tc mode needs clsact's two hooks "+
+				"(remove that qdisc, or use a kernel with tcx, Linux 6.6 or later)", q.Type())
+		}
+	}
+	return false, nil
 }
 
 // listFilters lists the filters of a link on parent. A dump the kernel

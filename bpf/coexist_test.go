@@ -4,6 +4,7 @@ import (
 	"github.com/nsflow/nsflow/internal/testenv"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -156,6 +157,48 @@ func TestTCReplacesStaleOwnFilter(t *testing.T) {
 			if fs, err := netlink.FilterList(l, parent); err != nil || len(fs) != 0 {
 				t.Errorf("filters on %#x after detach: %+v, %v", parent, fs, err)
 			}
+		}
+		return nil
+	})
+}
+
+// TestTCRefusesIngressQdisc: a legacy ingress qdisc has one hook, which
+// would take both programs' filters and count received packets as sent
+// ones. tc mode refuses it, saying why, and leaves it and its interface
+// as they were.
+func TestTCRefusesIngressQdisc(t *testing.T) {
+	d := loadForTest(t, Options{ForceMode: ModeTC})
+	a, b := newTestNS(t), newTestNS(t)
+	ea, _ := vethPair(t, a, b, 7)
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		return netlink.QdiscAdd(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}})
+	})
+	if _, err := d.Attach(ea.NS.Path, ea.Ifname); err == nil || !strings.Contains(err.Error(), "ingress qdisc, not clsact") {
+		t.Fatalf("attach over an ingress qdisc: %v, want a refusal naming it", err)
+	}
+	ea.NS.do(t, func() error {
+		l, err := netlink.LinkByName(ea.Ifname)
+		if err != nil {
+			return err
+		}
+		qs, err := netlink.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		kept := false
+		for _, q := range qs {
+			kept = kept || q.Type() == "ingress"
+		}
+		if !kept {
+			t.Errorf("the ingress qdisc is gone: %v", qs)
+		}
+		if fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS); err != nil || len(fs) != 0 {
+			t.Errorf("filters left on the ingress qdisc: %+v, %v", fs, err)
 		}
 		return nil
 	})

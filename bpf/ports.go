@@ -209,12 +209,13 @@ func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
 	var vs []nsflowPortStats
 	it := d.objs.NsflowPorts.Iterate()
 	for it.Next(&k, &vs) {
-		pk := PortKey{k.NetnsCookie, k.Ifindex}
-		s := out[pk]
+		// Set, not added to: when a port is deleted meanwhile, the
+		// iteration starts over and visits ports again.
+		var s PortStats
 		for i := range vs {
 			s.addRaw(&vs[i])
 		}
-		out[pk] = s
+		out[PortKey{k.NetnsCookie, k.Ifindex}] = s
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("bpf: read ports: %w", err)
