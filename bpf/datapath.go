@@ -141,12 +141,17 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	err = spec.LoadAndAssign(&d.objs, &copts)
+	// A flow table replaced under a kept flow cache leaves entries that
+	// name records no longer there, or not yet: the generation is moved
+	// on below, so that each entry checks its record once.
+	flowsReplaced := false
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pins left by another version or size: ours by name, so replace
 		// those that do not fit rather than fail forever.
 		var old *ebpf.Map
 		d.PinsReplaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
 		d.PinsReset = len(d.PinsReplaced) > 0
+		flowsReplaced = old != nil || slices.Contains(d.PinsReplaced, nsflowMapNsflowFlows)
 		if old != nil {
 			// The resized flow table is created unpinned; the old one
 			// keeps its pin until its records are in the new one, so that
@@ -186,6 +191,13 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	d.portSlots = cpuTable[nsflowPortSlot]{d.objs.NsflowPortSlots, portSlots, uint32(cpus)}
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{d.objs.NsflowFlowCache, flowCacheSize, uint32(cpus)}
+	if flowsReplaced {
+		if err := d.bumpGenIf(false); err != nil {
+			d.objs.Close()
+			d.clock.Close()
+			return nil, err
+		}
+	}
 	return d, nil
 }
 

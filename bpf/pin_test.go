@@ -5,8 +5,11 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nsflow/nsflow/internal/testenv"
 )
@@ -211,5 +214,63 @@ func TestFlowTableFull(t *testing.T) {
 	_ = d.Flows(func(FlowKey, FlowStats) bool { n++; return true })
 	if n != 1 {
 		t.Errorf("%d flows after delete and one packet, want 1", n)
+	}
+}
+
+// TestResizeRechecksCachedFlows: records a smaller table could not take
+// are gone, but this CPU's flow cache still holds their entries. The next
+// packet of each such flow looks for its record again (here: the table is
+// full, so it is counted as overflow), rather than being added to an
+// entry whose record no longer exists and lost.
+func TestResizeRechecksCachedFlows(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	// Every run on one CPU, so that all use that CPU's cache.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var was, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &was); err != nil {
+		t.Fatal(err)
+	}
+	one.Set(0)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.SchedSetaffinity(0, &was)
+
+	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
+	t.Cleanup(func() {
+		if err := RemovePins(dir); err != nil {
+			t.Errorf("RemovePins: %v", err)
+		}
+	})
+	send := func(d *Datapath) {
+		in, _ := d.Programs()
+		for _, port := range []uint16{1, 2, 3} {
+			runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 53, 0)))
+		}
+	}
+	d, err := Load(Options{PinPath: dir, MaxFlows: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(d)
+	d.Close()
+	if d, err = Load(Options{PinPath: dir, MaxFlows: 1}); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.FlowsCarried != 1 || d.FlowsLost != 2 {
+		t.Fatalf("shrink to 1: carried %d, lost %d; want 1 and 2", d.FlowsCarried, d.FlowsLost)
+	}
+	send(d)
+	if over, err := d.FlowOverflow(); err != nil || over != 2 {
+		t.Errorf("overflow %d (%v), want 2: one packet of each flow whose record was lost", over, err)
+	}
+	var packets uint64
+	if err := d.Flows(func(_ FlowKey, s FlowStats) bool { packets += s.Packets; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if packets != 2 {
+		t.Errorf("the carried flow has %d packets, want 2", packets)
 	}
 }
