@@ -94,10 +94,12 @@ type nsState struct {
 	ns     discovery.Namespace
 	label  string
 	cookie uint64 // 0 until set up
-	// settingUp is set while a setup job is queued or running.
-	settingUp bool
-	links     map[int]*portState
-	addrs     map[discovery.Addr]bool
+	// settingUp is set while a setup job is queued or running;
+	// setupFailed when the last one failed while the namespace was still
+	// there: the eviction ticker retries it.
+	settingUp, setupFailed bool
+	links                  map[int]*portState
+	addrs                  map[discovery.Addr]bool
 	// early holds link events that arrived before the setup result: they
 	// may be newer than the snapshot, so they are replayed after it.
 	early []discovery.LinkEvent
@@ -345,6 +347,7 @@ loop:
 			a.inflight--
 			apply()
 		case <-evict.C:
+			a.retrySetups()
 			if a.ready.Load() {
 				a.evict()
 			}
@@ -416,7 +419,7 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 func (a *Agent) setupJob(st *nsState) func() func() {
 	n := st.ns
 	return func() func() {
-		cookie, err := bpf.NetnsCookieAt(n.Path, n.Inode)
+		cookie, err := netnsCookieAt(n.Path, n.Inode)
 		var snap discovery.Snapshot
 		if err == nil {
 			snap, err = a.mon.Add(n.Inode, n.Path) // checks the inode too
@@ -433,14 +436,24 @@ func (a *Agent) setupJob(st *nsState) func() func() {
 				return
 			}
 			s.settingUp = false
+			s.setupFailed = false
 			if err != nil {
 				a.mon.Remove(n.Inode)
-				// Vanished mid-setup, most likely: the next scan says, or
-				// names it by another path (see resume), which it may
-				// have done while this job ran.
-				a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
-				if s.ns.Path != n.Path {
+				switch {
+				case s.ns.Path != n.Path:
+					// Named by another path while this job ran (its
+					// process exited, say): see resume.
+					a.log.Debug("namespace setup failed", "netns", n.Label(), "err", err)
 					a.resume(s)
+				case vanished(err):
+					// Deleted mid-setup: the next scan says so.
+					a.log.Debug("namespace setup failed: namespace gone", "netns", n.Label(), "err", err)
+				default:
+					// Still there: none of its ports is attached until a
+					// retry succeeds.
+					s.setupFailed = true
+					a.attachErr.Add(1)
+					a.log.Warn("namespace setup failed, retrying", "netns", n.Label(), "in", a.evictInterval(), "err", err)
 				}
 				return
 			}
@@ -455,6 +468,17 @@ func (a *Agent) setupJob(st *nsState) func() func() {
 				a.handleLink(e)
 			}
 			s.early = nil
+		}
+	}
+}
+
+// retrySetups queues a setup job for each namespace whose last setup
+// failed while it was still there.
+func (a *Agent) retrySetups() {
+	for _, s := range a.byInode {
+		if s.setupFailed && !s.settingUp && s.cookie == 0 {
+			s.settingUp = true
+			a.queueJob(a.setupJob(s))
 		}
 	}
 }
@@ -876,6 +900,9 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
 // namespace was gone: the index names no device (deleted, or moved to
 // another namespace), the device went during the attach, or the path to
 // the namespace no longer exists or leads to another one.
+// netnsCookieAt is bpf.NetnsCookieAt; tests make it fail.
+var netnsCookieAt = bpf.NetnsCookieAt
+
 func vanished(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) ||

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,4 +81,45 @@ func TestSetupResumesOnNewPath(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestSetupRetried: a namespace whose setup fails while it is still there
+// (here: reading its cookie fails, twice) is counted as an attach error
+// and set up again on the following ticks, until its veth is attached.
+func TestSetupRetried(t *testing.T) {
+	testenv.RequireRoot(t)
+	prefix := testenv.Name("asr")
+	ns, host := prefix+"-a", prefix+"h"
+	if err := ipCmd("netns", "add", ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ipCmd("netns", "del", ns) })
+	if err := ipCmd("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ipCmd("link", "del", host) })
+
+	var fails atomic.Int32
+	fails.Store(2)
+	orig := netnsCookieAt
+	t.Cleanup(func() { netnsCookieAt = orig }) // after the agent stops
+	netnsCookieAt = func(path string, ino uint64) (uint64, error) {
+		if filepath.Base(path) == ns && fails.Add(-1) >= 0 {
+			return 0, errors.New("injected failure")
+		}
+		return orig(path, ino)
+	}
+	pin, state := pins(t)
+	r := startAgent(t, prefix, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second})
+	deadline := time.Now().Add(15 * time.Second)
+	for r.a.attachedCount() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the namespace's veth is not attached 15 s after its setup failed (%d failures left to inject)", fails.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := r.a.attachErr.Load(); n != 2 {
+		t.Errorf("attach errors %d, want 2: one a failed setup", n)
+	}
+	waitLine(t, r.url, "nsflow_attach_errors_total 2", "nsflow_attach_errors_total")
 }
