@@ -209,14 +209,22 @@ func (a *Agent) evict() {
 		return
 	}
 	// The records of namespaces removed before this pass are folded now:
-	// their labels are no longer needed.
+	// their labels are no longer needed. They count as live in this
+	// pass's retire, which starts their retention from now: a label
+	// reused by a namespace that came and went between two passes would
+	// otherwise run on the clock of its earlier holder, and its totals,
+	// just folded, could be dropped at once.
 	a.mu.Lock()
+	folded := make([]string, 0, len(gone))
 	for _, c := range gone {
+		if g, ok := a.gone[c]; ok {
+			folded = append(folded, g.label)
+		}
 		delete(a.gone, c)
 	}
 	a.mu.Unlock()
 	now := time.Now()
-	a.retire(now)
+	a.retire(now, folded...)
 	a.mu.Lock()
 	a.retireStartPortsLocked(now)
 	a.retirePortsLocked(now)

@@ -11,7 +11,7 @@ const DefaultGoneRetention = 5 * time.Minute
 // host ever had would stay in /metrics and in the state file. A dropped
 // series ends as any series of a vanished target does; a namespace that
 // comes back under the same label starts its series anew.
-func (a *Agent) retire(now time.Time) {
+func (a *Agent) retire(now time.Time, folded ...string) {
 	if a.cfg.GoneRetention < 0 {
 		return
 	}
@@ -27,6 +27,9 @@ func (a *Agent) retire(now time.Time) {
 	}
 	for _, g := range a.gone { // records not folded yet
 		live[g.label] = true
+	}
+	for _, l := range folded { // folded in this pass
+		live[l] = true
 	}
 	// A label's clock starts at the first pass that finds it gone.
 	expired := map[string]bool{}

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,5 +93,41 @@ func TestGoneRetention(t *testing.T) {
 	}
 	if strings.Contains(string(saved), fmt.Sprintf("%q", c)) || !strings.Contains(string(saved), fmt.Sprintf("%q", b)) {
 		t.Errorf("state file should name %s and no longer %s:\n%s", b, c, saved)
+	}
+}
+
+// TestRetireFoldedLabel: a label whose earlier holder went long ago, and
+// which a namespace held again between two passes (it came and went), is
+// live for the pass that folds the new holder's records: its totals stay
+// for the retention from then, not dropped on the earlier holder's clock.
+func TestRetireFoldedLabel(t *testing.T) {
+	const retention = time.Minute
+	for _, tc := range []struct {
+		name   string
+		folded []string
+		kept   bool
+	}{
+		{"folded in this pass", []string{"ns-l"}, true},
+		{"not folded", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := newFlowBook(Config{StateFile: filepath.Join(t.TempDir(), "state.json")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Now()
+			k := pairKey{Src: UnknownNetns, Dst: "ns-l"}
+			b.st.Pairs[k] = counter{Packets: 5}
+			b.goneSince["ns-l"] = now.Add(-2 * retention) // the earlier holder's clock
+			a := &Agent{cfg: Config{GoneRetention: retention}, book: b, log: slog.New(slog.DiscardHandler),
+				byInode: map[uint64]*nsState{}, gone: map[uint64]goneNetns{}}
+			a.retire(now, tc.folded...)
+			if _, ok := b.st.Pairs[k]; ok != tc.kept {
+				t.Errorf("pair kept %v, want %v", ok, tc.kept)
+			}
+			if _, ok := b.goneSince["ns-l"]; ok {
+				t.Errorf("the label's clock is still running: %v", b.goneSince)
+			}
+		})
 	}
 }
