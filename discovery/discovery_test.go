@@ -667,3 +667,39 @@ func threadHolder() {
 	fmt.Println(<-ino)
 	time.Sleep(time.Minute)
 }
+
+// TestMonitorRetriesStale: a resync that failed (here by injection, after
+// an overflow) is tried again within staleRetry, though no notification
+// comes to trigger it: a namespace that went quiet gets its view back.
+func TestMonitorRetriesStale(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("dms")
+	addNetns(t, name)
+	events := make(chan LinkEvent, 16)
+	m, err := NewMonitor(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := inodeOf(t, "/run/netns/"+name)
+	if _, err := m.Add(ino, "/run/netns/"+name); err != nil {
+		t.Fatal(err)
+	}
+	// As after an overflow: the next read resyncs, and that resync fails.
+	m.mu.Lock()
+	m.subs[m.byNs[ino]].stale = true
+	m.failResyncs = 1
+	m.mu.Unlock()
+	startMonitor(t, m)
+	ip(t, "-n", name, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.Type == Resync && slices.ContainsFunc(e.State.Links, func(l Link) bool { return l.Name == "d0" }) {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no resync within 5 s of a failed one, with no notification since")
+		}
+	}
+}

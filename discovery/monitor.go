@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"syscall"
@@ -50,6 +51,11 @@ const dumpTimeout = 5 * time.Second
 // the agent is busy. It costs memory only while notifications wait.
 const rcvBuf = 1 << 20
 
+// staleRetry is how soon a failed resync is tried again when no
+// notification comes first: a namespace that went quiet must not keep a
+// stale view.
+const staleRetry = time.Second
+
 // dumpAttempts bounds the dumps a resync tries while notifications keep
 // overflowing the socket.
 const dumpAttempts = 5
@@ -69,15 +75,19 @@ type Monitor struct {
 	mu     sync.Mutex
 	subs   map[uint64]*subscription // by epoll token
 	byNs   map[uint64]uint64        // netns inode -> token
+	stale  map[uint64]bool          // tokens of stale subscriptions
 	nextID uint64
 	closed bool
+	// failResyncs makes that many resyncs after an overflow fail (tests).
+	failResyncs int
 }
 
 type subscription struct {
 	netns uint64
 	fd    int
 	seq   uint32
-	// stale is set when a resync failed: the next read tries again.
+	// stale is set when a resync failed: the next notification, or
+	// staleRetry later, tries again.
 	stale bool
 }
 
@@ -100,7 +110,7 @@ func NewMonitor(events chan<- LinkEvent) (*Monitor, error) {
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
 	return &Monitor{events: events, epfd: epfd, wakefd: wakefd,
-		subs: map[uint64]*subscription{}, byNs: map[uint64]uint64{}, nextID: 1}, nil
+		subs: map[uint64]*subscription{}, byNs: map[uint64]uint64{}, stale: map[uint64]bool{}, nextID: 1}, nil
 }
 
 // Add subscribes to the namespace at path ("" for the current one), whose
@@ -173,6 +183,7 @@ func (m *Monitor) removeLocked(id uint64) {
 	sub := m.subs[id]
 	delete(m.subs, id)
 	delete(m.byNs, sub.netns)
+	delete(m.stale, id)
 	unix.EpollCtl(m.epfd, unix.EPOLL_CTL_DEL, sub.fd, nil)
 	unix.Close(sub.fd)
 }
@@ -206,38 +217,60 @@ func (m *Monitor) Run(ctx context.Context) error {
 	buf := make([]byte, 1<<16)
 	ready := make([]unix.EpollEvent, 64)
 	var msgs []message
+	// serve reads subscription id until it is drained; false when
+	// cancelled.
+	serve := func(id uint64) bool {
+		for {
+			netns, nread, resync, ok := m.read(id, buf)
+			if !ok {
+				return true
+			}
+			var evs []LinkEvent
+			if resync != nil {
+				evs = append(evs, LinkEvent{Netns: netns, Type: Resync, State: *resync})
+			} else {
+				msgs, _, _ = decode(buf[:nread], msgs[:0])
+				evs = toEvents(netns, msgs)
+			}
+			for _, e := range evs {
+				select {
+				case m.events <- e:
+				case <-ctx.Done():
+					return false
+				}
+			}
+		}
+	}
 	for {
-		n, err := unix.EpollWait(m.epfd, ready, -1)
+		timeout := -1
+		m.mu.Lock()
+		stale := slices.Collect(maps.Keys(m.stale))
+		m.mu.Unlock()
+		if len(stale) > 0 {
+			timeout = int(staleRetry / time.Millisecond)
+		}
+		n, err := unix.EpollWait(m.epfd, ready, timeout)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return fmt.Errorf("epoll_wait: %w", err)
 		}
+		if n == 0 { // timed out: retry the stale
+			for _, id := range stale {
+				if !serve(id) {
+					return nil
+				}
+			}
+			continue
+		}
 		for _, ev := range ready[:n] {
 			id := token(&ev)
 			if id == 0 {
 				return nil // woken: cancelled
 			}
-			for {
-				netns, nread, resync, ok := m.read(id, buf)
-				if !ok {
-					break
-				}
-				var evs []LinkEvent
-				if resync != nil {
-					evs = append(evs, LinkEvent{Netns: netns, Type: Resync, State: *resync})
-				} else {
-					msgs, _, _ = decode(buf[:nread], msgs[:0])
-					evs = toEvents(netns, msgs)
-				}
-				for _, e := range evs {
-					select {
-					case m.events <- e:
-					case <-ctx.Done():
-						return nil
-					}
-				}
+			if !serve(id) {
+				return nil
 			}
 		}
 	}
@@ -261,9 +294,15 @@ func (m *Monitor) read(id uint64, buf []byte) (netns uint64, n int, resync *Snap
 	}
 	// Notifications were lost: only a new dump tells what changed.
 	snap, derr := sub.resync()
-	if sub.stale = derr != nil; sub.stale {
-		return 0, 0, nil, false // tried again on the next notification
+	if m.failResyncs > 0 {
+		m.failResyncs--
+		derr = errors.New("resync failed (test)")
 	}
+	if sub.stale = derr != nil; sub.stale {
+		m.stale[id] = true
+		return 0, 0, nil, false // tried again on the next notification, or soon
+	}
+	delete(m.stale, id)
 	return sub.netns, 0, &snap, true
 }
 
