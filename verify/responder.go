@@ -26,6 +26,8 @@ type Responder struct {
 	// Busy lists the ports that something else already holds in the
 	// namespace ("tcp4/8080"); probes to them meet that listener instead.
 	Busy []string
+	// listening are the ports it listens on, as in Busy.
+	listening map[string]bool
 }
 
 // StartResponder binds the responders for ns in the namespace at path.
@@ -33,7 +35,7 @@ type Responder struct {
 // read from its own socket, so a responder started in the wrong namespace
 // gives itself away.
 func StartResponder(path, claimed string, ports []topology.Port) (*Responder, error) {
-	r := &Responder{id: identity{claimed: claimed}}
+	r := &Responder{id: identity{claimed: claimed}, listening: map[string]bool{}}
 	var tcp []net.Listener
 	var udp []net.PacketConn
 	err := nsenter.Do(path, func() error {
@@ -58,6 +60,8 @@ func StartResponder(path, claimed string, ports []topology.Port) (*Responder, er
 					}
 				}
 				switch {
+				case err == nil:
+					r.listening[fmt.Sprintf("%s%s/%d", p.Proto, fam, p.Number)] = true
 				case errors.Is(err, syscall.EADDRINUSE):
 					r.Busy = append(r.Busy, fmt.Sprintf("%s%s/%d", p.Proto, fam, p.Number))
 				case errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL):
@@ -98,17 +102,31 @@ func (r *Responder) silent(p topology.Port, addr netip.Addr) (string, bool) {
 	return r.held(p, addr)
 }
 
+// listens reports whether the responder itself listens on port p of
+// addr's family: then only it answers there, with its identity.
+func (r *Responder) listens(p topology.Port, addr netip.Addr) bool {
+	if r == nil || p.Proto == "icmp" {
+		return false
+	}
+	return r.listening[portFamily(p, addr)]
+}
+
+// portFamily names port p of addr's family as Busy does ("tcp4/8080").
+func portFamily(p topology.Port, addr netip.Addr) string {
+	fam := "6"
+	if addr.Unmap().Is4() {
+		fam = "4"
+	}
+	return fmt.Sprintf("%s%s/%d", p.Proto, fam, p.Number)
+}
+
 // held reports whether another process held port p of addr's family when
 // the responder started, so that the responder is not what answers there.
 func (r *Responder) held(p topology.Port, addr netip.Addr) (string, bool) {
 	if r == nil || p.Proto == "icmp" {
 		return "", false
 	}
-	fam := "6"
-	if addr.Unmap().Is4() {
-		fam = "4"
-	}
-	b := fmt.Sprintf("%s%s/%d", p.Proto, fam, p.Number)
+	b := portFamily(p, addr)
 	return b, slices.Contains(r.Busy, b)
 }
 

@@ -182,6 +182,7 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	t = time.Now()
 	rep.Stack = e.stack()
 	forgeable(rep.Probes, rep.Stack)
+	impostors(rep.Probes, resp) // after forgeable, whose reason is the more precise
 	rep.phase("stack", t)
 	if ld != nil {
 		rep.Load = ld.stop()
@@ -242,6 +243,28 @@ func unjudgeable(probes []*Probe, resp map[string]*Responder) {
 			p.Outcome = Failed
 			p.Detail = fmt.Sprintf("%s is held by another process in %s, which need not answer: a timeout proves nothing (probe other ports with isolation.ports)", b, p.To)
 		}
+	}
+}
+
+// impostors turns an anonymous answer to a probe expected to reach into
+// one that could not be judged when verify's responder listens on that
+// port in the namespace that should answer: only the responder answers
+// there, with its identity, so a refusal or a listener that is not a
+// responder was another stack answering in the target's name (a firewall
+// on the way rejecting with the target's address, another holder of the
+// address). It does not prove that the packet reached the target.
+func impostors(probes []*Probe, resp map[string]*Responder) {
+	for _, p := range probes {
+		if p.Expect == "" || p.By != "" || !p.Outcome.Reachable() || !resp[p.Expect].listens(p.port, p.Addr) {
+			continue
+		}
+		what := "refused"
+		if p.Outcome == Replied {
+			what = "answered by a listener that is not an nsflow responder"
+		}
+		p.Outcome = Failed
+		p.Detail = fmt.Sprintf("%s, though verify's responder listens on %s in %s: another stack answered in its name "+
+			"(a firewall on the way, another holder of %s), which does not prove the packet reached %s", what, p.Port, p.Expect, p.Addr, p.Expect)
 	}
 }
 
