@@ -296,7 +296,7 @@ func (b *builder) rollback() error {
 		}
 	}
 	for _, u := range b.sysctlUndo {
-		if err := nsenter.Do(b.s.NetnsPath(u.ns), func() error { return writeSysctls(u.ns, u.old) }); err != nil {
+		if err := nsenter.Do(b.s.NetnsPath(u.ns), func() error { return restoreSysctls(u.ns, u.old) }); err != nil {
 			errs = append(errs, fmt.Errorf("restore sysctls: %w", err))
 		}
 	}

@@ -784,3 +784,45 @@ func TestWriteBaseline(t *testing.T) {
 		}
 	}
 }
+
+// TestUpRollsBackSysctlsPastNewInterface: a failed up that set sysctls of
+// an interface it created (aux, deleted first by the rollback) and of one
+// that existed (e1) puts e1's back, though aux's key is gone by then and
+// sorts first.
+func TestUpRollsBackSysctlsPastNewInterface(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, `
+name: rbs
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.97.1/30]}, {namespace: b, interface: e1, addresses: [198.18.97.2/30]}]
+`)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a := prefixOf(s) + "a"
+	read := func() string {
+		return strings.TrimSpace(ipOut(t, "netns", "exec", a, "cat", "/proc/sys/net/ipv4/conf/e1/rp_filter"))
+	}
+	was := read()
+	after := prefixedCopy(t, `
+name: rbs
+namespaces:
+  - name: a
+    sysctls: {net.ipv4.conf.aux.rp_filter: "2", net.ipv4.conf.e1.rp_filter: "2"}
+  - name: b
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.97.1/30]}, {namespace: b, interface: e1, addresses: [198.18.97.2/30]}]
+  - endpoints: [{namespace: a, interface: aux}, {namespace: b, interface: aux}]
+`, prefixOf(s))
+	if was == "2" {
+		t.Fatalf("e1's rp_filter is 2 already: the test proves nothing")
+	}
+	_, err := Up(ctx, after, Options{Workers: 1, failRoutes: true})
+	if err == nil || !strings.Contains(err.Error(), "rolled back") || strings.Contains(err.Error(), "restore sysctls") {
+		t.Fatalf("up with a failure after the routes: %v, want a clean rollback", err)
+	}
+	if now := read(); now != was {
+		t.Errorf("e1's rp_filter %s after the rollback, want %s as before", now, was)
+	}
+}

@@ -52,6 +52,21 @@ func writeSysctls(ns string, sysctls map[string]string) error {
 	return nil
 }
 
+// restoreSysctls puts back values replaced earlier, in the calling
+// thread's namespace. It goes on past a failure, so that one key does not
+// keep the others from being restored, and skips a key that is gone: an
+// interface's, when rollback deleted the interface first.
+func restoreSysctls(ns string, sysctls map[string]string) error {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(sysctls)) {
+		err := os.WriteFile(sysctlFile(k), []byte(sysctls[k]), 0)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("namespace %s: sysctl %s=%q: %w", ns, k, sysctls[k], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // readSysctls reads the given keys inside the namespace at path; a key
 // that cannot be read is left out (and then differs from its declaration),
 // and one the kernel lacks is also listed in absent.
@@ -102,7 +117,7 @@ func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]strin
 	}
 	err = nsenter.Do(path, func() error {
 		if err := writeSysctls(ns, write); err != nil {
-			_ = writeSysctls(ns, old) // what was written before the failure
+			_ = restoreSysctls(ns, old) // what was written before the failure
 			return err
 		}
 		return nil
