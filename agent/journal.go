@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -80,7 +81,10 @@ func (j *decisionJournal) load() ([]savedDecision, error) {
 	return ds, nil
 }
 
-// append adds decisions at the end and syncs the file.
+// append adds decisions at the end and syncs the file. A write that
+// fails part way (a full disk) is cut back off: left in place, its torn
+// line would be glued to the next append's first, a corrupt line in the
+// middle that the next start refuses.
 func (j *decisionJournal) append(ds []savedDecision) error {
 	if j.path == "" || len(ds) == 0 {
 		return nil
@@ -96,9 +100,13 @@ func (j *decisionJournal) append(ds []savedDecision) error {
 	if err != nil {
 		return fmt.Errorf("decisions journal: %w", err)
 	}
-	_, werr := f.Write(data)
+	end, werr := f.Seek(0, io.SeekEnd)
 	if werr == nil {
-		werr = f.Sync()
+		if _, werr = f.Write(data); werr == nil {
+			werr = f.Sync()
+		} else if terr := f.Truncate(end); terr != nil {
+			werr = fmt.Errorf("%w (and cutting the torn line off: %w)", werr, terr)
+		}
 	}
 	if err := errors.Join(werr, f.Close()); err != nil {
 		return fmt.Errorf("decisions journal: %w", err)

@@ -8,7 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsflow/nsflow/bpf"
+	"github.com/nsflow/nsflow/internal/testenv"
 )
 
 // TestDecisionJournal: a load sees every appended decision, the later
@@ -145,5 +148,47 @@ func TestDecisionJournalCompaction(t *testing.T) {
 	saved, err := newDecisionJournal(true, stateFile).load()
 	if err != nil || len(saved) != 10 {
 		t.Errorf("journal holds %d decisions (%v), want 10", len(saved), err)
+	}
+}
+
+// TestDecisionJournalFullDisk: an append that runs out of space part way
+// leaves no torn line behind: the next append starts a line of its own,
+// and the next start loads every whole decision.
+func TestDecisionJournalFullDisk(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=8k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	dec := func(id uint64) savedDecision {
+		return savedDecision{Key: bpf.FlowKey{NetnsCookie: 7, Ifindex: 2, Proto: 17, DstPort: uint16(id),
+			Src: netip.MustParseAddr("198.18.0.1"), Dst: netip.MustParseAddr("198.18.0.2")}, ID: id, Counted: true, Pair: pairKey{"a", "b", "udp"}}
+	}
+	state := filepath.Join(dir, "state.json")
+	j := newDecisionJournal(true, state)
+	if err := j.append([]savedDecision{dec(1)}); err != nil {
+		t.Fatal(err)
+	}
+	var many []savedDecision
+	for id := range uint64(200) { // far more than 8 KB
+		many = append(many, dec(100+id))
+	}
+	if err := j.append(many); err == nil {
+		t.Fatal("an append larger than the file system succeeded")
+	}
+	if err := j.append([]savedDecision{dec(2)}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := newDecisionJournal(true, state).load()
+	if err != nil {
+		t.Fatalf("load after a full disk: %v", err)
+	}
+	if len(ds) != 2 || ds[0].ID != 1 || ds[1].ID != 2 {
+		t.Errorf("loaded %d decisions %+v, want ids 1 and 2", len(ds), ds)
 	}
 }
