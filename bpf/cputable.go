@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -14,11 +15,39 @@ type cpuTable[T any] struct {
 	m    *ebpf.Map
 	n    uint32 // entries per CPU
 	cpus uint32
+	// mem is the table mapped into memory (the maps are mmapable), where
+	// that worked: get reads it without a system call per CPU.
+	mem *ebpf.Memory
 }
 
-// get returns entry i of every CPU.
+// mapped returns t reading its entries from memory where the kernel lets
+// the map be mapped, else t as it is.
+func (t cpuTable[T]) mapped() cpuTable[T] {
+	if mem, err := t.m.Memory(); err == nil {
+		t.mem = mem
+	}
+	return t
+}
+
+// get returns entry i of every CPU. From memory it costs no system call,
+// so that a reader that must see no write-back between two reads of a
+// record (rereadFlow) has a window as short as the two reads, whatever
+// the number of CPUs.
 func (t cpuTable[T]) get(i uint32) ([]T, error) {
 	vs := make([]T, t.cpus)
+	if t.mem != nil {
+		size := (binary.Size(vs[0]) + 7) &^ 7 // an array's elements are 8-byte aligned
+		buf := make([]byte, size)
+		for c := range t.cpus {
+			if _, err := t.mem.ReadAt(buf, int64(c*t.n+i)*int64(size)); err != nil {
+				return nil, err
+			}
+			if _, err := binary.Decode(buf, binary.NativeEndian, &vs[c]); err != nil {
+				return nil, err
+			}
+		}
+		return vs, nil
+	}
 	for c := range t.cpus {
 		if err := t.m.Lookup(c*t.n+i, &vs[c]); err != nil {
 			return nil, err

@@ -189,8 +189,8 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("bpf: %w", err)
 		}
 	}
-	d.portSlots = cpuTable[nsflowPortSlot]{d.objs.NsflowPortSlots, portSlots, uint32(cpus)}
-	d.flowCache = cpuTable[nsflowFlowCacheEntry]{d.objs.NsflowFlowCache, flowCacheSize, uint32(cpus)}
+	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}
+	d.flowCache = cpuTable[nsflowFlowCacheEntry]{m: d.objs.NsflowFlowCache, n: flowCacheSize, cpus: uint32(cpus)}.mapped()
 	if flowsReplaced {
 		if err := d.bumpGenIf(false); err != nil {
 			d.objs.Close()
