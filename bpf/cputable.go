@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // cpuTable is one of nsflow.c's per-CPU tables: a plain BPF array laid out
@@ -17,16 +19,45 @@ type cpuTable[T any] struct {
 	cpus uint32
 	// mem is the table mapped into memory (the maps are mmapable), where
 	// that worked: get reads it without a system call per CPU.
-	mem *ebpf.Memory
+	mem *mapping
+}
+
+// mapping is a read-only shared mapping of a map's values, which Close
+// unmaps: a mapping holds its map, which would outlive Close otherwise.
+type mapping struct {
+	mu sync.RWMutex
+	b  []byte // nil once unmapped
 }
 
 // mapped returns t reading its entries from memory where the kernel lets
 // the map be mapped, else t as it is.
 func (t cpuTable[T]) mapped() cpuTable[T] {
-	if mem, err := t.m.Memory(); err == nil {
-		t.mem = mem
+	size := int(t.n*t.cpus) * t.stride()
+	if b, err := unix.Mmap(t.m.FD(), 0, size, unix.PROT_READ, unix.MAP_SHARED); err == nil {
+		t.mem = &mapping{b: b}
 	}
 	return t
+}
+
+// stride is an entry's size in the array: values are 8-byte aligned.
+func (t cpuTable[T]) stride() int {
+	var v T
+	return (binary.Size(v) + 7) &^ 7
+}
+
+// unmap releases the mapping; get then reads through the map.
+func (t cpuTable[T]) unmap() error {
+	if t.mem == nil {
+		return nil
+	}
+	t.mem.mu.Lock()
+	defer t.mem.mu.Unlock()
+	if t.mem.b == nil {
+		return nil
+	}
+	err := unix.Munmap(t.mem.b)
+	t.mem.b = nil
+	return err
 }
 
 // get returns entry i of every CPU. From memory it costs no system call,
@@ -36,17 +67,18 @@ func (t cpuTable[T]) mapped() cpuTable[T] {
 func (t cpuTable[T]) get(i uint32) ([]T, error) {
 	vs := make([]T, t.cpus)
 	if t.mem != nil {
-		size := (binary.Size(vs[0]) + 7) &^ 7 // an array's elements are 8-byte aligned
-		buf := make([]byte, size)
-		for c := range t.cpus {
-			if _, err := t.mem.ReadAt(buf, int64(c*t.n+i)*int64(size)); err != nil {
-				return nil, err
+		t.mem.mu.RLock()
+		defer t.mem.mu.RUnlock()
+		if b := t.mem.b; b != nil {
+			size := t.stride()
+			for c := range t.cpus {
+				off := int(c*t.n+i) * size
+				if _, err := binary.Decode(b[off:off+size], binary.NativeEndian, &vs[c]); err != nil {
+					return nil, err
+				}
 			}
-			if _, err := binary.Decode(buf, binary.NativeEndian, &vs[c]); err != nil {
-				return nil, err
-			}
+			return vs, nil
 		}
-		return vs, nil
 	}
 	for c := range t.cpus {
 		if err := t.m.Lookup(c*t.n+i, &vs[c]); err != nil {

@@ -63,13 +63,17 @@ type Datapath struct {
 	// deadMu serializes finding and removing a dead run's tc filters with
 	// attaching, which may put our filter in their place (same handle)
 	// between a sweep's listing and its delete.
-	deadMu   sync.Mutex
-	slotMu   sync.Mutex // serializes claiming and freeing port slots
-	genMu    sync.Mutex // serializes bumping the deletion generation
-	genOwed  bool       // a bump failed (under genMu)
-	mu       sync.Mutex
-	attached map[*Attachment]struct{}
-	closed   bool
+	deadMu sync.Mutex
+	slotMu sync.Mutex // serializes claiming and freeing port slots
+	// slotUsers counts, per port, its attachments and the attaches in
+	// flight (under slotMu): a failed attach frees the slot it claimed
+	// only when no other attach of the port uses it.
+	slotUsers map[PortKey]int
+	genMu     sync.Mutex // serializes bumping the deletion generation
+	genOwed   bool       // a bump failed (under genMu)
+	mu        sync.Mutex
+	attached  map[*Attachment]struct{}
+	closed    bool
 }
 
 // mapNames are the maps nsflow.c defines, which are also the pin names.
@@ -136,7 +140,8 @@ func Load(opts Options) (*Datapath, error) {
 		copts.Maps.PinPath = opts.PinPath
 	}
 
-	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{}}
+	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
+		slotUsers: map[PortKey]int{}}
 	if d.clock, err = newJiffyClock(); err != nil {
 		return nil, err
 	}
@@ -193,6 +198,7 @@ func Load(opts Options) (*Datapath, error) {
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{m: d.objs.NsflowFlowCache, n: flowCacheSize, cpus: uint32(cpus)}.mapped()
 	if flowsReplaced {
 		if err := d.bumpGenIf(false); err != nil {
+			d.flowCache.unmap()
 			d.objs.Close()
 			d.clock.Close()
 			return nil, err
@@ -344,6 +350,9 @@ func (d *Datapath) Close() error {
 		if err := a.Detach(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := d.flowCache.unmap(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, err)
