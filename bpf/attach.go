@@ -89,8 +89,8 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 		if err != nil {
 			return err
 		}
-		if err = a.attachProgs(); err != nil && claimed {
-			_ = d.freeSlot(a.Key())
+		if err = a.attachProgs(); err != nil {
+			_ = d.releaseSlot(a.Key(), claimed)
 		}
 		return err
 	})
@@ -101,8 +101,9 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 	defer d.mu.Unlock()
 	if d.closed {
 		// Close ran meanwhile and did not see this attachment.
-		_ = a.detach()
-		return nil, errors.New("bpf: attach: datapath is closed")
+		err := a.detach()
+		d.dropSlotUser(a.Key())
+		return nil, errors.Join(errors.New("bpf: attach: datapath is closed"), err)
 	}
 	d.attached[a] = struct{}{}
 	return a, nil
@@ -274,6 +275,7 @@ func (a *Attachment) Detach() error {
 	a.d.mu.Lock()
 	delete(a.d.attached, a)
 	a.d.mu.Unlock()
+	a.d.dropSlotUser(a.Key())
 	return nil
 }
 

@@ -436,3 +436,58 @@ func TestDetachRetried(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedAttachKeepsOthersSlot: two attaches of one port race. The
+// first claims the slot, the second finds it its port's and attaches; the
+// first then fails (the programs are there already). Its failure must not
+// free the slot the second counts in: the slot keeps its tag, and the
+// second's packets are counted there, not in the hash map.
+func TestFailedAttachKeepsOthersSlot(t *testing.T) {
+	d := loadForTest(t, Options{})
+	a, b := newTestNS(t), newTestNS(t)
+	ea, eb := vethPair(t, a, b, 13)
+	cookie, err := NetnsCookie(a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := PortKey{NetnsCookie: cookie, Ifindex: uint32(indexIn(t, a, ea.Ifname))}
+
+	first, err := d.claimSlot(k)
+	if err != nil || !first {
+		t.Fatalf("the first claim: %v, %v; want the free slot claimed", first, err)
+	}
+	att, err := d.Attach(a.Path, ea.Ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Attach(a.Path, ea.Ifname); err == nil {
+		t.Fatal("a second attach of the same port succeeded")
+	}
+	if err := d.releaseSlot(k, first); err != nil { // the first attach failed
+		t.Fatal(err)
+	}
+	const sent = 20
+	if got := sendUDP(t, ea, eb, 4013, sent); got != sent {
+		t.Fatalf("received %d of %d", got, sent)
+	}
+	slots, err := d.portSlots.get(portSlotIndex(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s PortStats
+	for i := range slots {
+		if tag, _ := slots[i].tag(); tag != k {
+			t.Fatalf("CPU %d's slot is tagged %+v, want %+v", i, tag, k)
+		}
+		s.addSlot(&slots[i])
+	}
+	if got := s.Get(Egress, IPv4, UDP).Packets; got != sent {
+		t.Errorf("the slot counted %d UDP packets sent, want %d", got, sent)
+	}
+	if err := att.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.slotUsers); n != 0 {
+		t.Errorf("slot users left after every attach ended: %v", d.slotUsers)
+	}
+}

@@ -176,9 +176,18 @@ func portSlotIndex(k PortKey) uint32 {
 // cannot change meanwhile. Claim before the program runs on the port:
 // writing the tags also writes zero counters, over any packet a line
 // counted between its tag and its counters being written.
+//
+// Every claimSlot is undone by releaseSlot if the attach fails, or by
+// dropSlotUser once the attachment is detached.
 func (d *Datapath) claimSlot(k PortKey) (claimed bool, err error) {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
+	d.slotUsers[k]++
+	defer func() {
+		if err != nil {
+			d.dropSlotUserLocked(k)
+		}
+	}()
 	idx := portSlotIndex(k)
 	vs, err := d.portSlots.get(idx)
 	if err != nil {
@@ -275,10 +284,42 @@ func (d *Datapath) DeletePort(k PortKey) error {
 	return d.freeSlot(k)
 }
 
+// releaseSlot undoes the claimSlot of an attach that failed. The slot is
+// freed if that attach claimed it and no other attach of the port uses it:
+// another Attach of the same port may have succeeded meanwhile, and
+// counts there.
+func (d *Datapath) releaseSlot(k PortKey, claimed bool) error {
+	d.slotMu.Lock()
+	defer d.slotMu.Unlock()
+	d.dropSlotUserLocked(k)
+	if !claimed || d.slotUsers[k] > 0 {
+		return nil
+	}
+	return d.freeSlotLocked(k)
+}
+
+// dropSlotUser undoes the claimSlot of an attachment that was detached;
+// the slot and its counts stay until DeletePort.
+func (d *Datapath) dropSlotUser(k PortKey) {
+	d.slotMu.Lock()
+	defer d.slotMu.Unlock()
+	d.dropSlotUserLocked(k)
+}
+
+func (d *Datapath) dropSlotUserLocked(k PortKey) {
+	if d.slotUsers[k]--; d.slotUsers[k] <= 0 {
+		delete(d.slotUsers, k)
+	}
+}
+
 // freeSlot clears the port's slot if the port holds it.
 func (d *Datapath) freeSlot(k PortKey) error {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
+	return d.freeSlotLocked(k)
+}
+
+func (d *Datapath) freeSlotLocked(k PortKey) error {
 	idx := portSlotIndex(k)
 	slots, err := d.portSlots.get(idx)
 	if err != nil {
