@@ -703,3 +703,21 @@ func TestMonitorRetriesStale(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchUnmountedName: a name unmounted in place (its file left, so no
+// inotify event) is noticed with the mount table's change, not at the
+// next full scan.
+func TestWatchUnmountedName(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := startWatch(t, WatchConfig{Interval: time.Minute})
+	c.wait(t, "synced", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Synced })
+	name := testenv.Name("dsu")
+	addNetns(t, name)
+	file := "/run/netns/" + name
+	ino := inodeOf(t, file)
+	c.wait(t, "add", 2*time.Second, func(e NetnsEvent) bool { return e.Type == Added && e.Namespace.Inode == ino })
+	if err := unix.Unmount(file, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(t, "remove", 3*time.Second, func(e NetnsEvent) bool { return e.Type == Removed && e.Namespace.Inode == ino })
+}

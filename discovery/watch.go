@@ -146,6 +146,9 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 			}
 			goto wait
 		case <-mounted:
+			// An unmount, or a mount over a name already there, raises
+			// no inotify event: every name is looked at again.
+			w.cache.all = true
 			if !retrySoon {
 				retry.Reset(notifyDebounce)
 				retrySoon = true
