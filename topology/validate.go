@@ -501,6 +501,9 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 		v.add(path, "default route via dev %q only: the interface has no address to tell IPv4 from IPv6; add via", r.Dev)
 		ok = false
 	}
+	if ok && r.Dev != "" && ((to.IsValid() && to.Addr().Is6()) || (via.IsValid() && via.Is6())) {
+		ok = v.ipv6Dev(path+".dev", ns, r.Dev)
+	}
 	if ok && to.IsValid() {
 		if a := v.connected(ns, to, ""); a != nil && (via.IsValid() || v.connected(ns, to, r.Dev) == nil) {
 			v.add(path+".to", "%s is the subnet of interface %q (%s), which the kernel routes itself: declare it with dev %s and no via, or leave it out",
@@ -509,6 +512,34 @@ func (v *validator) route(path, ns string, r Route) (to netip.Prefix, via netip.
 		}
 	}
 	return to, via, ok
+}
+
+// ipv6Dev reports whether an IPv6 route can go through interface dev of
+// namespace ns: not where the file's sysctls disable IPv6, nor on a link
+// whose MTU is below IPv6's minimum, where the kernel gives the device no
+// IPv6 at all (it would refuse the route only once everything is built).
+func (v *validator) ipv6Dev(path, ns, dev string) bool {
+	if i, declared := v.namespaces[ns]; declared && IfaceSysctl(v.s.Namespaces[i].Sysctls, "net.ipv6.conf.", ".disable_ipv6", dev) == "1" {
+		v.add(path, "an IPv6 route through %s, and namespaces[%d].sysctls disable IPv6 on it", dev, i)
+		return false
+	}
+	for i, l := range v.s.Links {
+		for _, e := range l.Endpoints {
+			if e.Bridge == "" && e.Namespace == ns && e.Interface == dev && l.MTU >= minMTU && l.MTU < minMTU6 {
+				v.add(path, "an IPv6 route through %s, whose MTU (links[%d].mtu: %d) is below %d, the minimum for IPv6: the kernel gives it no IPv6",
+					dev, i, l.MTU, minMTU6)
+				return false
+			}
+		}
+	}
+	for i, b := range v.s.Bridges {
+		if v.s.BridgeNamespace(b.Name) == ns && b.Name == dev && b.MTU >= minMTU && b.MTU < minMTU6 {
+			v.add(path, "an IPv6 route through %s, whose MTU (bridges[%d].mtu: %d) is below %d, the minimum for IPv6: the kernel gives it no IPv6",
+				dev, i, b.MTU, minMTU6)
+			return false
+		}
+	}
+	return true
 }
 
 // connected returns an IPv4 address in namespace ns, on interface dev

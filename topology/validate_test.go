@@ -230,6 +230,23 @@ namespaces: [{name: a}]
 bridges: [{name: br0, addresses: ["fd00::1/64"]}]
 links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0}, {bridge: br0, interface: p0}]}]`,
 			[]string{`links[0].mtu: 1200 is below 1280, the minimum for IPv6, and bridge "br0" (bridges[0].addresses[0] is IPv6) takes its ports' smallest MTU: give the bridge an mtu`}},
+		{"IPv6 route through a link too small for IPv6", `
+name: t
+namespaces:
+  - name: a
+    routes: [{to: "fd00:9::/64", via: "fe80::2", dev: e0}]
+  - name: b
+links: [{mtu: 1200, endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: [198.18.9.2/30]}]}]`,
+			[]string{`namespaces[0].routes[0].dev: an IPv6 route through e0, whose MTU (links[0].mtu: 1200) is below 1280, the minimum for IPv6: the kernel gives it no IPv6`}},
+		{"IPv6 route through an interface with IPv6 disabled", `
+name: t
+namespaces:
+  - name: a
+    sysctls: {net.ipv6.conf.all.disable_ipv6: "1"}
+    routes: [{to: "fd00:9::/64", dev: e0}]
+  - name: b
+links: [{endpoints: [{namespace: a, interface: e0, addresses: [198.18.9.1/30]}, {namespace: b, interface: e0, addresses: [198.18.9.2/30]}]}]`,
+			[]string{`namespaces[0].routes[0].dev: an IPv6 route through e0, and namespaces[0].sysctls disable IPv6 on it`}},
 		{"route via link-local gateway without dev", `
 name: t
 namespaces:
