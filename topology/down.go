@@ -89,8 +89,10 @@ func Down(ctx context.Context, s *Spec, opts Options) (*DownResult, error) {
 	err = parallel(ctx, len(plan.Namespaces), opts.workers(), "checking namespaces", opts.Progress, func(i int) error {
 		name := plan.Namespaces[i]
 		path := s.NetnsPath(name)
-		if err := removeLeftoverNetns(path); err != nil {
-			return err
+		if rec.hasNamespace(name) {
+			if err := removeLeftoverNetns(path); err != nil {
+				return err
+			}
 		}
 		c, err := openIfPresent(name, path)
 		if c == nil {

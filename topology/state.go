@@ -49,6 +49,15 @@ func readState(name string) (*stateRecord, error) {
 	return &r, nil
 }
 
+// hasNamespace reports whether the record lists namespace name: only
+// then can an empty file of that name be a leftover of this topology's
+// (an up records what it may create before creating it). Another's, such
+// as `ip netns add` between creating its file and mounting on it, is
+// left alone.
+func (r *stateRecord) hasNamespace(name string) bool {
+	return r != nil && slices.Contains(r.Namespaces, name)
+}
+
 // writeState replaces the record atomically (temp file, then rename).
 func writeState(r *stateRecord) error {
 	if err := os.MkdirAll(StateDir, 0o755); err != nil {

@@ -275,11 +275,17 @@ func (b *builder) preflight(ctx context.Context) error {
 			}
 		}
 	}
+	rec, err := readState(b.s.Name)
+	if err != nil {
+		return err
+	}
 	var existing []string
 	for _, n := range b.s.Namespaces {
 		path := b.s.NetnsPath(n.Name)
-		if err := removeLeftoverNetns(path); err != nil {
-			return err
+		if rec.hasNamespace(n.Name) {
+			if err := removeLeftoverNetns(path); err != nil {
+				return err
+			}
 		}
 		if _, err := os.Lstat(path); err == nil {
 			existing = append(existing, n.Name)
