@@ -103,9 +103,28 @@ func ownProgram(id ebpf.ProgramID, own []string) (string, bool) {
 	return info.Name, slices.Contains(own, info.Tag)
 }
 
-// ownTags are the kernel's tags of this build's programs, from a load of
-// them that is closed at once.
-var ownTags = sync.OnceValues(func() ([]string, error) {
+// ownTags returns the kernel's tags of this build's programs, from a
+// load of them that is closed at once. They are kept once known; a
+// failure (a transient EPERM, say) is tried again at the next call.
+func ownTags() ([]string, error) {
+	ownTagsMu.Lock()
+	defer ownTagsMu.Unlock()
+	if ownTagsKnown != nil {
+		return ownTagsKnown, nil
+	}
+	tags, err := loadOwnTags()
+	if err == nil {
+		ownTagsKnown = tags
+	}
+	return tags, err
+}
+
+var (
+	ownTagsMu    sync.Mutex
+	ownTagsKnown []string
+)
+
+func loadOwnTags() ([]string, error) {
 	d, err := Load(Options{MaxFlows: 64, MaxPorts: 64})
 	if err != nil {
 		return nil, fmt.Errorf("load nsflow's programs to know them: %w", err)
@@ -120,4 +139,4 @@ var ownTags = sync.OnceValues(func() ([]string, error) {
 		tags = append(tags, info.Tag)
 	}
 	return tags, nil
-})
+}
