@@ -93,7 +93,8 @@ func (b *flowBook) walkedLocked() {
 
 // persistLocked saves what a scrape is about to show: new port slots in
 // the state file, new decisions in the journal, which it compacts when
-// entries of evicted records have piled up.
+// entries of evicted records have piled up. A failed compaction loses
+// nothing (the journal has every decision): it is a *compactError.
 func (b *flowBook) persistLocked() error {
 	if b.slotsDirty {
 		if err := b.st.save(); err != nil {
@@ -117,8 +118,18 @@ func (b *flowBook) persistLocked() error {
 	for _, r := range b.restored {
 		ds = append(ds, r)
 	}
-	return b.journal.rewrite(ds)
+	if err := b.journal.rewrite(ds); err != nil {
+		return &compactError{err}
+	}
+	return nil
 }
+
+// compactError is a journal compaction that failed, after everything
+// was saved.
+type compactError struct{ err error }
+
+func (e *compactError) Error() string { return "compact: " + e.err.Error() }
+func (e *compactError) Unwrap() error { return e.err }
 
 // portBucket returns the destination-port label of a record: its port
 // when the pair has (or gets) a slot for it, "other" when the pair's slots

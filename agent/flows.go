@@ -2,6 +2,8 @@ package agent
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -143,8 +145,14 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 		return nil, err
 	}
 	b.walkedLocked()
-	if err := b.persistLocked(); err != nil {
-		a.log.Error("save new decisions and port slots", "err", err)
+	// What a scrape shows is saved first, or a restart could count it
+	// toward other series: unsaved, the flow metrics are withheld (their
+	// collectors report failure) and the next scrape tries again.
+	var cerr *compactError
+	if err := b.persistLocked(); errors.As(err, &cerr) {
+		a.log.Warn("compact the decisions journal", "err", err)
+	} else if err != nil {
+		return nil, fmt.Errorf("save new decisions and port slots: %w", err)
 	}
 	overflow, err := a.dp.FlowOverflow()
 	if err != nil {

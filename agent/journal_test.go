@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/testenv"
+	"github.com/nsflow/nsflow/internal/topotest"
 )
 
 // TestDecisionJournal: a load sees every appended decision, the later
@@ -190,5 +192,46 @@ func TestDecisionJournalFullDisk(t *testing.T) {
 	}
 	if len(ds) != 2 || ds[0].ID != 1 || ds[1].ID != 2 {
 		t.Errorf("loaded %d decisions %+v, want ids 1 and 2", len(ds), ds)
+	}
+}
+
+// TestUnsavedDecisionsWithheld: the attribution of a record is saved
+// before a scrape first shows its counts. When it cannot be saved (here
+// the journal's path is a directory), the flow collectors fail rather
+// than show counts a restart could count elsewhere; once it can, the
+// counts appear, whole.
+func TestUnsavedDecisionsWithheld(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("aj")
+	s := topotest.Up(t, parseSpec(t, `
+name: journal
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.47.1/30]}, {namespace: b, interface: eth0, addresses: [198.18.47.2/30]}]
+`), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state})
+	waitReady(t, r)
+	journal := state + ".decisions"
+	if err := os.Remove(journal); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(journal, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	sendUDP(t, s, p+"a", p+"b", netip.MustParseAddrPort("198.18.47.2:5402"), n, 100)
+	series := fmt.Sprintf(`nsflow_netns_flow_packets_total{dst_netns=%q,protocol="udp",src_netns=%q} %d`, p+"b", p+"a", n)
+	text := scrape(t, r.url)
+	if !strings.Contains(text, `nsflow_scrape_collector_success{collector="netns_flow"} 0`) || strings.Contains(text, "nsflow_netns_flow_packets_total{") {
+		t.Errorf("with the journal unwritable, want the flow collector failed and no pair series:\n%s",
+			grepLines(text, "nsflow_"))
+	}
+	if err := os.Remove(journal); err != nil {
+		t.Fatal(err)
+	}
+	text = scrape(t, r.url)
+	if !strings.Contains(text, `nsflow_scrape_collector_success{collector="netns_flow"} 1`) || !strings.Contains(text, series) {
+		t.Errorf("with the journal writable again, want %s:\n%s", series, grepLines(text, "netns_flow"))
 	}
 }
