@@ -13,7 +13,7 @@ func newBuildInfoCollector() Collector {
 	desc := prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "build_info"),
 		"The nsflow build: version, VCS revision and Go version. Value is always 1.",
 		[]string{"version", "revision", "goversion"}, nil)
-	return &buildInfoCollector{metric: prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, 1,
+	return &buildInfoCollector{metric: constMetric(desc, prometheus.GaugeValue, 1,
 		v.Version, v.Revision, v.GoVersion)}
 }
 

@@ -6,9 +6,12 @@ package collector
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -71,7 +74,7 @@ func (s *Set) Collect(ch chan<- prometheus.Metric) {
 
 func (s *Set) run(name string, c Collector, ch chan<- prometheus.Metric) {
 	start := time.Now()
-	err := c.Update(ch)
+	err := update(c, ch)
 	success := 1.0
 	switch {
 	case errors.Is(err, ErrNoData):
@@ -81,6 +84,49 @@ func (s *Set) run(name string, c Collector, ch chan<- prometheus.Metric) {
 		success = 0
 		s.logger.Error("collector failed", "collector", name, "err", err)
 	}
-	ch <- prometheus.MustNewConstMetric(scrapeDurationDesc, prometheus.GaugeValue, time.Since(start).Seconds(), name)
-	ch <- prometheus.MustNewConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, name)
+	ch <- constMetric(scrapeDurationDesc, prometheus.GaugeValue, time.Since(start).Seconds(), name)
+	ch <- constMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, name)
+}
+
+// update runs c.Update; a panic in it (a bug) fails this collector's
+// scrape instead of killing the process, which runs it on a goroutine of
+// its own where nothing else could recover it.
+func update(c Collector, ch chan<- prometheus.Metric) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return c.Update(ch)
+}
+
+// constMetric is prometheus.MustNewConstMetric for label values taken
+// from the host: names of namespaces and interfaces, process names and
+// paths, which need not be UTF-8 (any process can write bytes to its
+// comm). A value that is not UTF-8 is shown with each invalid byte as
+// \xNN, which client_golang would otherwise refuse with a panic.
+func constMetric(desc *prometheus.Desc, typ prometheus.ValueType, v float64, labels ...string) prometheus.Metric {
+	for i, l := range labels {
+		labels[i] = LabelValue(l)
+	}
+	return prometheus.MustNewConstMetric(desc, typ, v, labels...)
+}
+
+// LabelValue returns s if it is valid UTF-8, else s with each invalid
+// byte written as \xNN.
+func LabelValue(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		} else {
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }

@@ -137,3 +137,60 @@ func TestSetLogsNoDataAtDebug(t *testing.T) {
 		})
 	}
 }
+
+// hostBytesSource reports names as the host may have them: not UTF-8
+// (a process's comm is whatever bytes it wrote there).
+type hostBytesSource struct{ staticSource }
+
+func (hostBytesSource) Ports() ([]PortSample, error) {
+	return []PortSample{{Netns: "n\xff", Interface: "e\xfe0", Family: "ipv4", ReceivePackets: 1}}, nil
+}
+
+func (hostBytesSource) Namespaces() []NetnsInfo {
+	return []NetnsInfo{{Netns: "n\xff", Inode: "4026532001", Path: "/run/netns/n\xff", Pids: "7", Comm: "x\xff\xfey"}}
+}
+
+// Label values that are not UTF-8 are escaped, not a panic that would
+// kill the agent; valid ones are left as they are.
+func TestLabelValuesNotUTF8(t *testing.T) {
+	reg := NewRegistry(slog.New(slog.DiscardHandler), hostBytesSource{}, Options{})
+	var out bytes.Buffer
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				fmt.Fprintf(&out, "%s=%s\n", l.GetName(), l.GetValue())
+			}
+		}
+	}
+	for _, want := range []string{`netns=n\xff`, `interface=e\xfe0`, `comm=x\xff\xfey`, `path=/run/netns/n\xff`, `collector=interface`} {
+		if !strings.Contains(out.String(), want+"\n") {
+			t.Errorf("no label %s in:\n%s", want, out.String())
+		}
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"veth0", "veth0"}, {"ünïcode", "ünïcode"}, {"a\xffb", `a\xffb`}, {"\xe2\x82", `\xe2\x82`}, {"", ""},
+	} {
+		if got := LabelValue(tc.in); got != tc.want {
+			t.Errorf("LabelValue(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// A collector that panics fails its own scrape, not the process.
+func TestCollectorPanic(t *testing.T) {
+	set := NewSet(slog.New(slog.DiscardHandler), []string{"x"}, map[string]Collector{"x": panicking{}})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(set)
+	want := "# HELP nsflow_scrape_collector_success Whether a collector succeeded (1) or failed (0) in this scrape.\n# TYPE nsflow_scrape_collector_success gauge\nnsflow_scrape_collector_success{collector=\"x\"} 0\n"
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "nsflow_scrape_collector_success"); err != nil {
+		t.Error(err)
+	}
+}
+
+type panicking struct{}
+
+func (panicking) Update(chan<- prometheus.Metric) error { panic("bug") }

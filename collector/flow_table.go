@@ -27,9 +27,9 @@ func (c *flowTableCollector) Update(ch chan<- prometheus.Metric) error {
 		return err
 	}
 	t := s.Table
-	ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(t.Entries))
-	ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(t.Capacity))
-	ch <- prometheus.MustNewConstMetric(c.evictions, prometheus.CounterValue, float64(t.Evictions))
-	ch <- prometheus.MustNewConstMetric(c.overflow, prometheus.CounterValue, float64(t.OverflowPackets))
+	ch <- constMetric(c.entries, prometheus.GaugeValue, float64(t.Entries))
+	ch <- constMetric(c.capacity, prometheus.GaugeValue, float64(t.Capacity))
+	ch <- constMetric(c.evictions, prometheus.CounterValue, float64(t.Evictions))
+	ch <- constMetric(c.overflow, prometheus.CounterValue, float64(t.OverflowPackets))
 	return nil
 }

@@ -27,10 +27,10 @@ func (c *interfaceCollector) Update(ch chan<- prometheus.Metric) error {
 	ports, err := c.src.Ports()
 	for _, p := range ports {
 		l := []string{p.Netns, p.Interface, p.Family}
-		ch <- prometheus.MustNewConstMetric(c.rxBytes, prometheus.CounterValue, float64(p.ReceiveBytes), l...)
-		ch <- prometheus.MustNewConstMetric(c.txBytes, prometheus.CounterValue, float64(p.TransmitBytes), l...)
-		ch <- prometheus.MustNewConstMetric(c.rxPkts, prometheus.CounterValue, float64(p.ReceivePackets), l...)
-		ch <- prometheus.MustNewConstMetric(c.txPkts, prometheus.CounterValue, float64(p.TransmitPackets), l...)
+		ch <- constMetric(c.rxBytes, prometheus.CounterValue, float64(p.ReceiveBytes), l...)
+		ch <- constMetric(c.txBytes, prometheus.CounterValue, float64(p.TransmitBytes), l...)
+		ch <- constMetric(c.rxPkts, prometheus.CounterValue, float64(p.ReceivePackets), l...)
+		ch <- constMetric(c.txPkts, prometheus.CounterValue, float64(p.TransmitPackets), l...)
 	}
 	return err
 }

@@ -28,7 +28,7 @@ func newIsolationCollector(f ViolationsFunc) Collector {
 func (c *isolationCollector) Update(ch chan<- prometheus.Metric) error {
 	vs, err := c.violations()
 	for _, v := range vs {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v.Packets), v.Src, v.Dst)
+		ch <- constMetric(c.desc, prometheus.CounterValue, float64(v.Packets), v.Src, v.Dst)
 	}
 	return err
 }

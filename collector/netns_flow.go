@@ -30,12 +30,12 @@ func (c *netnsFlowCollector) Update(ch chan<- prometheus.Metric) error {
 		return err
 	}
 	for _, p := range s.Pairs {
-		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(p.Bytes), p.Src, p.Dst, p.Protocol)
-		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(p.Packets), p.Src, p.Dst, p.Protocol)
+		ch <- constMetric(c.bytes, prometheus.CounterValue, float64(p.Bytes), p.Src, p.Dst, p.Protocol)
+		ch <- constMetric(c.packets, prometheus.CounterValue, float64(p.Packets), p.Src, p.Dst, p.Protocol)
 	}
 	for _, p := range s.PortPairs {
-		ch <- prometheus.MustNewConstMetric(c.portBytes, prometheus.CounterValue, float64(p.Bytes), p.Src, p.Dst, p.Protocol, p.Port)
-		ch <- prometheus.MustNewConstMetric(c.portPkts, prometheus.CounterValue, float64(p.Packets), p.Src, p.Dst, p.Protocol, p.Port)
+		ch <- constMetric(c.portBytes, prometheus.CounterValue, float64(p.Bytes), p.Src, p.Dst, p.Protocol, p.Port)
+		ch <- constMetric(c.portPkts, prometheus.CounterValue, float64(p.Packets), p.Src, p.Dst, p.Protocol, p.Port)
 	}
 	return nil
 }

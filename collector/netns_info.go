@@ -18,7 +18,7 @@ func newNetnsInfoCollector(src Source) Collector {
 
 func (c *netnsInfoCollector) Update(ch chan<- prometheus.Metric) error {
 	for _, n := range c.src.Namespaces() {
-		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, n.Netns, n.Inode, n.Path, n.Pids, n.Comm)
+		ch <- constMetric(c.info, prometheus.GaugeValue, 1, n.Netns, n.Inode, n.Path, n.Pids, n.Comm)
 	}
 	return nil
 }

@@ -37,11 +37,11 @@ func (c *selfCollector) Update(ch chan<- prometheus.Metric) error {
 		}
 	}
 	for _, m := range modes {
-		ch <- prometheus.MustNewConstMetric(c.attached, prometheus.GaugeValue, float64(s.AttachedPrograms[m]), m)
+		ch <- constMetric(c.attached, prometheus.GaugeValue, float64(s.AttachedPrograms[m]), m)
 	}
-	ch <- prometheus.MustNewConstMetric(c.attachErrors, prometheus.CounterValue, float64(s.AttachErrors))
+	ch <- constMetric(c.attachErrors, prometheus.CounterValue, float64(s.AttachErrors))
 	for k, v := range s.DiscoveryEvents {
-		ch <- prometheus.MustNewConstMetric(c.discovery, prometheus.CounterValue, float64(v), k.Object, k.Event)
+		ch <- constMetric(c.discovery, prometheus.CounterValue, float64(v), k.Object, k.Event)
 	}
 	return nil
 }

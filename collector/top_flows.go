@@ -22,7 +22,7 @@ func (c *topFlowsCollector) Update(ch chan<- prometheus.Metric) error {
 		return err
 	}
 	for _, f := range s.Top {
-		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(f.Bytes),
+		ch <- constMetric(c.bytes, prometheus.CounterValue, float64(f.Bytes),
 			f.Src, f.Dst, f.Protocol, f.SrcAddr, f.DstAddr, f.SrcPort, f.DstPort)
 	}
 	return nil
