@@ -112,6 +112,7 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 	inflight := b.inflightLocked()
 	err := a.dp.Flows(func(k bpf.FlowKey, s bpf.FlowStats) bool {
 		entries++
+		recordBytes := s.Bytes // the top flows show the record whole
 		var d *decision
 		if i, ok := inflight[k]; ok && b.st.Inflight[i].sameRecord(s) {
 			f := b.st.Inflight[i]
@@ -137,7 +138,9 @@ func (a *Agent) summarize() (*collector.FlowSummary, error) {
 		pc.add(s.Packets, s.Bytes)
 		ports[pk] = pc
 		if a.cfg.TopFlows > 0 {
-			topBytes[topKeyOf(k, d)] += s.Bytes
+			// The record's own bytes, not what it gained since a fold
+			// whose delete failed: its series must not drop to that.
+			topBytes[topKeyOf(k, d)] += recordBytes
 		}
 		return true
 	})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -170,17 +171,37 @@ func TestFailedDeleteCountsOnce(t *testing.T) {
 		}
 	}
 
+	// The flow's top-flows series shows its record whole: it must not
+	// drop to what the record gained since the fold.
+	topBytes := func() float64 {
+		for _, l := range strings.Split(scrape(t, r.url), "\n") {
+			if strings.HasPrefix(l, "nsflow_top_flow_bytes_total{") && strings.Contains(l, `src_port="40001"`) {
+				f := strings.Fields(l)
+				v, err := strconv.ParseFloat(f[len(f)-1], 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+		}
+		return -1
+	}
+
 	const n1, n2 = 200, 50
 	flow.send(t, n1)
 	waitFor("failed eviction", func() bool { return failed.Load() >= 1 })
 	if v := value(); v != fmt.Sprint(n1) {
 		t.Errorf("after the failed delete: %s%s, want %d", series, v, n1)
 	}
+	top1 := topBytes()
 	flow.send(t, n2)
 	at := failed.Load()
 	waitFor("two more failed attempts", func() bool { return failed.Load() >= at+2 })
 	if v := value(); v != fmt.Sprint(n1+n2) {
 		t.Errorf("after more traffic and failed attempts to finish the eviction: %s%s, want %d", series, v, n1+n2)
+	}
+	if top2 := topBytes(); top1 <= 0 || top2 <= top1 {
+		t.Errorf("the flow's top-flows bytes went from %v to %v after %d more packets, want a rise", top1, top2, n2)
 	}
 
 	r.a.mu.Lock()
