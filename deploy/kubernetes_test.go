@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,6 +59,8 @@ type serviceMonitor struct {
 			Relabelings   []struct {
 				SourceLabels []string `json:"sourceLabels"`
 				TargetLabel  string   `json:"targetLabel"`
+				Action       string   `json:"action"`
+				Regex        string   `json:"regex"`
 			} `json:"relabelings"`
 		} `json:"endpoints"`
 	} `json:"spec"`
@@ -311,6 +314,23 @@ func TestKubernetesManifests(t *testing.T) {
 	ep := m.serviceMonitor.Spec.Endpoints[0]
 	if ep.Port != svcPort || ep.Path != path {
 		t.Errorf("servicemonitor endpoint port %q path %q, want %q %q", ep.Port, ep.Path, svcPort, path)
+	}
+	// Every node keeps one series identity (job, instance) across pod
+	// replacements: the operator's per-pod target labels are dropped, or
+	// the rules' matches on (job, instance) would find two series.
+	var dropped []string
+	for _, r := range ep.Relabelings {
+		if r.Action == "labeldrop" {
+			re := regexp.MustCompile("^(?:" + r.Regex + ")$")
+			for _, l := range []string{"pod", "container", "endpoint", "service", "namespace"} {
+				if re.MatchString(l) {
+					dropped = append(dropped, l)
+				}
+			}
+		}
+	}
+	if len(dropped) != 5 {
+		t.Errorf("servicemonitor drops the target labels %v, want pod, container, endpoint, service and namespace", dropped)
 	}
 
 	// The image the kustomization pins is the one the DaemonSet runs.

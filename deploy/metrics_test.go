@@ -32,6 +32,9 @@ var agentMetrics = map[string][]string{
 	"nsflow_scrape_collector_duration_seconds": {"collector"},
 	"nsflow_scrape_collector_success":          {"collector"},
 	"nsflow_build_info":                        {"version", "revision", "goversion"},
+	// From client_golang's process collector; the attach-failure rule
+	// reads it.
+	"process_start_time_seconds": {},
 }
 
 // prometheusMetrics are made by Prometheus itself for every target.
