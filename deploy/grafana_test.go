@@ -260,20 +260,24 @@ func TestDashboardCountsFirstSamples(t *testing.T) {
 	}{
 		{"Violating packets", [][2]string{
 			{`up{job="nsflow",instance="h1:9995"}`, "1x25"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h1:9995",collector="interface"}`, "1x25"},
 			// 40 packets at once, at 12m: all 40 count.
 			{viol + `{job="nsflow",instance="h1:9995",src_netns="web",dst_netns="db"}`, "_x12 40x10"},
 			// From 3 before the range to 10 in it: 7.
 			{viol + `{job="nsflow",instance="h1:9995",src_netns="web",dst_netns="cache"}`, "3x14 10x10"},
 			// Prometheus starts watching an agent with a restored count.
 			{`up{job="nsflow",instance="h2:9995"}`, "_x15 1x10"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h2:9995",collector="interface"}`, "_x15 1x10"},
 			{viol + `{job="nsflow",instance="h2:9995",src_netns="web",dst_netns="db"}`, "_x15 40x10"},
 			// An agent down for 14 minutes comes back with its count.
 			{`up{job="nsflow",instance="h3:9995"}`, "1x3 0x13 1x8"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h3:9995",collector="interface"}`, "1x3 0x13 1x8"},
 			{viol + `{job="nsflow",instance="h3:9995",src_netns="web",dst_netns="db"}`, "40x3 _x14 40x8"},
 		}, 47},
 		{"Violating packets", [][2]string{
 			// No agent with --topology: 0, not "no data".
 			{`up{job="nsflow",instance="h1:9995"}`, "1x25"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h1:9995",collector="interface"}`, "1x25"},
 		}, 0},
 		{"Attach errors", [][2]string{
 			// An agent started at 12m whose start-up attaches failed twice.
@@ -283,13 +287,16 @@ func TestDashboardCountsFirstSamples(t *testing.T) {
 		}, 4},
 		{"Flow table overflow", [][2]string{
 			{`up{job="nsflow",instance="h1:9995"}`, "1x25"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h1:9995",collector="interface"}`, "1x25"},
 			{`nsflow_flow_table_overflow_packets_total{job="nsflow",instance="h1:9995"}`, "0x14 20x10"},
 			// A restart with 500 packets in the pinned map: not new.
 			{`up{job="nsflow",instance="h2:9995"}`, "_x15 1x10"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h2:9995",collector="interface"}`, "_x15 1x10"},
 			{`nsflow_flow_table_overflow_packets_total{job="nsflow",instance="h2:9995"}`, "_x15 500x10"},
 			// The flows collector failed from 5m to 12m; 30 packets
 			// overflowed meanwhile.
 			{`up{job="nsflow",instance="h3:9995"}`, "1x25"},
+			{`nsflow_scrape_collector_success{job="nsflow",instance="h3:9995",collector="interface"}`, "1x25"},
 			{`nsflow_flow_table_overflow_packets_total{job="nsflow",instance="h3:9995"}`, "0x4 _x8 30x12"},
 		}, 50},
 	}
