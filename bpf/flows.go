@@ -154,15 +154,20 @@ func (d *Datapath) readCache() ([][]nsflowFlowCacheEntry, error) {
 }
 
 // flowStats returns one key's counts from a record and the cache entries
-// at its index.
-func flowStats(k *nsflowFlowKey, r *nsflowFlowValue, entries []nsflowFlowCacheEntry) FlowStats {
-	s := statsFromRecord(r)
+// at its index; settled is false when one of the key's entries was being
+// written back as it was read (its seq odd): the record may or may not
+// have its delta yet, and the flow must be read again.
+func flowStats(k *nsflowFlowKey, r *nsflowFlowValue, entries []nsflowFlowCacheEntry) (s FlowStats, settled bool) {
+	s = statsFromRecord(r)
 	for i := range entries {
 		if entries[i].Key == *k {
+			if entries[i].Seq%2 == 1 {
+				return s, false
+			}
 			s.addCached(&entries[i], r.Id)
 		}
 	}
-	return s
+	return s, true
 }
 
 // rereadFlow reads one flow consistently: its record before and after
@@ -185,7 +190,9 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 			return FlowStats{}, false, err
 		}
 		if before == after {
-			return flowStats(k, &after, es), true, nil
+			if s, settled := flowStats(k, &after, es); settled {
+				return s, true, nil
+			}
 		}
 	}
 	return FlowStats{}, false, errors.New("flow keeps changing while read")
@@ -199,7 +206,9 @@ func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
 		return err
 	}
 	// Records, then the cache, then the records again: a record that did
-	// not change saw no write-back, so its cache entries are current.
+	// not change saw no write-back, so its cache entries are current,
+	// unless one was caught mid-write-back (its seq odd: the record may
+	// have its delta already), which the flow's reread waits out.
 	first, err := d.readRecords()
 	if err != nil {
 		return err
@@ -214,9 +223,11 @@ func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
 	}
 	for k, r := range second {
 		var s FlowStats
+		settled := false
 		if r0, ok := first[k]; ok && r0 == r {
-			s = flowStats(&k, &r, cache[flowCacheIndex(&k)])
-		} else {
+			s, settled = flowStats(&k, &r, cache[flowCacheIndex(&k)])
+		}
+		if !settled {
 			var found bool
 			s, found, err = d.rereadFlow(&k)
 			if err != nil {

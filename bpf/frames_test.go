@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 )
@@ -124,3 +125,6 @@ func udp(sport, dport uint16, plen int) []byte {
 func icmp(typ, code uint8) []byte { return []byte{typ, code, 0, 0, 0, 0, 0, 0} }
 
 func zeros(n int) []byte { return make([]byte, n) }
+
+// filled is n bytes of b.
+func filled(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }

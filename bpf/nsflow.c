@@ -43,6 +43,9 @@ enum l4 { L4_TCP, L4_UDP, L4_ICMP, L4_OTHER, L4_MAX };
 // the first bytes of TCP.
 #define PARSE_MAX 256
 #define IPV6_EXT_MAX 6
+// What parse_slow pulls into the linear part: an L4 header may start at
+// PARSE_MAX, and TCP's flags are 14 bytes into it.
+#define PULL_MAX (PARSE_MAX + 14)
 
 struct counter {
 	__u64 packets;  // skbs, as the kernel's interface statistics count
@@ -142,7 +145,10 @@ struct flow_cache_entry {
 	struct flow_key key;
 	__u64 id;  // id of the record the delta belongs to; 0 = empty
 	__u32 gen; // value of nsflow_gen when the record was last seen to exist
-	__u32 pad;
+	// seq is odd while the delta is being written back (added to the
+	// record, then cleared): a reader that sees it odd cannot tell whether
+	// the record has the delta yet, and reads again.
+	__u32 seq;
 	struct flow_delta d;
 } __attribute__((aligned(128)));
 
@@ -442,7 +448,7 @@ static __noinline void parse_slow(struct __sk_buff *skb, struct pkt *p)
 		int res = parse(data, end, p);
 		if (res != PARSE_TRUNCATED || try || skb->len <= (__u32)(end - data))
 			break;
-		if (bpf_skb_pull_data(skb, skb->len < PARSE_MAX ? skb->len : PARSE_MAX))
+		if (bpf_skb_pull_data(skb, skb->len < PULL_MAX ? skb->len : PULL_MAX))
 			break;
 	}
 }
@@ -567,10 +573,17 @@ static __always_inline int flow_key_eq(const struct flow_key *a, const union flo
 // flush writes a cache entry's delta back to its record. If the record
 // was deleted (or replaced) meanwhile, the delta belonged to the deleted
 // record and goes with it.
+// barrier keeps the compiler from moving memory accesses across it: the
+// stores of a write-back must reach memory in program order (on x86, and
+// what the kernel's JIT emits, the CPU keeps that order).
+#define barrier() asm volatile("" ::: "memory")
+
 static __always_inline void flush(struct flow_cache_entry *e)
 {
 	if (!e->id || !e->d.packets)
 		return;
+	e->seq++; // odd: written back
+	barrier();
 	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &e->key);
 	if (r && r->id == e->id) {
 		__sync_fetch_and_add(&r->packets, e->d.packets);
@@ -582,6 +595,8 @@ static __always_inline void flush(struct flow_cache_entry *e)
 			r->last_seen = e->d.last_seen;
 	}
 	__builtin_memset(&e->d, 0, sizeof(e->d));
+	barrier();
+	e->seq++; // even: done
 }
 
 // flow_slow is the slow path: the packet's flow is not in this CPU's

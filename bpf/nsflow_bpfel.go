@@ -25,7 +25,7 @@ type nsflowFlowCacheEntry struct {
 	Key nsflowFlowKey
 	Id  uint64
 	Gen uint32
-	Pad uint32
+	Seq uint32
 	D   struct {
 		_        structs.HostLayout
 		Packets  uint64
