@@ -118,8 +118,10 @@ func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffi
 	}
 	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(port), "-J",
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(r.cfg.Streams)}
+	// The same write size as the generator's (--size, or its default).
+	args = append(args, "-l", strconv.Itoa(payload))
 	if proto == traffic.UDP {
-		args = append(args, "-u", "-b", "0", "-l", strconv.Itoa(payload))
+		args = append(args, "-u", "-b", "0")
 	}
 	cli := exec.CommandContext(ctx, bin, args...)
 	var out []byte

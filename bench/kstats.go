@@ -85,8 +85,12 @@ func (k *kernelReader) readAll(ifs []Iface) (map[Iface]linkCounters, error) {
 	return out, nil
 }
 
+// close closes the handles; a later read opens them again. Each holds its
+// namespace alive, so they are closed before the topology is taken down.
 func (k *kernelReader) close() {
-	for _, h := range k.handles {
+	for p, h := range k.handles {
 		h.Close()
+		delete(k.handles, p)
 	}
+	clear(k.links)
 }

@@ -28,6 +28,8 @@ type runner struct {
 	steps  int
 	report *Report
 	built  string // the topology built for the run, once up
+	// hookChecked is set once the no-op of --hook-cost attached.
+	hookChecked bool
 }
 
 // Run measures every case of cfg and returns the report. It builds (or
@@ -68,9 +70,15 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	rep.Topology = env.spec.Name
 	if env.built {
 		r.built = env.spec.Name
+		// Said at once: a Ctrl-C from now on names what it is removing.
+		r.progress(Progress{Phase: "topology"})
 	}
 	defer func() {
 		r.progress(Progress{Phase: "cleanup"})
+		// The kernel reader's netlink sockets hold the measured namespaces
+		// alive: taken down with them open, a namespace would keep its
+		// host-side veth ends, which down then waits for.
+		r.kr.close()
 		err = errors.Join(err, env.release())
 	}()
 
@@ -139,6 +147,17 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 	payload := pairs[0].size
 	c := &Case{Name: fmt.Sprintf("%s/%s/%d", path, proto, len(pairs)), Path: path, Proto: proto, Pairs: len(pairs),
 		Streams: r.cfg.Streams, Payload: payload, Frame: r.cfg.frame(proto)}
+
+	if r.cfg.HookCost && !r.hookChecked {
+		// The no-op needs tcx: found out now, not after the rounds.
+		if err := r.in.attachNoop(pathIfaces(pairs)[:1]); err != nil {
+			return nil, fmt.Errorf("--hook-cost: %w", err)
+		}
+		if err := r.in.detach(); err != nil {
+			return nil, err
+		}
+		r.hookChecked = true
+	}
 
 	// A warm-up run, not counted, so that the first sample does not pay
 	// for cold caches, neighbour resolution or TCP's first slow start.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/traffic"
 )
 
@@ -89,6 +90,11 @@ func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pa
 	ifs := pathIfaces(pairs)
 	modes := []func([]Iface) error{r.in.attach}
 	if r.cfg.HookCost {
+		if r.in.mode != bpf.ModeTCX {
+			// Filters a killed run left in tc mode make nsflow take their
+			// place there; a tc hook is not a tcx one.
+			return SliceRatio{}, nil, fmt.Errorf("--hook-cost: nsflow's programs are attached with %s here, the no-op with tcx: the two would not compare", r.in.mode)
+		}
 		modes = append(modes, r.in.attachNoop)
 	}
 	n := r.cfg.Slices * len(modes)
