@@ -401,7 +401,11 @@ func (a *Agent) handleNetns(e discovery.NetnsEvent) {
 		s := a.byInode[n.Inode]
 		moved := s != nil && s.ns.Path != n.Path
 		if s != nil {
+			oldLabel := s.label
 			s.ns, s.label = n, n.Label()
+			for idx, p := range s.links {
+				a.keepRelabelledLocked(s, idx, p, portLabel{oldLabel, p.link.Name})
+			}
 		}
 		a.mu.Unlock()
 		if moved {
@@ -702,7 +706,11 @@ func (a *Agent) upsertLink(s *nsState, l discovery.Link) {
 		p = &portState{}
 		s.links[l.Index] = p
 	}
+	oldName := p.link.Name
 	p.link = l
+	if oldName != "" {
+		a.keepRelabelledLocked(s, l.Index, p, portLabel{s.label, oldName})
+	}
 	a.mu.Unlock()
 	if a.eligible(l) && p.att == nil && !p.attaching {
 		a.setAttaching(p, true)

@@ -149,3 +149,22 @@ func (a *Agent) retirePortLocked(s *nsState, idx int, p *portState) {
 		a.log.Debug("delete port counters", "netns", s.label, "interface", p.link.Name, "err", err)
 	}
 }
+
+// keepRelabelledLocked is for an attached port whose labels change (the
+// interface renamed, its namespace's label changed) while kept counts
+// of gone ports carry its old labels: that series showed the kept counts
+// plus the port's, and would fall back to the kept ones alone. The port's
+// counts so far are kept under the old labels too, so that the series
+// stays where it was (and retires as any other); the port's counts go on
+// under its new labels. Callers hold a.mu.
+func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old portLabel) {
+	if p.att == nil || a.gonePorts[old] == nil || old == (portLabel{s.label, p.link.Name}) {
+		return
+	}
+	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
+	if st, ok, err := a.dp.Port(k); err != nil {
+		a.log.Debug("read the counts of a relabelled port", "netns", old.netns, "interface", old.ifname, "err", err)
+	} else if ok {
+		a.retainPortLocked(old, st, time.Now())
+	}
+}

@@ -95,3 +95,61 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 		}
 	}
 }
+
+// TestRenameKeepsKeptSeries: eth-d is deleted (its 30 packets kept), an
+// eth-d comes back and sends 10 (the series shows 40), then is renamed.
+// The eth-d series must not fall back to the 30 kept: it stays at 40,
+// and the renamed port's counts go on under its new name.
+func TestRenameKeepsKeptSeries(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ak")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute})
+	a, b := p+"a", p+"b"
+	value := func(ifname string) (uint64, bool) {
+		re := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface=%q,netns=%q\} (\d+)$`, ifname, a))
+		m := re.FindStringSubmatch(scrape(t, r.url))
+		if m == nil {
+			return 0, false
+		}
+		v, _ := strconv.ParseUint(m[1], 10, 64)
+		return v, true
+	}
+	want := func(what, ifname string, n uint64) {
+		t.Helper()
+		if v, ok := value(ifname); !ok || v != n {
+			t.Fatalf("%s: a's %s sent %d IPv4 packets by nsflow's count (series there: %v), want %d", what, ifname, v, ok, n)
+		}
+	}
+	dst := netip.MustParseAddrPort("198.18.40.2:5401")
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, dst, 30, 64)
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); attached(r.a, a, "eth-d"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the deleted eth-d is still attached")
+		}
+	}
+	want("deleted", "eth-d", 30)
+	if err := ipCmd("-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b); err != nil {
+		t.Fatal(err)
+	}
+	rewireDirect(t, a, b)
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, dst, 10, 64)
+	want("back under its name", "eth-d", 40)
+
+	for _, args := range [][]string{{"set", "eth-d", "down"}, {"set", "eth-d", "name", "eth-e"}, {"set", "eth-e", "up"}} {
+		if err := ipCmd(append([]string{"-n", a, "link"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAttached(t, r.a, a, "eth-e")
+	want("renamed: the old name's series", "eth-d", 40)
+	if v, ok := value("eth-e"); !ok || v < 10 {
+		t.Errorf("renamed: eth-e's series %d (there: %v), want the port's counts, at least 10", v, ok)
+	}
+}
