@@ -42,7 +42,9 @@ func (c *nsConn) close() {
 // openHost opens the host namespace, which every goroutine not locked to
 // a thread is in.
 func openHost() (*nsConn, error) {
-	fd, err := unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// This thread's (/proc/self is the main thread's, which another
+	// goroutine may have inside a namespace just now).
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open host network namespace: %w", err)
 	}

@@ -76,8 +76,10 @@ it at the end).`,
 			switch {
 			case errors.As(err, &setup):
 				return &exitError{2, err}
-			case err != nil && ctx.Err() != nil:
-				// Stopped before verify finished: it could not check.
+			case err != nil && ctx.Err() != nil && (sum == nil || sum.Verify == nil):
+				// Stopped before verify finished: it could not check. (Ctrl-C
+				// is how a demo without --duration ends: a teardown that
+				// failed after verify reported is the demo failing, 1.)
 				return &exitError{2, fmt.Errorf("interrupted: %w", err)}
 			}
 			return demoExit(sum, err)
@@ -118,13 +120,13 @@ func isTerminal(w any) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// interruptContext is cancelled by the first SIGINT or SIGTERM. Later
+// interruptContext is cancelled by the first SIGINT, SIGTERM or SIGHUP. Later
 // signals are reported and otherwise ignored, so that a second Ctrl-C does
 // not kill the process halfway through the teardown.
 func interruptContext(parent context.Context, w interface{ Write([]byte) (int, error) }) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(parent)
 	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	done := make(chan struct{})
 	go func() {
 		first := true

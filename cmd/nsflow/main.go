@@ -89,10 +89,11 @@ func usageErrors(c *cobra.Command) {
 }
 
 func main() {
-	// Ctrl-C or SIGTERM cancels the command's context, so a long `topology
-	// up` rolls back and a verify removes its responders. After the first
-	// signal the handler is dropped: a second one kills the process.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Ctrl-C, SIGTERM or a hangup (the terminal closed) cancels the
+	// command's context, so a long `topology up` rolls back and a verify
+	// removes its responders. After the first signal the handler is
+	// dropped: a second one kills the process.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() { <-ctx.Done(); stop() }()
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()

@@ -27,7 +27,7 @@ func newVersionCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(v)
 			default:
-				return fmt.Errorf("--output: unknown format %q (want text or json)", output)
+				return usage(fmt.Errorf("--output: unknown format %q (want text or json)", output))
 			}
 			return nil
 		},

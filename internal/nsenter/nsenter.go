@@ -45,7 +45,10 @@ var ErrReplaced = errors.New("another namespace is there now")
 // is read from the opened namespace, so no other can come in between.
 func DoInode(path string, ino uint64, fn func() error) error {
 	if path == "" {
-		path = "/proc/self/ns/net"
+		// This thread's, which is the host's: the goroutine is not
+		// locked. /proc/self is the main thread's, which may be another
+		// goroutine's, inside a namespace, at this very moment.
+		path = "/proc/thread-self/ns/net"
 	}
 	h, err := netns.GetFromPath(path)
 	if err != nil {
