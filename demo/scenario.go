@@ -157,13 +157,28 @@ func fileFlows(s *topology.Spec) []demoFlow {
 		}
 		segments[seg] = append(segments[seg], ifc)
 	}
+	// Ports from 5001 up, but none that verify probes: its responders
+	// could not bind a port the demo's servers hold, and the probes there
+	// would come out unjudged.
+	probed := map[uint16]bool{}
+	for _, p := range verify.NewModel(s).Ports() {
+		if p.Proto == "udp" {
+			probed[uint16(p.Number)] = true
+		}
+	}
+	port := uint16(5000)
+	nextPort := func() uint16 {
+		for port++; probed[port]; port++ {
+		}
+		return port
+	}
 	var out []demoFlow
 	for _, seg := range order {
 		ms := segments[seg]
 		for i := 0; i+1 < len(ms) && len(out) < maxFileFlows; i++ {
 			if server, ok := sameSubnet(ms[i].Addresses, ms[i+1].Addresses); ok {
 				out = append(out, demoFlow{From: ms[i].Namespace, To: ms[i+1].Namespace, IPv6: server.Is6(),
-					Server: server, Port: uint16(5001 + len(out)), Rate: 500, Size: 512})
+					Server: server, Port: nextPort(), Rate: 500, Size: 512})
 			}
 		}
 	}

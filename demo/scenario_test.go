@@ -84,20 +84,30 @@ links:
 	}
 	type flow struct {
 		from, to, server string
+		port             uint16
 	}
-	var got []flow
-	for _, f := range fileFlows(s) {
-		got = append(got, flow{f.From, f.To, f.Server.String()})
+	flowsOf := func() (got []flow) {
+		for _, f := range fileFlows(s) {
+			got = append(got, flow{f.From, f.To, f.Server.String(), f.Port})
+		}
+		return got
 	}
 	want := []flow{
-		{"ns1", "ns2", "198.18.9.2"},
-		{"a", "b", "198.18.10.2"},
-		{"b", "c", "fd00:10::3"},
+		{"ns1", "ns2", "198.18.9.2", 5001},
+		{"a", "b", "198.18.10.2", 5002},
+		{"b", "c", "fd00:10::3", 5003},
 		// c and d share no subnet: no flow.
 	}
-	if !slices.Equal(got, want) {
+	if got := flowsOf(); !slices.Equal(got, want) {
 		t.Errorf("flows %v, want %v", got, want)
 	}
+	// Ports verify probes are left to its responders.
+	s.Isolation = &topology.Isolation{Ports: []string{"udp/5001", "tcp/5002", "udp/5003"}}
+	want[0].port, want[1].port, want[2].port = 5002, 5004, 5005
+	if got := flowsOf(); !slices.Equal(got, want) {
+		t.Errorf("flows with udp/5001 and udp/5003 probed: %v, want %v", got, want)
+	}
+	s.Isolation = nil
 
 	// The seed's flows on it: ns1 to ns2 over IPv4 resolves; the way
 	// back over IPv6 has no address to go to and is left out.

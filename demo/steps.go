@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,9 +81,15 @@ func (r *runner) topologyUp(ctx context.Context) error {
 // agent` does, plus the violation counter from verify's model.
 func (r *runner) startAgent(ctx context.Context, ln net.Listener) (*agent.Agent, *prometheus.Registry, error) {
 	st := r.d.step("agent")
+	// Exactly the demo's namespaces: a prefix alone would also take in
+	// others' (another demo's, a user's demo-foo).
+	names := make([]string, 0, len(r.spec.Namespaces))
+	for _, n := range r.spec.Namespaces {
+		names = append(names, regexp.QuoteMeta(n.Name))
+	}
 	a, err := agent.New(agent.Config{
 		Logger: r.o.Logger,
-		Netns:  agent.Filter{Include: regexp.MustCompile("^" + regexp.QuoteMeta(r.o.Prefix))},
+		Netns:  agent.Filter{Include: regexp.MustCompile("^(" + strings.Join(names, "|") + ")$")},
 	})
 	if err != nil {
 		return nil, nil, st.fail(err)
