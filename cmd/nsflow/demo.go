@@ -43,8 +43,15 @@ the topology running, or the topology up already (the demo would remove
 it at the end).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.Duration < 0 {
+			switch {
+			case o.Duration < 0:
 				return &exitError{2, fmt.Errorf("--duration %v: must not be negative", o.Duration)}
+			case o.Prefix == "":
+				return &exitError{2, errors.New("--prefix: must not be empty (the demo's names must be its own)")}
+			case o.ListenAddress == "":
+				return &exitError{2, errors.New("--web.listen-address: must not be empty")}
+			case o.SnapshotEvery <= 0:
+				return &exitError{2, fmt.Errorf("--snapshot-every %v: must be more than 0", o.SnapshotEvery)}
 			}
 			if file != "" {
 				s, err := topology.Load(file)

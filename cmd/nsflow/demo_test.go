@@ -96,3 +96,28 @@ isolation:
 		}
 	}
 }
+
+// Flags whose empty or zero value the demo cannot use are refused, exit
+// 2, before anything is built, rather than silently replaced.
+func TestDemoBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--duration", "-1s"}, "--duration -1s: must not be negative"},
+		{[]string{"--prefix", ""}, "--prefix: must not be empty"},
+		{[]string{"--web.listen-address", ""}, "--web.listen-address: must not be empty"},
+		{[]string{"--snapshot-every", "0s"}, "--snapshot-every 0s: must be more than 0"},
+	} {
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(append([]string{"demo"}, tc.args...))
+		err := root.Execute()
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("demo %q: %v, want exit status 2 with %q", tc.args, err, tc.want)
+		}
+	}
+}
