@@ -241,13 +241,26 @@ func (m *Monitor) Run(ctx context.Context) error {
 			}
 		}
 	}
+	// Stale subscriptions are retried every staleRetry whether or not
+	// other namespaces' notifications keep the loop busy meanwhile.
+	var retried time.Time
 	for {
 		timeout := -1
 		m.mu.Lock()
 		stale := slices.Collect(maps.Keys(m.stale))
 		m.mu.Unlock()
 		if len(stale) > 0 {
-			timeout = int(staleRetry / time.Millisecond)
+			wait := staleRetry - time.Since(retried)
+			if wait <= 0 {
+				retried = time.Now()
+				for _, id := range stale {
+					if !serve(id) {
+						return nil
+					}
+				}
+				continue
+			}
+			timeout = int(wait/time.Millisecond) + 1
 		}
 		n, err := unix.EpollWait(m.epfd, ready, timeout)
 		if err != nil {
@@ -255,14 +268,6 @@ func (m *Monitor) Run(ctx context.Context) error {
 				continue
 			}
 			return fmt.Errorf("epoll_wait: %w", err)
-		}
-		if n == 0 { // timed out: retry the stale
-			for _, id := range stale {
-				if !serve(id) {
-					return nil
-				}
-			}
-			continue
 		}
 		for _, ev := range ready[:n] {
 			id := token(&ev)

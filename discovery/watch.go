@@ -146,9 +146,6 @@ func WatchNetns(ctx context.Context, cfg WatchConfig, events chan<- NetnsEvent) 
 			}
 			goto wait
 		case <-mounted:
-			// An unmount, or a mount over a name already there, raises
-			// no inotify event: every name is looked at again.
-			w.cache.all = true
 			if !retrySoon {
 				retry.Reset(notifyDebounce)
 				retrySoon = true
@@ -205,7 +202,13 @@ func List(cfg WatchConfig) ([]Namespace, error) {
 
 func newWatcher(cfg WatchConfig) (*watcher, error) {
 	cfg = cfg.withDefaults()
-	host, err := nsInode(cfg.ProcRoot + "/self/ns/net")
+	// This thread's namespace, the host's: /proc/self is the main
+	// thread's, which another goroutine may have inside a namespace. (A
+	// procfs of the tests' own may have no thread-self.)
+	host, err := nsInode(cfg.ProcRoot + "/thread-self/ns/net")
+	if errors.Is(err, os.ErrNotExist) {
+		host, err = nsInode(cfg.ProcRoot + "/self/ns/net")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -322,6 +325,9 @@ func (w *watcher) mountNotify() (<-chan struct{}, func()) {
 			if fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
 				w.mu.Lock()
 				w.mountsDirty = true
+				// An unmount, or a mount over a name already there,
+				// raises no inotify event: every name is looked at again.
+				w.cache.all = true
 				w.mu.Unlock()
 				select {
 				case sig <- struct{}{}:
