@@ -904,13 +904,13 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
 	}
 }
 
+// netnsCookieAt is bpf.NetnsCookieAt; tests make it fail.
+var netnsCookieAt = bpf.NetnsCookieAt
+
 // vanished reports whether an attach failed because its interface or
 // namespace was gone: the index names no device (deleted, or moved to
 // another namespace), the device went during the attach, or the path to
 // the namespace no longer exists or leads to another one.
-// netnsCookieAt is bpf.NetnsCookieAt; tests make it fail.
-var netnsCookieAt = bpf.NetnsCookieAt
-
 func vanished(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) ||

@@ -147,7 +147,8 @@ struct flow_cache_entry {
 	__u32 gen; // value of nsflow_gen when the record was last seen to exist
 	// seq is odd while the delta is being written back (added to the
 	// record, then cleared): a reader that sees it odd cannot tell whether
-	// the record has the delta yet, and reads again.
+	// the record has the delta yet, and reads again. gen and seq share an
+	// aligned 8-byte word (see seq_bump).
 	__u32 seq;
 	struct flow_delta d;
 } __attribute__((aligned(128)));
@@ -574,15 +575,27 @@ static __always_inline int flow_key_eq(const struct flow_key *a, const union flo
 // was deleted (or replaced) meanwhile, the delta belonged to the deleted
 // record and goes with it.
 // barrier keeps the compiler from moving memory accesses across it: the
-// stores of a write-back must reach memory in program order (on x86, and
-// what the kernel's JIT emits, the CPU keeps that order).
+// stores of a write-back must reach memory in program order.
 #define barrier() asm volatile("" ::: "memory")
+
+// seq_bump adds one to a cache entry's seq with a fetching atomic, which
+// the JITs make fully ordered (on arm64 as on x86), so that the record's
+// adds and the delta's clearing are seen between its two bumps. clang
+// emits the fetching form only for 8-byte atomics whose result is used:
+// seq is the upper half of the aligned word it shares with gen (the
+// programs are little-endian), and the add leaves gen as it is.
+static __always_inline void seq_bump(struct flow_cache_entry *e)
+{
+	__u64 old = __sync_fetch_and_add((__u64 *)&e->gen, 1ULL << 32);
+
+	asm volatile("" ::"r"(old));
+}
 
 static __always_inline void flush(struct flow_cache_entry *e)
 {
 	if (!e->id || !e->d.packets)
 		return;
-	e->seq++; // odd: written back
+	seq_bump(e); // odd: written back
 	barrier();
 	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &e->key);
 	if (r && r->id == e->id) {
@@ -596,7 +609,7 @@ static __always_inline void flush(struct flow_cache_entry *e)
 	}
 	__builtin_memset(&e->d, 0, sizeof(e->d));
 	barrier();
-	e->seq++; // even: done
+	seq_bump(e); // even: done
 }
 
 // flow_slow is the slow path: the packet's flow is not in this CPU's
