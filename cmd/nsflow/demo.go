@@ -127,13 +127,17 @@ func isTerminal(w any) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// interruptContext is cancelled by the first SIGINT, SIGTERM or SIGHUP. Later
+// interruptContext is cancelled by the first SIGINT, SIGTERM or SIGHUP
+// (unless hangups were ignored from the start, as under nohup). Later
 // signals are reported and otherwise ignored, so that a second Ctrl-C does
 // not kill the process halfway through the teardown.
 func interruptContext(parent context.Context, w interface{ Write([]byte) (int, error) }) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(parent)
 	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	if hup := hangups(); hup != nil {
+		signal.Notify(sig, hup)
+	}
 	done := make(chan struct{})
 	go func() {
 		first := true

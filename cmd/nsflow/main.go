@@ -92,12 +92,33 @@ func main() {
 	// Ctrl-C, SIGTERM or a hangup (the terminal closed) cancels the
 	// command's context, so a long `topology up` rolls back and a verify
 	// removes its responders. After the first signal the handler is
-	// dropped: a second one kills the process.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	go func() { <-ctx.Done(); stop() }()
+	// dropped: a second Ctrl-C kills the process. Hangups are ignored
+	// from then on (a dropped session sends more than one), and not
+	// caught at all under nohup, which asked for them to be ignored.
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if hup := hangups(); hup != nil {
+		sigs = append(sigs, hup)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
+	go func() {
+		<-ctx.Done()
+		if len(sigs) > 2 {
+			signal.Ignore(syscall.SIGHUP)
+		}
+		stop()
+	}()
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	os.Exit(exitStatus(err, os.Stderr))
+}
+
+// hangups is SIGHUP, or nil when the process was started with it ignored
+// (nohup): catching it would undo that.
+func hangups() os.Signal {
+	if signal.Ignored(syscall.SIGHUP) {
+		return nil
+	}
+	return syscall.SIGHUP
 }
 
 // exitStatus prints err to stderr, unless the output already showed it,
