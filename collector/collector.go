@@ -103,8 +103,8 @@ func update(c Collector, ch chan<- prometheus.Metric) (err error) {
 // constMetric is prometheus.MustNewConstMetric for label values taken
 // from the host: names of namespaces and interfaces, process names and
 // paths, which need not be UTF-8 (any process can write bytes to its
-// comm). A value that is not UTF-8 is shown with each invalid byte as
-// \xNN, which client_golang would otherwise refuse with a panic.
+// comm), and which client_golang would refuse with a panic. See
+// LabelValue.
 func constMetric(desc *prometheus.Desc, typ prometheus.ValueType, v float64, labels ...string) prometheus.Metric {
 	for i, l := range labels {
 		labels[i] = LabelValue(l)
@@ -112,18 +112,23 @@ func constMetric(desc *prometheus.Desc, typ prometheus.ValueType, v float64, lab
 	return prometheus.MustNewConstMetric(desc, typ, v, labels...)
 }
 
-// LabelValue returns s if it is valid UTF-8, else s with each invalid
-// byte written as \xNN.
+// LabelValue returns s as a label value: as it is when it is valid UTF-8
+// without a backslash (every name in practice), else with each invalid
+// byte written as \xNN and each backslash as \\, so that two names never
+// give one value.
 func LabelValue(s string) string {
-	if utf8.ValidString(s) {
+	if utf8.ValidString(s) && !strings.Contains(s, `\`) {
 		return s
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); {
 		r, n := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && n == 1 {
+		switch {
+		case r == utf8.RuneError && n == 1:
 			fmt.Fprintf(&b, "\\x%02x", s[i])
-		} else {
+		case r == '\\':
+			b.WriteString(`\\`)
+		default:
 			b.WriteString(s[i : i+n])
 		}
 		i += n

@@ -173,6 +173,9 @@ func TestLabelValuesNotUTF8(t *testing.T) {
 	}
 	for _, tc := range []struct{ in, want string }{
 		{"veth0", "veth0"}, {"ünïcode", "ünïcode"}, {"a\xffb", `a\xffb`}, {"\xe2\x82", `\xe2\x82`}, {"", ""},
+		// A backslash is escaped too, so that a name spelling \xff
+		// and a name holding the byte stay apart.
+		{`a\xffb`, `a\\xffb`}, {`c:\`, `c:\\`},
 	} {
 		if got := LabelValue(tc.in); got != tc.want {
 			t.Errorf("LabelValue(%q) = %q, want %q", tc.in, got, tc.want)
