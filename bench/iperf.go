@@ -88,6 +88,9 @@ func (r *runner) iperf3(ctx context.Context, e *env) {
 // an iperf3 of its own, which must not be measured in its place).
 const iperf3FirstPort, iperf3LastPort = 5201, 5299
 
+// iperf3MaxLen is the largest block iperf3 takes (-l).
+const iperf3MaxLen = 1 << 20
+
 func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffic.Proto, payload, secs int) (gbps, mpps float64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+15*time.Second)
 	defer cancel()
@@ -118,8 +121,9 @@ func (r *runner) runIperf3(ctx context.Context, bin string, p pair, proto traffi
 	}
 	args := []string{"-c", p.serverAddr.String(), "-p", strconv.Itoa(port), "-J",
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(r.cfg.Streams)}
-	// The same write size as the generator's (--size, or its default).
-	args = append(args, "-l", strconv.Itoa(payload))
+	// The same write size as the generator's (--size, or its default), up
+	// to the 1 MiB iperf3 accepts.
+	args = append(args, "-l", strconv.Itoa(min(payload, iperf3MaxLen)))
 	if proto == traffic.UDP {
 		args = append(args, "-u", "-b", "0")
 	}
