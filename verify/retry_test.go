@@ -28,6 +28,8 @@ func TestRetrySelection(t *testing.T) {
 		{"must reach, could not run", Probe{To: "c", Expect: "c", Outcome: Failed, Detail: "boom"}, true},
 		{"must reach, answered by the wrong namespace", Probe{To: "c", Expect: "c", Outcome: Replied, By: "r", Claimed: "r"}, false},
 		{"must reach, responder running in another namespace", Probe{To: "c", Expect: "c", Outcome: Replied, By: "r", Claimed: "c"}, false},
+		{"must reach, connected but no identity yet", Probe{To: "c", Expect: "c", Outcome: Replied, Detail: noIdentity}, true},
+		{"must not reach, connected but no identity", Probe{To: "c", Outcome: Replied, Detail: noIdentity}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			first := tc.probe

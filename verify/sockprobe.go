@@ -147,12 +147,20 @@ func (pr *prober) finishTCP(s *sockProbe) {
 		}
 	}
 	s.p.Outcome = Replied
-	if id, ok := parseReply(buf, ""); ok {
+	switch id, ok := parseReply(buf, ""); {
+	case ok:
 		pr.attribute(s.p, id)
-	} else {
+	case len(buf) == 0:
+		s.p.Detail = noIdentity
+	default:
 		s.p.Detail = "connected to a listener that is not an nsflow responder"
 	}
 }
+
+// noIdentity is a TCP probe that connected, but whose listener said
+// nothing before the timeout: a responder slow to answer (a busy
+// namespace, --load), or another listener.
+const noIdentity = "connected, but no identity came within the timeout"
 
 func (pr *prober) finishUDP(s *sockProbe) {
 	rc, err := s.f.SyscallConn()

@@ -260,7 +260,10 @@ func impostors(probes []*Probe, resp map[string]*Responder) {
 		}
 		what := "refused"
 		if p.Outcome == Replied {
-			what = "answered by a listener that is not an nsflow responder"
+			what = "answered without an identity"
+			if p.Detail != "" {
+				what = p.Detail // no identity, or a listener that is not a responder
+			}
 		}
 		p.Outcome = Failed
 		p.Detail = fmt.Sprintf("%s, though verify's responder listens on %s in %s: another stack answered in its name "+
@@ -327,6 +330,9 @@ func forgeable(probes []*Probe, stack []Check) {
 func retriable(p *Probe) bool {
 	if p.Outcome == Failed {
 		return true
+	}
+	if p.Expect != "" && p.Outcome == Replied && p.Detail == noIdentity {
+		return true // a connection whose responder was slow to say who it is
 	}
 	return p.Expect != "" && !p.Outcome.Reachable()
 }
