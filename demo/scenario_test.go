@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -113,8 +114,14 @@ links:
 	// back over IPv6 has no address to go to and is left out.
 	flows, err := trafficFlows(s, "", seedFlows)
 	if err != nil || len(flows) != 1 || flows[0].Src != "ns1" || flows[0].Flow.Server.Addr().String() != "198.18.9.2" {
-		t.Errorf("seed flows on the custom file: %+v, %v; want only ns1 to ns2", flows, err)
+		t.Fatalf("seed flows on the custom file: %+v, %v; want only ns1 to ns2", flows, err)
 	}
+	// Not on a port verify probes: that flow is left out.
+	s.Isolation = &topology.Isolation{Ports: []string{fmt.Sprintf("udp/%d", flows[0].Port)}}
+	if flows, err := trafficFlows(s, "", seedFlows); err != nil || len(flows) != 0 {
+		t.Errorf("seed flows with their port probed: %+v, %v; want none", flows, err)
+	}
+	s.Isolation = nil
 }
 
 // A file that reuses the seed's names but not its wiring gets no seed
