@@ -196,7 +196,9 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{m: d.objs.NsflowFlowCache, n: flowCacheSize, cpus: uint32(cpus)}.mapped()
-	if flowsReplaced {
+	// With pins, the flow table may also be new under a kept cache (its
+	// pin alone was gone): every entry checks its record once.
+	if flowsReplaced || opts.PinPath != "" {
 		if err := d.bumpGenIf(false); err != nil {
 			d.flowCache.unmap()
 			d.objs.Close()

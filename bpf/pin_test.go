@@ -274,3 +274,63 @@ func TestResizeRechecksCachedFlows(t *testing.T) {
 		t.Errorf("the carried flow has %d packets, want 2", packets)
 	}
 }
+
+// TestLostFlowPinRechecksCachedFlows: the flow table's pin alone is gone
+// (an interrupted RemovePins, say), so Load makes a new, empty table
+// under the kept flow cache. The cached flows look for their records
+// again at their next packet, and are recorded, rather than counting on
+// into entries whose records do not exist.
+func TestLostFlowPinRechecksCachedFlows(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var was, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &was); err != nil {
+		t.Fatal(err)
+	}
+	one.Set(0)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.SchedSetaffinity(0, &was)
+
+	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
+	t.Cleanup(func() {
+		if err := RemovePins(dir); err != nil {
+			t.Errorf("RemovePins: %v", err)
+		}
+	})
+	send := func(d *Datapath) {
+		in, _ := d.Programs()
+		for _, port := range []uint16{1, 2, 3} {
+			runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 53, 0)))
+		}
+	}
+	d, err := Load(Options{PinPath: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(d)
+	d.Close()
+	if err := os.Remove(filepath.Join(dir, nsflowMapNsflowFlows)); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = Load(Options{PinPath: dir}); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	send(d)
+	flows := 0
+	if err := d.Flows(func(_ FlowKey, s FlowStats) bool {
+		flows++
+		if s.Packets != 1 {
+			t.Errorf("a flow with %d packets, want 1 (its packet since the new table)", s.Packets)
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if flows != 3 {
+		t.Errorf("%d flows in the new table, want 3", flows)
+	}
+}
