@@ -110,6 +110,9 @@ type portState struct {
 	// attaching is set while an attach job runs; att once it succeeded.
 	attaching bool
 	att       *bpf.Attachment
+	// keptUnder are the counts this port left under labels it had, kept
+	// there for another port's series (keepRelabelledLocked).
+	keptUnder map[portLabel]bpf.PortStats
 }
 
 // New loads the datapath (reusing pinned maps) and the saved state. It

@@ -156,9 +156,22 @@ func (a *Agent) retirePortLocked(s *nsState, idx int, p *portState) {
 // plus the port's, and would fall back to the kept ones alone. The port's
 // counts so far are kept under the old labels too, so that the series
 // stays where it was (and retires as any other); the port's counts go on
-// under its new labels. Callers hold a.mu.
+// under its new labels. A port that takes labels back under which it left
+// counts takes them out again, or the series would count them twice.
+// Callers hold a.mu.
 func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old portLabel) {
-	if p.att == nil || a.gonePorts[old] == nil || old == (portLabel{s.label, p.link.Name}) {
+	cur := portLabel{s.label, p.link.Name}
+	if p.att == nil || old == cur {
+		return
+	}
+	if c, ok := p.keptUnder[cur]; ok {
+		delete(p.keptUnder, cur)
+		if g := a.gonePorts[cur]; g != nil {
+			subStats(&g.stats, &c)
+			a.gonePortsDirty = true
+		}
+	}
+	if a.gonePorts[old] == nil {
 		return
 	}
 	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
@@ -166,5 +179,23 @@ func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old port
 		a.log.Debug("read the counts of a relabelled port", "netns", old.netns, "interface", old.ifname, "err", err)
 	} else if ok {
 		a.retainPortLocked(old, st, time.Now())
+		if p.keptUnder == nil {
+			p.keptUnder = map[portLabel]bpf.PortStats{}
+		}
+		p.keptUnder[old] = st
+	}
+}
+
+// subStats takes o's counts out of s (never below zero).
+func subStats(s, o *bpf.PortStats) {
+	for d := range s.C {
+		for f := range s.C[d] {
+			for l := range s.C[d][f] {
+				c, oc := &s.C[d][f][l], o.C[d][f][l]
+				c.Packets -= min(c.Packets, oc.Packets)
+				c.Segments -= min(c.Segments, oc.Segments)
+				c.Bytes -= min(c.Bytes, oc.Bytes)
+			}
+		}
 	}
 }

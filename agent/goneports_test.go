@@ -3,7 +3,6 @@ package agent
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"regexp"
 	"strconv"
 	"testing"
@@ -77,9 +76,6 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 	// Deleted again, while the agent is down: the next start keeps its
 	// counts under its labels all the same.
 	r.stop()
-	if b, err := os.ReadFile(state); err == nil {
-		t.Logf("DEBUG state %s", b)
-	}
 	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +95,8 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 // TestRenameKeepsKeptSeries: eth-d is deleted (its 30 packets kept), an
 // eth-d comes back and sends 10 (the series shows 40), then is renamed.
 // The eth-d series must not fall back to the 30 kept: it stays at 40,
-// and the renamed port's counts go on under its new name.
+// and the renamed port's counts go on under its new name. Renamed back,
+// eth-d counts the port's 10 once, not twice.
 func TestRenameKeepsKeptSeries(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ak")
@@ -152,4 +149,13 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	if v, ok := value("eth-e"); !ok || v < 10 {
 		t.Errorf("renamed: eth-e's series %d (there: %v), want the port's counts, at least 10", v, ok)
 	}
+
+	// Renamed back: eth-d shows the kept 30 and the port's 10, once.
+	for _, args := range [][]string{{"set", "eth-e", "down"}, {"set", "eth-e", "name", "eth-d"}, {"set", "eth-d", "up"}} {
+		if err := ipCmd(append([]string{"-n", a, "link"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAttached(t, r.a, a, "eth-d")
+	want("renamed back", "eth-d", 40)
 }
