@@ -18,12 +18,7 @@ import (
 // incompatible layout are replaced; RemovePins removes only ours.
 func TestPinning(t *testing.T) {
 	testenv.RequireBPFFS(t)
-	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
-	t.Cleanup(func() {
-		if err := RemovePins(dir); err != nil {
-			t.Errorf("RemovePins: %v", err)
-		}
-	})
+	dir := pinDir(t)
 	frame := cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(1, 2, 0))
 	cookie, err := NetnsCookie("")
 	if err != nil {
@@ -224,31 +219,9 @@ func TestFlowTableFull(t *testing.T) {
 // entry whose record no longer exists and lost.
 func TestResizeRechecksCachedFlows(t *testing.T) {
 	testenv.RequireBPFFS(t)
-	// Every run on one CPU, so that all use that CPU's cache.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var was, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &was); err != nil {
-		t.Fatal(err)
-	}
-	one.Set(0)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.SchedSetaffinity(0, &was)
-
-	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
-	t.Cleanup(func() {
-		if err := RemovePins(dir); err != nil {
-			t.Errorf("RemovePins: %v", err)
-		}
-	})
-	send := func(d *Datapath) {
-		in, _ := d.Programs()
-		for _, port := range []uint16{1, 2, 3} {
-			runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 53, 0)))
-		}
-	}
+	defer onOneCPU(t)()
+	dir := pinDir(t)
+	send := func(d *Datapath) { sendThreeFlows(t, d) }
 	d, err := Load(Options{PinPath: dir, MaxFlows: 64})
 	if err != nil {
 		t.Fatal(err)
@@ -282,30 +255,9 @@ func TestResizeRechecksCachedFlows(t *testing.T) {
 // into entries whose records do not exist.
 func TestLostFlowPinRechecksCachedFlows(t *testing.T) {
 	testenv.RequireBPFFS(t)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var was, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &was); err != nil {
-		t.Fatal(err)
-	}
-	one.Set(0)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.SchedSetaffinity(0, &was)
-
-	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
-	t.Cleanup(func() {
-		if err := RemovePins(dir); err != nil {
-			t.Errorf("RemovePins: %v", err)
-		}
-	})
-	send := func(d *Datapath) {
-		in, _ := d.Programs()
-		for _, port := range []uint16{1, 2, 3} {
-			runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 53, 0)))
-		}
-	}
+	defer onOneCPU(t)()
+	dir := pinDir(t)
+	send := func(d *Datapath) { sendThreeFlows(t, d) }
 	d, err := Load(Options{PinPath: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -332,5 +284,47 @@ func TestLostFlowPinRechecksCachedFlows(t *testing.T) {
 	}
 	if flows != 3 {
 		t.Errorf("%d flows in the new table, want 3", flows)
+	}
+}
+
+// onOneCPU keeps the calling goroutine on CPU 0 until the returned func
+// runs: every BPF_PROG_TEST_RUN then uses that CPU's flow cache.
+func onOneCPU(t *testing.T) (restore func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	var was, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &was); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	one.Set(0)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	return func() {
+		unix.SchedSetaffinity(0, &was)
+		runtime.UnlockOSThread()
+	}
+}
+
+// pinDir is a pin directory of the test's own, removed at cleanup.
+func pinDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
+	t.Cleanup(func() {
+		if err := RemovePins(dir); err != nil {
+			t.Errorf("RemovePins: %v", err)
+		}
+	})
+	return dir
+}
+
+// sendThreeFlows runs one UDP frame of each of three flows through the
+// ingress program.
+func sendThreeFlows(t *testing.T, d *Datapath) {
+	in, _ := d.Programs()
+	for _, port := range []uint16{1, 2, 3} {
+		runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 53, 0)))
 	}
 }
