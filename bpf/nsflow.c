@@ -285,7 +285,7 @@ static __always_inline __u8 l4_class(__u8 family, __u8 proto)
 	return L4_OTHER;
 }
 
-// parse_l4 fills in ports (or ICMP type/code) and TCP flags.
+// parse_l4 fills in ports (TCP, UDP, SCTP; ICMP type/code) and TCP flags.
 static __always_inline int parse_l4(void *data, void *end, __u32 off, struct pkt *p)
 {
 	__u8 *b = data + off;
@@ -308,7 +308,12 @@ static __always_inline int parse_l4(void *data, void *end, __u32 off, struct pkt
 		p->ports = b[0] | (__u32)b[1] << 16;
 		return PARSE_OK;
 	default:
-		return PARSE_OK;
+		// SCTP has ports where UDP has them (counted as other L4).
+		if (p->proto != IPPROTO_SCTP)
+			return PARSE_OK;
+		if ((void *)(b + 4) > end)
+			return PARSE_TRUNCATED;
+		break;
 	}
 	p->ports = bpf_ntohs(*(__be16 *)b) | (__u32)bpf_ntohs(*(__be16 *)(b + 2)) << 16;
 	return PARSE_OK;

@@ -71,6 +71,11 @@ func TestParse(t *testing.T) {
 			IPv4, UDP, &flow{pUDP, v4A, v4B, 1, 2, 0}},
 		{"ipv4 other proto (GRE)", cat(eth(etherIPv4), ipv4(47, v4A, v4B, 4, 0, 0, false), zeros(4)),
 			IPv4, OtherL4, &flow{47, v4A, v4B, 0, 0, 0}},
+		// SCTP's ports sit where UDP's do (the common header's first 4 bytes).
+		{"ipv4 sctp", cat(eth(etherIPv4), ipv4(132, v4A, v4B, 12, 0, 0, false), udp(3868, 2905, 4)),
+			IPv4, OtherL4, &flow{132, v4A, v4B, 3868, 2905, 0}},
+		{"ipv6 sctp", cat(eth(etherIPv6), ipv6(132, v6A, v6B, 12), udp(36412, 38412, 4)),
+			IPv6, OtherL4, &flow{132, v6A, v6B, 36412, 38412, 0}},
 		{"ipv4 first fragment", cat(eth(etherIPv4), ipv4(pUDP, v4A, v4B, 16, 0, 0, true), udp(7, 9, 100), zeros(8)),
 			IPv4, UDP, &flow{pUDP, v4A, v4B, 7, 9, 0}},
 		// A later fragment's payload looks like ports (0xabab): they must
