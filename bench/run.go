@@ -149,12 +149,24 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 		Streams: r.cfg.Streams, Payload: payload, Frame: r.cfg.frame(proto)}
 
 	if r.cfg.HookCost && !r.hookChecked {
-		// The no-op needs tcx: found out now, not after the rounds.
-		if err := r.in.attachNoop(pathIfaces(pairs)[:1]); err != nil {
+		// The no-op needs tcx, and nsflow on tcx to compare with: found
+		// out now, not after the rounds.
+		first := pathIfaces(pairs)[:1]
+		if err := r.in.attachNoop(first); err != nil {
 			return nil, fmt.Errorf("--hook-cost: %w", err)
 		}
 		if err := r.in.detach(); err != nil {
 			return nil, err
+		}
+		if err := r.in.attach(first); err != nil {
+			return nil, err
+		}
+		mode := r.in.mode
+		if err := r.in.detach(); err != nil {
+			return nil, err
+		}
+		if mode != bpf.ModeTCX {
+			return nil, fmt.Errorf("--hook-cost: nsflow's programs are attached with %s here, the no-op with tcx: the two would not compare", mode)
 		}
 		r.hookChecked = true
 	}
