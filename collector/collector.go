@@ -105,11 +105,14 @@ func update(c Collector, ch chan<- prometheus.Metric) (err error) {
 // paths, which need not be UTF-8 (any process can write bytes to its
 // comm), and which client_golang would refuse with a panic. See
 // LabelValue.
+// The caller's slice is left as it is: collectors pass one slice for
+// several metrics, and escaping an escaped value again would change it.
 func constMetric(desc *prometheus.Desc, typ prometheus.ValueType, v float64, labels ...string) prometheus.Metric {
+	values := make([]string, len(labels))
 	for i, l := range labels {
-		labels[i] = LabelValue(l)
+		values[i] = LabelValue(l)
 	}
-	return prometheus.MustNewConstMetric(desc, typ, v, labels...)
+	return prometheus.MustNewConstMetric(desc, typ, v, values...)
 }
 
 // LabelValue returns s as a label value: as it is when it is valid UTF-8

@@ -171,6 +171,11 @@ func TestLabelValuesNotUTF8(t *testing.T) {
 			t.Errorf("no label %s in:\n%s", want, out.String())
 		}
 	}
+	// Every metric of the interface has the same labels: a value is
+	// escaped once, however many metrics share it.
+	if n := strings.Count(out.String(), "interface=e\\xfe0\n"); n != 4 {
+		t.Errorf("%d metrics labelled interface=e\\xfe0, want the interface's 4:\n%s", n, out.String())
+	}
 	for _, tc := range []struct{ in, want string }{
 		{"veth0", "veth0"}, {"ünïcode", "ünïcode"}, {"a\xffb", `a\xffb`}, {"\xe2\x82", `\xe2\x82`}, {"", ""},
 		// A backslash is escaped too, so that a name spelling \xff
