@@ -146,17 +146,12 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	err = spec.LoadAndAssign(&d.objs, &copts)
-	// A flow table replaced under a kept flow cache leaves entries that
-	// name records no longer there, or not yet: the generation is moved
-	// on below, so that each entry checks its record once.
-	flowsReplaced := false
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pins left by another version or size: ours by name, so replace
 		// those that do not fit rather than fail forever.
 		var old *ebpf.Map
 		d.PinsReplaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
 		d.PinsReset = len(d.PinsReplaced) > 0
-		flowsReplaced = old != nil || slices.Contains(d.PinsReplaced, nsflowMapNsflowFlows)
 		if old != nil {
 			// The resized flow table is created unpinned; the old one
 			// keeps its pin until its records are in the new one, so that
@@ -196,9 +191,11 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{m: d.objs.NsflowFlowCache, n: flowCacheSize, cpus: uint32(cpus)}.mapped()
-	// With pins, the flow table may also be new under a kept cache (its
-	// pin alone was gone): every entry checks its record once.
-	if flowsReplaced || opts.PinPath != "" {
+	// With pins, the flow table may be new under a kept flow cache
+	// (resized, replaced, or its pin alone gone), whose entries then name
+	// records no longer there, or not yet: the generation moves on, so
+	// that each entry checks its record once.
+	if opts.PinPath != "" {
 		if err := d.bumpGenIf(false); err != nil {
 			d.flowCache.unmap()
 			d.objs.Close()
