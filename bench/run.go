@@ -165,8 +165,8 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 		if err := r.in.detach(); err != nil {
 			return nil, err
 		}
-		if mode != bpf.ModeTCX {
-			return nil, fmt.Errorf("--hook-cost: nsflow's programs are attached with %s here, the no-op with tcx: the two would not compare", mode)
+		if err := hookComparable(mode); err != nil {
+			return nil, err
 		}
 		r.hookChecked = true
 	}
@@ -246,6 +246,16 @@ func (r *runner) runCase(ctx context.Context, path Path, proto traffic.Proto, pa
 	c.Instrumented = summarize(c.Samples, true)
 	c.Ratio = pairedRatio(c.Samples)
 	return c, nil
+}
+
+// hookComparable refuses --hook-cost where nsflow's programs are not on
+// tcx, as the no-op is: filters a killed run left in tc mode make nsflow
+// take their place there, and a tc hook is not a tcx one.
+func hookComparable(nsflowMode bpf.AttachMode) error {
+	if nsflowMode != bpf.ModeTCX {
+		return fmt.Errorf("--hook-cost: nsflow's programs are attached with %s here, the no-op with tcx: the two would not compare", nsflowMode)
+	}
+	return nil
 }
 
 // pairedRatio is the median over rounds of the instrumented sample's

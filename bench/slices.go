@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/traffic"
 )
 
@@ -90,10 +89,8 @@ func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pa
 	ifs := pathIfaces(pairs)
 	modes := []func([]Iface) error{r.in.attach}
 	if r.cfg.HookCost {
-		if r.in.mode != bpf.ModeTCX {
-			// Filters a killed run left in tc mode make nsflow take their
-			// place there; a tc hook is not a tcx one.
-			return SliceRatio{}, nil, fmt.Errorf("--hook-cost: nsflow's programs are attached with %s here, the no-op with tcx: the two would not compare", r.in.mode)
+		if err := hookComparable(r.in.mode); err != nil {
+			return SliceRatio{}, nil, err
 		}
 		modes = append(modes, r.in.attachNoop)
 	}
