@@ -96,14 +96,15 @@ func main() {
 	// from then on (a dropped session sends more than one), and not
 	// caught at all under nohup, which asked for them to be ignored.
 	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
-	if hup := hangups(); hup != nil {
+	hup := hangups()
+	if hup != nil {
 		sigs = append(sigs, hup)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
 	go func() {
 		<-ctx.Done()
-		if len(sigs) > 2 {
-			signal.Ignore(syscall.SIGHUP)
+		if hup != nil {
+			signal.Ignore(hup)
 		}
 		stop()
 	}()
