@@ -236,8 +236,20 @@ struct net_device {
 };
 struct sk_buff {
 	struct net_device *dev;
+	unsigned char *head;
+	unsigned char *data;
+	__u32 end; // sk_buff_data_t: an offset from head on 64-bit kernels
+	__u16 transport_header;
+};
+struct skb_shared_info {
+	__u32 gso_type;
 };
 #pragma clang attribute pop
+
+// SKB_GSO_* bits (linux/skbuff.h), unchanged since Linux 4.18.
+#define SKB_GSO_TCPV4 (1 << 0)
+#define SKB_GSO_TCPV6 (1 << 4)
+#define SKB_GSO_UDP_L4 (1 << 17)
 
 extern void *bpf_cast_to_kern_ctx(void *) __ksym;
 
@@ -249,6 +261,41 @@ static __always_inline __u64 netns_cookie(struct __sk_buff *ctx)
 	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
 
 	return skb->dev->nd_net.net->net_cookie;
+}
+
+// gso_segs_unset counts the segments of a GSO packet whose gso_segs the
+// kernel has not computed (0): one from an untrusted source, a tap or a
+// packet socket with a virtio-net header (a VM's, a sandbox's), whose
+// segments are computed only when it is segmented (SKB_GSO_DODGY). It
+// counts as the kernel's qdisc_pkt_len_init does: the bytes after the
+// transport header (and the TCP or UDP header, for TCP and UDP
+// segmentation) in gso_size pieces. Rare: not inlined.
+static __noinline __u64 gso_segs_unset(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+	__u32 size = ctx->gso_size, gso_type, hdr;
+	__u16 th = skb->transport_header;
+	unsigned char *head = skb->head;
+
+	if (!size || th == 0xffff) // transport header not set
+		return 1;
+	struct skb_shared_info *si = (void *)(head + skb->end);
+	if (bpf_probe_read_kernel(&gso_type, sizeof(gso_type), &si->gso_type))
+		return 1;
+	// The frame starts at skb->data (the MAC header) here.
+	hdr = th - (__u32)(skb->data - head);
+	if (gso_type & (SKB_GSO_TCPV4 | SKB_GSO_TCPV6)) {
+		__u8 doff;
+
+		if (bpf_skb_load_bytes(ctx, hdr + 12, &doff, 1))
+			return 1;
+		hdr += (doff >> 4) * 4;
+	} else if (gso_type & SKB_GSO_UDP_L4) {
+		hdr += 8;
+	}
+	if (ctx->len <= hdr)
+		return 1;
+	return (ctx->len - hdr + size - 1) / size;
 }
 
 // Zero value for inserting a port: too big for the 512-byte stack.
@@ -756,9 +803,11 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 	if (!parse_fast(skb, &p))
 		parse_slow(skb, &p);
 
+	// gso_segs is 0 for a packet that is not GSO, and for a GSO packet
+	// whose segments the kernel has yet to count.
 	__u64 segs = skb->gso_segs;
 	if (segs == 0)
-		segs = 1;
+		segs = skb->gso_size ? gso_segs_unset(skb) : 1;
 	__u64 len = skb->len;
 
 	__u32 cpu = bpf_get_smp_processor_id();
