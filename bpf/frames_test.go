@@ -93,6 +93,15 @@ func ext6(next uint8, units uint8) []byte {
 	return h
 }
 
+// ah is an IPsec authentication header with a 12-byte ICV (HMAC-96):
+// 24 bytes, its length field in 4-byte units minus 2.
+func ah(next uint8) []byte {
+	h := make([]byte, 24)
+	h[0] = next
+	h[1] = 24/4 - 2
+	return h
+}
+
 // frag6 is an IPv6 fragment header; off is in 8-byte units.
 func frag6(next uint8, off uint16, more bool) []byte {
 	h := make([]byte, 8)

@@ -386,7 +386,19 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 	// A later fragment carries no L4 header: its flow has no ports.
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return PARSE_OK;
-	return parse_l4(data, end, off + hlen, p);
+	off += hlen;
+	// An authentication header (IPsec AH, not encrypted) is followed, as
+	// over IPv6, to the protocol it carries.
+	if (ip->protocol == IPPROTO_AH) {
+		__u8 *h = data + off;
+
+		if ((void *)(h + 2) > end)
+			return PARSE_TRUNCATED;
+		p->proto = h[0];
+		p->l4 = l4_class(FAM_IPV4, h[0]);
+		off += ((__u32)h[1] + 2) * 4;
+	}
+	return parse_l4(data, end, off, p);
 }
 
 static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct pkt *p)

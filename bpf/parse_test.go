@@ -51,6 +51,7 @@ func TestParse(t *testing.T) {
 		pRoute  = 43
 		pFrag   = 44
 		pDstOpt = 60
+		pAH     = 51
 	)
 	tests := []struct {
 		name  string
@@ -76,6 +77,14 @@ func TestParse(t *testing.T) {
 			IPv4, OtherL4, &flow{132, v4A, v4B, 3868, 2905, 0}},
 		{"ipv6 sctp", cat(eth(etherIPv6), ipv6(132, v6A, v6B, 12), udp(36412, 38412, 4)),
 			IPv6, OtherL4, &flow{132, v6A, v6B, 36412, 38412, 0}},
+		// IPsec AH authenticates without encrypting: its payload's ports
+		// are there to read, over IPv4 as over IPv6.
+		{"ipv4 ah then tcp", cat(eth(etherIPv4), ipv4(pAH, v4A, v4B, 24+20, 0, 0, false), ah(pTCP), tcp(500, 4500, 0x10)),
+			IPv4, TCP, &flow{pTCP, v4A, v4B, 500, 4500, 0x10}},
+		{"ipv6 ah then udp", cat(eth(etherIPv6), ipv6(pAH, v6A, v6B, 24+8), ah(pUDP), udp(1701, 1702, 0)),
+			IPv6, UDP, &flow{pUDP, v6A, v6B, 1701, 1702, 0}},
+		{"truncated: ipv4 ah cut", cat(eth(etherIPv4), ipv4(pAH, v4A, v4B, 24, 0, 0, false), ah(pUDP)[:1]),
+			IPv4, OtherL4, &flow{pAH, v4A, v4B, 0, 0, 0}},
 		{"ipv4 first fragment", cat(eth(etherIPv4), ipv4(pUDP, v4A, v4B, 16, 0, 0, true), udp(7, 9, 100), zeros(8)),
 			IPv4, UDP, &flow{pUDP, v4A, v4B, 7, 9, 0}},
 		// A later fragment's payload looks like ports (0xabab): they must
