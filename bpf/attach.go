@@ -63,11 +63,23 @@ func (d *Datapath) AttachIndex(netnsPath string, ifindex int) (*Attachment, erro
 // what names the interface in errors.
 func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, error)) (*Attachment, error) {
 	d.mu.Lock()
-	closed := d.closed
-	d.mu.Unlock()
-	if closed {
-		return nil, errors.New("bpf: attach: datapath is closed")
+	if d.closed {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("bpf: attach: %w", ErrClosed)
 	}
+	// Close waits for this attach: it uses the programs' and maps' file
+	// descriptors, which Close would otherwise close under it (and the
+	// kernel could give their numbers to other files meanwhile).
+	d.attaching++
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.attaching--
+		if d.attaching == 0 {
+			d.attachDone.Broadcast()
+		}
+		d.mu.Unlock()
+	}()
 	a := &Attachment{Netns: netnsPath, d: d}
 	where := what
 	if netnsPath != "" {
@@ -98,14 +110,16 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 		return nil, fmt.Errorf("bpf: attach to %s: %w", where, err)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
-		// Close ran meanwhile and did not see this attachment.
+		// Close ran meanwhile and did not see this attachment; it waits
+		// for this undoing.
+		d.mu.Unlock()
 		err := a.detach()
 		d.dropSlotUser(a.Key())
-		return nil, errors.Join(errors.New("bpf: attach: datapath is closed"), err)
+		return nil, errors.Join(fmt.Errorf("bpf: attach: %w", ErrClosed), err)
 	}
 	d.attached[a] = struct{}{}
+	d.mu.Unlock()
 	return a, nil
 }
 

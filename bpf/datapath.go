@@ -38,6 +38,9 @@ type Options struct {
 	ForceMode AttachMode
 }
 
+// ErrClosed is what attaching to a closed Datapath returns.
+var ErrClosed = errors.New("datapath is closed")
+
 // Datapath is the loaded programs and maps, shared by all attachments.
 type Datapath struct {
 	objs      nsflowObjects
@@ -74,6 +77,10 @@ type Datapath struct {
 	mu        sync.Mutex
 	attached  map[*Attachment]struct{}
 	closed    bool
+	// attaching counts the attaches in flight (under mu); attachDone
+	// tells Close when the last one is over.
+	attaching  int
+	attachDone sync.Cond
 }
 
 // mapNames are the maps nsflow.c defines, which are also the pin names.
@@ -142,6 +149,7 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
 		slotUsers: map[PortKey]int{}}
+	d.attachDone.L = &d.mu
 	if d.clock, err = newJiffyClock(); err != nil {
 		return nil, err
 	}
@@ -350,6 +358,12 @@ func (d *Datapath) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	// An attach in flight sees closed when it is done and undoes itself.
+	d.mu.Lock()
+	for d.attaching > 0 {
+		d.attachDone.Wait()
+	}
+	d.mu.Unlock()
 	if err := d.flowCache.unmap(); err != nil {
 		errs = append(errs, err)
 	}

@@ -491,3 +491,74 @@ func TestFailedAttachKeepsOthersSlot(t *testing.T) {
 		t.Errorf("slot users left after every attach ended: %v", d.slotUsers)
 	}
 }
+
+// TestCloseWaitsForAttaches: Close while attaches are in flight. Each
+// attach either succeeds or fails with ErrClosed, never on a descriptor
+// Close closed under it, and nothing is left attached.
+func TestCloseWaitsForAttaches(t *testing.T) {
+	for _, mode := range []AttachMode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			a, b := newTestNS(t), newTestNS(t)
+			var ends []*end
+			for i := 0; i < 4; i++ {
+				ea, eb := vethPair(t, a, b, 30+i)
+				ends = append(ends, ea, eb)
+			}
+			d, err := Load(Options{ForceMode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			progIDs, mapIDs := objectIDs(t, d)
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			attaches := 0
+			for _, e := range ends {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						att, err := d.Attach(e.NS.Path, e.Ifname)
+						if errors.Is(err, ErrClosed) {
+							return
+						}
+						if err != nil {
+							t.Errorf("%s: %v", e.Ifname, err)
+							return
+						}
+						mu.Lock()
+						attaches++
+						mu.Unlock()
+						if err := att.Detach(); err != nil {
+							t.Errorf("%s: detach: %v", e.Ifname, err)
+							return
+						}
+					}
+				}()
+			}
+			time.Sleep(300 * time.Millisecond)
+			if err := d.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			wg.Wait()
+			if attaches == 0 {
+				t.Fatal("no attach succeeded before Close: the test tested nothing")
+			}
+			for _, e := range ends {
+				checkNoTC(t, e)
+				e.NS.do(t, func() error {
+					for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+						r, err := link.QueryPrograms(link.QueryOptions{Target: mustIndex(e.Ifname), Attach: at})
+						if err != nil {
+							return err
+						}
+						if len(r.Programs) > 0 {
+							t.Errorf("%s: %d programs left at %v", e.Ifname, len(r.Programs), at)
+						}
+					}
+					return nil
+				})
+			}
+			waitGone(t, progIDs, mapIDs)
+		})
+	}
+}
