@@ -73,7 +73,8 @@ type topKey struct {
 
 func topKeyOf(k bpf.FlowKey, d *decision) topKey {
 	t := topKey{pair: d.pair, src: k.Src, dst: k.Dst}
-	if hasPorts(k.Proto) || k.Proto == unix.IPPROTO_ICMP || k.Proto == unix.IPPROTO_ICMPV6 {
+	icmp := k.Proto == unix.IPPROTO_ICMP || k.Proto == unix.IPPROTO_ICMPV6
+	if hasPorts(k.Proto) || icmp && k.SrcPort != bpf.ICMPUnknown {
 		t.srcPort, t.dstPort, t.ports = k.SrcPort, k.DstPort, true
 	}
 	return t

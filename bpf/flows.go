@@ -12,7 +12,7 @@ import (
 // FlowKey identifies a flow as seen on one port in one direction. Ports
 // are 0 when the packet carried none (a later fragment, a truncated L4
 // header, a protocol without ports); for ICMP, SrcPort is the type and
-// DstPort the code. Proto is the IP protocol; for IPv6 it is the last
+// DstPort the code, both ICMPUnknown when they were not read. Proto is the IP protocol; for IPv6 it is the last
 // next-header the program reached.
 type FlowKey struct {
 	NetnsCookie      uint64
@@ -22,6 +22,10 @@ type FlowKey struct {
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
 }
+
+// ICMPUnknown is an ICMP flow's SrcPort and DstPort when its packets'
+// type and code were not read (a later fragment, a cut header).
+const ICMPUnknown = 0xffff
 
 // Port returns the port the flow was seen on.
 func (k FlowKey) Port() PortKey { return PortKey{k.NetnsCookie, k.Ifindex} }

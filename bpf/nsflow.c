@@ -49,7 +49,7 @@ enum l4 { L4_TCP, L4_UDP, L4_ICMP, L4_OTHER, L4_MAX };
 
 struct counter {
 	__u64 packets;  // skbs, as the kernel's interface statistics count
-	__u64 segments; // max(gso_segs, 1): packets on the wire
+	__u64 segments; // packets on the wire: gso_segs, at least 1 (see gso_segs_unset)
 	__u64 bytes;    // skb->len, MAC header included
 };
 
@@ -107,8 +107,8 @@ struct flow_key {
 	__u8 family; // 4 or 6
 	__u8 proto;  // IP protocol, or the last IPv6 next header reached
 	__u8 pad;
-	__u16 sport; // host order; ICMP type, 0 when unknown (fragment, truncated)
-	__u16 dport; // host order; ICMP code, 0 when unknown
+	__u16 sport; // host order; ICMP type, 0xffff when unknown (fragment, truncated)
+	__u16 dport; // host order; ICMP code, 0xffff when unknown
 	__u32 pad2;
 	__u8 src[16]; // IPv4 uses the first 4 bytes
 	__u8 dst[16];
@@ -332,6 +332,18 @@ static __always_inline __u8 l4_class(__u8 family, __u8 proto)
 	return L4_OTHER;
 }
 
+// The ports of an ICMP flow whose type and code were not read (a later
+// fragment, a cut header): 0/0 would be Echo Reply.
+#define ICMP_UNKNOWN 0xffffffff
+
+// set_proto sets the IP protocol and its class.
+static __always_inline void set_proto(struct pkt *p, __u8 family, __u8 proto)
+{
+	p->proto = proto;
+	p->l4 = l4_class(family, proto);
+	p->ports = p->l4 == L4_ICMP ? ICMP_UNKNOWN : 0;
+}
+
 // parse_l4 fills in ports (TCP, UDP, SCTP; ICMP type/code) and TCP flags.
 static __always_inline int parse_l4(void *data, void *end, __u32 off, struct pkt *p)
 {
@@ -379,8 +391,7 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 		return PARSE_TRUNCATED;
 
 	p->family = FAM_IPV4;
-	p->proto = ip->protocol;
-	p->l4 = l4_class(FAM_IPV4, ip->protocol);
+	set_proto(p, FAM_IPV4, ip->protocol);
 	p->src[0] = ip->saddr;
 	p->dst[0] = ip->daddr;
 	// A later fragment carries no L4 header: its flow has no ports.
@@ -394,8 +405,7 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 
 		if ((void *)(h + 2) > end)
 			return PARSE_TRUNCATED;
-		p->proto = h[0];
-		p->l4 = l4_class(FAM_IPV4, h[0]);
+		set_proto(p, FAM_IPV4, h[0]);
 		off += ((__u32)h[1] + 2) * 4;
 	}
 	return parse_l4(data, end, off, p);
@@ -442,13 +452,12 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 				return PARSE_TRUNCATED;
 			// A later fragment carries no L4 header.
 			if (*(__be16 *)(h + 2) & bpf_htons(0xfff8)) {
-				p->proto = h[0];
-				p->l4 = l4_class(FAM_IPV6, h[0]);
+				set_proto(p, FAM_IPV6, h[0]);
 				return PARSE_OK;
 			}
 			len = 8;
 		} else {
-			p->l4 = l4_class(FAM_IPV6, next);
+			set_proto(p, FAM_IPV6, next);
 			return parse_l4(data, end, off, p);
 		}
 		next = h[0];
@@ -457,8 +466,7 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 			break;
 	}
 	// Too many extension headers to follow: an IPv6 flow of unknown L4.
-	p->proto = next;
-	p->l4 = l4_class(FAM_IPV6, next);
+	set_proto(p, FAM_IPV6, next);
 	return PARSE_OK;
 }
 

@@ -68,6 +68,14 @@ func TestParse(t *testing.T) {
 			IPv4, ICMP, &flow{pICMP, v4A, v4B, 8, 0, 0}},
 		{"ipv4 icmp port unreachable (type 3, code 3)", cat(eth(etherIPv4), ipv4(pICMP, v4A, v4B, 8, 0, 0, false), icmp(3, 3)),
 			IPv4, ICMP, &flow{pICMP, v4A, v4B, 3, 3, 0}},
+		// An ICMP packet whose type and code were not read has both
+		// 0xffff: 0/0 would be Echo Reply.
+		{"ipv4 icmp later fragment", cat(eth(etherIPv4), ipv4(pICMP, v4A, v4B, 16, 0, 185, false), zeros(16)),
+			IPv4, ICMP, &flow{pICMP, v4A, v4B, 0xffff, 0xffff, 0}},
+		{"truncated: ipv4 icmp header cut", cat(eth(etherIPv4), ipv4(pICMP, v4A, v4B, 8, 0, 0, false), icmp(0, 0)[:1]),
+			IPv4, ICMP, &flow{pICMP, v4A, v4B, 0xffff, 0xffff, 0}},
+		{"ipv6 icmpv6 later fragment", cat(eth(etherIPv6), ipv6(pFrag, v6A, v6B, 24), frag6(pICMP6, 4, false), zeros(16)),
+			IPv6, ICMP, &flow{pICMP6, v6A, v6B, 0xffff, 0xffff, 0}},
 		{"ipv4 options", cat(eth(etherIPv4), ipv4(pUDP, v4A, v4B, 8, 40, 0, false), udp(1, 2, 0)),
 			IPv4, UDP, &flow{pUDP, v4A, v4B, 1, 2, 0}},
 		{"ipv4 other proto (GRE)", cat(eth(etherIPv4), ipv4(47, v4A, v4B, 4, 0, 0, false), zeros(4)),
