@@ -6,6 +6,9 @@ import (
 	"os"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -19,7 +22,10 @@ import (
 //
 // The test writes such packets to a tap in namespace a, which forwards
 // them out of a veth without TSO/GSO, so the kernel segments them there:
-// the far end's interface statistics count the segments, as witness.
+// the far end's interface statistics count the segments, as witness. In
+// the tunnel cases a tc program encapsulates them first, as a tunnel
+// built in BPF does, which leaves gso_segs 0 too: then the inner packet
+// is what is segmented.
 
 // virtio_net_hdr (linux/virtio_net.h): what a tap with IFF_VNET_HDR
 // expects before each frame.
@@ -97,14 +103,7 @@ func gsoFrame(c dodgyCase, dstMAC, srcMAC net.HardwareAddr, src, dst net.IP) []b
 	ip[8], ip[9] = 64, ipProto
 	copy(ip[12:], src.To4())
 	copy(ip[16:], dst.To4())
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
 	b = append(b, ip...)
 	l4 := make([]byte, l4len)
 	binary.BigEndian.PutUint16(l4[0:], 40000)
@@ -130,6 +129,84 @@ type dodgyCase struct {
 	tcpOpts          int // bytes of TCP options
 	payload, gsoSize int
 	segs             uint64 // the kernel's segments of one packet
+	// tunnel puts the packets into an IP-in-UDP tunnel at the tap's
+	// ingress, after nsflow, with bpf_skb_adjust_room: ea sends them
+	// encapsulated, still GSO with gso_segs 0.
+	tunnel bool
+}
+
+// encapProg returns a tc program that puts every packet into an outer
+// IPv4/UDP header (IP-in-UDP, as a tunnel built in BPF does) with
+// bpf_skb_adjust_room, which leaves a GSO packet with gso_segs 0 (and
+// SKB_GSO_DODGY, SKB_GSO_UDP_TUNNEL), then writes outer, the outer
+// headers. FIXED_GSO keeps gso_size.
+func encapProg(t *testing.T, outer []byte) *ebpf.Program {
+	t.Helper()
+	const (
+		adjRoomMAC = 1
+		fixedGSO   = 1 << 0
+		encapL3v4  = 1 << 1
+		encapL4UDP = 1 << 4
+	)
+	buf := make([]byte, 32)
+	copy(buf, outer)
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.Mov.Imm(asm.R2, int32(len(outer))),
+		asm.Mov.Imm(asm.R3, adjRoomMAC),
+		asm.Mov.Imm(asm.R4, fixedGSO|encapL3v4|encapL4UDP),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "out"),
+	}
+	for i := 0; i < len(buf); i += 8 {
+		insns = append(insns,
+			asm.LoadImm(asm.R1, int64(binary.LittleEndian.Uint64(buf[i:])), asm.DWord),
+			asm.StoreMem(asm.RFP, int16(i-32), asm.R1, asm.DWord))
+	}
+	insns = append(insns,
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 14),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -32),
+		asm.Mov.Imm(asm.R4, int32(len(outer))),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.Mov.Imm(asm.R0, -1).WithSymbol("out"), // TCX_NEXT
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "GPL"})
+	if err != nil {
+		t.Fatalf("encap program: %v", err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// udpTunnelHeader is an outer IPv4 and UDP header from src to dst for an
+// inner IPv4 packet of innerLen bytes.
+func udpTunnelHeader(src, dst net.IP, innerLen int) []byte {
+	h := make([]byte, 28)
+	h[0] = 0x45
+	binary.BigEndian.PutUint16(h[2:], uint16(28+innerLen))
+	h[8], h[9] = 64, unix.IPPROTO_UDP
+	copy(h[12:], src.To4())
+	copy(h[16:], dst.To4())
+	binary.BigEndian.PutUint16(h[10:], ipChecksum(h[:20]))
+	binary.BigEndian.PutUint16(h[20:], 40001)
+	binary.BigEndian.PutUint16(h[22:], 5555)
+	binary.BigEndian.PutUint16(h[24:], uint16(8+innerLen))
+	return h
+}
+
+func ipChecksum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
 }
 
 func TestExactDodgyGSO(t *testing.T) {
@@ -143,6 +220,10 @@ func TestExactDodgyGSO(t *testing.T) {
 		// The UDP header is not payload either (UDP segmentation: each
 		// segment gets its own).
 		{name: "udp-exact", proto: "udp", payload: 3000, gsoSize: 1000, segs: 3},
+		// In a tunnel the inner packet is segmented: the outer and inner
+		// headers are not payload either.
+		{name: "tcp-in-udp-tunnel", proto: "tcp", payload: 5000, gsoSize: 1000, segs: 5, tunnel: true},
+		{name: "udp-in-udp-tunnel", proto: "udp", payload: 3000, gsoSize: 1000, segs: 3, tunnel: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := loadForTest(t, Options{})
@@ -156,9 +237,27 @@ func TestExactDodgyGSO(t *testing.T) {
 			a.do(t, func() error { return sysctl("net/ipv4/ip_forward", "1") })
 
 			ws := watch(t, d, tap, ea, eb)
-			baseline(t, d, ws)
 			vmMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
-			frame := gsoFrame(c, mac, vmMAC, vmIP, eb.IP)
+			dst := eb.IP
+			if c.tunnel {
+				// The inner packet goes nowhere the namespace routes to:
+				// only the outer one reaches eb.
+				dst = net.IPv4(198, 18, 6, 2)
+			}
+			frame := gsoFrame(c, mac, vmMAC, vmIP, dst)
+			if c.tunnel {
+				inner := len(frame) - 10 - 14 // no virtio-net or Ethernet header
+				prog := encapProg(t, udpTunnelHeader(vmIP, eb.IP, inner))
+				a.do(t, func() error {
+					l, err := link.AttachTCX(link.TCXOptions{Interface: mustIndex(tap.Ifname), Program: prog, Attach: ebpf.AttachTCXIngress})
+					if err != nil {
+						return err
+					}
+					t.Cleanup(func() { l.Close() })
+					return nil
+				})
+			}
+			baseline(t, d, ws)
 			for range frames {
 				if _, err := f.Write(frame); err != nil {
 					t.Fatalf("write to tap: %v", err)
@@ -169,17 +268,22 @@ func TestExactDodgyGSO(t *testing.T) {
 			if c.proto == "udp" {
 				l4 = UDP
 			}
+			outer := l4
+			if c.tunnel {
+				outer = UDP
+			}
 			for _, h := range []struct {
 				w             *watched
 				dir           Direction
+				l4            L4
 				packets, segs uint64
 			}{
-				{ws[0], Ingress, frames, frames * c.segs},
-				{ws[1], Egress, frames, frames * c.segs},
-				{ws[2], Ingress, frames * c.segs, frames * c.segs},
+				{ws[0], Ingress, l4, frames, frames * c.segs},
+				{ws[1], Egress, outer, frames, frames * c.segs},
+				{ws[2], Ingress, outer, frames * c.segs, frames * c.segs},
 			} {
 				s := h.w.delta(ports[h.w.att.Key()])
-				got := s.Get(h.dir, IPv4, l4)
+				got := s.Get(h.dir, IPv4, h.l4)
 				if got.Packets != h.packets || got.Segments != h.segs {
 					t.Errorf("%s %s: %d packets, %d segments; want %d, %d", h.w.Ifname, h.dir, got.Packets, got.Segments, h.packets, h.segs)
 				}

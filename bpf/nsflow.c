@@ -240,6 +240,7 @@ struct sk_buff {
 	unsigned char *data;
 	__u32 end; // sk_buff_data_t: an offset from head on 64-bit kernels
 	__u16 transport_header;
+	__u16 inner_transport_header;
 };
 struct skb_shared_info {
 	__u32 gso_type;
@@ -250,6 +251,9 @@ struct skb_shared_info {
 #define SKB_GSO_TCPV4 (1 << 0)
 #define SKB_GSO_TCPV6 (1 << 4)
 #define SKB_GSO_UDP_L4 (1 << 17)
+// GRE, GRE_CSUM, IPXIP4, IPXIP6, UDP_TUNNEL, UDP_TUNNEL_CSUM: the inner
+// packet is what is segmented.
+#define SKB_GSO_TUNNEL (0x3f << 6)
 
 extern void *bpf_cast_to_kern_ctx(void *) __ksym;
 
@@ -266,21 +270,25 @@ static __always_inline __u64 netns_cookie(struct __sk_buff *ctx)
 // gso_segs_unset counts the segments of a GSO packet whose gso_segs the
 // kernel has not computed (0): one from an untrusted source, a tap or a
 // packet socket with a virtio-net header (a VM's, a sandbox's), whose
-// segments are computed only when it is segmented (SKB_GSO_DODGY). It
-// counts as the kernel's qdisc_pkt_len_init does: the bytes after the
-// transport header (and the TCP or UDP header, for TCP and UDP
-// segmentation) in gso_size pieces. Rare: not inlined.
+// segments are computed only when it is segmented (SKB_GSO_DODGY); or
+// such a packet after a tunnel encapsulated it. It counts as
+// segmentation does: the bytes after the transport header (and the TCP
+// or UDP header, for TCP and UDP segmentation) in gso_size pieces; in a
+// tunnel, after the inner ones. Rare: not inlined.
 static __noinline __u64 gso_segs_unset(struct __sk_buff *ctx)
 {
 	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
 	__u32 size = ctx->gso_size, gso_type, hdr;
-	__u16 th = skb->transport_header;
 	unsigned char *head = skb->head;
+	__u16 th;
 
-	if (!size || th == 0xffff) // transport header not set
+	if (!size)
 		return 1;
 	struct skb_shared_info *si = (void *)(head + skb->end);
 	if (bpf_probe_read_kernel(&gso_type, sizeof(gso_type), &si->gso_type))
+		return 1;
+	th = gso_type & SKB_GSO_TUNNEL ? skb->inner_transport_header : skb->transport_header;
+	if (th == 0xffff) // not set
 		return 1;
 	// The frame starts at skb->data (the MAC header) here.
 	hdr = th - (__u32)(skb->data - head);
