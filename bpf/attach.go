@@ -97,14 +97,15 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 			return err
 		}
 		// The slot first, before the program sees the port's packets.
-		claimed, err := d.claimSlot(a.Key())
-		if err != nil {
+		if _, err := d.claimSlot(a.Key()); err != nil {
 			return err
 		}
-		if err = a.attachProgs(); err != nil {
-			_ = d.releaseSlot(a.Key(), claimed)
+		if err := a.attachProgs(); err != nil {
+			_ = d.releaseSlot(a.Key())
+			return err
 		}
-		return err
+		d.slotInUse(a.Key())
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bpf: attach to %s: %w", where, err)

@@ -72,6 +72,10 @@ type Datapath struct {
 	// flight (under slotMu): a failed attach frees the slot it claimed
 	// only when no other attach of the port uses it.
 	slotUsers map[PortKey]int
+	// slotFresh holds the ports whose slot an attach claimed and no
+	// attach of the port has completed since (under slotMu): the last
+	// of their attaches to fail frees it, whichever claimed it.
+	slotFresh map[PortKey]bool
 	genMu     sync.Mutex // serializes bumping the deletion generation
 	genOwed   bool       // a bump failed (under genMu)
 	mu        sync.Mutex
@@ -148,7 +152,7 @@ func Load(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
-		slotUsers: map[PortKey]int{}}
+		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}}
 	d.attachDone.L = &d.mu
 	if d.clock, err = newJiffyClock(); err != nil {
 		return nil, err

@@ -463,7 +463,7 @@ func TestFailedAttachKeepsOthersSlot(t *testing.T) {
 	if _, err := d.Attach(a.Path, ea.Ifname); err == nil {
 		t.Fatal("a second attach of the same port succeeded")
 	}
-	if err := d.releaseSlot(k, first); err != nil { // the first attach failed
+	if err := d.releaseSlot(k); err != nil { // the first attach failed
 		t.Fatal(err)
 	}
 	const sent = 20
@@ -489,6 +489,63 @@ func TestFailedAttachKeepsOthersSlot(t *testing.T) {
 	}
 	if n := len(d.slotUsers); n != 0 {
 		t.Errorf("slot users left after every attach ended: %v", d.slotUsers)
+	}
+}
+
+// TestFailedAttachesFreeTheirSlot: two attaches of one port in flight,
+// the first claiming the free slot, the second finding it tagged, and
+// both failing: the slot is free again after the last one, even when the
+// claimer fails first.
+func TestFailedAttachesFreeTheirSlot(t *testing.T) {
+	d := loadForTest(t, Options{})
+	a := newTestNS(t)
+	cookie, err := NetnsCookie(a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := PortKey{NetnsCookie: cookie, Ifindex: 7}
+	if claimed, err := d.claimSlot(k); err != nil || !claimed {
+		t.Fatalf("first claim: %v, %v", claimed, err)
+	}
+	if claimed, err := d.claimSlot(k); err != nil || claimed {
+		t.Fatalf("second claim: %v, %v; want the slot found tagged", claimed, err)
+	}
+	for range 2 { // the claimer fails, then the other
+		if err := d.releaseSlot(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slots, err := d.portSlots.get(portSlotIndex(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range slots {
+		if tag, ok := slots[i].tag(); ok {
+			t.Errorf("CPU %d's slot still tagged %+v", i, tag)
+		}
+	}
+	if len(d.slotUsers) != 0 || len(d.slotFresh) != 0 {
+		t.Errorf("left: users %v, fresh %v", d.slotUsers, d.slotFresh)
+	}
+	// A slot an attach completed on keeps its counts after a later
+	// attach of the port fails (until DeletePort).
+	k = PortKey{NetnsCookie: cookie, Ifindex: 8}
+	if _, err := d.claimSlot(k); err != nil {
+		t.Fatal(err)
+	}
+	d.slotInUse(k)
+	d.dropSlotUser(k) // detached
+	if _, err := d.claimSlot(k); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.releaseSlot(k); err != nil {
+		t.Fatal(err)
+	}
+	if slots, err = d.portSlots.get(portSlotIndex(k)); err != nil {
+		t.Fatal(err)
+	}
+	if tag, _ := slots[0].tag(); tag != k {
+		t.Errorf("a completed attach's slot was freed by a later failed attach: tag %+v", tag)
 	}
 }
 

@@ -207,7 +207,16 @@ func (d *Datapath) claimSlot(k PortKey) (claimed bool, err error) {
 	if err := d.portSlots.put(idx, vs); err != nil {
 		return false, fmt.Errorf("bpf: claim port slot: %w", err)
 	}
+	d.slotFresh[k] = true
 	return true, nil
+}
+
+// slotInUse records that an attach of the port completed: its slot, if
+// it holds one, now keeps its counts until DeletePort.
+func (d *Datapath) slotInUse(k PortKey) {
+	d.slotMu.Lock()
+	defer d.slotMu.Unlock()
+	delete(d.slotFresh, k)
 }
 
 // Ports returns every port's counters, summed over CPUs. A port appears
@@ -285,14 +294,14 @@ func (d *Datapath) DeletePort(k PortKey) error {
 }
 
 // releaseSlot undoes the claimSlot of an attach that failed. The slot is
-// freed if that attach claimed it and no other attach of the port uses it:
-// another Attach of the same port may have succeeded meanwhile, and
-// counts there.
-func (d *Datapath) releaseSlot(k PortKey, claimed bool) error {
+// freed when an attach in flight claimed it, none completed, and no other
+// attach of the port uses it: one of the same port may have succeeded
+// meanwhile, and counts there.
+func (d *Datapath) releaseSlot(k PortKey) error {
 	d.slotMu.Lock()
 	defer d.slotMu.Unlock()
 	d.dropSlotUserLocked(k)
-	if !claimed || d.slotUsers[k] > 0 {
+	if !d.slotFresh[k] || d.slotUsers[k] > 0 {
 		return nil
 	}
 	return d.freeSlotLocked(k)
@@ -320,6 +329,7 @@ func (d *Datapath) freeSlot(k PortKey) error {
 }
 
 func (d *Datapath) freeSlotLocked(k PortKey) error {
+	delete(d.slotFresh, k)
 	idx := portSlotIndex(k)
 	slots, err := d.portSlots.get(idx)
 	if err != nil {
