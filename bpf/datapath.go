@@ -72,9 +72,10 @@ type Datapath struct {
 	// flight (under slotMu): a failed attach frees the slot it claimed
 	// only when no other attach of the port uses it.
 	slotUsers map[PortKey]int
-	// slotFresh holds the ports whose slot an attach claimed and no
-	// attach of the port has completed since (under slotMu): the last
-	// of their attaches to fail frees it, whichever claimed it.
+	// slotFresh holds the ports whose slot an attach claimed while it was
+	// the port's only user, and no attach of the port has completed since
+	// (under slotMu): the last of their attaches to fail frees it,
+	// whichever claimed it.
 	slotFresh map[PortKey]bool
 	genMu     sync.Mutex // serializes bumping the deletion generation
 	genOwed   bool       // a bump failed (under genMu)

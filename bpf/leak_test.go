@@ -547,6 +547,34 @@ func TestFailedAttachesFreeTheirSlot(t *testing.T) {
 	if tag, _ := slots[0].tag(); tag != k {
 		t.Errorf("a completed attach's slot was freed by a later failed attach: tag %+v", tag)
 	}
+
+	// A live attachment of a port counting in the hash map (its slot was
+	// another port's) starts counting in the slot when a second attach
+	// of the port claims it, freed meanwhile; that attach failing, and
+	// then another after the attachment is detached, leave its counts.
+	k = PortKey{NetnsCookie: cookie, Ifindex: 9}
+	d.slotMu.Lock()
+	d.slotUsers[k]++ // the live attachment, whose claim found the slot taken
+	d.slotMu.Unlock()
+	if claimed, err := d.claimSlot(k); err != nil || !claimed {
+		t.Fatalf("claim beside a live attachment: %v, %v", claimed, err)
+	}
+	if err := d.releaseSlot(k); err != nil { // the duplicate attach failed
+		t.Fatal(err)
+	}
+	d.dropSlotUser(k) // the live attachment is detached
+	if _, err := d.claimSlot(k); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.releaseSlot(k); err != nil { // a later attach failed
+		t.Fatal(err)
+	}
+	if slots, err = d.portSlots.get(portSlotIndex(k)); err != nil {
+		t.Fatal(err)
+	}
+	if tag, _ := slots[0].tag(); tag != k {
+		t.Errorf("a slot a live attachment counted in was freed by failed attaches: tag %+v", tag)
+	}
 }
 
 // TestCloseWaitsForAttaches: Close while attaches are in flight. Each

@@ -207,7 +207,12 @@ func (d *Datapath) claimSlot(k PortKey) (claimed bool, err error) {
 	if err := d.portSlots.put(idx, vs); err != nil {
 		return false, fmt.Errorf("bpf: claim port slot: %w", err)
 	}
-	d.slotFresh[k] = true
+	// Fresh only when this attach is the port's one user: a live
+	// attachment of the port (counting in the hash map until now) counts
+	// in the slot from here on, and its counts must stay.
+	if d.slotUsers[k] == 1 {
+		d.slotFresh[k] = true
+	}
 	return true, nil
 }
 
