@@ -142,8 +142,8 @@ func (v *validator) checkIfName(path, name string) {
 		v.add(path, "required")
 	case len(name) > maxIfNameLen:
 		v.add(path, "interface name %q is %d bytes, the kernel allows at most %d", name, len(name), maxIfNameLen)
-	case name == "." || name == ".." || strings.ContainsFunc(name, badIfNameRune):
-		v.add(path, "invalid interface name %q: not \".\" or \"..\", and no '/', ':', '%%' or white space", name)
+	case name == "." || name == ".." || strings.ContainsFunc(name, badIfNameRune) || strings.IndexByte(name, 0xa0) >= 0:
+		v.add(path, "invalid interface name %q: not \".\" or \"..\", and no '/', ':', '%%' or white space (the kernel counts byte 0xA0 as white space: U+00A0, and UTF-8 letters such as \"à\" that contain it)", name)
 	case name == "lo":
 		v.add(path, "%q is the loopback interface every namespace already has", name)
 	case name == "all" || name == "default":
@@ -155,7 +155,8 @@ func (v *validator) checkIfName(path, name string) {
 
 // badIfNameRune reports the characters the kernel refuses in an interface
 // name (dev_valid_name: '/', ':' and the ASCII white space isspace
-// matches), and '%', which it takes as a pattern (as in "eth%d") to pick
+// matches; its isspace also matches the byte 0xA0, checked by the caller
+// on bytes), and '%', which it takes as a pattern (as in "eth%d") to pick
 // a free name itself, so that the interface would not have the declared
 // name. NUL would end the name early.
 func badIfNameRune(r rune) bool {

@@ -169,6 +169,12 @@ links: [{endpoints: [{namespace: a, interface: "e:0"}, {namespace: b, interface:
 			[]string{`links[0].endpoints[0].interface: invalid interface name "e:0"`}},
 		{"interface with carriage return", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\\r0\"}, {namespace: b, interface: e0}]}]",
 			[]string{`links[0].endpoints[0].interface: invalid interface name "e\r0"`}},
+		// The kernel's isspace matches the byte 0xA0: in U+00A0 (C2 A0)
+		// and in UTF-8 letters such as "à" (C3 A0).
+		{"interface with a no-break space", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\u00a00\"}, {namespace: b, interface: e0}]}]",
+			[]string{`links[0].endpoints[0].interface: invalid interface name "e\u00a00"`}},
+		{"interface with an a grave", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"\u00e0\"}, {namespace: b, interface: e0}]}]",
+			[]string{`links[0].endpoints[0].interface: invalid interface name "à"`}},
 		{"interface with vertical tab", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\\v0\"}, {namespace: b, interface: e0}]}]",
 			[]string{`links[0].endpoints[0].interface: invalid interface name "e\v0"`}},
 		{"interface with form feed", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\\f0\"}, {namespace: b, interface: e0}]}]",

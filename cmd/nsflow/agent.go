@@ -51,7 +51,8 @@ func newAgentCmd() *cobra.Command {
 unnamed ones held by processes), attaches the nsflow tc programs to their veth
 and bridge ports as they come and go, and serves per-port and per-namespace-pair
 counters at --web.telemetry-path. It needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
-and CAP_SYS_ADMIN; SIGTERM or SIGINT detaches everything.`,
+and CAP_SYS_ADMIN, and CAP_SYS_PTRACE to find the namespaces of other users'
+processes; SIGTERM or SIGINT detaches everything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f) },
 	}
@@ -159,6 +160,18 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	if f.interval <= 0 {
 		return usage(fmt.Errorf("--discovery.interval %v: must be positive", f.interval))
 	}
+	// Empty, each would mean something else than asked: no pinning, the
+	// default state file, a random port on every address.
+	for _, e := range []struct{ flag, v string }{
+		{"--bpf.pin-path", f.pinPath}, {"--state.file", f.stateFile}, {"--web.listen-address", f.web.ListenAddress},
+	} {
+		if e.v == "" {
+			if e.flag == "--bpf.pin-path" {
+				return usage(errors.New("--bpf.pin-path: must not be empty (--bpf.pin=false turns pinning off)"))
+			}
+			return usage(fmt.Errorf("%s: must not be empty", e.flag))
+		}
+	}
 	if err := agent.ValidateTelemetryPath(f.web.TelemetryPath); err != nil {
 		return usage(err)
 	}
@@ -168,7 +181,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	if f.topology != "" {
 		spec, err := topology.Load(f.topology)
 		if err != nil {
-			return fmt.Errorf("--topology: %w", err)
+			return usage(fmt.Errorf("--topology: %w", err))
 		}
 		cfg.Isolation = verify.NewModel(spec).Classifier()
 	}

@@ -153,7 +153,7 @@ cases measured so far are reported).`,
 	f.StringVarP(&tf.file, "file", "f", "", "topology file whose namespaces to measure (default: build one for the run)")
 	f.StringVar(&tf.prefix, "prefix", "", "with -f: "+prefixUsage)
 	f.StringVar(&path, "path", "veth", "path to measure: veth, bridge or both")
-	f.IntVar(&cfg.Pairs, "pairs", 1, "most client/server pairs at once; runs 1, 2, 4, ... up to N")
+	f.IntVar(&cfg.Pairs, "pairs", 1, "most client/server pairs at once (at most 250); runs 1, 2, 4, ... up to N")
 	f.IntVar(&cfg.Streams, "streams", 1, "TCP connections or UDP sockets per pair")
 	f.DurationVar(&cfg.Duration, "duration", bench.DefaultDuration, "length of each sample")
 	f.StringVar(&proto, "proto", "tcp", "traffic: tcp, udp or both")

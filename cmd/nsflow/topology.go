@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/nsflow/nsflow/topology"
 	"github.com/spf13/cobra"
@@ -179,14 +181,14 @@ func newTopologyGraphCmd(f *topologyFlags) *cobra.Command {
 		Short: "Draw the topology as a mermaid flowchart or a Graphviz dot graph",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !slices.Contains(topology.GraphFormats, format) {
+				return &exitError{2, fmt.Errorf("--format: unknown graph format %q (want %s)", format, strings.Join(topology.GraphFormats, " or "))}
+			}
 			s, err := f.load()
 			if err != nil {
 				return err
 			}
-			if err := topology.WriteGraph(cmd.OutOrStdout(), s, format); err != nil {
-				return &exitError{2, err}
-			}
-			return nil
+			return topology.WriteGraph(cmd.OutOrStdout(), s, format)
 		},
 	}
 	cmd.Flags().StringVar(&format, "format", topology.GraphMermaid, "graph format: mermaid or dot")
