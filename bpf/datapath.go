@@ -247,20 +247,26 @@ func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) (replace
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		if err == nil && spec.Maps[name].Compatible(m) == nil {
+		if err != nil {
+			// Not proof that the pin is not ours (too many open files, a
+			// security module): keep it, and its counts.
+			if oldFlows != nil {
+				oldFlows.Close()
+			}
+			return nil, nil, fmt.Errorf("bpf: open pin %s: %w", path, err)
+		}
+		if spec.Maps[name].Compatible(m) == nil {
 			m.Close()
 			continue
 		}
 		ms := spec.Maps[name]
-		if err == nil && name == nsflowMapNsflowFlows && m.Type() == ms.Type &&
+		if name == nsflowMapNsflowFlows && m.Type() == ms.Type &&
 			m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize && m.Flags() == ms.Flags {
 			oldFlows = m // resized
 			continue
 		}
 		replaced = append(replaced, name)
-		if m != nil {
-			m.Close()
-		}
+		m.Close()
 		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			if oldFlows != nil {
 				oldFlows.Close()

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -326,5 +327,43 @@ func sendThreeFlows(t *testing.T, d *Datapath) {
 	in, _ := d.Programs()
 	for _, port := range []uint16{1, 2, 3} {
 		runFrame(t, in, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(port, 53, 0)))
+	}
+}
+
+// A pin that cannot be opened as a map (here a program pinned under a
+// map's name; as well too many open files, or a security module) is no
+// proof that it is not ours: replacing incompatible pins fails, naming
+// it, and removes nothing of it.
+func TestUnopenablePinKept(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	dir := pinDir(t)
+	d, err := Load(Options{PinPath: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	n, err := LoadNoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	path := filepath.Join(dir, nsflowMapNsflowLoss)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.prog.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	defer n.prog.Unpin()
+	spec, err := loadSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = replaceIncompatiblePins(spec, dir)
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("replaceIncompatiblePins: %v; want an error naming %s", err, path)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("the pin that could not be opened was removed: %v", err)
 	}
 }
