@@ -172,7 +172,7 @@ func (a *Attachment) attachTCX() error {
 	a.Mode = ModeTCX
 	// A run that died in tc mode may have left filters counting into our
 	// pinned tables here.
-	if a.d.portTableID != 0 {
+	if len(a.d.pinnedIDs) > 0 {
 		h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // this thread is in the interface's namespace
 		if err == nil {
 			var l netlink.Link
@@ -197,7 +197,7 @@ func (a *Attachment) attachTCX() error {
 // hasDeadRunFilters reports whether a run that died left filters on the
 // interface (in the calling thread's namespace).
 func (d *Datapath) hasDeadRunFilters(ifindex int) (bool, error) {
-	if d.portTableID == 0 {
+	if len(d.pinnedIDs) == 0 {
 		return false, nil
 	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)

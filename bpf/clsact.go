@@ -154,7 +154,7 @@ func (a *Attachment) attachTC() error {
 // the same port tables and would count every packet a second time. A
 // datapath without pins has tables nobody else's program uses.
 func (d *Datapath) deadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebpf.ProgramID) ([]*netlink.BpfFilter, error) {
-	if d.portTableID == 0 {
+	if len(d.pinnedIDs) == 0 {
 		return nil, nil
 	}
 	var out []*netlink.BpfFilter
@@ -168,7 +168,7 @@ func (d *Datapath) deadRunFilters(h *netlink.Handle, l netlink.Link, keep ...ebp
 			if !ok || bf.Priority != tcPriority || !strings.HasPrefix(bf.Name, tcName) || slices.Contains(keep, ebpf.ProgramID(bf.Id)) {
 				continue
 			}
-			uses, err := progUsesMap(ebpf.ProgramID(bf.Id), d.portTableID)
+			uses, err := progUsesMap(ebpf.ProgramID(bf.Id), d.pinnedIDs)
 			if err != nil {
 				return nil, fmt.Errorf("tc filter %#x: %w", bf.Handle, err)
 			}
@@ -204,7 +204,7 @@ func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep 
 // with narrower filters), where they would go on counting, and count
 // every packet twice once the interface is watched again.
 func (d *Datapath) RemoveDeadRunFilters(netnsPath string, ino uint64, ifindexes []int) (int, error) {
-	if d.portTableID == 0 {
+	if len(d.pinnedIDs) == 0 {
 		return 0, nil
 	}
 	removed := 0
@@ -259,10 +259,10 @@ func (d *Datapath) progIDs() ([]ebpf.ProgramID, error) {
 	return ids, nil
 }
 
-// progUsesMap reports whether the program with id uses the map with id m.
+// progUsesMap reports whether the program with id uses any of the maps ms.
 // A program gone meanwhile uses nothing; one that cannot be inspected is
 // an error, not a filter to keep in silence.
-func progUsesMap(id ebpf.ProgramID, m ebpf.MapID) (bool, error) {
+func progUsesMap(id ebpf.ProgramID, ms []ebpf.MapID) (bool, error) {
 	p, err := ebpf.NewProgramFromID(id)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
@@ -279,7 +279,7 @@ func progUsesMap(id ebpf.ProgramID, m ebpf.MapID) (bool, error) {
 	if !ok {
 		return false, fmt.Errorf("program %d: the kernel reports no map IDs", id)
 	}
-	return slices.Contains(ids, m), nil
+	return slices.ContainsFunc(ids, func(id ebpf.MapID) bool { return slices.Contains(ms, id) }), nil
 }
 
 // ensureClsact adds a clsact qdisc unless the interface has one, and

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"github.com/nsflow/nsflow/internal/testenv"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -274,13 +275,18 @@ func TestTCTwoDatapaths(t *testing.T) {
 // mode, removes those filters when it attaches, since they would count
 // every packet a second time. A filter of a datapath with tables of its
 // own stays.
+//
+// With slotsReplaced, the port slot table's pin is of another layout and
+// replaced, the other tables kept: the dead run's programs still count
+// into those, and are found by them.
 func TestDeadRunFiltersRemoved(t *testing.T) {
 	for _, mode := range []AttachMode{"", ModeTC, ModeTCX} {
-		t.Run("mode="+string(mode), func(t *testing.T) { testDeadRunFiltersRemoved(t, mode) })
+		t.Run("mode="+string(mode), func(t *testing.T) { testDeadRunFiltersRemoved(t, mode, false) })
 	}
+	t.Run("slots-replaced", func(t *testing.T) { testDeadRunFiltersRemoved(t, "", true) })
 }
 
-func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode) {
+func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode, slotsReplaced bool) {
 	testenv.RequireBPFFS(t)
 	dir := filepath.Join("/sys/fs/bpf", testenv.Name("nsflow-test-"))
 	t.Cleanup(func() { RemovePins(dir) })
@@ -308,11 +314,28 @@ func testDeadRunFiltersRemoved(t *testing.T, mode AttachMode) {
 		t.Fatal(err)
 	}
 
+	if slotsReplaced {
+		path := filepath.Join(dir, nsflowMapNsflowPortSlots)
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pin(path); err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+	}
 	next, err := Load(Options{PinPath: dir, MaxFlows: 128, ForceMode: mode})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { next.Close() })
+	if slotsReplaced && !slices.Contains(next.PinsReplaced, nsflowMapNsflowPortSlots) {
+		t.Fatalf("replaced %v, want the port slot table", next.PinsReplaced)
+	}
 	att, err := next.Attach(ea.NS.Path, ea.Ifname)
 	if err != nil {
 		t.Fatal(err)

@@ -58,10 +58,10 @@ type Datapath struct {
 	// of another size (MaxFlows changed) copied into the new one, and
 	// those that did not fit.
 	FlowsCarried, FlowsLost int
-	// portTableID is the ID of the port slot table, which identifies a
-	// run's pinned tables: a tc filter of a run that died whose program
-	// uses it counts into our tables (deadRunFilters). 0 unpinned.
-	portTableID ebpf.MapID
+	// pinnedIDs are the IDs of the pinned tables, which identify a run's
+	// pins: a tc filter of a run that died whose program uses any of them
+	// counts into our tables (deadRunFilters). nil unpinned.
+	pinnedIDs []ebpf.MapID
 
 	// deadMu serializes finding and removing a dead run's tc filters with
 	// attaching, which may put our filter in their place (same handle)
@@ -196,10 +196,17 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("bpf: load: %w", err)
 	}
 	if opts.PinPath != "" {
-		if d.portTableID, err = mapID(d.objs.NsflowPortSlots); err != nil {
-			d.objs.Close()
-			d.clock.Close()
-			return nil, fmt.Errorf("bpf: %w", err)
+		// All of them: a table replaced (another layout) beside kept ones
+		// leaves a dead run's programs counting into the kept ones.
+		for _, m := range []*ebpf.Map{d.objs.NsflowPorts, d.objs.NsflowPortSlots, d.objs.NsflowFlows,
+			d.objs.NsflowFlowCache, d.objs.NsflowGen, d.objs.NsflowLoss} {
+			id, err := mapID(m)
+			if err != nil {
+				d.objs.Close()
+				d.clock.Close()
+				return nil, fmt.Errorf("bpf: %w", err)
+			}
+			d.pinnedIDs = append(d.pinnedIDs, id)
 		}
 	}
 	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}
