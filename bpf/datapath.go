@@ -136,6 +136,7 @@ func Load(opts Options) (*Datapath, error) {
 	spec.Maps[nsflowMapNsflowFlowCache].MaxEntries = flowCacheSize * uint32(cpus)
 
 	var copts ebpf.CollectionOptions
+	var replaced []string // pins of another layout
 	if opts.PinPath == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -149,12 +150,21 @@ func Load(opts Options) (*Datapath, error) {
 		if err := os.Remove(filepath.Join(opts.PinPath, nsflowMapNsflowFlows+resizingSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("bpf: remove an interrupted resize's pin: %w", err)
 		}
+		// Tables of another layout may have the sizes of ours: the stamp
+		// tells them apart.
+		if replaced, err = removeOtherLayout(opts.PinPath); err != nil {
+			return nil, fmt.Errorf("bpf: %w", err)
+		}
+		if err := stampLayout(opts.PinPath); err != nil {
+			return nil, fmt.Errorf("bpf: %w", err)
+		}
 		copts.Maps.PinPath = opts.PinPath
 	}
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
 		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}}
 	d.attachDone.L = &d.mu
+	d.PinsReplaced, d.PinsReset = replaced, len(replaced) > 0
 	if d.clock, err = newJiffyClock(); err != nil {
 		return nil, err
 	}
@@ -163,7 +173,8 @@ func Load(opts Options) (*Datapath, error) {
 		// Pins left by another version or size: ours by name, so replace
 		// those that do not fit rather than fail forever.
 		var old *ebpf.Map
-		d.PinsReplaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
+		replaced, old, err = replaceIncompatiblePins(spec, opts.PinPath)
+		d.PinsReplaced = append(d.PinsReplaced, replaced...)
 		d.PinsReset = len(d.PinsReplaced) > 0
 		if old != nil {
 			// The resized flow table is created unpinned; the old one
@@ -347,7 +358,7 @@ func carryFlows(old, new *ebpf.Map) (carried, lost int, err error) {
 
 func removeOwnPins(path string) error {
 	var errs []error
-	for _, name := range append(slices.Clone(mapNames), nsflowMapNsflowFlows+resizingSuffix) {
+	for _, name := range append(slices.Clone(mapNames), nsflowMapNsflowFlows+resizingSuffix, layoutPinName) {
 		if err := os.Remove(filepath.Join(path, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("bpf: remove pin: %w", err))
 		}

@@ -7,6 +7,10 @@
 // both return TC_ACT_UNSPEC, which is also TCX_NEXT, so any later program
 // runs and the packet's fate is unchanged.
 //
+// The maps are pinned across runs: a change to what their entries hold or
+// where they are looked up that keeps their sizes must bump pinLayout
+// (layout.go).
+//
 // Cost matters (the budget is a few tens of ns per packet), hence per-CPU
 // tables (no atomics), one lookup for the port and one for the flow, a
 // coarse clock, and few cache lines: on real traffic the cost is loads

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/nsflow/nsflow/internal/testenv"
@@ -366,4 +367,58 @@ func TestUnopenablePinKept(t *testing.T) {
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("the pin that could not be opened was removed: %v", err)
 	}
+}
+
+// Tables pinned with another layout stamp (a version whose entries mean
+// something else at the same sizes) are replaced, counters and all; pins
+// without a stamp (before it existed) are of the first layout, and kept.
+func TestPinLayout(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	dir := pinDir(t)
+	frame := cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(1, 2, 0))
+	cookie, err := NetnsCookie("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo := PortKey{NetnsCookie: cookie, Ifindex: 1}
+	run := func(wantReplaced []string, wantPackets uint64) {
+		t.Helper()
+		d, err := Load(Options{PinPath: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		if d.PinsReset != (len(wantReplaced) > 0) || !slices.Equal(d.PinsReplaced, wantReplaced) {
+			t.Errorf("reset %v, replaced %v; want %v", d.PinsReset, d.PinsReplaced, wantReplaced)
+		}
+		s, _, err := d.Port(lo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.Get(Ingress, IPv4, UDP).Packets; got != wantPackets {
+			t.Errorf("%d packets kept, want %d", got, wantPackets)
+		}
+		if v, err := pinnedLayout(dir); err != nil || v != pinLayout {
+			t.Errorf("stamp %d, %v; want %d", v, err, pinLayout)
+		}
+		in, _ := d.Programs()
+		runFrame(t, in, frame)
+	}
+	run(nil, 0)
+	run(nil, 1)
+
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, layoutPinName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Update(uint32(0), uint32(pinLayout+1), ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	run(mapNames, 0)
+
+	if err := os.Remove(filepath.Join(dir, layoutPinName)); err != nil {
+		t.Fatal(err)
+	}
+	run(nil, 1)
 }
