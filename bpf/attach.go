@@ -32,6 +32,7 @@ type Attachment struct {
 	Mode        AttachMode
 
 	d        *Datapath
+	seq      uint64      // order of the attaches that succeeded (under d.mu)
 	links    []link.Link // ModeTCX
 	tc       *tcAttachment
 	mu       sync.Mutex
@@ -119,6 +120,8 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 		d.dropSlotUser(a.Key())
 		return nil, errors.Join(fmt.Errorf("bpf: attach: %w", ErrClosed), err)
 	}
+	d.attachSeq++
+	a.seq = d.attachSeq
 	d.attached[a] = struct{}{}
 	d.mu.Unlock()
 	return a, nil
@@ -239,6 +242,9 @@ func (a *Attachment) Alive() (bool, error) {
 	if a.tc == nil {
 		return false, nil // detached
 	}
+	if a.d.supersededTC(a) {
+		return false, nil // the filters there are a later attachment's
+	}
 	alive := false
 	err := nsenter.DoHandle(a.tc.ns, func() error {
 		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
@@ -270,6 +276,22 @@ func (a *Attachment) Alive() (bool, error) {
 		return false, fmt.Errorf("bpf: filters of %s: %w", a.Ifname, err)
 	}
 	return alive, nil
+}
+
+// supersededTC reports whether a later tc attachment of d has a's port:
+// one whose detach failed and is retried after its interface was deleted
+// and another took its index (in its namespace), and was attached to.
+// Two attachments of one interface cannot both succeed, so the later one
+// is the interface there now.
+func (d *Datapath) supersededTC(a *Attachment) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for b := range d.attached {
+		if b != a && b.Mode == ModeTC && b.Key() == a.Key() && b.seq > a.seq {
+			return true
+		}
+	}
+	return false
 }
 
 // Detach removes the programs from the interface. It is idempotent and
@@ -304,6 +326,12 @@ func (a *Attachment) detach() error {
 		}
 	}
 	a.links = nil
+	if a.tc != nil && a.d.supersededTC(a) {
+		// The filters at this index are a later attachment's: ours went
+		// with the interface, which another took the index of.
+		a.tc.ns.Close()
+		a.tc = nil
+	}
 	if a.tc != nil {
 		if err := nsenter.DoHandle(a.tc.ns, a.tc.detach); err != nil {
 			errs = append(errs, err) // kept, with its namespace, to try again

@@ -40,6 +40,11 @@ type tcAttachment struct {
 	handle     uint32
 	progIDs    [2]ebpf.ProgramID // ingress, egress
 	addedQdisc bool
+	// removedOwn is set once a detach found and removed our filters: the
+	// interface at ifindex was still the one attached to, so a retry may
+	// remove the qdisc we added. Without that, an interface that took the
+	// index meanwhile may have another tool's clsact, with no filter yet.
+	removedOwn bool
 }
 
 // tcHandle is the filter handle of d's programs (see tcPriority).
@@ -101,7 +106,7 @@ func (a *Attachment) attachTC() error {
 	// only the program IDs in t.progIDs, set once a filter is in place.
 	ids, err := a.d.progIDs()
 	if err != nil {
-		_ = t.remove(h, l)
+		_ = t.remove(h, l, true)
 		return err
 	}
 	progs := [2]*ebpf.Program{a.d.objs.NsflowIngress, a.d.objs.NsflowEgress}
@@ -133,14 +138,14 @@ func (a *Attachment) attachTC() error {
 			}
 		}
 		if err != nil {
-			_ = t.remove(h, l)
+			_ = t.remove(h, l, true)
 			return fmt.Errorf("tc filter (clsact %s, prio %d, handle %#x): %w",
 				[]string{"ingress", "egress"}[i], tcPriority, handle, err)
 		}
 		t.progIDs[i] = progID
 	}
 	if _, err := a.d.removeDeadRunFilters(h, l, t.progIDs[:]...); err != nil {
-		_ = t.remove(h, l)
+		_ = t.remove(h, l, true)
 		return err
 	}
 	a.tc = t
@@ -368,14 +373,16 @@ func (t *tcAttachment) detach() error {
 		}
 		return err
 	}
-	return t.remove(h, l)
+	return t.remove(h, l, false)
 }
 
 // remove deletes the filters that run our programs, then the qdisc if we
-// added it and nobody else has a filter on it. Between that check and the
-// delete another tool could add a filter; it would have to race a
-// detach, and the window is one netlink round trip.
-func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link) error {
+// added it and nobody else has a filter on it, and l is known to be the
+// interface attached to: attaching says so (sameLink), or our filters
+// being found on it. Between the check for filters and the delete
+// another tool could add one; it would have to race a detach, and the
+// window is one netlink round trip.
+func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link, sameLink bool) error {
 	var errs []error
 	empty := true
 	for i, parent := range tcParents {
@@ -391,13 +398,15 @@ func (t *tcAttachment) remove(h *netlink.Handle, l netlink.Link) error {
 				if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
 					errs = append(errs, fmt.Errorf("delete filter: %w", err))
 					empty = false
+				} else {
+					t.removedOwn = true
 				}
 				continue
 			}
 			empty = false
 		}
 	}
-	if t.addedQdisc && empty {
+	if t.addedQdisc && empty && (sameLink || t.removedOwn) {
 		if err := h.QdiscDel(clsactQdisc(l)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			errs = append(errs, fmt.Errorf("delete clsact qdisc: %w", err))
 		}

@@ -86,6 +86,7 @@ type Datapath struct {
 	// tells Close when the last one is over.
 	attaching  int
 	attachDone sync.Cond
+	attachSeq  uint64 // the last Attachment.seq given (under mu)
 }
 
 // mapNames are the maps nsflow.c defines, which are also the pin names.

@@ -647,3 +647,99 @@ func TestCloseWaitsForAttaches(t *testing.T) {
 		})
 	}
 }
+
+// TestTCDetachAfterIndexReused: a tc detach that failed is retried after
+// its interface was deleted and another took its index, with another
+// tool's clsact qdisc and, in "reattached", our own later attachment:
+// the retry removes neither that qdisc nor the later attachment's filters.
+func TestTCDetachAfterIndexReused(t *testing.T) {
+	for _, reattached := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reattached=%v", reattached), func(t *testing.T) {
+			d := loadForTest(t, Options{ForceMode: ModeTC})
+			a, b := newTestNS(t), newTestNS(t)
+			ea, _ := vethPair(t, a, b, 8)
+			stale, err := d.Attach(ea.NS.Path, ea.Ifname)
+			if err != nil {
+				t.Fatal(err)
+			}
+			FailNextTCDetach(errors.New("injected netlink failure"))
+			if err := stale.Detach(); err == nil {
+				t.Fatal("detach with an injected failure succeeded")
+			}
+			bh, err := netns.GetFromPath(b.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bh.Close()
+			ea.NS.do(t, func() error {
+				l, err := netlink.LinkByName(ea.Ifname)
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkDel(l); err != nil {
+					return err
+				}
+				if err := netlink.LinkAdd(&netlink.Veth{
+					LinkAttrs:     netlink.LinkAttrs{Name: ea.Ifname, Index: stale.Ifindex},
+					PeerName:      testenv.Name("vr"),
+					PeerNamespace: netlink.NsFd(int(bh)),
+				}); err != nil {
+					return err
+				}
+				if l, err = netlink.LinkByName(ea.Ifname); err != nil {
+					return err
+				}
+				return netlink.QdiscAdd(clsactQdisc(l)) // another tool's
+			})
+			var later *Attachment
+			if reattached {
+				if later, err = d.Attach(ea.NS.Path, ea.Ifname); err != nil {
+					t.Fatal(err)
+				}
+				if later.Ifindex != stale.Ifindex {
+					t.Fatalf("the new interface has index %d, want %d", later.Ifindex, stale.Ifindex)
+				}
+				if alive, err := stale.Alive(); alive || err != nil {
+					t.Errorf("the stale attachment is alive (%v, %v) on the later one's filters", alive, err)
+				}
+			}
+			if err := stale.Detach(); err != nil {
+				t.Fatalf("retried detach: %v", err)
+			}
+			ours, clsact := 0, false
+			ea.NS.do(t, func() error {
+				l, err := netlink.LinkByName(ea.Ifname)
+				if err != nil {
+					return err
+				}
+				for _, parent := range tcParents {
+					fs, err := netlink.FilterList(l, parent)
+					if err != nil {
+						return err
+					}
+					for _, f := range fs {
+						if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, tcName) {
+							ours++
+						}
+					}
+				}
+				qs, err := netlink.QdiscList(l)
+				for _, q := range qs {
+					clsact = clsact || q.Type() == "clsact"
+				}
+				return err
+			})
+			if !clsact {
+				t.Error("the retried detach removed another tool's clsact qdisc")
+			}
+			if want := map[bool]int{false: 0, true: 2}[reattached]; ours != want {
+				t.Errorf("%d of our filters on the interface after the retried detach, want %d (the later attachment's)", ours, want)
+			}
+			if later != nil {
+				if err := later.Detach(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
