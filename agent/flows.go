@@ -73,7 +73,9 @@ type topKey struct {
 
 func topKeyOf(k bpf.FlowKey, d *decision) topKey {
 	t := topKey{pair: d.pair, src: k.Src, dst: k.Dst}
-	icmp := k.Proto == unix.IPPROTO_ICMP || k.Proto == unix.IPPROTO_ICMPV6
+	// The datapath reads a type and code only for ICMP over IPv4 and
+	// ICMPv6 over IPv6.
+	icmp := k.Proto == unix.IPPROTO_ICMP && k.Src.Is4() || k.Proto == unix.IPPROTO_ICMPV6 && k.Src.Is6()
 	if hasPorts(k.Proto) || icmp && k.SrcPort != bpf.ICMPUnknown {
 		t.srcPort, t.dstPort, t.ports = k.SrcPort, k.DstPort, true
 	}
@@ -245,6 +247,7 @@ func (a *Agent) evict() {
 		a.stashGonePortsLocked()
 		if err := a.book.st.save(); err != nil {
 			a.log.Error("save the last counts of deleted ports", "err", err)
+			a.gonePortsDirty = true // the next pass tries again
 		}
 		a.book.mu.Unlock()
 	}
