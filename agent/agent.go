@@ -540,9 +540,11 @@ func (a *Agent) removeNetns(inode uint64) {
 	for ad := range s.addrs {
 		a.dropAddrLocked(s, ad)
 	}
+	retired := make(map[int]*portState, len(detached))
 	for _, idx := range detached {
-		a.retirePortLocked(s, idx, s.links[idx])
+		retired[idx] = s.links[idx]
 	}
+	a.retirePortLocked(s, retired)
 	a.mu.Unlock()
 }
 
@@ -726,7 +728,7 @@ func (a *Agent) deleteLink(s *nsState, idx int, p *portState) {
 	a.mu.Lock()
 	delete(s.links, idx)
 	if detached {
-		a.retirePortLocked(s, idx, p)
+		a.retirePortLocked(s, map[int]*portState{idx: p})
 	}
 	a.mu.Unlock()
 }
@@ -738,7 +740,7 @@ func (a *Agent) detach(s *nsState, idx int, p *portState) {
 		return
 	}
 	a.mu.Lock()
-	a.retirePortLocked(s, idx, p)
+	a.retirePortLocked(s, map[int]*portState{idx: p})
 	a.mu.Unlock()
 }
 
@@ -788,7 +790,7 @@ func (a *Agent) retryDetaches() {
 		}
 		if pd.p != nil {
 			a.mu.Lock()
-			a.retirePortLocked(pd.s, pd.idx, pd.p)
+			a.retirePortLocked(pd.s, map[int]*portState{pd.idx: pd.p})
 			a.mu.Unlock()
 		}
 		return true

@@ -134,19 +134,40 @@ func (a *Agent) retirePortsLocked(now time.Time) {
 	}
 }
 
-// retirePortLocked marks a detached port so, keeps its last counts under
-// its labels and deletes its counters, all under a.mu (callers hold it):
-// a scrape sees the port either live or gone, never neither nor both.
-func (a *Agent) retirePortLocked(s *nsState, idx int, p *portState) {
-	p.att = nil
-	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-	if st, ok, err := a.dp.Port(k); err != nil {
-		a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
-	} else if ok {
-		a.retainPortLocked(portLabel{s.label, p.link.Name}, st, time.Now())
+// retirePortLocked marks detached ports so, keeps their last counts under
+// their labels and deletes their counters, all under a.mu (callers hold
+// it): a scrape sees a port either live or gone, never neither nor both.
+// The kept counts are saved before the counters go: a crash in between
+// would lose them (the next start keeps the counters of gone ports it
+// finds, under the labels of the last save).
+func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
+	var keys []bpf.PortKey
+	for idx, p := range ports {
+		p.att = nil
+		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
+		if st, ok, err := a.dp.Port(k); err != nil {
+			a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
+		} else if ok {
+			a.retainPortLocked(portLabel{s.label, p.link.Name}, st, time.Now())
+		}
+		keys = append(keys, k)
 	}
-	if err := a.dp.DeletePort(k); err != nil {
-		a.log.Debug("delete port counters", "netns", s.label, "interface", p.link.Name, "err", err)
+	if a.gonePortsDirty {
+		a.book.mu.Lock()
+		a.stashGonePortsLocked()
+		err := a.book.st.save()
+		a.book.mu.Unlock()
+		if err != nil {
+			// The counters stay until a pass finds them stale.
+			a.log.Error("save the last counts of deleted ports", "err", err)
+			a.gonePortsDirty = true
+			return
+		}
+	}
+	for _, k := range keys {
+		if err := a.dp.DeletePort(k); err != nil {
+			a.log.Debug("delete port counters", "netns", s.label, "ifindex", k.Ifindex, "err", err)
+		}
 	}
 }
 
