@@ -103,6 +103,21 @@ func (m *Model) Classifier() func(k bpf.FlowKey, netns string, holders func(neti
 	}
 }
 
+// delivers reports whether the model delivers f from src: as a request,
+// or as the reply to one that f's namespace sent src (src then knows the
+// asker's address from its request, where the asker may answer no ARP or
+// neighbour solicitation of its own: arp_ignore).
+func (m *Model) delivers(src string, f Flow) bool {
+	if got, _ := m.Deliver(src, f.Dst); got == f.Netns {
+		return true
+	}
+	if to, _ := m.Deliver(f.Netns, f.Src); to != src {
+		return false
+	}
+	back, _ := m.deliver(src, f.Dst, f.Netns)
+	return back == f.Netns
+}
+
 func (m *Model) violations(flows []Flow, owners func(netip.Addr) []string) []Violation {
 	byPair := map[[2]string]*Violation{}
 	for _, f := range flows {
@@ -113,7 +128,7 @@ func (m *Model) violations(flows []Flow, owners func(netip.Addr) []string) []Vio
 		if slices.Contains(srcs, f.Netns) {
 			continue // from itself (over a loop, or its own address)
 		}
-		if slices.ContainsFunc(srcs, func(s string) bool { got, _ := m.Deliver(s, f.Dst); return got == f.Netns }) {
+		if slices.ContainsFunc(srcs, func(s string) bool { return m.delivers(s, f) }) {
 			continue
 		}
 		src := Unknown

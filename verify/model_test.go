@@ -414,8 +414,19 @@ func TestModelArpIgnoreOfTheAsker(t *testing.T) {
 		t.Fatal(err)
 	}
 	setSysctl(s, "x", "net.ipv4.conf.all.arp_ignore", "8")
-	if got := NewModel(s).Answerer("x", netip.MustParseAddr("198.18.4.2")); got != "y" {
+	m := NewModel(s)
+	if got := m.Answerer("x", netip.MustParseAddr("198.18.4.2")); got != "y" {
 		t.Errorf("Answerer(x, y) = %q, want y", got)
+	}
+	// y's replies reach x (y learned x from the request): evidence must
+	// not call them a crossing. z, which x never asks, cannot reach x.
+	reply := Flow{Netns: "x", Src: netip.MustParseAddr("198.18.4.2"), Dst: netip.MustParseAddr("198.18.4.1"), Proto: 6, Packets: 3}
+	if vs := m.violations([]Flow{reply}, m.Owners); len(vs) != 0 {
+		t.Errorf("y's replies to x judged violations: %+v", vs)
+	}
+	fromZ := Flow{Netns: "x", Src: netip.MustParseAddr("198.18.5.2"), Dst: netip.MustParseAddr("198.18.4.1"), Proto: 6, Packets: 1}
+	if vs := m.violations([]Flow{fromZ}, m.Owners); len(vs) != 1 {
+		t.Errorf("z to x (x answers no ARP, and never asked z): violations %+v, want one", vs)
 	}
 }
 

@@ -63,6 +63,11 @@ did not hold to the end, or an interrupted run (no report).`,
 				err = rep.WriteTable(w)
 			}
 			if err != nil {
+				// A violation outranks an output that could not be
+				// written (a closed pipe): the verdict stands.
+				if rep.Verdict() == 1 {
+					return &exitError{1, errors.Join(errors.New(rep.VerdictLine()), fmt.Errorf("write the report: %w", err))}
+				}
 				return &exitError{2, err}
 			}
 			if v := rep.Verdict(); v != 0 {
