@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -13,16 +14,33 @@ import (
 // tables are shared by every namespace on the host: while they overflow,
 // a probe's packet can be dropped before it leaves, which a timeout cannot
 // tell from a block.
+//
+// The files are in the initial network namespace's /proc/net only, read
+// through the calling thread's (not the main thread's, which may be in a
+// topology namespace meanwhile). A host without IPv6 has no NDP table.
 func neighTableFulls() (uint64, error) {
 	var total uint64
-	for _, f := range []string{"/proc/net/stat/arp_cache", "/proc/net/stat/ndisc_cache"} {
+	for i, f := range neighStatFiles {
 		n, err := statColumn(f, "table_fulls")
+		if errors.Is(err, os.ErrNotExist) && i == 1 {
+			continue
+		}
 		if err != nil {
 			return 0, err
 		}
 		total += n
 	}
 	return total, nil
+}
+
+// neighStatFiles are the ARP and the NDP table's statistics.
+var neighStatFiles = [2]string{"/proc/thread-self/net/stat/arp_cache", "/proc/thread-self/net/stat/ndisc_cache"}
+
+// neighUnwatched is the report's note when the neighbour tables' overflow
+// counter cannot be read (verify runs outside the initial network
+// namespace, as in a container with a namespace of its own).
+func neighUnwatched(err error) string {
+	return fmt.Sprintf("the host's neighbour table overflow could not be watched (%v): a probe that timed out while the ARP/NDP tables were full would read as blocked", err)
 }
 
 // statColumn sums one column of a /proc/net/stat file (hex, a row per CPU).

@@ -3,6 +3,7 @@ package verify
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -38,5 +39,30 @@ func TestDistrustTimeouts(t *testing.T) {
 		if p.Outcome != want[i] {
 			t.Errorf("probe %d: %s, want %s", i, p.Outcome, want[i])
 		}
+	}
+}
+
+// Without an NDP table (IPv6 disabled) the ARP table alone is watched;
+// without the ARP table's statistics (outside the initial namespace) the
+// run says that it could not watch.
+func TestNeighTableUnwatched(t *testing.T) {
+	saved := neighStatFiles
+	t.Cleanup(func() { neighStatFiles = saved })
+	dir := t.TempDir()
+	arp := filepath.Join(dir, "arp_cache")
+	os.WriteFile(arp, []byte("entries table_fulls\n00000001 00000003\n"), 0o644)
+	neighStatFiles = [2]string{arp, filepath.Join(dir, "ndisc_cache")}
+	if n, err := neighTableFulls(); err != nil || n != 3 {
+		t.Errorf("no NDP table: %d, %v; want 3", n, err)
+	}
+	pr := newProber(nil, nil, 0)
+	pr.runChecked(nil)
+	if pr.unwatched != "" {
+		t.Errorf("watched, yet: %s", pr.unwatched)
+	}
+	neighStatFiles = [2]string{filepath.Join(dir, "none"), filepath.Join(dir, "ndisc_cache")}
+	pr.runChecked(nil)
+	if !strings.Contains(pr.unwatched, "could not be watched") {
+		t.Errorf("unwatched %q, want the reason", pr.unwatched)
 	}
 }

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -88,6 +89,9 @@ type prober struct {
 	slots chan struct{}
 	seq   uint32
 	mu    sync.Mutex
+	// unwatched is set (under mu) when a run could not watch the
+	// neighbour tables' overflow (see runChecked).
+	unwatched string
 }
 
 // maxInFlight caps the sockets open at once; below it, half the file
@@ -133,12 +137,18 @@ func (pr *prober) run(probes []*Probe) {
 
 // runChecked is run, with the timeouts distrusted if the host's neighbour
 // tables overflowed meanwhile (see distrustTimeouts).
+// When the counters cannot be read, unwatched says why.
 func (pr *prober) runChecked(probes []*Probe) {
 	before, err := neighTableFulls()
 	pr.run(probes)
-	if after, err2 := neighTableFulls(); err == nil && err2 == nil {
-		distrustTimeouts(probes, before, after)
+	after, err2 := neighTableFulls()
+	if err = errors.Join(err, err2); err != nil {
+		pr.mu.Lock()
+		pr.unwatched = neighUnwatched(err)
+		pr.mu.Unlock()
+		return
 	}
+	distrustTimeouts(probes, before, after)
 }
 
 func (pr *prober) runFrom(from string, batch []*Probe) {

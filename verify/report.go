@@ -26,6 +26,8 @@ type Report struct {
 	// Phases is where the time went: setup (responders, eBPF attach),
 	// probes, retry, port_space, stack, evidence.
 	Phases []Phase `json:"phases"`
+	// Notes are what limits the results without failing the run.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Phase is the duration of one step of a run.

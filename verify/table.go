@@ -78,6 +78,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	fmt.Fprintln(bw)
+	for _, n := range r.Notes {
+		fmt.Fprintf(bw, "note: %s\n", n)
+	}
 	fmt.Fprintln(bw, r.VerdictLine())
 	return bw.Flush()
 }

@@ -169,6 +169,11 @@ func Run(ctx context.Context, s *topology.Spec, opts Options) (*Report, error) {
 	}
 	unjudgeable(rep.Probes, resp)
 	e.noSource(rep.Probes)
+	pr.mu.Lock()
+	if pr.unwatched != "" {
+		rep.Notes = append(rep.Notes, pr.unwatched)
+	}
+	pr.mu.Unlock()
 	rep.phase("retry", t)
 	if ctx.Err() != nil {
 		return nil, interrupted(ctx)
