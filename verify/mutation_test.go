@@ -629,3 +629,31 @@ func TestReadForwardingDottedName(t *testing.T) {
 		t.Errorf("forwarding of e.1: %q (all: %v)", got["ipv4.conf.e/1.forwarding"], got)
 	}
 }
+
+// Routes that keep a declared route's destination and gateway: in c, the
+// connected route replaced by a local one (c then takes its whole subnet's
+// traffic, r's address included); in a, the declared route to c's subnet
+// twice (another metric). The routes check names both.
+func TestMutationRouteTypeAndDuplicate(t *testing.T) {
+	l := upLab(t, nil)
+	ip(t, "-n", l.ns("c"), "route", "replace", "local", "198.18.2.0/24", "dev", "eth0", "table", "main")
+	ip(t, "-n", l.ns("a"), "route", "add", "198.18.2.0/24", "via", "198.18.1.254", "metric", "50")
+	rep := l.run(t, Options{})
+	if rep.Verdict() == 0 {
+		t.Error("verdict 0 with c taking its whole subnet")
+	}
+	for ns, w := range map[string]string{
+		"c": "route 198.18.2.0/24 dev eth0 of type local",
+		"a": "duplicate route 198.18.2.0/24 via 198.18.1.254 dev eth0",
+	} {
+		var problems []string
+		for _, c := range rep.Stack {
+			if c.Netns == l.ns(ns) && c.Kind == "routes" {
+				problems = c.Problems
+			}
+		}
+		if !slices.ContainsFunc(problems, func(p string) bool { return strings.HasPrefix(p, w) }) {
+			t.Errorf("routes check of %s lacks %q: %q", ns, w, problems)
+		}
+	}
+}

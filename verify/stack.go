@@ -220,10 +220,18 @@ func (e *env) checkRoutes(ns string, s *snapshot, ifnames map[int]string) Check 
 			gw = g.Unmap().String()
 		}
 		k := dst.String() + " " + gw
-		seen[k] = true
-		if !want[k] {
+		switch {
+		case r.Type != unix.RTN_UNICAST:
+			// A connected route replaced by a local one (its namespace
+			// then takes the whole subnet's traffic) keeps its key.
+			c.Problems = append(c.Problems, fmt.Sprintf("route %s of type %s (the topology's routes are unicast)",
+				describeRoute(dst, gw, ifnames[r.LinkIndex]), routeType(r.Type)))
+		case seen[k]:
+			c.Problems = append(c.Problems, "duplicate route "+describeRoute(dst, gw, ifnames[r.LinkIndex]))
+		case !want[k]:
 			c.Problems = append(c.Problems, "unexpected route "+describeRoute(dst, gw, ifnames[r.LinkIndex]))
 		}
+		seen[k] = true
 	}
 	for k := range want {
 		if !seen[k] {
@@ -361,6 +369,31 @@ func defaultRoute(family int) netip.Prefix {
 		return netip.MustParsePrefix("::/0")
 	}
 	return netip.MustParsePrefix("0.0.0.0/0")
+}
+
+// routeType names a route type as ip-route(8) does.
+func routeType(t int) string {
+	switch t {
+	case unix.RTN_LOCAL:
+		return "local"
+	case unix.RTN_BROADCAST:
+		return "broadcast"
+	case unix.RTN_ANYCAST:
+		return "anycast"
+	case unix.RTN_MULTICAST:
+		return "multicast"
+	case unix.RTN_BLACKHOLE:
+		return "blackhole"
+	case unix.RTN_UNREACHABLE:
+		return "unreachable"
+	case unix.RTN_PROHIBIT:
+		return "prohibit"
+	case unix.RTN_THROW:
+		return "throw"
+	case unix.RTN_NAT:
+		return "nat"
+	}
+	return fmt.Sprint(t)
 }
 
 func describeRoute(dst netip.Prefix, gw, dev string) string {
