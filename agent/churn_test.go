@@ -437,3 +437,45 @@ func TestFailedDetachKeepsPort(t *testing.T) {
 		t.Errorf("eth-d sent %d UDP packets by nsflow's count, want %d", got, n)
 	}
 }
+
+// TestFailedDetachOfDeletedPortKeepsCounts: an interface is deleted and
+// its detach fails twice; until a retry works, the passes between must
+// not delete its counters, which the retry then keeps under its labels.
+func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ag")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, AttachMode: bpf.ModeTC, FlowIdleTimeout: 2 * time.Second})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	waitAttached(t, r.a, a, "eth-d")
+	const n = 25
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5802"), n, 64)
+	series := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface="eth-d",netns=%q\} (\d+)$`, a))
+	value := func() string {
+		if m := series.FindStringSubmatch(scrape(t, r.url)); m != nil {
+			return m[1]
+		}
+		return ""
+	}
+	if v := value(); v != strconv.Itoa(n) {
+		t.Fatalf("before: eth-d sent %q IPv4 packets, want %d", v, n)
+	}
+
+	bpf.FailNextTCDetach(errors.New("injected netlink failure"))
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); r.a.attachment(a, "eth-d") != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("eth-d still known after its deletion")
+		}
+	}
+	bpf.FailNextTCDetach(errors.New("injected netlink failure, again")) // the first retry's
+	for deadline := time.Now().Add(3 * r.a.evictInterval()); value() != strconv.Itoa(n); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the retries: eth-d sent %q IPv4 packets, want its %d kept", value(), n)
+		}
+	}
+}

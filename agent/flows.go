@@ -407,8 +407,16 @@ func (a *Agent) dropStalePortsLocked() {
 		a.log.Error("eviction: read ports", "err", err)
 		return
 	}
+	// A port whose detach failed is still counted: its counts are kept
+	// when the detach works (retryDetaches, on this goroutine).
+	pending := map[bpf.PortKey]bool{}
+	for _, pd := range a.undetached {
+		if pd.p != nil {
+			pending[bpf.PortKey{NetnsCookie: pd.s.cookie, Ifindex: uint32(pd.idx)}] = true
+		}
+	}
 	for k := range ports {
-		if _, started := a.startPorts[k]; !a.portLiveLocked(k) && !started { // those: retireStartPortsLocked
+		if _, started := a.startPorts[k]; !a.portLiveLocked(k) && !started && !pending[k] { // those: retireStartPortsLocked
 			if err := a.dp.DeletePort(k); err != nil {
 				a.log.Debug("delete stale port", "err", err)
 			}
