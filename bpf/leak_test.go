@@ -267,34 +267,42 @@ func checkNoTC(t testing.TB, e *end) {
 // checkNoTCIn is checkNoTC for an interface of the namespace h.
 func checkNoTCIn(t testing.TB, h netns.NsHandle, ifname string) {
 	t.Helper()
+	filters, clsact := tcOn(t, h, ifname)
+	for parent, fs := range filters {
+		if len(fs) > 0 {
+			t.Errorf("filters left on %s (%#x): %+v", ifname, parent, fs)
+		}
+	}
+	if clsact {
+		t.Errorf("clsact qdisc left on %s", ifname)
+	}
+}
+
+// tcOn returns the filters on ifname in the namespace h, by parent
+// (clsact ingress and egress), and whether it has a clsact qdisc.
+func tcOn(t testing.TB, h netns.NsHandle, ifname string) (filters map[uint32][]netlink.Filter, clsact bool) {
+	t.Helper()
+	filters = map[uint32][]netlink.Filter{}
 	err := nsenter.DoHandle(h, func() error {
 		l, err := netlink.LinkByName(ifname)
 		if err != nil {
 			return err
 		}
 		for _, parent := range tcParents {
-			fs, err := netlink.FilterList(l, parent)
-			if err != nil {
+			if filters[parent], err = netlink.FilterList(l, parent); err != nil {
 				return err
-			}
-			if len(fs) > 0 {
-				t.Errorf("filters left on %s (%#x): %+v", ifname, parent, fs)
 			}
 		}
 		qs, err := netlink.QdiscList(l)
-		if err != nil {
-			return err
-		}
 		for _, q := range qs {
-			if q.Type() == "clsact" {
-				t.Errorf("clsact qdisc left on %s", ifname)
-			}
+			clsact = clsact || q.Type() == "clsact"
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return filters, clsact
 }
 
 // TestAttachIndex: an attach by index goes to that interface or fails; it
@@ -363,26 +371,7 @@ func TestAliveAfterIndexReused(t *testing.T) {
 			if alive, err := att.Alive(); !alive || err != nil {
 				t.Fatalf("alive right after attach: %v, %v", alive, err)
 			}
-			bh, err := netns.GetFromPath(b.Path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bh.Close()
-			ea.NS.do(t, func() error {
-				l, err := netlink.LinkByName(ea.Ifname)
-				if err != nil {
-					return err
-				}
-				if err := netlink.LinkDel(l); err != nil {
-					return err
-				}
-				// Another pair, its end in a at the same index.
-				return netlink.LinkAdd(&netlink.Veth{
-					LinkAttrs:     netlink.LinkAttrs{Name: ea.Ifname, Index: att.Ifindex},
-					PeerName:      testenv.Name("vr"),
-					PeerNamespace: netlink.NsFd(int(bh)),
-				})
-			})
+			replaceAtIndex(t, ea, b, att.Ifindex)
 			if alive, err := att.Alive(); alive || err != nil {
 				t.Errorf("alive after the interface was replaced at index %d: %v, %v", att.Ifindex, alive, err)
 			}
@@ -648,6 +637,31 @@ func TestCloseWaitsForAttaches(t *testing.T) {
 	}
 }
 
+// replaceAtIndex deletes e's interface and puts the end of another veth
+// pair (its peer in peerNS) in its place: same name, same index.
+func replaceAtIndex(t *testing.T, e *end, peerNS *testNS, index int) {
+	t.Helper()
+	h, err := netns.GetFromPath(peerNS.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	e.NS.do(t, func() error {
+		l, err := netlink.LinkByName(e.Ifname)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			return err
+		}
+		return netlink.LinkAdd(&netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: e.Ifname, Index: index},
+			PeerName:      testenv.Name("vr"),
+			PeerNamespace: netlink.NsFd(int(h)),
+		})
+	})
+}
+
 // TestTCDetachAfterIndexReused: a tc detach that failed is retried after
 // its interface was deleted and another took its index, with another
 // tool's clsact qdisc and, in "reattached", our own later attachment:
@@ -666,27 +680,10 @@ func TestTCDetachAfterIndexReused(t *testing.T) {
 			if err := stale.Detach(); err == nil {
 				t.Fatal("detach with an injected failure succeeded")
 			}
-			bh, err := netns.GetFromPath(b.Path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bh.Close()
+			replaceAtIndex(t, ea, b, stale.Ifindex)
 			ea.NS.do(t, func() error {
 				l, err := netlink.LinkByName(ea.Ifname)
 				if err != nil {
-					return err
-				}
-				if err := netlink.LinkDel(l); err != nil {
-					return err
-				}
-				if err := netlink.LinkAdd(&netlink.Veth{
-					LinkAttrs:     netlink.LinkAttrs{Name: ea.Ifname, Index: stale.Ifindex},
-					PeerName:      testenv.Name("vr"),
-					PeerNamespace: netlink.NsFd(int(bh)),
-				}); err != nil {
-					return err
-				}
-				if l, err = netlink.LinkByName(ea.Ifname); err != nil {
 					return err
 				}
 				return netlink.QdiscAdd(clsactQdisc(l)) // another tool's
@@ -706,29 +703,20 @@ func TestTCDetachAfterIndexReused(t *testing.T) {
 			if err := stale.Detach(); err != nil {
 				t.Fatalf("retried detach: %v", err)
 			}
-			ours, clsact := 0, false
-			ea.NS.do(t, func() error {
-				l, err := netlink.LinkByName(ea.Ifname)
-				if err != nil {
-					return err
-				}
-				for _, parent := range tcParents {
-					fs, err := netlink.FilterList(l, parent)
-					if err != nil {
-						return err
-					}
-					for _, f := range fs {
-						if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, tcName) {
-							ours++
-						}
+			h, err := netns.GetFromPath(a.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			filters, clsact := tcOn(t, h, ea.Ifname)
+			ours := 0
+			for _, fs := range filters {
+				for _, f := range fs {
+					if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, tcName) {
+						ours++
 					}
 				}
-				qs, err := netlink.QdiscList(l)
-				for _, q := range qs {
-					clsact = clsact || q.Type() == "clsact"
-				}
-				return err
-			})
+			}
 			if !clsact {
 				t.Error("the retried detach removed another tool's clsact qdisc")
 			}

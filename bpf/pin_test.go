@@ -16,17 +16,23 @@ import (
 	"github.com/nsflow/nsflow/internal/testenv"
 )
 
+// testRunUDP is a UDP frame for BPF_PROG_TEST_RUN and the port it
+// counts on: this namespace's loopback.
+func testRunUDP(t *testing.T) ([]byte, PortKey) {
+	t.Helper()
+	cookie, err := NetnsCookie("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(1, 2, 0)), PortKey{NetnsCookie: cookie, Ifindex: 1}
+}
+
 // Pinned maps survive Close and are reused by the next Load; pins of an
 // incompatible layout are replaced; RemovePins removes only ours.
 func TestPinning(t *testing.T) {
 	testenv.RequireBPFFS(t)
 	dir := pinDir(t)
-	frame := cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(1, 2, 0))
-	cookie, err := NetnsCookie("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo := PortKey{NetnsCookie: cookie, Ifindex: 1}
+	frame, lo := testRunUDP(t)
 
 	load := func(opts Options) *Datapath {
 		t.Helper()
@@ -375,12 +381,7 @@ func TestUnopenablePinKept(t *testing.T) {
 func TestPinLayout(t *testing.T) {
 	testenv.RequireBPFFS(t)
 	dir := pinDir(t)
-	frame := cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(1, 2, 0))
-	cookie, err := NetnsCookie("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo := PortKey{NetnsCookie: cookie, Ifindex: 1}
+	frame, lo := testRunUDP(t)
 	run := func(wantReplaced []string, wantPackets uint64) {
 		t.Helper()
 		d, err := Load(Options{PinPath: dir})
