@@ -16,6 +16,7 @@ import (
 // user plus system, which includes softirq work the kernel charged to
 // it). Softirq and HostBusy come from /proc/stat and cover the whole
 // host, other processes included: veth delivery runs in softirq context.
+// HostBusy is user, nice, system, irq and softirq time; not steal.
 // /proc/stat is sampled at the timer tick, so HostBusy can read a little
 // below Process, which the kernel accounts exactly.
 type CPU struct {
@@ -55,15 +56,13 @@ func readCPU() (cpuSnap, error) {
 	if len(fields) < 8 || fields[0] != "cpu" {
 		return cpuSnap{}, fmt.Errorf("/proc/stat: unexpected first line %q", sc.Text())
 	}
-	var v [8]uint64
-	for i := range v[:7] {
+	var v [7]uint64
+	for i := range v {
 		v[i], _ = strconv.ParseUint(fields[i+1], 10, 64)
 	}
-	if len(fields) > 8 {
-		v[7], _ = strconv.ParseUint(fields[8], 10, 64)
-	}
 	s.softirq = v[6]
-	s.busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+	// Not steal: time the hypervisor gave other guests is no work here.
+	s.busy = v[0] + v[1] + v[2] + v[5] + v[6]
 	return s, nil
 }
 
