@@ -146,11 +146,22 @@ func (v *validator) checkIfName(path, name string) {
 		v.add(path, "invalid interface name %q: not \".\" or \"..\", and no '/', ':', '%%' or white space (the kernel counts byte 0xA0 as white space: U+00A0, and UTF-8 letters such as \"à\" that contain it)", name)
 	case name == "lo":
 		v.add(path, "%q is the loopback interface every namespace already has", name)
+	case tunnelFallbacks[name] != "":
+		v.add(path, "%q is the device the kernel's %s module creates in every namespace once it is loaded", name, tunnelFallbacks[name])
 	case name == "all" || name == "default":
 		// Their /proc/sys/net/*/conf directories are the namespace-wide
 		// settings: the kernel refuses an interface of that name.
 		v.add(path, "%q is reserved by the kernel (net.*.conf.%s are the namespace-wide settings)", name, name)
 	}
+}
+
+// tunnelFallbacks are the devices tunnel modules create in every network
+// namespace (their fallback tunnels), by the module: where it is loaded
+// (ipip on Calico nodes, say), a declared interface of that name fails
+// with EEXIST half way through a build.
+var tunnelFallbacks = map[string]string{
+	"tunl0": "ipip", "sit0": "sit", "gre0": "ip_gre", "gretap0": "ip_gre", "erspan0": "ip_gre",
+	"ip6tnl0": "ip6_tunnel", "ip6gre0": "ip6_gre", "ip_vti0": "ip_vti", "ip6_vti0": "ip6_vti",
 }
 
 // badIfNameRune reports the characters the kernel refuses in an interface

@@ -171,6 +171,10 @@ links: [{endpoints: [{namespace: a, interface: "e:0"}, {namespace: b, interface:
 			[]string{`links[0].endpoints[0].interface: invalid interface name "e\r0"`}},
 		// The kernel's isspace matches the byte 0xA0: in U+00A0 (C2 A0)
 		// and in UTF-8 letters such as "à" (C3 A0).
+		{"interface named as ipip's fallback tunnel", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: tunl0}, {namespace: b, interface: e0}]}]",
+			[]string{`links[0].endpoints[0].interface: "tunl0" is the device the kernel's ipip module creates in every namespace once it is loaded`}},
+		{"bridge named as ip_gre's fallback tunnel", "name: t\nbridges: [{name: gretap0}]",
+			[]string{`bridges[0].name: "gretap0" is the device the kernel's ip_gre module creates`}},
 		{"interface with a no-break space", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"e\u00a00\"}, {namespace: b, interface: e0}]}]",
 			[]string{`links[0].endpoints[0].interface: invalid interface name "e\u00a00"`}},
 		{"interface with an a grave", "name: t\nnamespaces: [{name: a}, {name: b}]\nlinks: [{endpoints: [{namespace: a, interface: \"\u00e0\"}, {namespace: b, interface: e0}]}]",
