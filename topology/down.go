@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -298,7 +297,7 @@ func (b *builder) rollback() error {
 		}
 	}
 	for _, u := range b.sysctlUndo {
-		if err := nsenter.Do(b.s.NetnsPath(u.ns), func() error { return restoreSysctls(u.ns, u.old) }); err != nil {
+		if err := b.conns[u.ns].do(func() error { return restoreSysctls(u.ns, u.old) }); err != nil {
 			errs = append(errs, fmt.Errorf("restore sysctls: %w", err))
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // nsConn is an open network namespace: a file descriptor (to place veth
@@ -22,6 +24,11 @@ type nsConn struct {
 	h    *netlink.Handle
 	// sock is a second route socket there, for vethAdd.
 	sock *nl.SocketHandle
+}
+
+// do runs fn inside the namespace.
+func (c *nsConn) do(fn func() error) error {
+	return nsenter.DoHandle(netns.NsHandle(c.fd), fn)
 }
 
 func (c *nsConn) close() {

@@ -826,3 +826,30 @@ links:
 		t.Errorf("e1's rp_filter %s after the rollback, want %s as before", now, was)
 	}
 }
+
+// TestSysctlsGoToTheCheckedNamespace: a's name is taken by another
+// namespace between the run's ownership check and its sysctls. They go
+// to the namespace that was checked (held open by the run), and the
+// newcomer, not the topology's, is left as it was.
+func TestSysctlsGoToTheCheckedNamespace(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, `
+name: sxh
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.91.1/30]}, {namespace: b, interface: e1, addresses: [198.18.91.2/30]}]
+`)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a := prefixOf(s) + "a"
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", a).Run() })
+	s.Namespaces[0].Sysctls = map[string]string{"net.ipv4.ip_forward": "1"}
+	_, _ = Up(ctx, s, Options{afterPreflight: func() {
+		ip(t, "netns", "del", a)
+		ip(t, "netns", "add", a)
+	}})
+	if got := strings.TrimSpace(ipOut(t, "netns", "exec", a, "cat", "/proc/sys/net/ipv4/ip_forward")); got != "0" {
+		t.Errorf("the namespace that took a's name has ip_forward %s: the run wrote to it", got)
+	}
+}

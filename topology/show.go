@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // State is the live state of a topology, as Show finds it.
@@ -120,7 +122,7 @@ func Show(ctx context.Context, s *Spec, opts Options) (*State, error) {
 		}
 		sn, err := snapshot(c, nil)
 		if err == nil && len(s.Namespaces[i].Sysctls) > 0 {
-			sn.sysctls, sn.sysctlsAbsent, err = readSysctls(path, slices.Collect(maps.Keys(s.Namespaces[i].Sysctls)))
+			sn.sysctls, sn.sysctlsAbsent, err = readSysctls(func(fn func() error) error { return nsenter.Do(path, fn) }, slices.Collect(maps.Keys(s.Namespaces[i].Sysctls)))
 		}
 		if err != nil {
 			c.close()

@@ -7,8 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-
-	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // A key is written as sysctl(8) writes it: its parts separated by dots,
@@ -67,12 +65,12 @@ func restoreSysctls(ns string, sysctls map[string]string) error {
 	return errors.Join(errs...)
 }
 
-// readSysctls reads the given keys inside the namespace at path; a key
+// readSysctls reads the given keys inside the namespace enter runs in; a key
 // that cannot be read is left out (and then differs from its declaration),
 // and one the kernel lacks is also listed in absent.
-func readSysctls(path string, keys []string) (values map[string]string, absent []string, err error) {
+func readSysctls(enter func(func() error) error, keys []string) (values map[string]string, absent []string, err error) {
 	values = make(map[string]string, len(keys))
-	err = nsenter.Do(path, func() error {
+	err = enter(func() error {
 		for _, k := range keys {
 			b, err := os.ReadFile(sysctlFile(k))
 			switch {
@@ -93,9 +91,9 @@ func readSysctls(path string, keys []string) (values map[string]string, absent [
 // fails puts back what was written before it. A key that cannot be read
 // (write-only, such as net.ipv4.route.flush) is written every time, and
 // has no old value to put back.
-func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]string, error) {
+func ensureSysctls(ns string, enter func(func() error) error, sysctls map[string]string) (map[string]string, error) {
 	keys := slices.Sorted(maps.Keys(sysctls))
-	live, absent, err := readSysctls(path, keys)
+	live, absent, err := readSysctls(enter, keys)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +113,7 @@ func ensureSysctls(ns, path string, sysctls map[string]string) (map[string]strin
 	if len(write) == 0 {
 		return nil, nil
 	}
-	err = nsenter.Do(path, func() error {
+	err = enter(func() error {
 		if err := writeSysctls(ns, write); err != nil {
 			_ = restoreSysctls(ns, old) // what was written before the failure
 			return err

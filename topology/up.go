@@ -32,6 +32,9 @@ type Options struct {
 	// failRoutes makes it fail after the routes of the first namespace.
 	failAfter  int64
 	failRoutes bool
+	// afterPreflight, when set, runs once the namespaces are opened and
+	// checked: the tests' way to change them under a run.
+	afterPreflight func()
 }
 
 func (o Options) workers() int {
@@ -211,6 +214,9 @@ func (b *builder) close() {
 func (b *builder) build(ctx context.Context) error {
 	if err := b.preflight(ctx); err != nil {
 		return err
+	}
+	if b.opts.afterPreflight != nil {
+		b.opts.afterPreflight()
 	}
 	if err := b.handleOrphans(ctx); err != nil {
 		return err
@@ -445,7 +451,9 @@ func (b *builder) ensureSysctls(ns string, sysctls map[string]string) error {
 	if len(sysctls) == 0 {
 		return nil
 	}
-	old, err := ensureSysctls(ns, b.s.NetnsPath(ns), sysctls)
+	// Through the handle opened (and checked for ownership) at the start,
+	// not the path: the name could be another namespace's by now.
+	old, err := ensureSysctls(ns, b.conns[ns].do, sysctls)
 	if err != nil || b.fresh[ns] {
 		return err
 	}
