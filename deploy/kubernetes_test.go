@@ -66,6 +66,17 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+// prometheusRule is the Prometheus Operator CRD (monitoring.coreos.com/v1)
+// that carries the alerting rules; its spec is checked against the rules
+// file as text (TestPrometheusRuleIsTheRulesFile).
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Groups []any `json:"groups"`
+	} `json:"spec"`
+}
+
 // manifests holds the decoded objects of deploy/kubernetes.
 type manifests struct {
 	kustomization  kustomization
@@ -74,6 +85,7 @@ type manifests struct {
 	daemonSet      appsv1.DaemonSet
 	service        corev1.Service
 	serviceMonitor serviceMonitor
+	prometheusRule prometheusRule
 	topology       corev1.ConfigMap
 }
 
@@ -101,6 +113,7 @@ func loadManifests(t *testing.T) *manifests {
 		"DaemonSet":      &m.daemonSet,
 		"Service":        &m.service,
 		"ServiceMonitor": &m.serviceMonitor,
+		"PrometheusRule": &m.prometheusRule,
 		"ConfigMap":      &m.topology,
 	}
 	seen := map[string]string{}
