@@ -63,24 +63,11 @@ func (d *Datapath) AttachIndex(netnsPath string, ifindex int) (*Attachment, erro
 // attach attaches to the link find returns in the namespace at netnsPath;
 // what names the interface in errors.
 func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, error)) (*Attachment, error) {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil, fmt.Errorf("bpf: attach: %w", ErrClosed)
+	done, err := d.use()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: attach: %w", err)
 	}
-	// Close waits for this attach: it uses the programs' and maps' file
-	// descriptors, which Close would otherwise close under it (and the
-	// kernel could give their numbers to other files meanwhile).
-	d.attaching++
-	d.mu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		d.attaching--
-		if d.attaching == 0 {
-			d.attachDone.Broadcast()
-		}
-		d.mu.Unlock()
-	}()
+	defer done()
 	a := &Attachment{Netns: netnsPath, d: d}
 	where := what
 	if netnsPath != "" {
@@ -88,7 +75,7 @@ func (d *Datapath) attach(netnsPath, what string, find func() (netlink.Link, err
 	}
 	// The ifindex of a tcx link and the netlink requests of the tc path are
 	// resolved in the calling thread's namespace, so all of it runs there.
-	err := nsenter.Do(netnsPath, func() error {
+	err = nsenter.Do(netnsPath, func() error {
 		l, err := find()
 		if err != nil {
 			return fmt.Errorf("find interface: %w", err)

@@ -209,11 +209,16 @@ func (d *Datapath) removeDeadRunFilters(h *netlink.Handle, l netlink.Link, keep 
 // with narrower filters), where they would go on counting, and count
 // every packet twice once the interface is watched again.
 func (d *Datapath) RemoveDeadRunFilters(netnsPath string, ino uint64, ifindexes []int) (int, error) {
+	done, err := d.use()
+	if err != nil {
+		return 0, fmt.Errorf("bpf: remove dead run's filters: %w", err)
+	}
+	defer done()
 	if len(d.pinnedIDs) == 0 {
 		return 0, nil
 	}
 	removed := 0
-	err := nsenter.DoInode(netnsPath, ino, func() error {
+	err = nsenter.DoInode(netnsPath, ino, func() error {
 		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return fmt.Errorf("netlink: %w", err)

@@ -38,7 +38,7 @@ type Options struct {
 	ForceMode AttachMode
 }
 
-// ErrClosed is what attaching to a closed Datapath returns.
+// ErrClosed is what a Datapath's methods return once it is closed.
 var ErrClosed = errors.New("datapath is closed")
 
 // Datapath is the loaded programs and maps, shared by all attachments.
@@ -82,11 +82,12 @@ type Datapath struct {
 	mu        sync.Mutex
 	attached  map[*Attachment]struct{}
 	closed    bool
-	// attaching counts the attaches in flight (under mu); attachDone
-	// tells Close when the last one is over.
-	attaching  int
-	attachDone sync.Cond
-	attachSeq  uint64 // the last Attachment.seq given (under mu)
+	// users counts the calls in flight that use the programs' and maps'
+	// descriptors (under mu; see use); usersDone tells Close when the
+	// last one is over.
+	users     int
+	usersDone sync.Cond
+	attachSeq uint64 // the last Attachment.seq given (under mu)
 }
 
 // mapNames are the maps nsflow.c defines, which are also the pin names.
@@ -164,7 +165,7 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
 		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}}
-	d.attachDone.L = &d.mu
+	d.usersDone.L = &d.mu
 	d.PinsReplaced, d.PinsReset = replaced, len(replaced) > 0
 	if d.clock, err = newJiffyClock(); err != nil {
 		return nil, err
@@ -367,8 +368,29 @@ func removeOwnPins(path string) error {
 	return errors.Join(errs...)
 }
 
+// use marks a call that uses the programs' and maps' descriptors until
+// done: Close waits for such calls (it would close the descriptors under
+// them, and the kernel could give their numbers to other files), and a
+// call after Close gets ErrClosed.
+func (d *Datapath) use() (done func(), err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	d.users++
+	return func() {
+		d.mu.Lock()
+		if d.users--; d.users == 0 {
+			d.usersDone.Broadcast()
+		}
+		d.mu.Unlock()
+	}, nil
+}
+
 // Close detaches every attachment made through d and closes the programs
-// and maps. Pinned maps stay pinned (see RemovePins).
+// and maps, once the calls in flight are over (so not from a Flows
+// callback). Pinned maps stay pinned (see RemovePins).
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -388,10 +410,11 @@ func (d *Datapath) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	// An attach in flight sees closed when it is done and undoes itself.
+	// Calls in flight end first; an attach sees closed when it is done
+	// and undoes itself.
 	d.mu.Lock()
-	for d.attaching > 0 {
-		d.attachDone.Wait()
+	for d.users > 0 {
+		d.usersDone.Wait()
 	}
 	d.mu.Unlock()
 	if err := d.flowCache.unmap(); err != nil {

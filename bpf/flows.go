@@ -206,6 +206,11 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 // are read consistently (never counting a written-back delta twice or
 // not at all); a flow inserted during the read may be missed.
 func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
+	done, err := d.use()
+	if err != nil {
+		return fmt.Errorf("bpf: read flows: %w", err)
+	}
+	defer done()
 	if err := d.clock.refresh(); err != nil {
 		return err
 	}
@@ -255,6 +260,11 @@ func (d *Datapath) Flows(fn func(FlowKey, FlowStats) bool) error {
 // from the port counters); the next packet of the flow starts a new
 // record with a new FirstSeen. A flow is best deleted once idle.
 func (d *Datapath) DeleteFlows(keys []FlowKey) (_ int, err error) {
+	done, err := d.use()
+	if err != nil {
+		return 0, fmt.Errorf("bpf: delete flows: %w", err)
+	}
+	defer done()
 	raw := make([]nsflowFlowKey, 0, len(keys))
 	for _, k := range keys {
 		r, err := k.raw()
@@ -312,6 +322,11 @@ func (d *Datapath) PortOverflow() (uint64, error) {
 func (d *Datapath) loss() (nsflowLoss, error) {
 	var vs []nsflowLoss
 	var t nsflowLoss
+	done, err := d.use()
+	if err != nil {
+		return t, fmt.Errorf("bpf: read loss counters: %w", err)
+	}
+	defer done()
 	if err := d.objs.NsflowLoss.Lookup(uint32(0), &vs); err != nil {
 		return t, fmt.Errorf("bpf: read loss counters: %w", err)
 	}

@@ -731,3 +731,55 @@ func TestTCDetachAfterIndexReused(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseWaitsForCalls: Close while other goroutines read and delete
+// counters. Each call either works or fails with ErrClosed, never on a
+// descriptor Close closed under it (run with -race).
+func TestCloseWaitsForCalls(t *testing.T) {
+	d, err := Load(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := d.Programs()
+	frame, k := testRunUDP(t)
+	runFrame(t, in, frame)
+	calls := map[string]func() error{
+		"Ports":        func() error { _, err := d.Ports(); return err },
+		"Port":         func() error { _, _, err := d.Port(k); return err },
+		"Flows":        func() error { return d.Flows(func(FlowKey, FlowStats) bool { return true }) },
+		"DeleteFlows":  func() error { _, err := d.DeleteFlows(nil); return err },
+		"DeletePort":   func() error { return d.DeletePort(PortKey{NetnsCookie: k.NetnsCookie, Ifindex: 99}) },
+		"FlowOverflow": func() error { _, err := d.FlowOverflow(); return err },
+		"RunStats":     func() error { _, _, err := d.RunStats(); return err },
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	worked := map[string]int{}
+	for name, call := range calls {
+		wg.Go(func() {
+			for {
+				err := call()
+				if errors.Is(err, ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					return
+				}
+				mu.Lock()
+				worked[name]++
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := d.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	wg.Wait()
+	for name := range calls {
+		if worked[name] == 0 {
+			t.Errorf("%s never worked before Close: the test tested nothing", name)
+		}
+	}
+}

@@ -227,6 +227,11 @@ func (d *Datapath) slotInUse(k PortKey) {
 // Ports returns every port's counters, summed over CPUs. A port appears
 // once it was attached or has seen a packet.
 func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
+	done, err := d.use()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: read ports: %w", err)
+	}
+	defer done()
 	out := map[PortKey]PortStats{}
 	var k nsflowPortKey
 	var vs []nsflowPortStats
@@ -263,6 +268,11 @@ func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
 
 // Port returns one port's counters; ok is false when the port is unknown.
 func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
+	done, err := d.use()
+	if err != nil {
+		return s, false, fmt.Errorf("bpf: read port: %w", err)
+	}
+	defer done()
 	var vs []nsflowPortStats
 	err = d.objs.NsflowPorts.Lookup(nsflowPortKey{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}, &vs)
 	switch {
@@ -291,7 +301,12 @@ func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
 // the port is detached or gone: a packet counted while it runs may be
 // lost. A port that is not there is not an error.
 func (d *Datapath) DeletePort(k PortKey) error {
-	err := d.objs.NsflowPorts.Delete(nsflowPortKey{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex})
+	done, err := d.use()
+	if err != nil {
+		return fmt.Errorf("bpf: delete port: %w", err)
+	}
+	defer done()
+	err = d.objs.NsflowPorts.Delete(nsflowPortKey{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex})
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("bpf: delete port: %w", err)
 	}

@@ -23,6 +23,11 @@ func (d *Datapath) EnableRunStats() (io.Closer, error) {
 // RunStats returns the number of runs and their total time in ns, over
 // both programs, counted while statistics were enabled.
 func (d *Datapath) RunStats() (runCount, runTimeNs uint64, err error) {
+	done, err := d.use()
+	if err != nil {
+		return 0, 0, fmt.Errorf("bpf: run stats: %w", err)
+	}
+	defer done()
 	for _, p := range []*ebpf.Program{d.objs.NsflowIngress, d.objs.NsflowEgress} {
 		s, err := p.Stats()
 		if err != nil {
