@@ -3,8 +3,9 @@ package agent
 import (
 	"sync"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // peers resolves the far end of veth pairs: a link reports its peer as an
@@ -66,7 +67,7 @@ func (a *Agent) findNsidLocked(s *nsState, nsid int) uint64 {
 		return 0
 	}
 	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
+	nh, err := nsenter.NewHandle(h)
 	if err != nil {
 		return 0
 	}

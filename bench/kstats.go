@@ -5,6 +5,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // linkCounters is an interface's kernel statistics (rtnetlink
@@ -47,7 +49,7 @@ func (k *kernelReader) handle(nsPath string) (*netlink.Handle, error) {
 			return nil, err
 		}
 		defer ns.Close()
-		h, err = netlink.NewHandleAt(ns)
+		h, err = nsenter.NewHandle(ns)
 	}
 	if err != nil {
 		return nil, err

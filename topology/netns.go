@@ -74,7 +74,7 @@ func openNetns(name, path string) (*nsConn, error) {
 		return nil, fmt.Errorf("open namespace %s: %w", path, err)
 	}
 	c := &nsConn{name: name, fd: fd}
-	if c.h, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE); err != nil {
+	if c.h, err = nsenter.NewHandle(netns.NsHandle(fd), unix.NETLINK_ROUTE); err != nil {
 		c.close()
 		return nil, fmt.Errorf("namespace %s: %w", path, err)
 	}

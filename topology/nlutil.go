@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsflow/nsflow/internal/nsenter"
 )
 
 // dumpRetries bounds retries of a netlink dump that the kernel interrupted
@@ -92,7 +94,19 @@ func isNotFound(err error) bool {
 // calling thread's own for netns.None()), for the requests that the
 // netlink package does not build in one message.
 func routeSocket(ns netns.NsHandle) (*nl.SocketHandle, error) {
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	var s *nl.NetlinkSocket
+	open := func() (err error) {
+		s, err = nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+		return err
+	}
+	var err error
+	if ns == netns.None() {
+		err = open()
+	} else {
+		// Not GetNetlinkSocketAt(ns, ...): it unlocks its thread even when
+		// it could not switch it back.
+		err = nsenter.DoHandle(ns, open)
+	}
 	if err != nil {
 		return nil, err
 	}

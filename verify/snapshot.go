@@ -57,7 +57,7 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 		return fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := nsenter.NewHandle(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", path, err)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/discovery"
+	"github.com/nsflow/nsflow/internal/nsenter"
 	"github.com/nsflow/nsflow/topology"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -315,7 +316,7 @@ func onStacked(n discovery.Namespace, fn func(*netlink.Handle, netlink.Link) err
 	if st.Ino != n.Inode {
 		return nil
 	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := nsenter.NewHandle(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		if gone(n) {
 			return nil

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -96,4 +97,17 @@ func DoHandle(target netns.NsHandle, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// NewHandle opens a netlink handle whose sockets live in the namespace
+// target (all families, or those given). netlink.NewHandleAt does the
+// same on a thread it unlocks even when it could not switch back; this
+// goes through DoHandle, which retires such a thread.
+func NewHandle(target netns.NsHandle, families ...int) (*netlink.Handle, error) {
+	var h *netlink.Handle
+	err := DoHandle(target, func() (err error) {
+		h, err = netlink.NewHandle(families...)
+		return err
+	})
+	return h, err
 }

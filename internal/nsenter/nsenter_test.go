@@ -138,3 +138,46 @@ func TestDoInode(t *testing.T) {
 		t.Errorf("DoInode in the current namespace: %v", err)
 	}
 }
+
+// TestNewHandle: the handle's socket lives in the target namespace (a
+// fresh one has lo alone), and the caller's thread stays where it was.
+func TestNewHandle(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("nsenh")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close()
+	target, err := netns.NewNamed(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	if err := netns.Set(home); err != nil {
+		t.Fatal(err)
+	}
+	before := inode(t)
+	h, err := NewHandle(target, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 1 || links[0].Attrs().Name != "lo" {
+		names := []string{}
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		t.Errorf("links seen through the handle: %v, want [lo] (a fresh namespace's)", names)
+	}
+	if got := inode(t); got != before {
+		t.Errorf("caller's namespace changed from %d to %d", before, got)
+	}
+}
