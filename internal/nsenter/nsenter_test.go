@@ -22,9 +22,10 @@ func inode(t *testing.T) uint64 {
 	return st.Ino
 }
 
-func TestDo(t *testing.T) {
-	testenv.RequireRoot(t)
-	name := testenv.Name("nsent")
+// newNamed creates the named namespace name and returns its path and
+// inode; the caller deletes it.
+func newNamed(t *testing.T, name string) (path string, ino uint64) {
+	t.Helper()
 	// NewNamed switches the calling thread into the new namespace: keep
 	// the thread, and bring it home before anything else runs on it.
 	runtime.LockOSThread()
@@ -39,16 +40,22 @@ func TestDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Close()
-	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
 	if err := netns.Set(home); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join("/run/netns", name)
+	path = filepath.Join("/run/netns", name)
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		t.Fatal(err)
 	}
-	want := st.Ino
+	return path, st.Ino
+}
+
+func TestDo(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.Name("nsent")
+	path, want := newNamed(t, name)
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
 	before := inode(t)
 	if before == want {
 		t.Fatal("test thread is already in the target namespace")
@@ -81,7 +88,7 @@ func TestDo(t *testing.T) {
 	// A missing namespace is an error naming the path, and fn never runs.
 	missing := filepath.Join(t.TempDir(), "missing")
 	ran := false
-	err = Do(missing, func() error { ran = true; return nil })
+	err := Do(missing, func() error { ran = true; return nil })
 	if err == nil || ran {
 		t.Fatalf("Do(%s) = %v, ran=%v; want an error and no run", missing, err, ran)
 	}
@@ -96,31 +103,7 @@ func TestDo(t *testing.T) {
 func TestDoInode(t *testing.T) {
 	testenv.RequireRoot(t)
 	name := testenv.Name("nsino")
-	path := filepath.Join("/run/netns", name)
-	create := func() uint64 {
-		t.Helper()
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		home, err := netns.Get()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer home.Close()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.Close()
-		if err := netns.Set(home); err != nil {
-			t.Fatal(err)
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
-			t.Fatal(err)
-		}
-		return st.Ino
-	}
-	first := create()
+	path, first := newNamed(t, name)
 	t.Cleanup(func() { netns.DeleteNamed(name) })
 	var in uint64
 	if err := DoInode(path, first, func() error { in = inode(t); return nil }); err != nil || in != first {
@@ -129,7 +112,7 @@ func TestDoInode(t *testing.T) {
 	if err := netns.DeleteNamed(name); err != nil {
 		t.Fatal(err)
 	}
-	second := create()
+	_, second := newNamed(t, name)
 	ran := false
 	if err := DoInode(path, first, func() error { ran = true; return nil }); !errors.Is(err, ErrReplaced) || ran {
 		t.Errorf("DoInode after %s was made anew (inode %d, was %d): %v, ran %v; want ErrReplaced, not run", name, second, first, err, ran)
@@ -144,22 +127,13 @@ func TestDoInode(t *testing.T) {
 func TestNewHandle(t *testing.T) {
 	testenv.RequireRoot(t)
 	name := testenv.Name("nsenh")
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	home, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer home.Close()
-	target, err := netns.NewNamed(name)
+	path, _ := newNamed(t, name)
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	target, err := netns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer target.Close()
-	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
-	if err := netns.Set(home); err != nil {
-		t.Fatal(err)
-	}
 	before := inode(t)
 	h, err := NewHandle(target, unix.NETLINK_ROUTE)
 	if err != nil {
