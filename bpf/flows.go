@@ -12,8 +12,9 @@ import (
 // FlowKey identifies a flow as seen on one port in one direction. Ports
 // are 0 when the packet carried none (a later fragment, a truncated L4
 // header, a protocol without ports); for ICMP, SrcPort is the type and
-// DstPort the code, both ICMPUnknown when they were not read. Proto is the IP protocol; for IPv6 it is the last
-// next-header the program reached.
+// DstPort the code, both ICMPUnknown when they were not read. Proto is
+// the IP protocol: for IPv6 the last next-header the program reached, and
+// for IPv4 the one an authentication header carries.
 type FlowKey struct {
 	NetnsCookie      uint64
 	Ifindex          uint32
