@@ -25,6 +25,7 @@ type junitSuite struct {
 	Failures int         `xml:"failures,attr"`
 	Errors   int         `xml:"errors,attr"`
 	Cases    []junitCase `xml:"testcase"`
+	Out      string      `xml:"system-out,omitempty"`
 }
 
 type junitCase struct {
@@ -128,6 +129,16 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			s.add(c)
 		}
 		suites = append(suites, s)
+	}
+	// The notes limit the whole run, and the schema has no place for
+	// output above a suite: each suite carries them, so that whichever
+	// one a CI system shows, they are there.
+	var notes strings.Builder
+	for _, n := range r.Notes {
+		notes.WriteString("note: " + n + "\n")
+	}
+	for i := range suites {
+		suites[i].Out = notes.String()
 	}
 	out := junitSuites{Name: "nsflow verify " + r.Topology, Time: r.Elapsed.Seconds(), Suites: suites}
 	for _, s := range suites {

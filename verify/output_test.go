@@ -154,7 +154,9 @@ func TestJSONFieldsAreStable(t *testing.T) {
 
 func TestJUnit(t *testing.T) {
 	var b bytes.Buffer
-	if err := fakeReport().WriteJUnit(&b); err != nil {
+	r := fakeReport()
+	r.Notes = []string{"first note", "second <note>"}
+	if err := r.WriteJUnit(&b); err != nil {
 		t.Fatal(err)
 	}
 	var doc junitSuites
@@ -167,6 +169,9 @@ func TestJUnit(t *testing.T) {
 	}
 	var failed []string
 	for _, s := range doc.Suites {
+		if want := "note: first note\nnote: second <note>\n"; s.Out != want {
+			t.Errorf("suite %q: system-out %q, want the notes %q", s.Name, s.Out, want)
+		}
 		for _, c := range s.Cases {
 			if c.Failure != nil {
 				failed = append(failed, c.Class+" "+c.Name)
