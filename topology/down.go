@@ -269,7 +269,8 @@ func presentOwned(host *nsConn, names map[string]bool, owned func(netlink.Link) 
 }
 
 // rollback undoes this run of Up: interfaces it created in namespaces that
-// stay, then the namespaces it created, and restores the state record.
+// stay, then the namespaces it created, and restores the state record
+// if all of that worked.
 func (b *builder) rollback() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*hostWaitTimeout)
 	defer cancel()
@@ -306,17 +307,25 @@ func (b *builder) rollback() error {
 		b.conns[name].close()
 		delete(b.conns, name)
 	}
+	createdNS := b.createdNS
+	if b.opts.keepCreatedNS {
+		createdNS = nil
+		errs = append(errs, errors.New("injected failure: namespaces kept"))
+	}
 	if host := b.conns[HostNamespace]; host != nil {
 		var hostIfs []string
 		for name := range createdHost {
 			hostIfs = append(hostIfs, name)
 		}
 		ours := func(l netlink.Link) bool { return createdHost[l.Attrs().Name] == l.Attrs().Index }
-		if _, _, _, err := teardown(ctx, host, b.s, b.createdNS, hostIfs, ours, Options{Workers: b.opts.Workers}); err != nil {
+		if _, _, _, err := teardown(ctx, host, b.s, createdNS, hostIfs, ours, Options{Workers: b.opts.Workers}); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if b.wroteState {
+	// After a failed rollback, the record this run wrote (everything it
+	// planned) stays: it names what may be left, so that down finds it
+	// even with the file as it was before the run.
+	if b.wroteState && len(errs) == 0 {
 		var err error
 		if b.hadState == nil {
 			err = removeState(b.s.Name)

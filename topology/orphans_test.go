@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -608,6 +609,46 @@ links:
 	}
 	if st, err := Show(ctx, s, Options{}); err != nil || len(st.Drift) != 0 {
 		t.Errorf("drift of the old file after the rollback: %q, %v", st.Drift, err)
+	}
+}
+
+// TestFailedRollbackKeepsRecord: a rollback that cannot remove everything
+// the run created leaves the run's state record, which names it, so that
+// down with the file as it was before the run still finds it.
+func TestFailedRollbackKeepsRecord(t *testing.T) {
+	ctx := context.Background()
+	s := prefixedSpec(t, `
+name: rbk
+namespaces: [{name: a}, {name: b}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.95.1/30]}, {namespace: b, interface: e1, addresses: [198.18.95.2/30]}]
+`)
+	if _, err := Up(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	p := prefixOf(s)
+	after := prefixedCopy(t, `
+name: rbk
+namespaces: [{name: a}, {name: b}, {name: c}, {name: d}]
+links:
+  - endpoints: [{namespace: a, interface: e1, addresses: [198.18.95.1/30]}, {namespace: b, interface: e1, addresses: [198.18.95.2/30]}]
+  - endpoints: [{namespace: c, interface: e1}, {namespace: d, interface: e1}]
+`, p)
+	t.Cleanup(func() { _, _ = Down(context.Background(), after, Options{}) })
+	_, err := Up(ctx, after, Options{Workers: 1, failAfter: 2, keepCreatedNS: true})
+	if err == nil || !strings.Contains(err.Error(), "rolling back failed") {
+		t.Fatalf("up with a failing rollback: %v", err)
+	}
+	for _, ns := range []string{"c", "d"} {
+		if _, err := os.Stat(filepath.Join(NetnsDir, p+ns)); err != nil {
+			t.Fatalf("namespace %s: %v; the failed rollback was to leave it", p+ns, err)
+		}
+	}
+	if _, err := Down(ctx, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := hostObjects(t, p); len(got) != 0 {
+		t.Errorf("left after down with the file from before the run: %q", got)
 	}
 }
 

@@ -32,6 +32,9 @@ type Options struct {
 	// failRoutes makes it fail after the routes of the first namespace.
 	failAfter  int64
 	failRoutes bool
+	// keepCreatedNS makes a rollback fail to delete the namespaces this
+	// run created: the tests' way to leave what a failed rollback leaves.
+	keepCreatedNS bool
 	// afterPreflight, when set, runs once the namespaces are opened and
 	// checked: the tests' way to change them under a run.
 	afterPreflight func()
@@ -127,7 +130,7 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 			return nil, fmt.Errorf("topology %s: %w (nothing was created%s)", s.Name, err, pruned)
 		}
 		if rerr := b.rollback(); rerr != nil {
-			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v%s)", s.Name, err, rerr, pruned)
+			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v%s; nsflow topology down removes what is left)", s.Name, err, rerr, pruned)
 		}
 		return nil, fmt.Errorf("topology %s: %w (rolled back%s)", s.Name, err, pruned)
 	}
