@@ -329,7 +329,10 @@ func (b *builder) preflight(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return b.unmarkedEnds(unmarked)
+	if err := b.unmarkedEnds(unmarked); err != nil {
+		return err
+	}
+	return b.checkIPv6()
 }
 
 // unmarkedEnds accepts the unmarked host veth ends whose peer is the
