@@ -13,6 +13,7 @@ import (
 	"github.com/nsflow/nsflow/bpf"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -215,6 +216,17 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !strings.HasSuffix(listen, ":"+strconv.Itoa(int(metricsPort.ContainerPort))) {
 		t.Errorf("--web.listen-address %q does not serve the metrics port %d", listen, metricsPort.ContainerPort)
+	}
+
+	// GOMEMLIMIT is the soft limit under limits.memory: the runtime
+	// collects harder before the kernel would kill the pod.
+	limit := c.Resources.Limits.Memory()
+	if i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" }); i < 0 || limit.IsZero() {
+		t.Error("want limits.memory and GOMEMLIMIT under it")
+	} else if soft, err := resource.ParseQuantity(strings.TrimSuffix(c.Env[i].Value, "B")); err != nil {
+		t.Errorf("GOMEMLIMIT %q: %v", c.Env[i].Value, err)
+	} else if r := float64(soft.Value()) / float64(limit.Value()); r < 0.8 || r > 0.95 {
+		t.Errorf("GOMEMLIMIT %s is %.2f of limits.memory %s: want 0.8 to 0.95", c.Env[i].Value, r, limit)
 	}
 
 	// Security: the named capabilities, not privileged.
