@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -70,7 +71,10 @@ type Agent struct {
 	gonePortsDirty bool
 	// startPorts are the ports attached at the last save before this
 	// start, until the first eviction pass (goneports.go).
-	startPorts map[bpf.PortKey]portLabel
+	startPorts map[bpf.PortKey]startPort
+	// startBases are the bases of those ports, until each is attached
+	// again or found gone (resumeBaseLocked).
+	startBases map[bpf.PortKey]startPort
 	events     map[collector.DiscoveryKey]uint64
 	ready      atomic.Bool
 	attachErr  atomic.Uint64
@@ -110,9 +114,10 @@ type portState struct {
 	// attaching is set while an attach job runs; att once it succeeded.
 	attaching bool
 	att       *bpf.Attachment
-	// keptUnder are the counts this port left under labels it had, kept
-	// there for another port's series (keepRelabelledLocked).
-	keptUnder map[portLabel]bpf.PortStats
+	// base is what the port had counted when it took labels whose series
+	// held kept counts of gone ports: that series shows the kept counts
+	// plus the port's counts less base (keepRelabelledLocked).
+	base bpf.PortStats
 }
 
 // New loads the datapath (reusing pinned maps) and the saved state. It
@@ -182,6 +187,7 @@ func New(cfg Config) (*Agent, error) {
 		startPorts: startPortsOf(book.st.PortLabels),
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
+	a.startBases = maps.Clone(a.startPorts)
 	a.deleteFlows = dp.DeleteFlows
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
@@ -880,6 +886,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			a.mu.Lock()
 			p.attaching, p.att = false, att
 			a.gonePortsDirty = true // the attached ports' labels
+			a.resumeBaseLocked(cur, l.Index, p)
 			a.mu.Unlock()
 			a.log.Debug("attached", "netns", label, "interface", p.link.Name, "ifindex", l.Index, "mode", att.Mode)
 		}
@@ -901,7 +908,12 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
 	if a.portLiveLocked(att.Key()) {
 		return
 	}
+	sp, started := a.startBases[att.Key()]
+	delete(a.startBases, att.Key())
 	if st, ok, err := a.dp.Port(att.Key()); err == nil && ok && label != (portLabel{}) {
+		if started && sp.label == label && covers(&st, &sp.base) {
+			subStats(&st, &sp.base) // counted before the restart
+		}
 		a.retainPortLocked(label, st, time.Now())
 	}
 	if err := a.dp.DeletePort(att.Key()); err != nil {

@@ -37,6 +37,15 @@ type portLabelEntry struct {
 	Cookie           uint64
 	Ifindex          uint32
 	Netns, Interface string
+	// Base is the port's base (portState.base), when it has one.
+	Base *bpf.PortStats `json:",omitempty"`
+}
+
+// startPort is an attached port as the last save before this start had
+// it: its labels and base.
+type startPort struct {
+	label portLabel
+	base  bpf.PortStats
 }
 
 // stashGonePortsLocked copies the kept counts, and the labels of the
@@ -52,7 +61,11 @@ func (a *Agent) stashGonePortsLocked() {
 	for _, s := range a.byInode {
 		for idx, p := range s.links {
 			if p.att != nil {
-				labels = append(labels, portLabelEntry{Cookie: s.cookie, Ifindex: uint32(idx), Netns: s.label, Interface: p.link.Name})
+				e := portLabelEntry{Cookie: s.cookie, Ifindex: uint32(idx), Netns: s.label, Interface: p.link.Name}
+				if p.base != (bpf.PortStats{}) {
+					e.Base = &p.base
+				}
+				labels = append(labels, e)
 			}
 		}
 	}
@@ -60,14 +73,38 @@ func (a *Agent) stashGonePortsLocked() {
 	a.gonePortsDirty = false
 }
 
-// startPortsOf is the labels of the ports attached when the state file
-// was saved.
-func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]portLabel {
-	out := make(map[bpf.PortKey]portLabel, len(entries))
+// startPortsOf is the ports attached when the state file was saved.
+func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]startPort {
+	out := make(map[bpf.PortKey]startPort, len(entries))
 	for _, e := range entries {
-		out[bpf.PortKey{NetnsCookie: e.Cookie, Ifindex: e.Ifindex}] = portLabel{e.Netns, e.Interface}
+		sp := startPort{label: portLabel{e.Netns, e.Interface}}
+		if e.Base != nil {
+			sp.base = *e.Base
+		}
+		out[bpf.PortKey{NetnsCookie: e.Cookie, Ifindex: e.Ifindex}] = sp
 	}
 	return out
+}
+
+// resumeBaseLocked gives a port attached again after a restart the base
+// it had, so that its series goes on where it was. A base from counters
+// that did not survive (the pins were lost: some count is below the
+// base) is dropped, or the series would stand still. A port that took
+// other labels while the agent was down is relabelled from the saved
+// ones. Callers hold a.mu.
+func (a *Agent) resumeBaseLocked(s *nsState, idx int, p *portState) {
+	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
+	sp, ok := a.startBases[k]
+	if !ok {
+		return
+	}
+	delete(a.startBases, k)
+	st, ok, err := a.dp.Port(k)
+	if err != nil || !ok || !covers(&st, &sp.base) {
+		return
+	}
+	p.base = sp.base
+	a.keepRelabelledLocked(s, idx, p, sp.label)
 }
 
 // retireStartPortsLocked keeps, under their labels, the counts of ports
@@ -75,15 +112,19 @@ func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]portLabel {
 // was down), then deletes their counters; once, at the first pass.
 // Callers hold a.mu.
 func (a *Agent) retireStartPortsLocked(now time.Time) {
-	for k, l := range a.startPorts {
+	for k, sp := range a.startPorts {
 		if a.portLiveLocked(k) {
 			continue
 		}
+		delete(a.startBases, k)
 		if st, ok, err := a.dp.Port(k); err == nil && ok {
-			a.retainPortLocked(l, st, now)
+			if covers(&st, &sp.base) {
+				subStats(&st, &sp.base)
+			}
+			a.retainPortLocked(sp.label, st, now)
 		}
 		if err := a.dp.DeletePort(k); err != nil {
-			a.log.Debug("delete port counters", "netns", l.netns, "interface", l.ifname, "err", err)
+			a.log.Debug("delete port counters", "netns", sp.label.netns, "interface", sp.label.ifname, "err", err)
 		}
 	}
 	a.startPorts = nil
@@ -148,8 +189,9 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 		if st, ok, err := a.dp.Port(k); err != nil {
 			a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
 		} else if ok {
-			a.retainPortLocked(portLabel{s.label, p.link.Name}, st, time.Now())
+			a.retainPortLocked(portLabel{s.label, p.link.Name}, p.since(st), time.Now())
 		}
+		p.base = bpf.PortStats{} // its counters go
 		keys = append(keys, k)
 	}
 	if a.gonePortsDirty {
@@ -172,39 +214,66 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 }
 
 // keepRelabelledLocked is for an attached port whose labels change (the
-// interface renamed, its namespace's label changed) while kept counts
-// of gone ports carry its old labels: that series showed the kept counts
-// plus the port's, and would fall back to the kept ones alone. The port's
-// counts so far are kept under the old labels too, so that the series
-// stays where it was (and retires as any other); the port's counts go on
-// under its new labels. A port that takes labels back under which it left
-// counts takes them out again, or the series would count them twice.
+// interface renamed, its namespace's label changed). A series with kept
+// counts of gone ports must go on where it was, not take in a history
+// counted under other labels:
+//   - if the old labels have kept counts, their series showed them plus
+//     the port's: what the port counted under them is kept there too, so
+//     the series stays (and retires as any other);
+//   - if the new labels have kept counts, their series goes on from them:
+//     the port's counts so far become its base, and only what it counts
+//     from now adds to the series (also when it comes back to labels it
+//     left counts under, which would otherwise count them twice).
+//
+// A new series (no kept counts under the new labels) starts with the
+// port's whole counts, as a renamed interface's kernel counters do.
 // Callers hold a.mu.
 func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old portLabel) {
 	cur := portLabel{s.label, p.link.Name}
 	if p.att == nil || old == cur {
 		return
 	}
-	if c, ok := p.keptUnder[cur]; ok {
-		delete(p.keptUnder, cur)
-		if g := a.gonePorts[cur]; g != nil {
-			subStats(&g.stats, &c)
-			a.gonePortsDirty = true
-		}
-	}
-	if a.gonePorts[old] == nil {
+	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
+	st, ok, err := a.dp.Port(k)
+	if err != nil {
+		a.log.Warn("read the counts of a relabelled port; its series may jump", "netns", cur.netns, "interface", cur.ifname, "err", err)
 		return
 	}
-	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-	if st, ok, err := a.dp.Port(k); err != nil {
-		a.log.Debug("read the counts of a relabelled port", "netns", old.netns, "interface", old.ifname, "err", err)
-	} else if ok {
-		a.retainPortLocked(old, st, time.Now())
-		if p.keptUnder == nil {
-			p.keptUnder = map[portLabel]bpf.PortStats{}
-		}
-		p.keptUnder[old] = st
+	if !ok {
+		st = bpf.PortStats{} // nothing counted yet
 	}
+	now := time.Now()
+	if a.gonePorts[old] != nil {
+		a.retainPortLocked(old, p.since(st), now)
+	}
+	if a.gonePorts[cur] != nil {
+		p.base = st
+	} else {
+		p.base = bpf.PortStats{}
+	}
+	a.gonePortsDirty = true // the port's labels and base
+}
+
+// since is what the port counted toward its current series: its counts
+// st less its base.
+func (p *portState) since(st bpf.PortStats) bpf.PortStats {
+	subStats(&st, &p.base)
+	return st
+}
+
+// covers reports whether every count of s is at least o's.
+func covers(s, o *bpf.PortStats) bool {
+	for d := range s.C {
+		for f := range s.C[d] {
+			for l := range s.C[d][f] {
+				c, oc := s.C[d][f][l], o.C[d][f][l]
+				if c.Packets < oc.Packets || c.Segments < oc.Segments || c.Bytes < oc.Bytes {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
 
 // subStats takes o's counts out of s (never below zero).

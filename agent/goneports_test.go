@@ -105,8 +105,11 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 // TestRenameKeepsKeptSeries: eth-d is deleted (its 30 packets kept), an
 // eth-d comes back and sends 10 (the series shows 40), then is renamed.
 // The eth-d series must not fall back to the 30 kept: it stays at 40,
-// and the renamed port's counts go on under its new name. Renamed back,
-// eth-d counts the port's 10 once, not twice.
+// and the renamed port's counts go on under its new name (5 more).
+// Renamed back, eth-d counts the port's 10 once, not twice, nor the 5 it
+// sent as eth-e; it goes on from there, across a restart. Then eth-d is
+// deleted, and another port, which sent 10 as eth-x, is renamed eth-d:
+// the series goes on from its kept counts, without eth-x's history.
 func TestRenameKeepsKeptSeries(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ak")
@@ -159,6 +162,7 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	if v, ok := value("eth-e"); !ok || v < 10 {
 		t.Errorf("renamed: eth-e's series %d (there: %v), want the port's counts, at least 10", v, ok)
 	}
+	sendUDP(t, s, a, b, dst, 5, 64)
 
 	// Renamed back: eth-d shows the kept 30 and the port's 10, once.
 	for _, args := range [][]string{{"set", "eth-e", "down"}, {"set", "eth-e", "name", "eth-d"}, {"set", "eth-d", "up"}} {
@@ -168,4 +172,49 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	}
 	waitAttached(t, r.a, a, "eth-d")
 	want("renamed back", "eth-d", 40)
+	sendUDP(t, s, a, b, dst, 7, 64)
+	want("renamed back, 7 more", "eth-d", 47)
+	r.stop()
+	r = startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute})
+	waitReady(t, r)
+	waitAttached(t, r.a, a, "eth-d")
+	want("after a restart", "eth-d", 47)
+	sendUDP(t, s, a, b, dst, 3, 64)
+	want("after a restart, 3 more", "eth-d", 50)
+
+	// Another port renamed to a name with kept counts.
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); attached(r.a, a, "eth-d"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the deleted eth-d is still attached")
+		}
+	}
+	want("deleted again", "eth-d", 50)
+	for _, args := range [][]string{
+		{"-n", a, "link", "add", "eth-x", "type", "veth", "peer", "name", "eth-d", "netns", b},
+		{"-n", a, "addr", "add", "198.18.40.1/30", "dev", "eth-x"},
+		{"-n", b, "addr", "add", "198.18.40.2/30", "dev", "eth-d"},
+		{"-n", a, "link", "set", "eth-x", "up"},
+		{"-n", b, "link", "set", "eth-d", "up"},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitOperUp(t, a, "eth-x", b, "eth-d")
+	waitAttached(t, r.a, a, "eth-x")
+	sendUDP(t, s, a, b, dst, 10, 64)
+	want("eth-x", "eth-x", 10)
+	for _, args := range [][]string{{"set", "eth-x", "down"}, {"set", "eth-x", "name", "eth-d"}, {"set", "eth-d", "up"}} {
+		if err := ipCmd(append([]string{"-n", a, "link"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAttached(t, r.a, a, "eth-d")
+	waitOperUp(t, a, "eth-d", b, "eth-d")
+	want("eth-x renamed eth-d", "eth-d", 50)
+	sendUDP(t, s, a, b, dst, 4, 64)
+	want("eth-x renamed eth-d, 4 more", "eth-d", 54)
 }

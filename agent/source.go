@@ -45,6 +45,7 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 		if p == nil {
 			continue
 		}
+		st = p.since(st)
 		add(portLabel{s.label, p.link.Name}, &st)
 	}
 	for l, g := range a.gonePorts {
