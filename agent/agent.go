@@ -83,6 +83,8 @@ type Agent struct {
 	peers peers
 	// deleteFlows is dp.DeleteFlows, which tests make fail; under mu.
 	deleteFlows func([]bpf.FlowKey) (int, error)
+	// deletePort is dp.DeletePort, which tests make fail; under mu.
+	deletePort func(bpf.PortKey) error
 	// stopped is set, under mu, when the datapath is closed: the web
 	// server outlives the agent by a moment, and its scrapes must not
 	// read closed maps.
@@ -188,7 +190,7 @@ func New(cfg Config) (*Agent, error) {
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
 	a.startBases = maps.Clone(a.startPorts)
-	a.deleteFlows = dp.DeleteFlows
+	a.deleteFlows, a.deletePort = dp.DeleteFlows, dp.DeletePort
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
 		return fail(err)
@@ -916,7 +918,7 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
 		}
 		a.retainPortLocked(label, st, time.Now())
 	}
-	if err := a.dp.DeletePort(att.Key()); err != nil {
+	if err := a.deletePort(att.Key()); err != nil {
 		a.log.Debug("delete port counters", "interface", att.Ifname, "err", err)
 	}
 }

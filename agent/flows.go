@@ -417,8 +417,10 @@ func (a *Agent) dropStalePortsLocked() {
 	}
 	for k := range ports {
 		if _, started := a.startPorts[k]; !a.portLiveLocked(k) && !started && !pending[k] { // those: retireStartPortsLocked
-			if err := a.dp.DeletePort(k); err != nil {
+			if err := a.deletePort(k); err != nil {
 				a.log.Debug("delete stale port", "err", err)
+			} else if s := a.byCookie[k.NetnsCookie]; s != nil && s.links[int(k.Ifindex)] != nil {
+				s.links[int(k.Ifindex)].base = bpf.PortStats{} // what it kept out is gone
 			}
 		}
 	}

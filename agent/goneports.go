@@ -123,7 +123,7 @@ func (a *Agent) retireStartPortsLocked(now time.Time) {
 			}
 			a.retainPortLocked(sp.label, st, now)
 		}
-		if err := a.dp.DeletePort(k); err != nil {
+		if err := a.deletePort(k); err != nil {
 			a.log.Debug("delete port counters", "netns", sp.label.netns, "interface", sp.label.ifname, "err", err)
 		}
 	}
@@ -181,8 +181,11 @@ func (a *Agent) retirePortsLocked(now time.Time) {
 // The kept counts are saved before the counters go: a crash in between
 // would lose them (the next start keeps the counters of gone ports it
 // finds, under the labels of the last save).
+//
+// Until its counters are deleted (a failed save or delete leaves them to
+// a later pass), a port's base is what was kept, so that a scrape does
+// not show its counts both kept and live.
 func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
-	var keys []bpf.PortKey
 	for idx, p := range ports {
 		p.att = nil
 		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
@@ -190,9 +193,8 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
 		} else if ok {
 			a.retainPortLocked(portLabel{s.label, p.link.Name}, p.since(st), time.Now())
+			p.base = st
 		}
-		p.base = bpf.PortStats{} // its counters go
-		keys = append(keys, k)
 	}
 	if a.gonePortsDirty {
 		a.book.mu.Lock()
@@ -206,10 +208,12 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			return
 		}
 	}
-	for _, k := range keys {
-		if err := a.dp.DeletePort(k); err != nil {
-			a.log.Debug("delete port counters", "netns", s.label, "ifindex", k.Ifindex, "err", err)
+	for idx, p := range ports {
+		if err := a.deletePort(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}); err != nil {
+			a.log.Debug("delete port counters", "netns", s.label, "ifindex", idx, "err", err)
+			continue
 		}
+		p.base = bpf.PortStats{}
 	}
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsflow/nsflow/bpf"
 	"github.com/nsflow/nsflow/internal/testenv"
 	"github.com/nsflow/nsflow/internal/topotest"
 )
@@ -217,4 +219,70 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	want("eth-x renamed eth-d", "eth-d", 50)
 	sendUDP(t, s, a, b, dst, 4, 64)
 	want("eth-x renamed eth-d, 4 more", "eth-d", 54)
+}
+
+// TestFailedPortDeleteCountsOnce: eth-d sends 20 packets and is renamed
+// out of the interface filter; its counts are kept under eth-d, and the
+// deletion of its counters fails. Until a pass deletes them, they must
+// not show again under its new name. Renamed back, it counts on from the
+// 20, whether its old counters were deleted meanwhile or not.
+func TestFailedPortDeleteCountsOnce(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ap")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute,
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	value := func(ifname string) (uint64, bool) {
+		re := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface=%q,netns=%q\} (\d+)$`, ifname, a))
+		m := re.FindStringSubmatch(scrape(t, r.url))
+		if m == nil {
+			return 0, false
+		}
+		v, _ := strconv.ParseUint(m[1], 10, 64)
+		return v, true
+	}
+	dst := netip.MustParseAddrPort("198.18.40.2:5402")
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, dst, 20, 64)
+
+	failed := make(chan struct{}, 1)
+	r.a.mu.Lock()
+	deletePort := r.a.deletePort
+	r.a.deletePort = func(k bpf.PortKey) error {
+		select {
+		case failed <- struct{}{}:
+		default:
+		}
+		return errors.New("injected failure")
+	}
+	r.a.mu.Unlock()
+	if err := ipCmd("-n", a, "link", "set", "eth-d", "name", "zz-d"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-failed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the port's counters were not deleted")
+	}
+	if v, ok := value("eth-d"); !ok || v != 20 {
+		t.Errorf("renamed out of the filter: eth-d's series %d (there: %v), want the 20 kept", v, ok)
+	}
+	if v, ok := value("zz-d"); ok {
+		t.Errorf("zz-d's series %d: the counts kept under eth-d show twice", v)
+	}
+
+	r.a.mu.Lock()
+	r.a.deletePort = deletePort
+	r.a.mu.Unlock()
+	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, dst, 5, 64)
+	if v, ok := value("eth-d"); !ok || v != 25 {
+		t.Errorf("renamed back, 5 more: eth-d's series %d (there: %v), want 25", v, ok)
+	}
 }
