@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"os"
 	"testing"
 	"time"
 )
@@ -36,7 +37,11 @@ func BenchmarkRunCost(b *testing.B) {
 		variantContenders(b, ea, eb)...)
 
 	per := time.Duration(len(cs)) * (warm + span)
-	stream := startIperf(b, "udp64", ea, eb, time.Duration(b.N*rounds)*per+30*time.Second)
+	proto := "udp64"
+	if os.Getenv("NSFLOW_BENCH_STREAM") == "tcp" {
+		proto = "tcp"
+	}
+	stream := startIperf(b, proto, ea, eb, time.Duration(b.N*rounds)*per+30*time.Second)
 	defer stream.stop(b)
 	time.Sleep(time.Second)
 	stats, err := d.EnableRunStats()
