@@ -12,7 +12,8 @@ import (
 // veth pair while nsflow's programs and a no-op tcx program take turns
 // on both ends, a second each, and BPF statistics give each one's mean
 // run time. Variants (NSFLOW_BENCH_VARIANT, comma separated) take turns
-// with them.
+// with them. NSFLOW_BENCH_STREAM=tcp makes the stream one TCP bulk
+// stream instead.
 //
 // Statistics time every run with two clock reads. The no-op's figure is
 // that overhead plus the hook's call and return, so the difference to it
