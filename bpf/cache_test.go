@@ -3,6 +3,7 @@ package bpf
 import (
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -206,4 +207,87 @@ func TestFlowReadWaitsOutWriteBack(t *testing.T) {
 	if err := d.Flows(func(_ FlowKey, s FlowStats) bool { got = s.Packets; return true }); err != nil || got != want {
 		t.Errorf("Flows once the write-back is done: %v, %d packets; want %d", err, got, want)
 	}
+}
+
+// Two flows share a cache index and take turns, so that every run writes
+// the other's entry back, while Flows reads on: every read of a flow lies
+// between the runs done before the read began and those done after it
+// ended, and the last read equals the runs.
+func TestFlowReadsExactUnderWriteBacks(t *testing.T) {
+	d := loadForTest(t, Options{})
+	in, _ := d.Programs()
+	frame := func(sport uint16) []byte {
+		return cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(sport, 53, 0))
+	}
+	runFrame(t, in, frame(1))
+	var raw1 nsflowFlowKey
+	if err := d.Flows(func(k FlowKey, _ FlowStats) bool {
+		var err error
+		raw1, err = k.raw()
+		return err == nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sport2 := uint16(0)
+	for p := uint16(2); p < 0xffff && sport2 == 0; p++ {
+		r := raw1
+		r.Sport = p
+		if flowCacheIndex(&r) == flowCacheIndex(&raw1) {
+			sport2 = p
+		}
+	}
+	if sport2 == 0 {
+		t.Fatal("no source port shares the first flow's cache index")
+	}
+	f1, f2 := frame(1), frame(sport2)
+
+	const rounds = 100000
+	var done atomic.Uint64 // rounds run: one packet of each flow
+	var stop atomic.Bool
+	errc := make(chan error, 1)
+	t.Cleanup(func() { // before the datapath closes, also on failure
+		stop.Store(true)
+		for range errc {
+		}
+	})
+	go func() {
+		defer close(errc)
+		for i := range uint64(rounds) {
+			if stop.Load() {
+				return
+			}
+			for _, f := range [][]byte{f1, f2} {
+				if _, err := in.Run(&ebpf.RunOptions{Data: f}); err != nil {
+					errc <- err
+					return
+				}
+			}
+			done.Store(i + 1)
+		}
+	}()
+	reads := 0
+	for last := false; !last; reads++ {
+		before := done.Load()
+		last = before == rounds
+		got := map[uint16]uint64{}
+		if err := d.Flows(func(k FlowKey, s FlowStats) bool { got[k.SrcPort] = s.Packets; return true }); err != nil {
+			t.Fatalf("read %d: %v", reads, err)
+		}
+		after := done.Load()
+		// Flow 1 had one packet before the rounds; each flow's packet of a
+		// round in progress may be in either read.
+		if g := got[1]; g < 1+before || g > 1+after+1 {
+			t.Fatalf("read %d: flow 1 has %d packets, want %d to %d", reads, g, 1+before, 2+after)
+		}
+		if g := got[sport2]; g < before || g > after+1 {
+			t.Fatalf("read %d: flow 2 has %d packets, want %d to %d", reads, g, before, after+1)
+		}
+		if last && (got[1] != 1+rounds || got[sport2] != rounds) {
+			t.Fatalf("after the rounds: %d and %d packets, want %d and %d", got[1], got[sport2], 1+rounds, rounds)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d reads during %d write-backs", reads, 2*rounds)
 }

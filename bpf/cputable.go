@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -30,10 +32,11 @@ type mapping struct {
 }
 
 // mapped returns t reading its entries from memory where the kernel lets
-// the map be mapped, else t as it is.
+// the map be mapped, else t as it is. The mapping is writable, for
+// add32; nothing else writes through it.
 func (t cpuTable[T]) mapped() cpuTable[T] {
 	size := int(t.n*t.cpus) * t.stride()
-	if b, err := unix.Mmap(t.m.FD(), 0, size, unix.PROT_READ, unix.MAP_SHARED); err == nil {
+	if b, err := unix.Mmap(t.m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
 		t.mem = &mapping{b: b}
 	}
 	return t
@@ -73,6 +76,12 @@ func (t cpuTable[T]) get(i uint32) ([]T, error) {
 			size := t.stride()
 			for c := range t.cpus {
 				off := int(c*t.n+i) * size
+				if hostLayout[T]() {
+					// A copy, not a decode: the window a reader must see
+					// no write-back in is then as short as it can be.
+					vs[c] = *(*T)(unsafe.Pointer(&b[off]))
+					continue
+				}
 				if _, err := binary.Decode(b[off:off+size], binary.NativeEndian, &vs[c]); err != nil {
 					return nil, err
 				}
@@ -86,6 +95,80 @@ func (t cpuTable[T]) get(i uint32) ([]T, error) {
 		}
 	}
 	return vs, nil
+}
+
+// hostLayout reports whether T's Go layout is the map's: the generated
+// types spell out their padding, so that their size is the C one, and the
+// mapping is page-aligned with 8-byte-aligned entries.
+func hostLayout[T any]() bool {
+	var v T
+	return uintptr(binary.Size(v)) == unsafe.Sizeof(v) && unsafe.Alignof(v) <= 8
+}
+
+// words32 loads, atomically, the 4-byte word at offset off of entry i on
+// every CPU into out, from memory; false when the table is not mapped.
+func (t cpuTable[T]) words32(i uint32, off uintptr, out []uint32) bool {
+	if t.mem == nil || !hostLayout[T]() {
+		return false
+	}
+	t.mem.mu.RLock()
+	defer t.mem.mu.RUnlock()
+	b := t.mem.b
+	if b == nil {
+		return false
+	}
+	size := t.stride()
+	for c := range t.cpus {
+		out[c] = atomic.LoadUint32((*uint32)(unsafe.Pointer(&b[int(c*t.n+i)*size+int(off)])))
+	}
+	return true
+}
+
+// add32 adds delta, atomically, to the 4-byte word at offset off of
+// entry i on every CPU (all entries for i < 0), in memory; false when the
+// table is not mapped. The programs write other words of the same
+// entries meanwhile: an aligned word is written whole, so neither write
+// tears the other.
+func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
+	if t.mem == nil || !hostLayout[T]() {
+		return false
+	}
+	t.mem.mu.RLock()
+	defer t.mem.mu.RUnlock()
+	b := t.mem.b
+	if b == nil {
+		return false
+	}
+	size := t.stride()
+	first, last := i, i
+	if i < 0 {
+		first, last = 0, int(t.n)-1
+	}
+	for c := range int(t.cpus) {
+		for e := first; e <= last; e++ {
+			atomic.AddUint32((*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)])), uint32(delta))
+		}
+	}
+	return true
+}
+
+// zero32 sets the 4-byte word at offset off of every entry to 0, in
+// memory; false when the table is not mapped.
+func (t cpuTable[T]) zero32(off uintptr) bool {
+	if t.mem == nil || !hostLayout[T]() {
+		return false
+	}
+	t.mem.mu.RLock()
+	defer t.mem.mu.RUnlock()
+	b := t.mem.b
+	if b == nil {
+		return false
+	}
+	size := t.stride()
+	for e := range int(t.n * t.cpus) {
+		atomic.StoreUint32((*uint32)(unsafe.Pointer(&b[e*size+int(off)])), 0)
+	}
+	return true
 }
 
 // put writes entry i of every CPU.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -175,29 +177,58 @@ func flowStats(k *nsflowFlowKey, r *nsflowFlowValue, entries []nsflowFlowCacheEn
 	return s, true
 }
 
-// rereadFlow reads one flow consistently: its record before and after
-// its cache entries, until no write-back happened in between.
+// rereadTries bounds rereadFlow. Only a write-back begun before the
+// entries were held, or their table not being mapped (no holds), makes
+// it try again.
+const rereadTries = 1000
+
+// holdOffset is where an entry's hold count is (flow_cache_entry.hold).
+var holdOffset = unsafe.Offsetof(nsflowFlowCacheEntry{}.Hold)
+
+// rereadFlow reads one flow consistently: its record between two reads
+// of its entries' seq words (from memory), until no write-back began or
+// ended in between. A write-back bumps the seq of the entry it empties
+// before and after it adds to the record, so equal seqs mean the record
+// holds none of the deltas read. Without the mapping, the record is read
+// before and after the entries instead, which takes longer.
 func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
-	for range 100 {
-		var before, after nsflowFlowValue
-		if err := d.objs.NsflowFlows.Lookup(k, &before); errors.Is(err, ebpf.ErrKeyNotExist) {
+	i := flowCacheIndex(k)
+	// Held, the entries at i are written back no more: the first try may
+	// still meet a write-back begun before, the next ones none.
+	if d.flowCache.add32(int(i), holdOffset, 1) {
+		defer d.flowCache.add32(int(i), holdOffset, -1)
+	}
+	seqOff := unsafe.Offsetof(nsflowFlowCacheEntry{}.Seq)
+	s1, s2 := make([]uint32, d.flowCache.cpus), make([]uint32, d.flowCache.cpus)
+	for range rereadTries {
+		mapped := d.flowCache.words32(i, seqOff, s1)
+		var r nsflowFlowValue
+		if err := d.objs.NsflowFlows.Lookup(k, &r); errors.Is(err, ebpf.ErrKeyNotExist) {
 			return FlowStats{}, false, nil
 		} else if err != nil {
 			return FlowStats{}, false, err
 		}
-		es, err := d.flowCache.get(flowCacheIndex(k))
+		es, err := d.flowCache.get(i)
 		if err != nil {
 			return FlowStats{}, false, err
 		}
-		if err := d.objs.NsflowFlows.Lookup(k, &after); errors.Is(err, ebpf.ErrKeyNotExist) {
-			return FlowStats{}, false, nil
-		} else if err != nil {
-			return FlowStats{}, false, err
-		}
-		if before == after {
-			if s, settled := flowStats(k, &after, es); settled {
-				return s, true, nil
+		if mapped && d.flowCache.words32(i, seqOff, s2) {
+			if !slices.Equal(s1, s2) {
+				continue
 			}
+		} else {
+			var after nsflowFlowValue
+			if err := d.objs.NsflowFlows.Lookup(k, &after); errors.Is(err, ebpf.ErrKeyNotExist) {
+				return FlowStats{}, false, nil
+			} else if err != nil {
+				return FlowStats{}, false, err
+			}
+			if r != after {
+				continue
+			}
+		}
+		if s, settled := flowStats(k, &r, es); settled {
+			return s, true, nil
 		}
 	}
 	return FlowStats{}, false, errors.New("flow keeps changing while read")

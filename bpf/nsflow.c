@@ -155,6 +155,11 @@ struct flow_cache_entry {
 	// aligned 8-byte word (see seq_bump).
 	__u32 seq;
 	struct flow_delta d;
+	// hold is set (a count) by user space while it reads the entry's flow:
+	// a held entry is neither written back nor replaced, and a packet that
+	// would have done either counts straight into its record instead, so
+	// that a reader is never starved by write-backs.
+	__u32 hold;
 } __attribute__((aligned(128)));
 
 #define FLOW_CACHE 1024
@@ -675,6 +680,18 @@ static __always_inline void seq_bump(struct flow_cache_entry *e)
 	asm volatile("" ::"r"(old));
 }
 
+// record_add adds counts to a record (shared by CPUs: atomic adds).
+static __always_inline void record_add(struct flow_value *r, const struct flow_delta *d)
+{
+	__sync_fetch_and_add(&r->packets, d->packets);
+	__sync_fetch_and_add(&r->segments, d->segments);
+	__sync_fetch_and_add(&r->bytes, d->bytes);
+	if (d->tcp_flags)
+		__sync_fetch_and_or(&r->tcp_flags, d->tcp_flags);
+	if (d->last_seen > r->last_seen)
+		r->last_seen = d->last_seen;
+}
+
 static __always_inline void flush(struct flow_cache_entry *e)
 {
 	if (!e->id || !e->d.packets)
@@ -682,15 +699,8 @@ static __always_inline void flush(struct flow_cache_entry *e)
 	seq_bump(e); // odd: written back
 	barrier();
 	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &e->key);
-	if (r && r->id == e->id) {
-		__sync_fetch_and_add(&r->packets, e->d.packets);
-		__sync_fetch_and_add(&r->segments, e->d.segments);
-		__sync_fetch_and_add(&r->bytes, e->d.bytes);
-		if (e->d.tcp_flags)
-			__sync_fetch_and_or(&r->tcp_flags, e->d.tcp_flags);
-		if (e->d.last_seen > r->last_seen)
-			r->last_seen = e->d.last_seen;
-	}
+	if (r && r->id == e->id)
+		record_add(r, &e->d);
 	__builtin_memset(&e->d, 0, sizeof(e->d));
 	barrier();
 	seq_bump(e); // even: done
@@ -704,9 +714,12 @@ static __noinline void flow_slow(struct flow_cache_entry *e, union flow_key_word
 				 struct flow_delta *d, __u32 gen)
 {
 	__u64 now = d->last_seen;
+	int held = *(volatile __u32 *)&e->hold != 0;
 
-	flush(e);
-	e->id = 0;
+	if (!held) {
+		flush(e);
+		e->id = 0;
+	}
 
 	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &k->k);
 	if (!r) {
@@ -726,6 +739,10 @@ static __noinline void flow_slow(struct flow_cache_entry *e, union flow_key_word
 			count_loss(0);
 			return;
 		}
+	}
+	if (held) {
+		record_add(r, d);
+		return;
 	}
 	__builtin_memcpy(&e->key, &k->k, sizeof(k->k));
 	e->id = r->id;

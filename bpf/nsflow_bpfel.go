@@ -35,7 +35,8 @@ type nsflowFlowCacheEntry struct {
 		TcpFlags uint32
 		Pad      uint32
 	}
-	_ [16]byte
+	Hold uint32
+	_    [12]byte
 }
 
 type nsflowFlowKey struct {
