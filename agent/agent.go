@@ -72,18 +72,25 @@ type Agent struct {
 	// startPorts are the ports attached at the last save before this
 	// start, until the first eviction pass (goneports.go).
 	startPorts map[bpf.PortKey]startPort
-	// startBases are the bases of those ports, until each is attached
-	// again or found gone (resumeBaseLocked).
-	startBases map[bpf.PortKey]startPort
-	events     map[collector.DiscoveryKey]uint64
-	ready      atomic.Bool
-	attachErr  atomic.Uint64
+	// keptBases are the bases of counters whose port state is not at
+	// hand: those of the ports saved before this start, until each is
+	// attached again or found gone, and those of ports dropped while
+	// their counters could not be deleted (settleBaseLocked,
+	// dropCountersLocked).
+	keptBases map[bpf.PortKey]startPort
+	// awaitSave are the counters of retired ports that wait for their
+	// kept counts to be saved before they are deleted (retirePortLocked).
+	awaitSave map[bpf.PortKey]startPort
+	events    map[collector.DiscoveryKey]uint64
+	ready     atomic.Bool
+	attachErr atomic.Uint64
 
 	book  *flowBook
 	peers peers
 	// deleteFlows is dp.DeleteFlows, which tests make fail; under mu.
 	deleteFlows func([]bpf.FlowKey) (int, error)
-	// deletePort is dp.DeletePort, which tests make fail; under mu.
+	// deletePort is dp.DeletePort, which tests make fail; set under mu
+	// (write).
 	deletePort func(bpf.PortKey) error
 	// stopped is set, under mu, when the datapath is closed: the web
 	// server outlives the agent by a moment, and its scrapes must not
@@ -116,9 +123,12 @@ type portState struct {
 	// attaching is set while an attach job runs; att once it succeeded.
 	attaching bool
 	att       *bpf.Attachment
-	// base is what the port had counted when it took labels whose series
-	// held kept counts of gone ports: that series shows the kept counts
-	// plus the port's counts less base (keepRelabelledLocked).
+	// base is what of the port's counters is shown elsewhere: its counts
+	// when it took labels whose series held kept counts of gone ports
+	// (keepRelabelledLocked), or those kept when it was retired while its
+	// counters could not be deleted (retirePortLocked). Its series shows
+	// the kept counts under its labels plus its counts less base. Under
+	// mu (write).
 	base bpf.PortStats
 }
 
@@ -189,7 +199,7 @@ func New(cfg Config) (*Agent, error) {
 		startPorts: startPortsOf(book.st.PortLabels),
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
-	a.startBases = maps.Clone(a.startPorts)
+	a.keptBases, a.awaitSave = maps.Clone(a.startPorts), map[bpf.PortKey]startPort{}
 	a.deleteFlows, a.deletePort = dp.DeleteFlows, dp.DeletePort
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
@@ -854,7 +864,7 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 			if err == nil && att.NetnsCookie != s.cookie {
 				// Another namespace was at the path by the time of the
 				// attach: not this port, nor one the agent knows yet.
-				a.discard(att, portLabel{})
+				a.discard(att, portLabel{}, nil)
 				err = fmt.Errorf("%s: %w", path, nsenter.ErrReplaced)
 			}
 			if err != nil {
@@ -882,13 +892,13 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 				if p != nil {
 					a.setAttaching(p, false)
 				}
-				a.discard(att, portLabel{label, l.Name})
+				a.discard(att, portLabel{label, l.Name}, p0)
 				return
 			}
 			a.mu.Lock()
 			p.attaching, p.att = false, att
 			a.gonePortsDirty = true // the attached ports' labels
-			a.resumeBaseLocked(cur, l.Index, p)
+			a.settleBaseLocked(cur, l.Index, p)
 			a.mu.Unlock()
 			a.log.Debug("attached", "netns", label, "interface", p.link.Name, "ifindex", l.Index, "mode", att.Mode)
 		}
@@ -900,27 +910,34 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 // counters, unless a newer port has them; what they counted is kept
 // under label, if it has one (scrapes may have shown it). On the event
 // loop.
-func (a *Agent) discard(att *bpf.Attachment, label portLabel) {
+func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 	if err := att.Detach(); err != nil {
 		a.log.Warn("detach failed; trying again at each eviction pass", "interface", att.Ifname, "err", err)
 		a.pendDetach(pendingDetach{att: att})
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.portLiveLocked(att.Key()) {
+	k := att.Key()
+	if a.portLiveLocked(k) {
 		return
 	}
-	sp, started := a.startBases[att.Key()]
-	delete(a.startBases, att.Key())
-	if st, ok, err := a.dp.Port(att.Key()); err == nil && ok && label != (portLabel{}) {
-		if started && sp.label == label && covers(&st, &sp.base) {
-			subStats(&st, &sp.base) // counted before the restart
+	// The counters may be reused ones whose base is kept elsewhere: the
+	// port's, or one saved before a restart.
+	var base, kept bpf.PortStats
+	if p0 != nil {
+		base = p0.base
+	}
+	if kb, ok := a.keptBases[k]; ok && base == (bpf.PortStats{}) {
+		base = kb.base
+	}
+	if st, ok, err := a.dp.Port(k); err == nil && ok && label != (portLabel{}) {
+		kept = st
+		if covers(&st, &base) {
+			subStats(&st, &base)
 		}
 		a.retainPortLocked(label, st, time.Now())
 	}
-	if err := a.deletePort(att.Key()); err != nil {
-		a.log.Debug("delete port counters", "interface", att.Ifname, "err", err)
-	}
+	a.dropCountersLocked(k, p0, label, kept)
 }
 
 // netnsCookieAt is bpf.NetnsCookieAt; tests make it fail.

@@ -251,6 +251,9 @@ func (a *Agent) evict() {
 		}
 		a.book.mu.Unlock()
 	}
+	if !a.gonePortsDirty {
+		a.drainAwaitSaveLocked()
+	}
 	a.mu.Unlock()
 	// The cached summary still adds up (it predates the eviction), but
 	// the next scrape should see the smaller table. sumMu is taken only
@@ -416,11 +419,11 @@ func (a *Agent) dropStalePortsLocked() {
 		}
 	}
 	for k := range ports {
-		if _, started := a.startPorts[k]; !a.portLiveLocked(k) && !started && !pending[k] { // those: retireStartPortsLocked
+		// Those: retireStartPortsLocked, retryDetaches, drainAwaitSaveLocked.
+		_, started := a.startPorts[k]
+		if _, waits := a.awaitSave[k]; !a.portLiveLocked(k) && !started && !pending[k] && !waits {
 			if err := a.deletePort(k); err != nil {
 				a.log.Debug("delete stale port", "err", err)
-			} else if s := a.byCookie[k.NetnsCookie]; s != nil && s.links[int(k.Ifindex)] != nil {
-				s.links[int(k.Ifindex)].base = bpf.PortStats{} // what it kept out is gone
 			}
 		}
 	}

@@ -41,16 +41,18 @@ type portLabelEntry struct {
 	Base *bpf.PortStats `json:",omitempty"`
 }
 
-// startPort is an attached port as the last save before this start had
-// it: its labels and base.
+// startPort is a port's labels and base, as the last save before this
+// start had them, or as the agent keeps them for counters whose port
+// state it dropped (keptBases).
 type startPort struct {
 	label portLabel
 	base  bpf.PortStats
 }
 
-// stashGonePortsLocked copies the kept counts, and the labels of the
-// attached ports, into the state for its next save. Callers hold a.mu
-// (write) and book.mu.
+// stashGonePortsLocked copies the kept counts, and the labels and bases
+// of the attached ports (and of counters whose kept counts hold their
+// counts: see keptBases), into the state for its next save. Callers hold
+// a.mu (write) and book.mu.
 func (a *Agent) stashGonePortsLocked() {
 	out := make([]gonePortEntry, 0, len(a.gonePorts))
 	for l, g := range a.gonePorts {
@@ -58,15 +60,25 @@ func (a *Agent) stashGonePortsLocked() {
 	}
 	a.book.st.GonePorts = out
 	var labels []portLabelEntry
+	entry := func(k bpf.PortKey, l portLabel, base bpf.PortStats) portLabelEntry {
+		e := portLabelEntry{Cookie: k.NetnsCookie, Ifindex: k.Ifindex, Netns: l.netns, Interface: l.ifname}
+		if base != (bpf.PortStats{}) {
+			e.Base = &base // a copy: saves until the next stash must not see later bases
+		}
+		return e
+	}
 	for _, s := range a.byInode {
 		for idx, p := range s.links {
-			if p.att != nil {
-				e := portLabelEntry{Cookie: s.cookie, Ifindex: uint32(idx), Netns: s.label, Interface: p.link.Name}
-				if p.base != (bpf.PortStats{}) {
-					e.Base = &p.base
-				}
-				labels = append(labels, e)
+			// A detached port with a base has counters its kept counts
+			// hold: the next start must not count them again.
+			if p.att != nil || p.base != (bpf.PortStats{}) {
+				labels = append(labels, entry(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}, portLabel{s.label, p.link.Name}, p.base))
 			}
+		}
+	}
+	for k, kb := range a.keptBases {
+		if !a.portLiveLocked(k) {
+			labels = append(labels, entry(k, kb.label, kb.base))
 		}
 	}
 	a.book.st.PortLabels = labels
@@ -86,25 +98,61 @@ func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]startPort {
 	return out
 }
 
-// resumeBaseLocked gives a port attached again after a restart the base
-// it had, so that its series goes on where it was. A base from counters
-// that did not survive (the pins were lost: some count is below the
-// base) is dropped, or the series would stand still. A port that took
-// other labels while the agent was down is relabelled from the saved
-// ones. Callers hold a.mu.
-func (a *Agent) resumeBaseLocked(s *nsState, idx int, p *portState) {
+// settleBaseLocked gives a port that was just attached the base its
+// counters have: the one saved before a restart, or kept when its port
+// state was dropped while its counters could not be deleted (keptBases),
+// so that its series goes on where it was; a port that took other labels
+// meanwhile is relabelled from those. A base its counters do not cover
+// belongs to counters that were deleted since (the pins lost, a later
+// delete that worked): they began anew, and so does the base, or the
+// series would stand still. Callers hold a.mu.
+func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-	sp, ok := a.startBases[k]
-	if !ok {
-		return
-	}
-	delete(a.startBases, k)
 	st, ok, err := a.dp.Port(k)
-	if err != nil || !ok || !covers(&st, &sp.base) {
+	if err != nil {
+		a.log.Debug("read the counts of an attached port", "netns", s.label, "interface", p.link.Name, "err", err)
 		return
 	}
-	p.base = sp.base
-	a.keepRelabelledLocked(s, idx, p, sp.label)
+	if !ok {
+		st = bpf.PortStats{}
+	}
+	if kb, found := a.keptBases[k]; found {
+		delete(a.keptBases, k)
+		if p.base == (bpf.PortStats{}) && covers(&st, &kb.base) {
+			p.base = kb.base
+			a.keepRelabelledLocked(s, idx, p, kb.label)
+			return
+		}
+	}
+	if !covers(&st, &p.base) {
+		p.base = bpf.PortStats{}
+	}
+}
+
+// dropCountersLocked deletes a port's counters once what they counted is
+// kept (kept: its counts at the time, or zero if none were read). If the
+// delete fails, kept becomes their base, so that no series shows those
+// counts again when the counters are reused (an attach of the same port,
+// or after a restart): the port's own, while its state is at hand, else
+// in keptBases under its last labels. Callers hold a.mu (write).
+func (a *Agent) dropCountersLocked(k bpf.PortKey, p *portState, label portLabel, kept bpf.PortStats) {
+	if err := a.deletePort(k); err != nil {
+		a.log.Debug("delete port counters", "netns", label.netns, "interface", label.ifname, "err", err)
+		if kept == (bpf.PortStats{}) {
+			return
+		}
+		if s := a.byCookie[k.NetnsCookie]; p != nil && s != nil && s.links[int(k.Ifindex)] == p {
+			p.base = kept
+		} else {
+			a.keptBases[k] = startPort{label: label, base: kept}
+		}
+		a.gonePortsDirty = true
+		return
+	}
+	delete(a.keptBases, k)
+	if p != nil {
+		p.base = bpf.PortStats{}
+	}
 }
 
 // retireStartPortsLocked keeps, under their labels, the counts of ports
@@ -116,16 +164,16 @@ func (a *Agent) retireStartPortsLocked(now time.Time) {
 		if a.portLiveLocked(k) {
 			continue
 		}
-		delete(a.startBases, k)
+		delete(a.keptBases, k)
+		var kept bpf.PortStats
 		if st, ok, err := a.dp.Port(k); err == nil && ok {
+			kept = st
 			if covers(&st, &sp.base) {
 				subStats(&st, &sp.base)
 			}
 			a.retainPortLocked(sp.label, st, now)
 		}
-		if err := a.deletePort(k); err != nil {
-			a.log.Debug("delete port counters", "netns", sp.label.netns, "interface", sp.label.ifname, "err", err)
-		}
+		a.dropCountersLocked(k, nil, sp.label, kept)
 	}
 	a.startPorts = nil
 }
@@ -186,6 +234,7 @@ func (a *Agent) retirePortsLocked(now time.Time) {
 // a later pass), a port's base is what was kept, so that a scrape does
 // not show its counts both kept and live.
 func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
+	kept := make(map[int]bpf.PortStats, len(ports))
 	for idx, p := range ports {
 		p.att = nil
 		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
@@ -193,27 +242,62 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
 		} else if ok {
 			a.retainPortLocked(portLabel{s.label, p.link.Name}, p.since(st), time.Now())
-			p.base = st
+			kept[idx] = st
 		}
 	}
+	saved := true
 	if a.gonePortsDirty {
 		a.book.mu.Lock()
 		a.stashGonePortsLocked()
 		err := a.book.st.save()
 		a.book.mu.Unlock()
 		if err != nil {
-			// The counters stay until a pass finds them stale.
 			a.log.Error("save the last counts of deleted ports", "err", err)
 			a.gonePortsDirty = true
-			return
+			saved = false
 		}
 	}
 	for idx, p := range ports {
-		if err := a.deletePort(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}); err != nil {
-			a.log.Debug("delete port counters", "netns", s.label, "ifindex", idx, "err", err)
+		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
+		l := portLabel{s.label, p.link.Name}
+		if saved {
+			a.dropCountersLocked(k, p, l, kept[idx])
 			continue
 		}
-		p.base = bpf.PortStats{}
+		// Unsaved, the counters stay until the pass after a save
+		// (drainAwaitSaveLocked); meanwhile their kept counts are their
+		// base.
+		if st, ok := kept[idx]; ok {
+			if s.links[idx] == p {
+				p.base = st
+			} else {
+				a.keptBases[k] = startPort{label: l, base: st}
+			}
+		}
+		a.awaitSave[k] = startPort{label: l, base: kept[idx]}
+	}
+}
+
+// drainAwaitSaveLocked deletes the counters that waited for their kept
+// counts to be saved, once they are, unless the port is attached again
+// and counts on in them; and forgets the bases of counters that are
+// gone. Callers hold a.mu (write), after a save.
+func (a *Agent) drainAwaitSaveLocked() {
+	for k, w := range a.awaitSave {
+		delete(a.awaitSave, k)
+		if a.portLiveLocked(k) {
+			continue
+		}
+		var p *portState
+		if s := a.byCookie[k.NetnsCookie]; s != nil {
+			p = s.links[int(k.Ifindex)]
+		}
+		a.dropCountersLocked(k, p, w.label, w.base)
+	}
+	for k := range a.keptBases {
+		if _, ok, err := a.dp.Port(k); err == nil && !ok && !a.portLiveLocked(k) {
+			delete(a.keptBases, k)
+		}
 	}
 }
 
@@ -230,7 +314,8 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 //     left counts under, which would otherwise count them twice).
 //
 // A new series (no kept counts under the new labels) starts with the
-// port's whole counts, as a renamed interface's kernel counters do.
+// port's counts less its base, as a renamed interface's kernel counters
+// do: its whole counts, unless some are kept elsewhere already.
 // Callers hold a.mu.
 func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old portLabel) {
 	cur := portLabel{s.label, p.link.Name}
@@ -252,8 +337,6 @@ func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old port
 	}
 	if a.gonePorts[cur] != nil {
 		p.base = st
-	} else {
-		p.base = bpf.PortStats{}
 	}
 	a.gonePortsDirty = true // the port's labels and base
 }

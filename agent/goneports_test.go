@@ -224,15 +224,18 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 // TestFailedPortDeleteCountsOnce: eth-d sends 20 packets and is renamed
 // out of the interface filter; its counts are kept under eth-d, and the
 // deletion of its counters fails. Until a pass deletes them, they must
-// not show again under its new name. Renamed back, it counts on from the
-// 20, whether its old counters were deleted meanwhile or not.
+// not show again under its new name, nor under the names it takes when
+// it is watched again (eth-f, then eth-g), across a restart. Renamed back,
+// eth-d counts on from the 20, whether its old counters were deleted
+// meanwhile or not.
 func TestFailedPortDeleteCountsOnce(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ap")
 	s := topotest.Up(t, parseSpec(t, pairTopology), p)
 	pin, state := pins(t)
-	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute,
-		Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	cfg := Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute,
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}}
+	r := startAgent(t, p, cfg)
 	waitReady(t, r)
 	a, b := p+"a", p+"b"
 	value := func(ifname string) (uint64, bool) {
@@ -277,12 +280,28 @@ func TestFailedPortDeleteCountsOnce(t *testing.T) {
 	r.a.mu.Lock()
 	r.a.deletePort = deletePort
 	r.a.mu.Unlock()
-	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-d"); err != nil {
-		t.Fatal(err)
+	rename := func(from, to string) {
+		t.Helper()
+		if err := ipCmd("-n", a, "link", "set", from, "name", to); err != nil {
+			t.Fatal(err)
+		}
+		waitAttached(t, r.a, a, to)
 	}
-	waitAttached(t, r.a, a, "eth-d")
+	rename("zz-d", "eth-f")
+	if v, ok := value("eth-f"); ok {
+		t.Errorf("watched again as eth-f: its series %d, want none: its counts are kept under eth-d", v)
+	}
 	sendUDP(t, s, a, b, dst, 5, 64)
-	if v, ok := value("eth-d"); !ok || v != 25 {
-		t.Errorf("renamed back, 5 more: eth-d's series %d (there: %v), want 25", v, ok)
+	r.stop()
+	r = startAgent(t, p, cfg)
+	waitReady(t, r)
+	rename("eth-f", "eth-g")
+	if v, ok := value("eth-g"); !ok || v != 5 {
+		t.Errorf("eth-f renamed eth-g after a restart: eth-g's series %d (there: %v), want the 5 it sent since", v, ok)
+	}
+	rename("eth-g", "eth-d")
+	sendUDP(t, s, a, b, dst, 3, 64)
+	if v, ok := value("eth-d"); !ok || v != 23 {
+		t.Errorf("renamed back, 3 more: eth-d's series %d (there: %v), want 23", v, ok)
 	}
 }
