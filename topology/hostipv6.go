@@ -3,93 +3,130 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 )
 
-// checkIPv6 refuses, before anything is built, the declared IPv6
-// addresses and routes that the kernel would refuse midway (EACCES, then
-// a rollback): all of them when the kernel has no IPv6 (booted with
-// ipv6.disable=1), and those on host interfaces where the host disables
-// IPv6: net.ipv6.conf.IF.disable_ipv6 of an interface that exists,
-// net.ipv6.conf.default.disable_ipv6 (which a write to .all also sets) of
-// one up will create. In the topology's own namespaces the file's
-// sysctls decide, and the validator checks them.
+// defaultDisableIPv6 is what a new interface's disable_ipv6 starts as (a
+// write to conf.all sets it too).
+const defaultDisableIPv6 = "net.ipv6.conf.default.disable_ipv6"
+
+// checkIPv6 refuses, before anything is built, the declared IPv6 use that
+// the kernel would refuse midway (EACCES, then a rollback): all of it when
+// the kernel has no IPv6 (booted with ipv6.disable=1, or built without),
+// and IPv6 addresses on host interfaces where the host disables IPv6:
+// net.ipv6.conf.IF.disable_ipv6 of an interface that exists and stays,
+// conf.default's for one up will create (or create anew: a lone host end
+// whose peer's namespace is gone). In the topology's own namespaces the
+// file's sysctls decide, and the validator checks them.
 func (b *builder) checkIPv6() error {
 	s := b.s
-	var (
-		errs    []error
-		noIPv6  bool
-		keys    []string
-		checked = map[string]string{} // host interface -> its key
-	)
-	hostIf := func(name string) string {
-		if _, ok := checked[name]; !ok {
-			k := "net.ipv6.conf.default.disable_ipv6"
-			if _, exists := b.links[HostNamespace][name]; exists {
-				k = IfaceKey("net.ipv6.conf.", name, ".disable_ipv6")
-			}
-			checked[name] = k
-			keys = append(keys, k)
-		}
-		return checked[name]
-	}
-	type use struct{ path, addr, ifc string }
+	type use struct{ path, what, hostIf string }
 	var uses []use
-	add := func(path, ns, ifc string, addrs []string) {
-		for i, a := range addrs {
+	addrs := func(path, ns, ifc string, as []string) {
+		for i, a := range as {
 			if p, err := netip.ParsePrefix(a); err == nil && p.Addr().Is6() {
-				u := use{path: fmt.Sprintf("%s.addresses[%d]", path, i), addr: a}
+				u := use{path: fmt.Sprintf("%s.addresses[%d]", path, i), what: a + " is IPv6"}
 				if ns == HostNamespace {
-					u.ifc = ifc
-					hostIf(ifc)
+					u.hostIf = ifc
 				}
 				uses = append(uses, u)
 			}
 		}
 	}
 	for i, br := range s.Bridges {
-		add(fmt.Sprintf("bridges[%d]", i), s.BridgeNamespace(br.Name), br.Name, br.Addresses)
+		addrs(fmt.Sprintf("bridges[%d]", i), s.BridgeNamespace(br.Name), br.Name, br.Addresses)
 	}
 	for i, l := range s.Links {
 		for j, e := range l.Endpoints {
-			add(fmt.Sprintf("links[%d].endpoints[%d]", i, j), s.EndpointNamespace(e), e.Interface, e.Addresses)
+			addrs(fmt.Sprintf("links[%d].endpoints[%d]", i, j), s.EndpointNamespace(e), e.Interface, e.Addresses)
 		}
 	}
 	for i, n := range s.Namespaces {
 		for j, r := range n.Routes {
+			path := fmt.Sprintf("namespaces[%d].routes[%d]", i, j)
 			if p, err := netip.ParsePrefix(r.To); err == nil && p.Addr().Is6() {
-				uses = append(uses, use{path: fmt.Sprintf("namespaces[%d].routes[%d]", i, j), addr: r.To})
+				uses = append(uses, use{path: path + ".to", what: "a route to " + r.To + " is IPv6"})
+			} else if a, err := netip.ParseAddr(r.Via); err == nil && a.Is6() {
+				uses = append(uses, use{path: path + ".via", what: "a route via " + r.Via + " is IPv6"})
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(n.Sysctls)) {
+			if strings.HasPrefix(k, "net.ipv6.") {
+				uses = append(uses, use{path: fmt.Sprintf("namespaces[%d].sysctls.%s", i, k), what: "an IPv6 sysctl"})
 			}
 		}
 	}
 	if len(uses) == 0 {
 		return nil
 	}
+
 	host := b.conns[HostNamespace]
+	noIPv6 := false
 	err := host.do(func() error {
 		_, err := os.Stat("/proc/sys/net/ipv6")
 		noIPv6 = errors.Is(err, os.ErrNotExist)
 		return nil
 	})
-	var values map[string]string
-	if err == nil && !noIPv6 {
-		values, _, err = readSysctls(host.do, keys)
+	if err != nil {
+		return fmt.Errorf("host: read IPv6 settings: %w", err)
 	}
+	var errs []error
+	if noIPv6 {
+		for _, u := range uses {
+			errs = append(errs, fmt.Errorf("%s: %s, and this kernel has no IPv6 (/proc/sys/net/ipv6 is missing: booted with ipv6.disable=1, or built without IPv6)", u.path, u.what))
+		}
+		return errors.Join(errs...)
+	}
+
+	// The key that decides for each host interface, and the values.
+	keyOf := map[string]string{}
+	keys := []string{defaultDisableIPv6}
+	for _, u := range uses {
+		if u.hostIf == "" || keyOf[u.hostIf] != "" {
+			continue
+		}
+		keyOf[u.hostIf] = defaultDisableIPv6
+		if _, exists := b.links[HostNamespace][u.hostIf]; exists && !b.recreated(u.hostIf) {
+			keyOf[u.hostIf] = IfaceKey("net.ipv6.conf.", u.hostIf, ".disable_ipv6")
+			keys = append(keys, keyOf[u.hostIf])
+		}
+	}
+	values, _, err := readSysctls(host.do, keys)
 	if err != nil {
 		return fmt.Errorf("host: read IPv6 settings: %w", err)
 	}
 	for _, u := range uses {
-		switch {
-		case noIPv6:
-			errs = append(errs, fmt.Errorf("%s: %s is IPv6, and this kernel has no IPv6 (booted with ipv6.disable=1)", u.path, u.addr))
-		case u.ifc != "" && values[checked[u.ifc]] == "1":
-			on := "on host interface " + u.ifc
-			if checked[u.ifc] == "net.ipv6.conf.default.disable_ipv6" {
-				on = "for new host interfaces such as " + u.ifc
-			}
-			errs = append(errs, fmt.Errorf("%s: %s is IPv6, and the host disables IPv6 %s (%s = 1)", u.path, u.addr, on, checked[u.ifc]))
+		if u.hostIf == "" {
+			continue
 		}
+		k := keyOf[u.hostIf]
+		if _, read := values[k]; !read {
+			k = defaultDisableIPv6 // gone since it was listed: made anew
+		}
+		if values[k] != "1" {
+			continue
+		}
+		on := "on host interface " + u.hostIf
+		if k == defaultDisableIPv6 {
+			on = "for new host interfaces such as " + u.hostIf
+		}
+		errs = append(errs, fmt.Errorf("%s: %s, and the host disables IPv6 %s (%s = 1)", u.path, u.what, on, k))
 	}
 	return errors.Join(errs...)
+}
+
+// recreated reports whether up may delete the existing host interface
+// name and create it anew: a veth end whose declared peer's namespace
+// does not exist (gone with its peer, ip netns del).
+func (b *builder) recreated(name string) bool {
+	for _, ifc := range b.s.NamespaceInterfaces(HostNamespace) {
+		if ifc.Name == name && ifc.Kind == "veth" && ifc.PeerNamespace != HostNamespace && b.conns[ifc.PeerNamespace] == nil {
+			return true
+		}
+	}
+	return false
 }

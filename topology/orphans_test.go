@@ -650,6 +650,9 @@ links:
 	if got := hostObjects(t, p); len(got) != 0 {
 		t.Errorf("left after down with the file from before the run: %q", got)
 	}
+	if _, err := os.Stat(statePath(s.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state record after down: %v, want none", err)
+	}
 }
 
 // TestUpRollsBackIPv6Route: a failed up removes the IPv6 route it added

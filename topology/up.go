@@ -130,7 +130,7 @@ func Up(ctx context.Context, s *Spec, opts Options) (*Result, error) {
 			return nil, fmt.Errorf("topology %s: %w (nothing was created%s)", s.Name, err, pruned)
 		}
 		if rerr := b.rollback(); rerr != nil {
-			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v%s; nsflow topology down removes what is left)", s.Name, err, rerr, pruned)
+			return nil, fmt.Errorf("topology %s: %w (and rolling back failed: %v%s; the state record names all the run planned, so down, or up --prune with the earlier file, removes what it left)", s.Name, err, rerr, pruned)
 		}
 		return nil, fmt.Errorf("topology %s: %w (rolled back%s)", s.Name, err, pruned)
 	}
