@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -265,8 +266,18 @@ func TestFlowReadsExactUnderWriteBacks(t *testing.T) {
 			done.Store(i + 1)
 		}
 	}()
+	if d.flowCache.mem == nil || !d.flowCache.mem.writable {
+		t.Fatal("the flow cache is not mapped writable: no holds")
+	}
 	reads := 0
 	for last := false; !last; reads++ {
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Fatal(err)
+			}
+		default:
+		}
 		before := done.Load()
 		last = before == rounds
 		got := map[uint16]uint64{}
@@ -288,6 +299,12 @@ func TestFlowReadsExactUnderWriteBacks(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
+	}
+	holds := make([]uint32, d.flowCache.cpus)
+	for i := range uint32(flowCacheSize) {
+		if d.flowCache.words32(i, holdOffset, holds) && slices.ContainsFunc(holds, func(h uint32) bool { return h != 0 }) {
+			t.Fatalf("entry %d still held: %v", i, holds)
+		}
 	}
 	t.Logf("%d reads during %d write-backs", reads, 2*rounds)
 }

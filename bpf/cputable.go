@@ -20,27 +20,41 @@ type cpuTable[T any] struct {
 	n    uint32 // entries per CPU
 	cpus uint32
 	// mem is the table mapped into memory (the maps are mmapable), where
-	// that worked: get reads it without a system call per CPU.
+	// that worked and T's layout is the map's (hostLayout): get reads it
+	// without a system call per CPU.
 	mem *mapping
 }
 
-// mapping is a read-only shared mapping of a map's values, which Close
-// unmaps: a mapping holds its map, which would outlive Close otherwise.
+// mapping is a shared mapping of a map's values, which Close unmaps: a
+// mapping holds its map, which would outlive Close otherwise.
 type mapping struct {
-	mu sync.RWMutex
-	b  []byte // nil once unmapped
+	mu       sync.RWMutex
+	b        []byte // nil once unmapped
+	writable bool   // for add32 and zero32; nothing else writes through it
 }
 
 // mapped returns t reading its entries from memory where the kernel lets
-// the map be mapped, else t as it is. The mapping is writable, for
-// add32; nothing else writes through it.
+// the map be mapped (writable if it may be), else t as it is.
 func (t cpuTable[T]) mapped() cpuTable[T] {
+	if !hostLayout[T]() {
+		return t
+	}
 	size := int(t.n*t.cpus) * t.stride()
 	if b, err := unix.Mmap(t.m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
-		t.mem = &mapping{b: b}
+		t.mem = &mapping{b: b, writable: true}
+	} else if b, err := unix.Mmap(t.m.FD(), 0, size, unix.PROT_READ, unix.MAP_SHARED); err == nil {
+		t.mem = &mapping{b: b} // a frozen map, or one opened read-only
 	}
 	return t
 }
+
+// fence orders the plain loads before it (an entry's copy) before the
+// loads after it (the seq words read again): an atomic read-modify-write
+// is a full barrier, also on arm64, where an acquire load alone lets
+// earlier loads complete after it.
+func fence() { atomic.AddUint32(&fenceWord, 0) }
+
+var fenceWord uint32
 
 // stride is an entry's size in the array: values are 8-byte aligned.
 func (t cpuTable[T]) stride() int {
@@ -76,15 +90,9 @@ func (t cpuTable[T]) get(i uint32) ([]T, error) {
 			size := t.stride()
 			for c := range t.cpus {
 				off := int(c*t.n+i) * size
-				if hostLayout[T]() {
-					// A copy, not a decode: the window a reader must see
-					// no write-back in is then as short as it can be.
-					vs[c] = *(*T)(unsafe.Pointer(&b[off]))
-					continue
-				}
-				if _, err := binary.Decode(b[off:off+size], binary.NativeEndian, &vs[c]); err != nil {
-					return nil, err
-				}
+				// A copy, not a decode: the window a reader must see no
+				// write-back in is then as short as it can be.
+				vs[c] = *(*T)(unsafe.Pointer(&b[off]))
 			}
 			return vs, nil
 		}
@@ -108,7 +116,7 @@ func hostLayout[T any]() bool {
 // words32 loads, atomically, the 4-byte word at offset off of entry i on
 // every CPU into out, from memory; false when the table is not mapped.
 func (t cpuTable[T]) words32(i uint32, off uintptr, out []uint32) bool {
-	if t.mem == nil || !hostLayout[T]() {
+	if t.mem == nil {
 		return false
 	}
 	t.mem.mu.RLock()
@@ -130,7 +138,7 @@ func (t cpuTable[T]) words32(i uint32, off uintptr, out []uint32) bool {
 // entries meanwhile: an aligned word is written whole, so neither write
 // tears the other.
 func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
-	if t.mem == nil || !hostLayout[T]() {
+	if t.mem == nil || !t.mem.writable {
 		return false
 	}
 	t.mem.mu.RLock()
@@ -146,7 +154,18 @@ func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
 	}
 	for c := range int(t.cpus) {
 		for e := first; e <= last; e++ {
-			atomic.AddUint32((*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)])), uint32(delta))
+			w := (*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)]))
+			for {
+				// Never below 0: a count another process zeroed
+				// (zero32 at its load) stays 0 rather than wrap.
+				old := atomic.LoadUint32(w)
+				if delta < 0 && old < uint32(-delta) {
+					break
+				}
+				if atomic.CompareAndSwapUint32(w, old, old+uint32(delta)) {
+					break
+				}
+			}
 		}
 	}
 	return true
@@ -155,7 +174,7 @@ func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
 // zero32 sets the 4-byte word at offset off of every entry to 0, in
 // memory; false when the table is not mapped.
 func (t cpuTable[T]) zero32(off uintptr) bool {
-	if t.mem == nil || !hostLayout[T]() {
+	if t.mem == nil || !t.mem.writable {
 		return false
 	}
 	t.mem.mu.RLock()

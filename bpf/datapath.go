@@ -225,7 +225,9 @@ func Load(opts Options) (*Datapath, error) {
 	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{m: d.objs.NsflowFlowCache, n: flowCacheSize, cpus: uint32(cpus)}.mapped()
 	// A pinned cache may hold the holds of a reader that was killed
-	// mid-read: nothing else uses the pins now (see Options.PinPath).
+	// mid-read. Two processes must not use the same pins at once (the
+	// agent locks its pin path); a hold another one still had would be
+	// lost here, which costs its reader retries, never a count.
 	d.flowCache.zero32(holdOffset)
 	// With pins, the flow table may be new under a kept flow cache
 	// (resized, replaced, or its pin alone gone), whose entries then name

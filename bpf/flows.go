@@ -190,7 +190,10 @@ var holdOffset = unsafe.Offsetof(nsflowFlowCacheEntry{}.Hold)
 // ended in between. A write-back bumps the seq of the entry it empties
 // before and after it adds to the record, so equal seqs mean the record
 // holds none of the deltas read. Without the mapping, the record is read
-// before and after the entries instead, which takes longer.
+// before and after the entries instead, which takes longer. A packet
+// added to the record directly (its entry held) may be in one of the
+// record's counters and not yet in another: each counter is exact as of
+// some instant of the read.
 func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 	i := flowCacheIndex(k)
 	// Held, the entries at i are written back no more: the first try may
@@ -212,6 +215,7 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 		if err != nil {
 			return FlowStats{}, false, err
 		}
+		fence()
 		if mapped && d.flowCache.words32(i, seqOff, s2) {
 			if !slices.Equal(s1, s2) {
 				continue
