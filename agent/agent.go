@@ -66,11 +66,11 @@ type Agent struct {
 	// who held them (as gone does for removed namespaces).
 	dropped   map[netip.Addr][]droppedAddr
 	gonePorts map[portLabel]*gonePort // last counts of deleted ports (goneports.go)
-	// gonePortsDirty is set when gonePorts or the attached ports changed
-	// since the state file last had them (under mu).
+	// gonePortsDirty is set when gonePorts, the attached ports or a base
+	// changed since the state file last had them (under mu).
 	gonePortsDirty bool
-	// startPorts are the ports attached at the last save before this
-	// start, until the first eviction pass (goneports.go).
+	// startPorts are the ports of the last save before this start (see
+	// portLabelEntry), until the first eviction pass (goneports.go).
 	startPorts map[bpf.PortKey]startPort
 	// keptBases are the bases of counters whose port state is not at
 	// hand: those of the ports saved before this start, until each is
@@ -125,10 +125,10 @@ type portState struct {
 	att       *bpf.Attachment
 	// base is what of the port's counters is shown elsewhere: its counts
 	// when it took labels whose series held kept counts of gone ports
-	// (keepRelabelledLocked), or those kept when it was retired while its
-	// counters could not be deleted (retirePortLocked). Its series shows
-	// the kept counts under its labels plus its counts less base. Under
-	// mu (write).
+	// (keepRelabelledLocked), or those kept while its counters wait to be
+	// deleted (dropCountersLocked), or one saved before a restart
+	// (settleBaseLocked). Its series shows the kept counts under its
+	// labels plus its counts less base. Written under mu (write).
 	base bpf.PortStats
 }
 

@@ -30,9 +30,11 @@ type gonePortEntry struct {
 	At               time.Time
 }
 
-// portLabelEntry is an attached port's key and labels as the state file
-// keeps them: an interface deleted while the agent is down is one it
-// never sees go, and its next start keeps its counts under these labels.
+// portLabelEntry is the key, labels and base of a port whose counters
+// the agent keeps (attached, or with a base: see stashGonePortsLocked) as
+// the state file keeps them: an interface deleted while the agent is down
+// is one it never sees go, and its next start keeps its counts under
+// these labels.
 type portLabelEntry struct {
 	Cookie           uint64
 	Ifindex          uint32
@@ -77,7 +79,7 @@ func (a *Agent) stashGonePortsLocked() {
 		}
 	}
 	for k, kb := range a.keptBases {
-		if !a.portLiveLocked(k) {
+		if p := a.portStateLocked(k); p == nil || (p.att == nil && p.base == (bpf.PortStats{})) {
 			labels = append(labels, entry(k, kb.label, kb.base))
 		}
 	}
@@ -85,7 +87,7 @@ func (a *Agent) stashGonePortsLocked() {
 	a.gonePortsDirty = false
 }
 
-// startPortsOf is the ports attached when the state file was saved.
+// startPortsOf is the ports the state file had when it was saved.
 func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]startPort {
 	out := make(map[bpf.PortKey]startPort, len(entries))
 	for _, e := range entries {
@@ -110,7 +112,13 @@ func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
 	st, ok, err := a.dp.Port(k)
 	if err != nil {
+		// Unread, a kept base is taken as it is: a count shown twice
+		// would be worse than one that waits.
 		a.log.Debug("read the counts of an attached port", "netns", s.label, "interface", p.link.Name, "err", err)
+		if kb, found := a.keptBases[k]; found && p.base == (bpf.PortStats{}) {
+			delete(a.keptBases, k)
+			p.base = kb.base
+		}
 		return
 	}
 	if !ok {
@@ -130,23 +138,23 @@ func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 }
 
 // dropCountersLocked deletes a port's counters once what they counted is
-// kept (kept: its counts at the time, or zero if none were read). If the
-// delete fails, kept becomes their base, so that no series shows those
-// counts again when the counters are reused (an attach of the same port,
-// or after a restart): the port's own, while its state is at hand, else
-// in keptBases under its last labels. Callers hold a.mu (write).
+// kept (kept: its counts at the time, or zero if none were read) and
+// saved: while kept counts wait for a save, the counters wait too
+// (awaitSave, deleted by drainAwaitSaveLocked after the save), since a
+// crash in between would lose them. Until the counters are deleted, kept
+// is their base (setBaseLocked), so that no series shows those counts
+// again if the counters are reused (an attach of the same port, a
+// restart). Callers hold a.mu (write).
 func (a *Agent) dropCountersLocked(k bpf.PortKey, p *portState, label portLabel, kept bpf.PortStats) {
+	if a.gonePortsDirty {
+		a.setBaseLocked(k, p, label, kept)
+		a.awaitSave[k] = startPort{label: label, base: kept}
+		return
+	}
 	if err := a.deletePort(k); err != nil {
 		a.log.Debug("delete port counters", "netns", label.netns, "interface", label.ifname, "err", err)
-		if kept == (bpf.PortStats{}) {
-			return
-		}
-		if s := a.byCookie[k.NetnsCookie]; p != nil && s != nil && s.links[int(k.Ifindex)] == p {
-			p.base = kept
-		} else {
-			a.keptBases[k] = startPort{label: label, base: kept}
-		}
-		a.gonePortsDirty = true
+		a.setBaseLocked(k, p, label, kept)
+		a.gonePortsDirty = true // the base is saved
 		return
 	}
 	delete(a.keptBases, k)
@@ -155,10 +163,44 @@ func (a *Agent) dropCountersLocked(k bpf.PortKey, p *portState, label portLabel,
 	}
 }
 
-// retireStartPortsLocked keeps, under their labels, the counts of ports
-// attached before the start that are gone now (deleted while the agent
-// was down), then deletes their counters; once, at the first pass.
-// Callers hold a.mu.
+// setBaseLocked makes kept the base of k's counters: the port's, while
+// its state is the one at k, else in keptBases under its last labels.
+func (a *Agent) setBaseLocked(k bpf.PortKey, p *portState, label portLabel, kept bpf.PortStats) {
+	if kept == (bpf.PortStats{}) {
+		return
+	}
+	if cur := a.portStateLocked(k); cur != nil && (cur == p || p == nil) {
+		cur.base = kept
+		return
+	}
+	a.keptBases[k] = startPort{label: label, base: kept}
+}
+
+// portStateLocked is the port state at k, or nil.
+func (a *Agent) portStateLocked(k bpf.PortKey) *portState {
+	if s := a.byCookie[k.NetnsCookie]; s != nil {
+		return s.links[int(k.Ifindex)]
+	}
+	return nil
+}
+
+// baseLocked is what of k's counters st a series must not show: the
+// base of its port state p, or a kept one its counters cover.
+func (a *Agent) baseLocked(k bpf.PortKey, p *portState, st *bpf.PortStats) bpf.PortStats {
+	if p.base != (bpf.PortStats{}) {
+		return p.base
+	}
+	if kb, ok := a.keptBases[k]; ok && covers(st, &kb.base) {
+		return kb.base
+	}
+	return bpf.PortStats{}
+}
+
+// retireStartPortsLocked keeps, under their labels, the counts (less
+// their bases) of the ports the state file had that are not attached now
+// (deleted while the agent was down, or no longer watched), then deletes
+// their counters (dropCountersLocked); once, at the first pass. Callers
+// hold a.mu.
 func (a *Agent) retireStartPortsLocked(now time.Time) {
 	for k, sp := range a.startPorts {
 		if a.portLiveLocked(k) {
@@ -171,9 +213,11 @@ func (a *Agent) retireStartPortsLocked(now time.Time) {
 			if covers(&st, &sp.base) {
 				subStats(&st, &sp.base)
 			}
-			a.retainPortLocked(sp.label, st, now)
+			if st != (bpf.PortStats{}) {
+				a.retainPortLocked(sp.label, st, now)
+			}
 		}
-		a.dropCountersLocked(k, nil, sp.label, kept)
+		a.dropCountersLocked(k, a.portStateLocked(k), sp.label, kept)
 	}
 	a.startPorts = nil
 }
@@ -245,7 +289,6 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			kept[idx] = st
 		}
 	}
-	saved := true
 	if a.gonePortsDirty {
 		a.book.mu.Lock()
 		a.stashGonePortsLocked()
@@ -254,27 +297,11 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 		if err != nil {
 			a.log.Error("save the last counts of deleted ports", "err", err)
 			a.gonePortsDirty = true
-			saved = false
 		}
 	}
 	for idx, p := range ports {
-		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-		l := portLabel{s.label, p.link.Name}
-		if saved {
-			a.dropCountersLocked(k, p, l, kept[idx])
-			continue
-		}
-		// Unsaved, the counters stay until the pass after a save
-		// (drainAwaitSaveLocked); meanwhile their kept counts are their
-		// base.
-		if st, ok := kept[idx]; ok {
-			if s.links[idx] == p {
-				p.base = st
-			} else {
-				a.keptBases[k] = startPort{label: l, base: st}
-			}
-		}
-		a.awaitSave[k] = startPort{label: l, base: kept[idx]}
+		// Unsaved (a.gonePortsDirty), the counters wait for a save.
+		a.dropCountersLocked(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}, p, portLabel{s.label, p.link.Name}, kept[idx])
 	}
 }
 

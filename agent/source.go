@@ -45,7 +45,8 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 		if p == nil {
 			continue
 		}
-		st = p.since(st)
+		base := a.baseLocked(k, p, &st)
+		subStats(&st, &base)
 		add(portLabel{s.label, p.link.Name}, &st)
 	}
 	for l, g := range a.gonePorts {
