@@ -119,15 +119,7 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	pin, state := pins(t)
 	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute})
 	a, b := p+"a", p+"b"
-	value := func(ifname string) (uint64, bool) {
-		re := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface=%q,netns=%q\} (\d+)$`, ifname, a))
-		m := re.FindStringSubmatch(scrape(t, r.url))
-		if m == nil {
-			return 0, false
-		}
-		v, _ := strconv.ParseUint(m[1], 10, 64)
-		return v, true
-	}
+	value := func(ifname string) (uint64, bool) { return sentIPv4(t, r, a, ifname) }
 	want := func(what, ifname string, n uint64) {
 		t.Helper()
 		if v, ok := value(ifname); !ok || v != n {
@@ -238,15 +230,7 @@ func TestFailedPortDeleteCountsOnce(t *testing.T) {
 	r := startAgent(t, p, cfg)
 	waitReady(t, r)
 	a, b := p+"a", p+"b"
-	value := func(ifname string) (uint64, bool) {
-		re := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface=%q,netns=%q\} (\d+)$`, ifname, a))
-		m := re.FindStringSubmatch(scrape(t, r.url))
-		if m == nil {
-			return 0, false
-		}
-		v, _ := strconv.ParseUint(m[1], 10, 64)
-		return v, true
-	}
+	value := func(ifname string) (uint64, bool) { return sentIPv4(t, r, a, ifname) }
 	dst := netip.MustParseAddrPort("198.18.40.2:5402")
 	waitAttached(t, r.a, a, "eth-d")
 	sendUDP(t, s, a, b, dst, 20, 64)
@@ -304,4 +288,17 @@ func TestFailedPortDeleteCountsOnce(t *testing.T) {
 	if v, ok := value("eth-d"); !ok || v != 23 {
 		t.Errorf("renamed back, 3 more: eth-d's series %d (there: %v), want 23", v, ok)
 	}
+}
+
+// sentIPv4 is the IPv4 packets interface ifname of namespace netns sent,
+// by the agent's interface series, and whether the series is there.
+func sentIPv4(t *testing.T, r *running, netns, ifname string) (uint64, bool) {
+	t.Helper()
+	re := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface=%q,netns=%q\} (\d+)$`, ifname, netns))
+	m := re.FindStringSubmatch(scrape(t, r.url))
+	if m == nil {
+		return 0, false
+	}
+	v, _ := strconv.ParseUint(m[1], 10, 64)
+	return v, true
 }

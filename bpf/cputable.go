@@ -113,32 +113,13 @@ func hostLayout[T any]() bool {
 	return uintptr(binary.Size(v)) == unsafe.Sizeof(v) && unsafe.Alignof(v) <= 8
 }
 
-// words32 loads, atomically, the 4-byte word at offset off of entry i on
-// every CPU into out, from memory; false when the table is not mapped.
-func (t cpuTable[T]) words32(i uint32, off uintptr, out []uint32) bool {
-	if t.mem == nil {
-		return false
-	}
-	t.mem.mu.RLock()
-	defer t.mem.mu.RUnlock()
-	b := t.mem.b
-	if b == nil {
-		return false
-	}
-	size := t.stride()
-	for c := range t.cpus {
-		out[c] = atomic.LoadUint32((*uint32)(unsafe.Pointer(&b[int(c*t.n+i)*size+int(off)])))
-	}
-	return true
-}
-
-// add32 adds delta, atomically, to the 4-byte word at offset off of
-// entry i on every CPU (all entries for i < 0), in memory; false when the
-// table is not mapped. The programs write other words of the same
-// entries meanwhile: an aligned word is written whole, so neither write
-// tears the other.
-func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
-	if t.mem == nil || !t.mem.writable {
+// words calls fn with the 4-byte word at offset off of entry i on every
+// CPU c (of every entry, for i < 0), in memory, under the mapping's read
+// lock; false when the table is not mapped (writable, for write). The
+// programs write other words of the same entries meanwhile: an aligned
+// word is written whole, so neither write tears the other.
+func (t cpuTable[T]) words(i int, off uintptr, write bool, fn func(c int, w *uint32)) bool {
+	if t.mem == nil || (write && !t.mem.writable) {
 		return false
 	}
 	t.mem.mu.RLock()
@@ -154,40 +135,38 @@ func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
 	}
 	for c := range int(t.cpus) {
 		for e := first; e <= last; e++ {
-			w := (*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)]))
-			for {
-				// Never below 0: a count another process zeroed
-				// (zero32 at its load) stays 0 rather than wrap.
-				old := atomic.LoadUint32(w)
-				if delta < 0 && old < uint32(-delta) {
-					break
-				}
-				if atomic.CompareAndSwapUint32(w, old, old+uint32(delta)) {
-					break
-				}
-			}
+			fn(c, (*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)])))
 		}
 	}
 	return true
 }
 
-// zero32 sets the 4-byte word at offset off of every entry to 0, in
-// memory; false when the table is not mapped.
+// words32 loads, atomically, the word at offset off of entry i on every
+// CPU into out.
+func (t cpuTable[T]) words32(i uint32, off uintptr, out []uint32) bool {
+	return t.words(int(i), off, false, func(c int, w *uint32) { out[c] = atomic.LoadUint32(w) })
+}
+
+// add32 adds delta, atomically, to the word at offset off of entry i on
+// every CPU. It never takes a word below 0: a count another process
+// zeroed (zero32 at its load) stays 0 rather than wrap.
+func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
+	return t.words(i, off, true, func(_ int, w *uint32) {
+		for {
+			old := atomic.LoadUint32(w)
+			if delta < 0 && old < uint32(-delta) {
+				return
+			}
+			if atomic.CompareAndSwapUint32(w, old, old+uint32(delta)) {
+				return
+			}
+		}
+	})
+}
+
+// zero32 sets the word at offset off of every entry to 0.
 func (t cpuTable[T]) zero32(off uintptr) bool {
-	if t.mem == nil || !t.mem.writable {
-		return false
-	}
-	t.mem.mu.RLock()
-	defer t.mem.mu.RUnlock()
-	b := t.mem.b
-	if b == nil {
-		return false
-	}
-	size := t.stride()
-	for e := range int(t.n * t.cpus) {
-		atomic.StoreUint32((*uint32)(unsafe.Pointer(&b[e*size+int(off)])), 0)
-	}
-	return true
+	return t.words(-1, off, true, func(_ int, w *uint32) { atomic.StoreUint32(w, 0) })
 }
 
 // put writes entry i of every CPU.
