@@ -81,6 +81,11 @@ type Agent struct {
 	// awaitSave are the counters of retired ports that wait for their
 	// kept counts to be saved before they are deleted (retirePortLocked).
 	awaitSave map[bpf.PortKey]startPort
+	// lingering are ports dropped from their namespace's links (deleted,
+	// or their namespace removed) whose programs could not be detached:
+	// they count on, and scrapes show them under their last labels, until
+	// a retry detaches and retires them (retryDetaches). Under mu.
+	lingering map[bpf.PortKey]lingerPort
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
 	attachErr atomic.Uint64
@@ -200,6 +205,7 @@ func New(cfg Config) (*Agent, error) {
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
 	a.keptBases, a.awaitSave = maps.Clone(a.startPorts), map[bpf.PortKey]startPort{}
+	a.lingering = map[bpf.PortKey]lingerPort{}
 	a.deleteFlows, a.deletePort = dp.DeleteFlows, dp.DeletePort
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
@@ -562,6 +568,11 @@ func (a *Agent) removeNetns(inode uint64) {
 	for _, idx := range detached {
 		retired[idx] = s.links[idx]
 	}
+	for idx, p := range s.links {
+		if retired[idx] == nil {
+			a.lingerLocked(s, idx, p)
+		}
+	}
 	a.retirePortLocked(s, retired)
 	a.mu.Unlock()
 }
@@ -747,8 +758,24 @@ func (a *Agent) deleteLink(s *nsState, idx int, p *portState) {
 	delete(s.links, idx)
 	if detached {
 		a.retirePortLocked(s, map[int]*portState{idx: p})
+	} else {
+		a.lingerLocked(s, idx, p)
 	}
 	a.mu.Unlock()
+}
+
+// lingerPort is a port in Agent.lingering.
+type lingerPort struct {
+	label portLabel
+	p     *portState
+}
+
+// lingerLocked keeps an attached port whose detach failed in scrapes
+// once it leaves its namespace's links. Callers hold a.mu (write).
+func (a *Agent) lingerLocked(s *nsState, idx int, p *portState) {
+	if p.att != nil {
+		a.lingering[bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}] = lingerPort{portLabel{s.label, p.link.Name}, p}
+	}
 }
 
 // detach removes the programs and the port's counters (its pins): the
@@ -798,8 +825,14 @@ func (a *Agent) pendDetach(pd pendingDetach) {
 // when they work; a port watched again meanwhile keeps its attachment.
 func (a *Agent) retryDetaches() {
 	a.undetached = slices.DeleteFunc(a.undetached, func(pd pendingDetach) bool {
+		k := bpf.PortKey{NetnsCookie: pd.s.cookie, Ifindex: uint32(pd.idx)}
 		if pd.p != nil && (pd.p.att != pd.att ||
 			a.byInode[pd.s.ns.Inode] == pd.s && pd.s.links[pd.idx] == pd.p && a.eligible(pd.p.link)) {
+			a.mu.Lock()
+			if a.lingering[k].p == pd.p {
+				delete(a.lingering, k)
+			}
+			a.mu.Unlock()
 			return true
 		}
 		if err := pd.att.Detach(); err != nil {
@@ -808,6 +841,9 @@ func (a *Agent) retryDetaches() {
 		}
 		if pd.p != nil {
 			a.mu.Lock()
+			if a.lingering[k].p == pd.p {
+				delete(a.lingering, k)
+			}
 			a.retirePortLocked(pd.s, map[int]*portState{pd.idx: pd.p})
 			a.mu.Unlock()
 		}

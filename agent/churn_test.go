@@ -439,8 +439,9 @@ func TestFailedDetachKeepsPort(t *testing.T) {
 }
 
 // TestFailedDetachOfDeletedPortKeepsCounts: an interface is deleted and
-// its detach fails twice; until a retry works, the passes between must
-// not delete its counters, which the retry then keeps under its labels.
+// its detach fails twice; until a retry works, its series shows its
+// counts (no dip) and the passes between must not delete its counters,
+// which the retry then keeps under its labels.
 func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("ag")
@@ -472,10 +473,23 @@ func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
 			t.Fatal("eth-d still known after its deletion")
 		}
 	}
+	// Until a retry works, its series shows its counts: no dip, which a
+	// rate would read as a reset.
+	if v := value(); v != strconv.Itoa(n) {
+		t.Errorf("deleted, its detach failed: eth-d sent %q IPv4 packets, want its %d", v, n)
+	}
 	bpf.FailNextTCDetach(errors.New("injected netlink failure, again")) // the first retry's
-	for deadline := time.Now().Add(3 * r.a.evictInterval()); value() != strconv.Itoa(n); time.Sleep(100 * time.Millisecond) {
+	lingering := func() int {
+		r.a.mu.RLock()
+		defer r.a.mu.RUnlock()
+		return len(r.a.lingering)
+	}
+	for deadline := time.Now().Add(3 * r.a.evictInterval()); lingering() > 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after the retries: eth-d sent %q IPv4 packets, want its %d kept", value(), n)
+			t.Fatal("the deleted eth-d was not detached by the retries")
 		}
+	}
+	if v := value(); v != strconv.Itoa(n) {
+		t.Errorf("after the retries: eth-d sent %q IPv4 packets, want its %d kept", v, n)
 	}
 }

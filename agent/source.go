@@ -37,17 +37,19 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 		byLabel[l] = sum
 	}
 	for k, st := range ports {
-		s := a.byCookie[k.NetnsCookie]
-		if s == nil {
-			continue
-		}
-		p := s.links[int(k.Ifindex)]
-		if p == nil {
+		var label portLabel
+		p := a.portStateLocked(k)
+		if p != nil {
+			label = portLabel{a.byCookie[k.NetnsCookie].label, p.link.Name}
+		} else if lp, ok := a.lingering[k]; ok {
+			// Gone from its namespace, its detach failed: it counts on.
+			label, p = lp.label, lp.p
+		} else {
 			continue
 		}
 		base := a.baseLocked(k, p, &st)
 		subStats(&st, &base)
-		add(portLabel{s.label, p.link.Name}, &st)
+		add(label, &st)
 	}
 	for l, g := range a.gonePorts {
 		add(l, &g.stats)
