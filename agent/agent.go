@@ -83,8 +83,9 @@ type Agent struct {
 	awaitSave map[bpf.PortKey]startPort
 	// lingering are ports dropped from their namespace's links (deleted,
 	// or their namespace removed) whose programs could not be detached:
-	// they count on, and scrapes show them under their last labels, until
-	// a retry detaches and retires them (retryDetaches). Under mu.
+	// scrapes show their counters under their last labels (and a save
+	// keeps them), until a retry detaches and retires them
+	// (retryDetaches). Under mu.
 	lingering map[bpf.PortKey]lingerPort
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
@@ -539,10 +540,10 @@ func (a *Agent) removeNetns(inode uint64) {
 	a.mon.Remove(inode)
 	// Programs off first, with the ports still live for scrapes; then the
 	// namespace goes and its ports' last counts are kept in one step.
-	var detached []int
+	retired := map[int]*portState{}
 	for idx, p := range s.links {
 		if a.detachProgs(s, idx, p) {
-			detached = append(detached, idx)
+			retired[idx] = p
 		}
 	}
 	a.mu.Lock()
@@ -564,13 +565,9 @@ func (a *Agent) removeNetns(inode uint64) {
 	for ad := range s.addrs {
 		a.dropAddrLocked(s, ad)
 	}
-	retired := make(map[int]*portState, len(detached))
-	for _, idx := range detached {
-		retired[idx] = s.links[idx]
-	}
 	for idx, p := range s.links {
 		if retired[idx] == nil {
-			a.lingerLocked(s, idx, p)
+			a.lingerLocked(s, p)
 		}
 	}
 	a.retirePortLocked(s, retired)
@@ -759,7 +756,7 @@ func (a *Agent) deleteLink(s *nsState, idx int, p *portState) {
 	if detached {
 		a.retirePortLocked(s, map[int]*portState{idx: p})
 	} else {
-		a.lingerLocked(s, idx, p)
+		a.lingerLocked(s, p)
 	}
 	a.mu.Unlock()
 }
@@ -772,9 +769,9 @@ type lingerPort struct {
 
 // lingerLocked keeps an attached port whose detach failed in scrapes
 // once it leaves its namespace's links. Callers hold a.mu (write).
-func (a *Agent) lingerLocked(s *nsState, idx int, p *portState) {
+func (a *Agent) lingerLocked(s *nsState, p *portState) {
 	if p.att != nil {
-		a.lingering[bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}] = lingerPort{portLabel{s.label, p.link.Name}, p}
+		a.lingering[p.att.Key()] = lingerPort{portLabel{s.label, p.link.Name}, p}
 	}
 }
 
@@ -825,14 +822,8 @@ func (a *Agent) pendDetach(pd pendingDetach) {
 // when they work; a port watched again meanwhile keeps its attachment.
 func (a *Agent) retryDetaches() {
 	a.undetached = slices.DeleteFunc(a.undetached, func(pd pendingDetach) bool {
-		k := bpf.PortKey{NetnsCookie: pd.s.cookie, Ifindex: uint32(pd.idx)}
 		if pd.p != nil && (pd.p.att != pd.att ||
 			a.byInode[pd.s.ns.Inode] == pd.s && pd.s.links[pd.idx] == pd.p && a.eligible(pd.p.link)) {
-			a.mu.Lock()
-			if a.lingering[k].p == pd.p {
-				delete(a.lingering, k)
-			}
-			a.mu.Unlock()
 			return true
 		}
 		if err := pd.att.Detach(); err != nil {
@@ -840,11 +831,17 @@ func (a *Agent) retryDetaches() {
 			return false
 		}
 		if pd.p != nil {
+			k := pd.att.Key()
 			a.mu.Lock()
-			if a.lingering[k].p == pd.p {
+			lingered := a.lingering[k].p == pd.p
+			if lingered {
 				delete(a.lingering, k)
 			}
-			a.retirePortLocked(pd.s, map[int]*portState{pd.idx: pd.p})
+			// A lingering port's index may have gone to a new port
+			// meanwhile, whose counters these now are: not retired.
+			if cur := a.portStateLocked(k); !lingered || cur == nil {
+				a.retirePortLocked(pd.s, map[int]*portState{pd.idx: pd.p})
+			}
 			a.mu.Unlock()
 		}
 		return true

@@ -453,10 +453,9 @@ func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
 	waitAttached(t, r.a, a, "eth-d")
 	const n = 25
 	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5802"), n, 64)
-	series := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface="eth-d",netns=%q\} (\d+)$`, a))
 	value := func() string {
-		if m := series.FindStringSubmatch(scrape(t, r.url)); m != nil {
-			return m[1]
+		if v, ok := sentIPv4(t, r, a, "eth-d"); ok {
+			return strconv.FormatUint(v, 10)
 		}
 		return ""
 	}
@@ -491,5 +490,53 @@ func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
 	}
 	if v := value(); v != strconv.Itoa(n) {
 		t.Errorf("after the retries: eth-d sent %q IPv4 packets, want its %d kept", v, n)
+	}
+}
+
+// TestRetryDetachOfDiscardedAttachment: an attachment the agent discarded
+// (its port went, or stopped being watched, while it attached) whose
+// detach failed has no port state; the next pass detaches it. The retry
+// used to read the missing namespace state, and brought the agent down.
+func TestRetryDetachOfDiscardedAttachment(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ar")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, FlowIdleTimeout: 2 * time.Second,
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	waitReady(t, r)
+	a := p + "a"
+	// An interface the agent does not watch, attached by hand, stands in
+	// for the discarded port.
+	if err := ipCmd("-n", a, "link", "add", "zz-x", "type", "veth", "peer", "name", "zz-y"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "netns", "exec", a, "cat", "/sys/class/net/zz-x/ifindex").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	att, err := r.a.dp.AttachIndex(s.NetnsPath(a), idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.a.results <- func() { r.a.pendDetach(pendingDetach{att: att}) } // on the event loop, as discard does
+	for deadline := time.Now().Add(3 * r.a.evictInterval()); ; time.Sleep(50 * time.Millisecond) {
+		alive, err := att.Alive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the discarded attachment was not detached by the passes")
+		}
+	}
+	if !r.a.Ready() {
+		t.Error("the agent is not ready after the retry")
 	}
 }

@@ -78,6 +78,9 @@ func (a *Agent) stashGonePortsLocked() {
 			}
 		}
 	}
+	for k, lp := range a.lingering {
+		labels = append(labels, entry(k, lp.label, lp.p.base))
+	}
 	for k, kb := range a.keptBases {
 		if p := a.portStateLocked(k); p == nil || (p.att == nil && p.base == (bpf.PortStats{})) {
 			labels = append(labels, entry(k, kb.label, kb.base))

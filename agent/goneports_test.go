@@ -36,15 +36,7 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 			}
 		}
 	}
-	series := regexp.MustCompile(fmt.Sprintf(`(?m)^nsflow_interface_transmit_packets_total\{family="ipv4",interface="eth-d",netns=%q\} (\d+)$`, a))
-	value := func() (uint64, bool) {
-		m := series.FindStringSubmatch(scrape(t, r.url))
-		if m == nil {
-			return 0, false
-		}
-		v, _ := strconv.ParseUint(m[1], 10, 64)
-		return v, true
-	}
+	value := func() (uint64, bool) { return sentIPv4(t, r, a, "eth-d") }
 	want := func(what string, n uint64) {
 		t.Helper()
 		if v, ok := value(); !ok || v != n {

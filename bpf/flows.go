@@ -182,8 +182,12 @@ func flowStats(k *nsflowFlowKey, r *nsflowFlowValue, entries []nsflowFlowCacheEn
 // it try again.
 const rereadTries = 1000
 
-// holdOffset is where an entry's hold count is (flow_cache_entry.hold).
-var holdOffset = unsafe.Offsetof(nsflowFlowCacheEntry{}.Hold)
+// holdOffset and seqOffset are where an entry's hold count and seq are
+// (flow_cache_entry.hold, .seq).
+var (
+	holdOffset = unsafe.Offsetof(nsflowFlowCacheEntry{}.Hold)
+	seqOffset  = unsafe.Offsetof(nsflowFlowCacheEntry{}.Seq)
+)
 
 // rereadFlow reads one flow consistently: its record between two reads
 // of its entries' seq words (from memory), until no write-back began or
@@ -201,10 +205,9 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 	if d.flowCache.add32(int(i), holdOffset, 1) {
 		defer d.flowCache.add32(int(i), holdOffset, -1)
 	}
-	seqOff := unsafe.Offsetof(nsflowFlowCacheEntry{}.Seq)
 	s1, s2 := make([]uint32, d.flowCache.cpus), make([]uint32, d.flowCache.cpus)
 	for range rereadTries {
-		mapped := d.flowCache.words32(i, seqOff, s1)
+		mapped := d.flowCache.words32(i, seqOffset, s1)
 		var r nsflowFlowValue
 		if err := d.objs.NsflowFlows.Lookup(k, &r); errors.Is(err, ebpf.ErrKeyNotExist) {
 			return FlowStats{}, false, nil
@@ -216,7 +219,7 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 			return FlowStats{}, false, err
 		}
 		fence()
-		if mapped && d.flowCache.words32(i, seqOff, s2) {
+		if mapped && d.flowCache.words32(i, seqOffset, s2) {
 			if !slices.Equal(s1, s2) {
 				continue
 			}
