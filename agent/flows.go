@@ -219,6 +219,11 @@ func (a *Agent) evict() {
 	a.evicting.Store(true)
 	ok := a.evictPass(len(gone) > 0 || dropped)
 	if !ok {
+		// The kept counts' retention runs on while passes fail.
+		a.mu.Lock()
+		a.retirePortsLocked(time.Now())
+		a.saveGonePortsLocked()
+		a.mu.Unlock()
 		a.evicting.Store(false)
 		return
 	}
@@ -242,18 +247,7 @@ func (a *Agent) evict() {
 	a.mu.Lock()
 	a.retireStartPortsLocked(now)
 	a.retirePortsLocked(now)
-	if a.gonePortsDirty {
-		a.book.mu.Lock()
-		a.stashGonePortsLocked()
-		if err := a.book.st.save(); err != nil {
-			a.log.Error("save the last counts of deleted ports", "err", err)
-			a.gonePortsDirty = true // the next pass tries again
-		}
-		a.book.mu.Unlock()
-	}
-	if !a.gonePortsDirty {
-		a.drainAwaitSaveLocked()
-	}
+	a.saveGonePortsLocked()
 	a.mu.Unlock()
 	// The cached summary still adds up (it predates the eviction), but
 	// the next scrape should see the smaller table. sumMu is taken only

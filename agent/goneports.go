@@ -292,6 +292,17 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			kept[idx] = st
 		}
 	}
+	a.saveGonePortsLocked()
+	for idx, p := range ports {
+		// Unsaved (a.gonePortsDirty), the counters wait for a save.
+		a.dropCountersLocked(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}, p, portLabel{s.label, p.link.Name}, kept[idx])
+	}
+}
+
+// saveGonePortsLocked saves the kept counts, port labels and bases if
+// they changed (a failed save is tried again at the next pass), then
+// deletes the counters that waited for it. Callers hold a.mu (write).
+func (a *Agent) saveGonePortsLocked() {
 	if a.gonePortsDirty {
 		a.book.mu.Lock()
 		a.stashGonePortsLocked()
@@ -302,9 +313,8 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			a.gonePortsDirty = true
 		}
 	}
-	for idx, p := range ports {
-		// Unsaved (a.gonePortsDirty), the counters wait for a save.
-		a.dropCountersLocked(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}, p, portLabel{s.label, p.link.Name}, kept[idx])
+	if !a.gonePortsDirty {
+		a.drainAwaitSaveLocked()
 	}
 }
 

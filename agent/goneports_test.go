@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -293,4 +294,50 @@ func sentIPv4(t *testing.T, r *running, netns, ifname string) (uint64, bool) {
 	}
 	v, _ := strconv.ParseUint(m[1], 10, 64)
 	return v, true
+}
+
+// TestGonePortsExpireWhilePassesFail: the kept counts of a deleted
+// interface go once the retention has passed, also while the eviction
+// passes fail (here: the flow records of the deleted port cannot be
+// deleted, so each pass stops at settling them).
+func TestGonePortsExpireWhilePassesFail(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ae")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: 2 * time.Second, FlowIdleTimeout: time.Second})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5403"), 10, 64)
+	if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != 10 {
+		t.Fatalf("eth-d sent %d IPv4 packets (series there: %v), want 10", v, ok)
+	}
+	var failed atomic.Int64
+	r.a.mu.Lock()
+	deleteFlows := r.a.deleteFlows
+	r.a.deleteFlows = func([]bpf.FlowKey) (int, error) {
+		failed.Add(1)
+		return 0, errors.New("injected: delete failed")
+	}
+	r.a.mu.Unlock()
+	t.Cleanup(func() {
+		r.a.mu.Lock()
+		r.a.deleteFlows = deleteFlows
+		r.a.mu.Unlock()
+	})
+	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, ok := sentIPv4(t, r, a, "eth-d"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deleted eth-d's series outlived its retention (%d failed deletes)", failed.Load())
+		}
+	}
+	if failed.Load() < 2 {
+		t.Errorf("%d failed deletes: the passes did not fail as the test means them to", failed.Load())
+	}
 }
