@@ -42,7 +42,7 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 		if p != nil {
 			label = portLabel{a.byCookie[k.NetnsCookie].label, p.link.Name}
 		} else if lp, ok := a.lingering[k]; ok {
-			// Gone from its namespace, its detach failed: it counts on.
+			// Gone from its namespace, its detach failed: its series stays.
 			label, p = lp.label, lp.p
 		} else {
 			continue
