@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -84,6 +85,62 @@ links:
 			t.Errorf("up once IPv6 is back on: %v", err)
 		}
 		if _, err := Down(ctx, s6, Options{}); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-done
+}
+
+// TestUpRefusesIPv6OnARecreatedHostEnd: a host veth end whose namespace
+// was deleted (ip netns del; here something still holds the namespace,
+// so the end lives on) is made anew by up, and the new end starts with
+// conf.default's disable_ipv6, not the old end's: an IPv6 address on it
+// is refused when the host disables IPv6 for new interfaces, although
+// the old end allows it.
+func TestUpRefusesIPv6OnARecreatedHostEnd(t *testing.T) {
+	ctx := context.Background()
+	const v4 = `
+name: v6re
+namespaces: [{name: a}]
+links:
+  - endpoints: [{namespace: a, interface: eth0, addresses: [198.18.97.2/30]}, {namespace: host, interface: ha, addresses: [198.18.97.1/30]}]
+`
+	s4 := prefixedSpec(t, v4)
+	p := prefixOf(s4)
+	s6 := prefixedCopy(t, strings.Replace(v4, "[198.18.97.1/30]", `[198.18.97.1/30, "fd00:97::1/64"]`, 1), p)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread ends with its namespace
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := Up(ctx, s4, Options{}); err != nil {
+			t.Error(err)
+			return
+		}
+		held, err := os.Open(s4.NetnsPath(p + "a"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer held.Close()
+		if err := exec.Command("ip", "netns", "del", p+"a").Run(); err != nil {
+			t.Error(err)
+			return
+		}
+		if err := os.WriteFile(sysctlFile(defaultDisableIPv6), []byte("1"), 0); err != nil {
+			t.Error(err)
+			return
+		}
+		_, err = Up(ctx, s6, Options{})
+		want := "links[0].endpoints[1].addresses[1]: fd00:97::1/64 is IPv6, and the host disables IPv6 for new host interfaces such as " + p + "ha (net.ipv6.conf.default.disable_ipv6 = 1) (nothing was created)"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("up over the lone host end: %v\nwant %q", err, want)
+		}
+		held.Close()
+		if _, err := Down(ctx, s4, Options{}); err != nil {
 			t.Error(err)
 		}
 	}()
