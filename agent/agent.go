@@ -956,18 +956,11 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 	}
 	// The counters may be reused ones whose base is kept elsewhere: the
 	// port's, or one saved before a restart.
-	var base, kept bpf.PortStats
-	if p0 != nil {
-		base = p0.base
-	}
-	if kb, ok := a.keptBases[k]; ok && base == (bpf.PortStats{}) {
-		base = kb.base
-	}
+	var kept bpf.PortStats
 	if st, ok, err := a.dp.Port(k); err == nil && ok && label != (portLabel{}) {
 		kept = st
-		if covers(&st, &base) {
-			subStats(&st, &base)
-		}
+		base := a.baseLocked(k, p0, &st)
+		subStats(&st, &base)
 		a.retainPortLocked(label, st, time.Now())
 	}
 	a.dropCountersLocked(k, p0, label, kept)

@@ -188,9 +188,9 @@ func (a *Agent) portStateLocked(k bpf.PortKey) *portState {
 }
 
 // baseLocked is what of k's counters st a series must not show: the
-// base of its port state p, or a kept one its counters cover.
+// base of its port state p (if any), or a kept one its counters cover.
 func (a *Agent) baseLocked(k bpf.PortKey, p *portState, st *bpf.PortStats) bpf.PortStats {
-	if p.base != (bpf.PortStats{}) {
+	if p != nil && p.base != (bpf.PortStats{}) {
 		return p.base
 	}
 	if kb, ok := a.keptBases[k]; ok && covers(st, &kb.base) {
@@ -328,11 +328,7 @@ func (a *Agent) drainAwaitSaveLocked() {
 		if a.portLiveLocked(k) {
 			continue
 		}
-		var p *portState
-		if s := a.byCookie[k.NetnsCookie]; s != nil {
-			p = s.links[int(k.Ifindex)]
-		}
-		a.dropCountersLocked(k, p, w.label, w.base)
+		a.dropCountersLocked(k, a.portStateLocked(k), w.label, w.base)
 	}
 	for k := range a.keptBases {
 		if _, ok, err := a.dp.Port(k); err == nil && !ok && !a.portLiveLocked(k) {

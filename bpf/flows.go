@@ -205,13 +205,18 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 	if d.flowCache.add32(int(i), holdOffset, 1) {
 		defer d.flowCache.add32(int(i), holdOffset, -1)
 	}
+	lookup := func(v *nsflowFlowValue) (bool, error) {
+		err := d.objs.NsflowFlows.Lookup(k, v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return err == nil, err
+	}
 	s1, s2 := make([]uint32, d.flowCache.cpus), make([]uint32, d.flowCache.cpus)
 	for range rereadTries {
 		mapped := d.flowCache.words32(i, seqOffset, s1)
 		var r nsflowFlowValue
-		if err := d.objs.NsflowFlows.Lookup(k, &r); errors.Is(err, ebpf.ErrKeyNotExist) {
-			return FlowStats{}, false, nil
-		} else if err != nil {
+		if found, err := lookup(&r); !found {
 			return FlowStats{}, false, err
 		}
 		es, err := d.flowCache.get(i)
@@ -225,9 +230,7 @@ func (d *Datapath) rereadFlow(k *nsflowFlowKey) (FlowStats, bool, error) {
 			}
 		} else {
 			var after nsflowFlowValue
-			if err := d.objs.NsflowFlows.Lookup(k, &after); errors.Is(err, ebpf.ErrKeyNotExist) {
-				return FlowStats{}, false, nil
-			} else if err != nil {
+			if found, err := lookup(&after); !found {
 				return FlowStats{}, false, err
 			}
 			if r != after {

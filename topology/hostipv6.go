@@ -83,6 +83,10 @@ func (b *builder) checkIPv6() error {
 	}
 
 	// The key that decides for each host interface, and the values.
+	declared := map[string]Interface{}
+	for _, ifc := range s.NamespaceInterfaces(HostNamespace) {
+		declared[ifc.Name] = ifc
+	}
 	keyOf := map[string]string{}
 	keys := []string{defaultDisableIPv6}
 	for _, u := range uses {
@@ -90,7 +94,7 @@ func (b *builder) checkIPv6() error {
 			continue
 		}
 		keyOf[u.hostIf] = defaultDisableIPv6
-		if _, exists := b.links[HostNamespace][u.hostIf]; exists && !b.recreated(u.hostIf) {
+		if _, exists := b.links[HostNamespace][u.hostIf]; exists && !b.recreated(declared[u.hostIf]) {
 			keyOf[u.hostIf] = IfaceKey("net.ipv6.conf.", u.hostIf, ".disable_ipv6")
 			keys = append(keys, keyOf[u.hostIf])
 		}
@@ -120,13 +124,8 @@ func (b *builder) checkIPv6() error {
 }
 
 // recreated reports whether up may delete the existing host interface
-// name and create it anew: a veth end whose declared peer's namespace
-// does not exist (gone with its peer, ip netns del).
-func (b *builder) recreated(name string) bool {
-	for _, ifc := range b.s.NamespaceInterfaces(HostNamespace) {
-		if ifc.Name == name && ifc.Kind == "veth" && ifc.PeerNamespace != HostNamespace && b.conns[ifc.PeerNamespace] == nil {
-			return true
-		}
-	}
-	return false
+// ifc and create it anew: a veth end whose declared peer's namespace does
+// not exist (gone with its peer, ip netns del).
+func (b *builder) recreated(ifc Interface) bool {
+	return ifc.Kind == "veth" && ifc.PeerNamespace != HostNamespace && b.conns[ifc.PeerNamespace] == nil
 }
