@@ -16,13 +16,20 @@ import (
 // machine's speed hardly drifts between neighbouring slices.
 const SliceLength = 333 * time.Millisecond
 
+// settleTime passes between an attach or detach and the slice after it:
+// tcx link changes and their RCU grace periods slow the stream for a
+// moment, and counted in the next slice that moment falls on one mode
+// only (a no-op program's slices came out 1-2% faster than bare ones).
+const settleTime = 50 * time.Millisecond
+
 // sliceRatio measures a case's overhead under one continuous run of the
 // generator, in slices that alternate uninstrumented and instrumented:
 // off, on, off, on, ..., off. Each instrumented slice is divided by the
 // mean of the two uninstrumented slices around it, which cancels a drift
 // of the machine's speed that separate samples seconds apart would keep.
 // Throughput is what the servers' interfaces received, from the kernel's
-// statistics; attaching and detaching happen between slices.
+// statistics; attaching and detaching happen between slices, each
+// slice starting settleTime after them.
 //
 // With --hook-cost the instrumented slices alternate with as many of a
 // no-op program on the same hooks (off, on, off, no-op, off, on, ...),
@@ -67,6 +74,9 @@ func (r *runner) sliceRatio(ctx context.Context, proto traffic.Proto, pairs []pa
 		return n, nil
 	}
 	rate := func() (float64, error) {
+		if err := sleep(ctx, settleTime); err != nil {
+			return 0, err
+		}
 		b0, err := received()
 		if err != nil {
 			return 0, err
