@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -307,4 +308,171 @@ func TestFlowReadsExactUnderWriteBacks(t *testing.T) {
 		}
 	}
 	t.Logf("%d reads during %d write-backs", reads, 2*rounds)
+}
+
+// A port with a slot counts a recorded flow's packets in the flow's cache
+// entry, which carries them to the slot at write-back. Two flows share a
+// cache index: each round, a burst of the first fills its entry, and one
+// packet of the second writes the burst back to the slot, while ports
+// are read. A burst counted twice, or not at all, by a read is more than
+// the packets run during the read and the next, so every read must count
+// no fewer than the packets run before it, no fewer than the read before
+// it, and the last read all of them. The flows' counts are read alike,
+// and held entries must all be released.
+func TestPortReadsExactUnderWriteBacks(t *testing.T) {
+	d := loadForTest(t, Options{})
+	in, _ := d.Programs()
+	frame, lo := testRunUDP(t)
+	if claimed, err := d.claimSlot(lo); err != nil || !claimed {
+		t.Fatalf("claim the loopback's slot: %v, %v", claimed, err)
+	}
+	raw1 := nsflowFlowKey{NetnsCookie: lo.NetnsCookie, Ifindex: lo.Ifindex, Dir: uint8(Ingress), Family: 4, Proto: 17, Sport: 1, Dport: 2}
+	copy(raw1.Src[:], v4A.AsSlice())
+	copy(raw1.Dst[:], v4B.AsSlice())
+	sport2 := uint16(0)
+	for p := uint16(3); p < 0xffff && sport2 == 0; p++ {
+		r := raw1
+		r.Sport = p
+		if flowCacheIndex(&r) == flowCacheIndex(&raw1) {
+			sport2 = p
+		}
+	}
+	if sport2 == 0 {
+		t.Fatal("no source port shares the first flow's cache index")
+	}
+	f1, f2 := frame, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(sport2, 2, 0))
+
+	const rounds, burst, pause = 40, 20000, 20 * time.Millisecond
+	var done atomic.Uint64 // packets run
+	var stop atomic.Bool
+	errc := make(chan error, 1)
+	t.Cleanup(func() { // before the datapath closes, also on failure
+		stop.Store(true)
+		for range errc {
+		}
+	})
+	go func() {
+		defer close(errc)
+		for range rounds {
+			for _, r := range []struct {
+				f []byte
+				n uint32
+			}{{f1, burst}, {f2, 1}} {
+				if stop.Load() {
+					return
+				}
+				if _, err := in.Run(&ebpf.RunOptions{Data: r.f, Repeat: r.n}); err != nil {
+					errc <- err
+					return
+				}
+				done.Add(uint64(r.n))
+			}
+			// A pause after the write-back, longer than a read, so that a
+			// read that overlapped it ends before the next burst begins.
+			time.Sleep(pause)
+		}
+	}()
+	const total = rounds * (burst + 1)
+	var prev uint64
+	var slowest time.Duration
+	reads := 0
+	for last := false; !last; reads++ {
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Fatal(err)
+			}
+		default:
+		}
+		before, t0 := done.Load(), time.Now()
+		last = before == total
+		var got uint64
+		if reads%2 == 0 {
+			ports, err := d.Ports()
+			if err != nil {
+				t.Fatalf("read %d: %v", reads, err)
+			}
+			if len(ports) != 1 {
+				t.Fatalf("read %d: ports %v, want only %v", reads, ports, lo)
+			}
+			s := ports[lo]
+			got = s.Get(Ingress, IPv4, UDP).Packets
+		} else {
+			s, ok, err := d.Port(lo)
+			if err != nil || !ok {
+				t.Fatalf("read %d: %v, %v", reads, ok, err)
+			}
+			got = s.Get(Ingress, IPv4, UDP).Packets
+		}
+		after := done.Load()
+		slowest = max(slowest, time.Since(t0))
+		// A run in progress may be in the read, up to a whole burst.
+		if got < before || got < prev || got > after+burst {
+			t.Fatalf("read %d: %d packets, want %d to %d and at least the last read's %d", reads, got, before, after+burst, prev)
+		}
+		prev = got
+		if last && got != total {
+			t.Fatalf("after the rounds: %d packets, want %d", got, total)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	flows := map[uint16]uint64{}
+	if err := d.Flows(func(k FlowKey, s FlowStats) bool { flows[k.SrcPort] = s.Packets; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if flows[1] != rounds*burst || flows[sport2] != rounds {
+		t.Errorf("flows %v, want %d and %d packets", flows, rounds*burst, rounds)
+	}
+	holds := make([]uint32, d.flowCache.cpus)
+	for i := range uint32(flowCacheSize) {
+		if d.flowCache.words32(i, holdOffset, holds) && slices.ContainsFunc(holds, func(h uint32) bool { return h != 0 }) {
+			t.Fatalf("entry %d still held: %v", i, holds)
+		}
+	}
+	t.Logf("%d reads during %d write-backs, the slowest %v", reads, 2*rounds, slowest)
+}
+
+// Counts a cache entry carries to a port's slot go with the port's counts
+// when DeletePort frees the slot: a later claim of the slot by the same
+// port (attached again) starts from zero, and counts the packets of the
+// same flow from then on.
+func TestReclaimedSlotStartsFromZero(t *testing.T) {
+	d := loadForTest(t, Options{})
+	in, _ := d.Programs()
+	frame, lo := testRunUDP(t)
+	ingressUDP := func() uint64 {
+		t.Helper()
+		s, _, err := d.Port(lo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Get(Ingress, IPv4, UDP).Packets
+	}
+	for _, n := range []uint64{5, 3} {
+		if claimed, err := d.claimSlot(lo); err != nil || !claimed {
+			t.Fatalf("claim the loopback's slot: %v, %v", claimed, err)
+		}
+		d.slotInUse(lo)
+		for range n {
+			runFrame(t, in, frame)
+		}
+		if got := ingressUDP(); got != n {
+			t.Errorf("after %d packets of this claim: %d counted", n, got)
+		}
+		d.dropSlotUser(lo)
+		if err := d.DeletePort(lo); err != nil {
+			t.Fatal(err)
+		}
+		if got := ingressUDP(); got != 0 {
+			t.Errorf("after DeletePort: %d packets counted, want 0", got)
+		}
+	}
+	// Deleted while its packets still come (not detached): the next ones
+	// count, in the hash map.
+	runFrame(t, in, frame)
+	if got := ingressUDP(); got != 1 {
+		t.Errorf("a packet after the slot was freed: %d counted, want 1", got)
+	}
 }

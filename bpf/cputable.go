@@ -114,11 +114,11 @@ func hostLayout[T any]() bool {
 }
 
 // words calls fn with the 4-byte word at offset off of entry i on every
-// CPU c (of every entry, for i < 0), in memory, under the mapping's read
-// lock; false when the table is not mapped (writable, for write). The
-// programs write other words of the same entries meanwhile: an aligned
-// word is written whole, so neither write tears the other.
-func (t cpuTable[T]) words(i int, off uintptr, write bool, fn func(c int, w *uint32)) bool {
+// CPU c (of every entry e, for i < 0), in memory, under the mapping's
+// read lock; false when the table is not mapped (writable, for write).
+// The programs write other words of the same entries meanwhile: an
+// aligned word is written whole, so neither write tears the other.
+func (t cpuTable[T]) words(i int, off uintptr, write bool, fn func(c, e int, w *uint32)) bool {
 	if t.mem == nil || (write && !t.mem.writable) {
 		return false
 	}
@@ -135,7 +135,7 @@ func (t cpuTable[T]) words(i int, off uintptr, write bool, fn func(c int, w *uin
 	}
 	for c := range int(t.cpus) {
 		for e := first; e <= last; e++ {
-			fn(c, (*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)])))
+			fn(c, e, (*uint32)(unsafe.Pointer(&b[(c*int(t.n)+e)*size+int(off)])))
 		}
 	}
 	return true
@@ -144,14 +144,14 @@ func (t cpuTable[T]) words(i int, off uintptr, write bool, fn func(c int, w *uin
 // words32 loads, atomically, the word at offset off of entry i on every
 // CPU into out.
 func (t cpuTable[T]) words32(i uint32, off uintptr, out []uint32) bool {
-	return t.words(int(i), off, false, func(c int, w *uint32) { out[c] = atomic.LoadUint32(w) })
+	return t.words(int(i), off, false, func(c, _ int, w *uint32) { out[c] = atomic.LoadUint32(w) })
 }
 
-// add32 adds delta, atomically, to the word at offset off of entry i on
-// every CPU. It never takes a word below 0: a count another process
+// add32 adds delta, atomically, to the word at offset off of entry i (of
+// every entry, for i < 0) on every CPU. It never takes a word below 0: a count another process
 // zeroed (zero32 at its load) stays 0 rather than wrap.
 func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
-	return t.words(i, off, true, func(_ int, w *uint32) {
+	return t.words(i, off, true, func(_, _ int, w *uint32) {
 		for {
 			old := atomic.LoadUint32(w)
 			if delta < 0 && old < uint32(-delta) {
@@ -166,7 +166,7 @@ func (t cpuTable[T]) add32(i int, off uintptr, delta int32) bool {
 
 // zero32 sets the word at offset off of every entry to 0.
 func (t cpuTable[T]) zero32(off uintptr) bool {
-	return t.words(-1, off, true, func(_ int, w *uint32) { atomic.StoreUint32(w, 0) })
+	return t.words(-1, off, true, func(_, _ int, w *uint32) { atomic.StoreUint32(w, 0) })
 }
 
 // put writes entry i of every CPU.

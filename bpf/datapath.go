@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,6 +78,7 @@ type Datapath struct {
 	// (under slotMu): the last of their attaches to fail frees it,
 	// whichever claimed it.
 	slotFresh map[PortKey]bool
+	lastClaim uint32     // the last id newClaim gave (under slotMu)
 	genMu     sync.Mutex // serializes bumping the deletion generation
 	genOwed   bool       // a bump failed (under genMu)
 	mu        sync.Mutex
@@ -164,7 +166,7 @@ func Load(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
-		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}}
+		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}, lastClaim: rand.Uint32()}
 	d.usersDone.L = &d.mu
 	d.PinsReplaced, d.PinsReset = replaced, len(replaced) > 0
 	if d.clock, err = newJiffyClock(); err != nil {

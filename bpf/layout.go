@@ -15,8 +15,9 @@ import (
 // such change that keeps the tables' sizes (a change of size is found
 // without it): Load then replaces the pins of another layout, counters and
 // all, rather than misread them. Pins made before the stamp existed are
-// layout 1.
-const pinLayout = 1
+// layout 1. Layout 2: flow cache entries carry their port's counts to
+// its slot (port_counter, port_claim), and slot lines have a claim.
+const pinLayout = 2
 
 // layoutPinName is the stamp's pin: a one-entry array holding the layout
 // of the tables pinned beside it.

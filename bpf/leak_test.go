@@ -463,12 +463,17 @@ func TestFailedAttachKeepsOthersSlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s PortStats
 	for i := range slots {
 		if tag, _ := slots[i].tag(); tag != k {
 			t.Fatalf("CPU %d's slot is tagged %+v, want %+v", i, tag, k)
 		}
-		s.addSlot(&slots[i])
+	}
+	if err := d.objs.NsflowPorts.Lookup(nsflowPortKey{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}, new([]nsflowPortStats)); err == nil {
+		t.Error("the port counts in the hash map, not in its slot")
+	}
+	s, _, err := d.Port(k)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if got := s.Get(Egress, IPv4, UDP).Packets; got != sent {
 		t.Errorf("the slot counted %d UDP packets sent, want %d", got, sent)

@@ -91,10 +91,18 @@ static __always_inline __u32 counter_index(__u8 dir, __u8 family, __u8 l4)
 // A slot is twelve cache lines, each with the port's tag and two of its
 // counters (counter_index i in line i / 2), so that a packet touches one
 // line of its port's slot: the tag it checks is next to what it adds to.
+//
+// A packet of a recorded flow does not touch its port's slot at all: its
+// flow cache entry carries the port's counts too, and adds them to the
+// slot at write-back (readers add the entries' pending counts). That saves
+// a cache line per packet, which on a TCP stream, whose copies evict the
+// tables between packets, is most of the programs' cost. claim tells one
+// claim of a slot from the next, so that counts pending for a port whose
+// slot was freed (its counts deleted) never reach a later claim.
 struct port_line {
 	__u64 netns_cookie;
 	__u32 ifindex;
-	__u32 pad;
+	__u32 claim; // user space's id of this claim of the slot; never 0 once claimed
 	struct counter c[2];
 } __attribute__((aligned(64)));
 
@@ -155,11 +163,17 @@ struct flow_cache_entry {
 	// aligned 8-byte word (see seq_bump).
 	__u32 seq;
 	struct flow_delta d;
-	// hold is set (a count) by user space while it reads the entry's flow:
-	// a held entry is neither written back nor replaced, and a packet that
-	// would have done either counts straight into its record instead, so
-	// that a reader is never starved by write-backs.
+	// hold is set (a count) by user space while it reads the entry's flow
+	// or the ports: a held entry is neither written back nor replaced, and
+	// a packet that would have done either counts straight into its record
+	// and its port instead, so that a reader is never starved by
+	// write-backs.
 	__u32 hold;
+	// The port's counter the delta also belongs to (counter_index), and
+	// the claim of the port's slot it goes to at write-back; claim 0: the
+	// port has no slot, and each packet counts in its port at once.
+	__u32 port_counter;
+	__u32 port_claim;
 } __attribute__((aligned(128)));
 
 #define FLOW_CACHE 1024
@@ -631,6 +645,76 @@ static __noinline void count_loss(int port)
 		l->flow_full++;
 }
 
+// port_slot_index mixes cookie and ifindex (Fibonacci hashing); the Go
+// side computes the same (portSlotIndex).
+static __always_inline __u32 port_slot_index(__u64 cookie, __u32 ifindex)
+{
+	__u64 h = (cookie ^ ((__u64)ifindex << 32)) * 0x9E3779B97F4A7C15ULL;
+
+	return (__u32)(h >> 54) & (PORT_SLOTS - 1);
+}
+
+static __always_inline void add(struct counter *c, __u64 packets, __u64 segs, __u64 len)
+{
+	c->packets += packets;
+	c->segments += segs;
+	c->bytes += len;
+}
+
+// count_port_slow counts a packet of a port without a slot of its own
+// (not attached by this datapath, or its slot taken) in the port's entry
+// in the hash map, inserted on first use.
+static __noinline void count_port_slow(__u64 cookie, __u32 ifindex, __u32 i, __u64 segs, __u64 len)
+{
+	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
+	struct port_stats *ps;
+
+	if (i >= COUNTERS) { // cannot happen (counter_index); the verifier must see it
+		count_loss(1);
+		return;
+	}
+	ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	if (!ps) {
+		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
+		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
+	}
+	if (!ps) {
+		count_loss(1);
+		return;
+	}
+	add(&((struct counter *)ps->c)[i], 1, segs, len);
+}
+
+// port_line returns the line of the port's slot on this CPU that holds
+// counter i, or NULL when the slot is not the port's. i must be a
+// counter_index.
+static __always_inline struct port_line *port_line(__u64 cookie, __u32 ifindex, __u32 i, __u32 cpu)
+{
+	__u32 idx = cpu * PORT_SLOTS + port_slot_index(cookie, ifindex);
+	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
+
+	if (!slot)
+		return NULL;
+	struct port_line *l = &slot->l[i / 2];
+	if (l->netns_cookie != cookie || l->ifindex != ifindex)
+		return NULL;
+	return l;
+}
+
+// count_port counts the packet in counter i of its port: in the port's
+// slot, or else in the hash map.
+static __always_inline void count_port(__u64 cookie, __u32 ifindex, __u32 i, __u32 cpu,
+				       __u64 segs, __u64 len)
+{
+	struct port_line *l = port_line(cookie, ifindex, i, cpu);
+
+	if (l) {
+		add(&l->c[i & 1], 1, segs, len);
+		return;
+	}
+	count_port_slow(cookie, ifindex, i, segs, len);
+}
+
 // The flow key as the fast path builds, hashes and compares it: seven words.
 union flow_key_words {
 	struct flow_key k;
@@ -660,19 +744,17 @@ static __always_inline int flow_key_eq(const struct flow_key *a, const union flo
 		(x[4] ^ y[4]) | (x[5] ^ y[5]) | (x[6] ^ y[6])) == 0;
 }
 
-// flush writes a cache entry's delta back to its record. If the record
-// was deleted (or replaced) meanwhile, the delta belonged to the deleted
-// record and goes with it.
 // barrier keeps the compiler from moving memory accesses across it: the
 // stores of a write-back must reach memory in program order.
 #define barrier() asm volatile("" ::: "memory")
 
 // seq_bump adds one to a cache entry's seq with a fetching atomic, which
-// the JITs make fully ordered (on arm64 as on x86), so that the record's
-// adds and the delta's clearing are seen between its two bumps. clang
-// emits the fetching form only for 8-byte atomics whose result is used:
-// seq is the upper half of the aligned word it shares with gen (the
-// programs are little-endian), and the add leaves gen as it is.
+// the JITs make fully ordered (on arm64 as on x86), so that what is
+// written between two bumps (a write-back's adds and the delta's
+// clearing, a new flow's entry) is seen between them. clang emits the
+// fetching form only for 8-byte atomics whose result is used: seq is the
+// upper half of the aligned word it shares with gen (the programs are
+// little-endian), and the add leaves gen as it is.
 static __always_inline void seq_bump(struct flow_cache_entry *e)
 {
 	__u64 old = __sync_fetch_and_add((__u64 *)&e->gen, 1ULL << 32);
@@ -692,33 +774,49 @@ static __always_inline void record_add(struct flow_value *r, const struct flow_d
 		r->last_seen = d->last_seen;
 }
 
-static __always_inline void flush(struct flow_cache_entry *e)
+// write_back adds a cache entry's delta to its record and its port, and
+// empties the entry; the caller brackets it with seq_bump. If the record
+// was deleted (or replaced) meanwhile, the delta belonged to the deleted
+// record and goes with it; if the port's slot was freed (its counts
+// deleted, with this delta in their last read), the same.
+static __always_inline void write_back(struct flow_cache_entry *e, __u32 cpu)
 {
-	if (!e->id || !e->d.packets)
-		return;
-	seq_bump(e); // odd: written back
-	barrier();
-	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &e->key);
-	if (r && r->id == e->id)
-		record_add(r, &e->d);
+	if (e->id && e->d.packets) {
+		struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &e->key);
+		if (r && r->id == e->id)
+			record_add(r, &e->d);
+		if (e->port_claim) {
+			__u32 i = e->port_counter;
+
+			// Written by this program only; the verifier needs the bound.
+			asm volatile("if %[i] < %[n] goto +1; %[i] = 0" : [i] "+w"(i) : [n] "i"(COUNTERS));
+			struct port_line *l = port_line(e->key.netns_cookie, e->key.ifindex, i, cpu);
+			if (l && l->claim == e->port_claim)
+				add(&l->c[i & 1], e->d.packets, e->d.segments, e->d.bytes);
+		}
+	}
+	e->id = 0;
 	__builtin_memset(&e->d, 0, sizeof(e->d));
-	barrier();
-	seq_bump(e); // even: done
 }
 
 // flow_slow is the slow path: the packet's flow is not in this CPU's
 // cache, or the cache entry must check that its record still exists. d
-// is the packet's own count. Not inlined, like every rare path, so that
-// the common case's code stays short and together.
+// is the packet's own count, i its port's counter (five arguments at
+// most: the CPU is read again). Not inlined, like every
+// rare path, so that the common case's code stays short and together.
 static __noinline void flow_slow(struct flow_cache_entry *e, union flow_key_words *k,
-				 struct flow_delta *d, __u32 gen)
+				 struct flow_delta *d, __u32 gen, __u32 i)
 {
-	__u64 now = d->last_seen;
+	__u64 now = d->last_seen, cookie = k->w[0];
+	__u32 ifindex = k->k.ifindex, cpu = bpf_get_smp_processor_id();
 	int held = *(volatile __u32 *)&e->hold != 0;
 
+	// The entry is rewritten between two seq bumps: a reader never sees
+	// half of it, nor a delta both in the entry and where it went.
 	if (!held) {
-		flush(e);
-		e->id = 0;
+		seq_bump(e); // odd
+		barrier();
+		write_back(e, cpu);
 	}
 
 	struct flow_value *r = bpf_map_lookup_elem(&nsflow_flows, &k->k);
@@ -730,28 +828,38 @@ static __noinline void flow_slow(struct flow_cache_entry *e, union flow_key_word
 		};
 		long err = bpf_map_update_elem(&nsflow_flows, &k->k, &nv, BPF_NOEXIST);
 		// EEXIST: another CPU inserted it just now; use that record.
-		if (err && err != -17 /* EEXIST */) {
-			count_loss(0);
-			return;
-		}
-		r = bpf_map_lookup_elem(&nsflow_flows, &k->k);
-		if (!r) {
-			count_loss(0);
-			return;
-		}
+		if (!err || err == -17 /* EEXIST */)
+			r = bpf_map_lookup_elem(&nsflow_flows, &k->k);
 	}
-	if (held) {
-		record_add(r, d);
+	if (!r || held) {
+		if (r)
+			record_add(r, d);
+		else
+			count_loss(0);
+		count_port(cookie, ifindex, i, cpu, d->segments, d->bytes);
+		if (!held) {
+			barrier();
+			seq_bump(e); // even: empty
+		}
 		return;
 	}
+	// The port's counts ride in the entry when the port has a slot.
+	struct port_line *l = port_line(cookie, ifindex, i, cpu);
+	__u32 claim = l ? l->claim : 0;
+	if (!claim)
+		count_port(cookie, ifindex, i, cpu, d->segments, d->bytes);
 	__builtin_memcpy(&e->key, &k->k, sizeof(k->k));
 	e->id = r->id;
 	e->gen = gen;
 	e->d = *d;
+	e->port_counter = i;
+	e->port_claim = claim;
+	barrier();
+	seq_bump(e); // even: done
 }
 
 static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
-				       __u64 segs, __u64 len, __u32 cpu)
+				       __u64 segs, __u64 len, __u32 i, __u32 cpu)
 {
 	__u32 zero = 0;
 	__u32 idx = cpu * FLOW_CACHE + flow_cache_index(k);
@@ -761,6 +869,7 @@ static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
 
 	if (!e || !gen) { // cannot happen: the tables cover every possible CPU
 		count_loss(0);
+		count_port(k->w[0], k->k.ifindex, i, cpu, segs, len);
 		return;
 	}
 	if (e->id && e->gen == *gen && flow_key_eq(&e->key, k)) {
@@ -769,71 +878,14 @@ static __always_inline void count_flow(union flow_key_words *k, __u8 tcp_flags,
 		e->d.bytes += len;
 		e->d.last_seen = now;
 		e->d.tcp_flags |= tcp_flags;
+		if (!e->port_claim)
+			count_port(k->w[0], k->k.ifindex, i, cpu, segs, len);
 		return;
 	}
 	struct flow_delta d = {
 		.packets = 1, .segments = segs, .bytes = len, .last_seen = now, .tcp_flags = tcp_flags,
 	};
-	flow_slow(e, k, &d, *gen);
-}
-
-// port_slot_index mixes cookie and ifindex (Fibonacci hashing); the Go
-// side computes the same (portSlotIndex).
-static __always_inline __u32 port_slot_index(__u64 cookie, __u32 ifindex)
-{
-	__u64 h = (cookie ^ ((__u64)ifindex << 32)) * 0x9E3779B97F4A7C15ULL;
-
-	return (__u32)(h >> 54) & (PORT_SLOTS - 1);
-}
-
-static __always_inline void add(struct counter *c, __u64 segs, __u64 len)
-{
-	c->packets++;
-	c->segments += segs;
-	c->bytes += len;
-}
-
-// count_port_slow counts a packet of a port without a slot of its own
-// (not attached by this datapath, or its slot taken) in the port's entry
-// in the hash map, inserted on first use.
-static __noinline void count_port_slow(__u64 cookie, __u32 ifindex, __u32 i, __u64 segs, __u64 len)
-{
-	struct port_key pk = { .netns_cookie = cookie, .ifindex = ifindex };
-	struct port_stats *ps;
-
-	if (i >= COUNTERS) { // cannot happen (counter_index); the verifier must see it
-		count_loss(1);
-		return;
-	}
-	ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
-	if (!ps) {
-		bpf_map_update_elem(&nsflow_ports, &pk, &zero_port, BPF_NOEXIST);
-		ps = bpf_map_lookup_elem(&nsflow_ports, &pk);
-	}
-	if (!ps) {
-		count_loss(1);
-		return;
-	}
-	add(&((struct counter *)ps->c)[i], segs, len);
-}
-
-// count_port counts the packet in counter i of its port: in the port's
-// slot, or else in the hash map.
-static __always_inline void count_port(__u64 cookie, __u32 ifindex, __u32 i, __u32 cpu,
-				       __u64 segs, __u64 len)
-{
-	__u32 idx = cpu * PORT_SLOTS + port_slot_index(cookie, ifindex);
-	struct port_slot *slot = bpf_map_lookup_elem(&nsflow_port_slots, &idx);
-
-	if (slot) {
-		struct port_line *l = &slot->l[i / 2];
-
-		if (l->netns_cookie == cookie && l->ifindex == ifindex) {
-			add(&l->c[i & 1], segs, len);
-			return;
-		}
-	}
-	count_port_slow(cookie, ifindex, i, segs, len);
+	flow_slow(e, k, &d, *gen, i);
 }
 
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
@@ -860,21 +912,23 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 	__u64 len = skb->len;
 
 	__u32 cpu = bpf_get_smp_processor_id();
-	count_port(cookie, ifindex, counter_index(dir, p.family, p.l4), cpu, segs, len);
+	__u32 i = counter_index(dir, p.family, p.l4);
 
-	if (p.family != FAM_OTHER) {
-		union flow_key_words k = {
-			.w = {
-				cookie,
-				ifindex | (__u64)dir << 32 |
-					(__u64)(p.family == FAM_IPV4 ? 4 : 6) << 40 |
-					(__u64)p.proto << 48,
-				p.ports,
-				p.src[0], p.src[1], p.dst[0], p.dst[1],
-			},
-		};
-		count_flow(&k, p.tcp_flags, segs, len, cpu);
+	if (p.family == FAM_OTHER) {
+		count_port(cookie, ifindex, i, cpu, segs, len);
+		return TC_ACT_UNSPEC;
 	}
+	union flow_key_words k = {
+		.w = {
+			cookie,
+			ifindex | (__u64)dir << 32 |
+				(__u64)(p.family == FAM_IPV4 ? 4 : 6) << 40 |
+				(__u64)p.proto << 48,
+			p.ports,
+			p.src[0], p.src[1], p.dst[0], p.dst[1],
+		},
+	};
+	count_flow(&k, p.tcp_flags, segs, len, i, cpu);
 	return TC_ACT_UNSPEC;
 }
 

@@ -35,8 +35,10 @@ type nsflowFlowCacheEntry struct {
 		TcpFlags uint32
 		Pad      uint32
 	}
-	Hold uint32
-	_    [12]byte
+	Hold        uint32
+	PortCounter uint32
+	PortClaim   uint32
+	_           [4]byte
 }
 
 type nsflowFlowKey struct {
@@ -83,7 +85,7 @@ type nsflowPortLine struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
 	Ifindex     uint32
-	Pad         uint32
+	Claim       uint32
 	C           [2]nsflowCounter
 }
 

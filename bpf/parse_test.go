@@ -272,7 +272,15 @@ func clearMaps(t testing.TB, d *Datapath) {
 		t.Fatal(err)
 	}
 
-	// Claimed slots keep their tag, with counters back at zero.
+	// The flow cache empty: its entries carry counts to the slots.
+	zero := make([]nsflowFlowCacheEntry, d.flowCache.cpus)
+	for i := range d.flowCache.n {
+		if err := d.flowCache.put(i, zero); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Claimed slots keep their tag and claim, with counters back at zero.
 	all, err := d.portSlots.all()
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +291,7 @@ func clearMaps(t testing.TB, d *Datapath) {
 			continue
 		}
 		for i := range slots {
-			slots[i].setTag(k)
+			slots[i].setTag(k, slots[i].L[0].Claim)
 		}
 		if err := d.portSlots.put(uint32(idx), slots); err != nil {
 			t.Fatal(err)

@@ -418,8 +418,10 @@ func TestPinLayout(t *testing.T) {
 	m.Close()
 	run(mapNames, 0)
 
+	// Pins without a stamp are layout 1's, replaced since layout 2.
+	run(nil, 1)
 	if err := os.Remove(filepath.Join(dir, layoutPinName)); err != nil {
 		t.Fatal(err)
 	}
-	run(nil, 1)
+	run(mapNames, 0)
 }

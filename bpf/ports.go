@@ -3,6 +3,8 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 )
@@ -132,8 +134,10 @@ func (s *PortStats) addRaw(r *nsflowPortStats) {
 
 // A port is counted in its slot of the nsflow_port_slots array when
 // Attach could claim that slot, else in the nsflow_ports hash map (a
-// packet in the array costs about 1 ns, in the hash map about 25). The
-// readers below merge both.
+// packet in the array costs about 1 ns, in the hash map about 25). A
+// packet of a recorded flow on a port with a slot reaches the slot later:
+// its flow cache entry carries the port's counts and adds them to the
+// slot when it is written back. The readers below merge all three.
 
 // portSlots is PORT_SLOTS in nsflow.c.
 const portSlots = 1024
@@ -144,24 +148,45 @@ func (v *nsflowPortSlot) tag() (PortKey, bool) {
 	return PortKey{v.L[0].NetnsCookie, v.L[0].Ifindex}, v.L[0].NetnsCookie != 0
 }
 
-// setTag gives every line of the slot k's tag and zero counters.
-func (v *nsflowPortSlot) setTag(k PortKey) {
+// setTag gives every line of the slot k's tag, the claim's id and zero
+// counters.
+func (v *nsflowPortSlot) setTag(k PortKey, claim uint32) {
 	for i := range v.L {
-		v.L[i] = nsflowPortLine{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}
+		v.L[i] = nsflowPortLine{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex, Claim: claim}
 	}
 }
 
 // addSlot adds a slot's counters: counter_index i of nsflow.c is in line
-// i/2, and is c[dir][family][l4] of port_stats flattened.
+// i/2.
 func (s *PortStats) addSlot(v *nsflowPortSlot) {
 	for li := range v.L {
 		for j, rc := range v.L[li].C {
-			const fams, l4s = len(s.C[0]), len(s.C[0][0])
-			i := li*2 + j
-			d, f, p := i/(fams*l4s), i/l4s%fams, i%l4s
-			s.C[d][f][p] = s.C[d][f][p].Add(Counter{rc.Packets, rc.Segments, rc.Bytes})
+			s.addIndex(uint32(li*2+j), Counter{rc.Packets, rc.Segments, rc.Bytes})
 		}
 	}
+}
+
+// addIndex adds c to the counter of counter_index i (nsflow.c), which is
+// c[dir][family][l4] of port_stats flattened.
+func (s *PortStats) addIndex(i uint32, c Counter) {
+	const fams, l4s = uint32(len(s.C[0])), uint32(len(s.C[0][0]))
+	d, f, p := i/(fams*l4s), i/l4s%fams, i%l4s
+	s.C[d&1][f][p] = s.C[d&1][f][p].Add(c)
+}
+
+// pending returns what a flow cache entry holds for a port's slot counter
+// and not yet in it: the entry's delta, when the entry carries its port's
+// counts and the slot is still the one they go to (the same claim, read
+// on the entry's CPU); ok is false otherwise.
+func pending(e *nsflowFlowCacheEntry, slot *nsflowPortSlot) (k PortKey, i uint32, c Counter, ok bool) {
+	if e.Id == 0 || e.D.Packets == 0 || e.PortClaim == 0 || int(e.PortCounter/2) >= len(slot.L) {
+		return k, 0, c, false
+	}
+	k = PortKey{e.Key.NetnsCookie, e.Key.Ifindex}
+	if l := &slot.L[e.PortCounter/2]; l.NetnsCookie != k.NetnsCookie || l.Ifindex != k.Ifindex || l.Claim != e.PortClaim {
+		return k, 0, c, false
+	}
+	return k, e.PortCounter, Counter{e.D.Packets, e.D.Segments, e.D.Bytes}, true
 }
 
 // portSlotIndex is port_slot_index in nsflow.c.
@@ -201,11 +226,19 @@ func (d *Datapath) claimSlot(k PortKey) (claimed bool, err error) {
 			return false, nil // another port's: use the hash map
 		}
 	}
+	claim := d.newClaim()
 	for i := range vs {
-		vs[i].setTag(k)
+		vs[i].setTag(k, claim)
 	}
 	if err := d.portSlots.put(idx, vs); err != nil {
 		return false, fmt.Errorf("bpf: claim port slot: %w", err)
+	}
+	// Cache entries of the port from an earlier claim carry their counts
+	// to that claim, which counts no more: freeing it moved the deletion
+	// generation on, so that at their next packet they take the new one;
+	// if that bump failed, it is owed, and made now.
+	if err := d.bumpGenIf(true); err != nil {
+		return false, errors.Join(fmt.Errorf("bpf: claim port slot: %w", err), d.freeSlotLocked(k))
 	}
 	// Fresh only when this attach is the port's one user: a live
 	// attachment of the port (counting in the hash map until now) counts
@@ -232,38 +265,7 @@ func (d *Datapath) Ports() (map[PortKey]PortStats, error) {
 		return nil, fmt.Errorf("bpf: read ports: %w", err)
 	}
 	defer done()
-	out := map[PortKey]PortStats{}
-	var k nsflowPortKey
-	var vs []nsflowPortStats
-	it := d.objs.NsflowPorts.Iterate()
-	for it.Next(&k, &vs) {
-		// Set, not added to: when a port is deleted meanwhile, the
-		// iteration starts over and visits ports again.
-		var s PortStats
-		for i := range vs {
-			s.addRaw(&vs[i])
-		}
-		out[PortKey{k.NetnsCookie, k.Ifindex}] = s
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("bpf: read ports: %w", err)
-	}
-	all, err := d.portSlots.all()
-	if err != nil {
-		return nil, fmt.Errorf("bpf: read port slots: %w", err)
-	}
-	for _, slots := range all {
-		for i := range slots {
-			pk, ok := slots[i].tag()
-			if !ok {
-				continue
-			}
-			s := out[pk]
-			s.addSlot(&slots[i])
-			out[pk] = s
-		}
-	}
-	return out, nil
+	return d.readPorts(nil)
 }
 
 // Port returns one port's counters; ok is false when the port is unknown.
@@ -273,28 +275,161 @@ func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
 		return s, false, fmt.Errorf("bpf: read port: %w", err)
 	}
 	defer done()
-	var vs []nsflowPortStats
-	err = d.objs.NsflowPorts.Lookup(nsflowPortKey{NetnsCookie: k.NetnsCookie, Ifindex: k.Ifindex}, &vs)
-	switch {
-	case err == nil:
-		ok = true
-		for i := range vs {
-			s.addRaw(&vs[i])
-		}
-	case !errors.Is(err, ebpf.ErrKeyNotExist):
-		return s, false, fmt.Errorf("bpf: read port: %w", err)
-	}
-	slots, err := d.portSlots.get(portSlotIndex(k))
+	ports, err := d.readPorts(&k)
 	if err != nil {
-		return s, false, fmt.Errorf("bpf: read port slot: %w", err)
+		return s, false, err
 	}
-	for i := range slots {
-		if t, _ := slots[i].tag(); t == k {
-			ok = true
-			s.addSlot(&slots[i])
+	s, ok = ports[k]
+	return s, ok, nil
+}
+
+// readPorts reads every port's counters (only one's, if only is set):
+// the hash map, the slots, and the counts the flow cache holds for the
+// slots, between two reads of the cache entries' seq words. A write-back
+// moves counts from an entry to a slot between two bumps of the entry's
+// seq, so equal seqs mean none was counted twice or not at all. After a
+// first try, the cache is held: the entries are then written back no
+// more, and a try meets at most the write-backs begun before.
+func (d *Datapath) readPorts(only *PortKey) (map[PortKey]PortStats, error) {
+	held := false
+	defer func() {
+		if held {
+			d.flowCache.add32(-1, holdOffset, -1)
+		}
+	}()
+	for try := range rereadTries {
+		if try == 1 {
+			held = d.flowCache.add32(-1, holdOffset, 1)
+		}
+		s1, err := d.cacheSeqs()
+		if err != nil {
+			return nil, err
+		}
+		cache, err := d.readCache()
+		if err != nil {
+			return nil, err
+		}
+		out, slots, err := d.readPortTables(only)
+		if err != nil {
+			return nil, err
+		}
+		fence()
+		s2, err := d.cacheSeqs()
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Equal(s1, s2) || slices.ContainsFunc(s1, func(q uint32) bool { return q%2 == 1 }) {
+			continue
+		}
+		for ci := range cache {
+			for c := range cache[ci] {
+				e := &cache[ci][c]
+				pk := PortKey{e.Key.NetnsCookie, e.Key.Ifindex}
+				if e.Seq != s1[ci*len(cache[ci])+c] {
+					continue // copied as it changed twice; seen in another try
+				}
+				if only != nil && pk != *only {
+					continue
+				}
+				slot, ok := slots[portSlotIndex(pk)]
+				if !ok {
+					continue
+				}
+				if k, i, n, ok := pending(e, &slot[c]); ok {
+					s := out[k]
+					s.addIndex(i, n)
+					out[k] = s
+				}
+			}
+		}
+		return out, nil
+	}
+	return nil, errors.New("bpf: read ports: the flow cache keeps changing")
+}
+
+// cacheSeqs returns the seq word of every flow cache entry, index-major
+// ([index*cpus + cpu]), from memory, or else from a copy of the cache.
+func (d *Datapath) cacheSeqs() ([]uint32, error) {
+	t := d.flowCache
+	out := make([]uint32, int(t.n*t.cpus))
+	if t.words(-1, seqOffset, false, func(c, e int, w *uint32) { out[e*int(t.cpus)+c] = atomic.LoadUint32(w) }) {
+		return out, nil
+	}
+	cache, err := d.readCache()
+	if err != nil {
+		return nil, err
+	}
+	for i := range cache {
+		for c := range cache[i] {
+			out[i*int(t.cpus)+c] = cache[i][c].Seq
 		}
 	}
-	return s, ok, nil
+	return out, nil
+}
+
+// readPortTables reads the hash map and the slots: every port's counters
+// there (only one's, if only is set), and the slots read, by index.
+func (d *Datapath) readPortTables(only *PortKey) (map[PortKey]PortStats, map[uint32][]nsflowPortSlot, error) {
+	out := map[PortKey]PortStats{}
+	var vs []nsflowPortStats
+	if only != nil {
+		err := d.objs.NsflowPorts.Lookup(nsflowPortKey{NetnsCookie: only.NetnsCookie, Ifindex: only.Ifindex}, &vs)
+		switch {
+		case err == nil:
+			var s PortStats
+			for i := range vs {
+				s.addRaw(&vs[i])
+			}
+			out[*only] = s
+		case !errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil, nil, fmt.Errorf("bpf: read port: %w", err)
+		}
+	} else {
+		var k nsflowPortKey
+		it := d.objs.NsflowPorts.Iterate()
+		for it.Next(&k, &vs) {
+			// Set, not added to: when a port is deleted meanwhile, the
+			// iteration starts over and visits ports again.
+			var s PortStats
+			for i := range vs {
+				s.addRaw(&vs[i])
+			}
+			out[PortKey{k.NetnsCookie, k.Ifindex}] = s
+		}
+		if err := it.Err(); err != nil {
+			return nil, nil, fmt.Errorf("bpf: read ports: %w", err)
+		}
+	}
+
+	slots := map[uint32][]nsflowPortSlot{}
+	if only != nil {
+		idx := portSlotIndex(*only)
+		vs, err := d.portSlots.get(idx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bpf: read port slot: %w", err)
+		}
+		slots[idx] = vs
+	} else {
+		all, err := d.portSlots.all()
+		if err != nil {
+			return nil, nil, fmt.Errorf("bpf: read port slots: %w", err)
+		}
+		for idx, vs := range all {
+			slots[uint32(idx)] = vs
+		}
+	}
+	for _, vs := range slots {
+		for c := range vs {
+			pk, ok := vs[c].tag()
+			if !ok || (only != nil && pk != *only) {
+				continue
+			}
+			s := out[pk]
+			s.addSlot(&vs[c])
+			out[pk] = s
+		}
+	}
+	return out, slots, nil
 }
 
 // DeletePort forgets a port's counters and frees its slot. Call it once
@@ -362,5 +497,19 @@ func (d *Datapath) freeSlotLocked(k PortKey) error {
 	if err := d.portSlots.put(idx, slots); err != nil {
 		return fmt.Errorf("bpf: free port slot: %w", err)
 	}
-	return nil
+	// Cache entries carrying counts to the freed claim drop them at
+	// write-back; a packet still coming (DeletePort of a port not yet
+	// detached) makes its entry count in the hash map from then on.
+	return d.bumpGenIf(false)
+}
+
+// newClaim returns an id for a claim of a port slot: never 0, and not one
+// an earlier claim of this run used; a run starts at a random id, as the
+// pinned tables may hold claims of earlier runs.
+func (d *Datapath) newClaim() uint32 {
+	for {
+		if d.lastClaim++; d.lastClaim != 0 {
+			return d.lastClaim
+		}
+	}
 }
