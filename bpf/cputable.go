@@ -179,8 +179,13 @@ func (t cpuTable[T]) put(i uint32, vs []T) error {
 	return nil
 }
 
-// all returns the whole table as [entry][CPU], read in batches.
+// all returns the whole table as [entry][CPU]: copied from memory where
+// it is mapped (no system call, so that a reader's window between two
+// reads of seq words is short), else read in batches.
 func (t cpuTable[T]) all() ([][]T, error) {
+	if out, ok := t.copyAll(); ok {
+		return out, nil
+	}
 	total := int(t.n * t.cpus)
 	keys := make([]uint32, total)
 	vals := make([]T, total)
@@ -206,4 +211,26 @@ func (t cpuTable[T]) all() ([][]T, error) {
 		out[k%t.n][k/t.n] = vals[j]
 	}
 	return out, nil
+}
+
+// copyAll is all from memory; false when the table is not mapped.
+func (t cpuTable[T]) copyAll() ([][]T, bool) {
+	if t.mem == nil {
+		return nil, false
+	}
+	t.mem.mu.RLock()
+	defer t.mem.mu.RUnlock()
+	b := t.mem.b
+	if b == nil {
+		return nil, false
+	}
+	size := t.stride()
+	out := make([][]T, t.n)
+	for i := range out {
+		out[i] = make([]T, t.cpus)
+		for c := range t.cpus {
+			out[i][c] = *(*T)(unsafe.Pointer(&b[int(c*t.n+uint32(i))*size]))
+		}
+	}
+	return out, true
 }

@@ -224,7 +224,7 @@ func Load(opts Options) (*Datapath, error) {
 			d.pinnedIDs = append(d.pinnedIDs, id)
 		}
 	}
-	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}
+	d.portSlots = cpuTable[nsflowPortSlot]{m: d.objs.NsflowPortSlots, n: portSlots, cpus: uint32(cpus)}.mapped()
 	d.flowCache = cpuTable[nsflowFlowCacheEntry]{m: d.objs.NsflowFlowCache, n: flowCacheSize, cpus: uint32(cpus)}.mapped()
 	// A pinned cache may hold the holds of a reader that was killed
 	// mid-read. Two processes must not use the same pins at once (the
@@ -238,6 +238,7 @@ func Load(opts Options) (*Datapath, error) {
 	if opts.PinPath != "" {
 		if err := d.bumpGenIf(false); err != nil {
 			d.flowCache.unmap()
+			d.portSlots.unmap()
 			d.objs.Close()
 			d.clock.Close()
 			return nil, err
@@ -424,8 +425,10 @@ func (d *Datapath) Close() error {
 		d.usersDone.Wait()
 	}
 	d.mu.Unlock()
-	if err := d.flowCache.unmap(); err != nil {
-		errs = append(errs, err)
+	for _, unmap := range []func() error{d.flowCache.unmap, d.portSlots.unmap} {
+		if err := unmap(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, err)

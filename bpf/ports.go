@@ -226,19 +226,19 @@ func (d *Datapath) claimSlot(k PortKey) (claimed bool, err error) {
 			return false, nil // another port's: use the hash map
 		}
 	}
+	// Cache entries of the port from an earlier claim carry their counts
+	// to that claim, which counts no more: freeing it moved the deletion
+	// generation on, so that at their next packet they take the new one;
+	// if that bump failed, it is owed, and made first.
+	if err := d.bumpGenIf(true); err != nil {
+		return false, fmt.Errorf("bpf: claim port slot: %w", err)
+	}
 	claim := d.newClaim()
 	for i := range vs {
 		vs[i].setTag(k, claim)
 	}
 	if err := d.portSlots.put(idx, vs); err != nil {
 		return false, fmt.Errorf("bpf: claim port slot: %w", err)
-	}
-	// Cache entries of the port from an earlier claim carry their counts
-	// to that claim, which counts no more: freeing it moved the deletion
-	// generation on, so that at their next packet they take the new one;
-	// if that bump failed, it is owed, and made now.
-	if err := d.bumpGenIf(true); err != nil {
-		return false, errors.Join(fmt.Errorf("bpf: claim port slot: %w", err), d.freeSlotLocked(k))
 	}
 	// Fresh only when this attach is the port's one user: a live
 	// attachment of the port (counting in the hash map until now) counts
@@ -285,12 +285,18 @@ func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
 
 // readPorts reads every port's counters (only one's, if only is set):
 // the hash map, the slots, and the counts the flow cache holds for the
-// slots, between two reads of the cache entries' seq words. A write-back
-// moves counts from an entry to a slot between two bumps of the entry's
-// seq, so equal seqs mean none was counted twice or not at all. After a
-// first try, the cache is held: the entries are then written back no
-// more, and a try meets at most the write-backs begun before.
+// slots. A write-back moves counts from an entry to a slot between two
+// bumps of the entry's seq, so the slots and the cache are copied
+// between two reads of every entry's seq word, and equal seqs mean no
+// count was copied twice or not at all. The hash map is read first, on
+// its own: counts reach it directly, never by a write-back. After a first
+// try, the cache is held: its entries are then written back no more, and
+// a try meets at most the write-backs begun before.
 func (d *Datapath) readPorts(only *PortKey) (map[PortKey]PortStats, error) {
+	out, err := d.readPortHash(only)
+	if err != nil {
+		return nil, err
+	}
 	held := false
 	defer func() {
 		if held {
@@ -309,7 +315,7 @@ func (d *Datapath) readPorts(only *PortKey) (map[PortKey]PortStats, error) {
 		if err != nil {
 			return nil, err
 		}
-		out, slots, err := d.readPortTables(only)
+		slots, err := d.readSlots(only)
 		if err != nil {
 			return nil, err
 		}
@@ -321,13 +327,19 @@ func (d *Datapath) readPorts(only *PortKey) (map[PortKey]PortStats, error) {
 		if !slices.Equal(s1, s2) || slices.ContainsFunc(s1, func(q uint32) bool { return q%2 == 1 }) {
 			continue
 		}
+		for _, vs := range slots {
+			for c := range vs {
+				if pk, ok := vs[c].tag(); ok && (only == nil || pk == *only) {
+					s := out[pk]
+					s.addSlot(&vs[c])
+					out[pk] = s
+				}
+			}
+		}
 		for ci := range cache {
 			for c := range cache[ci] {
 				e := &cache[ci][c]
 				pk := PortKey{e.Key.NetnsCookie, e.Key.Ifindex}
-				if e.Seq != s1[ci*len(cache[ci])+c] {
-					continue // copied as it changed twice; seen in another try
-				}
 				if only != nil && pk != *only {
 					continue
 				}
@@ -367,9 +379,9 @@ func (d *Datapath) cacheSeqs() ([]uint32, error) {
 	return out, nil
 }
 
-// readPortTables reads the hash map and the slots: every port's counters
-// there (only one's, if only is set), and the slots read, by index.
-func (d *Datapath) readPortTables(only *PortKey) (map[PortKey]PortStats, map[uint32][]nsflowPortSlot, error) {
+// readPortHash reads the ports' counters in the hash map (only one's, if
+// only is set).
+func (d *Datapath) readPortHash(only *PortKey) (map[PortKey]PortStats, error) {
 	out := map[PortKey]PortStats{}
 	var vs []nsflowPortStats
 	if only != nil {
@@ -382,54 +394,47 @@ func (d *Datapath) readPortTables(only *PortKey) (map[PortKey]PortStats, map[uin
 			}
 			out[*only] = s
 		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil, nil, fmt.Errorf("bpf: read port: %w", err)
+			return nil, fmt.Errorf("bpf: read port: %w", err)
 		}
-	} else {
-		var k nsflowPortKey
-		it := d.objs.NsflowPorts.Iterate()
-		for it.Next(&k, &vs) {
-			// Set, not added to: when a port is deleted meanwhile, the
-			// iteration starts over and visits ports again.
-			var s PortStats
-			for i := range vs {
-				s.addRaw(&vs[i])
-			}
-			out[PortKey{k.NetnsCookie, k.Ifindex}] = s
-		}
-		if err := it.Err(); err != nil {
-			return nil, nil, fmt.Errorf("bpf: read ports: %w", err)
-		}
+		return out, nil
 	}
+	var k nsflowPortKey
+	it := d.objs.NsflowPorts.Iterate()
+	for it.Next(&k, &vs) {
+		// Set, not added to: when a port is deleted meanwhile, the
+		// iteration starts over and visits ports again.
+		var s PortStats
+		for i := range vs {
+			s.addRaw(&vs[i])
+		}
+		out[PortKey{k.NetnsCookie, k.Ifindex}] = s
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("bpf: read ports: %w", err)
+	}
+	return out, nil
+}
 
+// readSlots returns the port slots by index: all of them, or only's.
+func (d *Datapath) readSlots(only *PortKey) (map[uint32][]nsflowPortSlot, error) {
 	slots := map[uint32][]nsflowPortSlot{}
 	if only != nil {
 		idx := portSlotIndex(*only)
 		vs, err := d.portSlots.get(idx)
 		if err != nil {
-			return nil, nil, fmt.Errorf("bpf: read port slot: %w", err)
+			return nil, fmt.Errorf("bpf: read port slot: %w", err)
 		}
 		slots[idx] = vs
-	} else {
-		all, err := d.portSlots.all()
-		if err != nil {
-			return nil, nil, fmt.Errorf("bpf: read port slots: %w", err)
-		}
-		for idx, vs := range all {
-			slots[uint32(idx)] = vs
-		}
+		return slots, nil
 	}
-	for _, vs := range slots {
-		for c := range vs {
-			pk, ok := vs[c].tag()
-			if !ok || (only != nil && pk != *only) {
-				continue
-			}
-			s := out[pk]
-			s.addSlot(&vs[c])
-			out[pk] = s
-		}
+	all, err := d.portSlots.all()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: read port slots: %w", err)
 	}
-	return out, slots, nil
+	for idx, vs := range all {
+		slots[uint32(idx)] = vs
+	}
+	return slots, nil
 }
 
 // DeletePort forgets a port's counters and frees its slot. Call it once
