@@ -230,55 +230,31 @@ func TestFlowReadsExactUnderWriteBacks(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	sport2 := uint16(0)
-	for p := uint16(2); p < 0xffff && sport2 == 0; p++ {
-		r := raw1
-		r.Sport = p
-		if flowCacheIndex(&r) == flowCacheIndex(&raw1) {
-			sport2 = p
-		}
-	}
-	if sport2 == 0 {
-		t.Fatal("no source port shares the first flow's cache index")
-	}
+	sport2 := collidingSport(t, raw1)
 	f1, f2 := frame(1), frame(sport2)
 
 	const rounds = 100000
 	var done atomic.Uint64 // rounds run: one packet of each flow
-	var stop atomic.Bool
-	errc := make(chan error, 1)
-	t.Cleanup(func() { // before the datapath closes, also on failure
-		stop.Store(true)
-		for range errc {
-		}
-	})
-	go func() {
-		defer close(errc)
+	errc := runInBackground(t, func(stop *atomic.Bool) error {
 		for i := range uint64(rounds) {
 			if stop.Load() {
-				return
+				return nil
 			}
 			for _, f := range [][]byte{f1, f2} {
 				if _, err := in.Run(&ebpf.RunOptions{Data: f}); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
 			done.Store(i + 1)
 		}
-	}()
+		return nil
+	})
 	if d.flowCache.mem == nil || !d.flowCache.mem.writable {
 		t.Fatal("the flow cache is not mapped writable: no holds")
 	}
 	reads := 0
 	for last := false; !last; reads++ {
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Fatal(err)
-			}
-		default:
-		}
+		checkBackground(t, errc)
 		before := done.Load()
 		last = before == rounds
 		got := map[uint16]uint64{}
@@ -301,12 +277,7 @@ func TestFlowReadsExactUnderWriteBacks(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	holds := make([]uint32, d.flowCache.cpus)
-	for i := range uint32(flowCacheSize) {
-		if d.flowCache.words32(i, holdOffset, holds) && slices.ContainsFunc(holds, func(h uint32) bool { return h != 0 }) {
-			t.Fatalf("entry %d still held: %v", i, holds)
-		}
-	}
+	checkNoHolds(t, d)
 	t.Logf("%d reads during %d write-backs", reads, 2*rounds)
 }
 
@@ -329,41 +300,22 @@ func TestPortReadsExactUnderWriteBacks(t *testing.T) {
 	raw1 := nsflowFlowKey{NetnsCookie: lo.NetnsCookie, Ifindex: lo.Ifindex, Dir: uint8(Ingress), Family: 4, Proto: 17, Sport: 1, Dport: 2}
 	copy(raw1.Src[:], v4A.AsSlice())
 	copy(raw1.Dst[:], v4B.AsSlice())
-	sport2 := uint16(0)
-	for p := uint16(3); p < 0xffff && sport2 == 0; p++ {
-		r := raw1
-		r.Sport = p
-		if flowCacheIndex(&r) == flowCacheIndex(&raw1) {
-			sport2 = p
-		}
-	}
-	if sport2 == 0 {
-		t.Fatal("no source port shares the first flow's cache index")
-	}
+	sport2 := collidingSport(t, raw1)
 	f1, f2 := frame, cat(eth(etherIPv4), ipv4(17, v4A, v4B, 8, 0, 0, false), udp(sport2, 2, 0))
 
 	const rounds, burst, pause = 40, 20000, 20 * time.Millisecond
 	var done atomic.Uint64 // packets run
-	var stop atomic.Bool
-	errc := make(chan error, 1)
-	t.Cleanup(func() { // before the datapath closes, also on failure
-		stop.Store(true)
-		for range errc {
-		}
-	})
-	go func() {
-		defer close(errc)
+	errc := runInBackground(t, func(stop *atomic.Bool) error {
 		for range rounds {
 			for _, r := range []struct {
 				f []byte
 				n uint32
 			}{{f1, burst}, {f2, 1}} {
 				if stop.Load() {
-					return
+					return nil
 				}
 				if _, err := in.Run(&ebpf.RunOptions{Data: r.f, Repeat: r.n}); err != nil {
-					errc <- err
-					return
+					return err
 				}
 				done.Add(uint64(r.n))
 			}
@@ -371,19 +323,14 @@ func TestPortReadsExactUnderWriteBacks(t *testing.T) {
 			// read that overlapped it ends before the next burst begins.
 			time.Sleep(pause)
 		}
-	}()
+		return nil
+	})
 	const total = rounds * (burst + 1)
 	var prev uint64
 	var slowest time.Duration
 	reads := 0
 	for last := false; !last; reads++ {
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Fatal(err)
-			}
-		default:
-		}
+		checkBackground(t, errc)
 		before, t0 := done.Load(), time.Now()
 		last = before == total
 		var got uint64
@@ -425,12 +372,7 @@ func TestPortReadsExactUnderWriteBacks(t *testing.T) {
 	if flows[1] != rounds*burst || flows[sport2] != rounds {
 		t.Errorf("flows %v, want %d and %d packets", flows, rounds*burst, rounds)
 	}
-	holds := make([]uint32, d.flowCache.cpus)
-	for i := range uint32(flowCacheSize) {
-		if d.flowCache.words32(i, holdOffset, holds) && slices.ContainsFunc(holds, func(h uint32) bool { return h != 0 }) {
-			t.Fatalf("entry %d still held: %v", i, holds)
-		}
-	}
+	checkNoHolds(t, d)
 	t.Logf("%d reads during %d write-backs, the slowest %v", reads, 2*rounds, slowest)
 }
 
@@ -474,5 +416,63 @@ func TestReclaimedSlotStartsFromZero(t *testing.T) {
 	runFrame(t, in, frame)
 	if got := ingressUDP(); got != 1 {
 		t.Errorf("a packet after the slot was freed: %d counted, want 1", got)
+	}
+}
+
+// collidingSport returns a source port other than k's (and its
+// destination port) whose flow shares k's flow cache index.
+func collidingSport(t *testing.T, k nsflowFlowKey) uint16 {
+	t.Helper()
+	for p := uint16(1); p < 0xffff; p++ {
+		r := k
+		r.Sport = p
+		if p != k.Sport && p != k.Dport && flowCacheIndex(&r) == flowCacheIndex(&k) {
+			return p
+		}
+	}
+	t.Fatal("no source port shares the flow's cache index")
+	return 0
+}
+
+// checkNoHolds fails the test if a flow cache entry is still held.
+func checkNoHolds(t *testing.T, d *Datapath) {
+	t.Helper()
+	holds := make([]uint32, d.flowCache.cpus)
+	for i := range uint32(flowCacheSize) {
+		if d.flowCache.words32(i, holdOffset, holds) && slices.ContainsFunc(holds, func(h uint32) bool { return h != 0 }) {
+			t.Fatalf("entry %d still held: %v", i, holds)
+		}
+	}
+}
+
+// runInBackground runs fn in a goroutine until it returns, or stops it
+// (stop set) when the test ends, and waits for it then, before the
+// datapath closes. The channel yields fn's error, if any, and closes.
+func runInBackground(t *testing.T, fn func(stop *atomic.Bool) error) <-chan error {
+	var stop atomic.Bool
+	errc := make(chan error, 1)
+	t.Cleanup(func() {
+		stop.Store(true)
+		for range errc {
+		}
+	})
+	go func() {
+		defer close(errc)
+		if err := fn(&stop); err != nil {
+			errc <- err
+		}
+	}()
+	return errc
+}
+
+// checkBackground fails the test if runInBackground's fn failed so far.
+func checkBackground(t *testing.T, errc <-chan error) {
+	t.Helper()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
 	}
 }

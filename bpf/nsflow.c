@@ -151,16 +151,17 @@ struct flow_delta {
 
 // A per-CPU, direct-mapped flow cache entry: the fast path. A packet whose
 // flow is in its CPU's cache costs two inlined array lookups, a key
-// compare and three adds; no hash map is touched.
+// compare and three adds, for its flow and its port; no hash map and no
+// port slot is touched.
 // Two cache lines: key and id in the first, what a hit updates in the second.
 struct flow_cache_entry {
 	struct flow_key key;
 	__u64 id;  // id of the record the delta belongs to; 0 = empty
 	__u32 gen; // value of nsflow_gen when the record was last seen to exist
-	// seq is odd while the delta is being written back (added to the
-	// record, then cleared): a reader that sees it odd cannot tell whether
-	// the record has the delta yet, and reads again. gen and seq share an
-	// aligned 8-byte word (see seq_bump).
+	// seq is odd while the entry is being written back (its delta added
+	// to the record and the port, then cleared) and refilled: a reader
+	// that sees it odd cannot tell where the delta is, and reads again.
+	// gen and seq share an aligned 8-byte word (see seq_bump).
 	__u32 seq;
 	struct flow_delta d;
 	// hold is set (a count) by user space while it reads the entry's flow
