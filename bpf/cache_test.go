@@ -476,3 +476,38 @@ func checkBackground(t *testing.T, errc <-chan error) {
 	default:
 	}
 }
+
+// A generation bump that failed (owed) is made by the next port read, so
+// that entries carrying counts to a freed slot stop doing so.
+func TestPortReadMakesOwedGenerationBump(t *testing.T) {
+	d := loadForTest(t, Options{})
+	gen := func() uint32 {
+		t.Helper()
+		var g uint32
+		if err := d.objs.NsflowGen.Lookup(uint32(0), &g); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	g0 := gen()
+	if _, err := d.Ports(); err != nil {
+		t.Fatal(err)
+	}
+	if g := gen(); g != g0 {
+		t.Fatalf("a read with no bump owed moved the generation from %d to %d", g0, g)
+	}
+	d.genMu.Lock()
+	d.genOwed = true // as after a failed bump
+	d.genMu.Unlock()
+	if _, _, err := d.Port(PortKey{NetnsCookie: 1, Ifindex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if g := gen(); g != g0+1 {
+		t.Errorf("generation %d after a read with a bump owed, want %d", g, g0+1)
+	}
+	d.genMu.Lock()
+	defer d.genMu.Unlock()
+	if d.genOwed {
+		t.Error("the bump is still owed after it was made")
+	}
+}

@@ -293,6 +293,11 @@ func (d *Datapath) Port(k PortKey) (s PortStats, ok bool, err error) {
 // try, the cache is held: its entries are then written back no more, and
 // a try meets at most the write-backs begun before.
 func (d *Datapath) readPorts(only *PortKey) (map[PortKey]PortStats, error) {
+	// A generation bump that failed when a slot was freed leaves entries
+	// carrying counts to the freed claim, lost at write-back, until one
+	// is made: readers, which come often, make it. A failure is not the
+	// read's: the bump stays owed, for the next read.
+	_ = d.bumpGenIf(true)
 	out, err := d.readPortHash(only)
 	if err != nil {
 		return nil, err
