@@ -379,6 +379,14 @@ func (d *Datapath) loss() (nsflowLoss, error) {
 	return t, nil
 }
 
+// oweGen records a bump of the deletion generation as owed, for the next
+// bumpGenIf to make.
+func (d *Datapath) oweGen() {
+	d.genMu.Lock()
+	defer d.genMu.Unlock()
+	d.genOwed = true
+}
+
 // bumpGenIf moves the deletion generation on, when owedOnly only if an
 // earlier bump failed.
 func (d *Datapath) bumpGenIf(owedOnly bool) error {

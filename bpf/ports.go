@@ -500,11 +500,13 @@ func (d *Datapath) freeSlotLocked(k PortKey) error {
 	if err != nil {
 		return fmt.Errorf("bpf: read port slot: %w", err)
 	}
-	if t, _ := slots[0].tag(); t != k {
+	// Any CPU's: a put that failed part way left some CPUs tagged.
+	if !slices.ContainsFunc(slots, func(v nsflowPortSlot) bool { t, _ := v.tag(); return t == k }) {
 		return nil
 	}
 	clear(slots)
 	if err := d.portSlots.put(idx, slots); err != nil {
+		d.oweGen() // some CPUs may be cleared already
 		return fmt.Errorf("bpf: free port slot: %w", err)
 	}
 	// Cache entries carrying counts to the freed claim drop them at
