@@ -92,25 +92,12 @@ func TestFlowCacheWriteBack(t *testing.T) {
 func TestDeleteFlowsOwesFailedBump(t *testing.T) {
 	d := loadForTest(t, Options{})
 	gen := d.objs.NsflowGen
-	// A map user space may not write stands in for the generation.
-	readOnly, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1, Flags: unix.BPF_F_RDONLY})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer readOnly.Close()
-	read := func() uint32 {
-		t.Helper()
-		var g uint32
-		if err := gen.Lookup(uint32(0), &g); err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	readOnly, read := failingGen(t, d)
 	k := FlowKey{NetnsCookie: 1, Ifindex: 2, Proto: 17, Src: netip.MustParseAddr("198.18.0.1"), Dst: netip.MustParseAddr("198.18.0.2"), SrcPort: 1, DstPort: 2}
 
 	before := read()
 	d.objs.NsflowGen = readOnly
-	_, err = d.DeleteFlows([]FlowKey{k})
+	_, err := d.DeleteFlows([]FlowKey{k})
 	d.objs.NsflowGen = gen
 	if err == nil || !strings.Contains(err.Error(), "bump generation") {
 		t.Fatalf("delete with the bump failing: %v, want an error saying so", err)
@@ -514,20 +501,7 @@ func TestPortReadMakesOwedGenerationBump(t *testing.T) {
 	in, _ := d.Programs()
 	frame, lo := testRunUDP(t)
 	gen := d.objs.NsflowGen
-	// A map user space may not write stands in for the generation.
-	readOnly, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1, Flags: unix.BPF_F_RDONLY})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer readOnly.Close()
-	readGen := func() uint32 {
-		t.Helper()
-		var g uint32
-		if err := gen.Lookup(uint32(0), &g); err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	readOnly, readGen := failingGen(t, d)
 	packets := func() uint64 {
 		t.Helper()
 		ports, err := d.Ports()
@@ -565,5 +539,25 @@ func TestPortReadMakesOwedGenerationBump(t *testing.T) {
 	runFrame(t, in, frame)
 	if n := packets(); n != 1 {
 		t.Errorf("a packet after the slot was freed: %d counted, want 1", n)
+	}
+}
+
+// failingGen returns a map user space may not write, to stand in for the
+// deletion generation so that bumps fail, and a reader of d's real one.
+func failingGen(t *testing.T, d *Datapath) (*ebpf.Map, func() uint32) {
+	t.Helper()
+	readOnly, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1, Flags: unix.BPF_F_RDONLY})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { readOnly.Close() })
+	gen := d.objs.NsflowGen
+	return readOnly, func() uint32 {
+		t.Helper()
+		var g uint32
+		if err := gen.Lookup(uint32(0), &g); err != nil {
+			t.Fatal(err)
+		}
+		return g
 	}
 }
