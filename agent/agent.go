@@ -82,10 +82,11 @@ type Agent struct {
 	// kept counts to be saved before they are deleted (retirePortLocked).
 	awaitSave map[bpf.PortKey]startPort
 	// lingering are ports dropped from their namespace's links (deleted,
-	// or their namespace removed) whose programs could not be detached:
+	// or their namespace removed) whose programs could not be detached,
+	// or whose last counts could not be read when they were retired:
 	// scrapes show their counters under their last labels (and a save
 	// keeps them), until a retry detaches and retires them
-	// (retryDetaches). Under mu.
+	// (retryDetaches), or reads them (retryUnreadLocked). Under mu.
 	lingering map[bpf.PortKey]lingerPort
 	events    map[collector.DiscoveryKey]uint64
 	ready     atomic.Bool
@@ -98,6 +99,8 @@ type Agent struct {
 	// deletePort is dp.DeletePort, which tests make fail; set under mu
 	// (write).
 	deletePort func(bpf.PortKey) error
+	// readPort is dp.Port, which tests make fail; set under mu (write).
+	readPort func(bpf.PortKey) (bpf.PortStats, bool, error)
 	// stopped is set, under mu, when the datapath is closed: the web
 	// server outlives the agent by a moment, and its scrapes must not
 	// read closed maps.
@@ -207,7 +210,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.keptBases, a.awaitSave = maps.Clone(a.startPorts), map[bpf.PortKey]startPort{}
 	a.lingering = map[bpf.PortKey]lingerPort{}
-	a.deleteFlows, a.deletePort = dp.DeleteFlows, dp.DeletePort
+	a.deleteFlows, a.deletePort, a.readPort = dp.DeleteFlows, dp.DeletePort, dp.Port
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
 		return fail(err)
@@ -765,13 +768,15 @@ func (a *Agent) deleteLink(s *nsState, idx int, p *portState) {
 type lingerPort struct {
 	label portLabel
 	p     *portState
+	// unread: detached, its last counts could not be read.
+	unread bool
 }
 
 // lingerLocked keeps an attached port whose detach failed in scrapes
 // once it leaves its namespace's links. Callers hold a.mu (write).
 func (a *Agent) lingerLocked(s *nsState, p *portState) {
 	if p.att != nil {
-		a.lingering[p.att.Key()] = lingerPort{portLabel{s.label, p.link.Name}, p}
+		a.lingering[p.att.Key()] = lingerPort{label: portLabel{s.label, p.link.Name}, p: p}
 	}
 }
 
@@ -957,7 +962,19 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 	// The counters may be reused ones whose base is kept elsewhere: the
 	// port's, or one saved before a restart.
 	var kept bpf.PortStats
-	if st, ok, err := a.dp.Port(k); err == nil && ok && label != (portLabel{}) {
+	st, ok, err := a.readPort(k)
+	switch {
+	case err != nil && label != (portLabel{}):
+		// Scrapes may have shown its counts: they stay until a pass
+		// reads them (retryUnreadLocked).
+		a.log.Warn("read the last counts of a discarded port; trying again at each eviction pass", "netns", label.netns, "interface", label.ifname, "err", err)
+		p := p0
+		if p == nil {
+			p = &portState{} // its base, if any, is in keptBases
+		}
+		a.lingering[k] = lingerPort{label: label, p: p, unread: true}
+		return
+	case err == nil && ok && label != (portLabel{}):
 		kept = st
 		base := a.baseLocked(k, p0, &st)
 		subStats(&st, &base)

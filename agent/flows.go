@@ -221,6 +221,7 @@ func (a *Agent) evict() {
 	if !ok {
 		// The kept counts' retention runs on while passes fail.
 		a.mu.Lock()
+		a.retryUnreadLocked(time.Now())
 		a.retirePortsLocked(time.Now())
 		a.saveGonePortsLocked()
 		a.mu.Unlock()
@@ -246,6 +247,7 @@ func (a *Agent) evict() {
 	a.retire(now, folded...)
 	a.mu.Lock()
 	a.retireStartPortsLocked(now)
+	a.retryUnreadLocked(now)
 	a.retirePortsLocked(now)
 	a.saveGonePortsLocked()
 	a.mu.Unlock()
@@ -413,9 +415,11 @@ func (a *Agent) dropStalePortsLocked() {
 		}
 	}
 	for k := range ports {
-		// Those: retireStartPortsLocked, retryDetaches, drainAwaitSaveLocked.
+		// Those: retireStartPortsLocked, retryDetaches, drainAwaitSaveLocked,
+		// retryUnreadLocked.
 		_, started := a.startPorts[k]
-		if _, waits := a.awaitSave[k]; !a.portLiveLocked(k) && !started && !pending[k] && !waits {
+		_, lingers := a.lingering[k]
+		if _, waits := a.awaitSave[k]; !a.portLiveLocked(k) && !started && !pending[k] && !waits && !lingers {
 			if err := a.deletePort(k); err != nil {
 				a.log.Debug("delete stale port", "err", err)
 			}

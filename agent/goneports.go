@@ -79,9 +79,16 @@ func (a *Agent) stashGonePortsLocked() {
 		}
 	}
 	for k, lp := range a.lingering {
-		labels = append(labels, entry(k, lp.label, lp.p.base))
+		base := lp.p.base
+		if kb, ok := a.keptBases[k]; ok && base == (bpf.PortStats{}) {
+			base = kb.base // a discarded port's (discard)
+		}
+		labels = append(labels, entry(k, lp.label, base))
 	}
 	for k, kb := range a.keptBases {
+		if _, lingers := a.lingering[k]; lingers {
+			continue
+		}
 		if p := a.portStateLocked(k); p == nil || (p.att == nil && p.base == (bpf.PortStats{})) {
 			labels = append(labels, entry(k, kb.label, kb.base))
 		}
@@ -113,7 +120,7 @@ func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]startPort {
 // series would stand still. Callers hold a.mu.
 func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-	st, ok, err := a.dp.Port(k)
+	st, ok, err := a.readPort(k)
 	if err != nil {
 		// Unread, a kept base is taken as it is: a count shown twice
 		// would be worse than one that waits.
@@ -126,6 +133,16 @@ func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 	}
 	if !ok {
 		st = bpf.PortStats{}
+	}
+	if lp, found := a.lingering[k]; found && lp.unread {
+		// The counters of a port retired unread (maybe this one, renamed
+		// back into the filter), read at last: what they counted before
+		// is kept under its labels, and this port starts from there.
+		delete(a.lingering, k)
+		a.retainUnreadLocked(k, lp, st, time.Now())
+		delete(a.keptBases, k)
+		p.base = st
+		return
 	}
 	if kb, found := a.keptBases[k]; found {
 		delete(a.keptBases, k)
@@ -211,7 +228,13 @@ func (a *Agent) retireStartPortsLocked(now time.Time) {
 		}
 		delete(a.keptBases, k)
 		var kept bpf.PortStats
-		if st, ok, err := a.dp.Port(k); err == nil && ok {
+		st, ok, err := a.readPort(k)
+		if err != nil {
+			a.log.Warn("read the counts of a port of the last run; trying again at each eviction pass", "netns", sp.label.netns, "interface", sp.label.ifname, "err", err)
+			a.lingering[k] = lingerPort{label: sp.label, p: &portState{base: sp.base}, unread: true}
+			continue
+		}
+		if ok {
 			kept = st
 			if covers(&st, &sp.base) {
 				subStats(&st, &sp.base)
@@ -285,17 +308,68 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 	for idx, p := range ports {
 		p.att = nil
 		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-		if st, ok, err := a.dp.Port(k); err != nil {
-			a.log.Debug("read the last counts of a port", "netns", s.label, "interface", p.link.Name, "err", err)
-		} else if ok {
-			a.retainPortLocked(portLabel{s.label, p.link.Name}, p.since(st), time.Now())
+		label := portLabel{s.label, p.link.Name}
+		st, ok, err := a.readPort(k)
+		switch {
+		case err != nil:
+			// Deleted unread, its counts would be lost: the port
+			// lingers until a pass reads them (retryUnreadLocked).
+			a.log.Warn("read the last counts of a port; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
+			a.lingering[k] = lingerPort{label: label, p: p, unread: true}
+			a.setBaseLocked(k, p, label, p.base) // for an attach at k meanwhile
+			a.gonePortsDirty = true              // its labels, for a restart
+		case ok:
+			a.retainPortLocked(label, p.since(st), time.Now())
 			kept[idx] = st
+		default:
+			kept[idx] = bpf.PortStats{} // nothing counted
 		}
 	}
 	a.saveGonePortsLocked()
 	for idx, p := range ports {
+		if _, read := kept[idx]; !read {
+			continue
+		}
 		// Unsaved (a.gonePortsDirty), the counters wait for a save.
 		a.dropCountersLocked(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}, p, portLabel{s.label, p.link.Name}, kept[idx])
+	}
+}
+
+// retryUnreadLocked retires the ports whose last counts could not be read
+// (lingering, unread) once a read works. One attached again at its index
+// meanwhile whose attach could not read them either counts on in the same
+// counters, under its own labels. Callers hold a.mu (write).
+func (a *Agent) retryUnreadLocked(now time.Time) {
+	for k, lp := range a.lingering {
+		if !lp.unread {
+			continue
+		}
+		if a.portLiveLocked(k) {
+			delete(a.lingering, k)
+			continue
+		}
+		st, ok, err := a.readPort(k)
+		if err != nil {
+			a.log.Debug("read the last counts of a port, again", "netns", lp.label.netns, "interface", lp.label.ifname, "err", err)
+			continue
+		}
+		delete(a.lingering, k)
+		var kept bpf.PortStats
+		if ok {
+			kept = st
+			a.retainUnreadLocked(k, lp, st, now)
+		}
+		a.dropCountersLocked(k, lp.p, lp.label, kept)
+	}
+}
+
+// retainUnreadLocked keeps what a port retired unread counted (its
+// counters st, less its base) under its labels.
+func (a *Agent) retainUnreadLocked(k bpf.PortKey, lp lingerPort, st bpf.PortStats, now time.Time) {
+	base := a.baseLocked(k, lp.p, &st)
+	subStats(&st, &base)
+	if st != (bpf.PortStats{}) {
+		a.retainPortLocked(lp.label, st, now)
 	}
 }
 
@@ -331,7 +405,7 @@ func (a *Agent) drainAwaitSaveLocked() {
 		a.dropCountersLocked(k, a.portStateLocked(k), w.label, w.base)
 	}
 	for k := range a.keptBases {
-		if _, ok, err := a.dp.Port(k); err == nil && !ok && !a.portLiveLocked(k) {
+		if _, ok, err := a.readPort(k); err == nil && !ok && !a.portLiveLocked(k) {
 			delete(a.keptBases, k)
 		}
 	}
@@ -359,7 +433,7 @@ func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old port
 		return
 	}
 	k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
-	st, ok, err := a.dp.Port(k)
+	st, ok, err := a.readPort(k)
 	if err != nil {
 		a.log.Warn("read the counts of a relabelled port; its series may jump", "netns", cur.netns, "interface", cur.ifname, "err", err)
 		return

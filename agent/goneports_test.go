@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -280,6 +281,179 @@ func TestFailedPortDeleteCountsOnce(t *testing.T) {
 	sendUDP(t, s, a, b, dst, 3, 64)
 	if v, ok := value("eth-d"); !ok || v != 23 {
 		t.Errorf("renamed back, 3 more: eth-d's series %d (there: %v), want 23", v, ok)
+	}
+}
+
+// TestUnreadPortCountsKept: eth-d sends 20 packets and is renamed out of
+// the interface filter while reading its counters fails. Its counts must
+// not be lost with its counters: its series stays at 20 through passes
+// that cannot read them, and once a read works they are kept under eth-d
+// and the counters deleted. Watched again, it sends 5 more and is renamed
+// out again, unread; the agent is stopped and started: the start keeps
+// the 25 under eth-d.
+func TestUnreadPortCountsKept(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("au")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	cfg := Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute, FlowIdleTimeout: 2 * time.Second,
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}}
+	r := startAgent(t, p, cfg)
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	dst := netip.MustParseAddrPort("198.18.40.2:5403")
+	waitAttached(t, r.a, a, "eth-d")
+	k := r.a.attachment(a, "eth-d").Key()
+	sendUDP(t, s, a, b, dst, 20, 64)
+
+	// failReads makes the agent's reads of k's counters fail, and
+	// returns a channel that is closed at the first failed read.
+	failReads := func(r *running) <-chan struct{} {
+		failed := make(chan struct{})
+		var once sync.Once
+		r.a.mu.Lock()
+		read := r.a.readPort
+		r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+			if pk != k {
+				return read(pk)
+			}
+			once.Do(func() { close(failed) })
+			return bpf.PortStats{}, false, errors.New("injected failure")
+		}
+		r.a.mu.Unlock()
+		return failed
+	}
+	restoreReads := func(r *running) {
+		r.a.mu.Lock()
+		r.a.readPort = r.a.dp.Port
+		r.a.mu.Unlock()
+	}
+	renameOut := func(r *running) {
+		t.Helper()
+		failed := failReads(r)
+		if err := ipCmd("-n", a, "link", "set", "eth-d", "name", "zz-d"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-failed:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the retired port's counters were not read")
+		}
+	}
+	want := func(r *running, when string, n uint64) {
+		t.Helper()
+		if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != n {
+			t.Errorf("%s: eth-d's series %d (there: %v), want %d", when, v, ok, n)
+		}
+		if v, ok := sentIPv4(t, r, a, "zz-d"); ok {
+			t.Errorf("%s: zz-d's series %d: it counted as eth-d", when, v)
+		}
+	}
+	counters := func(r *running) (uint64, bool) {
+		t.Helper()
+		st, ok, err := r.a.dp.Port(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Get(bpf.Egress, bpf.IPv4, bpf.UDP).Packets, ok
+	}
+	waitDeleted := func(r *running) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if _, ok := counters(r); !ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the retired port's counters were not deleted")
+			}
+		}
+	}
+
+	renameOut(r)
+	want(r, "renamed out, unread", 20)
+	time.Sleep(3 * r.a.evictInterval()) // passes that cannot read them
+	if n, ok := counters(r); !ok || n < 20 {
+		t.Fatalf("after passes that could not read them: the counters hold %d UDP packets (there: %v), want 20 or more", n, ok)
+	}
+	want(r, "after passes that could not read it", 20)
+	restoreReads(r)
+	waitDeleted(r)
+	want(r, "read at last", 20)
+
+	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-d"); err != nil {
+		t.Fatal(err)
+	}
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, dst, 5, 64)
+	want(r, "watched again, 5 more", 25)
+	renameOut(r)
+	want(r, "renamed out again, unread", 25)
+	r.stop()
+	r = startAgent(t, p, cfg)
+	waitReady(t, r)
+	waitDeleted(r)
+	want(r, "restarted", 25)
+}
+
+// TestUnreadPortSettledByAttach: eth-d sends 20 packets and is renamed out
+// of the filter while reading its counters fails; renamed eth-e, it is
+// watched again before an eviction pass retries the read (passes are 10
+// seconds apart here). The attach reads the counters: the 20 are kept
+// under eth-d, and eth-e's series starts from zero.
+func TestUnreadPortSettledByAttach(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("as")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute,
+		FlowIdleTimeout: 20 * time.Second, Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	dst := netip.MustParseAddrPort("198.18.40.2:5404")
+	waitAttached(t, r.a, a, "eth-d")
+	k := r.a.attachment(a, "eth-d").Key()
+	sendUDP(t, s, a, b, dst, 20, 64)
+
+	failed := make(chan struct{}, 1)
+	r.a.mu.Lock()
+	r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+		if pk != k {
+			return r.a.dp.Port(pk)
+		}
+		select {
+		case failed <- struct{}{}:
+		default:
+		}
+		return bpf.PortStats{}, false, errors.New("injected failure")
+	}
+	r.a.mu.Unlock()
+	if err := ipCmd("-n", a, "link", "set", "eth-d", "name", "zz-d"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-failed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the retired port's counters were not read")
+	}
+	r.a.mu.Lock()
+	r.a.readPort = r.a.dp.Port
+	r.a.mu.Unlock()
+	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-e"); err != nil {
+		t.Fatal(err)
+	}
+	waitAttached(t, r.a, a, "eth-e")
+	if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != 20 {
+		t.Errorf("eth-d's series %d (there: %v), want the 20 kept", v, ok)
+	}
+	if v, ok := sentIPv4(t, r, a, "eth-e"); ok {
+		t.Errorf("eth-e's series %d before it sent anything: eth-d's counts show twice", v)
+	}
+	sendUDP(t, s, a, b, dst, 5, 64)
+	if v, ok := sentIPv4(t, r, a, "eth-e"); !ok || v != 5 {
+		t.Errorf("eth-e sent 5: its series %d (there: %v)", v, ok)
+	}
+	if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != 20 {
+		t.Errorf("after eth-e sent 5: eth-d's series %d (there: %v), want 20", v, ok)
 	}
 }
 

@@ -39,12 +39,15 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 	for k, st := range ports {
 		var label portLabel
 		p := a.portStateLocked(k)
-		if p != nil {
+		lp, lingers := a.lingering[k]
+		switch {
+		case p != nil && !(lingers && lp.unread && !a.portLiveLocked(k)):
 			label = portLabel{a.byCookie[k.NetnsCookie].label, p.link.Name}
-		} else if lp, ok := a.lingering[k]; ok {
-			// Gone from its namespace, its detach failed: its series stays.
+		case lingers:
+			// Gone from its namespace (or its filter) while its detach
+			// or its last read failed: its series stays.
 			label, p = lp.label, lp.p
-		} else {
+		default:
 			continue
 		}
 		base := a.baseLocked(k, p, &st)
