@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -166,7 +165,7 @@ func Load(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{maxFlows: int(maxFlows), forceMode: opts.ForceMode, attached: map[*Attachment]struct{}{},
-		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}, lastClaim: rand.Uint32()}
+		slotUsers: map[PortKey]int{}, slotFresh: map[PortKey]bool{}}
 	d.usersDone.L = &d.mu
 	d.PinsReplaced, d.PinsReset = replaced, len(replaced) > 0
 	if d.clock, err = newJiffyClock(); err != nil {
@@ -231,6 +230,15 @@ func Load(opts Options) (*Datapath, error) {
 	// agent locks its pin path); a hold another one still had would be
 	// lost here, which costs its reader retries, never a count.
 	d.flowCache.zero32(holdOffset)
+	if opts.PinPath != "" {
+		if d.lastClaim, err = d.highestClaim(); err != nil {
+			d.flowCache.unmap()
+			d.portSlots.unmap()
+			d.objs.Close()
+			d.clock.Close()
+			return nil, fmt.Errorf("bpf: read port slot claims: %w", err)
+		}
+	}
 	// With pins, the flow table may be new under a kept flow cache
 	// (resized, replaced, or its pin alone gone), whose entries then name
 	// records no longer there, or not yet: the generation moves on, so

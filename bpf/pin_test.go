@@ -425,3 +425,53 @@ func TestPinLayout(t *testing.T) {
 	}
 	run(mapNames, 0)
 }
+
+// TestClaimsStayNewAcrossRuns: a run counts 5 packets of the loopback
+// through its slot, frees the slot (DeletePort) and closes; the flow's
+// cache entry still carries the 5 for that claim. The next run on the
+// same pins claims the slot again: its claim must be a new one, or the
+// entry's write-back adds the deleted 5 to the 3 it counts.
+func TestClaimsStayNewAcrossRuns(t *testing.T) {
+	testenv.RequireBPFFS(t)
+	dir := pinDir(t)
+	frame, lo := testRunUDP(t)
+	defer onOneCPU(t)()
+	run := func(n int) (claim uint32, d *Datapath) {
+		t.Helper()
+		d, err := Load(Options{PinPath: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if claimed, err := d.claimSlot(lo); err != nil || !claimed {
+			t.Fatalf("claim the loopback's slot: %v, %v", claimed, err)
+		}
+		d.slotInUse(lo)
+		in, _ := d.Programs()
+		for range n {
+			runFrame(t, in, frame)
+		}
+		return d.lastClaim, d
+	}
+
+	first, d := run(5)
+	d.dropSlotUser(lo)
+	if err := d.DeletePort(lo); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, d := run(3)
+	defer d.Close()
+	if second == first {
+		t.Errorf("the second run claimed the slot with the first run's id %d", first)
+	}
+	s, _, err := d.Port(lo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Get(Ingress, IPv4, UDP).Packets; got != 3 {
+		t.Errorf("the second run counted %d packets, want its 3", got)
+	}
+	d.dropSlotUser(lo)
+}

@@ -516,12 +516,41 @@ func (d *Datapath) freeSlotLocked(k PortKey) error {
 }
 
 // newClaim returns an id for a claim of a port slot: never 0, and not one
-// an earlier claim of this run used; a run starts at a random id, as the
-// pinned tables may hold claims of earlier runs.
+// an earlier claim used while the tables lived (see highestClaim).
 func (d *Datapath) newClaim() uint32 {
 	for {
 		if d.lastClaim++; d.lastClaim != 0 {
 			return d.lastClaim
 		}
 	}
+}
+
+// highestClaim is the highest claim id pinned tables hold: in slot lines,
+// and in cache entries whose counts wait for a claim that may be freed
+// since. A run's claims start above it, so that no entry of an earlier
+// run finds its claim on a later one's slot (ids wrap only after 2^32
+// claims). Read at load, before any program of this run counts.
+func (d *Datapath) highestClaim() (uint32, error) {
+	var high uint32
+	slots, err := d.portSlots.all()
+	if err != nil {
+		return 0, err
+	}
+	for _, cpus := range slots {
+		for _, v := range cpus {
+			for _, l := range v.L {
+				high = max(high, l.Claim)
+			}
+		}
+	}
+	cache, err := d.flowCache.all()
+	if err != nil {
+		return 0, err
+	}
+	for _, cpus := range cache {
+		for _, e := range cpus {
+			high = max(high, e.PortClaim)
+		}
+	}
+	return high, nil
 }
