@@ -1,9 +1,11 @@
 package bpf
 
 import (
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -126,19 +128,33 @@ type iperfStream struct {
 }
 
 // startIperf starts iperf3 from ea to eb for at most d: TCP single stream,
-// or UDP with 22-byte payloads (64-byte frames) at full speed.
+// or UDP with 22-byte payloads (64-byte frames) at full speed. With
+// NSFLOW_BENCH_IPERF_CPUS=C,S the client runs on CPU C and the server on
+// CPU S (iperf3 -A); the hooks' share of a packet's time depends on where
+// they run (see the README).
 func startIperf(b *testing.B, proto string, ea, eb *end, d time.Duration) *iperfStream {
 	b.Helper()
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Fatal("iperf3 is needed (Debian package iperf3)")
 	}
-	s := &iperfStream{srv: exec.Command("ip", "netns", "exec", eb.NS.Name, "iperf3", "-s", "-1", "-B", eb.IP.String(), "-p", "5201")}
+	var cliCPU, srvCPU []string
+	if v := os.Getenv("NSFLOW_BENCH_IPERF_CPUS"); v != "" {
+		c, s, ok := strings.Cut(v, ",")
+		_, errC := strconv.ParseUint(c, 10, 16)
+		_, errS := strconv.ParseUint(s, 10, 16)
+		if !ok || errC != nil || errS != nil {
+			b.Fatalf("NSFLOW_BENCH_IPERF_CPUS=%q: want CLIENT,SERVER CPU numbers, e.g. 1,0", v)
+		}
+		cliCPU, srvCPU = []string{"-A", c}, []string{"-A", s}
+	}
+	s := &iperfStream{srv: exec.Command("ip", append([]string{"netns", "exec", eb.NS.Name, "iperf3", "-s", "-1", "-B", eb.IP.String(), "-p", "5201"}, srvCPU...)...)}
 	if err := s.srv.Start(); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { s.stop(b) })
 	args := []string{"netns", "exec", ea.NS.Name, "iperf3", "-c", eb.IP.String(), "-p", "5201", "-B", ea.IP.String(),
 		"-t", strconv.Itoa(int(d.Seconds()) + 1)}
+	args = append(args, cliCPU...)
 	if proto == "udp64" {
 		args = append(args, "-u", "-b", "0", "-l", "22")
 	}
