@@ -210,7 +210,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.keptBases, a.awaitSave = maps.Clone(a.startPorts), map[bpf.PortKey]startPort{}
 	a.lingering = map[bpf.PortKey]lingerPort{}
-	a.deleteFlows, a.deletePort, a.readPort = dp.DeleteFlows, dp.DeletePort, dp.Port
+	a.deleteFlows, a.deletePort, a.readPort = dp.DeleteFlows, dp.DeletePort, readPortOf(dp)
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
 		return fail(err)
@@ -890,7 +890,7 @@ func (a *Agent) queueJob(job func() func()) {
 func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 	path, label, inode, p0 := s.ns.Path, s.label, s.ns.Inode, s.links[l.Index]
 	return func() func() {
-		att, err := a.dp.AttachIndex(path, l.Index)
+		att, err := attachIndex(a.dp, path, l.Index)
 		return func() {
 			// The result is for the port the job was made for, in the
 			// namespace it was made for: the one at the path then.
@@ -985,6 +985,13 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 
 // netnsCookieAt is bpf.NetnsCookieAt; tests make it fail.
 var netnsCookieAt = bpf.NetnsCookieAt
+
+// attachIndex is Datapath.AttachIndex; tests hold it up.
+var attachIndex = (*bpf.Datapath).AttachIndex
+
+// readPortOf gives New's Agent.readPort; tests make the reads of an agent
+// fail from its start.
+var readPortOf = func(dp *bpf.Datapath) func(bpf.PortKey) (bpf.PortStats, bool, error) { return dp.Port }
 
 // vanished reports whether an attach failed because its interface or
 // namespace was gone: the index names no device (deleted, or moved to

@@ -282,6 +282,9 @@ func (a *Agent) retirePortsLocked(now time.Time) {
 			live[portLabel{s.label, p.link.Name}] = true
 		}
 	}
+	for _, lp := range a.lingering {
+		live[lp.label] = true // its series shows its counters
+	}
 	for l, g := range a.gonePorts {
 		switch {
 		case live[l]:
@@ -336,17 +339,19 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 }
 
 // retryUnreadLocked retires the ports whose last counts could not be read
-// (lingering, unread) once a read works. One attached again at its index
-// meanwhile whose attach could not read them either counts on in the same
-// counters, under its own labels. Callers hold a.mu (write).
+// (lingering, unread) once a read works. A port attached at the same index
+// meanwhile, whose attach could not read them either, counts in the same
+// counters: what they hold when read is kept under the unread port's
+// labels (its series showed it), and the attached port's series starts
+// from there. Callers hold a.mu (write).
 func (a *Agent) retryUnreadLocked(now time.Time) {
 	for k, lp := range a.lingering {
 		if !lp.unread {
 			continue
 		}
-		if a.portLiveLocked(k) {
-			delete(a.lingering, k)
-			continue
+		cur := a.portStateLocked(k)
+		if cur != nil && cur.attaching {
+			continue // its attach reads them (settleBaseLocked)
 		}
 		st, ok, err := a.readPort(k)
 		if err != nil {
@@ -354,20 +359,26 @@ func (a *Agent) retryUnreadLocked(now time.Time) {
 			continue
 		}
 		delete(a.lingering, k)
-		var kept bpf.PortStats
-		if ok {
-			kept = st
-			a.retainUnreadLocked(k, lp, st, now)
+		if !ok {
+			st = bpf.PortStats{} // nothing counted
 		}
-		a.dropCountersLocked(k, lp.p, lp.label, kept)
+		a.retainUnreadLocked(k, lp, st, now)
+		if cur != nil && cur.att != nil {
+			cur.base = st
+			a.gonePortsDirty = true
+			continue
+		}
+		a.dropCountersLocked(k, lp.p, lp.label, st)
 	}
 }
 
 // retainUnreadLocked keeps what a port retired unread counted (its
-// counters st, less its base) under its labels.
+// counters st, less its base, unless they were deleted since the base
+// was set and do not cover it) under its labels.
 func (a *Agent) retainUnreadLocked(k bpf.PortKey, lp lingerPort, st bpf.PortStats, now time.Time) {
-	base := a.baseLocked(k, lp.p, &st)
-	subStats(&st, &base)
+	if base := a.baseLocked(k, lp.p, &st); covers(&st, &base) {
+		subStats(&st, &base)
+	}
 	if st != (bpf.PortStats{}) {
 		a.retainPortLocked(lp.label, st, now)
 	}

@@ -289,8 +289,9 @@ func TestFailedPortDeleteCountsOnce(t *testing.T) {
 // not be lost with its counters: its series stays at 20 through passes
 // that cannot read them, and once a read works they are kept under eth-d
 // and the counters deleted. Watched again, it sends 5 more and is renamed
-// out again, unread; the agent is stopped and started: the start keeps
-// the 25 under eth-d.
+// out again, unread; the agent is stopped and started, and its first pass
+// cannot read them either: eth-d shows the 25 until a pass reads them,
+// and keeps them then.
 func TestUnreadPortCountsKept(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := testenv.Name("au")
@@ -389,10 +390,28 @@ func TestUnreadPortCountsKept(t *testing.T) {
 	renameOut(r)
 	want(r, "renamed out again, unread", 25)
 	r.stop()
+	// The next start's first pass cannot read them either.
+	var failing atomic.Bool
+	failing.Store(true)
+	orig := readPortOf
+	t.Cleanup(func() { readPortOf = orig }) // after the agent stops
+	readPortOf = func(dp *bpf.Datapath) func(bpf.PortKey) (bpf.PortStats, bool, error) {
+		return func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+			if pk == k && failing.Load() {
+				return bpf.PortStats{}, false, errors.New("injected failure")
+			}
+			return dp.Port(pk)
+		}
+	}
 	r = startAgent(t, p, cfg)
 	waitReady(t, r)
+	want(r, "restarted, unread", 25)
+	if n, ok := counters(r); !ok || n < 5 {
+		t.Errorf("restarted, unread: the counters hold %d UDP packets (there: %v), want 5 or more", n, ok)
+	}
+	failing.Store(false)
 	waitDeleted(r)
-	want(r, "restarted", 25)
+	want(r, "restarted, read", 25)
 }
 
 // TestUnreadPortSettledByAttach: eth-d sends 20 packets and is renamed out
@@ -454,6 +473,189 @@ func TestUnreadPortSettledByAttach(t *testing.T) {
 	}
 	if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != 20 {
 		t.Errorf("after eth-e sent 5: eth-d's series %d (there: %v), want 20", v, ok)
+	}
+}
+
+// TestUnreadPortWhileReattached: eth-d sends 20 packets and is renamed out
+// of the filter while reading its counters fails; renamed eth-e, it is
+// watched again. While its attach is held up, eviction passes that can
+// read must leave the counts to the attach, and scrapes show them under
+// eth-d, not eth-e. The attach cannot read them either: the counters,
+// counting on, stay under eth-d (5 more: 25) until a pass reads them;
+// then eth-d keeps the 25 and eth-e's series starts from zero.
+func TestUnreadPortWhileReattached(t *testing.T) {
+	testenv.RequireRoot(t)
+	var gate atomic.Pointer[chan struct{}]
+	orig := attachIndex
+	t.Cleanup(func() { attachIndex = orig }) // after the agent stops
+	attachIndex = func(dp *bpf.Datapath, path string, idx int) (*bpf.Attachment, error) {
+		if g := gate.Load(); g != nil {
+			<-*g
+		}
+		return orig(dp, path, idx)
+	}
+	p := testenv.Name("aw")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute,
+		FlowIdleTimeout: 2 * time.Second, Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	dst := netip.MustParseAddrPort("198.18.40.2:5405")
+	waitAttached(t, r.a, a, "eth-d")
+	k := r.a.attachment(a, "eth-d").Key()
+	sendUDP(t, s, a, b, dst, 20, 64)
+
+	var failing atomic.Bool
+	failed := make(chan struct{}, 1)
+	r.a.mu.Lock()
+	r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+		if pk != k || !failing.Load() {
+			return r.a.dp.Port(pk)
+		}
+		select {
+		case failed <- struct{}{}:
+		default:
+		}
+		return bpf.PortStats{}, false, errors.New("injected failure")
+	}
+	r.a.mu.Unlock()
+	failing.Store(true)
+	if err := ipCmd("-n", a, "link", "set", "eth-d", "name", "zz-d"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-failed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the retired port's counters were not read")
+	}
+	want := func(when string, d uint64, e uint64) {
+		t.Helper()
+		if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != d {
+			t.Errorf("%s: eth-d's series %d (there: %v), want %d", when, v, ok, d)
+		}
+		v, ok := sentIPv4(t, r, a, "eth-e")
+		if e == 0 && ok || e != 0 && v != e {
+			t.Errorf("%s: eth-e's series %d (there: %v), want %d", when, v, ok, e)
+		}
+	}
+
+	held := make(chan struct{})
+	gate.Store(&held)
+	failing.Store(false)
+	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-e"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * r.a.evictInterval()) // passes that can read, the attach held up
+	want("attach held up", 20, 0)
+	failing.Store(true)
+	gate.Store(nil)
+	close(held)
+	waitAttached(t, r.a, a, "eth-e")
+	want("attached, unread", 20, 0)
+	sendUDP(t, s, a, b, dst, 5, 64)
+	want("attached, unread, 5 more", 25, 0)
+
+	failing.Store(false)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r.a.mu.RLock()
+		_, unread := r.a.lingering[k]
+		r.a.mu.RUnlock()
+		if !unread {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pass read the counters")
+		}
+	}
+	want("read by a pass", 25, 0)
+	sendUDP(t, s, a, b, dst, 3, 64)
+	want("eth-e sent 3", 25, 3)
+}
+
+// TestUnreadPortKeepsRetention: eth-d's series holds 20 kept packets
+// (it was renamed out and back) and 5 live ones when it is renamed out
+// again while reading its counters fails. The kept 20 must not retire
+// while the unread port's series shows them: the series stays at 25
+// beyond the retention, and once read it holds the 25 as kept counts.
+func TestUnreadPortKeepsRetention(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := testenv.Name("ar")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: 2 * time.Second,
+		FlowIdleTimeout: 2 * time.Second, Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	dst := netip.MustParseAddrPort("198.18.40.2:5406")
+	waitAttached(t, r.a, a, "eth-d")
+	k := r.a.attachment(a, "eth-d").Key()
+	sendUDP(t, s, a, b, dst, 20, 64)
+	rename := func(from, to string) {
+		t.Helper()
+		if err := ipCmd("-n", a, "link", "set", from, "name", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(when string, n uint64) {
+		t.Helper()
+		if v, ok := sentIPv4(t, r, a, "eth-d"); !ok || v != n {
+			t.Errorf("%s: eth-d's series %d (there: %v), want %d", when, v, ok, n)
+		}
+	}
+	rename("eth-d", "zz-d")
+	for deadline := time.Now().Add(15 * time.Second); r.a.attachment(a, "zz-d") != nil || r.a.attachment(a, "eth-d") != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("zz-d was not detached")
+		}
+	}
+	rename("zz-d", "eth-d")
+	waitAttached(t, r.a, a, "eth-d")
+	sendUDP(t, s, a, b, dst, 5, 64)
+	want("kept 20, 5 live", 25)
+
+	failed := make(chan struct{}, 1)
+	r.a.mu.Lock()
+	r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+		if pk != k {
+			return r.a.dp.Port(pk)
+		}
+		select {
+		case failed <- struct{}{}:
+		default:
+		}
+		return bpf.PortStats{}, false, errors.New("injected failure")
+	}
+	r.a.mu.Unlock()
+	rename("eth-d", "zz-d")
+	select {
+	case <-failed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the retired port's counters were not read")
+	}
+	time.Sleep(2*time.Second + 3*r.a.evictInterval()) // past the retention, passes between
+	want("unread past the retention", 25)
+	r.a.mu.Lock()
+	r.a.readPort = r.a.dp.Port
+	r.a.mu.Unlock()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		r.a.mu.RLock()
+		g := r.a.gonePorts[portLabel{a, "eth-d"}]
+		_, unread := r.a.lingering[k]
+		var kept uint64
+		if g != nil {
+			kept = g.stats.Family(bpf.Egress, bpf.IPv4).Packets
+		}
+		r.a.mu.RUnlock()
+		if !unread {
+			if kept != 25 {
+				t.Errorf("read at last: eth-d keeps %d IPv4 packets sent, want 25", kept)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pass read the counters")
+		}
 	}
 }
 

@@ -41,11 +41,16 @@ func (a *Agent) Ports() ([]collector.PortSample, error) {
 		p := a.portStateLocked(k)
 		lp, lingers := a.lingering[k]
 		switch {
-		case p != nil && !(lingers && lp.unread && !a.portLiveLocked(k)):
+		case lingers && lp.unread:
+			// Retired while its last counts could not be read: they
+			// stay under its last labels until read, also when a port
+			// is attached at its index meanwhile (retryUnreadLocked).
+			label, p = lp.label, lp.p
+		case p != nil:
 			label = portLabel{a.byCookie[k.NetnsCookie].label, p.link.Name}
 		case lingers:
-			// Gone from its namespace (or its filter) while its detach
-			// or its last read failed: its series stays.
+			// Gone from its namespace while its detach failed: its
+			// series stays.
 			label, p = lp.label, lp.p
 		default:
 			continue
