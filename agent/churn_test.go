@@ -328,16 +328,13 @@ func TestResyncReattachesReplacedInterface(t *testing.T) {
 	r.a.linkEvents <- discovery.LinkEvent{Netns: st.Ino, Type: discovery.Resync, State: snap}
 
 	var att *bpf.Attachment
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if att = r.a.attachment(a, "eth-d"); att != nil && att != old {
-			if alive, err := att.Alive(); alive && err == nil {
-				break
-			}
+	waitUntil(t, 15*time.Second, func() bool {
+		if att = r.a.attachment(a, "eth-d"); att == nil || att == old {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the replaced eth-d was not attached again")
-		}
-	}
+		alive, err := att.Alive()
+		return alive && err == nil
+	}, "the replaced eth-d was not attached again")
 	const n = 100
 	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5201"), n, 64)
 	ps, ok, err := r.a.dp.Port(att.Key())
@@ -407,11 +404,7 @@ func TestFailedDetachKeepsPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The failed detach leaves the port attached, under its new name.
-	for deadline := time.Now().Add(10 * time.Second); r.a.attachment(a, "zz-d") != att; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the port was not kept attached after its detach failed")
-		}
-	}
+	waitUntil(t, 10*time.Second, func() bool { return r.a.attachment(a, "zz-d") == att }, "the port was not kept attached after its detach failed")
 	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-d"); err != nil {
 		t.Fatal(err)
 	}
@@ -467,11 +460,7 @@ func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
 	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); r.a.attachment(a, "eth-d") != nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("eth-d still known after its deletion")
-		}
-	}
+	waitUntil(t, 10*time.Second, func() bool { return r.a.attachment(a, "eth-d") == nil }, "eth-d still known after its deletion")
 	// Until a retry works, its series shows its counts: no dip, which a
 	// rate would read as a reset.
 	if v := value(); v != strconv.Itoa(n) {
@@ -483,11 +472,7 @@ func TestFailedDetachOfDeletedPortKeepsCounts(t *testing.T) {
 		defer r.a.mu.RUnlock()
 		return len(r.a.lingering)
 	}
-	for deadline := time.Now().Add(3 * r.a.evictInterval()); lingering() > 0; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the deleted eth-d was not detached by the retries")
-		}
-	}
+	waitUntil(t, 3*r.a.evictInterval(), func() bool { return lingering() == 0 }, "the deleted eth-d was not detached by the retries")
 	if v := value(); v != strconv.Itoa(n) {
 		t.Errorf("after the retries: eth-d sent %q IPv4 packets, want its %d kept", v, n)
 	}
@@ -524,18 +509,13 @@ func TestRetryDetachOfDiscardedAttachment(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.a.results <- func() { r.a.pendDetach(pendingDetach{att: att}) } // on the event loop, as discard does
-	for deadline := time.Now().Add(3 * r.a.evictInterval()); ; time.Sleep(50 * time.Millisecond) {
+	waitUntil(t, 3*r.a.evictInterval(), func() bool {
 		alive, err := att.Alive()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !alive {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the discarded attachment was not detached by the passes")
-		}
-	}
+		return !alive
+	}, "the discarded attachment was not detached by the passes")
 	if !r.a.Ready() {
 		t.Error("the agent is not ready after the retry")
 	}

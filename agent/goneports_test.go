@@ -32,11 +32,7 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 	a, b := p+"a", p+"b"
 	waitAttached := func(want bool) {
 		t.Helper()
-		for deadline := time.Now().Add(15 * time.Second); attached(r.a, a, "eth-d") != want; time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("eth-d attached: want %v", want)
-			}
-		}
+		waitUntil(t, 15*time.Second, func() bool { return attached(r.a, a, "eth-d") == want }, fmt.Sprintf("eth-d attached: want %v", want))
 	}
 	value := func() (uint64, bool) { return sentIPv4(t, r, a, "eth-d") }
 	want := func(what string, n uint64) {
@@ -88,14 +84,7 @@ func TestGonePortKeepsLastCounts(t *testing.T) {
 	r = startAgent(t, p, cfg)
 	waitReady(t, r)
 	want("deleted while the agent was down", 60)
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if _, ok := value(); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the series of the deleted eth-d outlived the retention")
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { _, ok := value(); return !ok }, "the series of the deleted eth-d outlived the retention")
 }
 
 // TestRenameKeepsKeptSeries: eth-d is deleted (its 30 packets kept), an
@@ -126,11 +115,7 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(15 * time.Second); attached(r.a, a, "eth-d"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the deleted eth-d is still attached")
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { return !attached(r.a, a, "eth-d") }, "the deleted eth-d is still attached")
 	want("deleted", "eth-d", 30)
 	if err := ipCmd("-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b); err != nil {
 		t.Fatal(err)
@@ -174,11 +159,7 @@ func TestRenameKeepsKeptSeries(t *testing.T) {
 	if err := ipCmd("-n", a, "link", "del", "eth-d"); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(15 * time.Second); attached(r.a, a, "eth-d"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the deleted eth-d is still attached")
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { return !attached(r.a, a, "eth-d") }, "the deleted eth-d is still attached")
 	want("deleted again", "eth-d", 50)
 	for _, args := range [][]string{
 		{"-n", a, "link", "add", "eth-x", "type", "veth", "peer", "name", "eth-d", "netns", b},
@@ -360,14 +341,7 @@ func TestUnreadPortCountsKept(t *testing.T) {
 	}
 	waitDeleted := func(r *running) {
 		t.Helper()
-		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			if _, ok := counters(r); !ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the retired port's counters were not deleted")
-			}
-		}
+		waitUntil(t, 15*time.Second, func() bool { _, ok := counters(r); return !ok }, "the retired port's counters were not deleted")
 	}
 
 	renameOut(r)
@@ -557,17 +531,7 @@ func TestUnreadPortWhileReattached(t *testing.T) {
 	want("attached, unread, 5 more", 25, 0)
 
 	failing.Store(false)
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		r.a.mu.RLock()
-		_, unread := r.a.lingering[k]
-		r.a.mu.RUnlock()
-		if !unread {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no pass read the counters")
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { return !r.a.unread(k) }, "no pass read the counters")
 	want("read by a pass", 25, 0)
 	sendUDP(t, s, a, b, dst, 3, 64)
 	want("eth-e sent 3", 25, 3)
@@ -604,11 +568,7 @@ func TestUnreadPortKeepsRetention(t *testing.T) {
 		}
 	}
 	rename("eth-d", "zz-d")
-	for deadline := time.Now().Add(15 * time.Second); r.a.attachment(a, "zz-d") != nil || r.a.attachment(a, "eth-d") != nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("zz-d was not detached")
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { return r.a.attachment(a, "zz-d") == nil && r.a.attachment(a, "eth-d") == nil }, "zz-d was not detached")
 	rename("zz-d", "eth-d")
 	waitAttached(t, r.a, a, "eth-d")
 	sendUDP(t, s, a, b, dst, 5, 64)
@@ -638,25 +598,24 @@ func TestUnreadPortKeepsRetention(t *testing.T) {
 	r.a.mu.Lock()
 	r.a.readPort = r.a.dp.Port
 	r.a.mu.Unlock()
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		r.a.mu.RLock()
-		g := r.a.gonePorts[portLabel{a, "eth-d"}]
-		_, unread := r.a.lingering[k]
-		var kept uint64
-		if g != nil {
-			kept = g.stats.Family(bpf.Egress, bpf.IPv4).Packets
-		}
-		r.a.mu.RUnlock()
-		if !unread {
-			if kept != 25 {
-				t.Errorf("read at last: eth-d keeps %d IPv4 packets sent, want 25", kept)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no pass read the counters")
-		}
+	waitUntil(t, 15*time.Second, func() bool { return !r.a.unread(k) }, "no pass read the counters")
+	r.a.mu.RLock()
+	var kept uint64
+	if g := r.a.gonePorts[portLabel{a, "eth-d"}]; g != nil {
+		kept = g.stats.Family(bpf.Egress, bpf.IPv4).Packets
 	}
+	r.a.mu.RUnlock()
+	if kept != 25 {
+		t.Errorf("read at last: eth-d keeps %d IPv4 packets sent, want 25", kept)
+	}
+}
+
+// unread reports whether the counters at k wait for a read as a retired
+// port's (retryUnreadLocked).
+func (a *Agent) unread(k bpf.PortKey) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.lingering[k].unread
 }
 
 // sentIPv4 is the IPv4 packets interface ifname of namespace netns sent,

@@ -97,6 +97,17 @@ func startAgent(t *testing.T, prefix string, cfg Config) *running {
 	return r
 }
 
+// waitUntil polls cond until it holds, and fails the test with what if
+// d passes first.
+func waitUntil(t *testing.T, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+	}
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {

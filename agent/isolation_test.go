@@ -127,11 +127,7 @@ func attached(a *Agent, labelIfnames ...string) bool {
 // waitAttached waits up to 15 s until attached(a, labelIfnames...).
 func waitAttached(t *testing.T, a *Agent, labelIfnames ...string) {
 	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); !attached(a, labelIfnames...); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not attached within 15 s: %q", labelIfnames)
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { return attached(a, labelIfnames...) }, fmt.Sprintf("not attached within 15 s: %q", labelIfnames))
 }
 
 // TestTopFlowsICMP: echo replies and port unreachables between the same

@@ -164,11 +164,7 @@ func TestFailedDeleteCountsOnce(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s within 20 s", what)
-			}
-		}
+		waitUntil(t, 20*time.Second, cond, fmt.Sprintf("no %s within 20 s", what))
 	}
 
 	// The flow's top-flows series shows its record whole: it must not
@@ -331,11 +327,7 @@ func TestNamespaceRecreatedUnderItsName(t *testing.T) {
 	}
 	t.Cleanup(func() { ipCmd("netns", "del", b) }) // not the topology's: down leaves it
 	// a's end goes with the old b once nothing holds that namespace.
-	for deadline := time.Now().Add(15 * time.Second); ipCmd("-n", a, "link", "show", "eth-d") == nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("a's eth-d outlived the deleted namespace")
-		}
-	}
+	waitUntil(t, 15*time.Second, func() bool { return ipCmd("-n", a, "link", "show", "eth-d") != nil }, "a's eth-d outlived the deleted namespace")
 	if err := ipCmd("-n", a, "link", "add", "eth-d", "type", "veth", "peer", "name", "eth-d", "netns", b); err != nil {
 		t.Fatal(err)
 	}
