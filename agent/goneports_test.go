@@ -618,6 +618,82 @@ func (a *Agent) unread(k bpf.PortKey) bool {
 	return a.lingering[k].unread
 }
 
+// TestUnreadDiscardedPortKept: renamed out of the filter and back as
+// eth-e, a port's attach is held up once its programs are on; meanwhile
+// it sends 7 packets and is renamed out again (zz-e), so the agent
+// discards the attachment when it completes, and reading the counters
+// fails then. The 7 must stay under eth-e, the name the attach was for,
+// until a pass reads them, and be kept then.
+func TestUnreadDiscardedPortKept(t *testing.T) {
+	testenv.RequireRoot(t)
+	var gate atomic.Pointer[chan struct{}]
+	attached := make(chan struct{}, 1)
+	orig := attachIndex
+	t.Cleanup(func() { attachIndex = orig }) // after the agent stops
+	attachIndex = func(dp *bpf.Datapath, path string, idx int) (*bpf.Attachment, error) {
+		att, err := orig(dp, path, idx)
+		if g := gate.Load(); g != nil {
+			attached <- struct{}{}
+			<-*g
+		}
+		return att, err
+	}
+	p := testenv.Name("ad")
+	s := topotest.Up(t, parseSpec(t, pairTopology), p)
+	pin, state := pins(t)
+	r := startAgent(t, p, Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute,
+		FlowIdleTimeout: 2 * time.Second, Interface: Filter{Include: regexp.MustCompile(`^eth`)}})
+	waitReady(t, r)
+	a, b := p+"a", p+"b"
+	waitAttached(t, r.a, a, "eth-d")
+	k := r.a.attachment(a, "eth-d").Key()
+	rename := func(from, to string) {
+		t.Helper()
+		if err := ipCmd("-n", a, "link", "set", from, "name", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rename("eth-d", "zz-d")
+	waitUntil(t, 15*time.Second, func() bool { _, ok, _ := r.a.dp.Port(k); return !ok }, "zz-d's counters were not deleted")
+
+	held := make(chan struct{})
+	gate.Store(&held)
+	rename("zz-d", "eth-e")
+	select {
+	case <-attached:
+	case <-time.After(15 * time.Second):
+		t.Fatal("eth-e's programs were not attached")
+	}
+	waitOperUp(t, a, "eth-e", b, "eth-d")
+	sendUDP(t, s, a, b, netip.MustParseAddrPort("198.18.40.2:5407"), 7, 64)
+	rename("eth-e", "zz-e")
+	var failing atomic.Bool
+	failing.Store(true)
+	r.a.mu.Lock()
+	r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+		if pk == k && failing.Load() {
+			return bpf.PortStats{}, false, errors.New("injected failure")
+		}
+		return r.a.dp.Port(pk)
+	}
+	r.a.mu.Unlock()
+	gate.Store(nil)
+	close(held)
+	waitUntil(t, 15*time.Second, func() bool { return r.a.unread(k) }, "the discarded attachment's counters were not left unread")
+	if v, ok := sentIPv4(t, r, a, "eth-e"); !ok || v != 7 {
+		t.Errorf("discarded, unread: eth-e's series %d (there: %v), want 7", v, ok)
+	}
+	failing.Store(false)
+	waitUntil(t, 15*time.Second, func() bool { return !r.a.unread(k) }, "no pass read the counters")
+	waitUntil(t, 15*time.Second, func() bool { _, ok, _ := r.a.dp.Port(k); return !ok }, "the discarded port's counters were not deleted")
+	if v, ok := sentIPv4(t, r, a, "eth-e"); !ok || v != 7 {
+		t.Errorf("read at last: eth-e's series %d (there: %v), want the 7 kept", v, ok)
+	}
+	if v, ok := sentIPv4(t, r, a, "zz-e"); ok {
+		t.Errorf("zz-e's series %d: it counted as eth-e", v)
+	}
+}
+
 // sentIPv4 is the IPv4 packets interface ifname of namespace netns sent,
 // by the agent's interface series, and whether the series is there.
 func sentIPv4(t *testing.T, r *running, netns, ifname string) (uint64, bool) {
