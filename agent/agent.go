@@ -208,8 +208,14 @@ func New(cfg Config) (*Agent, error) {
 		startPorts: startPortsOf(book.st.PortLabels),
 		events:     map[collector.DiscoveryKey]uint64{},
 	}
-	a.keptBases, a.awaitSave = maps.Clone(a.startPorts), map[bpf.PortKey]startPort{}
 	a.lingering = map[bpf.PortKey]lingerPort{}
+	for k, sp := range a.startPorts {
+		if sp.unread { // still to be read: see retryUnreadLocked
+			a.lingering[k] = lingerPort{label: sp.label, p: &portState{base: sp.base}, unread: true}
+			delete(a.startPorts, k)
+		}
+	}
+	a.keptBases, a.awaitSave = maps.Clone(a.startPorts), map[bpf.PortKey]startPort{}
 	a.deleteFlows, a.deletePort, a.readPort = dp.DeleteFlows, dp.DeletePort, readPortOf(dp)
 	if a.mon, err = discovery.NewMonitor(a.linkEvents); err != nil {
 		dp.Close()
@@ -963,6 +969,9 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 	// port's, or one saved before a restart.
 	var kept bpf.PortStats
 	st, ok, err := a.readPort(k)
+	if !ok {
+		st = bpf.PortStats{}
+	}
 	switch {
 	case err != nil && label != (portLabel{}):
 		// Scrapes may have shown its counts: they stay until a pass
@@ -972,8 +981,10 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 		if p == nil {
 			p = &portState{} // its base, if any, is in keptBases
 		}
-		a.lingering[k] = lingerPort{label: label, p: p, unread: true}
+		a.lingerUnreadLocked(k, lingerPort{label: label, p: p, unread: true})
 		return
+	case err == nil && a.settleUnreadLocked(k, st, p0, time.Now()):
+		kept = st
 	case err == nil && ok && label != (portLabel{}):
 		kept = st
 		base := a.baseLocked(k, p0, &st)

@@ -41,14 +41,18 @@ type portLabelEntry struct {
 	Netns, Interface string
 	// Base is the port's base (portState.base), when it has one.
 	Base *bpf.PortStats `json:",omitempty"`
+	// Unread: a port retired while its last counts could not be read
+	// (see retryUnreadLocked); the next start keeps them as it would.
+	Unread bool `json:",omitempty"`
 }
 
 // startPort is a port's labels and base, as the last save before this
 // start had them, or as the agent keeps them for counters whose port
 // state it dropped (keptBases).
 type startPort struct {
-	label portLabel
-	base  bpf.PortStats
+	label  portLabel
+	base   bpf.PortStats
+	unread bool
 }
 
 // stashGonePortsLocked copies the kept counts, and the labels and bases
@@ -71,10 +75,12 @@ func (a *Agent) stashGonePortsLocked() {
 	}
 	for _, s := range a.byInode {
 		for idx, p := range s.links {
+			k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
 			// A detached port with a base has counters its kept counts
-			// hold: the next start must not count them again.
-			if p.att != nil || p.base != (bpf.PortStats{}) {
-				labels = append(labels, entry(bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}, portLabel{s.label, p.link.Name}, p.base))
+			// hold: the next start must not count them again. Counters
+			// that wait for an unread port's read are that port's.
+			if (p.att != nil || p.base != (bpf.PortStats{})) && !a.lingering[k].unread {
+				labels = append(labels, entry(k, portLabel{s.label, p.link.Name}, p.base))
 			}
 		}
 	}
@@ -83,7 +89,9 @@ func (a *Agent) stashGonePortsLocked() {
 		if kb, ok := a.keptBases[k]; ok && base == (bpf.PortStats{}) {
 			base = kb.base // a discarded port's (discard)
 		}
-		labels = append(labels, entry(k, lp.label, base))
+		e := entry(k, lp.label, base)
+		e.Unread = lp.unread
+		labels = append(labels, e)
 	}
 	for k, kb := range a.keptBases {
 		if _, lingers := a.lingering[k]; lingers {
@@ -101,11 +109,15 @@ func (a *Agent) stashGonePortsLocked() {
 func startPortsOf(entries []portLabelEntry) map[bpf.PortKey]startPort {
 	out := make(map[bpf.PortKey]startPort, len(entries))
 	for _, e := range entries {
-		sp := startPort{label: portLabel{e.Netns, e.Interface}}
+		sp := startPort{label: portLabel{e.Netns, e.Interface}, unread: e.Unread}
 		if e.Base != nil {
 			sp.base = *e.Base
 		}
-		out[bpf.PortKey{NetnsCookie: e.Cookie, Ifindex: e.Ifindex}] = sp
+		k := bpf.PortKey{NetnsCookie: e.Cookie, Ifindex: e.Ifindex}
+		if out[k].unread {
+			continue // the counters are the unread port's
+		}
+		out[k] = sp
 	}
 	return out
 }
@@ -134,14 +146,7 @@ func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 	if !ok {
 		st = bpf.PortStats{}
 	}
-	if lp, found := a.lingering[k]; found && lp.unread {
-		// The counters of a port retired unread (maybe this one, renamed
-		// back into the filter), read at last: what they counted before
-		// is kept under its labels, and this port starts from there.
-		delete(a.lingering, k)
-		a.retainUnreadLocked(k, lp, st, time.Now())
-		delete(a.keptBases, k)
-		p.base = st
+	if a.settleUnreadLocked(k, st, p, time.Now()) {
 		return
 	}
 	if kb, found := a.keptBases[k]; found {
@@ -166,6 +171,9 @@ func (a *Agent) settleBaseLocked(s *nsState, idx int, p *portState) {
 // again if the counters are reused (an attach of the same port, a
 // restart). Callers hold a.mu (write).
 func (a *Agent) dropCountersLocked(k bpf.PortKey, p *portState, label portLabel, kept bpf.PortStats) {
+	if a.lingering[k].unread {
+		return // they hold an unread port's counts: retryUnreadLocked
+	}
 	if a.gonePortsDirty {
 		a.setBaseLocked(k, p, label, kept)
 		a.awaitSave[k] = startPort{label: label, base: kept}
@@ -231,7 +239,14 @@ func (a *Agent) retireStartPortsLocked(now time.Time) {
 		st, ok, err := a.readPort(k)
 		if err != nil {
 			a.log.Warn("read the counts of a port of the last run; trying again at each eviction pass", "netns", sp.label.netns, "interface", sp.label.ifname, "err", err)
-			a.lingering[k] = lingerPort{label: sp.label, p: &portState{base: sp.base}, unread: true}
+			a.lingerUnreadLocked(k, lingerPort{label: sp.label, p: &portState{base: sp.base}, unread: true})
+			continue
+		}
+		if !ok {
+			st = bpf.PortStats{}
+		}
+		if a.settleUnreadLocked(k, st, nil, now) {
+			a.dropCountersLocked(k, a.portStateLocked(k), sp.label, st)
 			continue
 		}
 		if ok {
@@ -313,20 +328,21 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 		k := bpf.PortKey{NetnsCookie: s.cookie, Ifindex: uint32(idx)}
 		label := portLabel{s.label, p.link.Name}
 		st, ok, err := a.readPort(k)
-		switch {
-		case err != nil:
+		if err != nil {
 			// Deleted unread, its counts would be lost: the port
 			// lingers until a pass reads them (retryUnreadLocked).
 			a.log.Warn("read the last counts of a port; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
-			a.lingering[k] = lingerPort{label: label, p: p, unread: true}
+			a.lingerUnreadLocked(k, lingerPort{label: label, p: p, unread: true})
 			a.setBaseLocked(k, p, label, p.base) // for an attach at k meanwhile
-			a.gonePortsDirty = true              // its labels, for a restart
-		case ok:
-			a.retainPortLocked(label, p.since(st), time.Now())
-			kept[idx] = st
-		default:
-			kept[idx] = bpf.PortStats{} // nothing counted
+			continue
 		}
+		if !ok {
+			st = bpf.PortStats{} // nothing counted
+		}
+		if !a.settleUnreadLocked(k, st, p, time.Now()) && ok {
+			a.retainPortLocked(label, p.since(st), time.Now())
+		}
+		kept[idx] = st
 	}
 	a.saveGonePortsLocked()
 	for idx, p := range ports {
@@ -358,18 +374,46 @@ func (a *Agent) retryUnreadLocked(now time.Time) {
 			a.log.Debug("read the last counts of a port, again", "netns", lp.label.netns, "interface", lp.label.ifname, "err", err)
 			continue
 		}
-		delete(a.lingering, k)
 		if !ok {
 			st = bpf.PortStats{} // nothing counted
 		}
-		a.retainUnreadLocked(k, lp, st, now)
 		if cur != nil && cur.att != nil {
-			cur.base = st
-			a.gonePortsDirty = true
+			a.settleUnreadLocked(k, st, cur, now)
 			continue
 		}
+		a.settleUnreadLocked(k, st, nil, now)
 		a.dropCountersLocked(k, lp.p, lp.label, st)
 	}
+}
+
+// lingerUnreadLocked keeps the counters at k, which could not be read as
+// their port was retired, for retryUnreadLocked. Counters another entry
+// lingers on already stay that entry's: its series shows them.
+func (a *Agent) lingerUnreadLocked(k bpf.PortKey, lp lingerPort) {
+	if _, ok := a.lingering[k]; !ok {
+		a.lingering[k] = lp
+		a.gonePortsDirty = true // its labels, for a restart
+	}
+}
+
+// settleUnreadLocked is for every read of the counters at k that works
+// (st): if a retired port's last counts wait there for one (an unread
+// lingering entry), they are kept under its labels now, and the port
+// state p, if any, counts on from st. It reports whether it did, in
+// which case st is accounted for.
+func (a *Agent) settleUnreadLocked(k bpf.PortKey, st bpf.PortStats, p *portState, now time.Time) bool {
+	lp, ok := a.lingering[k]
+	if !ok || !lp.unread {
+		return false
+	}
+	delete(a.lingering, k)
+	a.retainUnreadLocked(k, lp, st, now)
+	delete(a.keptBases, k)
+	if p != nil {
+		p.base = st
+	}
+	a.gonePortsDirty = true
+	return true
 }
 
 // retainUnreadLocked keeps what a port retired unread counted (its
@@ -453,6 +497,9 @@ func (a *Agent) keepRelabelledLocked(s *nsState, idx int, p *portState, old port
 		st = bpf.PortStats{} // nothing counted yet
 	}
 	now := time.Now()
+	if a.settleUnreadLocked(k, st, p, now) {
+		return // its series starts from here
+	}
 	if a.gonePorts[old] != nil {
 		a.retainPortLocked(old, p.since(st), now)
 	}

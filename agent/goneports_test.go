@@ -694,6 +694,98 @@ func TestUnreadDiscardedPortKept(t *testing.T) {
 	}
 }
 
+// unreadUnderLive is an agent brought to this: eth-d (in namespace a)
+// sent 20 packets and was renamed out of the filter while reading its
+// counters failed, then came back as eth-e, whose attach could not read
+// them either, and sent 5 more. The counters at k hold 25, all shown
+// under eth-d. Reads of them fail while failing is on.
+type unreadUnderLive struct {
+	r         *running
+	cfg       Config
+	prefix, a string
+	k         bpf.PortKey
+	failing   atomic.Bool
+	send      func(n uint64)
+}
+
+func newUnreadUnderLive(t *testing.T) *unreadUnderLive {
+	t.Helper()
+	u := &unreadUnderLive{prefix: testenv.Name("al")}
+	s := topotest.Up(t, parseSpec(t, pairTopology), u.prefix)
+	pin, state := pins(t)
+	u.cfg = Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute, FlowIdleTimeout: 2 * time.Second,
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}}
+	u.r = startAgent(t, u.prefix, u.cfg)
+	waitReady(t, u.r)
+	u.a = u.prefix + "a"
+	u.send = func(n uint64) {
+		sendUDP(t, s, u.a, u.prefix+"b", netip.MustParseAddrPort("198.18.40.2:5408"), n, 64)
+	}
+	waitAttached(t, u.r.a, u.a, "eth-d")
+	u.k = u.r.a.attachment(u.a, "eth-d").Key()
+	u.send(20)
+	u.failing.Store(true)
+	u.r.a.mu.Lock()
+	u.r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+		if pk == u.k && u.failing.Load() {
+			return bpf.PortStats{}, false, errors.New("injected failure")
+		}
+		return u.r.a.dp.Port(pk)
+	}
+	u.r.a.mu.Unlock()
+	u.rename(t, "eth-d", "zz-d")
+	waitUntil(t, 15*time.Second, func() bool { return u.r.a.unread(u.k) }, "eth-d's counters were not left unread")
+	u.rename(t, "zz-d", "eth-e")
+	waitAttached(t, u.r.a, u.a, "eth-e")
+	u.send(5)
+	u.check(t, "set up", map[string]uint64{"eth-d": 25, "eth-e": 0})
+	return u
+}
+
+func (u *unreadUnderLive) rename(t *testing.T, from, to string) {
+	t.Helper()
+	if err := ipCmd("-n", u.a, "link", "set", from, "name", to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// check checks the IPv4 packets the interfaces of namespace a sent, by
+// their series (0: none).
+func (u *unreadUnderLive) check(t *testing.T, when string, want map[string]uint64) {
+	t.Helper()
+	for ifname, n := range want {
+		if v, ok := sentIPv4(t, u.r, u.a, ifname); v != n || ok != (n != 0) {
+			t.Errorf("%s: %s's series %d (there: %v), want %d", when, ifname, v, ok, n)
+		}
+	}
+}
+
+// TestUnreadPortRetiredAgain: from newUnreadUnderLive, the reads work
+// again and eth-e is renamed out of the filter, likely before a pass
+// reads the counters. Either way the 25 shown under eth-d are kept there,
+// not under eth-e.
+func TestUnreadPortRetiredAgain(t *testing.T) {
+	u := newUnreadUnderLive(t)
+	u.failing.Store(false)
+	u.rename(t, "eth-e", "zz-e")
+	waitUntil(t, 15*time.Second, func() bool { _, ok, _ := u.r.a.dp.Port(u.k); return !ok }, "zz-e's counters were not deleted")
+	u.check(t, "retired", map[string]uint64{"eth-d": 25, "eth-e": 0, "zz-e": 0})
+}
+
+// TestUnreadPortAcrossRestart: from newUnreadUnderLive, the agent is
+// stopped and started (reads work): the 25 are kept under eth-d, and
+// eth-e's series starts from zero.
+func TestUnreadPortAcrossRestart(t *testing.T) {
+	u := newUnreadUnderLive(t)
+	u.r.stop()
+	u.r = startAgent(t, u.prefix, u.cfg)
+	waitReady(t, u.r)
+	waitAttached(t, u.r.a, u.a, "eth-e")
+	u.check(t, "restarted", map[string]uint64{"eth-d": 25, "eth-e": 0})
+	u.send(3)
+	u.check(t, "eth-e sent 3", map[string]uint64{"eth-d": 25, "eth-e": 3})
+}
+
 // sentIPv4 is the IPv4 packets interface ifname of namespace netns sent,
 // by the agent's interface series, and whether the series is there.
 func sentIPv4(t *testing.T, r *running, netns, ifname string) (uint64, bool) {
