@@ -781,8 +781,13 @@ type lingerPort struct {
 // lingerLocked keeps an attached port whose detach failed in scrapes
 // once it leaves its namespace's links. Callers hold a.mu (write).
 func (a *Agent) lingerLocked(s *nsState, p *portState) {
-	if p.att != nil {
-		a.lingering[p.att.Key()] = lingerPort{label: portLabel{s.label, p.link.Name}, p: p}
+	if p.att == nil {
+		return
+	}
+	// Counters an unread port's counts wait in stay under its labels:
+	// the retire that follows the detach settles them.
+	if k := p.att.Key(); !a.lingering[k].unread {
+		a.lingering[k] = lingerPort{label: portLabel{s.label, p.link.Name}, p: p}
 	}
 }
 
@@ -844,7 +849,8 @@ func (a *Agent) retryDetaches() {
 		if pd.p != nil {
 			k := pd.att.Key()
 			a.mu.Lock()
-			lingered := a.lingering[k].p == pd.p
+			lp := a.lingering[k]
+			lingered := lp.p == pd.p && !lp.unread
 			if lingered {
 				delete(a.lingering, k)
 			}
@@ -977,11 +983,16 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 		// Scrapes may have shown its counts: they stay until a pass
 		// reads them (retryUnreadLocked).
 		a.log.Warn("read the last counts of a discarded port; trying again at each eviction pass", "netns", label.netns, "interface", label.ifname, "err", err)
-		p := p0
-		if p == nil {
-			p = &portState{} // its base, if any, is in keptBases
+		// Its own base: p0's, or one kept for its counters, which
+		// others may consume before the entry is read.
+		var base bpf.PortStats
+		if p0 != nil {
+			base = p0.base
 		}
-		a.lingerUnreadLocked(k, lingerPort{label: label, p: p, unread: true})
+		if kb, found := a.keptBases[k]; found && base == (bpf.PortStats{}) {
+			base = kb.base
+		}
+		a.lingerUnreadLocked(k, lingerPort{label: label, p: &portState{base: base}, unread: true})
 		return
 	case err == nil && a.settleUnreadLocked(k, st, p0, time.Now()):
 		kept = st

@@ -85,11 +85,7 @@ func (a *Agent) stashGonePortsLocked() {
 		}
 	}
 	for k, lp := range a.lingering {
-		base := lp.p.base
-		if kb, ok := a.keptBases[k]; ok && base == (bpf.PortStats{}) {
-			base = kb.base // a discarded port's (discard)
-		}
-		e := entry(k, lp.label, base)
+		e := entry(k, lp.label, lp.p.base)
 		e.Unread = lp.unread
 		labels = append(labels, e)
 	}

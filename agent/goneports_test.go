@@ -708,13 +708,13 @@ type unreadUnderLive struct {
 	send      func(n uint64)
 }
 
-func newUnreadUnderLive(t *testing.T) *unreadUnderLive {
+func newUnreadUnderLive(t *testing.T, mode bpf.AttachMode) *unreadUnderLive {
 	t.Helper()
 	u := &unreadUnderLive{prefix: testenv.Name("al")}
 	s := topotest.Up(t, parseSpec(t, pairTopology), u.prefix)
 	pin, state := pins(t)
 	u.cfg = Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute, FlowIdleTimeout: 2 * time.Second,
-		Interface: Filter{Include: regexp.MustCompile(`^eth`)}}
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}, AttachMode: mode}
 	u.r = startAgent(t, u.prefix, u.cfg)
 	waitReady(t, u.r)
 	u.a = u.prefix + "a"
@@ -765,7 +765,7 @@ func (u *unreadUnderLive) check(t *testing.T, when string, want map[string]uint6
 // reads the counters. Either way the 25 shown under eth-d are kept there,
 // not under eth-e.
 func TestUnreadPortRetiredAgain(t *testing.T) {
-	u := newUnreadUnderLive(t)
+	u := newUnreadUnderLive(t, "")
 	u.failing.Store(false)
 	u.rename(t, "eth-e", "zz-e")
 	waitUntil(t, 15*time.Second, func() bool { _, ok, _ := u.r.a.dp.Port(u.k); return !ok }, "zz-e's counters were not deleted")
@@ -776,7 +776,7 @@ func TestUnreadPortRetiredAgain(t *testing.T) {
 // stopped and started (reads work): the 25 are kept under eth-d, and
 // eth-e's series starts from zero.
 func TestUnreadPortAcrossRestart(t *testing.T) {
-	u := newUnreadUnderLive(t)
+	u := newUnreadUnderLive(t, "")
 	u.r.stop()
 	u.r = startAgent(t, u.prefix, u.cfg)
 	waitReady(t, u.r)
@@ -784,6 +784,29 @@ func TestUnreadPortAcrossRestart(t *testing.T) {
 	u.check(t, "restarted", map[string]uint64{"eth-d": 25, "eth-e": 0})
 	u.send(3)
 	u.check(t, "eth-e sent 3", map[string]uint64{"eth-d": 25, "eth-e": 3})
+}
+
+// TestUnreadPortSurvivesFailedDetach: from newUnreadUnderLive (tc
+// attachments, so that a detach can be made to fail), eth-e is deleted
+// and its detach fails. The counters stay under eth-d, the unread
+// port's labels, through the failed detach and the retry that works,
+// whose retire keeps them there once reads work again.
+func TestUnreadPortSurvivesFailedDetach(t *testing.T) {
+	u := newUnreadUnderLive(t, bpf.ModeTC)
+	bpf.FailNextTCDetach(errors.New("injected netlink failure"))
+	if err := ipCmd("-n", u.a, "link", "del", "eth-e"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, func() bool { return u.r.a.attachment(u.a, "eth-e") == nil }, "eth-e still known after its deletion")
+	u.check(t, "deleted, its detach failed", map[string]uint64{"eth-d": 25, "eth-e": 0})
+	u.failing.Store(false)
+	waitUntil(t, 15*time.Second, func() bool {
+		u.r.a.mu.RLock()
+		defer u.r.a.mu.RUnlock()
+		_, lingers := u.r.a.lingering[u.k]
+		return !lingers
+	}, "the deleted eth-e was not retired")
+	u.check(t, "retired", map[string]uint64{"eth-d": 25, "eth-e": 0})
 }
 
 // sentIPv4 is the IPv4 packets interface ifname of namespace netns sent,
