@@ -834,6 +834,12 @@ func (a *Agent) pendDetach(pd pendingDetach) {
 	}
 }
 
+// detachPendingAt reports whether programs whose detach failed still
+// count into the counters at k. On the event loop.
+func (a *Agent) detachPendingAt(k bpf.PortKey) bool {
+	return slices.ContainsFunc(a.undetached, func(pd pendingDetach) bool { return pd.p != nil && pd.att.Key() == k })
+}
+
 // retryDetaches tries the failed detaches again, and retires their ports
 // when they work; a port watched again meanwhile keeps its attachment.
 func (a *Agent) retryDetaches() {
@@ -854,9 +860,9 @@ func (a *Agent) retryDetaches() {
 			if lingered {
 				delete(a.lingering, k)
 			}
-			// A lingering port's index may have gone to a new port
-			// meanwhile, whose counters these now are: not retired.
-			if cur := a.portStateLocked(k); !lingered || cur == nil {
+			// The port's index may have gone to a new port meanwhile,
+			// whose counters these now are: not retired.
+			if cur := a.portStateLocked(k); cur == nil || cur == pd.p {
 				a.retirePortLocked(pd.s, map[int]*portState{pd.idx: pd.p})
 			}
 			a.mu.Unlock()

@@ -170,6 +170,9 @@ func (a *Agent) dropCountersLocked(k bpf.PortKey, p *portState, label portLabel,
 	if a.lingering[k].unread {
 		return // they hold an unread port's counts: retryUnreadLocked
 	}
+	// What they counted is kept now: the first pass must not keep it
+	// again as a port of the last run's (retireStartPortsLocked).
+	delete(a.startPorts, k)
 	if a.gonePortsDirty {
 		a.setBaseLocked(k, p, label, kept)
 		a.awaitSave[k] = startPort{label: label, base: kept}
@@ -328,7 +331,8 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			// Deleted unread, its counts would be lost: the port
 			// lingers until a pass reads them (retryUnreadLocked).
 			a.log.Warn("read the last counts of a port; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
-			a.lingerUnreadLocked(k, lingerPort{label: label, p: p, unread: true})
+			// Its base as of now: the port may come back and change its own.
+			a.lingerUnreadLocked(k, lingerPort{label: label, p: &portState{base: p.base}, unread: true})
 			a.setBaseLocked(k, p, label, p.base) // for an attach at k meanwhile
 			continue
 		}
@@ -362,8 +366,11 @@ func (a *Agent) retryUnreadLocked(now time.Time) {
 			continue
 		}
 		cur := a.portStateLocked(k)
-		if cur != nil && cur.attaching {
-			continue // its attach reads them (settleBaseLocked)
+		if cur != nil && cur.attaching || a.detachPendingAt(k) {
+			// Its attach reads them (settleBaseLocked); or programs
+			// still count into them, and the retire after their
+			// detach does (retryDetaches).
+			continue
 		}
 		st, ok, err := a.readPort(k)
 		if err != nil {
@@ -373,12 +380,10 @@ func (a *Agent) retryUnreadLocked(now time.Time) {
 		if !ok {
 			st = bpf.PortStats{} // nothing counted
 		}
-		if cur != nil && cur.att != nil {
-			a.settleUnreadLocked(k, st, cur, now)
-			continue
+		a.settleUnreadLocked(k, st, cur, now)
+		if cur == nil || cur.att == nil {
+			a.dropCountersLocked(k, cur, lp.label, st)
 		}
-		a.settleUnreadLocked(k, st, nil, now)
-		a.dropCountersLocked(k, lp.p, lp.label, st)
 	}
 }
 

@@ -460,10 +460,12 @@ func TestUnreadPortSettledByAttach(t *testing.T) {
 func TestUnreadPortWhileReattached(t *testing.T) {
 	testenv.RequireRoot(t)
 	var gate atomic.Pointer[chan struct{}]
+	entered := make(chan struct{}, 1)
 	orig := attachIndex
 	t.Cleanup(func() { attachIndex = orig }) // after the agent stops
 	attachIndex = func(dp *bpf.Datapath, path string, idx int) (*bpf.Attachment, error) {
 		if g := gate.Load(); g != nil {
+			entered <- struct{}{}
 			<-*g
 		}
 		return orig(dp, path, idx)
@@ -516,10 +518,15 @@ func TestUnreadPortWhileReattached(t *testing.T) {
 
 	held := make(chan struct{})
 	gate.Store(&held)
-	failing.Store(false)
 	if err := ipCmd("-n", a, "link", "set", "zz-d", "name", "eth-e"); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-entered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("eth-e's attach did not start")
+	}
+	failing.Store(false)                // a pass before the attach began would read them itself
 	time.Sleep(3 * r.a.evictInterval()) // passes that can read, the attach held up
 	want("attach held up", 20, 0)
 	failing.Store(true)
