@@ -962,10 +962,9 @@ func (a *Agent) attachJob(s *nsState, l discovery.Link) func() func() {
 }
 
 // discard undoes an attachment whose port the agent does not keep: its
-// programs (a failed detach is tried again at each pass) and its
-// counters, unless a newer port has them; what they counted is kept
-// under label, if it has one (scrapes may have shown it). On the event
-// loop.
+// programs (a failed detach is tried again at each pass) and, if it has a
+// label and no newer port has them, its counters, keeping what they
+// counted under label (scrapes may have shown it). On the event loop.
 func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 	if err := att.Detach(); err != nil {
 		a.log.Warn("detach failed; trying again at each eviction pass", "interface", att.Ifname, "err", err)
@@ -974,7 +973,11 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	k := att.Key()
-	if a.portLiveLocked(k) {
+	// Counters of a port the agent does not know (label-less: another
+	// namespace was at the path) are not this attachment's to drop: a
+	// port of the last run's, which the first pass keeps, or fresh ones,
+	// which the stale-port sweep deletes.
+	if a.portLiveLocked(k) || label == (portLabel{}) {
 		return
 	}
 	// The counters may be reused ones whose base is kept elsewhere: the
@@ -985,7 +988,7 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 		st = bpf.PortStats{}
 	}
 	switch {
-	case err != nil && label != (portLabel{}):
+	case err != nil:
 		// Scrapes may have shown its counts: they stay until a pass
 		// reads them (retryUnreadLocked).
 		a.log.Warn("read the last counts of a discarded port; trying again at each eviction pass", "netns", label.netns, "interface", label.ifname, "err", err)
@@ -1002,7 +1005,7 @@ func (a *Agent) discard(att *bpf.Attachment, label portLabel, p0 *portState) {
 		return
 	case err == nil && a.settleUnreadLocked(k, st, p0, time.Now()):
 		kept = st
-	case err == nil && ok && label != (portLabel{}):
+	case err == nil && ok:
 		kept = st
 		base := a.baseLocked(k, p0, &st)
 		subStats(&st, &base)
