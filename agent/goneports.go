@@ -333,7 +333,6 @@ func (a *Agent) retirePortLocked(s *nsState, ports map[int]*portState) {
 			a.log.Warn("read the last counts of a port; trying again at each eviction pass", "netns", s.label, "interface", p.link.Name, "err", err)
 			// Its base as of now: the port may come back and change its own.
 			a.lingerUnreadLocked(k, lingerPort{label: label, p: &portState{base: p.base}, unread: true})
-			a.setBaseLocked(k, p, label, p.base) // for an attach at k meanwhile
 			continue
 		}
 		if !ok {
