@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
@@ -814,6 +815,80 @@ func TestUnreadPortSurvivesFailedDetach(t *testing.T) {
 		return !lingers
 	}, "the deleted eth-e was not retired")
 	u.check(t, "retired", map[string]uint64{"eth-d": 25, "eth-e": 0})
+}
+
+// TestUnreadPortAfterFailedSave: eth-d sends 10 packets and is renamed
+// out of the filter while saves fail, so its counters wait for a save
+// (awaitSave) with the 10 kept; renamed back, it sends 5 more, and is
+// renamed out again while reads fail. When saves work again, the counters
+// that waited for one must not be deleted: they hold the unread 5, which
+// stay under eth-d and are kept there once read.
+func TestUnreadPortAfterFailedSave(t *testing.T) {
+	u := &unreadUnderLive{prefix: testenv.Name("av")}
+	s := topotest.Up(t, parseSpec(t, pairTopology), u.prefix)
+	pin, state := pins(t)
+	u.cfg = Config{PinPath: pin, StateFile: state, GoneRetention: time.Minute, FlowIdleTimeout: 2 * time.Second,
+		Interface: Filter{Include: regexp.MustCompile(`^eth`)}}
+	u.r = startAgent(t, u.prefix, u.cfg)
+	waitReady(t, u.r)
+	u.a = u.prefix + "a"
+	u.send = func(n uint64) {
+		sendUDP(t, s, u.a, u.prefix+"b", netip.MustParseAddrPort("198.18.40.2:5409"), n, 64)
+	}
+	waitAttached(t, u.r.a, u.a, "eth-d")
+	u.k = u.r.a.attachment(u.a, "eth-d").Key()
+	u.send(10)
+
+	// A file where the state file's directory was makes every save fail.
+	dir := filepath.Dir(state)
+	broken := false
+	mend := func() {
+		if broken {
+			broken = false
+			if err := errors.Join(os.Remove(dir), os.Rename(dir+".away", dir)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(mend)
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	broken = true
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waits := func() bool {
+		u.r.a.mu.RLock()
+		defer u.r.a.mu.RUnlock()
+		_, ok := u.r.a.awaitSave[u.k]
+		return ok
+	}
+	u.rename(t, "eth-d", "zz-d")
+	waitUntil(t, 15*time.Second, waits, "eth-d's counters did not wait for a save")
+	u.rename(t, "zz-d", "eth-d")
+	waitAttached(t, u.r.a, u.a, "eth-d")
+	u.send(5)
+	u.check(t, "back, 5 more", map[string]uint64{"eth-d": 15})
+
+	u.failing.Store(true)
+	u.r.a.mu.Lock()
+	u.r.a.readPort = func(pk bpf.PortKey) (bpf.PortStats, bool, error) {
+		if pk == u.k && u.failing.Load() {
+			return bpf.PortStats{}, false, errors.New("injected failure")
+		}
+		return u.r.a.dp.Port(pk)
+	}
+	u.r.a.mu.Unlock()
+	u.rename(t, "eth-d", "zz-d")
+	waitUntil(t, 15*time.Second, func() bool { return u.r.a.unread(u.k) }, "eth-d's counters were not left unread")
+	mend()
+	waitUntil(t, 15*time.Second, func() bool { return !waits() }, "no save drained the counters that waited for one")
+	u.check(t, "saved, unread", map[string]uint64{"eth-d": 15, "zz-d": 0})
+	u.failing.Store(false)
+	waitUntil(t, 15*time.Second, func() bool { return !u.r.a.unread(u.k) }, "no pass read the counters")
+	waitUntil(t, 15*time.Second, func() bool { _, ok, _ := u.r.a.dp.Port(u.k); return !ok }, "the counters were not deleted")
+	u.check(t, "read at last", map[string]uint64{"eth-d": 15, "zz-d": 0})
 }
 
 // sentIPv4 is the IPv4 packets interface ifname of namespace netns sent,
