@@ -99,7 +99,8 @@ type Agent struct {
 	// deletePort is dp.DeletePort, which tests make fail; set under mu
 	// (write).
 	deletePort func(bpf.PortKey) error
-	// readPort is dp.Port, which tests make fail; set under mu (write).
+	// readPort reads a port's counters: dp.Port, unless a test made it
+	// fail (readPortOf).
 	readPort func(bpf.PortKey) (bpf.PortStats, bool, error)
 	// stopped is set, under mu, when the datapath is closed: the web
 	// server outlives the agent by a moment, and its scrapes must not
