@@ -230,27 +230,26 @@ func Load(opts Options) (*Datapath, error) {
 	// agent locks its pin path); a hold another one still had would be
 	// lost here, which costs its reader retries, never a count.
 	d.flowCache.zero32(holdOffset)
-	if opts.PinPath != "" {
-		if d.lastClaim, err = d.highestClaim(); err != nil {
-			d.flowCache.unmap()
-			d.portSlots.unmap()
-			d.objs.Close()
-			d.clock.Close()
-			return nil, fmt.Errorf("bpf: read port slot claims: %w", err)
-		}
+	if opts.PinPath == "" {
+		return d, nil
 	}
-	// With pins, the flow table may be new under a kept flow cache
-	// (resized, replaced, or its pin alone gone), whose entries then name
-	// records no longer there, or not yet: the generation moves on, so
-	// that each entry checks its record once.
-	if opts.PinPath != "" {
-		if err := d.bumpGenIf(false); err != nil {
-			d.flowCache.unmap()
-			d.portSlots.unmap()
-			d.objs.Close()
-			d.clock.Close()
-			return nil, err
-		}
+	// Pinned tables carry an earlier run's state:
+	//   - claims of port slots, above which this run's start (highestClaim);
+	//   - perhaps a flow table new under a kept flow cache (resized,
+	//     replaced, or its pin alone gone), whose entries then name records
+	//     no longer there, or not yet: the generation moves on, so that
+	//     each entry checks its record once.
+	if d.lastClaim, err = d.highestClaim(); err != nil {
+		err = fmt.Errorf("bpf: read port slot claims: %w", err)
+	} else {
+		err = d.bumpGenIf(false)
+	}
+	if err != nil {
+		d.flowCache.unmap()
+		d.portSlots.unmap()
+		d.objs.Close()
+		d.clock.Close()
+		return nil, err
 	}
 	return d, nil
 }
